@@ -1,0 +1,26 @@
+"""refundry: a policy rules engine for refund approvals.
+
+    import refundry
+    engine = refundry.Engine.from_path("rulesets/")
+    decision = engine.evaluate(request_json)      # a Decision, never an exception
+"""
+
+from .engine import Engine, Explanation, RulesetInfo
+from .errors import (
+    EvaluationError,
+    InvalidRequest,
+    InvalidRulesets,
+    RefundryError,
+    RequestError,
+    RulesetError,
+)
+from .models import Deadline, Decision, Reason, RefundRequest, RulesetRef
+from .request import parse_request, request_to_dict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Deadline", "Decision", "Engine", "EvaluationError", "Explanation", "InvalidRequest",
+    "InvalidRulesets", "Reason", "RefundRequest", "RefundryError", "RequestError",
+    "RulesetError", "RulesetInfo", "RulesetRef", "parse_request", "request_to_dict",
+]

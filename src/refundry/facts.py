@@ -1,0 +1,185 @@
+"""From a request to the flat facts that rules match on: shared by every backend.
+
+Everything a backend cannot or should not compute itself happens here, once per request: local
+dates in the consumer's time zone, working days, window ends, and the derived facts. Backends
+only match; so the ``compiled`` and ``durable`` backends cannot disagree on dates or amounts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from . import jurisdictions
+from .fields import item_fields
+from .loader import CompiledRuleset, DeadlineDef
+from .models import RefundRequest
+from .money import ZERO
+from .periods import CalendarSpec, HolidayCalendars, WorkingDays, add_period, roll_forward
+
+
+class Zones:
+    """IANA zones loaded once per engine, so ``evaluate`` reads no time zone file later."""
+
+    def __init__(self) -> None:
+        self._zones = {name: zoneinfo.ZoneInfo(name) for name in jurisdictions.timezones()}
+
+    def get(self, name: str) -> zoneinfo.ZoneInfo:
+        return self._zones[name]
+
+
+def consumer_timezone(req: RefundRequest) -> str:
+    """The request's own zone, else its jurisdiction's; the parser refuses a request with
+    neither, so this always names a zone."""
+    return req.timezone or jurisdictions.default_timezone(req.jurisdiction) or "UTC"
+
+
+@attrs.define
+class Context:
+    """What the facts were derived with; the combiner reuses it for deadlines."""
+
+    tz: zoneinfo.ZoneInfo
+    calendar: CalendarSpec
+    country: str
+    subdivision: str | None
+    extra_holidays: tuple[dt.date, ...]
+    holidays: HolidayCalendars
+    closing_day: int | None
+    _working: WorkingDays | None = None
+
+    @property
+    def working(self) -> WorkingDays:
+        if self._working is None:
+            spec = self.calendar
+            if spec.holidays == "none":
+                years: Callable[[int], frozenset[dt.date]] = lambda _y: frozenset()  # noqa: E731
+            else:
+                if spec.holidays == "consumer":
+                    country, sub = self.country, self.subdivision
+                else:
+                    country, sub = jurisdictions.split(spec.holidays)
+                cals = self.holidays
+
+                def years(y: int) -> frozenset[dt.date]:
+                    return cals.dates(country, sub, y)
+            self._working = WorkingDays(spec.weekend, years, self.extra_holidays)
+        return self._working
+
+    def local_date(self, value: Any) -> dt.date | None:
+        if value is None:
+            return None
+        if isinstance(value, dt.datetime):
+            return value.astimezone(self.tz).date()
+        return value  # type: ignore[no-any-return]
+
+    def period_end(self, period: Any, start: dt.date) -> dt.date | None:
+        end = add_period(period, start, self.working, self.closing_day)
+        if end is not None and self.calendar.period_end == "next_working_day":
+            end = roll_forward(end, self.working)
+        return end
+
+
+_SECTIONS = ("customer", "transaction", "disclosures", "consents", "evidence", "healthcare", "finance")
+_ITEM_FIELDS = tuple(item_fields())
+
+
+def _prior_total(req: RefundRequest) -> Decimal:
+    return sum((p.amount for p in req.prior_refunds), ZERO)
+
+
+_DERIVED: dict[str, Callable[[RefundRequest], Any]] = {
+    "prior_refunds.total": _prior_total,
+    "prior_refunds.count": lambda r: len(r.prior_refunds),
+    "transaction.refundable": lambda r: r.transaction.amount - _prior_total(r),
+    "items.count": lambda r: len(r.items),
+    "jurisdiction.country": lambda r: jurisdictions.split(r.jurisdiction)[0],
+    "jurisdiction.eu": lambda r: jurisdictions.is_eu(r.jurisdiction),
+}
+
+
+def _reader(path: str) -> Callable[[RefundRequest], Any]:
+    if path in _DERIVED:
+        return _DERIVED[path]
+    if path.startswith("facts."):
+        keys = path.split(".")[1:]
+
+        def read_fact(req: RefundRequest) -> Any:
+            value: Any = req.facts
+            for k in keys:
+                if not isinstance(value, Mapping):
+                    return None
+                value = value.get(k)
+            return value
+        return read_fact
+    parts = path.split(".")
+    if len(parts) == 1:
+        name = parts[0]
+        return lambda req: getattr(req, name)
+    section, rest = parts[0], parts[1:]
+
+    def read(req: RefundRequest) -> Any:
+        value: Any = getattr(req, section)
+        for p in rest:
+            if value is None:
+                return None
+            value = getattr(value, p)
+        return value
+    return read
+
+
+class FactBuilder:
+    """Built once per composed ruleset: reads only the facts that ruleset's rules name."""
+
+    def __init__(self, ruleset: CompiledRuleset, holidays: HolidayCalendars, zones: Zones) -> None:
+        self.ruleset = ruleset
+        self.holidays = holidays
+        self.zones = zones
+        paths = sorted(ruleset.paths() | {"requested_at"})
+        self.readers = tuple((p, _reader(p)) for p in paths)
+        self.windows = ruleset.windows
+
+    def context(self, req: RefundRequest) -> Context:
+        country, sub = jurisdictions.split(req.jurisdiction)
+        fin = req.finance
+        return Context(
+            tz=self.zones.get(consumer_timezone(req)),
+            calendar=self.ruleset.calendar, country=country, subdivision=sub,
+            extra_holidays=fin.holidays if fin else (), holidays=self.holidays,
+            closing_day=fin.billing_cycle_closing_day if fin else None)
+
+    def build(self, req: RefundRequest, ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        facts: dict[str, Any] = {}
+        for path, read in self.readers:
+            value = read(req)
+            if value is None:
+                continue
+            if isinstance(value, dt.date):  # datetimes too: matched by consumer-local date
+                value = ctx.local_date(value)
+            facts[path] = value
+        for w in self.windows:
+            start = facts.get(w.start)
+            notice = facts.get(w.notice)
+            if start is None:
+                continue
+            end = ctx.period_end(w.period, start)
+            if end is None:
+                continue
+            facts[f"window.{w.name}.end"] = end
+            if notice is not None:
+                facts[f"window.{w.name}.notice"] = notice
+                facts[f"window.{w.name}.within"] = notice <= end
+        items = [{name: getattr(it, name) for name in _ITEM_FIELDS} for it in req.items]
+        return facts, items
+
+    def deadline(self, spec: DeadlineDef, facts: Mapping[str, Any], ctx: Context) -> dt.date | None:
+        if spec.window is not None:
+            return facts.get(f"window.{spec.window}.end")  # type: ignore[no-any-return]
+        start = facts.get(spec.start) if spec.start else None
+        if start is None or spec.period is None:
+            return None
+        return ctx.period_end(spec.period, start)

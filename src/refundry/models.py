@@ -1,0 +1,331 @@
+"""The value objects refundry works with: requests, decisions, reasons, deadlines.
+
+All are frozen attrs classes. The JSON and YAML shapes stay out of here: ``request.py`` turns the
+canonical JSON into a ``RefundRequest``; ``Decision.to_dict`` is the one JSON shape a decision has.
+Field metadata (``kind``, ``values``) describes each request field once; the request parser, the
+JSON schema generator and the ruleset checker all read it from these classes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+Instant = dt.datetime | dt.date
+"""A point in time: an aware ``datetime``, or a ``date`` read in the consumer's local time."""
+
+INDUSTRIES = ("ecommerce", "healthcare", "finance")
+REASONS = (
+    "changed_mind", "defective", "not_as_described", "not_received", "damaged_in_transit",
+    "wrong_item", "billing_error", "duplicate_charge", "unauthorized", "overpayment",
+    "service_cancelled", "other",
+)
+OUTCOMES = ("approve", "deny", "manual_review")
+EFFECTS = (*OUTCOMES, "adjust")
+ITEM_CONDITIONS = ("new", "unopened", "opened", "used", "damaged", "defective", "missing_parts")
+DEADLINE_NAMES = (
+    "refund_due_by", "return_due_by", "provisional_credit_due_by", "investigation_due_by",
+    "acknowledge_by", "resolve_by", "period_ends",
+)
+
+
+def _field(kind: str, *, values: tuple[str, ...] | None = None, required: bool = False,
+           model: type | None = None, many: bool = False, doc: str = "") -> Any:
+    meta: dict[str, Any] = {"kind": kind, "doc": doc}
+    if values is not None:
+        meta["values"] = values
+    if model is not None:
+        meta["model"] = model
+    meta["many"] = many
+    if required:
+        return attrs.field(metadata=meta)
+    if many:
+        return attrs.field(default=(), metadata=meta)
+    return attrs.field(default=None, metadata=meta)
+
+
+def text(**kw: Any) -> Any:
+    return _field("text", **kw)
+
+
+def money(**kw: Any) -> Any:
+    return _field("money", **kw)
+
+
+def instant(**kw: Any) -> Any:
+    return _field("instant", **kw)
+
+
+def flag(**kw: Any) -> Any:
+    return _field("flag", **kw)
+
+
+def count(**kw: Any) -> Any:
+    return _field("count", **kw)
+
+
+def choice(*values: str, **kw: Any) -> Any:
+    return _field("enum", values=values, **kw)
+
+
+def section(model: type, **kw: Any) -> Any:
+    return _field("object", model=model, **kw)
+
+
+def many(model: type | None = None, kind: str = "object", **kw: Any) -> Any:
+    return _field(kind, model=model, many=True, **kw)
+
+
+@attrs.frozen
+class PaymentMethod:
+    type: str = text(required=True, doc="card, bank_transfer, paypal, ...")
+    last4: str | None = text(doc="last four digits of a card or account; never more")
+
+
+@attrs.frozen
+class Customer:
+    id: str = text(required=True)
+    address: str | None = text(doc="one normalised line; only as far as fraud checks need it")
+    email: str | None = text()
+
+
+@attrs.frozen
+class Transaction:
+    id: str = text(required=True)
+    amount: Decimal = money(required=True)
+    purchased_at: Instant | None = instant()
+    delivered_at: Instant | None = instant(doc="delivery of the last item")
+    installed_at: Instant | None = instant()
+    ship_by: Instant | None = instant(doc="the shipping date stated at sale")
+    shipped_at: Instant | None = instant()
+    delay_notice_sent: bool | None = flag()
+    shipping_amount: Decimal | None = money()
+    express_shipping_amount: Decimal | None = money(doc="only the surcharge above standard delivery")
+    payment_method: PaymentMethod | None = section(PaymentMethod)
+
+
+@attrs.frozen
+class Item:
+    sku: str | None = text()
+    quantity: int | None = count()
+    unit_price: Decimal | None = money()
+    condition: str | None = choice(*ITEM_CONDITIONS)
+    failure: str | None = choice("none", "minor", "major")
+    final_sale: bool | None = flag()
+    personalized: bool | None = flag()
+    perishable: bool | None = flag()
+    sealed_hygiene_opened: bool | None = flag()
+
+
+@attrs.frozen
+class PriorRefund:
+    amount: Decimal = money(required=True)
+    refunded_at: Instant | None = instant()
+    request_id: str | None = text()
+
+
+@attrs.frozen
+class Disclosures:
+    withdrawal_info_given: bool | None = flag()
+    withdrawal_info_given_at: Instant | None = instant(
+        doc="when withdrawal information was given late (CRD Art 10(2)); an extension field")
+    refund_policy_posted: bool | None = flag()
+    refund_policy: str | None = choice(
+        "full_refund", "exchange_only", "store_credit", "no_refunds", "no_cash_refunds")
+    change_of_mind_policy: bool | None = flag(doc="the business offers change-of-mind returns")
+
+
+@attrs.frozen
+class Consents:
+    other_refund_method: bool | None = flag()
+
+
+@attrs.frozen
+class Evidence:
+    receipt: bool | None = flag()
+    original_packaging: bool | None = flag()
+    proof_of_dispatch: bool | None = flag()
+    goods_received_back: bool | None = flag()
+    photos: bool | None = flag()
+
+
+@attrs.frozen
+class Healthcare:
+    payer_type: str | None = text()
+    provider_type: str | None = text(doc="physician, dentist, hospital, clinic, ...")
+    requested_by: str | None = choice("patient", "payer", "provider")
+    payment_received_at: Instant | None = instant()
+    overpayment_identified_at: Instant | None = instant()
+    investigation_started_at: Instant | None = instant()
+    cost_report_due_at: Instant | None = instant()
+    amount_due: Decimal | None = money()
+    gfe_amount: Decimal | None = money()
+    billed_at: Instant | None = instant()
+    sent_to_collections_at: Instant | None = instant()
+    duplicate_payment_received_at: Instant | None = instant()
+    claim_id: str | None = text()
+    claim_status_code: str | None = text()
+    corrected_claim_received: bool | None = flag()
+    recoupment_scheduled: bool | None = flag()
+    service_date: Instant | None = instant(doc="sensitive: never stored")
+    diagnosis_codes: tuple[str, ...] = many(kind="text", doc="sensitive: never stored")
+    procedure_codes: tuple[str, ...] = many(kind="text", doc="sensitive: never stored")
+
+
+@attrs.frozen
+class Finance:
+    account_type: str | None = choice("credit_card", "debit_card", "prepaid", "bank_account")
+    error_type: str | None = text()
+    statement_sent_at: Instant | None = instant()
+    notice_received_at: Instant | None = instant()
+    notice_form: str | None = choice("written", "oral")
+    new_account: bool | None = flag()
+    investigation_complete: bool | None = flag()
+    point_of_sale: bool | None = flag()
+    foreign_initiated: bool | None = flag()
+    billing_cycle_closing_day: int | None = count()
+    scheme: str | None = text(doc="card_network, sepa_direct_debit, ach, ...")
+    card_network: str | None = text()
+    debited_at: Instant | None = instant()
+    mandate_valid: bool | None = flag()
+    fraud_reported: bool | None = flag()
+    holidays: tuple[dt.date, ...] = many(kind="date", doc="the institution's own closing days")
+
+
+@attrs.frozen
+class RefundRequest:
+    """One refund request in canonical form. Build it with ``refundry.parse_request``."""
+
+    request_id: str = text(required=True)
+    client_id: str = text(required=True)
+    industry: str = choice(*INDUSTRIES, required=True)
+    jurisdiction: str = text(required=True, doc="ISO 3166-1 alpha-2 or ISO 3166-2")
+    requested_at: dt.datetime = instant(required=True)
+    amount: Decimal = money(required=True)
+    currency: str = text(required=True, doc="ISO 4217")
+    reason: str = choice(*REASONS, required=True)
+    customer: Customer = section(Customer, required=True)
+    transaction: Transaction = section(Transaction, required=True)
+    timezone: str | None = text(doc="IANA time zone; default from the jurisdiction")
+    refund_to: str | None = text()
+    requested_remedy: str | None = choice("refund", "replacement", "repair")
+    diminished_value: Decimal | None = money()
+    note: str | None = text(doc="free text; masked before it is stored")
+    facts: Any = _field("facts", doc="client-specific facts that client rules may name")
+    items: tuple[Item, ...] = many(Item)
+    prior_refunds: tuple[PriorRefund, ...] = many(PriorRefund)
+    disclosures: Disclosures | None = section(Disclosures)
+    consents: Consents | None = section(Consents)
+    evidence: Evidence | None = section(Evidence)
+    healthcare: Healthcare | None = section(Healthcare)
+    finance: Finance | None = section(Finance)
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Reason:
+    """One rule that matched, as the decision reports it."""
+
+    rule_id: str
+    effect: str
+    code: str
+    message: str
+    customer_message: str
+    citation: str
+    floor: bool = False
+    ruleset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule_id": self.rule_id, "effect": self.effect, "code": self.code,
+            "message": self.message, "customer_message": self.customer_message,
+            "citation": self.citation, "floor": self.floor, "ruleset": self.ruleset,
+        }
+
+
+@attrs.frozen
+class Deadline:
+    """A named statutory clock and the date it runs out (inclusive, consumer's local date)."""
+
+    name: str
+    due: dt.date
+    citation: str
+    rule_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "due": self.due.isoformat(), "citation": self.citation,
+                "rule_id": self.rule_id}
+
+
+@attrs.frozen
+class Layer:
+    id: str
+    version: str
+    digest: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "version": self.version, "digest": self.digest}
+
+
+@attrs.frozen
+class RulesetRef:
+    """The exact ruleset a decision was made with: the top layer's id and version, and a digest
+    over the content of every layer it extends, so a replay can prove it used the same rules."""
+
+    id: str
+    version: str
+    digest: str
+    layers: tuple[Layer, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version, "digest": self.digest,
+                "layers": [layer.to_dict() for layer in self.layers]}
+
+
+@attrs.frozen
+class Decision:
+    """The engine's answer: the outcome, every rule behind it, the amount and the clocks.
+
+    ``errors`` is non-empty only when the request was invalid or a rule could not be evaluated;
+    the outcome is then never ``approve``.
+    """
+
+    outcome: str = attrs.field(validator=attrs.validators.in_(OUTCOMES))
+    amount: Decimal
+    currency: str
+    request_id: str
+    as_of: dt.datetime | None
+    reasons: tuple[Reason, ...] = ()
+    deadlines: tuple[Deadline, ...] = ()
+    ruleset: RulesetRef | None = None
+    errors: tuple[str, ...] = ()
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        return tuple(r.rule_id for r in self.reasons)
+
+    def deadline(self, name: str) -> dt.date | None:
+        for d in self.deadlines:
+            if d.name == name:
+                return d.due
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (money as a decimal string, dates ISO 8601); valid against
+        ``schemas/decision.schema.json``."""
+        return {
+            "request_id": self.request_id,
+            "outcome": self.outcome,
+            "amount": str(self.amount),
+            "currency": self.currency,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "deadlines": [d.to_dict() for d in self.deadlines],
+            "ruleset": self.ruleset.to_dict() if self.ruleset else None,
+            "as_of": self.as_of.isoformat() if self.as_of else None,
+            "errors": list(self.errors),
+        }
