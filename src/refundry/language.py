@@ -460,6 +460,12 @@ def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool) -> Nod
     if op in ("lt", "le", "gt", "ge") and not info.ordered:
         ctx.error(f"`{path}` is {info.kind}; it cannot be compared with `{op}`", raw, op)
         return TRUE
+    if op == "ne" and info.kind == "flag":
+        # `ne: true` is false when the flag is missing, which is rarely what an analyst means.
+        ctx.error(f"`ne` on true/false field `{path}` is false when the field is missing; write "
+                  f"`not: {{field: {path}, eq: {str(value).lower()}}}` or `eq: {str(not value).lower() if isinstance(value, bool) else 'false'}`",
+                  raw, op)
+        return TRUE
     operand = _parse_operand(value, info, op, ctx, raw, item)
     if operand is None:
         return TRUE
