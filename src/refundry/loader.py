@@ -154,9 +154,10 @@ class Report:
         self.errors: list[RulesetError] = []
         self._seen: set[str] = set()
 
-    def add(self, message: str, path: str, pos: tuple[int, int] = (1, 1), *,
+    def add(self, message: str, path: str, pos: tuple[int, int] | None = (1, 1), *,
             rule_id: str | None = None) -> None:
-        err = RulesetError(message, path=path, line=pos[0], column=pos[1], rule_id=rule_id)
+        line, column = pos if pos is not None else (None, None)
+        err = RulesetError(message, path=path, line=line, column=column, rule_id=rule_id)
         if str(err) not in self._seen:
             self._seen.add(str(err))
             self.errors.append(err)
@@ -210,7 +211,7 @@ def read_yaml(path: Path, report: Report) -> tuple[str, Any] | None:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        report.add(f"cannot read the file: {exc.strerror or exc}".lower(), shown)
+        report.add(f"cannot read the file: {exc.strerror or exc}".lower(), shown, None)
         return None
     if len(raw) > MAX_FILE_BYTES:
         report.add(f"the file is larger than {MAX_FILE_BYTES} bytes", shown)
@@ -653,7 +654,7 @@ class Library:
                 return None
             if any(layer.id == base.id for layer in layers):
                 if report is not None:
-                    cycle = " -> ".join([*(d.id for d in reversed(layers)), base.id][::-1])
+                    cycle = " -> ".join([*(d.id for d in layers), base.id])
                     report.add(f"extends forms a cycle: {cycle}", cursor.path, cursor.data.vpos("extends"))
                 return None
             if len(layers) >= MAX_EXTENDS_DEPTH:
@@ -698,7 +699,7 @@ def load_library(paths: Iterable[str | Path]) -> Library:
     docs = []
     for f in files:
         if not f.exists():
-            report.add("no such file or directory", str(f))
+            report.add("no such file or directory", str(f), None)
             continue
         doc = load_document(f, report)
         if doc is not None:

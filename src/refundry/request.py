@@ -243,3 +243,69 @@ def _dump(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_dump(v) for v in value]
     return value
+
+
+# --- the JSON schema, generated from the same field metadata --------------------------------
+
+SCHEMA_ID = "https://refundry.dev/schemas/refund-request/1.0.0/refund-request.schema.json"
+_MONEY = {"type": ["string", "integer"], "pattern": r"^-?\d{1,15}(\.\d{1,12})?$",
+          "description": "a decimal string (never a float), e.g. \"12.50\""}
+_INSTANT = {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}],
+            "description": "RFC 3339 with offset, or a date read in the consumer's local time"}
+
+
+def _schema_for(meta: Mapping[str, Any], name: str) -> dict[str, Any]:
+    kind = meta["kind"]
+    if meta.get("many"):
+        one = _schema_for({**meta, "many": False}, name)
+        return {"type": "array", "maxItems": MAX_ITEMS, "items": one}
+    if kind == "object":
+        return _model_schema(meta["model"])
+    if kind == "text":
+        return {"type": "string", "maxLength": MAX_NOTE if name == "note" else MAX_TEXT}
+    if kind == "enum":
+        return {"enum": list(meta["values"])}
+    if kind == "money":
+        return dict(_MONEY)
+    if kind == "flag":
+        return {"type": "boolean"}
+    if kind == "count":
+        return {"type": "integer", "minimum": 0, "maximum": 1_000_000}
+    if kind == "instant":
+        if name == "requested_at":
+            return {"type": "string", "format": "date-time"}
+        return dict(_INSTANT)
+    if kind == "date":
+        return {"type": "string", "format": "date"}
+    if kind == "facts":
+        return {"type": "object", "maxProperties": 200,
+                "description": "client-specific facts that client rules name as facts.NAME"}
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _model_schema(cls: type) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    required = []
+    for f in attrs.fields(cls):
+        schema = _schema_for(f.metadata, f.name)
+        if f.metadata.get("doc"):
+            schema["description"] = f.metadata["doc"]
+        props[f.name] = schema
+        if f.default is attrs.NOTHING:
+            required.append(f.name)
+    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        out["required"] = required
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """``schemas/refund-request.schema.json``, derived from the models; a test keeps the file
+    equal to this."""
+    schema = _model_schema(RefundRequest)
+    props = schema["properties"]
+    props["currency"]["pattern"] = "^[A-Z]{3}$"
+    props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?$"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "refundry canonical refund request", "x-refundry-schema-version": "1.0.0",
+            **schema}

@@ -116,5 +116,8 @@ def error_message(exc: yaml.YAMLError) -> str:
         return f"duplicate key `{exc.key}`"
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
+    started = getattr(exc, "context_mark", None)
+    if context and started is not None:
+        context = f"{context} (started at line {started.line + 1})"
     msg = f"{context}: {problem}" if context else str(problem)
     return "invalid yaml: " + " ".join(msg.split())
