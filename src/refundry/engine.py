@@ -222,8 +222,8 @@ class Engine:
 
     def _decide(self, req: RefundRequest, when: dt.datetime, ruleset: str | None,
                 explain: bool) -> tuple[Decision, dict[str, Any], list[dict[str, Any]]]:
-        zone_name = consumer_timezone(req)
-        day = when.astimezone(self._zones.get(zone_name)).date()
+        tz = self._zones.get(consumer_timezone(req))
+        day = when.astimezone(tz).date()
         prepared = self._resolve(req, day, ruleset)
         if prepared is None:
             what = f"ruleset `{ruleset}`" if ruleset else (
@@ -233,13 +233,14 @@ class Engine:
                                    [f"no {what} in force on {day.isoformat()}"], when), {}, []
         comp = prepared.ruleset
         builder = prepared.facts
-        ctx: Context = builder.context(req)
+        ctx: Context = builder.context(req, tz)
         facts, items = builder.build(req, ctx)
         hits = prepared.matcher(facts, items)
         matched: list[Rule] = [comp.rules[i] for i in hits]
         outcome, synthetic, floor_decided = outcome_of(matched)
-        refundable = facts.get("transaction.refundable", req.transaction.amount - sum(
-            (p.amount for p in req.prior_refunds), ZERO))
+        refundable = facts.get("transaction.refundable")
+        if refundable is None:
+            refundable = req.transaction.amount - sum((p.amount for p in req.prior_refunds), ZERO)
         amount = amount_of(outcome, floor_decided, req.amount, refundable, matched, facts, req.currency)
         decision = Decision(
             outcome=outcome, amount=amount, currency=req.currency, request_id=req.request_id,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
 import attrs
 
 from . import jurisdictions
-from .fields import item_fields
+from .fields import lookup
+from .language import item_paths
 from .loader import CompiledRuleset, DeadlineDef
 from .models import RefundRequest
 from .money import ZERO
@@ -84,10 +85,6 @@ class Context:
         return end
 
 
-_SECTIONS = ("customer", "transaction", "disclosures", "consents", "evidence", "healthcare", "finance")
-_ITEM_FIELDS = tuple(item_fields())
-
-
 def _prior_total(req: RefundRequest) -> Decimal:
     return sum((p.amount for p in req.prior_refunds), ZERO)
 
@@ -102,34 +99,50 @@ _DERIVED: dict[str, Callable[[RefundRequest], Any]] = {
 }
 
 
-def _reader(path: str) -> Callable[[RefundRequest], Any]:
-    if path in _DERIVED:
-        return _DERIVED[path]
-    if path.startswith("facts."):
-        keys = path.split(".")[1:]
+def _fact_reader(path: str) -> Callable[[RefundRequest], Any]:
+    keys = path.split(".")[1:]
 
-        def read_fact(req: RefundRequest) -> Any:
-            value: Any = req.facts
-            for k in keys:
-                if not isinstance(value, Mapping):
-                    return None
-                value = value.get(k)
-            return value
-        return read_fact
-    parts = path.split(".")
-    if len(parts) == 1:
-        name = parts[0]
-        return lambda req: getattr(req, name)
-    section, rest = parts[0], parts[1:]
-
-    def read(req: RefundRequest) -> Any:
-        value: Any = getattr(req, section)
-        for p in rest:
-            if value is None:
+    def read_fact(req: RefundRequest) -> Any:
+        value: Any = req.facts
+        for k in keys:
+            if not isinstance(value, Mapping):
                 return None
-            value = getattr(value, p)
+            value = value.get(k)
         return value
-    return read
+    return read_fact
+
+
+def _extractor(paths: Iterable[str], item_names: Iterable[str]) -> Callable[..., Any]:
+    """Generate one function that copies exactly the facts a ruleset reads out of a request.
+
+    Generated, not looped, because this runs on every evaluation and is most of its cost; the
+    names come from the field registry, never from ruleset text.
+    """
+    lines = ["def extract(req, tz, _DT):", "    f = {}"]
+    readers: list[Callable[[RefundRequest], Any]] = []
+    for path in paths:
+        info = lookup(path)
+        local = info is not None and info.kind in ("instant", "date")
+        store = (f"f[{path!r}] = v.astimezone(tz).date() if v.__class__ is _DT else v"
+                 if local else f"f[{path!r}] = v")
+        if path in _DERIVED or path.startswith("facts."):
+            readers.append(_DERIVED.get(path) or _fact_reader(path))
+            lines += [f"    v = _readers[{len(readers) - 1}](req)", "    if v is not None:",
+                      f"        {store}"]
+            continue
+        parts = path.split(".")
+        indent = "    "
+        lines.append(f"{indent}v = req.{parts[0]}")
+        for part in parts[1:]:
+            lines.append(f"{indent}if v is not None:")
+            indent += "    "
+            lines.append(f"{indent}v = v.{part}")
+        lines += [f"{indent}if v is not None:", f"{indent}    {store}"]
+    pairs = ", ".join(f"{name!r}: it.{name}" for name in item_names)
+    lines.append(f"    return f, [{{{pairs}}} for it in req.items]" if pairs else "    return f, []")
+    namespace: dict[str, Any] = {"_readers": tuple(readers)}
+    exec(compile("\n".join(lines) + "\n", "<refundry-facts>", "exec"), namespace)  # noqa: S102
+    return namespace["extract"]  # type: ignore[no-any-return]
 
 
 class FactBuilder:
@@ -140,27 +153,21 @@ class FactBuilder:
         self.holidays = holidays
         self.zones = zones
         paths = sorted(ruleset.paths() | {"requested_at"})
-        self.readers = tuple((p, _reader(p)) for p in paths)
+        item_names = sorted(set().union(*(item_paths(r.when) for r in ruleset.rules)))
+        self._extract = _extractor(paths, item_names)
         self.windows = ruleset.windows
 
-    def context(self, req: RefundRequest) -> Context:
+    def context(self, req: RefundRequest, tz: zoneinfo.ZoneInfo) -> Context:
         country, sub = jurisdictions.split(req.jurisdiction)
         fin = req.finance
         return Context(
-            tz=self.zones.get(consumer_timezone(req)),
+            tz=tz,
             calendar=self.ruleset.calendar, country=country, subdivision=sub,
             extra_holidays=fin.holidays if fin else (), holidays=self.holidays,
             closing_day=fin.billing_cycle_closing_day if fin else None)
 
     def build(self, req: RefundRequest, ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        facts: dict[str, Any] = {}
-        for path, read in self.readers:
-            value = read(req)
-            if value is None:
-                continue
-            if isinstance(value, dt.date):  # datetimes too: matched by consumer-local date
-                value = ctx.local_date(value)
-            facts[path] = value
+        facts, items = self._extract(req, ctx.tz, dt.datetime)
         for w in self.windows:
             start = facts.get(w.start)
             notice = facts.get(w.notice)
@@ -173,7 +180,6 @@ class FactBuilder:
             if notice is not None:
                 facts[f"window.{w.name}.notice"] = notice
                 facts[f"window.{w.name}.within"] = notice <= end
-        items = [{name: getattr(it, name) for name in _ITEM_FIELDS} for it in req.items]
         return facts, items
 
     def deadline(self, spec: DeadlineDef, facts: Mapping[str, Any], ctx: Context) -> dt.date | None:

@@ -73,6 +73,7 @@ def timezones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+@lru_cache(maxsize=8192)
 def split(code: str) -> tuple[str, str | None]:
     """``"US-CA"`` -> ``("US", "CA")``; raises ``ValueError`` for a code that is not ISO 3166."""
     m = _CODE.match(code) if isinstance(code, str) else None

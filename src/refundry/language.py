@@ -267,6 +267,17 @@ class Window(Node):
 TRUE = All(())
 
 
+def item_paths(node: Node) -> set[str]:
+    """The item fields a condition reads inside ``any_item`` / ``all_items``."""
+    if isinstance(node, Items):
+        return node.child.paths()
+    if isinstance(node, (All, AnyOf)):
+        return set().union(*(item_paths(c) for c in node.children))
+    if isinstance(node, Not):
+        return item_paths(node.child)
+    return set()
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)

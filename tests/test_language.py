@@ -1,0 +1,124 @@
+"""The compiled (generated-code) matcher and the interpreter agree on every condition form,
+including missing facts and facts of the wrong type; the interpreter is the reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from refundry.language import (
+    All,
+    AnyOf,
+    CodeGen,
+    Compare,
+    FieldRef,
+    Items,
+    Literal,
+    Not,
+    Percent,
+    Window,
+)
+
+NUMS = [Decimal("0"), Decimal("10"), Decimal("10.00"), Decimal("99.99"), Decimal("100"), 7]
+DATES = [dt.date(2024, 2, 28), dt.date(2024, 2, 29), dt.date(2024, 3, 1)]
+TEXT = ["a", "b", "changed_mind"]
+FIELDS = {"n1": NUMS, "n2": NUMS, "d1": DATES, "d2": DATES, "t1": TEXT, "b1": [True, False]}
+ITEM_FIELDS = {"q": NUMS, "c": TEXT, "f": [True, False]}
+
+
+def leaf(fields, typed=True):
+    name = st.sampled_from(sorted(fields))
+
+    def build(field):
+        values = fields[field]
+        ops = ["eq", "ne", "in", "not_in", "exists"]
+        if field[0] in "nd":
+            ops += ["lt", "le", "gt", "ge"]
+        return st.sampled_from(ops).flatmap(lambda op: operand(field, op, values).map(
+            lambda operand_: Compare(field, op, operand_, typed)))
+
+    return name.flatmap(build)
+
+
+def operand(field, op, values):
+    if op == "exists":
+        return st.booleans().map(Literal)
+    if op in ("in", "not_in"):
+        return st.lists(st.sampled_from(values), min_size=1, max_size=3).map(lambda v: Literal(frozenset(v)))
+    options = [st.sampled_from(values).map(Literal)]
+    same = [f for f in FIELDS if f[0] == field[0] and f != field] if field in FIELDS else []
+    if same:
+        options.append(st.sampled_from(same).map(FieldRef))
+    if field[0] == "n" and field in FIELDS:
+        options.append(st.tuples(st.sampled_from([0, 50, 100, Decimal("12.5")]), st.sampled_from(["n1", "n2"]))
+                       .map(lambda t: Percent(Decimal(t[0]), t[1])))
+    return st.one_of(options)
+
+
+def trees(fields, depth=3, items=True):
+    base = st.one_of(leaf(fields), st.sampled_from(["w1", "w2"]).flatmap(
+        lambda w: st.sampled_from(["within", "after"]).map(lambda m: Window(m, w))))
+    if items:
+        base = st.one_of(base, st.tuples(st.sampled_from(["any_item", "all_items"]),
+                                         item_trees()).map(lambda t: Items(t[0], t[1])))
+    return st.recursive(base, lambda kids: st.one_of(
+        st.lists(kids, min_size=1, max_size=3).map(lambda c: All(tuple(c))),
+        st.lists(kids, min_size=1, max_size=3).map(lambda c: AnyOf(tuple(c))),
+        kids.map(Not)), max_leaves=8)
+
+
+def item_trees():
+    return st.recursive(leaf(ITEM_FIELDS), lambda kids: st.one_of(
+        st.lists(kids, min_size=1, max_size=2).map(lambda c: All(tuple(c))),
+        kids.map(Not)), max_leaves=4)
+
+
+def fact_maps(fields):
+    return st.fixed_dictionaries({}, optional={f: st.sampled_from(v) for f, v in fields.items()})
+
+
+facts_strategy = st.tuples(
+    fact_maps(FIELDS).map(dict),
+    st.dictionaries(st.sampled_from(["window.w1.within", "window.w2.within"]), st.booleans()),
+).map(lambda t: {**t[0], **t[1]})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(trees(FIELDS), min_size=1, max_size=4),
+       st.lists(st.tuples(facts_strategy, st.lists(fact_maps(ITEM_FIELDS), max_size=3)), min_size=1, max_size=5))
+def test_generated_code_agrees_with_the_interpreter(conditions, cases):
+    match = CodeGen().build(conditions)
+    for facts, items in cases:
+        expected = [i for i, c in enumerate(conditions) if c.evaluate(facts, items)]
+        assert match(facts.get, items) == expected
+        for c in conditions:
+            assert c.explain(facts, items)["result"] == c.evaluate(facts, items)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(leaf({"x": ["a", 1, Decimal("2"), True, dt.date(2024, 1, 1)]}, typed=False), min_size=1, max_size=4),
+       st.lists(st.fixed_dictionaries({}, optional={"x": st.sampled_from(["a", 3, Decimal("1.5"), False, (1, 2), None])}), min_size=1, max_size=4))
+def test_untyped_client_facts_never_raise(conditions, cases):
+    match = CodeGen().build(conditions)
+    for facts in cases:
+        assert match(facts.get, []) == [i for i, c in enumerate(conditions) if c.evaluate(facts, [])]
+
+
+def test_missing_facts_make_comparisons_false_and_not_true():
+    cond = Compare("n1", "ne", Literal(Decimal(5)), True)
+    assert cond.evaluate({}, []) is False
+    assert Not(cond).evaluate({}, []) is True
+    assert Items("all_items", Compare("f", "eq", Literal(True), True)).evaluate({}, []) is False
+    match = CodeGen().build([cond, Not(cond)])
+    assert match({}.get, []) == [1]
+
+
+def test_literals_reach_generated_code_as_constants_not_source():
+    hostile = "x'); import os; os.system('echo pwned'); ('"
+    cond = Compare("t1", "eq", Literal(hostile), True)
+    match = CodeGen().build([cond])
+    assert hostile not in match.__refundry_source__
+    assert match({"t1": hostile}.get, []) == [0]
