@@ -35,7 +35,7 @@ def generate(n: int, seed: int = 7) -> list[dict]:
     rnd = random.Random(seed)
     out = []
     for i in range(n):
-        delivered = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=rnd.randrange(0, 60 * 24 * 200))
+        delivered = dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=rnd.randrange(0, 60 * 24 * 200))
         requested = delivered + dt.timedelta(minutes=rnd.randrange(0, 60 * 24 * 45))
         total = Decimal(rnd.randrange(100, 200_000)) / 100
         amount = min(total, Decimal(rnd.randrange(100, 150_000)) / 100)

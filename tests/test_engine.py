@@ -103,7 +103,7 @@ def test_no_ruleset_in_force_means_manual_review(engine, request_json):
 
 
 def test_as_of_before_any_version_is_not_approved(engine, request_json):
-    d = engine.evaluate(request_json, as_of=dt.datetime(2010, 1, 1, tzinfo=dt.timezone.utc))
+    d = engine.evaluate(request_json, as_of=dt.datetime(2010, 1, 1, tzinfo=dt.UTC))
     assert d.outcome == "manual_review" and d.rule_ids == ("refundry.no-ruleset",)
 
 

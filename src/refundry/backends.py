@@ -33,7 +33,7 @@ class CompiledBackend:
         match = CodeGen().build([rule.when for rule in ruleset.rules])
 
         def matcher(facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> list[int]:
-            return match(facts.get, items)  # type: ignore[no-any-return]
+            return match(facts.get, items)
         matcher.source = match.__refundry_source__  # type: ignore[attr-defined]
         return matcher
 
@@ -62,5 +62,5 @@ def get_backend(name: str) -> Backend:
             from .durable import DurableBackend
         except ImportError as exc:  # pragma: no cover - until the durable backend lands
             raise RefundryError(f"backend `durable` is not available: {exc}") from None
-        return DurableBackend()  # type: ignore[no-any-return]
+        return DurableBackend()
     raise RefundryError(f"unknown backend `{name}`; use compiled or durable")

@@ -76,7 +76,7 @@ class Context:
             return None
         if isinstance(value, dt.datetime):
             return value.astimezone(self.tz).date()
-        return value  # type: ignore[no-any-return]
+        return value
 
     def period_end(self, period: Any, start: dt.date) -> dt.date | None:
         end = add_period(period, start, self.working, self.closing_day)
@@ -142,7 +142,7 @@ def _extractor(paths: Iterable[str], item_names: Iterable[str]) -> Callable[...,
     lines.append(f"    return f, [{{{pairs}}} for it in req.items]" if pairs else "    return f, []")
     namespace: dict[str, Any] = {"_readers": tuple(readers)}
     exec(compile("\n".join(lines) + "\n", "<refundry-facts>", "exec"), namespace)  # noqa: S102
-    return namespace["extract"]  # type: ignore[no-any-return]
+    return namespace["extract"]
 
 
 class FactBuilder:
@@ -184,7 +184,7 @@ class FactBuilder:
 
     def deadline(self, spec: DeadlineDef, facts: Mapping[str, Any], ctx: Context) -> dt.date | None:
         if spec.window is not None:
-            return facts.get(f"window.{spec.window}.end")  # type: ignore[no-any-return]
+            return facts.get(f"window.{spec.window}.end")
         start = facts.get(spec.start) if spec.start else None
         if start is None or spec.period is None:
             return None

@@ -12,7 +12,7 @@ from functools import lru_cache
 from importlib import resources
 
 EU_MEMBERS = frozenset(
-    "AT BE BG HR CY CZ DK EE FI FR DE GR IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split()
+    ["AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"]
 )
 
 _CODE = re.compile(r"^([A-Z]{2})(?:-([A-Z0-9]{1,3}))?$")

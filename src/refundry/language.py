@@ -362,7 +362,7 @@ class CodeGen:
         exec(compile(code, "<refundry-compiled-ruleset>", "exec"), namespace)  # noqa: S102
         match = namespace["match"]
         match.__refundry_source__ = code
-        return match  # type: ignore[no-any-return]
+        return match
 
 
 # --- parsing -------------------------------------------------------------------------------

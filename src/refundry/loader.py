@@ -25,10 +25,18 @@ import yaml
 from . import fields as fieldreg
 from . import jurisdictions, yamlsrc
 from .errors import InvalidRulesets, RulesetError
-from .language import ParseContext, parse_condition, positions_of
 from .language import Node as ConditionNode
+from .language import ParseContext, parse_condition, positions_of
 from .models import Layer, Reason, RulesetRef
-from .periods import WEEKDAYS, CalendarSpec, HolidayCalendars, Period, WorkingDays, add_period, roll_forward
+from .periods import (
+    WEEKDAYS,
+    CalendarSpec,
+    HolidayCalendars,
+    Period,
+    WorkingDays,
+    add_period,
+    roll_forward,
+)
 from .resources import schema
 
 RULESET_SUFFIXES = (".yaml", ".yml")
@@ -314,7 +322,7 @@ def load_document(path: Path, report: Report) -> RulesetDoc | None:
         return None
     text, data = read
     shown = str(path)
-    if not isinstance(data, Mapping):
+    if not isinstance(data, yamlsrc.LocDict):
         report.add("a ruleset file must be a mapping with `ruleset`, `version`, "
                    "`effective_from` and `rules`", shown)
         return None
@@ -470,7 +478,7 @@ def _probe_country(layers: Sequence[RulesetDoc]) -> str | None:
 
 def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str, report: Report) -> tuple[Adjustment, ...]:
     out = []
-    for i, adj in enumerate(raw or ()):
+    for adj in raw or ():
         (kind, value), = adj.items()
         if kind == "deduct_percent":
             out.append(Adjustment(kind, value=Decimal(value)))
@@ -588,7 +596,7 @@ class Library:
         self._starts = {rid: [d.effective_from for d in v] for rid, v in self.versions.items()}
         self.composites: dict[tuple[tuple[str, str], ...], CompiledRuleset] = {}
         self.probe = HolidayCalendars()
-        for rid, versions in self.versions.items():
+        for versions in self.versions.values():
             for doc in versions:
                 for day in self._days_in_force(doc):
                     self.chain(doc, day, report)

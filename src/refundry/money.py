@@ -7,7 +7,7 @@ currency's minor unit when a decision states the refundable amount.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
+from functools import cache
 
 import iso4217
 
@@ -18,7 +18,7 @@ ZERO = Decimal(0)
 _NOT_PAYABLE = {"XAU", "XAG", "XPT", "XPD", "XDR", "XTS", "XXX", "XBA", "XBB", "XBC", "XBD", "XSU", "XUA"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def minor_units(currency: str) -> int:
     """Digits after the decimal point in ``currency`` (EUR 2, JPY 0, BHD 3).
 
@@ -47,7 +47,7 @@ def is_currency(code: object) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def _quantum(currency: str) -> Decimal:
     return Decimal(1).scaleb(-minor_units(currency))
 

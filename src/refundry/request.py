@@ -215,14 +215,14 @@ def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
         errors.add("amount", "must not be negative")
     if req.transaction.amount < 0:
         errors.add("transaction.amount", "must not be negative")
-    if req.finance and req.finance.billing_cycle_closing_day is not None:
-        if not 1 <= req.finance.billing_cycle_closing_day <= 31:
-            errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
+    closing = req.finance.billing_cycle_closing_day if req.finance else None
+    if closing is not None and not 1 <= closing <= 31:
+        errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
 
 
 def request_to_dict(req: RefundRequest) -> dict[str, Any]:
     """The canonical JSON form of a request (the inverse of ``parse_request``)."""
-    return _dump(req)  # type: ignore[no-any-return]
+    return _dump(req)
 
 
 def _dump(value: Any) -> Any:

@@ -4,7 +4,7 @@ the source tree in a checkout (an editable install)."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ def data_dir(name: str) -> Path:
     return _CHECKOUT / name
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema(name: str) -> dict[str, Any]:
     """A JSON schema by file name, e.g. ``ruleset.schema.json``."""
-    return json.loads((data_dir("schemas") / name).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    return json.loads((data_dir("schemas") / name).read_text(encoding="utf-8"))

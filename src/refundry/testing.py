@@ -32,6 +32,7 @@ from .engine import Engine
 from .errors import RulesetError
 from .loader import Report, discover, read_yaml
 from .models import OUTCOMES, Decision
+from .yamlsrc import LocDict
 
 _CASE_KEYS = {"name", "request", "as_of", "expect", "description"}
 _EXPECT_KEYS = {"outcome", "rules", "amount", "deadlines", "errors"}
@@ -158,7 +159,7 @@ def _load_suite(path: Path, engine: Engine, report: Report) -> list[tuple[int, s
         return []
     _, data = read
     shown = str(path)
-    if not isinstance(data, Mapping) or not isinstance(data.get("cases"), list):
+    if not isinstance(data, LocDict) or not isinstance(data.get("cases"), list):
         report.add("a test file needs `ruleset` and a list of `cases`", shown)
         return []
     suite = data.get("ruleset")

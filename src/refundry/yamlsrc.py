@@ -16,7 +16,7 @@ import yaml
 Pos = tuple[int, int]  # 1-based line and column
 
 
-class LocDict(dict):  # type: ignore[type-arg]
+class LocDict(dict):
     """A mapping that remembers where it and each of its keys' values stand."""
 
     start: Pos = (1, 1)
@@ -32,7 +32,7 @@ class LocDict(dict):  # type: ignore[type-arg]
         return getattr(self, "value_pos", {}).get(key, self.pos(key))
 
 
-class LocList(list):  # type: ignore[type-arg]
+class LocList(list):
     start: Pos = (1, 1)
     item_pos: list[Pos]
 
