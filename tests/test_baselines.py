@@ -1,0 +1,79 @@
+"""The shipped rulesets, checked the way CI and a compliance analyst check them: through the
+`refundry` command on the real files."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from refundry import Engine
+
+from .conftest import ROOT, RULESETS, refundry_cli
+
+BAD = sorted(RULESETS.rglob("*_bad.yaml"))
+ROW = re.compile(r"\b(C|E|U|US|A|H|F)(\d{1,2})\b")
+# Floor rules that cannot carry a date: the law sets none, or the event it runs from is not a
+# request field. Each is explained in the industry page under "what a reviewer must check".
+NO_DEADLINE = {
+    "acl-major-failure-refund", "acl-major-failure-replacement", "acl-minor-failure",
+    "rege-investigation-complete",
+}
+
+
+def test_validate_shipped_rulesets() -> None:
+    proc = refundry_cli("validate", "rulesets/")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok:")
+
+
+def test_all_rule_tests_pass_with_every_rule_covered() -> None:
+    proc = refundry_cli("test", "rulesets/", "--coverage")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "not covered" not in proc.stdout
+    covered, total = re.search(r"coverage: (\d+)/(\d+) rules", proc.stdout).groups()
+    assert covered == total and int(total) > 80
+    assert re.search(r"(\d+) passed, 0 failed", proc.stdout)
+
+
+@pytest.mark.parametrize("bad", BAD, ids=[p.name for p in BAD])
+def test_bad_samples_are_rejected_naming_the_floor(bad) -> None:
+    proc = refundry_cli("validate", str(bad.relative_to(ROOT)))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    messages = proc.stderr.strip().splitlines()
+    assert messages and all(str(bad.relative_to(ROOT)) in m for m in messages)
+    assert all("statutory floor" in m for m in messages)
+    # the floor is named: the rule id or window and the baseline it belongs to
+    assert all(re.search(r"(rule|window) `[a-z0-9_.-]+`", m) for m in messages)
+    assert all(re.search(r"(of `[a-z0-9-]+`)", m) for m in messages)
+
+
+def test_every_industry_has_a_bad_sample() -> None:
+    assert {p.parent.name for p in BAD} == {"ecommerce", "healthcare", "finance"}
+
+
+def _baseline_rules():
+    engine = Engine.from_path(RULESETS)
+    seen = {}
+    for comp in engine.library.composites.values():
+        for rule in comp.rules:
+            layer = next(d for d in comp.layers if d.id == rule.layer)
+            if layer.client is None:
+                seen[(rule.layer, rule.id)] = rule
+    return seen
+
+
+def test_every_baseline_rule_cites_a_row_that_exists() -> None:
+    reference = (ROOT / "docs" / "regulations.md").read_text(encoding="utf-8")
+    rows = {m.group(0) for m in re.finditer(r"^\| ([A-Z]{1,2}\d{1,2}) \|", reference, re.M)}
+    rows = {r.strip("| ").strip() for r in rows}
+    for (layer, rid), rule in _baseline_rules().items():
+        cited = {a + b for a, b in ROW.findall(rule.reason.citation)}
+        assert cited, f"{layer}/{rid} cites no regulation row"
+        assert cited <= rows, f"{layer}/{rid} cites rows not in docs/regulations.md: {cited - rows}"
+
+
+def test_every_baseline_floor_rule_carries_its_deadlines() -> None:
+    for (layer, rid), rule in _baseline_rules().items():
+        if rule.floor and rid not in NO_DEADLINE:
+            assert rule.deadlines, f"{layer}/{rid} is a statutory rule without a deadline"
