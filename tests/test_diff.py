@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import random
 import zoneinfo
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import holidays
@@ -23,7 +23,7 @@ ZONES = {"DE": "Europe/Berlin", "FR": "Europe/Paris", "AT": "Europe/Vienna"}
 N = 10_000
 
 
-@lru_cache(maxsize=None)
+@cache
 def _holidays(country: str, year: int) -> frozenset[dt.date]:
     return frozenset(holidays.country_holidays(country, years=year))
 
@@ -47,7 +47,7 @@ def _generate(path: Path) -> dict[str, str]:
         for i in range(N):
             country = rng.choice(sorted(ZONES))
             zone = ZONES[country]
-            delivered = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(
+            delivered = dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
                 minutes=rng.randrange(0, 365 * 24 * 60))
             requested = delivered + dt.timedelta(minutes=rng.randrange(0, 40 * 24 * 60))
             reason = "changed_mind" if rng.random() < 0.85 else rng.choice(["defective", "other"])
