@@ -137,3 +137,31 @@ def test_diff_table_and_bad_lines(tmp_path: Path) -> None:
     assert "r.jsonl:3:1: invalid json" in proc.stdout
     same = refundry_cli("diff", str(EU), str(EU), "--requests", str(requests))
     assert "changed: 0" in same.stdout
+
+
+def test_diff_a_client_file_over_shared_baselines(tmp_path: Path) -> None:
+    """A client file alone cannot load (it extends a baseline): --with supplies the baselines,
+    and the side's own version of the client ruleset wins over the copy in the shared folder."""
+    acme = RULESETS / "ecommerce" / "acme-eu.yaml"
+    new = tmp_path / "acme-eu.yaml"
+    new.write_text(acme.read_text(encoding="utf-8").replace("period: 30 days", "period: 20 days")
+                   .replace("version: 1.0.0", "version: 1.1.0"), encoding="utf-8")
+    lines = []
+    for day in range(10, 32):  # delivered 1 March 2024 (France): day 20 is Thursday 21 March
+        lines.append(json.dumps({
+            "request_id": f"d{day}", "client_id": "acme", "industry": "ecommerce",
+            "jurisdiction": "FR", "requested_at": f"2024-03-{day:02d}T10:00:00+01:00",
+            "amount": "80.00", "currency": "EUR", "reason": "changed_mind", "customer": {"id": "c"},
+            "transaction": {"id": "t", "amount": "80.00", "delivered_at": "2024-03-01T12:00:00+01:00"},
+            "disclosures": {"withdrawal_info_given": True}, "evidence": {"goods_received_back": True}}))
+    requests = tmp_path / "r.jsonl"
+    requests.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = refundry_cli("diff", str(acme), str(new), "--with", str(RULESETS), "--requests",
+                        str(requests), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    by_change = {c["change"]: c["request_ids"] for c in report["changes"]}
+    assert by_change["outcome: approve -> deny"] == [f"d{d}" for d in range(22, 32)]
+    assert by_change["deadline period_ends: earlier"] == [f"d{d}" for d in range(10, 22)]
+    assert report["changed"] == 22
+    assert {r["version"] for r in report["new"]["rulesets"] if r["id"] == "acme-eu"} == {"1.1.0"}
