@@ -77,14 +77,12 @@ def test_window_with_own_calendar_does_not_roll_forward(engine: Engine) -> None:
 
 
 def test_deadline_with_own_holiday_calendar(engine: Engine) -> None:
-    # From Mon 25 Mar 2024: Cesar Chavez Day (Sun 31 Mar) is a California holiday but not a
-    # federal one and falls on a Sunday, so use a request where the difference shows: Columbus
-    # Day (14 Oct 2024) is federal, not a California state holiday in the calendar library.
+    # Columbus Day (Mon 14 Oct 2024) is a federal holiday but not a California one: 7 working
+    # days from Thu 10 Oct end on 22 Oct under the deadline's own federal calendar and on
+    # 21 Oct under the ruleset's California calendar.
     d = engine.evaluate(_request("2024-10-01T12:00:00-07:00", "2024-10-10T10:00:00-07:00"))
-    fed = d.deadline("refund_due_by")
-    state = d.deadline("acknowledge_by")
-    assert fed == dt.date(2024, 10, 22)  # 11,15,16,17,18,21,22 - 14 Oct skipped
-    assert state is not None and state <= fed
+    assert d.deadline("refund_due_by") == dt.date(2024, 10, 22)
+    assert d.deadline("acknowledge_by") == dt.date(2024, 10, 21)
 
 
 def test_client_cannot_undercut_floor_through_window_calendar(tmp_path: Path) -> None:
