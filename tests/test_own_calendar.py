@@ -101,3 +101,13 @@ def test_client_cannot_undercut_floor_through_window_calendar(tmp_path: Path) ->
     proc = refundry_cli("validate", str(tmp_path))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "undercuts the statutory floor of `cal-base`" in proc.stdout + proc.stderr
+
+
+def test_a_window_deadline_takes_no_calendar_of_its_own(tmp_path: Path) -> None:
+    text = BASE.replace("{name: period_ends, window: state}",
+                        "{name: period_ends, window: state, calendar: {period_end: as_is}}")
+    assert text != BASE
+    (tmp_path / "base.yaml").write_text(text)
+    proc = refundry_cli("validate", str(tmp_path))
+    assert proc.returncode == 3
+    assert "base.yaml:" in proc.stderr and "counts with its window's calendar" in proc.stderr

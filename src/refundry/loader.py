@@ -513,6 +513,10 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
                 report.add(f"unknown window `{spec['window']}`", doc.path, spec.vpos("window"),
                            rule_id=rule_id)
                 continue
+            if "calendar" in spec:
+                report.add("a `window` deadline counts with its window's calendar; put "
+                           "`calendar` on the window", doc.path, spec.pos("calendar"),
+                           rule_id=rule_id)
             out.append(DeadlineDef(spec["name"], citation or windows[spec["window"]].citation,
                                    window=spec["window"]))
             continue
