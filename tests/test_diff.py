@@ -165,3 +165,9 @@ def test_diff_a_client_file_over_shared_baselines(tmp_path: Path) -> None:
     assert by_change["deadline period_ends: earlier"] == [f"d{d}" for d in range(10, 22)]
     assert report["changed"] == 22
     assert {r["version"] for r in report["new"]["rulesets"] if r["id"] == "acme-eu"} == {"1.1.0"}
+
+
+def test_diff_without_a_requests_file_is_a_runtime_error(tmp_path: Path) -> None:
+    proc = refundry_cli("diff", str(EU), str(EU), "--requests", str(tmp_path / "missing.jsonl"))
+    assert proc.returncode == 1
+    assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
