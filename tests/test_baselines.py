@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import pytest
 
@@ -71,8 +72,13 @@ def test_every_industry_has_a_bad_sample() -> None:
     assert {p.parent.name for p in BAD} == {"ecommerce", "healthcare", "finance"}
 
 
+@lru_cache(maxsize=1)
+def _shipped() -> Engine:
+    return Engine.from_path(RULESETS)
+
+
 def _baseline_rules():
-    engine = Engine.from_path(RULESETS)
+    engine = _shipped()
     seen = {}
     for comp in engine.library.composites.values():
         for rule in comp.rules:
@@ -96,3 +102,30 @@ def test_every_baseline_floor_rule_carries_its_deadlines() -> None:
     for (layer, rid), rule in _baseline_rules().items():
         if rule.floor and rid not in NO_DEADLINE:
             assert rule.deadlines, f"{layer}/{rid} is a statutory rule without a deadline"
+
+
+def _req(industry: str, jurisdiction: str, when: str, client: str = "nobody") -> dict:
+    return {"request_id": "r", "client_id": client, "industry": industry,
+            "jurisdiction": jurisdiction, "requested_at": when, "amount": "10.00",
+            "currency": "USD", "reason": "other", "customer": {"id": "c"},
+            "transaction": {"id": "t", "amount": "10.00"}}
+
+
+@pytest.mark.parametrize(("industry", "jurisdiction", "when", "client", "expected"), [
+    ("ecommerce", "DE", "2024-05-01T10:00:00+02:00", "nobody", "eu-consumer"),
+    ("ecommerce", "GB", "2024-05-01T10:00:00+01:00", "nobody", "uk-consumer"),
+    ("ecommerce", "US-NY", "2024-05-01T10:00:00-04:00", "nobody", "us-ftc"),
+    ("ecommerce", "US-CA", "2024-05-01T10:00:00-07:00", "nobody", "us-ca-consumer"),
+    ("ecommerce", "US-CA", "2024-05-01T10:00:00-07:00", "gadgetco", "gadgetco-ca"),
+    ("ecommerce", "AU-NSW", "2024-05-01T10:00:00+10:00", "nobody", "au-consumer"),
+    ("healthcare", "US-CA", "2024-12-31T10:00:00-08:00", "nobody", "us-health"),
+    ("healthcare", "US-CA", "2025-01-01T10:00:00-08:00", "nobody", "us-ca-health"),
+    ("finance", "US-TX", "2024-05-01T10:00:00-05:00", "nobody", "us-finance"),
+    ("finance", "FR", "2024-05-01T10:00:00+02:00", "nobody", "eu-payments"),
+    ("finance", "DE", "2024-05-01T10:00:00+02:00", "sparbank", "sparbank-de"),
+])
+def test_requests_resolve_to_the_regime_that_governs_them(industry, jurisdiction, when, client,
+                                                          expected) -> None:
+    decision = _shipped().evaluate(_req(industry, jurisdiction, when, client))
+    assert decision.ruleset is not None, decision.errors
+    assert decision.ruleset.id == expected
