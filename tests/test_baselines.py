@@ -53,6 +53,11 @@ FLOORS_NAMED = {
 }
 
 
+def test_rule_tests_pass_on_the_interpreted_backend_too() -> None:
+    proc = refundry_cli("test", "rulesets/", "--backend", "interpreted")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_every_bad_sample_has_its_expected_floors() -> None:
     assert {p.name for p in BAD} == set(FLOORS_NAMED)
 
