@@ -69,3 +69,15 @@ def cli(capsys, monkeypatch):
         captured = capsys.readouterr()
         return CLIResult(code, captured.out, captured.err)
     return run
+
+
+def refundry_cli(*args: str, cwd: Path | None = None):
+    """Run the installed `refundry` command in a subprocess, the way a user does."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "refundry"
+    command = [str(exe)] if exe.exists() else [shutil.which("refundry") or "refundry"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                          timeout=600)

@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="show each rule and the values it saw")
     p.add_argument("--backend", default="compiled", choices=["compiled", "durable", "interpreted"])
     p.set_defaults(func=cmd_evaluate)
+
+    from .diffing import register as register_diff
+    register_diff(sub)
     return parser
 
 

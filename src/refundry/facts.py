@@ -52,24 +52,38 @@ class Context:
     holidays: HolidayCalendars
     closing_day: int | None
     _working: WorkingDays | None = None
+    _others: dict[CalendarSpec, WorkingDays] | None = None
 
     @property
     def working(self) -> WorkingDays:
         if self._working is None:
-            spec = self.calendar
-            if spec.holidays == "none":
-                years: Callable[[int], frozenset[dt.date]] = lambda _y: frozenset()  # noqa: E731
-            else:
-                if spec.holidays == "consumer":
-                    country, sub = self.country, self.subdivision
-                else:
-                    country, sub = jurisdictions.split(spec.holidays)
-                cals = self.holidays
-
-                def years(y: int) -> frozenset[dt.date]:
-                    return cals.dates(country, sub, y)
-            self._working = WorkingDays(spec.weekend, years, self.extra_holidays)
+            self._working = self._working_days(self.calendar)
         return self._working
+
+    def working_for(self, spec: CalendarSpec | None) -> WorkingDays:
+        """The working days of a window's or deadline's own calendar (default: the ruleset's)."""
+        if spec is None or spec == self.calendar:
+            return self.working
+        if self._others is None:
+            self._others = {}
+        found = self._others.get(spec)
+        if found is None:
+            found = self._others[spec] = self._working_days(spec)
+        return found
+
+    def _working_days(self, spec: CalendarSpec) -> WorkingDays:
+        if spec.holidays == "none":
+            years: Callable[[int], frozenset[dt.date]] = lambda _y: frozenset()  # noqa: E731
+        else:
+            if spec.holidays == "consumer":
+                country, sub = self.country, self.subdivision
+            else:
+                country, sub = jurisdictions.split(spec.holidays)
+            cals = self.holidays
+
+            def years(y: int) -> frozenset[dt.date]:
+                return cals.dates(country, sub, y)
+        return WorkingDays(spec.weekend, years, self.extra_holidays)
 
     def local_date(self, value: Any) -> dt.date | None:
         if value is None:
@@ -78,10 +92,13 @@ class Context:
             return value.astimezone(self.tz).date()
         return value
 
-    def period_end(self, period: Any, start: dt.date) -> dt.date | None:
-        end = add_period(period, start, self.working, self.closing_day)
-        if end is not None and self.calendar.period_end == "next_working_day":
-            end = roll_forward(end, self.working)
+    def period_end(self, period: Any, start: dt.date,
+                   calendar: CalendarSpec | None = None) -> dt.date | None:
+        spec = calendar or self.calendar
+        working = self.working_for(spec)
+        end = add_period(period, start, working, self.closing_day)
+        if end is not None and spec.period_end == "next_working_day":
+            end = roll_forward(end, working)
         return end
 
 
@@ -173,7 +190,7 @@ class FactBuilder:
             notice = facts.get(w.notice)
             if start is None:
                 continue
-            end = ctx.period_end(w.period, start)
+            end = ctx.period_end(w.period, start, w.calendar)
             if end is None:
                 continue
             facts[f"window.{w.name}.end"] = end
@@ -188,4 +205,4 @@ class FactBuilder:
         start = facts.get(spec.start) if spec.start else None
         if start is None or spec.period is None:
             return None
-        return ctx.period_end(spec.period, start)
+        return ctx.period_end(spec.period, start, spec.calendar)

@@ -79,7 +79,22 @@ class Percent:
         return {"percent": str(self.percent), "of": self.path}
 
 
-Operand = Literal | FieldRef | Percent
+@attrs.frozen
+class FieldPlus:
+    """``{field: OTHER, plus: N}``: another amount field plus a fixed amount (a threshold over a
+    reference amount, e.g. a bill at least 400 over the good-faith estimate)."""
+
+    path: str
+    plus: Decimal
+
+    def get(self, facts: Mapping[str, Any]) -> Any:
+        return _plus(facts.get(self.path), self.plus)
+
+    def describe(self) -> Any:
+        return {"field": self.path, "plus": str(self.plus)}
+
+
+Operand = Literal | FieldRef | Percent | FieldPlus
 
 
 # --- nodes ---------------------------------------------------------------------------------
@@ -208,6 +223,8 @@ class Compare(Node):
             return gen.const(operand.value)
         if isinstance(operand, FieldRef):
             return f"{getter}({gen.const(operand.path)})"
+        if isinstance(operand, FieldPlus):
+            return f"_plus({getter}({gen.const(operand.path)}), {gen.const(operand.plus)})"
         return f"_pct({getter}({gen.const(operand.path)}), {gen.const(operand.percent)})"
 
     def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -216,7 +233,8 @@ class Compare(Node):
                 "seen": _jsonable(seen), "result": self.evaluate(facts, items)}
 
     def paths(self) -> set[str]:
-        extra = {self.operand.path} if isinstance(self.operand, (FieldRef, Percent)) else set()
+        extra = ({self.operand.path} if isinstance(self.operand, (FieldRef, Percent, FieldPlus))
+                 else set())
         return {self.path} | extra
 
 
@@ -297,6 +315,12 @@ def _pct(base: Any, percent: Decimal) -> Any:
     return base * percent / 100
 
 
+def _plus(base: Any, plus: Decimal) -> Any:
+    if base is None or isinstance(base, bool) or not isinstance(base, (int, Decimal)):
+        return None
+    return base + plus
+
+
 def _any(pred: Callable[[Any], bool], items: Sequence[Any]) -> bool:
     for it in items:
         if pred(it.get):
@@ -358,7 +382,7 @@ class CodeGen:
         body.append("    return hits")
         code = "\n".join(self.prelude) + "\n" + "\n".join(body) + "\n"
         namespace: dict[str, Any] = {"_c": tuple(self.consts), "_any": _any, "_all": _all,
-                                     "_pct": _pct, "_cmp": _compare}
+                                     "_pct": _pct, "_plus": _plus, "_cmp": _compare}
         exec(compile(code, "<refundry-compiled-ruleset>", "exec"), namespace)  # noqa: S102
         match = namespace["match"]
         match.__refundry_source__ = code
@@ -515,7 +539,22 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
                           raw, op)
                 return None
             return Percent(Decimal(pct), other.path)
-        ctx.error("a value is a literal, `{field: NAME}` or `{percent: N, of: NAME}`", raw, op,
+        if set(value) == {"field", "plus"}:
+            plus = value["plus"]
+            other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
+            if other is None or other.kind not in ("money", "count", "any"):
+                ctx.error(f"`plus` needs an amount field, not `{value['field']}`", value, "field",
+                          value=True)
+                return None
+            if not isinstance(plus, (int, Decimal)) or isinstance(plus, bool):
+                ctx.error("`plus` takes a number", value, "plus", value=True)
+                return None
+            if info.kind not in ("money", "count", "any"):
+                ctx.error(f"`{info.path}` is {info.kind}; `plus` compares with amounts", raw, op)
+                return None
+            return FieldPlus(other.path, Decimal(str(plus)))
+        ctx.error("a value is a literal, `{field: NAME}`, `{field: NAME, plus: N}` or "
+                  "`{percent: N, of: NAME}`", raw, op,
                   value=True)
         return None
     if op in ("in", "not_in"):

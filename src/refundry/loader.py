@@ -57,6 +57,7 @@ class WindowDef:
     notice: str
     floor: bool
     citation: str
+    calendar: CalendarSpec | None = None  # the ruleset's calendar with this window's own keys
 
 
 @attrs.frozen
@@ -66,6 +67,7 @@ class DeadlineDef:
     start: str | None = None
     period: Period | None = None
     window: str | None = None
+    calendar: CalendarSpec | None = None  # set when the deadline has calendar keys of its own
 
 
 @attrs.frozen
@@ -363,6 +365,19 @@ def _calendar(layers: Sequence[RulesetDoc]) -> CalendarSpec:
     merged: dict[str, Any] = {}
     for doc in layers:
         merged.update(doc.data.get("calendar") or {})
+    return _calendar_spec(merged)
+
+
+def _own_calendar(base: CalendarSpec, raw: Any) -> CalendarSpec:
+    """A window's or deadline's own `calendar` keys over the ruleset's calendar: one regime
+    (a federal clock) can count its way inside a ruleset whose other clocks count another way."""
+    merged: dict[str, Any] = {"weekend": [WEEKDAYS[d] for d in sorted(base.weekend)],
+                              "holidays": base.holidays, "period_end": base.period_end}
+    merged.update(raw or {})
+    return _calendar_spec(merged)
+
+
+def _calendar_spec(merged: Mapping[str, Any]) -> CalendarSpec:
     weekend = frozenset(WEEKDAYS.index(d) for d in merged.get("weekend", ("saturday", "sunday")))
     return CalendarSpec(weekend=weekend, holidays=merged.get("holidays", "consumer"),
                         period_end=merged.get("period_end", "as_is"))
@@ -415,7 +430,8 @@ def _windows(layers: Sequence[RulesetDoc], calendar: CalendarSpec, report: Repor
         if not ok:
             continue
         out[name] = WindowDef(name, spec["from"], period, notice, bool(spec.get("floor")),
-                              str(spec.get("citation", "")))
+                              str(spec.get("citation", "")),
+                              _own_calendar(calendar, spec.get("calendar")))
     for name, (floor_doc, index) in floors.items():
         if name not in out or index == len(layers) - 1:
             continue
@@ -430,6 +446,8 @@ def _check_not_shorter(base: WindowDef, base_cal: CalendarSpec, mine: WindowDef,
                        cal: CalendarSpec, layers: Sequence[RulesetDoc], floor_doc: RulesetDoc,
                        report: Report, probe: HolidayCalendars) -> None:
     """A floor window may only get longer: compare both ends over two years of start dates."""
+    base_cal = base.calendar or base_cal
+    cal = mine.calendar or cal
     if base == mine and base_cal == cal:
         return
     country = _probe_country(layers)
@@ -495,7 +513,7 @@ def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str, report: Report) -> tup
 
 
 def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, WindowDef],
-               report: Report) -> tuple[DeadlineDef, ...]:
+               report: Report, calendar: CalendarSpec = _STANDARD_CALENDAR) -> tuple[DeadlineDef, ...]:
     out = []
     for spec in raw or ():
         citation = str(spec.get("citation", ""))
@@ -504,6 +522,10 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
                 report.add(f"unknown window `{spec['window']}`", doc.path, spec.vpos("window"),
                            rule_id=rule_id)
                 continue
+            if "calendar" in spec:
+                report.add("a `window` deadline counts with its window's calendar; put "
+                           "`calendar` on the window", doc.path, spec.pos("calendar"),
+                           rule_id=rule_id)
             out.append(DeadlineDef(spec["name"], citation or windows[spec["window"]].citation,
                                    window=spec["window"]))
             continue
@@ -514,12 +536,14 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
             continue
         if not _check_time_field(spec["from"], report, doc, spec, "from", rule_id):
             continue
-        out.append(DeadlineDef(spec["name"], citation, start=spec["from"], period=period))
+        own = _own_calendar(calendar, spec["calendar"]) if spec.get("calendar") else None
+        out.append(DeadlineDef(spec["name"], citation, start=spec["from"], period=period,
+                               calendar=own))
     return tuple(out)
 
 
 def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
-           report: Report) -> tuple[Rule, ...]:
+           report: Report, calendar: CalendarSpec = _STANDARD_CALENDAR) -> tuple[Rule, ...]:
     rules: dict[str, Rule] = {}
     for doc in layers:
         own: set[str] = set()
@@ -557,7 +581,7 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             rules[rid] = Rule(
                 id=rid, effect=effect, floor=floor, when=when, reason=reason,
                 adjustments=_adjustments(raw.get("amount"), doc, rid, report),
-                deadlines=_deadlines(raw.get("deadlines"), doc, rid, windows, report),
+                deadlines=_deadlines(raw.get("deadlines"), doc, rid, windows, report, calendar),
                 layer=doc.id, path=doc.path, line=pos[0], column=pos[1])
     return tuple(rules.values())
 
@@ -566,7 +590,7 @@ def compose(layers: Sequence[RulesetDoc], report: Report, probe: HolidayCalendar
     top = layers[-1]
     calendar = _calendar(layers)
     windows = _windows(layers, calendar, report, probe)
-    rules = _rules(layers, windows, report)
+    rules = _rules(layers, windows, report, calendar)
     industry = next((d.industry for d in reversed(layers) if d.industry), None)
     scopes = next((d.jurisdictions for d in reversed(layers) if d.jurisdictions), ("*",))
     client = next((d.client for d in reversed(layers) if d.client), None)
