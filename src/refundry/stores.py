@@ -102,11 +102,15 @@ class SQLiteStore(RecordStore):
             self._conn.execute("PRAGMA journal_mode = WAL")
             # FULL: a committed approval record survives a power cut, not only a crash.
             self._conn.execute("PRAGMA synchronous = FULL")
-            with self._transaction():
-                for statement in _statements(_SQLITE_SCHEMA):
-                    self._conn.execute(statement)
-                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)", (new_salt(),))
-                self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', '1')")
+            # An existing store is opened as it is, so a tampered one can still be verified.
+            if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                      "AND name = 'meta'").fetchone():
+                with self._transaction():
+                    for statement in _statements(_SQLITE_SCHEMA):
+                        self._conn.execute(statement)
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)",
+                                       (new_salt(),))
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', '1')")
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"cannot open records store `{self.url}`: {str(exc).lower()}") from None
 
@@ -275,9 +279,12 @@ class PostgresStore(RecordStore):
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("refundry:" + self.schema,))
                 cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
                 cur.execute(sql.SQL("SET search_path TO {}").format(schema_id))
-                cur.execute(_PG_SCHEMA)
-                cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
-                            (new_salt(),))
+                # An existing store is opened as it is, so a tampered one can still be verified.
+                cur.execute("SELECT to_regclass('meta')")
+                if cur.fetchone()[0] is None:
+                    cur.execute(_PG_SCHEMA)
+                    cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
+                                (new_salt(),))
             # SET inside a committed transaction persists for the session.
         except psycopg.Error as exc:
             self._conn.close()
