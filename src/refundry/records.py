@@ -71,7 +71,7 @@ def _hash(body: bytes) -> str:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _text(value: str | None, what: str, *, required: bool = False) -> str:
@@ -146,7 +146,7 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
     body = {
         "format": FORMAT, "seq": seq, "prev": prev, "type": draft.type,
         "request_id": draft.request_id,
-        "at": at.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+        "at": at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
         "actor": draft.actor,
         "ruleset": ({k: ruleset[k] for k in ("id", "version", "digest")} if ruleset else None),
         "decision": draft.decision, "request": draft.request,

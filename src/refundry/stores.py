@@ -168,7 +168,7 @@ class SQLiteStore(RecordStore):
     def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
         rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = ?",
                            (digest,))
-        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+        return tuple(rows[0]) if rows else None
 
     def close(self) -> None:
         with self._lock:
@@ -242,7 +242,7 @@ class _PgTx:
     def case_rows(self, request_id: str) -> list[Row]:
         self.cur.execute(f"SELECT {_COLUMNS} FROM events WHERE request_id = %s ORDER BY seq",
                          (request_id,))
-        return self.cur.fetchall()  # type: ignore[no-any-return]
+        return self.cur.fetchall()
 
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
         self.cur.execute("INSERT INTO ruleset_texts VALUES (%s, %s, %s, %s) "
@@ -278,14 +278,14 @@ class PostgresStore(RecordStore):
                 # Two processes creating the same new store at once would race on the catalog.
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("refundry:" + self.schema,))
                 cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
+                # Not SET LOCAL: the search path must outlive this transaction.
                 cur.execute(sql.SQL("SET search_path TO {}").format(schema_id))
                 # An existing store is opened as it is, so a tampered one can still be verified.
-                cur.execute("SELECT to_regclass('meta')")
-                if cur.fetchone()[0] is None:
+                cur.execute("SELECT to_regclass('meta') IS NULL")
+                if (cur.fetchone() or (True,))[0]:
                     cur.execute(_PG_SCHEMA)
                     cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
                                 (new_salt(),))
-            # SET inside a committed transaction persists for the session.
         except psycopg.Error as exc:
             self._conn.close()
             raise RecordError(f"cannot open records store `{self.url}`: "
@@ -309,7 +309,7 @@ class PostgresStore(RecordStore):
             try:
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     cur.execute(query, args)
-                    return cur.fetchall()  # type: ignore[no-any-return]
+                    return cur.fetchall()
             except self._psycopg.Error as exc:
                 raise RecordError(f"records store `{self.url}`: "
                                   f"{' '.join(str(exc).split()).lower()}") from None
@@ -340,7 +340,7 @@ class PostgresStore(RecordStore):
     def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
         rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = %s",
                            (digest,))
-        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+        return tuple(rows[0]) if rows else None
 
     def close(self) -> None:
         with self._lock:

@@ -71,7 +71,7 @@ class StepClock:
     """A deterministic clock: each call is one second after the last."""
 
     def __init__(self, start: dt.datetime | None = None) -> None:
-        self.now = start or dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc)
+        self.now = start or dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
         self._lock = threading.Lock()
 
     def __call__(self) -> dt.datetime:
