@@ -28,12 +28,14 @@ SENSITIVE_KEYS = frozenset({
     "diagnosiscodes", "procedurecodes", "servicedate",
 })
 
-# A digit, then digits each optionally preceded by one space or dash: "4111 1111-1111 1111".
-_DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d)+")
+# At least 13 digits, each after the first optionally preceded by one space or dash
+# ("4111 1111-1111 1111"); shorter runs, like dates, never reach the Python code below.
+_DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){12,}")
 # A security code written next to its name in free text: "cvv 123", "CVC2: 1234", "cid#123".
 _CODE_IN_TEXT = re.compile(
     r"(?i)\b(cvv2?|cvc2?|cid|csc|cav2|security[\s_-]*code|card[\s_-]*verification[\s_-]*"
     r"(?:value|code))(\W{0,4})(\d{3,4})\b")
+_DIGIT = re.compile(r"\d")
 _MIN_PAN, _MAX_PAN = 13, 19
 _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above this
 
@@ -95,7 +97,7 @@ def _mask_run(run: str) -> str:
 
 def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
-    if not any(ch.isdigit() for ch in text):
+    if _DIGIT.search(text) is None:
         return text
     text = _CODE_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + "*" * len(m.group(3)), text)
     return _DIGIT_RUN.sub(lambda m: _mask_run(m.group(0)), text)

@@ -417,18 +417,19 @@ class RecordStore:
 
     # -- appending --------------------------------------------------------------------------
 
-    def _append(self, request_id: str, make: Callable[[Case | None, Decimal], Draft | None]) -> Event | None:
+    def _append(self, request_id: str,
+                make: Callable[[Case | None, Decimal], Draft | None]) -> tuple[Case | None, Event | None]:
         """Append what ``make`` returns, deciding under the writers' lock. ``make`` sees the
-        case as it is now (or None) and raises to refuse; returning None appends nothing."""
+        case as it is now (or None) and raises to refuse; returning None appends nothing.
+        Returns the case as it is afterwards, and the new event."""
         with self._transaction() as tx:
-            rows = list(tx.case_rows(request_id))
-            events = [Event.from_row(r[0], r[5], r[6]) for r in rows]
+            events = [Event.from_row(r[0], r[5], r[6]) for r in tx.case_rows(request_id)]
             threshold = _threshold(Event.from_row(r[0], r[5], r[6])
                                    for r in tx.case_rows(STORE_CASE))
             case = build_case(events, threshold) if events and request_id != STORE_CASE else None
             draft = make(case, threshold)
             if draft is None:
-                return None
+                return case, None
             seq, prev = tx.head()
             at = self._clock()
             body_text, hash_, body = seal(draft, seq + 1, prev, at)
@@ -438,8 +439,10 @@ class RecordStore:
             tx.insert((seq + 1, draft.request_id, draft.type, body["at"], draft.actor,
                        body_text, hash_))
         self._known_texts.update(d for d, *_ in draft.texts)
-        return Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
-                     actor=draft.actor, hash=hash_, body=body)
+        event = Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
+                      actor=draft.actor, hash=hash_, body=body)
+        after = None if request_id == STORE_CASE else build_case([*events, event], threshold)
+        return after, event
 
     def record(self, request: Mapping[str, Any] | RefundRequest, decision: Decision, *,
                engine: Any = None, actor: str) -> tuple[Case, bool]:
@@ -464,21 +467,18 @@ class RecordStore:
             raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                               f"not `{request_id}`")
         texts = _texts_of(decision, engine)
-        fingerprint = _hash(rfc8785.dumps(masked))
-        created = False
 
         def make(case: Case | None, _threshold: Decimal) -> Draft | None:
-            nonlocal created
             if case is not None:
-                if _hash(rfc8785.dumps(case.request)) != fingerprint:
+                if case.request != masked:
                     raise RecordError(f"request `{request_id}` is already recorded with different "
                                       "content; a new request needs a new request_id")
                 return None
-            created = True
             return Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts)
 
-        self._append(request_id, make)
-        return self.case(raw["request_id"]), created
+        case, event = self._append(request_id, make)
+        assert case is not None
+        return case, event is not None
 
     def _step(self, request_id: str, event_type: str | Callable[[Case], str], actor: str,
               details: Callable[[Case, Decimal], dict[str, Any]] | dict[str, Any],
@@ -497,8 +497,9 @@ class RecordStore:
             extra = details(case, threshold) if callable(details) else details
             return Draft(key, kind, actor, case.decision, case.request, extra, texts)
 
-        self._append(key, make)
-        return self.case(request_id)
+        case, _event = self._append(key, make)
+        assert case is not None
+        return case
 
     def review(self, request_id: str, *, actor: str, approve: bool, reason: str | None = None) -> Case:
         """One review step on a case in manual_review. Approving appends ``reviewed`` while more
@@ -576,7 +577,7 @@ class RecordStore:
         """Change the two-approver threshold; the change is itself an event in the chain."""
         value = _parse_amount(amount)
         actor = _actor(actor)
-        event = self._append(STORE_CASE, lambda _c, _t: Draft(
+        _case, event = self._append(STORE_CASE, lambda _c, _t: Draft(
             STORE_CASE, "note", actor, None, None,
             {"setting": "four_eyes_above", "value": str(value)}))
         assert event is not None
