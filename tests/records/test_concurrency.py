@@ -80,3 +80,28 @@ def test_four_writers_keep_one_chain(store_url):
 @pytest.mark.slow
 def test_four_writers_times_five_thousand(store_url):
     run_writers(store_url, 4, 5_000)
+
+
+def test_threads_sharing_one_store_object(store, engine):
+    """A service shares one store between its threads, as it shares the engine."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(25):
+                req = make_request(f"t{t}-{i}")
+                store.record(req, engine.evaluate(req), engine=engine, actor=f"t{t}")
+                store.note(f"t{t}-{i}", "seen", actor=f"t{t}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    result = store.verify()
+    assert result.ok and result.count == 4 * 25 * 2

@@ -254,3 +254,17 @@ def _tamper(url: str, statement: str, *, keep_triggers: bool = False) -> None:
         conn.execute(statement)
     finally:
         conn.close()
+
+
+def test_a_rule_can_demand_two_reviewers_at_any_amount(store, tmp_path):
+    shutil.copy(RULESETS / "ecommerce" / "eu-consumer.yaml", tmp_path / "eu-consumer.yaml")
+    text = (RULESETS / "ecommerce" / "acme-eu.yaml").read_text(encoding="utf-8")
+    text = (text.replace("{field: amount, gt: 500}", "{field: amount, gt: 50}")
+            .replace("code: large_refund_review", "code: four_eyes"))
+    (tmp_path / "acme-eu.yaml").write_text(text, encoding="utf-8")
+    engine = refundry.Engine.from_path(tmp_path)
+    req = make_request("mid", client_id="acme", amount="100")
+    case, _ = store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    assert case.status == "manual_review" and case.required_approvals == 2
+    assert store.review("mid", actor="bob", approve=True).status == "manual_review"
+    assert store.review("mid", actor="carol", approve=True).status == "approved"
