@@ -33,8 +33,8 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
                              f"$REFUNDRY_DB or ./{DEFAULT_PATH})")
 
 
-def _store(args: argparse.Namespace) -> RecordStore:
-    return open_store(args.db or _default_db())
+def _store(args: argparse.Namespace, *, create: bool = False) -> RecordStore:
+    return open_store(args.db or _default_db(), create=create)
 
 
 def _print(data: Any) -> None:
@@ -66,7 +66,7 @@ def record_decision(args: argparse.Namespace, request: Any, decision: Decision, 
     if not args.record:
         return
     actor = args.by or getpass.getuser()
-    with _store(args) as store:
+    with _store(args, create=True) as store:
         case, created = store.record(request, decision, engine=engine, actor=actor)
     if created:
         print(f"recorded: request `{case.request_id}` is {case.status}", file=sys.stderr)
@@ -156,7 +156,8 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    # A threshold may be set before the first decision is recorded.
+    with _store(args, create=args.four_eyes_above is not None) as store:
         if args.four_eyes_above is not None:
             if not args.by:
                 raise RecordError("changing a setting needs `--by WHO`")

@@ -539,6 +539,7 @@ class RecordStore:
         with the exact rules that decided it, and record both."""
         reason = _text(reason, "the dispute reason (`--reason`)", required=True)
         case = self.case(request_id)
+        check_transition(case, "disputed", _actor(actor))  # fail before two evaluations
         when = as_of or self._clock()
         now = engine.evaluate(case.request, as_of=when)
         try:
@@ -593,7 +594,7 @@ class RecordStore:
     def verify(self, *, expect_head: str | None = None) -> Verification:
         """Recompute the chain from the first event; report the first one that is wrong."""
         expected_seq, prev = 1, GENESIS
-        seen_head = expect_head is None
+        seen_head = expect_head is None or expect_head == GENESIS
         for seq, rid, type_, at, actor, body_text, hash_ in self._rows():
             problem = _check_row(seq, rid, type_, at, actor, body_text, hash_, expected_seq, prev)
             if problem:

@@ -28,23 +28,24 @@ BUSY_TIMEOUT_S = 120
 _COLUMNS = "seq, request_id, type, at, actor, body, hash"
 
 
-def open_store(url_or_path: str | Path | None = None, *,
+def open_store(url_or_path: str | Path | None = None, *, create: bool = True,
                clock: Callable[[], dt.datetime] | None = None) -> RecordStore:
-    """Open (creating if needed) the records store at a path or URL.
+    """Open the records store at a path or URL, creating it unless ``create`` is False.
 
     ``postgresql://user@host:port/db?schema=name`` is a PostgreSQL store in schema ``name``
     (default ``refundry``); ``sqlite:///path`` or a plain path is an SQLite file (default
-    ``./refundry.db``).
+    ``./refundry.db``). Readers pass ``create=False``: verifying a mistyped path must fail,
+    not report an empty store as whole.
     """
     target = str(url_or_path) if url_or_path else DEFAULT_PATH
     if target.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(target, clock=clock)
+        return PostgresStore(target, create=create, clock=clock)
     if target.startswith("sqlite:///"):
         target = target[len("sqlite:///"):] or DEFAULT_PATH
     elif "://" in target:
         scheme = target.split("://", 1)[0][:20]
         raise RecordError(f"`{scheme}://` is not a records store; use a file path or postgresql://")
-    return SQLiteStore(target, clock=clock)
+    return SQLiteStore(target, create=create, clock=clock)
 
 
 # --- SQLite --------------------------------------------------------------------------------
@@ -89,11 +90,14 @@ class _SQLiteTx:
 class SQLiteStore(RecordStore):
     """One SQLite file in WAL mode: readers never block the single writer."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
         super().__init__(clock=clock)
         self.path = Path(path)
         self.url = str(path)
         self._lock = threading.RLock()
+        if not create and not self.path.is_file():
+            raise RecordError(f"no records store at `{self.url}`")
         try:
             # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
             self._conn = sqlite3.connect(str(self.path), isolation_level=None,
@@ -105,6 +109,9 @@ class SQLiteStore(RecordStore):
             # An existing store is opened as it is, so a tampered one can still be verified.
             if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
                                       "AND name = 'meta'").fetchone():
+                if not create:
+                    self._conn.close()
+                    raise RecordError(f"`{self.url}` is not a refundry records store")
                 with self._transaction():
                     for statement in _statements(_SQLITE_SCHEMA):
                         self._conn.execute(statement)
@@ -256,7 +263,8 @@ class _PgTx:
 class PostgresStore(RecordStore):
     """A schema in a PostgreSQL database, shared by any number of processes and machines."""
 
-    def __init__(self, url: str, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(self, url: str, *, create: bool = True,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
         super().__init__(clock=clock)
         try:
             import psycopg
@@ -277,15 +285,22 @@ class PostgresStore(RecordStore):
             with self._conn.transaction(), self._conn.cursor() as cur:
                 # Two processes creating the same new store at once would race on the catalog.
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("refundry:" + self.schema,))
-                cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
+                if create:
+                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
                 # Not SET LOCAL: the search path must outlive this transaction.
                 cur.execute(sql.SQL("SET search_path TO {}").format(schema_id))
                 # An existing store is opened as it is, so a tampered one can still be verified.
                 cur.execute("SELECT to_regclass('meta') IS NULL")
                 if (cur.fetchone() or (True,))[0]:
+                    if not create:
+                        raise RecordError(f"no records store in schema `{self.schema}` of "
+                                          f"`{self.url}`")
                     cur.execute(_PG_SCHEMA)
                     cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
                                 (new_salt(),))
+        except RecordError:
+            self._conn.close()
+            raise
         except psycopg.Error as exc:
             self._conn.close()
             raise RecordError(f"cannot open records store `{self.url}`: "

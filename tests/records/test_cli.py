@@ -106,7 +106,19 @@ def test_export_replay_and_dispute(cli, tmp_path):
     assert all(json.loads(x)["hash"].startswith("sha256:") for x in lines)
 
 
+def test_readers_do_not_create_a_store(cli, tmp_path):
+    r = cli("records", "verify", "--db", "typo.db")
+    assert r.code == 1 and r.err.strip() == "refundry: no records store at `typo.db`"
+    assert not (tmp_path / "typo.db").exists()
+    r = cli("records", "settings", "--four-eyes-above", "250", "--by", "admin")
+    assert r.code == 0 and r.json() == {"four_eyes_above": "250"}
+    r = cli("records", "verify")
+    assert r.code == 0 and r.out.startswith("ok: 1 events")
+
+
 def test_user_errors_are_one_line(cli, tmp_path):
+    cli("evaluate", write(tmp_path, "r.json", make_request("r-1")), "--rulesets", RULESETS,
+        "--record", "--by", "alice")
     r = cli("records", "show", "nope")
     assert r.code == 1 and r.err.strip() == "refundry: no case for request `nope`"
     r = cli("records", "list", "--db", "mysql://x")

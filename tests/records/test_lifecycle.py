@@ -219,6 +219,20 @@ def test_verify_detects_an_edited_event(store, store_url, record):
     assert store.verify().ok  # without the checkpoint a cut-off tail looks whole
 
 
+def test_an_empty_store_verifies_against_its_empty_checkpoint(store):
+    empty = store.checkpoint()
+    assert empty.count == 0 and store.verify(expect_head=empty.head).ok
+
+
+def test_opening_without_create_needs_an_existing_store(store_url):
+    from refundry.stores import open_store
+
+    with pytest.raises(RecordError, match="no records store"):
+        open_store(store_url, create=False)
+    open_store(store_url).close()
+    open_store(store_url, create=False).close()
+
+
 def test_the_store_refuses_updates_and_deletes(store, store_url, record):
     record(make_request("r-1"))
     with pytest.raises(Exception, match="append-only"):
