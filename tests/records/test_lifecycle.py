@@ -282,3 +282,29 @@ def test_a_rule_can_demand_two_reviewers_at_any_amount(store, tmp_path):
     assert case.status == "manual_review" and case.required_approvals == 2
     assert store.review("mid", actor="bob", approve=True).status == "manual_review"
     assert store.review("mid", actor="carol", approve=True).status == "approved"
+
+
+def test_exported_events_match_the_record_schema(store, record, engine):
+    import jsonschema
+
+    from refundry.resources import schema
+
+    validator = jsonschema.Draft202012Validator(schema("record-event.schema.json"))
+    store.set_four_eyes_above("550", actor="admin")
+    record(make_request("big", **LARGE))
+    store.review("big", actor="bob", approve=True, reason="ok")
+    store.review("big", actor="carol", approve=True, reason="ok")
+    store.mark("big", "processed", actor="ops")
+    store.open_dispute("big", actor="cs", reason="more", engine=engine)
+    store.resolve_dispute("big", actor="lead", resolution="overturned", explanation="yes")
+    record(make_request("big2", **LARGE))
+    store.review("big2", actor="bob", approve=False, reason="no")
+    out = io.StringIO()
+    store.export(out)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(events) == 9
+    for event in events:
+        errors = [e.message for e in validator.iter_errors(event)]
+        assert not errors, (event["type"], errors)
+    assert list(validator.iter_errors({**events[1], "hash": "md5:x"}))
+    assert list(validator.iter_errors({**events[-1], "details": {}}))
