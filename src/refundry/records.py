@@ -122,9 +122,14 @@ class Event:
 
     @classmethod
     def from_row(cls, seq: int, body_text: str, hash_: str) -> Event:
-        body = json.loads(body_text)
-        return cls(seq=seq, request_id=body["request_id"], type=body["type"], at=body["at"],
-                   actor=body["actor"], hash=hash_, body=body)
+        try:
+            body = json.loads(body_text)
+            return cls(seq=seq, request_id=body["request_id"], type=body["type"], at=body["at"],
+                       actor=body["actor"], hash=hash_, body=body)
+        except (ValueError, KeyError, TypeError):
+            # Only a damaged store gets here; say so rather than fail with a traceback.
+            raise RecordError(f"event {seq} cannot be read: the store is damaged; run "
+                              "`refundry records verify`") from None
 
 
 @attrs.frozen
@@ -232,6 +237,9 @@ def build_case(events: Sequence[Event], four_eyes_above: Decimal) -> Case:
     first = events[0]
     decision = first.decision or {}
     request = first.body.get("request") or {}
+    if decision.get("outcome") not in _OUTCOME_STATUS:
+        raise RecordError(f"event {first.seq} has no decision outcome: the store is damaged; "
+                          "run `refundry records verify`")
     status = _OUTCOME_STATUS[decision["outcome"]]
     approvals: list[str] = []
     before_dispute = status

@@ -130,3 +130,16 @@ def test_user_errors_are_one_line(cli, tmp_path):
     bad["amount"] = "lots"
     r = cli("evaluate", write(tmp_path, "bad.json", bad), "--rulesets", RULESETS, "--record")
     assert r.code == 3 and "recorded" not in r.err
+
+
+def test_a_damaged_store_is_reported_not_crashed_on(cli, tmp_path):
+    cli("evaluate", write(tmp_path, "r.json", make_request("r-1")), "--rulesets", RULESETS,
+        "--record", "--by", "alice")
+    conn = sqlite3.connect(tmp_path / "refundry.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET body = '{not json' WHERE seq = 1")
+    conn.close()
+    r = cli("records", "show", "r-1")
+    assert r.code == 1 and "event 1 cannot be read: the store is damaged" in r.err
+    r = cli("records", "verify")
+    assert r.code == 2 and "event 1 does not match its hash" in r.out
