@@ -230,47 +230,69 @@ def required_approvals(decision: Mapping[str, Any], request: Mapping[str, Any],
     return 2 if at_stake > four_eyes_above or FOUR_EYES_CODE in codes else 1
 
 
+@attrs.define
+class _Fold:
+    """A case's state while its events are read in order (``build_case`` and ``verify``)."""
+
+    request_id: str
+    submitter: str
+    decision: dict[str, Any]
+    request: dict[str, Any]
+    status: str
+    before_dispute: str
+    approvals: list[str] = attrs.Factory(list)
+    dispute: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, first: Event) -> _Fold:
+        if first.type != "evaluated":
+            raise RecordError(f"event {first.seq}: a case must start with an `evaluated` event")
+        decision = first.decision or {}
+        if decision.get("outcome") not in _OUTCOME_STATUS:
+            raise RecordError(f"event {first.seq} has no decision outcome: the store is damaged; "
+                              "run `refundry records verify`")
+        status = _OUTCOME_STATUS[decision["outcome"]]
+        return cls(first.request_id, first.actor, decision, first.body.get("request") or {},
+                   status, status)
+
+    def apply(self, event: Event) -> None:
+        details = event.details
+        if event.type in ("reviewed", "approved"):
+            self.approvals.append(event.actor)
+        if event.type in ("approved", "denied", "processed", "refunded"):
+            self.status = event.type
+        elif event.type == "disputed":
+            self.before_dispute, self.status = self.status, "disputed"
+            self.dispute = {"opened_by": event.actor, "opened_at": event.at, **details}
+        elif event.type == "dispute_resolved":
+            upheld = details.get("resolution") == "upheld"
+            self.status = self.before_dispute if upheld else "approved"
+            self.dispute = {**(self.dispute or {}), "resolved_by": event.actor,
+                            "resolved_at": event.at, "resolution": details.get("resolution"),
+                            "explanation": details.get("explanation"),
+                            "amount": details.get("amount")}
+
+
 def build_case(events: Sequence[Event], four_eyes_above: Decimal) -> Case:
     """Fold a case's events, oldest first, into its current state."""
-    if not events or events[0].type != "evaluated":
-        raise RecordError("a case must start with an `evaluated` event")
-    first = events[0]
-    decision = first.decision or {}
-    request = first.body.get("request") or {}
-    if decision.get("outcome") not in _OUTCOME_STATUS:
-        raise RecordError(f"event {first.seq} has no decision outcome: the store is damaged; "
-                          "run `refundry records verify`")
-    status = _OUTCOME_STATUS[decision["outcome"]]
-    approvals: list[str] = []
-    before_dispute = status
-    dispute: dict[str, Any] | None = None
+    if not events:
+        raise RecordError("a case needs at least one event")
+    fold = _Fold.open(events[0])
     for event in events[1:]:
-        details = event.details
-        if event.type == "reviewed":
-            approvals.append(event.actor)
-        elif event.type == "approved":
-            approvals.append(event.actor)
-            status = "approved"
-        elif event.type == "denied":
-            status = "denied"
-        elif event.type in ("processed", "refunded"):
-            status = event.type
-        elif event.type == "disputed":
-            before_dispute, status = status, "disputed"
-            dispute = {"opened_by": event.actor, "opened_at": event.at, **details}
-        elif event.type == "dispute_resolved":
-            status = before_dispute if details.get("resolution") == "upheld" else "approved"
-            dispute = {**(dispute or {}), "resolved_by": event.actor, "resolved_at": event.at,
-                       "resolution": details.get("resolution"),
-                       "explanation": details.get("explanation"), "amount": details.get("amount")}
-    return Case(request_id=first.request_id, status=status, events=tuple(events),
-                submitter=first.actor, decision=decision, request=request,
-                approvals=tuple(approvals),
-                required_approvals=required_approvals(decision, request, four_eyes_above),
-                dispute=dispute)
+        fold.apply(event)
+    return Case(request_id=fold.request_id, status=fold.status, events=tuple(events),
+                submitter=fold.submitter, decision=fold.decision, request=fold.request,
+                approvals=tuple(fold.approvals),
+                required_approvals=required_approvals(fold.decision, fold.request, four_eyes_above),
+                dispute=fold.dispute)
 
 
-def check_transition(case: Case, event_type: str, actor: str) -> None:
+def approval_type(approvals: int, required: int) -> str:
+    """``approved`` for the approval that completes a review, ``reviewed`` before it."""
+    return "approved" if approvals + 1 >= required else "reviewed"
+
+
+def check_transition(case: Case | _Fold, event_type: str, actor: str) -> None:
     """Raise ``IllegalTransition`` unless ``actor`` may append ``event_type`` to ``case``."""
     if event_type == "note":
         return
@@ -520,7 +542,7 @@ class RecordStore:
         # Which type the approval becomes depends on the approvals before it, so it is chosen
         # under the writers' lock together with the checks.
         def kind(case: Case) -> str:
-            return "approved" if len(case.approvals) + 1 >= case.required_approvals else "reviewed"
+            return approval_type(len(case.approvals), case.required_approvals)
 
         def details(case: Case, threshold: Decimal) -> dict[str, Any]:
             return {"verdict": "approve", "justification": reason,
@@ -600,11 +622,22 @@ class RecordStore:
         return Checkpoint(*self._head())
 
     def verify(self, *, expect_head: str | None = None) -> Verification:
-        """Recompute the chain from the first event; report the first one that is wrong."""
+        """Recompute the chain from the first event and replay the state machine over it;
+        report the first event that is wrong.
+
+        The chain proves that nothing was changed, removed or reordered (with ``expect_head``,
+        not even at the end). Whoever can write to the database can still append well-formed
+        events; the state machine check refuses those that break the rules (a self-approval,
+        an approval short of the approvers needed, a second opening of a case).
+        """
         expected_seq, prev = 1, GENESIS
         seen_head = expect_head is None or expect_head == GENESIS
+        lifecycle = _Lifecycle()
         for seq, rid, type_, at, actor, body_text, hash_ in self._rows():
-            problem = _check_row(seq, rid, type_, at, actor, body_text, hash_, expected_seq, prev)
+            problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_,
+                                       expected_seq, prev)
+            if not problem:
+                problem = lifecycle.check(Event(seq, rid, type_, at, actor, hash_, body))
             if problem:
                 return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
             if hash_ == expect_head:
@@ -663,27 +696,73 @@ class RecordStore:
 
 
 def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str, hash_: str,
-               expected_seq: int, prev: str) -> str:
+               expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
+    """What is wrong with one stored event as a link of the chain ("" if nothing), and its
+    parsed body."""
     if seq != expected_seq:
         if seq > expected_seq:
-            return f"event {expected_seq} is missing (the next one is {seq})"
-        return f"event {seq} appears twice"
+            return f"event {expected_seq} is missing (the next one is {seq})", {}
+        return f"event {seq} appears twice", {}
     if _hash(body_text.encode("utf-8")) != hash_:
-        return f"event {seq} does not match its hash: it was changed"
+        return f"event {seq} does not match its hash: it was changed", {}
     try:
         body = json.loads(body_text)
     except ValueError:
-        return f"event {seq} is not valid json"
+        return f"event {seq} is not valid json", {}
     if not isinstance(body, dict):
-        return f"event {seq} is not a json object"
+        return f"event {seq} is not a json object", {}
     if body.get("seq") != seq:
-        return f"event {seq} says it is event {body.get('seq')}: events were moved"
+        return f"event {seq} says it is event {body.get('seq')}: events were moved", body
     if body.get("prev") != prev:
-        return f"event {seq} does not follow event {seq - 1}: an event was removed, moved or changed"
+        return (f"event {seq} does not follow event {seq - 1}: an event was removed, moved or "
+                "changed"), body
     for name, value in (("request_id", rid), ("type", type_), ("at", at), ("actor", actor)):
         if body.get(name) != value:
-            return f"event {seq}: column `{name}` differs from the hashed event"
-    return ""
+            return f"event {seq}: column `{name}` differs from the hashed event", body
+    return "", body
+
+
+class _Lifecycle:
+    """The state machine replayed over the whole chain, one event at a time, keeping only
+    each case's small state."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, _Fold] = {}
+        self.threshold = DEFAULT_FOUR_EYES_ABOVE
+
+    def check(self, event: Event) -> str:
+        where = f"event {event.seq}"
+        if event.type not in EVENT_TYPES:
+            return f"{where}: `{event.type}` is not an event type"
+        if event.request_id == STORE_CASE:
+            if event.type != "note":
+                return f"{where}: only a note can belong to no case"
+            if event.details.get("setting") == "four_eyes_above":
+                try:
+                    self.threshold = _parse_amount(event.details.get("value"))
+                except RecordError as exc:
+                    return f"{where}: {exc}"
+            return ""
+        fold = self.cases.get(event.request_id)
+        try:
+            if event.type == "evaluated":
+                if fold is not None:
+                    return f"{where} opens request `{event.request_id}` a second time"
+                self.cases[event.request_id] = _Fold.open(event)
+                return ""
+            if fold is None:
+                return f"{where}: request `{event.request_id}` has no `evaluated` event before it"
+            check_transition(fold, event.type, event.actor)
+        except RecordError as exc:
+            return f"{where}: {exc}"
+        if event.type in ("reviewed", "approved"):
+            required = required_approvals(fold.decision, fold.request, self.threshold)
+            expected = approval_type(len(fold.approvals), required)
+            if event.type != expected:
+                return (f"{where}: `{event.type}` as approval {len(fold.approvals) + 1} of "
+                        f"{required}; it should be `{expected}`")
+        fold.apply(event)
+        return ""
 
 
 def _texts_of(decision: Decision, engine: Any) -> tuple[tuple[str, str, str, str], ...]:

@@ -149,3 +149,40 @@ def test_a_changed_ruleset_text_is_detected(original, tmp_path):
             store.replay("r-0")
     finally:
         store.close()
+
+
+def _forge(path: Path, **changes) -> None:
+    """Append a well-formed, correctly chained event copied from the last one, as someone with
+    write access to the database (and this code) could."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP INDEX events_one_evaluation")  # it would refuse a second opening
+    seq, body, hash_ = conn.execute(
+        "SELECT seq, body, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    data = {**json.loads(body), **changes, "seq": seq + 1, "prev": hash_}
+    text = rfc8785.dumps(data).decode()
+    conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (seq + 1, data["request_id"], data["type"], data["at"], data["actor"], text,
+                  "sha256:" + hashlib.sha256(text.encode()).hexdigest()))
+    conn.close()
+
+
+@pytest.mark.parametrize("forged, problem", [
+    ({"type": "approved", "actor": "alice", "details": {"verdict": "approve"}}, "submitted"),
+    ({"type": "approved", "actor": "mallory", "details": {"verdict": "approve"}},
+     "should be `reviewed`"),
+    ({"type": "refunded", "actor": "mallory", "details": {}}, "needs processed"),
+    ({"type": "evaluated", "actor": "mallory", "details": {}}, "a second time"),
+])
+def test_a_well_chained_but_illegal_event_is_detected(engine, tmp_path, forged, problem):
+    path = tmp_path / "forged.db"
+    store = open_store(path, clock=StepClock())
+    req = make_request("big", client_id="acme", amount="600")
+    store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    store.close()
+    _forge(path, **forged)
+    store = open_store(path)
+    try:
+        result = store.verify()
+    finally:
+        store.close()
+    assert not result.ok and result.broken_seq == 2 and problem in result.problem, result
