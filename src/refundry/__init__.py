@@ -3,6 +3,7 @@
     import refundry
     engine = refundry.Engine.from_path("rulesets/")
     decision = engine.evaluate(request_json)      # a Decision, never an exception
+    store = refundry.open_store("refundry.db")    # approval records (docs/records.md)
 """
 
 from .engine import Engine, Explanation, RulesetInfo
@@ -16,6 +17,7 @@ from .errors import (
 )
 from .models import Deadline, Decision, Reason, RefundRequest, RulesetRef
 from .request import parse_request, request_to_dict
+from .stores import open_store
 
 __version__ = "0.1.0"
 
@@ -23,4 +25,5 @@ __all__ = [
     "Deadline", "Decision", "Engine", "EvaluationError", "Explanation", "InvalidRequest",
     "InvalidRulesets", "Reason", "RefundRequest", "RefundryError", "RequestError",
     "RulesetError", "RulesetInfo", "RulesetRef", "parse_request", "request_to_dict",
+    "open_store",
 ]

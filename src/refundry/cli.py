@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from . import cli_records
 from .engine import INVALID_REQUEST, Engine
 from .errors import ErrorGroup, RefundryError
 from .resources import data_dir
@@ -123,6 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for err in decision.errors:
             print(f"{args.request}: {err}", file=sys.stderr)
         return EXIT_INVALID
+    cli_records.record_decision(args, request, decision, engine)
     return EXIT_OK
 
 
@@ -151,10 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", help="RFC 3339 time that chooses the ruleset versions in force")
     p.add_argument("--explain", action="store_true", help="show each rule and the values it saw")
     p.add_argument("--backend", default="compiled", choices=["compiled", "durable", "interpreted"])
+    cli_records.add_record_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     from .diffing import register as register_diff
     register_diff(sub)
+    cli_records.register(sub)
     return parser
 
 

@@ -1,0 +1,362 @@
+"""Where records live: an SQLite file (the default, no server) or a PostgreSQL schema.
+
+Both keep the same three tables: ``events`` (the chain), ``ruleset_texts`` (the exact text of
+every ruleset layer a recorded decision used, keyed by its digest) and ``meta`` (the store's
+pseudonym salt). Appends are serialised across processes (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
+a table lock that plain reads pass through), so each writer reads the true head before it links
+to it. Triggers refuse UPDATE and DELETE on ``events``: that stops accidents, and the hash chain
+catches anyone who removes the triggers first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from .records import GENESIS, RecordError, RecordStore, Row, new_salt
+
+DEFAULT_PATH = "refundry.db"
+PAGE = 2_000  # rows read per query: verify streams a store of any size in bounded memory
+BUSY_TIMEOUT_S = 120
+
+_COLUMNS = "seq, request_id, type, at, actor, body, hash"
+
+
+def open_store(url_or_path: str | Path | None = None, *, create: bool = True,
+               clock: Callable[[], dt.datetime] | None = None) -> RecordStore:
+    """Open the records store at a path or URL, creating it unless ``create`` is False.
+
+    ``postgresql://user@host:port/db?schema=name`` is a PostgreSQL store in schema ``name``
+    (default ``refundry``); ``sqlite:///path`` or a plain path is an SQLite file (default
+    ``./refundry.db``). Readers pass ``create=False``: verifying a mistyped path must fail,
+    not report an empty store as whole.
+    """
+    target = str(url_or_path) if url_or_path else DEFAULT_PATH
+    if target.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(target, create=create, clock=clock)
+    if target.startswith("sqlite:///"):
+        target = target[len("sqlite:///"):] or DEFAULT_PATH
+    elif "://" in target:
+        scheme = target.split("://", 1)[0][:20]
+        raise RecordError(f"`{scheme}://` is not a records store; use a file path or postgresql://")
+    return SQLiteStore(target, create=create, clock=clock)
+
+
+# --- SQLite --------------------------------------------------------------------------------
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, request_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL,
+    actor TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_case ON events (request_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
+    WHERE type = 'evaluated';
+CREATE TABLE IF NOT EXISTS ruleset_texts (
+    digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
+"""
+
+
+class _SQLiteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def head(self) -> tuple[int, str]:
+        row = self.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS)
+
+    def case_rows(self, request_id: str) -> list[Row]:
+        return self.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE request_id = ? ORDER BY seq",
+                                 (request_id,)).fetchall()
+
+    def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO ruleset_texts VALUES (?, ?, ?, ?)",
+                          (digest, rid, version, text))
+
+    def insert(self, row: Row) -> None:
+        self.conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+
+
+class SQLiteStore(RecordStore):
+    """One SQLite file in WAL mode: readers never block the single writer."""
+
+    def __init__(self, path: str | Path, *, create: bool = True,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        super().__init__(clock=clock)
+        self.path = Path(path)
+        self.url = str(path)
+        self._lock = threading.RLock()
+        if not create and not self.path.is_file():
+            raise RecordError(f"no records store at `{self.url}`")
+        try:
+            # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None,
+                                         check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a committed approval record survives a power cut, not only a crash.
+            self._conn.execute("PRAGMA synchronous = FULL")
+            # An existing store is opened as it is, so a tampered one can still be verified.
+            if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                      "AND name = 'meta'").fetchone():
+                if not create:
+                    self._conn.close()
+                    raise RecordError(f"`{self.url}` is not a refundry records store")
+                with self._transaction():
+                    for statement in _statements(_SQLITE_SCHEMA):
+                        self._conn.execute(statement)
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)",
+                                       (new_salt(),))
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', '1')")
+        except sqlite3.DatabaseError as exc:
+            raise RecordError(f"cannot open records store `{self.url}`: {str(exc).lower()}") from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_SQLiteTx]:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise RecordError(f"records store `{self.url}` is busy or unwritable: "
+                                  f"{str(exc).lower()}; nothing was recorded") from None
+            try:
+                yield _SQLiteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    self._conn.execute("ROLLBACK")
+                raise RecordError(f"records store `{self.url}`: the event was not written: "
+                                  f"{str(exc).lower()}") from None
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise RecordError(f"records store `{self.url}`: {str(exc).lower()}") from None
+
+    def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
+        where = "" if request_id is None else "AND request_id = ?"
+        while True:
+            args: tuple[Any, ...] = (after,) if request_id is None else (after, request_id)
+            page = self._query(f"SELECT {_COLUMNS} FROM events WHERE seq > ? {where} "
+                               f"ORDER BY seq LIMIT {PAGE}", args)
+            yield from page
+            if len(page) < PAGE:
+                return
+            after = page[-1][0]
+
+    def _get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def _head(self) -> tuple[int, str]:
+        with self._lock:
+            return _SQLiteTx(self._conn).head()
+
+    def _ruleset_texts(self) -> Iterator[tuple[str, str, str, str]]:
+        yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
+                               "ORDER BY digest")
+
+    def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
+        rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = ?",
+                           (digest,))
+        return tuple(rows[0]) if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _statements(script: str) -> list[str]:
+    """Split the schema script; a trigger body holds a ``;`` of its own."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        joined = "\n".join(buf).strip()
+        if joined.endswith(";") and (not joined.upper().startswith("CREATE TRIGGER")
+                                     or joined.upper().endswith("END;")):
+            out.append(joined)
+            buf = []
+    return out
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq BIGINT PRIMARY KEY, request_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL,
+    actor TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_case ON events (request_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
+    WHERE type = 'evaluated';
+CREATE TABLE IF NOT EXISTS ruleset_texts (
+    digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
+CREATE OR REPLACE FUNCTION refundry_append_only() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION 'records are append-only'; END $$;
+DROP TRIGGER IF EXISTS events_append_only ON events;
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION refundry_append_only();
+DROP TRIGGER IF EXISTS events_no_truncate ON events;
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION refundry_append_only();
+INSERT INTO meta VALUES ('format', '1') ON CONFLICT DO NOTHING;
+"""
+
+
+def _split_pg_url(url: str) -> tuple[str, str]:
+    """The connection URL without our ``schema`` parameter, and the schema."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), "refundry")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def _shown(url: str) -> str:
+    """The URL without a password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class _PgTx:
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+
+    def head(self) -> tuple[int, str]:
+        self.cur.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        row = self.cur.fetchone()
+        return (int(row[0]), row[1]) if row else (0, GENESIS)
+
+    def case_rows(self, request_id: str) -> list[Row]:
+        self.cur.execute(f"SELECT {_COLUMNS} FROM events WHERE request_id = %s ORDER BY seq",
+                         (request_id,))
+        return self.cur.fetchall()
+
+    def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
+        self.cur.execute("INSERT INTO ruleset_texts VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT (digest) DO NOTHING", (digest, rid, version, text))
+
+    def insert(self, row: Row) -> None:
+        self.cur.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                         row)
+
+
+class PostgresStore(RecordStore):
+    """A schema in a PostgreSQL database, shared by any number of processes and machines."""
+
+    def __init__(self, url: str, *, create: bool = True,
+                 clock: Callable[[], dt.datetime] | None = None) -> None:
+        super().__init__(clock=clock)
+        try:
+            import psycopg
+            from psycopg import sql
+        except ImportError:
+            raise RecordError("a postgresql store needs psycopg: pip install 'refundry[postgres]'") from None
+        self._psycopg = psycopg
+        conninfo, self.schema = _split_pg_url(url)
+        self.url = _shown(url)
+        self._lock = threading.RLock()
+        try:
+            self._conn = psycopg.connect(conninfo, autocommit=False, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise RecordError(f"cannot connect to `{self.url}`: "
+                              f"{' '.join(str(exc).split()).lower()}") from None
+        schema_id = sql.Identifier(self.schema)
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                # Two processes creating the same new store at once would race on the catalog.
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("refundry:" + self.schema,))
+                if create:
+                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema_id))
+                # Not SET LOCAL: the search path must outlive this transaction.
+                cur.execute(sql.SQL("SET search_path TO {}").format(schema_id))
+                # An existing store is opened as it is, so a tampered one can still be verified.
+                cur.execute("SELECT to_regclass('meta') IS NULL")
+                if (cur.fetchone() or (True,))[0]:
+                    if not create:
+                        raise RecordError(f"no records store in schema `{self.schema}` of "
+                                          f"`{self.url}`")
+                    cur.execute(_PG_SCHEMA)
+                    cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
+                                (new_salt(),))
+        except RecordError:
+            self._conn.close()
+            raise
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise RecordError(f"cannot open records store `{self.url}`: "
+                              f"{' '.join(str(exc).split()).lower()}") from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_PgTx]:
+        psycopg = self._psycopg
+        with self._lock:
+            try:
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    # Conflicts with itself (one appender at a time) but not with plain reads.
+                    cur.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                    yield _PgTx(cur)
+            except psycopg.Error as exc:
+                raise RecordError(f"records store `{self.url}`: the event was not written: "
+                                  f"{' '.join(str(exc).split()).lower()}") from None
+
+    def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    cur.execute(query, args)
+                    return cur.fetchall()
+            except self._psycopg.Error as exc:
+                raise RecordError(f"records store `{self.url}`: "
+                                  f"{' '.join(str(exc).split()).lower()}") from None
+
+    def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
+        where = "" if request_id is None else "AND request_id = %s"
+        while True:
+            args: tuple[Any, ...] = (after,) if request_id is None else (after, request_id)
+            page = self._query(f"SELECT {_COLUMNS} FROM events WHERE seq > %s {where} "
+                               f"ORDER BY seq LIMIT {PAGE}", args)
+            yield from ((int(r[0]), *r[1:]) for r in page)
+            if len(page) < PAGE:
+                return
+            after = int(page[-1][0])
+
+    def _get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = %s", (key,))
+        return rows[0][0] if rows else None
+
+    def _head(self) -> tuple[int, str]:
+        rows = self._query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), rows[0][1]) if rows else (0, GENESIS)
+
+    def _ruleset_texts(self) -> Iterator[tuple[str, str, str, str]]:
+        yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
+                               "ORDER BY digest")
+
+    def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
+        rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = %s",
+                           (digest,))
+        return tuple(rows[0]) if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

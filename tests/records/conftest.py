@@ -1,0 +1,137 @@
+"""Fixtures for the records tests: one store per test, SQLite and PostgreSQL alike.
+
+PostgreSQL tests read ``REFUNDRY_TEST_POSTGRES_URL`` and each runs in a schema of its own,
+dropped afterwards; without the variable they are skipped, saying how to enable them.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import refundry
+from refundry.records import RecordStore
+from refundry.stores import open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+RULESETS = ROOT / "rulesets"
+PG_ENV = "REFUNDRY_TEST_POSTGRES_URL"
+PG_SKIP = (f"PostgreSQL tests are off: set {PG_ENV}=postgresql://postgres@127.0.0.1:5432/test "
+           "to run them")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("REFUNDRY_LONG") == "1":
+        return
+    skip = pytest.mark.skip(reason="long run: set REFUNDRY_LONG=1 to include it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+BASE_REQUEST = {
+    "request_id": "r-1",
+    "client_id": "any-shop",
+    "industry": "ecommerce",
+    "jurisdiction": "DE",
+    "requested_at": "2024-03-15T18:00:00+01:00",
+    "amount": "119.99",
+    "currency": "EUR",
+    "reason": "changed_mind",
+    "customer": {"id": "c-1"},
+    "transaction": {"id": "o-1", "amount": "129.99", "delivered_at": "2024-03-01T12:00:00+01:00",
+                    "express_shipping_amount": "10.00"},
+    "items": [{"sku": "A", "quantity": 1, "unit_price": "119.99", "condition": "unopened"}],
+    "disclosures": {"withdrawal_info_given": True},
+    "evidence": {"goods_received_back": True},
+}
+
+
+def make_request(request_id: str, **changes: object) -> dict:
+    """A valid EU withdrawal request; ``client_id="acme", amount="600"`` makes it a manual
+    review under acme-eu (refunds above 500)."""
+    req = copy.deepcopy(BASE_REQUEST)
+    req["request_id"] = request_id
+    req.update(changes)
+    if "amount" in changes:
+        req["transaction"]["amount"] = str(Decimal(str(changes["amount"])) + 10)
+        req["items"][0]["unit_price"] = changes["amount"]
+    return req
+
+
+class StepClock:
+    """A deterministic clock: each call is one second after the last."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self.now = start or dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dt.datetime:
+        with self._lock:
+            self.now += dt.timedelta(seconds=1)
+            return self.now
+
+
+@pytest.fixture(scope="session")
+def engine() -> refundry.Engine:
+    return refundry.Engine.from_path(RULESETS)
+
+
+def _pg_schema_url(base: str, schema: str) -> str:
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}schema={schema}"
+
+
+def drop_pg_schema(base: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """The URL of a fresh, empty store of each kind."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "records.db")
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    schema = f"refundry_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield _pg_schema_url(base, schema)
+    finally:
+        drop_pg_schema(base, schema)
+
+
+@pytest.fixture
+def clock() -> StepClock:
+    return StepClock()
+
+
+@pytest.fixture
+def store(store_url, clock) -> Iterator[RecordStore]:
+    s = open_store(store_url, clock=clock)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def record(store, engine) -> Callable[..., object]:
+    """Evaluate and record a request; returns the case."""
+    def run(request: dict, actor: str = "alice"):
+        decision = engine.evaluate(request)
+        case, _created = store.record(request, decision, engine=engine, actor=actor)
+        return case
+    return run

@@ -1,0 +1,145 @@
+"""The records commands as a user runs them, on real files in a working folder."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from refundry.cli import main
+
+from .conftest import RULESETS, make_request
+
+
+class Run:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """Run ``refundry`` in-process from an empty folder holding request files."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REFUNDRY_DB", raising=False)
+
+    def run(*args: str) -> Run:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+    return run
+
+
+def write(tmp_path, name: str, request: dict) -> str:
+    (tmp_path / name).write_text(json.dumps(request), encoding="utf-8")
+    return name
+
+
+def test_evaluate_record_review_verify(cli, tmp_path):
+    big = write(tmp_path, "big.json", make_request("big", client_id="acme", amount="600"))
+    r = cli("evaluate", big, "--rulesets", RULESETS, "--record", "--by", "alice")
+    assert r.code == 0 and r.json()["outcome"] == "manual_review"
+    assert "recorded: request `big` is manual_review" in r.err
+    assert (tmp_path / "refundry.db").exists()  # the default store
+    r = cli("evaluate", big, "--rulesets", RULESETS, "--record", "--by", "alice")
+    assert r.code == 0 and "nothing appended" in r.err
+
+    r = cli("review", "list")
+    assert r.code == 0 and r.out.startswith("big  manual_review") and "approvals 0/2" in r.out
+    r = cli("review", "approve", "big", "--by", "alice")
+    assert r.code == 1 and "`alice` submitted request `big`" in r.err
+    assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    assert cli("review", "approve", "big", "--by", "bob", "--reason", "ok").code == 0
+    r = cli("review", "approve", "big", "--by", "bob")
+    assert r.code == 1 and "already approved" in r.err
+    r = cli("review", "approve", "big", "--by", "carol")
+    assert r.code == 0 and "big  approved" in r.out
+    r = cli("records", "mark", "big", "refunded", "--by", "ops")
+    assert r.code == 1 and "needs processed" in r.err
+
+    r = cli("records", "verify")
+    assert r.code == 0 and r.out.startswith("ok: 3 events")
+    shown = cli("records", "show", "big").json()
+    assert [e["type"] for e in shown["events"]] == ["evaluated", "reviewed", "approved"]
+    assert cli("records", "list", "--json").json()[0]["status"] == "approved"
+
+
+def test_verify_names_the_broken_event_and_exits_2(cli, tmp_path):
+    for i in range(3):
+        cli("evaluate", write(tmp_path, f"r{i}.json", make_request(f"r-{i}")), "--rulesets",
+            RULESETS, "--record", "--by", "alice")
+    head = cli("records", "checkpoint").json()
+    assert head["count"] == 3
+    conn = sqlite3.connect(tmp_path / "refundry.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("DROP TRIGGER events_no_delete")
+    conn.execute("UPDATE events SET body = replace(body, '109.99', '999.99') WHERE seq = 2")
+    r = cli("records", "verify")
+    assert r.code == 2 and r.out.startswith("broken: event 2:")
+    conn.execute("DELETE FROM events WHERE seq >= 2")
+    conn.close()
+    assert cli("records", "verify").code == 0  # a clean cut looks whole without a checkpoint
+    r = cli("records", "verify", "--expect-head", head["head"], "--json")
+    assert r.code == 2 and "checkpoint head" in r.json()["problem"]
+
+
+def test_export_replay_and_dispute(cli, tmp_path):
+    req = write(tmp_path, "r.json", make_request("r-1"))
+    cli("evaluate", req, "--rulesets", RULESETS, "--record", "--by", "alice")
+    r = cli("records", "replay", "r-1")
+    assert r.code == 0 and r.json()["same"] is True
+
+    r = cli("dispute", "open", "r-1", "--by", "cs", "--reason", "express shipping",
+            "--rulesets", RULESETS)
+    assert r.code == 0 and r.json()["status"] == "disputed"
+    assert r.json()["dispute"]["current"]["outcome"] == "approve"
+    r = cli("dispute", "resolve", "r-1", "--by", "lead", "--resolution", "upheld",
+            "--explanation", "Express shipping is not refunded.")
+    assert r.code == 0 and r.json()["status"] == "approved"
+
+    assert cli("records", "export", "-o", "out.jsonl").code == 0
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x)["type"] for x in lines] == ["evaluated", "disputed", "dispute_resolved"]
+    assert all(json.loads(x)["hash"].startswith("sha256:") for x in lines)
+
+
+def test_readers_do_not_create_a_store(cli, tmp_path):
+    r = cli("records", "verify", "--db", "typo.db")
+    assert r.code == 1 and r.err.strip() == "refundry: no records store at `typo.db`"
+    assert not (tmp_path / "typo.db").exists()
+    r = cli("records", "settings", "--four-eyes-above", "250", "--by", "admin")
+    assert r.code == 0 and r.json() == {"four_eyes_above": "250"}
+    r = cli("records", "verify")
+    assert r.code == 0 and r.out.startswith("ok: 1 events")
+
+
+def test_user_errors_are_one_line(cli, tmp_path):
+    cli("evaluate", write(tmp_path, "r.json", make_request("r-1")), "--rulesets", RULESETS,
+        "--record", "--by", "alice")
+    r = cli("records", "show", "nope")
+    assert r.code == 1 and r.err.strip() == "refundry: no case for request `nope`"
+    r = cli("records", "list", "--db", "mysql://x")
+    assert r.code == 1 and "is not a records store" in r.err
+    (tmp_path / "junk.db").write_text("not a database " * 100, encoding="utf-8")
+    r = cli("records", "verify", "--db", "junk.db")
+    assert r.code == 1 and "cannot open records store `junk.db`" in r.err
+    bad = make_request("bad")
+    bad["amount"] = "lots"
+    r = cli("evaluate", write(tmp_path, "bad.json", bad), "--rulesets", RULESETS, "--record")
+    assert r.code == 3 and "recorded" not in r.err
+
+
+def test_a_damaged_store_is_reported_not_crashed_on(cli, tmp_path):
+    cli("evaluate", write(tmp_path, "r.json", make_request("r-1")), "--rulesets", RULESETS,
+        "--record", "--by", "alice")
+    conn = sqlite3.connect(tmp_path / "refundry.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET body = '{not json' WHERE seq = 1")
+    conn.close()
+    r = cli("records", "show", "r-1")
+    assert r.code == 1 and "event 1 cannot be read: the store is damaged" in r.err
+    r = cli("records", "verify")
+    assert r.code == 2 and "event 1 does not match its hash" in r.out
