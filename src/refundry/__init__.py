@@ -14,6 +14,7 @@ from .errors import (
     RequestError,
     RulesetError,
 )
+from .hookspecs import hookimpl
 from .models import Deadline, Decision, Reason, RefundRequest, RulesetRef
 from .request import parse_request, request_to_dict
 
@@ -22,5 +23,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Deadline", "Decision", "Engine", "EvaluationError", "Explanation", "InvalidRequest",
     "InvalidRulesets", "Reason", "RefundRequest", "RefundryError", "RequestError",
-    "RulesetError", "RulesetInfo", "RulesetRef", "parse_request", "request_to_dict",
+    "RulesetError", "RulesetInfo", "RulesetRef", "hookimpl", "parse_request", "request_to_dict",
 ]

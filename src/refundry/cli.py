@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="show each rule and the values it saw")
     p.add_argument("--backend", default="compiled", choices=["compiled", "durable", "interpreted"])
     p.set_defaults(func=cmd_evaluate)
+
+    from . import plugins, runner
+
+    plugins.register(sub)
+    runner.register(sub)
     return parser
 
 
