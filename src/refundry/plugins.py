@@ -133,6 +133,87 @@ def epoch_to_rfc3339(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat()
 
 
+def money_text(value: object, currency: str) -> str:
+    """An amount as a canonical decimal string at the currency's minor unit (``"348.0"`` ->
+    ``"348.00"``). Raises ``ValueError`` for floats, non-numbers, or more decimals than the
+    currency has: an amount is never rounded on the way in."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"`{value}` must be read as a decimal, not a float")
+    try:
+        amount = Decimal(str(value).strip()) if isinstance(value, (str, int, Decimal)) else None
+    except ArithmeticError:
+        amount = None
+    if amount is None or not amount.is_finite():
+        raise ValueError(f"`{str(value)[:40]}` is not a decimal amount")
+    exp = Decimal(1).scaleb(-minor_units(currency))
+    quantized = amount.quantize(exp)
+    if quantized != amount:
+        raise ValueError(f"`{value}` has more decimals than {currency.upper()} allows")
+    return str(quantized)
+
+
+def day_start(day: str, zone: str) -> str:
+    """A date without a time (``2014-08-16``) as the start of that day in ``zone``, RFC 3339:
+    formats such as FHIR ``date`` and X12 ``CCYYMMDD`` state days, not instants."""
+    from zoneinfo import ZoneInfo
+
+    text = day.strip()
+    if len(text) == 8 and text.isdigit():
+        text = f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    d = dt.date.fromisoformat(text)
+    return dt.datetime(d.year, d.month, d.day, tzinfo=ZoneInfo(zone)).isoformat()
+
+
+def request_defaults(options: Mapping[str, str], source: str, industry: str, *,
+                     jurisdiction: str | None = None) -> dict[str, Any]:
+    """The canonical fields no payload carries, from the run's options: ``client_id``
+    (required), ``jurisdiction`` (required unless the format implies one), ``timezone``."""
+    out: dict[str, Any] = {
+        "client_id": option(options, "client_id", source),
+        "industry": industry,
+        "jurisdiction": option(options, "jurisdiction", source, jurisdiction),
+    }
+    if options.get("timezone"):
+        out["timezone"] = options["timezone"]
+    return out
+
+
+def zone_for(request: Mapping[str, Any]) -> str:
+    """The IANA zone a date-only value is read in: the request's ``timezone`` or its
+    jurisdiction's default (UTC when there is none; ``parse_request`` then asks for one)."""
+    from . import jurisdictions
+
+    zone = request.get("timezone") or jurisdictions.default_timezone(str(request["jurisdiction"]))
+    return zone or "UTC"
+
+
+def iter_json_documents(path: Path) -> Iterable[tuple[str, Any, str | None]]:
+    """``(name, document, error)`` for a ``.json`` file, each line of a ``.jsonl`` file, or
+    every ``.json``/``.jsonl`` file in a directory (sorted). Numbers are read as ``Decimal``."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+    else:
+        files = [path]
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SourceError(f"cannot read `{file}`: {(exc.strerror or str(exc)).lower()}") from None
+        if file.suffix == ".jsonl":
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    yield _decode(f"{file.name}:{number}", line)
+        else:
+            yield _decode(file.name, text)
+
+
+def _decode(name: str, text: str) -> tuple[str, Any, str | None]:
+    try:
+        return name, json.loads(text, parse_float=Decimal), None
+    except json.JSONDecodeError as exc:
+        return name, None, f"{name}:{exc.lineno}:{exc.colno}: invalid json: {exc.msg.lower()}"
+
+
 class JsonLinesWriter:
     """Append-only JSON lines, each keyed (e.g. by ``request_id``), safe to re-open after a kill.
 
