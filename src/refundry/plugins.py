@@ -188,10 +188,10 @@ def zone_for(request: Mapping[str, Any]) -> str:
 
 
 def iter_json_documents(path: Path) -> Iterable[tuple[str, Any, str | None]]:
-    """``(name, document, error)`` for a ``.json`` file, each line of a ``.jsonl`` file, or
-    every ``.json``/``.jsonl`` file in a directory (sorted). Numbers are read as ``Decimal``."""
+    """``(name, document, error)`` for a ``.json`` file, each line of a ``.jsonl``/``.ndjson``
+    file, or every such file in a directory (sorted). Numbers are read as ``Decimal``."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl"))
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl", ".ndjson"))
     else:
         files = [path]
     for file in files:
@@ -199,7 +199,7 @@ def iter_json_documents(path: Path) -> Iterable[tuple[str, Any, str | None]]:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise SourceError(f"cannot read `{file}`: {(exc.strerror or str(exc)).lower()}") from None
-        if file.suffix == ".jsonl":
+        if file.suffix in (".jsonl", ".ndjson"):
             for number, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     yield _decode(f"{file.name}:{number}", line)
@@ -258,6 +258,16 @@ class JsonLinesWriter:
             self.seen.add(key)
         self._fh.write(json.dumps(obj, ensure_ascii=False, sort_keys=False, default=_json_default)
                        + "\n")
+        self._fh.flush()
+        return True
+
+    def write_line(self, key: str, line: str) -> bool:
+        """Write an already serialised JSON line (e.g. with exact decimals as numbers) under
+        ``key``, which must be the line's own value of the key field."""
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        self._fh.write(line + "\n")
         self._fh.flush()
         return True
 
