@@ -168,6 +168,18 @@ def journal_path(out: Path | None, input_path: Path) -> Path:
     return base.with_name(base.name + ".progress.jsonl")
 
 
+def sink_path(name: str, out: Path | None, options: Mapping[str, str], *,
+              several: bool) -> Path | None:
+    """Where sink ``name`` writes: ``--option out.NAME=PATH``, else ``--out`` when it is the only
+    sink, else ``OUT.NAME`` so that two sinks never write into one file."""
+    explicit = options.get(f"out.{name}")
+    if explicit:
+        return Path(explicit)
+    if out is None or not several:
+        return out
+    return out.with_name(f"{out.name}.{name}")
+
+
 def dead_letter_path(out: Path | None) -> Path:
     return out.with_name(out.name + ".dead-letter.jsonl") if out is not None else Path("dead-letter.jsonl")
 
@@ -219,7 +231,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     try:
         for s in chosen_sinks:
             try:
-                writers.append((s.name, s.plugin, s.open(out_path, options)))
+                path = sink_path(s.name, out_path, options, several=len(chosen_sinks) > 1)
+                writers.append((s.name, s.plugin, s.open(path, options)))
             except RefundryError:
                 raise
             except Exception as exc:  # noqa: BLE001

@@ -242,7 +242,9 @@ def _camt029(ref: str, body: Element, base: dict[str, Any], index: Mapping[str, 
     # One rounding, half-up, to the currency's minor unit: 20% of 2,234,578.88 is 446,915.78.
     amount = (original.amount * share).quantize(Decimal(1).scaleb(-minor_units(original.currency)),
                                                 rounding=ROUND_HALF_UP)
+    # The money goes back because of the cancellation request the camt.029 answers.
     facts: dict[str, Any] = {"iso_message": "camt.029", "iso_case_id": case,
+                             "iso_reason_code": "FOCR",
                              "iso_status": status, "iso_original_msg_id": org_msg,
                              "iso_original_end_to_end_id": e2e,
                              "iso_original_instr_id": _text(tx, "OrgnlInstrId"),
@@ -298,7 +300,7 @@ def pacs004(decision: Decision, request: RefundRequest, options: Mapping[str, st
         f"\t\t\t<SttlmInf><SttlmMtd>{_esc(options.get('settlement_method', 'CLRG'))}</SttlmMtd></SttlmInf>",
         "\t\t</GrpHdr>",
         "\t\t<TxInf>",
-        f"\t\t\t<RtrId>{_esc(request.request_id[:35])}</RtrId>",
+        f"\t\t\t<RtrId>{_esc(msg_id)}</RtrId>",
         "\t\t\t<OrgnlGrpInf>",
         f"\t\t\t\t<OrgnlMsgId>{_esc(org_msg[:35])}</OrgnlMsgId>",
         f"\t\t\t\t<OrgnlMsgNmId>{_esc(org_name)}</OrgnlMsgNmId>",
