@@ -176,9 +176,10 @@ def _refund(refund: dict[str, Any], base: dict[str, Any], reason: str,
         "shopify_parent_id": str(txs[0]["parent_id"]) if txs[0].get("parent_id") else None,
         "shopify_gateway": txs[0].get("gateway"),
         "original_amount_known": bool(maximum),
-        "line_items_total": str(lines_total),
-        "shipping_refunded": str(shipping),
-        "totals_reconcile": lines_total + shipping == amount,
+        "line_items_total": money_text(lines_total, currency) if lines_total is not None else None,
+        "shipping_refunded": money_text(shipping, currency),
+        # None when the line items do not state their subtotals: unknown, not "false".
+        "totals_reconcile": lines_total + shipping == amount if lines_total is not None else None,
     }
     if not calculated:
         facts["shopify_refund_id"] = str(refund["id"])
@@ -196,8 +197,10 @@ def _refund(refund: dict[str, Any], base: dict[str, Any], reason: str,
     return out
 
 
-def _items(lines: list[dict[str, Any]], currency: str) -> tuple[list[dict[str, Any]], Decimal]:
-    items, total = [], Decimal(0)
+def _items(lines: list[dict[str, Any]], currency: str) -> tuple[list[dict[str, Any]], Decimal | None]:
+    """The refunded items, and their subtotal + tax when every line states it (else None)."""
+    items: list[dict[str, Any]] = []
+    total: Decimal | None = Decimal(0)
     for line in lines:
         item: dict[str, Any] = {"quantity": int(line.get("quantity") or 0)}
         li = line.get("line_item") or {}
@@ -205,9 +208,11 @@ def _items(lines: list[dict[str, Any]], currency: str) -> tuple[list[dict[str, A
         price = li.get("price") or line.get("price")
         if price is not None:
             item["unit_price"] = money_text(price, currency)
-        for key in ("subtotal", "total_tax"):
-            if line.get(key) is not None:
-                total += Decimal(money_text(line[key], currency))
+        if line.get("subtotal") is None or total is None:
+            total = None
+        else:
+            total += Decimal(money_text(line["subtotal"], currency))
+            total += Decimal(money_text(line.get("total_tax") or 0, currency))
         items.append(item)
     return items, total
 

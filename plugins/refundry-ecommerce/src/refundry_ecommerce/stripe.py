@@ -90,8 +90,8 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
                     yield SourceRecord(f"{ref}#refunds[{i}]",
                                        request=_refund(refund, obj, base, options))
             elif kind in ("dispute", "issuing.dispute"):
-                yield SourceRecord(ref, error=f"{ref}: a {kind}, not a refund: read it with "
-                                   "source `stripe-dispute` (refundry-finance)")
+                yield SourceRecord(ref, error=f"{ref}: the `{kind}` object is a dispute, not a "
+                                   "refund: read it with source `stripe-dispute` (refundry-finance)")
             else:
                 yield SourceRecord(ref, error=f"{ref}: a `{kind}` object is not a refund")
         except (ValueError, KeyError, TypeError) as exc:
