@@ -39,8 +39,9 @@ def read_jsonl(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]
             if not isinstance(data, dict):
                 yield SourceRecord(ref, error=f"{ref}: a request must be a json object")
                 continue
-            # A float-looking amount keeps its exact text as a decimal; the parser refuses floats.
-            yield SourceRecord(ref, request=_decimals_to_text(data))
+            # Numbers were read as Decimal, so "amount": 12.50 keeps its exact value; the
+            # request parser accepts Decimal where it refuses floats.
+            yield SourceRecord(ref, request=data)
 
 
 def _read_json_document(path: Path) -> Iterator[SourceRecord]:
@@ -56,19 +57,9 @@ def _read_json_document(path: Path) -> Iterator[SourceRecord]:
     for i, item in enumerate(items):
         ref = f"{path.name}[{i}]" if isinstance(data, list) else path.name
         if isinstance(item, dict):
-            yield SourceRecord(ref, request=_decimals_to_text(item))  # type: ignore[arg-type]
+            yield SourceRecord(ref, request=item)
         else:
             yield SourceRecord(ref, error=f"{ref}: a request must be a json object")
-
-
-def _decimals_to_text(value: object) -> object:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _decimals_to_text(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decimals_to_text(v) for v in value]
-    return value
 
 
 class DecisionsWriter:
