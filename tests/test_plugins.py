@@ -111,7 +111,7 @@ def test_two_plugins_cannot_provide_the_same_source_name() -> None:
             return [Source("jsonl", lambda p, o: iter(()))]
 
     with pytest.raises(PluginError, match=r"plugin `clash`: source `jsonl` is already provided by plugin `refundry`"):
-        plugins_with(("clash", Clash())).sources
+        _ = plugins_with(("clash", Clash())).sources
 
 
 def test_an_unknown_source_lists_the_installed_ones() -> None:

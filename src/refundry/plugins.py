@@ -130,14 +130,14 @@ def epoch_to_rfc3339(seconds: int) -> str:
     """Unix seconds (UTC) to RFC 3339 with an explicit ``+00:00`` offset."""
     if isinstance(seconds, bool) or not isinstance(seconds, int):
         raise TypeError("a unix time must be an integer")
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat()
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
 
 
 def money_text(value: object, currency: str) -> str:
     """An amount as a canonical decimal string at the currency's minor unit (``"348.0"`` ->
     ``"348.00"``). Raises ``ValueError`` for floats, non-numbers, or more decimals than the
     currency has: an amount is never rounded on the way in."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise ValueError(f"`{value}` must be read as a decimal, not a float")
     try:
         amount = Decimal(str(value).strip()) if isinstance(value, (str, int, Decimal)) else None

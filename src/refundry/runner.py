@@ -106,8 +106,8 @@ class BarProgress(Progress):
 
     def __init__(self, stream: TextIO) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                   TextColumn, TimeElapsedColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(TextColumn("refundry run"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}/s"), TimeElapsedColumn(),

@@ -99,7 +99,7 @@ def _transactions_of(doc: Any) -> list[Any] | None:
         return doc
     if isinstance(doc, dict):
         if isinstance(doc.get("transactions"), list):
-            return doc["transactions"]  # type: ignore[no-any-return]
+            return doc["transactions"]
         if isinstance(doc.get("transaction"), dict):
             return [doc["transaction"]]
     return None

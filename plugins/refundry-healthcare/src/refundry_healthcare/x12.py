@@ -75,10 +75,7 @@ def delimiters(text: str) -> tuple[int, Delimiters]:
 def segments(text: str) -> tuple[Delimiters, list[list[str]]]:
     start, d = delimiters(text)
     body = text[start:]
-    if d.segment in "\r\n":
-        raw = body.splitlines()
-    else:
-        raw = body.split(d.segment)
+    raw = body.splitlines() if d.segment in "\r\n" else body.split(d.segment)
     out = [s.strip().split(d.element) for s in raw if s.strip()]
     return d, out
 
