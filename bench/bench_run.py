@@ -60,7 +60,7 @@ def main() -> None:
                             "run_seconds": seconds, "wall_seconds": round(wall, 2),
                             "requests_per_second": round(args.n / seconds)})
             print(json.dumps(results[-1]), flush=True)
-    print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}")
+    print(f"cpus: {os.cpu_count()}, load average {os.getloadavg()}, python {sys.version.split()[0]}")
 
 
 if __name__ == "__main__":
