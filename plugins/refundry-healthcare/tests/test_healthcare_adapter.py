@@ -19,6 +19,9 @@ import refundry
 from refundry.models import Decision
 from refundry.plugins import Plugins
 
+# The adapter is its own distribution: its tests need it installed (as .ci/run does).
+pytest.importorskip("refundry_healthcare", reason="install it: pip install -e plugins/refundry-healthcare")
+
 HERE = Path(__file__).resolve().parent
 FHIR = HERE / "payloads" / "fhir_r4"
 X12 = HERE / "payloads" / "x12_835"
