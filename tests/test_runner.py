@@ -166,3 +166,35 @@ def test_a_killed_run_resumes_with_exactly_one_decision_per_request(tmp_path: Pa
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_killed_run_of_100k_resumes_exactly(tmp_path: Path, workers: int) -> None:
     _kill_and_resume(tmp_path, 100_000, workers=workers)
+
+
+def test_a_source_or_sink_that_cannot_start_leaves_no_files(tmp_path: Path) -> None:
+    import refundry
+    from refundry.plugins import Plugins, Sink, Source, SourceRecord, make_plugin_manager, option
+
+    class Strict:
+        @refundry.hookimpl
+        def refundry_sources(self) -> list[Source]:
+            def read(path: Path, options: dict[str, str]) -> Any:
+                option(options, "client_id", "strict")
+                yield SourceRecord("x", request={**EXAMPLE})
+            return [Source("strict", read)]
+
+        @refundry.hookimpl
+        def refundry_sinks(self) -> list[Sink]:
+            def open_(path: Path | None, options: dict[str, str]) -> Any:
+                raise PermissionError("read-only directory")
+            return [Sink("locked", open_)]
+
+    plugins = Plugins(make_plugin_manager(entry_points=False, extra=[("strict", Strict())]))
+    src = generate(tmp_path / "in.jsonl", 1)
+    with pytest.raises(SourceError, match=r"source `strict` needs `--option client_id=...`"):
+        run(source="strict", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+            plugins=plugins)
+    from refundry.plugins import PluginError
+
+    with pytest.raises(PluginError, match=r"plugin `strict`: sink `locked` cannot open: "
+                       r"PermissionError: read-only directory"):
+        run(source="jsonl", input_path=src, sinks=["locked"], out=tmp_path / "o.jsonl",
+            rulesets=[RULESETS], plugins=plugins)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

@@ -361,12 +361,18 @@ class Plugins:
         self.pm = pm if pm is not None else make_plugin_manager()
         self._sources: dict[str, Source] | None = None
         self._sinks: dict[str, Sink] | None = None
+        # Looked up once: the per-record hooks would otherwise walk pluggy's lists every time.
+        self._impl_cache: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
 
     def _impls(self, hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
-        caller = getattr(self.pm.hook, hook_name)
-        # pluggy calls the last registered (and tryfirst) implementations first; keep its order.
-        return [(impl.plugin_name, impl.function) for impl in reversed(caller.get_hookimpls())
-                if not (impl.hookwrapper or impl.wrapper)]
+        found = self._impl_cache.get(hook_name)
+        if found is None:
+            caller = getattr(self.pm.hook, hook_name)
+            # pluggy calls the last registered (and tryfirst) implementations first; keep that.
+            found = [(impl.plugin_name, impl.function) for impl in reversed(caller.get_hookimpls())
+                     if not (impl.hookwrapper or impl.wrapper)]
+            self._impl_cache[hook_name] = found
+        return found
 
     def _collect(self, hook_name: str, kind: str) -> dict[str, Any]:
         found: dict[str, Any] = {}

@@ -217,17 +217,10 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     chosen_sinks = [plugins.sink(name) for name in sinks]
     if not input_path.exists():
         raise SourceError(f"cannot read `{input_path}`: no such file")
-    records = _guarded(src.read(input_path, options), src.plugin, src.name)
-
-    summary = Summary(out=str(out_path) if out_path else None, dead_letter=str(dl_path),
-                      journal=str(jr_path))
-    progress = progress or Progress()
+    # Pull the first record before creating any file: a source that cannot start (a missing
+    # option) or a sink that cannot open leaves no journal or dead-letter file behind.
+    records = _primed(_guarded(src.read(input_path, options), src.plugin, src.name))
     writers: list[tuple[str, str, SinkWriter]] = []
-    jr = JsonLinesWriter(jr_path, "key")
-    done = set(jr.seen)
-    dl = JsonLinesWriter(dl_path, "ref")
-    pool: ProcessPoolExecutor | None = None
-    t0 = time.monotonic()
     try:
         for s in chosen_sinks:
             try:
@@ -238,6 +231,20 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             except Exception as exc:  # noqa: BLE001
                 raise PluginError(s.plugin, f"sink `{s.name}` cannot open: "
                                   f"{type(exc).__name__}: {exc}") from None
+    except BaseException:
+        for _, _, writer in writers:
+            writer.close()
+        raise
+
+    summary = Summary(out=str(out_path) if out_path else None, dead_letter=str(dl_path),
+                      journal=str(jr_path))
+    progress = progress or Progress()
+    jr = JsonLinesWriter(jr_path, "key")
+    done = set(jr.seen)
+    dl = JsonLinesWriter(dl_path, "ref")
+    pool: ProcessPoolExecutor | None = None
+    t0 = time.monotonic()
+    try:
         seen_now: set[str] = set()
 
         def dead(ref: str, reason: str, rid: str | None, errors: Sequence[str] = ()) -> None:
@@ -348,6 +355,17 @@ def _guarded(records: Iterable[SourceRecord], plugin: str, name: str) -> Iterato
             raise PluginError(plugin, f"source `{name}` yielded a {type(rec).__name__}, "
                               "not a SourceRecord")
         yield rec
+
+
+def _primed(records: Iterator[SourceRecord]) -> Iterator[SourceRecord]:
+    """``records`` with its first item already read (so that its errors surface now)."""
+    first = next(records, None)
+
+    def chain() -> Iterator[SourceRecord]:
+        if first is not None:
+            yield first
+            yield from records
+    return chain()
 
 
 def _chunks(items: Iterable[tuple[str, dict[str, Any]]], size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
