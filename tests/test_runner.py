@@ -198,3 +198,23 @@ def test_a_source_or_sink_that_cannot_start_leaves_no_files(tmp_path: Path) -> N
         run(source="jsonl", input_path=src, sinks=["locked"], out=tmp_path / "o.jsonl",
             rulesets=[RULESETS], plugins=plugins)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_terminal_bar_and_summary_table(tmp_path: Path) -> None:
+    import io
+
+    from refundry.runner import BarProgress, print_summary
+
+    src = generate(tmp_path / "in.jsonl", 9)
+    bar_out = io.StringIO()
+    summary = run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+                  progress=BarProgress(bar_out))
+    table = io.StringIO()
+    print_summary(summary, table, rich_table=True)
+    rows = {line.strip("│┃ ").split("│")[0].strip(): line.split("│")[-2].strip()
+            for line in table.getvalue().splitlines() if line.count("│") == 3}
+    assert rows["approve"] == "3" and rows["deny"] == "3" and rows["manual_review"] == "3"
+    assert rows["dead letters"] == "0" and rows["skipped (done before)"] == "0"
+    plain = io.StringIO()
+    print_summary(summary, plain, rich_table=False)
+    assert plain.getvalue().startswith("refundry run: approve 3, deny 3, manual_review 3, dead letters 0")
