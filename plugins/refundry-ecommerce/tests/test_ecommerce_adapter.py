@@ -168,7 +168,7 @@ STRIPE = PAYLOADS / "stripe"
 STRIPE_DEAD = {
     "djstripe_charge_ch_fakefakefakefakefake0001.json": "charge `ch_fakefakefakefakefake0001` has no refunds",
     "fixtures3_charge.json": "charge `ch_1PgafuB7WZ01zgkWXYmPNZs8` was never captured (an authorisation): releasing it is a cancel, not a refund",
-    "fixtures3_balance_transaction.json": "a `balance_transaction` object is not a refund",
+    "fixtures3_balance_transaction.json": "a `balance_transaction` of type `charge` is not a refund",
     "fixtures3_credit_note.json": "a `credit_note` object is not a refund",
     "fixtures3_customer_balance_transaction.json": "a `customer_balance_transaction` object is not a refund",
     "fixtures3_fee_refund.json": "a `fee_refund` object is not a refund",
@@ -235,6 +235,19 @@ def test_stripe_zero_decimal_currency_and_charge_context(plugins: Plugins, tmp_p
                                   "payment_method": {"type": "card", "last4": "4242"}}
     assert req["reason"] == "changed_mind" and req["customer"] == {"id": "cus_1"}
     assert req["requested_at"] == "2023-11-14T23:13:20+00:00"
+
+
+def test_stripe_refund_balance_transaction(plugins: Plugins, tmp_path: Path) -> None:
+    bt = json.loads((STRIPE / "fixtures3_balance_transaction.json").read_text())
+    bt.update(id="txn_r1", type="refund", amount=-250, fee=0, source="re_r1", created=1700000000,
+              currency="eur", reporting_category="refund")
+    f = tmp_path / "bt.json"
+    f.write_text(json.dumps(bt))
+    req = one_request(plugins, "stripe", f, jurisdiction="DE")
+    assert req["request_id"] == "stripe:re_r1"
+    assert (req["amount"], req["currency"]) == ("2.50", "EUR")  # -250 minor units
+    assert req["transaction"] == {"id": "re_r1", "amount": "2.50"}
+    assert req["requested_at"] == "2023-11-14T22:13:20+00:00"
 
 
 # --- sinks ----------------------------------------------------------------------------------

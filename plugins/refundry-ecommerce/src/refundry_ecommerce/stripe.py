@@ -89,6 +89,12 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
                 for i, refund in enumerate(refunds if obj.get("captured") else []):
                     yield SourceRecord(f"{ref}#refunds[{i}]",
                                        request=_refund(refund, obj, base, options))
+            elif kind == "balance_transaction":
+                if obj.get("type") in ("refund", "payment_refund"):
+                    yield SourceRecord(ref, request=_balance_refund(obj, base, options))
+                else:
+                    yield SourceRecord(ref, error=f"{ref}: a `balance_transaction` of type "
+                                       f"`{obj.get('type')}` is not a refund")
             elif kind in ("dispute", "issuing.dispute"):
                 yield SourceRecord(ref, error=f"{ref}: the `{kind}` object is a dispute, not a "
                                    "refund: read it with source `stripe-dispute` (refundry-finance)")
@@ -131,6 +137,23 @@ def _refund(refund: dict[str, Any], charge: dict[str, Any] | None, base: dict[st
         "amount": str(amount), "currency": currency, "reason": reason,
         "customer": {"id": str(customer or f"stripe:{charge_id}")},
         "transaction": transaction, "facts": {k: v for k, v in facts.items() if v is not None},
+    }
+
+
+def _balance_refund(bt: dict[str, Any], base: dict[str, Any],
+                    options: Mapping[str, str]) -> dict[str, Any]:
+    """A refund as the balance sees it (``amount`` negative, ``source`` the refund id); the
+    charge is not named, so the refund id stands for the transaction."""
+    currency = str(bt["currency"]).upper()
+    amount = abs(from_minor_units(bt["amount"], currency))
+    refund_id = str(bt.get("source") or bt["id"])
+    return {
+        **base, "request_id": f"stripe:{refund_id}", "requested_at": created_at(bt, options),
+        "amount": str(amount), "currency": currency, "reason": options.get("reason", "other"),
+        "customer": {"id": f"stripe:{refund_id}"},
+        "transaction": {"id": refund_id, "amount": str(amount)},
+        "facts": {"stripe_balance_transaction": bt["id"], "original_amount_known": False,
+                  "stripe_fee": str(from_minor_units(bt.get("fee") or 0, currency))},
     }
 
 
