@@ -130,7 +130,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
-def _kill_and_resume(tmp_path: Path, n: int, workers: int) -> None:
+def _kill_and_resume(tmp_path: Path, n: int, workers: int, sig: int = signal.SIGKILL) -> None:
     src = generate(tmp_path / "in.jsonl", n)
     out = tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.progress.jsonl"
@@ -142,9 +142,13 @@ def _kill_and_resume(tmp_path: Path, n: int, workers: int) -> None:
         if journal.exists() and journal.stat().st_size > 60 * max(n // 10, 50):
             break
         time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: worker processes too
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    os.killpg(proc.pid, sig)  # the whole group: worker processes too
+    _, first_err = proc.communicate()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    else:  # Ctrl-C: the run stops cleanly, says so, and exits 130
+        assert proc.returncode == 130, first_err
+        assert "interrupted: re-run to continue" in first_err and "Traceback" not in first_err
     done_before = len(journal.read_text().splitlines())
     assert 0 < done_before < n
     again = _cli(*args, cwd=tmp_path)
@@ -157,8 +161,13 @@ def _kill_and_resume(tmp_path: Path, n: int, workers: int) -> None:
     assert "skipped (done before)" in err
 
 
-def test_a_killed_run_resumes_with_exactly_one_decision_per_request(tmp_path: Path) -> None:
-    _kill_and_resume(tmp_path, 2_000, workers=1)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_run_resumes_with_exactly_one_decision_per_request(tmp_path: Path, workers: int) -> None:
+    _kill_and_resume(tmp_path, 2_000, workers=workers)
+
+
+def test_an_interrupted_run_says_so_and_resumes(tmp_path: Path) -> None:
+    _kill_and_resume(tmp_path, 2_000, workers=1, sig=signal.SIGINT)
 
 
 @pytest.mark.slow

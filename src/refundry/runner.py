@@ -210,7 +210,9 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     if engine is None:
         if not rulesets:
             raise SourceError("give rulesets or an engine")
-        engine = Engine.from_path([str(p) for p in rulesets], backend=backend) if workers == 1 else None
+        # Loaded here even for several workers: invalid rulesets fail now, with every error,
+        # not as a broken process pool.
+        engine = Engine.from_path([str(p) for p in rulesets], backend=backend)
     elif workers > 1 and not rulesets:
         raise SourceError("several workers need ruleset paths, not an engine object")
     src = plugins.source(source)
