@@ -247,6 +247,32 @@ def test_fhir_sink_writes_a_payment_reconciliation(plugins: Plugins, tmp_path: P
     assert "J45" not in raw and "99213" not in raw
 
 
+def test_fhir_sink_output_validates_against_an_independent_fhir_model(plugins: Plugins,
+                                                                     tmp_path: Path) -> None:
+    # fhir.resources has no R4 package any more; R4B's PaymentReconciliation is R4's unchanged.
+    model = pytest.importorskip(
+        "fhir.resources.R4B.paymentreconciliation",
+        reason="pip install -e 'plugins/refundry-healthcare[test]' to validate with fhir.resources",
+    ).PaymentReconciliation
+    engine = refundry.Engine.from_path(RULESETS)
+    out = tmp_path / "pr.ndjson"
+    writer = plugins.sink("fhir-payment-reconciliation").open(out, {})
+    for f in ("claimresponse-example.json", "paymentreconciliation-example.json"):
+        for rec in read(plugins, "fhir", FHIR / f):
+            req = refundry.parse_request(rec.request)
+            writer.write(engine.evaluate(req), req, rec.ref)
+    writer.close()
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        resource = model.model_validate_json(line)
+        assert resource.status == "active" and resource.paymentAmount.currency == "USD"
+    broken = json.loads(lines[0])
+    del broken["paymentDate"]  # 1..1 in R4: the validator must notice
+    with pytest.raises(ValueError):
+        model.model_validate(broken)
+
+
 def test_run_fhir_through_the_cli(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "refundry.cli", "run", "--source", "fhir", "--input", str(FHIR),
            "--sink", "fhir-payment-reconciliation", "--out", str(tmp_path / "pr.ndjson"),
