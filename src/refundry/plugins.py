@@ -313,11 +313,8 @@ def make_plugin_manager(*, entry_points: bool = True,
 
     pm = pluggy.PluginManager(hookspecs.NAME)
     pm.add_hookspecs(hookspecs)
-    infos: dict[str, PluginInfo] = {}
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = getattr(ep, "dist", None)
-            dname = dist.metadata["Name"] if dist is not None else None
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue  # the same distribution seen twice on sys.path
             try:
@@ -326,19 +323,25 @@ def make_plugin_manager(*, entry_points: bool = True,
                 raise PluginError(ep.name, f"cannot be loaded from `{ep.value}`: "
                                   f"{type(exc).__name__}: {exc}") from None
             _register(pm, plugin, ep.name)
-            infos[ep.name] = PluginInfo(ep.name, dname, dist.version if dist else None)
     for name, plugin in extra:
         _register(pm, plugin, name)
-        infos[name] = PluginInfo(name, None, None)
     _register(pm, builtin_plugins, BUILTIN)
-    infos[BUILTIN] = PluginInfo(BUILTIN, "refundry", _own_version())
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or "?"
         raise PluginError(name, " ".join(str(exc).split())) from None
-    pm.refundry_infos = infos  # type: ignore[attr-defined]
     return pm
+
+
+def _distributions() -> dict[str, PluginInfo]:
+    """Entry-point name -> the distribution that declares it (what `refundry plugins` shows)."""
+    infos = {BUILTIN: PluginInfo(BUILTIN, "refundry", _own_version())}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        if ep.name not in infos and dist is not None:
+            infos[ep.name] = PluginInfo(ep.name, dist.metadata["Name"], dist.version)
+    return infos
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
@@ -462,7 +465,7 @@ class Plugins:
 
     def describe(self) -> list[dict[str, Any]]:
         """What ``refundry plugins`` prints: each plugin, its hooks, sources and sinks."""
-        infos: dict[str, PluginInfo] = getattr(self.pm, "refundry_infos", {})
+        infos = _distributions()
         out = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda np: (np[0] == BUILTIN, np[0])):
             caller_names = sorted(c.name for c in self.pm.get_hookcallers(plugin) or ())

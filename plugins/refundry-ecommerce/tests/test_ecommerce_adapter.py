@@ -237,6 +237,18 @@ def test_stripe_zero_decimal_currency_and_charge_context(plugins: Plugins, tmp_p
     assert req["requested_at"] == "2023-11-14T23:13:20+00:00"
 
 
+def test_stripe_refund_with_an_expanded_charge(plugins: Plugins, tmp_path: Path) -> None:
+    refund = json.loads((STRIPE / "fixtures3_refund_2018-03-29.json").read_text())
+    charge = json.loads((STRIPE / "djstripe_charge_ch_fakefakefakefakefake0001.json").read_text())
+    f = tmp_path / "expanded.json"
+    f.write_text(json.dumps({**refund, "charge": charge}))
+    req = one_request(plugins, "stripe", f, allow_placeholder_time="true")
+    assert req["transaction"]["id"] == "ch_fakefakefakefakefake0001"
+    assert req["transaction"]["amount"] == "20.00"  # from the expanded charge (2000 cents)
+    assert req["transaction"]["payment_method"] == {"type": "card", "last4": "4242"}
+    assert req["customer"] == {"id": "cus_6lsBvm5rJ0zyHc"}
+
+
 def test_stripe_refund_balance_transaction(plugins: Plugins, tmp_path: Path) -> None:
     bt = json.loads((STRIPE / "fixtures3_balance_transaction.json").read_text())
     bt.update(id="txn_r1", type="refund", amount=-250, fee=0, source="re_r1", created=1700000000,

@@ -77,8 +77,12 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
         kind = obj.get("object")
         try:
             if kind == "refund":
-                yield SourceRecord(ref, request=_refund(obj, charges.get(str(obj.get("charge"))),
-                                                        base, options))
+                charge = obj.get("charge")
+                if isinstance(charge, dict):  # fetched with expand[]=charge
+                    obj = {**obj, "charge": charge.get("id")}
+                else:
+                    charge = charges.get(str(charge))
+                yield SourceRecord(ref, request=_refund(obj, charge, base, options))
             elif kind == "charge":
                 refunds = (obj.get("refunds") or {}).get("data") or []
                 if not obj.get("captured"):

@@ -90,7 +90,9 @@ def _dispute(d: dict[str, Any], charges: Mapping[str, Any], base: dict[str, Any]
     amount = from_minor_units(d["amount"], currency)
     issuing = d["object"] == "issuing.dispute"
     reason = (d.get("evidence") or {}).get("reason") if issuing else d.get("reason")
-    charge_id = str(d.get("transaction") if issuing else d.get("charge") or d.get("payment_intent"))
+    linked = d.get("transaction") if issuing else d.get("charge") or d.get("payment_intent")
+    expanded = linked if isinstance(linked, dict) else None  # fetched with expand[]=charge
+    charge_id = str(expanded.get("id") if expanded else linked)
     card = ((d.get("payment_method_details") or {}).get("card")) or {}
     facts: dict[str, Any] = {"stripe_dispute_id": d["id"], "stripe_status": d.get("status"),
                              "stripe_reason": reason, "original_amount_known": False}
@@ -118,7 +120,7 @@ def _dispute(d: dict[str, Any], charges: Mapping[str, Any], base: dict[str, Any]
         facts["funds_reinstated"] = net == 0 and len(txs) > 1
     transaction: dict[str, Any] = {"id": charge_id, "amount": str(amount)}
     customer = None
-    charge = charges.get(charge_id)
+    charge = expanded if expanded and expanded.get("object") == "charge" else charges.get(charge_id)
     if charge is not None:
         transaction["amount"] = str(from_minor_units(charge["amount"], currency))
         transaction["purchased_at"] = epoch_to_rfc3339(charge["created"])
