@@ -133,6 +133,21 @@ def epoch_to_rfc3339(seconds: int) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
 
 
+def record_error(exc: BaseException) -> str:
+    """One lower-case line saying why a record could not be mapped, for its dead letter.
+
+    Sources catch every exception per record: a malformed payload (a list where an object
+    belongs, a number where text belongs) is that record's problem, never the batch's.
+    """
+    if isinstance(exc, KeyError):
+        return f"field `{str(exc.args[0])[:60]}` is missing"
+    text = " ".join(str(exc).split())[:300]
+    if isinstance(exc, ValueError) and text:
+        return text
+    return f"malformed payload ({type(exc).__name__}: {text})" if text else \
+        f"malformed payload ({type(exc).__name__})"
+
+
 def money_text(value: object, currency: str) -> str:
     """An amount as a canonical decimal string at the currency's minor unit (``"348.0"`` ->
     ``"348.00"``). Raises ``ValueError`` for floats, non-numbers, or more decimals than the

@@ -325,3 +325,50 @@ def test_run_from_the_cli_with_the_shopify_sink(tmp_path: Path) -> None:
     dead = [json.loads(x) for x in (tmp_path / "create.jsonl.dead-letter.jsonl").read_text().splitlines()]
     assert len(dead) == 13  # 10 not refunds + 3 calculate responses without a time
     assert "approve 4" in done.stderr and "duplicates 2" in done.stderr
+
+
+# --- malformed payloads never break a batch -------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.text(max_size=12),
+                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def mutate(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(doc, dict):
+        return {**doc, head: mutate(doc[head], rest, value)}
+    return [mutate(v, rest, value) if i == head else v for i, v in enumerate(doc)]
+
+
+@pytest.mark.parametrize("source,folder", [("shopify", SHOPIFY), ("stripe", STRIPE)])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_payloads_become_dead_letters(plugins: Plugins, tmp_path: Path, source: str,
+                                                folder: Path, data: st.DataObject) -> None:
+    files = sorted(folder.glob("*.json"))
+    doc = json.loads(data.draw(st.sampled_from(files)).read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(doc)))
+        doc = mutate(doc, path, data.draw(JUNK))
+    f = tmp_path / "fuzz.json"
+    f.write_text(json.dumps(doc))
+    for rec in read(plugins, source, f, allow_placeholder_time="true",
+                    requested_at="2024-04-03T09:00:00-05:00", currency="USD"):
+        assert (rec.request is None) != (rec.error is None)
+        assert rec.error is None or "\n" not in rec.error

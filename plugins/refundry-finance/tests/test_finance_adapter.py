@@ -290,3 +290,52 @@ def test_run_iso20022_to_pacs004_through_the_cli(tmp_path: Path) -> None:
                      for f in (tmp_path / "returns").glob("*.xml"))
     assert amounts == sorted(Decimal(v[1]) for v in ISO_REQUESTS.values())
     assert "approve 8" in done.stderr and "dead letters 3" in done.stderr
+
+
+# --- malformed payloads never break a batch -------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_iso_messages_become_dead_letters(plugins: Plugins, tmp_path: Path,
+                                                    data: st.DataObject) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    for f in sorted(ISO.glob("*.xml")):
+        text = f.read_text()
+        if data.draw(st.booleans()):
+            # replace the text of a random element: amounts, dates, codes, ids
+            values = [m.span(1) for m in __import__("re").finditer(r">([^<>]+)<", text)]
+            a, b = data.draw(st.sampled_from(values))
+            text = text[:a] + data.draw(st.text(alphabet="0123456789.-%ABCDXYZ ", max_size=12)) + text[b:]
+        (folder / f.name).write_text(text)
+    for rec in plugins.source("iso20022").read(folder, {"client_id": "bank-1"}):
+        assert (rec.request is None) != (rec.error is None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_disputes_and_csv_rows_become_dead_letters(plugins: Plugins, tmp_path: Path,
+                                                             data: st.DataObject) -> None:
+    doc = json.loads(data.draw(st.sampled_from(sorted(STRIPE.glob("*.json")))).read_text())
+    key = data.draw(st.sampled_from(sorted(doc)))
+    doc[key] = data.draw(st.one_of(st.none(), st.integers(-10**20, 10**20), st.text(max_size=8),
+                                   st.lists(st.integers(), max_size=2)))
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps(doc))
+    for rec in plugins.source("stripe-dispute").read(f, {"client_id": "m", "jurisdiction": "US",
+                                                         "allow_placeholder_time": "true"}):
+        assert (rec.request is None) != (rec.error is None)
+    rows = CSV.read_text().splitlines()
+    row = data.draw(st.integers(1, len(rows) - 1))
+    cells = rows[row].split(",")
+    cells[data.draw(st.integers(0, len(cells) - 1))] = data.draw(st.text(alphabet="0123456789.-ab:T+", max_size=10))
+    c = tmp_path / "c.csv"
+    c.write_text("\n".join([*rows[:row], ",".join(cells), *rows[row + 1:]]) + "\n")
+    for rec in plugins.source("card-dispute-csv").read(c, {"client_id": "m", "jurisdiction": "US"}):
+        assert (rec.request is None) != (rec.error is None)

@@ -283,3 +283,58 @@ def test_run_fhir_through_the_cli(tmp_path: Path) -> None:
     assert amounts == [10.0, 1500.0]
     dead = (tmp_path / "pr.ndjson.dead-letter.jsonl").read_text().splitlines()
     assert len(dead) == len(FHIR_DEAD)
+
+
+# --- malformed payloads never break a batch -------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.text(max_size=12),
+                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _mutate(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(doc, dict):
+        return {**doc, head: _mutate(doc[head], rest, value)}
+    return [_mutate(v, rest, value) if i == head else v for i, v in enumerate(doc)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_fhir_becomes_dead_letters(plugins: Plugins, tmp_path: Path, data: st.DataObject) -> None:
+    doc = json.loads(data.draw(st.sampled_from(sorted(FHIR.glob("*.json")))).read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        doc = _mutate(doc, data.draw(st.sampled_from(_paths(doc))), data.draw(JUNK))
+    f = tmp_path / "fuzz.json"
+    f.write_text(json.dumps(doc))
+    for rec in plugins.source("fhir").read(f, OPTS):
+        assert (rec.request is None) != (rec.error is None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_x12_becomes_dead_letters(plugins: Plugins, tmp_path: Path, data: st.DataObject) -> None:
+    text = data.draw(st.sampled_from([SYNTH, *sorted(X12.glob("*.edi"))])).read_text(errors="replace")
+    for _ in range(data.draw(st.integers(1, 4))):
+        start = data.draw(st.integers(0, len(text)))
+        end = data.draw(st.integers(start, min(len(text), start + 40)))
+        text = text[:start] + data.draw(st.text(alphabet="*~:+>^-.0123456789ABCLPSTW\n", max_size=8)) + text[end:]
+    f = tmp_path / "fuzz.edi"
+    f.write_text(text)
+    for rec in plugins.source("x12-835").read(f, OPTS):
+        assert (rec.request is None) != (rec.error is None)

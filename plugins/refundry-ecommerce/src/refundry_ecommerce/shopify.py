@@ -23,6 +23,7 @@ from refundry.plugins import (
     SourceRecord,
     iter_json_documents,
     money_text,
+    record_error,
     request_defaults,
 )
 
@@ -67,16 +68,14 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
                 yield SourceRecord(ref, request=_map(kind, obj, base, reason, options))
             except NotARefund as exc:
                 yield SourceRecord(ref, error=f"{ref}: not a refund: {exc}")
-            except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
-                yield SourceRecord(ref, error=f"{ref}: {_why(exc)}")
+            except Exception as exc:  # noqa: BLE001 - a malformed record is a dead letter
+                yield SourceRecord(ref, error=f"{ref}: {record_error(exc)}")
         if not found:
-            yield SourceRecord(name, error=f"{name}: not a refund: {_describe(doc)}")
-
-
-def _why(exc: Exception) -> str:
-    if isinstance(exc, KeyError):
-        return f"field `{exc.args[0]}` is missing"
-    return str(exc).lower() if str(exc) else type(exc).__name__
+            try:
+                what = _describe(doc)
+            except Exception as exc:  # noqa: BLE001
+                what = record_error(exc)
+            yield SourceRecord(name, error=f"{name}: not a refund: {what}")
 
 
 def _describe(doc: Any) -> str:

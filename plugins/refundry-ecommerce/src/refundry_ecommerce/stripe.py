@@ -23,6 +23,7 @@ from refundry.plugins import (
     epoch_to_rfc3339,
     from_minor_units,
     iter_json_documents,
+    record_error,
     request_defaults,
     to_minor_units,
 )
@@ -69,10 +70,11 @@ def created_at(obj: Mapping[str, Any], options: Mapping[str, str]) -> str:
 def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
     base = request_defaults(options, SOURCE, "ecommerce")
     objects = list(iter_objects(path))
-    charges = {o["id"]: o for _, o, _ in objects if o and o.get("object") == "charge"}
+    charges = {str(o.get("id")): o for _, o, _ in objects
+               if isinstance(o, dict) and o.get("object") == "charge"}
     for ref, obj, error in objects:
-        if error or obj is None:
-            yield SourceRecord(ref, error=error)
+        if error or not isinstance(obj, dict):
+            yield SourceRecord(ref, error=error or f"{ref}: not a stripe object")
             continue
         kind = obj.get("object")
         try:
@@ -104,9 +106,8 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
                                    "refund: read it with source `stripe-dispute` (refundry-finance)")
             else:
                 yield SourceRecord(ref, error=f"{ref}: a `{kind}` object is not a refund")
-        except (ValueError, KeyError, TypeError) as exc:
-            why = f"field `{exc.args[0]}` is missing" if isinstance(exc, KeyError) else str(exc)
-            yield SourceRecord(ref, error=f"{ref}: {why}")
+        except Exception as exc:  # noqa: BLE001 - a malformed record is a dead letter
+            yield SourceRecord(ref, error=f"{ref}: {record_error(exc)}")
 
 
 def _refund(refund: dict[str, Any], charge: dict[str, Any] | None, base: dict[str, Any],

@@ -21,6 +21,7 @@ from refundry.plugins import (
     iter_json_documents,
     money_text,
     option,
+    record_error,
     request_defaults,
 )
 
@@ -64,7 +65,8 @@ def _objects(path: Path) -> Iterator[tuple[str, Any, str | None]]:
 def read_stripe(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
     base = request_defaults(options, "stripe-dispute", "finance")
     objects = list(_objects(path))
-    charges = {o["id"]: o for _, o, _ in objects if isinstance(o, dict) and o.get("object") == "charge"}
+    charges = {str(o.get("id")): o for _, o, _ in objects
+               if isinstance(o, dict) and o.get("object") == "charge"}
     for ref, obj, error in objects:
         if error:
             yield SourceRecord(ref, error=error)
@@ -76,9 +78,8 @@ def read_stripe(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord
             continue
         try:
             yield SourceRecord(ref, request=_dispute(obj, charges, base, options))
-        except (ValueError, KeyError, TypeError) as exc:
-            why = f"field `{exc.args[0]}` is missing" if isinstance(exc, KeyError) else str(exc)
-            yield SourceRecord(ref, error=f"{ref}: {why}")
+        except Exception as exc:  # noqa: BLE001 - a malformed record is a dead letter
+            yield SourceRecord(ref, error=f"{ref}: {record_error(exc)}")
 
 
 def _dispute(d: dict[str, Any], charges: Mapping[str, Any], base: dict[str, Any],
@@ -187,8 +188,8 @@ def read_csv(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
             ref = f"{path.name}:{rows.line_num}"
             try:
                 yield SourceRecord(ref, request=_row(row, base))
-            except ValueError as exc:
-                yield SourceRecord(ref, error=f"{ref}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a malformed row is a dead letter
+                yield SourceRecord(ref, error=f"{ref}: {record_error(exc)}")
 
 
 def _row(row: Mapping[str, str | None], base: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,13 @@ from defusedxml import DefusedXmlException
 
 from refundry.models import Decision, RefundRequest
 from refundry.money import minor_units
-from refundry.plugins import SourceError, SourceRecord, money_text, request_defaults
+from refundry.plugins import (
+    SourceError,
+    SourceRecord,
+    money_text,
+    record_error,
+    request_defaults,
+)
 
 SOURCE = "iso20022"
 OPTIONS = {
@@ -112,7 +118,10 @@ def originals(path: Path) -> dict[str, list[Original]]:
             continue
         msg_id, created = _text(body, "GrpHdr/MsgId"), _text(body, "GrpHdr/CreDtTm")
         for tx in (c for c in body if _local(c.tag) == "CdtTrfTxInf"):
-            amount, cur = _amount(tx, "IntrBkSttlmAmt")
+            try:
+                amount, cur = _amount(tx, "IntrBkSttlmAmt")
+            except Exception:  # noqa: BLE001 - an unusable original matches nothing
+                continue
             o = Original(msg_id, _text(tx, "PmtId/EndToEndId"), _text(tx, "PmtId/InstrId"),
                          amount, cur, created, file.name)
             found.setdefault(o.end_to_end, []).append(o)
@@ -154,8 +163,8 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
                                    "(returns are checked against it)")
             else:
                 yield SourceRecord(ref, error=f"{ref}: not a refund: a `{kind}` message")
-        except (ValueError, KeyError, ArithmeticError) as exc:
-            yield SourceRecord(ref, error=f"{ref}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a malformed message is a dead letter
+            yield SourceRecord(ref, error=f"{ref}: {record_error(exc)}")
 
 
 def _check(amount: Decimal, original: Original | None, exact: bool, facts: dict[str, Any]) -> None:

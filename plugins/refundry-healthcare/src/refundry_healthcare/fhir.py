@@ -29,6 +29,7 @@ from refundry.plugins import (
     day_start,
     iter_json_documents,
     money_text,
+    record_error,
     request_defaults,
     zone_for,
 )
@@ -87,9 +88,8 @@ def _read_resource(ref: str, res: Any, base: dict[str, Any]) -> Iterator[SourceR
     except NotARefund as exc:
         yield SourceRecord(ref, error=f"{ref}: {label}: {exc}")
         return
-    except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
-        why = f"field `{exc.args[0]}` is missing" if isinstance(exc, KeyError) else str(exc)
-        yield SourceRecord(ref, error=f"{ref}: {label}: {why}")
+    except Exception as exc:  # noqa: BLE001 - a malformed resource is a dead letter
+        yield SourceRecord(ref, error=f"{ref}: {label}: {record_error(exc)}")
         return
     for key, request in requests:
         yield SourceRecord(f"{ref}#{key}" if key else ref, request=request)

@@ -27,6 +27,7 @@ from refundry.plugins import (
     SourceRecord,
     day_start,
     money_text,
+    record_error,
     request_defaults,
     zone_for,
 )
@@ -67,6 +68,8 @@ def delimiters(text: str) -> tuple[int, Delimiters]:
             raise ValueError("the ISA segment is cut short")
         seen += 1
         pos += 1
+    if pos >= len(text):
+        raise ValueError("the ISA segment is cut short")
     component = text[pos]
     terminator = text[pos + 1] if pos + 1 < len(text) else "\n"
     return start, Delimiters(sep, component, terminator)
@@ -110,8 +113,8 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
             raise SourceError(f"cannot read `{file}`: {(exc.strerror or str(exc)).lower()}") from None
         try:
             d, segs = segments(text)
-        except ValueError as exc:
-            yield SourceRecord(file.name, error=f"{file.name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - an unreadable interchange is a dead letter
+            yield SourceRecord(file.name, error=f"{file.name}: {record_error(exc)}")
             continue
         sets: list[list[list[str]]] = []
         for seg in segs:
@@ -127,9 +130,10 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
                 yield SourceRecord(ref, error=f"{ref}: a `{_el(tset[0], 1)}` transaction, not an 835")
                 continue
             try:
-                yield from _transaction_set(ref, tset, d, base)
-            except (ValueError, IndexError) as exc:
-                yield SourceRecord(ref, error=f"{ref}: {exc}")
+                # Built whole before yielding: a set that breaks halfway yields nothing twice.
+                yield from list(_transaction_set(ref, tset, d, base))
+            except Exception as exc:  # noqa: BLE001 - a malformed set is a dead letter
+                yield SourceRecord(ref, error=f"{ref}: {record_error(exc)}")
 
 
 def _transaction_set(ref: str, tset: list[list[str]], d: Delimiters,
