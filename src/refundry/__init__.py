@@ -15,6 +15,7 @@ from .errors import (
     RequestError,
     RulesetError,
 )
+from .hookspecs import hookimpl
 from .models import Deadline, Decision, Reason, RefundRequest, RulesetRef
 from .request import parse_request, request_to_dict
 from .stores import open_store
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Deadline", "Decision", "Engine", "EvaluationError", "Explanation", "InvalidRequest",
     "InvalidRulesets", "Reason", "RefundRequest", "RefundryError", "RequestError",
-    "RulesetError", "RulesetInfo", "RulesetRef", "parse_request", "request_to_dict",
-    "open_store",
+    "RulesetError", "RulesetInfo", "RulesetRef", "hookimpl", "open_store", "parse_request",
+    "request_to_dict",
 ]

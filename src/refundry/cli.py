@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .diffing import register as register_diff
     register_diff(sub)
     cli_records.register(sub)
+    from . import plugins, runner
+
+    plugins.register(sub)
+    runner.register(sub)
     return parser
 
 

@@ -1,0 +1,254 @@
+"""``refundry run``: counts, dead letters, resuming after an interruption or a kill.
+
+The kill test always runs on 2,000 requests; the 100,000-request version runs with
+``REFUNDRY_LONG=1`` (marker ``slow``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from refundry.plugins import JsonLinesWriter, SourceError
+from refundry.runner import PlainProgress, run
+
+ROOT = Path(__file__).resolve().parents[1]
+RULESETS = ROOT / "rulesets"
+EXAMPLE = json.loads((ROOT / "examples" / "request.json").read_text())
+LONG = os.environ.get("REFUNDRY_LONG") == "1"
+
+
+def generate(path: Path, n: int) -> Path:
+    """``n`` requests with all three outcomes: in period, past the period, and large/invalid."""
+    with path.open("w") as fh:
+        for i in range(n):
+            req: dict[str, Any] = {**EXAMPLE, "request_id": f"gen-{i:06d}"}
+            if i % 3 == 1:
+                req["requested_at"] = "2024-04-20T10:00:00+02:00"  # past the 14 days: deny
+            elif i % 3 == 2:
+                req["reason"] = "defective"  # no rule decides it: manual review
+            fh.write(json.dumps(req) + "\n")
+    return path
+
+
+def ids(path: Path) -> list[str]:
+    return [json.loads(line)["request_id"] for line in path.read_text().splitlines()]
+
+
+def test_counts_outcomes_dead_letters_and_duplicates(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 30)
+    with src.open("a") as fh:
+        fh.write(json.dumps({**EXAMPLE, "request_id": "gen-000000"}) + "\n")  # a repeat
+        fh.write(json.dumps({**EXAMPLE, "request_id": "bad", "currency": "EURO"}) + "\n")
+    summary = run(source="jsonl", input_path=src, out=tmp_path / "out.jsonl", rulesets=[RULESETS])
+    assert summary.outcomes == {"approve": 10, "deny": 10, "manual_review": 10}
+    assert summary.duplicates == 1 and summary.dead_letters == 1
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(out) == 30 and out[0]["amount"] == "109.99" and out[0]["currency"] == "EUR"
+    dead = json.loads((tmp_path / "out.jsonl.dead-letter.jsonl").read_text())
+    assert dead == {"ref": "in.jsonl:32", "source": "jsonl", "request_id": "bad",
+                    "reason": "invalid request: in.jsonl:32: field `currency`: `EURO` is not an "
+                              "ISO 4217 currency code",
+                    "errors": ["in.jsonl:32: field `currency`: `EURO` is not an ISO 4217 currency code"]}
+
+
+def test_a_rerun_skips_what_the_journal_lists(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 20)
+    first = run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS])
+    assert first.decided == 20
+    with src.open("a") as fh:
+        fh.write(json.dumps({**EXAMPLE, "request_id": "new-1"}) + "\n")
+    second = run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS])
+    assert second.skipped == 20 and second.decided == 1
+    assert ids(tmp_path / "o.jsonl") == [f"gen-{i:06d}" for i in range(20)] + ["new-1"]
+
+
+def test_torn_last_lines_are_dropped_and_rewritten(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 5)
+    run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS])
+    # Simulate a kill in the middle of writing: the journal loses its last two entries and the
+    # output its last line and a half.
+    journal = tmp_path / "o.jsonl.progress.jsonl"
+    jl = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(jl[:3]) + jl[3][:10])
+    out = (tmp_path / "o.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "o.jsonl").write_text("".join(out[:3]) + out[3][:25])
+    summary = run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS])
+    assert summary.skipped == 3 and summary.decided == 2
+    assert ids(tmp_path / "o.jsonl") == [f"gen-{i:06d}" for i in range(5)]
+    assert len(journal.read_text().splitlines()) == 5
+
+
+def test_a_sink_skips_a_key_it_already_holds(tmp_path: Path) -> None:
+    w = JsonLinesWriter(tmp_path / "x.jsonl", "id")
+    assert w.write({"id": "a"}) and not w.write({"id": "a"})
+    w.close()
+    again = JsonLinesWriter(tmp_path / "x.jsonl", "id")
+    assert not again.write({"id": "a"}) and again.write({"id": "b"})
+    again.close()
+    assert (tmp_path / "x.jsonl").read_text() == '{"id": "a"}\n{"id": "b"}\n'
+
+
+def test_a_run_that_cannot_start_says_why(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"cannot read `.*missing.jsonl`: no such file"):
+        run(source="jsonl", input_path=tmp_path / "missing.jsonl", rulesets=[RULESETS])
+    with pytest.raises(SourceError, match=r"no sink `nope`; installed: "):
+        run(source="jsonl", input_path=generate(tmp_path / "i", 1), sinks=["nope"],
+            rulesets=[RULESETS])
+
+
+def test_two_workers_give_the_same_decisions_in_the_same_order(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 600)
+    one = run(source="jsonl", input_path=src, out=tmp_path / "a.jsonl", rulesets=[RULESETS])
+    two = run(source="jsonl", input_path=src, out=tmp_path / "b.jsonl", rulesets=[RULESETS],
+              workers=2)
+    assert one.outcomes == two.outcomes == {"approve": 200, "deny": 200, "manual_review": 200}
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_plain_progress_writes_lines(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 50)
+    log = tmp_path / "log.txt"
+    with log.open("w") as fh:
+        run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+            progress=PlainProgress(fh, every=0.0))
+    text = log.read_text().splitlines()
+    assert text[0].startswith("refundry run: 1 records, ") and text[-1].startswith("refundry run: 50 records, ")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "refundry.cli", "run", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _kill_and_resume(tmp_path: Path, n: int, workers: int, sig: int = signal.SIGKILL) -> None:
+    src = generate(tmp_path / "in.jsonl", n)
+    out = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.progress.jsonl"
+    args = ["--source", "jsonl", "--input", str(src), "--out", str(out), "--rulesets",
+            str(RULESETS), "--workers", str(workers)]
+    proc = _cli(*args, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.stat().st_size > 60 * max(n // 10, 50):
+            break
+        time.sleep(0.002)
+    os.killpg(proc.pid, sig)  # the whole group: worker processes too
+    _, first_err = proc.communicate()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    else:  # Ctrl-C: the run stops cleanly, says so, and exits 130
+        assert proc.returncode == 130, first_err
+        assert "interrupted: re-run to continue" in first_err and "Traceback" not in first_err
+    done_before = len(journal.read_text().splitlines())
+    assert 0 < done_before < n
+    again = _cli(*args, cwd=tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    decided = ids(out)
+    assert len(decided) == n and len(set(decided)) == n
+    assert sorted(decided) == [f"gen-{i:06d}" for i in range(n)]
+    assert len(journal.read_text().splitlines()) == n
+    assert "skipped (done before)" in err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_run_resumes_with_exactly_one_decision_per_request(tmp_path: Path, workers: int) -> None:
+    _kill_and_resume(tmp_path, 2_000, workers=workers)
+
+
+def test_an_interrupted_run_says_so_and_resumes(tmp_path: Path) -> None:
+    _kill_and_resume(tmp_path, 2_000, workers=1, sig=signal.SIGINT)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="set REFUNDRY_LONG=1 for the 100,000-request kill test")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_run_of_100k_resumes_exactly(tmp_path: Path, workers: int) -> None:
+    _kill_and_resume(tmp_path, 100_000, workers=workers)
+
+
+def test_a_source_or_sink_that_cannot_start_leaves_no_files(tmp_path: Path) -> None:
+    import refundry
+    from refundry.plugins import Plugins, Sink, Source, SourceRecord, make_plugin_manager, option
+
+    class Strict:
+        @refundry.hookimpl
+        def refundry_sources(self) -> list[Source]:
+            def read(path: Path, options: dict[str, str]) -> Any:
+                option(options, "client_id", "strict")
+                yield SourceRecord("x", request={**EXAMPLE})
+            return [Source("strict", read)]
+
+        @refundry.hookimpl
+        def refundry_sinks(self) -> list[Sink]:
+            def open_(path: Path | None, options: dict[str, str]) -> Any:
+                raise PermissionError("read-only directory")
+            return [Sink("locked", open_)]
+
+    plugins = Plugins(make_plugin_manager(entry_points=False, extra=[("strict", Strict())]))
+    src = generate(tmp_path / "in.jsonl", 1)
+    with pytest.raises(SourceError, match=r"source `strict` needs `--option client_id=...`"):
+        run(source="strict", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+            plugins=plugins)
+    from refundry.plugins import PluginError
+
+    with pytest.raises(PluginError, match=r"plugin `strict`: sink `locked` cannot open: "
+                       r"PermissionError: read-only directory"):
+        run(source="jsonl", input_path=src, sinks=["locked"], out=tmp_path / "o.jsonl",
+            rulesets=[RULESETS], plugins=plugins)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_terminal_bar_and_summary_table(tmp_path: Path) -> None:
+    import io
+
+    from refundry.runner import BarProgress, print_summary
+
+    src = generate(tmp_path / "in.jsonl", 9)
+    bar_out = io.StringIO()
+    summary = run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+                  progress=BarProgress(bar_out))
+    table = io.StringIO()
+    print_summary(summary, table, rich_table=True)
+    rows = {line.strip("│┃ ").split("│")[0].strip(): line.split("│")[-2].strip()
+            for line in table.getvalue().splitlines() if line.count("│") == 3}
+    assert rows["approve"] == "3" and rows["deny"] == "3" and rows["manual_review"] == "3"
+    assert rows["dead letters"] == "0" and rows["skipped (done before)"] == "0"
+    plain = io.StringIO()
+    print_summary(summary, plain, rich_table=False)
+    assert plain.getvalue().startswith("refundry run: approve 3, deny 3, manual_review 3, dead letters 0")
+
+
+def test_run_records_every_decision_once_in_the_store(tmp_path: Path) -> None:
+    """`refundry run --db`: each decision becomes one case; re-running the same input after the
+    journal is lost appends nothing twice, and the chain verifies."""
+    from refundry import open_store
+
+    src = generate(tmp_path / "in.jsonl", 60)
+    db = tmp_path / "records.db"
+    args = ["run", "--source", "jsonl", "--input", str(src), "--out", str(tmp_path / "out.jsonl"),
+            "--rulesets", str(RULESETS), "--db", str(db), "--by", "batch-bot"]
+    exe = [sys.executable, "-m", "refundry.cli"]
+    first = subprocess.run([*exe, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "out.jsonl.progress.jsonl").unlink()  # forget the journal: the store must dedupe
+    second = subprocess.run([*exe, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    with open_store(db, create=False) as store:
+        cases = store.cases()
+        assert len(cases) == 60
+        assert {c.submitter for c in cases} == {"batch-bot"}
+        assert sorted(c.status for c in cases).count("manual_review") == 20
+    verify = subprocess.run([*exe, "records", "verify", "--db", str(db)], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
