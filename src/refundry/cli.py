@@ -18,6 +18,7 @@ from typing import Any
 from . import cli_records
 from .engine import INVALID_REQUEST, Engine
 from .errors import ErrorGroup, RefundryError
+from .models import json_default
 from .resources import data_dir
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED, EXIT_INVALID = 0, 1, 2, 3
@@ -33,16 +34,8 @@ def default_rulesets() -> Path:
     return local if local.is_dir() else data_dir("rulesets")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
-
-
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=json_default))
 
 
 def _read_json(path: str) -> Any:
@@ -102,16 +95,22 @@ def cmd_test(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def parse_as_of(text: str | None) -> dt.datetime | None:
+    """``--as-of``: an RFC 3339 time with its UTC offset (a bare local time is ambiguous)."""
+    if not text:
+        return None
+    try:
+        as_of = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--as-of `{text}` is not an RFC 3339 time") from None
+    if as_of.tzinfo is None:
+        raise UsageError(f"--as-of `{text}` needs a UTC offset")
+    return as_of
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     request = _read_json(args.request)
-    as_of = None
-    if args.as_of:
-        try:
-            as_of = dt.datetime.fromisoformat(args.as_of)
-        except ValueError:
-            raise UsageError(f"--as-of `{args.as_of}` is not an RFC 3339 time") from None
-        if as_of.tzinfo is None:
-            raise UsageError(f"--as-of `{args.as_of}` needs a UTC offset")
+    as_of = parse_as_of(args.as_of)
     engine = _engine(args)
     if args.explain:
         explanation = engine.explain(request, as_of=as_of)

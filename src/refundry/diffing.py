@@ -188,14 +188,9 @@ def _side(path: str, shared: list[str], backend: str) -> Engine:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    as_of = None
-    if args.as_of:
-        try:
-            as_of = dt.datetime.fromisoformat(args.as_of)
-        except ValueError:
-            raise RefundryError(f"--as-of `{args.as_of}` is not an RFC 3339 time") from None
-        if as_of.tzinfo is None:
-            raise RefundryError(f"--as-of `{args.as_of}` needs a UTC offset")
+    from .cli import parse_as_of
+
+    as_of = parse_as_of(args.as_of)
     shared = list(args.with_ or [])
     old = _side(args.old, shared, args.backend)
     new = _side(args.new, shared, args.backend)

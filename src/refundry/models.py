@@ -32,6 +32,15 @@ DEADLINE_NAMES = (
 )
 
 
+def json_default(value: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: money as decimal strings, times as ISO 8601."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
 def _field(kind: str, *, values: tuple[str, ...] | None = None, required: bool = False,
            model: type | None = None, many: bool = False, doc: str = "") -> Any:
     meta: dict[str, Any] = {"kind": kind, "doc": doc}

@@ -23,7 +23,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import RefundryError
-from .models import Decision, RefundRequest
+from .models import Decision, RefundRequest, json_default
 from .money import minor_units
 
 ENTRY_POINT_GROUP = "refundry"
@@ -271,7 +271,7 @@ class JsonLinesWriter:
             if key in self.seen:
                 return False
             self.seen.add(key)
-        self._fh.write(json.dumps(obj, ensure_ascii=False, sort_keys=False, default=_json_default)
+        self._fh.write(json.dumps(obj, ensure_ascii=False, sort_keys=False, default=json_default)
                        + "\n")
         self._fh.flush()
         return True
@@ -297,14 +297,6 @@ def _stdout() -> IO[str]:
     import sys
 
     return sys.stdout
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
 
 
 # --- the manager ------------------------------------------------------------------------------
