@@ -449,3 +449,68 @@ def test_generated_requests_reach_every_outcome_and_rule(engines: Any) -> None:
 def test_generated_requests_long(engines: Any) -> None:
     checked, _ = _differential(engines, 200_000, seed=3)
     assert checked > 190_000
+
+
+# --- the CLI -----------------------------------------------------------------------------
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "refundry.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_test_passes_on_durable_with_the_same_report() -> None:
+    default = _cli("test", "rulesets", "--json")
+    durable = _cli("test", "rulesets", "--json", "--backend", "durable")
+    assert default.returncode == 0, default.stderr
+    assert durable.returncode == 0, durable.stderr
+    assert json.loads(durable.stdout) == json.loads(default.stdout)
+    assert json.loads(durable.stdout)["passed"] > 0 and json.loads(durable.stdout)["failed"] == 0
+
+
+def test_cli_evaluate_with_durable_prints_the_same_decision() -> None:
+    args = ("evaluate", "examples/request.json", "--rulesets", "rulesets")
+    default = _cli(*args)
+    durable = _cli(*args, "--backend", "durable")
+    assert durable.returncode == 0, durable.stderr
+    assert json.loads(durable.stdout) == json.loads(default.stdout)
+    assert json.loads(durable.stdout)["outcome"] == "approve"
+
+
+TOO_COMPLEX = """\
+ruleset: too-complex
+version: 1.0.0
+effective_from: 2024-01-01
+industry: ecommerce
+jurisdictions: [DE]
+rules:
+  - id: small
+    when: {field: amount, gt: 10}
+    effect: manual_review
+    code: small
+    message: m
+    customer_message: c
+  - id: every-combination
+    when:
+      all:
+        - {field: reason, in: [defective, changed_mind, wrong_item, not_received, other, overpayment]}
+        - {field: currency, in: [EUR, GBP, USD, CHF, SEK, DKK]}
+    effect: manual_review
+    code: big
+    message: m
+    customer_message: c
+"""
+
+
+def test_a_rule_beyond_the_safe_limit_is_refused_at_load_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "too-complex.yaml").write_text(TOO_COMPLEX)
+    refundry.Engine.from_path(tmp_path)  # fine for the compiled backend
+    with pytest.raises(refundry.RulesetError) as info:
+        refundry.Engine.from_path(tmp_path, backend="durable")
+    err = info.value
+    assert err.rule_id == "every-combination" and err.line == 13  # the rule's `- id:` line
+    assert err.path and err.path.endswith("too-complex.yaml")
+    assert "durable" in str(err) and "\n" not in str(err)
+    result = _cli("test", str(tmp_path), "--backend", "durable")
+    assert result.returncode == 3
+    assert "rule `every-combination`" in result.stderr and "Traceback" not in result.stderr
