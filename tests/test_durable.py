@@ -514,3 +514,204 @@ def test_a_rule_beyond_the_safe_limit_is_refused_at_load_naming_it(tmp_path: Pat
     result = _cli("test", str(tmp_path), "--backend", "durable")
     assert result.returncode == 3
     assert "rule `every-combination`" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- what reaches the engine -------------------------------------------------------------
+
+
+def _leaves(value: Any, key: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, k)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v, key)]
+    return [(key, value)]
+
+
+def test_only_integers_reach_the_engine_and_no_trap_operator_is_used(engines: Any) -> None:
+    """No user string (so no regex, no text comparison), no decimal, no date, no division."""
+    rng = random.Random(4)
+    backend = DurableBackend()
+    for comp in engines[0].library.composites.values():
+        matcher = backend.compile(comp)
+        for definition in matcher.definitions:
+            text = json.dumps(json.loads(definition))
+            for trap in ("$mt", "$imt", "$div", "$add", "$sub", "$mul", "$nex", "$or", '"$s"', '"sid"'):
+                assert trap not in text
+            for key, value in _leaves(json.loads(definition)):
+                assert isinstance(value, int) or (key == "_t" and value == "refund_request")
+        gen = RequestGen(comp)
+        for i in range(200):
+            req = refundry.parse_request(gen.request(rng, i))
+            prepared = engines[0]._prepared[comp.ref.digest]  # the facts every backend gets
+            facts, items = prepared.facts.build(req, prepared.facts.context(req))
+            for payload in matcher.payloads(facts, items):
+                for key, value in _leaves(json.loads(payload)):
+                    if key in ("_t", "id", "sid"):
+                        continue
+                    assert type(value) is int, (key, value)
+    backend.close()
+
+
+# --- threads, sessions, swaps, memory ----------------------------------------------------
+
+
+def _requests(engines: Any, n: int, seed: int) -> list[tuple[Any, Any, dict[str, Any]]]:
+    compiled = engines[0]
+    comps = list(compiled.library.composites.values())
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        comp = comps[i % len(comps)]
+        gen = _GENS.setdefault(comp.ref.digest, RequestGen(comp))
+        req = refundry.parse_request(gen.request(rng, i))
+        expected = compiled.evaluate(req, as_of=gen.as_of, ruleset=comp.id).to_dict()
+        out.append((req, (gen.as_of, comp.id), expected))
+    return out
+
+
+def _threads_agree(engines: Any, per_thread: int, threads: int = 4) -> None:
+    durable = engines[1]
+    work = _requests(engines, min(per_thread, 2000), seed=10)
+    wrong: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run(offset: int) -> None:
+        try:
+            for k in range(per_thread):
+                req, (as_of, rid), expected = work[(k + offset) % len(work)]
+                got = durable.evaluate(req, as_of=as_of, ruleset=rid).to_dict()
+                if got != expected:
+                    wrong.append((req.request_id, got, expected))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # interleave the threads as much as possible
+    try:
+        pool = [threading.Thread(target=run, args=(t * 7919,)) for t in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors and not wrong, (errors[:1], wrong[:1], len(wrong))
+    for prepared in durable._prepared.values():
+        assert prepared.matcher.leftovers() == 0
+
+
+def test_four_threads_agree_with_compiled(engines: Any) -> None:
+    _threads_agree(engines, per_thread=1_000)
+
+
+@slow
+def test_four_threads_times_ten_thousand_agree_with_compiled(engines: Any) -> None:
+    _threads_agree(engines, per_thread=10_000)
+
+
+def test_more_threads_than_the_engine_has_sessions(engines: Any) -> None:
+    """durable-rules allows 1024 sessions per ruleset; one shared session under a lock means
+    any number of threads, one after the other, never reach that."""
+    work = _requests(engines, 20, seed=11)
+    durable = engines[1]
+    results: list[bool] = []
+    for n in range(1100):
+        req, (as_of, rid), expected = work[n % len(work)]
+        t = threading.Thread(target=lambda: results.append(
+            durable.evaluate(req, as_of=as_of, ruleset=rid).to_dict() == expected))
+        t.start()
+        t.join()
+    assert len(results) == 1100 and all(results)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")  # pragma: no cover
+
+
+def test_swapping_in_a_new_version_at_run_time(tmp_path: Path) -> None:
+    shutil.copytree(RULESETS, tmp_path / "rulesets")
+    old = refundry.Engine.from_path(tmp_path / "rulesets", backend="durable")
+    acme = (tmp_path / "rulesets/ecommerce/acme-eu.yaml").read_text()
+    newer = acme.replace("version: 1.0.0", "version: 1.1.0").replace(
+        "effective_from: 2024-01-01", "effective_from: 2024-06-01").replace("gt: 500", "gt: 300")
+    (tmp_path / "rulesets/ecommerce/acme-eu-1.1.yaml").write_text(newer)
+    new = refundry.Engine.from_path(tmp_path / "rulesets", backend="durable")
+    request = json.loads((ROOT / "examples/request.json").read_text())
+    request.update(client_id="acme", amount="400.00", requested_at="2024-07-10T10:00:00+02:00")
+    request["transaction"].update(amount="420.00", delivered_at="2024-07-01T10:00:00+02:00")
+    assert "acme-large-refund-review" not in old.evaluate(request).rule_ids
+    current = new  # what a service would do: swap the reference, then free the old one
+    old.close()
+    decision = current.evaluate(request)
+    assert "acme-large-refund-review" in decision.rule_ids
+    assert decision.ruleset and decision.ruleset.version == "1.1.0"
+    stale = old.evaluate(request)
+    assert stale.outcome == "manual_review" and "closed" in stale.errors[0]
+    compiled = refundry.Engine.from_path(tmp_path / "rulesets")
+    assert compiled.evaluate(request).to_dict() == decision.to_dict()
+
+
+def test_many_swaps_reuse_handles_and_keep_memory_flat(engines: Any) -> None:
+    comp = next(iter(engines[0].library.composites.values()))
+    work = _requests(engines, 5, seed=12)
+    prepared = engines[0]._prepared[comp.ref.digest]
+    facts, items = prepared.facts.build(work[0][0], prepared.facts.context(work[0][0]))
+    expected = InterpretedBackend().compile(comp)(facts, items)
+
+    def swaps(n: int, close: bool) -> list[int]:
+        seen = []
+        for _ in range(n):
+            matcher = DurableBackend().compile(comp)
+            assert matcher(facts, items) == expected
+            seen += matcher.handles
+            if close:
+                matcher.close()
+            del matcher  # without close(), garbage collection frees the handles
+        return seen
+
+    swaps(100, True)
+    gc.collect()
+    before = _rss_mb()
+    handles = swaps(600, True) + swaps(600, False)
+    gc.collect()
+    grown = _rss_mb() - before
+    live = [h for h in handles if _alive(h)]
+    assert not live, f"{len(live)} of {len(handles)} durable rulesets were never freed"
+    assert grown < 8, f"rss grew {grown:.1f} MB over 1200 swaps"
+
+
+def _alive(handle: int) -> bool:
+    import durable_rules_engine
+
+    try:
+        durable_rules_engine.get_facts(handle, "s")
+    except durable_rules_engine.error as exc:
+        return "error code: 111" not in str(exc)  # 111: no ruleset has this handle
+    return True
+
+
+def test_alive_probe_tells_live_from_freed_handles(base_ruleset: Any) -> None:
+    matcher = DurableBackend().compile(base_ruleset)
+    assert all(_alive(h) for h in matcher.handles)
+    matcher.close()
+    assert not any(_alive(h) for h in matcher.handles)
+
+
+@slow
+def test_memory_stays_flat_over_a_million_evaluations(engines: Any) -> None:
+    durable = engines[1]
+    work = _requests(engines, 1000, seed=13)
+    for k in range(50_000):
+        req, (as_of, rid), _ = work[k % len(work)]
+        durable.evaluate(req, as_of=as_of, ruleset=rid)
+    gc.collect()
+    before = _rss_mb()
+    for k in range(1_000_000):
+        req, (as_of, rid), _ = work[k % len(work)]
+        durable.evaluate(req, as_of=as_of, ruleset=rid)
+    gc.collect()
+    assert _rss_mb() - before < 5

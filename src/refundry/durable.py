@@ -37,7 +37,13 @@ from .lowering import ITEMS_KEY, ItemsLit, Lit, Term, TooComplex, lower
 GUARD_KEY, GUARD = "_t", "refund_request"
 SID, FACT_ID = "s", "r"  # one live fact per session at a time, so fixed names cannot collide
 ITEMS_LIST = "it"
-RESERVED = (GUARD_KEY, "id", "sid", ITEMS_LIST)
+# durable-rules leaves a new session's context uninitialised until an action has run in it, and
+# delete_state then frees garbage (a segfault, seen under valgrind). So each session is primed
+# first: one fact that fires one rule, drained and retracted.
+PRIME_KEY, PRIME_RULE = "_p", "prime"
+_PRIME_FACT = json.dumps({PRIME_KEY: 1, "id": "p", "sid": SID})
+_PRIME_RETRACT = json.dumps({"id": "p", "sid": SID})
+RESERVED = (GUARD_KEY, PRIME_KEY, "id", "sid", ITEMS_LIST)
 # Safe limits, below the engine's: a 64-entry match stack (so at most 48 alternatives in one
 # durable ruleset), 512 sibling conditions, 254 properties per fact.
 MAX_TERMS_PER_RULE = 32
@@ -117,6 +123,7 @@ class DurableMatcher:
         self._lock = threading.Lock()
         self._closed = False
         self.shards: list[_Shard] = []
+        self.definitions: list[str] = []  # the JSON each durable ruleset was created from
         handles: list[int] = []
         self._finalizer = weakref.finalize(self, _delete_rulesets, handles)
         try:
@@ -128,10 +135,14 @@ class DurableMatcher:
                         keys |= _term_keys(term)
                         items = items or any(isinstance(x, ItemsLit) for x in term)
                 _check_hashes([*RESERVED, *keys], "request keys")
+                rules[PRIME_RULE] = {"all": [{"m": {PRIME_KEY: 1}}]}
                 name = f"refundry-{ruleset.ref.digest[7:19]}-{len(self.shards)}"
-                handle = _engine.create_ruleset(name, json.dumps(rules))
+                definition = json.dumps(rules)
+                handle = _engine.create_ruleset(name, definition)
                 handles.append(handle)
-                names = {n: int(n[1:].split("_")[0]) for n in rules}
+                self.definitions.append(definition)
+                _prime(handle)
+                names = {n: int(n[1:].split("_")[0]) for n in rules if n != PRIME_RULE}
                 self.shards.append(_Shard(handle, tuple(sorted(keys)), names, items))
         except _engine.error as exc:  # pragma: no cover - lowering emits only forms known to load
             self._finalizer()
@@ -207,6 +218,7 @@ class DurableMatcher:
         finally:
             if not ok:
                 _engine.delete_state(handle, SID)  # drop the session, whatever it holds
+                _prime(handle)
             elif stored:
                 _engine.retract_fact(handle, _RETRACT)
         return fired
@@ -230,12 +242,24 @@ class DurableMatcher:
             self._finalizer()
 
 
+def _prime(handle: int) -> None:
+    rc, off = _engine.assert_fact(handle, _PRIME_FACT)
+    if rc == 0:
+        started = _engine.start_action_for_state(handle, off)
+        msg = started[1] if started else None
+        while msg:
+            msg = _engine.complete_and_start_action(handle, off)
+        _engine.retract_fact(handle, _PRIME_RETRACT)
+
+
 def _delete_rulesets(handles: list[int]) -> None:
     for handle in handles:
-        try:
-            _engine.delete_ruleset(handle)
-        except _engine.error:  # pragma: no cover - already gone
-            pass
+        # delete_ruleset alone keeps the session's memory (about 80 KB) for good.
+        for free in (_engine.delete_state, _engine.delete_ruleset):
+            try:
+                free(handle, SID) if free is _engine.delete_state else free(handle)
+            except _engine.error:  # no session yet, or already gone
+                pass
     handles.clear()
 
 
