@@ -715,3 +715,63 @@ def test_memory_stays_flat_over_a_million_evaluations(engines: Any) -> None:
         durable.evaluate(req, as_of=as_of, ruleset=rid)
     gc.collect()
     assert _rss_mb() - before < 5
+
+
+# --- a shrinking property test -----------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_EU = sorted(__import__("refundry.jurisdictions", fromlist=["EU_MEMBERS"]).EU_MEMBERS)
+_money = st.decimals(min_value=0, max_value=2000, places=2).map(str)
+_flag = st.one_of(st.none(), st.booleans())
+
+
+@st.composite
+def eu_requests(draw: Any) -> dict[str, Any]:
+    delivered = dt.date(2024, 1, 1) + dt.timedelta(days=draw(st.integers(0, 400)))
+    notice = delivered + dt.timedelta(days=draw(st.integers(-1, 420)))
+    hour = draw(st.sampled_from([0, 12, 23]))
+    offset = draw(st.sampled_from(["+01:00", "+02:00", "Z"]))
+
+    def at(day: dt.date) -> str:
+        return f"{day.isoformat()}T{hour:02d}:30:00{offset}"
+
+    req: dict[str, Any] = {
+        "request_id": "h-1", "client_id": draw(st.sampled_from(["acme", "any-shop"])),
+        "industry": "ecommerce", "jurisdiction": draw(st.sampled_from(_EU)),
+        "requested_at": at(notice), "amount": draw(_money), "currency": "EUR",
+        "reason": draw(st.sampled_from(["changed_mind"] * 4 + list(REASONS))), "customer": {"id": "c"},
+        "transaction": {"id": "t", "amount": draw(_money)},
+    }
+    if draw(st.booleans()):
+        req["transaction"]["delivered_at"] = at(delivered)
+    if draw(st.booleans()):
+        req["transaction"]["express_shipping_amount"] = draw(_money)
+    if draw(st.booleans()):
+        req["diminished_value"] = draw(_money)
+    if (refund_to := draw(st.sampled_from([None, "original", "store_credit"]))) is not None:
+        req["refund_to"] = refund_to
+    for section, name in (("disclosures", "withdrawal_info_given"), ("evidence", "goods_received_back"),
+                          ("evidence", "proof_of_dispatch"), ("consents", "other_refund_method")):
+        if (value := draw(_flag)) is not None:
+            req.setdefault(section, {})[name] = value
+    if draw(st.booleans()):
+        req.setdefault("disclosures", {})["withdrawal_info_given_at"] = at(
+            delivered + dt.timedelta(days=draw(st.integers(0, 60))))
+    item = st.fixed_dictionaries({"sku": st.just("S"), "quantity": st.integers(1, 3),
+                                  "unit_price": _money},
+                                 optional={"personalized": st.booleans(), "perishable": st.booleans(),
+                                           "sealed_hygiene_opened": st.booleans(),
+                                           "condition": st.sampled_from(_info("condition", True).values)})
+    req["items"] = draw(st.lists(item, max_size=3))
+    return req
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=eu_requests())
+def test_property_durable_decides_like_compiled(engines: Any, request: dict[str, Any]) -> None:
+    compiled, durable = engines
+    a = compiled.evaluate(request)
+    assert a.to_dict() == durable.evaluate(request).to_dict()
+    assert a.outcome in ("approve", "deny", "manual_review")
