@@ -285,7 +285,7 @@ class RequestGen:
                 codes.add(scope)
         self.codes = sorted(c for c in codes if jurisdictions.default_timezone(c))
         self.day0 = max(layer.effective_from for layer in comp.layers)
-        self.as_of = dt.datetime.combine(self.day0, dt.time(12), dt.timezone.utc)
+        self.as_of = dt.datetime.combine(self.day0, dt.time(12), dt.UTC)
 
     def money(self, rng: random.Random, path: str, item: bool = False) -> str:
         lits = [v for v in self.literals.get((item, path), ()) if isinstance(v, (int, Decimal))]
@@ -303,7 +303,7 @@ class RequestGen:
         t = rng.choice([dt.time(0, 30), dt.time(12), dt.time(23, 30), dt.time(9, 15)])
         local = dt.datetime.combine(day, t, zoneinfo.ZoneInfo(zone))
         if rng.random() < 0.3:
-            local = local.astimezone(dt.timezone.utc)
+            local = local.astimezone(dt.UTC)
         return local.isoformat()
 
     def _edge(self, rng: random.Random, start: dt.date) -> dt.date:
@@ -617,8 +617,10 @@ def test_more_threads_than_the_engine_has_sessions(engines: Any) -> None:
     results: list[bool] = []
     for n in range(1100):
         req, (as_of, rid), expected = work[n % len(work)]
-        t = threading.Thread(target=lambda: results.append(
-            durable.evaluate(req, as_of=as_of, ruleset=rid).to_dict() == expected))
+
+        def one(req: Any = req, as_of: Any = as_of, rid: str = rid, expected: Any = expected) -> None:
+            results.append(durable.evaluate(req, as_of=as_of, ruleset=rid).to_dict() == expected)
+        t = threading.Thread(target=one)
         t.start()
         t.join()
     assert len(results) == 1100 and all(results)

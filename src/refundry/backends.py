@@ -62,5 +62,5 @@ def get_backend(name: str) -> Backend:
             from .durable import DurableBackend
         except ImportError as exc:  # pragma: no cover - until the durable backend lands
             raise RefundryError(f"backend `durable` is not available: {exc}") from None
-        return DurableBackend()  # type: ignore[no-any-return]
+        return DurableBackend()
     raise RefundryError(f"unknown backend `{name}`; use compiled or durable")

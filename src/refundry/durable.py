@@ -21,6 +21,7 @@ ruleset to 1024 sessions. So:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import weakref
@@ -128,7 +129,9 @@ class DurableMatcher:
         self._finalizer = weakref.finalize(self, _delete_rulesets, handles)
         try:
             for group in self._groups(ruleset, lowered.rules):
-                rules, keys, items = {}, set(), False
+                rules: dict[str, Any] = {}
+                keys: set[str] = set()
+                items = False
                 for index, terms in group:
                     for j, term in enumerate(terms):
                         rules[f"r{index}_{j}"] = _term_json(term)
@@ -155,7 +158,7 @@ class DurableMatcher:
                 ) -> list[list[tuple[int, tuple[Term, ...]]]]:
         """Rules packed in order into durable rulesets small enough for the engine's limits."""
         groups: list[list[tuple[int, tuple[Term, ...]]]] = [[]]
-        count, keys = 0, set()
+        count, keys = 0, set[str]()
         for index, terms in enumerate(lowered):
             if not terms:
                 continue  # never true: nothing to match
@@ -255,11 +258,10 @@ def _prime(handle: int) -> None:
 def _delete_rulesets(handles: list[int]) -> None:
     for handle in handles:
         # delete_ruleset alone keeps the session's memory (about 80 KB) for good.
-        for free in (_engine.delete_state, _engine.delete_ruleset):
-            try:
-                free(handle, SID) if free is _engine.delete_state else free(handle)
-            except _engine.error:  # no session yet, or already gone
-                pass
+        with contextlib.suppress(_engine.error):  # no session yet
+            _engine.delete_state(handle, SID)
+        with contextlib.suppress(_engine.error):  # pragma: no cover - already gone
+            _engine.delete_ruleset(handle)
     handles.clear()
 
 

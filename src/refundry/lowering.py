@@ -273,7 +273,7 @@ class _Lowerer:
         value = node.operand.value  # type: ignore[union-attr]
         if op in ("in", "not_in"):
             codes = sorted({book.of(v) for v in value})
-            member = [(Lit(lo, "eq", c),) for c in codes]
+            member: list[Term] = [(Lit(lo, "eq", c),) for c in codes]
             outside: Term = (Lit(lo, "gt", MISSING_LO),) + tuple(Lit(lo, "ne", c) for c in codes)
             if (op == "in") == positive:
                 return member if op == "in" else member + [(Lit(lo, "eq", MISSING_LO),)]
@@ -298,9 +298,10 @@ class _Lowerer:
         inner = self.dnf(node.child, positive, True)
         if (node.quantifier == "any_item") == positive:
             # some item satisfies the (possibly negated) child: `any` distributes over `or`.
-            some = [(n_pos,)] if () in inner else [(ItemsLit("any", t),) for t in inner]
+            some: list[Term] = ([(n_pos,)] if () in inner else
+                                [(ItemsLit("any", _lits(t)),) for t in inner])
             # `not all_items` is also true when there are no items at all.
-            return self._or([some if positive else [(n_zero,)] + some])  # type: ignore[list-item]
+            return self._or([some if positive else [(n_zero,), *some]])
         # every item satisfies it: `all_items` is false on no items, its negation true.
         every = self._every(node.child, positive, inner)
         if node.quantifier == "all_items":
@@ -311,10 +312,16 @@ class _Lowerer:
         if not inner:
             return None
         if len(inner) == 1:
-            return (ItemsLit("all", inner[0]),) if inner[0] else ()  # type: ignore[arg-type]
+            return (ItemsLit("all", _lits(inner[0])),) if inner[0] else ()
         # An `or` inside `every item`: the matcher gets it as one precomputed flag per item.
         key = self.enc.precomputed(child if positive else Not(child), True)
         return (ItemsLit("all", (Lit(key, "eq", 1),)),)
+
+
+def _lits(term: Term) -> tuple[Lit, ...]:
+    """An item condition's term: items cannot nest, so it holds only plain literals."""
+    assert all(isinstance(x, Lit) for x in term)
+    return term  # type: ignore[return-value]
 
 
 def holds(terms: Sequence[Term], coded: Mapping[str, int], items: Sequence[Mapping[str, int]]) -> bool:
