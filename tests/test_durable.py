@@ -779,3 +779,55 @@ def test_property_durable_decides_like_compiled(engines: Any, request: dict[str,
     a = compiled.evaluate(request)
     assert a.to_dict() == durable.evaluate(request).to_dict()
     assert a.outcome in ("approve", "deny", "manual_review")
+
+
+# --- the semantics that are easy to get wrong, spelled out -------------------------------
+
+_CASES = [
+    # (condition, facts, items, expected)
+    ({"field": "amount", "eq": 10}, {}, [], False),
+    ({"not": {"field": "amount", "eq": 10}}, {}, [], True),  # negation of a missing field
+    ({"field": "refund_to", "ne": "original"}, {}, [], False),  # ne on missing is false
+    ({"not": {"field": "refund_to", "ne": "original"}}, {}, [], True),
+    ({"field": "refund_to", "not_in": ["original"]}, {}, [], False),
+    ({"not": {"field": "amount", "lt": 10}}, {}, [], True),
+    ({"not": {"field": "amount", "gt": 10}}, {}, [], True),
+    ({"field": "amount", "gt": "99.99"}, {"amount": Decimal("99.990000001")}, [], None),
+    ({"field": "amount", "gt": 100}, {"amount": Decimal("100.000000001")}, [], True),
+    ({"field": "amount", "le": 100}, {"amount": Decimal("100.00")}, [], True),
+    ({"field": "amount", "gt": 5}, {"amount": Decimal("999999999999999.99")}, [], True),
+    ({"field": "amount", "gt": {"percent": 50, "of": "transaction.amount"}},
+     {"amount": Decimal("50.01"), "transaction.amount": Decimal("100.02")}, [], False),
+    ({"field": "amount", "ge": {"field": "transaction.amount"}},
+     {"amount": Decimal("7"), "transaction.amount": 7}, [], True),
+    ({"field": "facts.tier", "gt": 3}, {"facts.tier": "gold"}, [], False),  # type mismatch
+    ({"not": {"field": "facts.tier", "gt": 3}}, {"facts.tier": "gold"}, [], True),
+    ({"field": "facts.tier", "eq": "99"}, {"facts.tier": 99}, [], False),  # never as text
+    ({"field": "facts.tier", "exists": True}, {"facts.tier": {"a": 1}}, [], True),
+    ({"all_items": {"field": "final_sale", "eq": True}}, {}, [], False),  # none: false
+    ({"not": {"all_items": {"field": "final_sale", "eq": True}}}, {}, [], True),
+    ({"not": {"any_item": {"field": "final_sale", "eq": True}}}, {}, [], True),
+    ({"any_item": {"field": "final_sale", "eq": True}}, {},
+     [{"final_sale": None}, {"final_sale": True}], True),
+    ({"all_items": {"any": [{"field": "condition", "eq": "new"}, {"field": "quantity", "gt": 1}]}},
+     {}, [{"condition": "new", "quantity": 1}, {"condition": "used", "quantity": 2}], True),
+    ({"all_items": {"any": [{"field": "condition", "eq": "new"}, {"field": "quantity", "gt": 1}]}},
+     {}, [{"condition": "new", "quantity": 1}, {"condition": None, "quantity": 1}], False),
+    ({"within": "w1"}, {}, [], False),
+    ({"not": {"within": "w1"}}, {}, [], True),
+    ({"after": "w1"}, {"window.w1.within": True}, [], False),
+]
+
+
+@pytest.mark.parametrize("raw, facts, items, expected", _CASES)
+def test_semantics_spelled_out(base_ruleset: Any, raw: Any, facts: Any, items: Any, expected: Any) -> None:
+    node = _parse(raw)
+    if expected is None:  # a string literal for an amount is refused at load
+        assert node is None
+        return
+    assert node is not None, raw
+    full_items = [{p: it.get(p) for p in fieldreg.item_fields()} for it in items]
+    ruleset = _with_conditions(base_ruleset, [node])
+    want = [0] if expected else []
+    for backend in (InterpretedBackend(), CompiledBackend(), DurableBackend()):
+        assert backend.compile(ruleset)(facts, full_items) == want, backend.name
