@@ -831,3 +831,37 @@ def test_semantics_spelled_out(base_ruleset: Any, raw: Any, facts: Any, items: A
     want = [0] if expected else []
     for backend in (InterpretedBackend(), CompiledBackend(), DurableBackend()):
         assert backend.compile(ruleset)(facts, full_items) == want, backend.name
+
+
+def test_closing_while_threads_evaluate_never_crashes_or_approves_wrongly(engines: Any) -> None:
+    durable = refundry.Engine.from_path(RULESETS, backend="durable")
+    work = _requests(engines, 200, seed=14)
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+    underway = threading.Event()
+
+    def run() -> None:
+        try:
+            for k in range(600):
+                if k == 50:
+                    underway.set()
+                req, (as_of, rid), expected = work[k % len(work)]
+                got = durable.evaluate(req, as_of=as_of, ruleset=rid).to_dict()
+                if got != expected:
+                    assert got["outcome"] == "manual_review" and "closed" in got["errors"][0]
+                    outcomes.append("closed")
+                else:
+                    outcomes.append("same")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run) for _ in range(4)]
+    for t in pool:
+        t.start()
+    underway.wait()
+    durable.close()  # while the threads are mid-way
+    for t in pool:
+        t.join()
+    assert not errors, errors[:1]
+    assert outcomes.count("same") + outcomes.count("closed") == 2400
+    assert outcomes.count("closed") > 0 and outcomes.count("same") >= 50
