@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--rss", type=int, default=0)
     ap.add_argument("--swaps", type=int, default=0)
+    ap.add_argument("--changed-mind", type=float, default=0.8,
+                    help="share of requests with reason changed_mind, which most EU rules need")
     args = ap.parse_args()
 
     compiled = refundry.Engine.from_path(args.rulesets)
@@ -64,7 +66,10 @@ def main() -> None:
     for i in range(args.requests):
         comp = comps[i % len(comps)]
         gen = RequestGen(comp)
-        req = refundry.parse_request(gen.request(rng, i))
+        raw = gen.request(rng, i)
+        if rng.random() < args.changed_mind:
+            raw["reason"] = "changed_mind"
+        req = refundry.parse_request(raw)
         work.append((req, gen.as_of, comp))
     # the facts every backend gets, derived once, so the matchers can be timed alone
     matched = []
