@@ -96,9 +96,17 @@ def _term_keys(term: Term) -> set[str]:
 @attrs.define
 class _Shard:
     handle: int
-    keys: tuple[str, ...]  # request-level keys its rules read
+    keys: tuple[str, ...]  # request-level keys its rules read, besides the number of items
     names: dict[str, int]  # durable rule name -> rule index
     items: bool  # whether its rules read items
+    template: str = ""  # the fact's JSON with %d for each code: every value is an int we made
+
+    def __attrs_post_init__(self) -> None:
+        parts = [f'"{k}":%d' for k in (*self.keys, ITEMS_KEY)]
+        if self.items:
+            parts.append(f'"{ITEMS_LIST}":[%s]')
+        fixed = json.dumps({GUARD_KEY: GUARD, "id": FACT_ID, "sid": SID}, separators=(",", ":"))
+        self.template = "{" + ",".join(parts) + "," + fixed[1:]
 
 
 class DurableMatcher:
@@ -121,6 +129,8 @@ class DurableMatcher:
             raise RulesetError(f"too many item fields for the durable backend ({len(item_keys)})",
                                path=ruleset.top.path)
         _check_hashes(list(item_keys), "items")
+        self._item_keys = tuple(sorted(item_keys))
+        self._item_template = "{" + ",".join(f'"{k}":%d' for k in self._item_keys) + "}"
         self._lock = threading.Lock()
         self._closed = False
         self.shards: list[_Shard] = []
@@ -146,7 +156,7 @@ class DurableMatcher:
                 self.definitions.append(definition)
                 _prime(handle)
                 names = {n: int(n[1:].split("_")[0]) for n in rules if n != PRIME_RULE}
-                self.shards.append(_Shard(handle, tuple(sorted(keys)), names, items))
+                self.shards.append(_Shard(handle, tuple(sorted(keys - {ITEMS_KEY})), names, items))
         except _engine.error as exc:  # pragma: no cover - lowering emits only forms known to load
             self._finalizer()
             raise RulesetError(f"the durable engine refused the ruleset: {exc}",
@@ -180,14 +190,16 @@ class DurableMatcher:
     def payloads(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> list[str]:
         """The JSON fact each durable ruleset gets for this request (integers only)."""
         coded, coded_items = self.encoder.encode(facts, items)
+        keys, template = self._item_keys, self._item_template
+        listed = ",".join([template % tuple([ci[k] for k in keys]) for ci in coded_items])
         out = []
         for shard in self.shards:
-            fact: dict[str, Any] = {k: coded[k] for k in shard.keys}
-            fact[ITEMS_KEY] = coded[ITEMS_KEY]
+            values = [coded[k] for k in shard.keys]
+            values.append(coded[ITEMS_KEY])
             if shard.items:
-                fact[ITEMS_LIST] = coded_items
-            fact.update({GUARD_KEY: GUARD, "id": FACT_ID, "sid": SID})
-            out.append(json.dumps(fact, separators=(",", ":")))
+                out.append(shard.template % (*values, listed))
+            else:
+                out.append(shard.template % tuple(values))
         return out
 
     def __call__(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> list[int]:
