@@ -370,6 +370,8 @@ class RequestGen:
                 lits = [v for v in self.literals.get((False, path), ()) if isinstance(v, str)]
                 value = rng.choice(lits + ["other-value", "original"])
             _put(req, path, value)
+        if "payment_method" in req["transaction"]:  # its `type` is required
+            req["transaction"]["payment_method"].setdefault("type", "card")
         req["requested_at"] = self.instant(rng, notice_day, zone)
         req["items"] = [self.item(rng) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
         if rng.random() < 0.3:
