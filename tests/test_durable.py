@@ -373,9 +373,9 @@ class RequestGen:
                 lits = [v for v in self.literals.get((False, path), ()) if isinstance(v, str)]
                 value = rng.choice(lits + ["other-value", "original"])
             _put(req, path, value)
-        if any(unit == "billing_cycles" for w in self.comp.windows for _n, unit in w.period.steps):
-            if rng.random() < 0.8:
-                _put(req, "finance.billing_cycle_closing_day", rng.choice([1, 15, 28, 30, 31]))
+        cycles = any(unit == "billing_cycles" for w in self.comp.windows for _n, unit in w.period.steps)
+        if cycles and rng.random() < 0.8:
+            _put(req, "finance.billing_cycle_closing_day", rng.choice([1, 15, 28, 30, 31]))
         if "payment_method" in req["transaction"]:  # its `type` is required
             req["transaction"]["payment_method"].setdefault("type", "card")
         notice_day = days.get("requested_at") or start + dt.timedelta(days=rng.randint(0, 30))
