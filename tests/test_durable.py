@@ -19,11 +19,14 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import refundry
 from refundry import fields as fieldreg
 from refundry.backends import CompiledBackend, InterpretedBackend
 from refundry.durable import MAX_TERMS_PER_RULE, DurableBackend
+from refundry.jurisdictions import EU_MEMBERS
 from refundry.language import ParseContext, parse_condition
 from refundry.lowering import holds, lower
 
@@ -732,10 +735,7 @@ def test_memory_stays_flat_over_a_million_evaluations(engines: Any) -> None:
 
 # --- a shrinking property test -----------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-_EU = sorted(__import__("refundry.jurisdictions", fromlist=["EU_MEMBERS"]).EU_MEMBERS)
+_EU = sorted(EU_MEMBERS)
 _money = st.decimals(min_value=0, max_value=2000, places=2).map(str)
 _flag = st.one_of(st.none(), st.booleans())
 
