@@ -895,3 +895,13 @@ def test_a_ruleset_with_every_feature_decides_identically() -> None:
     for i in range(3000):
         seen.update(engines[0].evaluate(gen.request(rng, i), as_of=gen.as_of, ruleset=comp.id).rule_ids)
     assert {r.id for r in comp.rules} <= seen
+
+
+def test_equal_looking_literals_of_different_types_stay_apart(base_ruleset: Any) -> None:
+    """`True == 1` in Python, but `gt: true` and `gt: 1` on a client fact are different rules."""
+    nodes = [_parse({"field": "facts.tier", "gt": True}), _parse({"field": "facts.tier", "gt": 1}),
+             _parse({"field": "facts.tier", "eq": Decimal("2.0")}), _parse({"field": "facts.tier", "eq": 2})]
+    ruleset = _with_conditions(base_ruleset, nodes)
+    for facts in ({"facts.tier": 2}, {"facts.tier": True}, {"facts.tier": Decimal("2.00")}):
+        expected = InterpretedBackend().compile(ruleset)(facts, [])
+        assert DurableBackend().compile(ruleset)(facts, []) == expected, facts

@@ -115,16 +115,19 @@ class Encoder:
         self.item_books: dict[str, Codebook] = {}
         self.pre: list[tuple[str, Node]] = []  # (key, node) evaluated on the request
         self.item_pre: list[tuple[str, Node]] = []  # (key, node) evaluated on each item
-        self._pre_keys: dict[tuple[bool, Node], str] = {}
+        self._pre_keys: dict[tuple[bool, str], str] = {}
 
     def precomputed(self, node: Node, item: bool) -> str:
-        found = self._pre_keys.get((item, node))
+        # By repr, not by equality: `Literal(True) == Literal(1)` in Python, but `gt: true` and
+        # `gt: 1` on a client fact are different conditions.
+        ident = (item, repr(node))
+        found = self._pre_keys.get(ident)
         if found:
             return found
         table = self.item_pre if item else self.pre
         key = f"{'q' if item else 'p'}{len(table)}"
         table.append((key, node))
-        self._pre_keys[(item, node)] = key
+        self._pre_keys[ident] = key
         return key
 
     def keys(self) -> list[str]:
