@@ -905,3 +905,16 @@ def test_equal_looking_literals_of_different_types_stay_apart(base_ruleset: Any)
     for facts in ({"facts.tier": 2}, {"facts.tier": True}, {"facts.tier": Decimal("2.00")}):
         expected = InterpretedBackend().compile(ruleset)(facts, [])
         assert DurableBackend().compile(ruleset)(facts, []) == expected, facts
+
+
+def test_engine_limits_are_kept_by_splitting(base_ruleset: Any) -> None:
+    """durable-rules fails (error 303) when more than 64 conditions hold at once and hangs with
+    512 sibling conditions; 600 thresholds that all hold are split into small durable rulesets."""
+    nodes = [_parse({"field": "amount", "gt": i}) for i in range(600)]
+    ruleset = _with_conditions(base_ruleset, nodes)
+    durable = DurableBackend().compile(ruleset)
+    assert len(durable.shards) >= 600 // 48
+    assert durable({"amount": Decimal("1000")}, []) == list(range(600))
+    assert durable({"amount": Decimal("300")}, []) == list(range(300))
+    assert durable({}, []) == []
+    durable.close()

@@ -124,8 +124,8 @@ class Engine:
 
     def close(self) -> None:
         """Free what the backend holds outside Python (the durable engine's rulesets), e.g.
-        after swapping in an engine with new ruleset versions. Later calls to ``evaluate``
-        return an error decision (``manual_review``)."""
+        after swapping in an engine with new ruleset versions. With such a backend, later calls
+        to ``evaluate`` return an error decision (``manual_review``)."""
         close = getattr(self._backend, "close", None)
         if close is not None:
             close()
