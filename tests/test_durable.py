@@ -33,7 +33,11 @@ from refundry.lowering import holds, lower
 ROOT = Path(__file__).resolve().parent.parent
 RULESETS = ROOT / "rulesets"
 LONG = os.environ.get("REFUNDRY_LONG") == "1"
-slow = pytest.mark.skipif(not LONG, reason="long run: set REFUNDRY_LONG=1")
+
+
+def slow(test: Any) -> Any:
+    """The `slow` marker, and skipped unless REFUNDRY_LONG=1 (whether or not a conftest does it)."""
+    return pytest.mark.slow(pytest.mark.skipif(not LONG, reason="long run: set REFUNDRY_LONG=1")(test))
 
 
 @pytest.fixture(scope="module")
