@@ -122,6 +122,14 @@ class Engine:
     def backend(self) -> str:
         return self._backend.name
 
+    def close(self) -> None:
+        """Free what the backend holds outside Python (the durable engine's rulesets), e.g.
+        after swapping in an engine with new ruleset versions. With such a backend, later calls
+        to ``evaluate`` return an error decision (``manual_review``)."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+
     @property
     def rulesets(self) -> list[RulesetInfo]:
         out = []

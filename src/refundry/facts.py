@@ -174,11 +174,12 @@ class FactBuilder:
         self._extract = _extractor(paths, item_names)
         self.windows = ruleset.windows
 
-    def context(self, req: RefundRequest, tz: zoneinfo.ZoneInfo) -> Context:
+    def context(self, req: RefundRequest, tz: zoneinfo.ZoneInfo | None = None) -> Context:
+        """``tz``: the consumer's zone when the caller has it already (the engine does)."""
         country, sub = jurisdictions.split(req.jurisdiction)
         fin = req.finance
         return Context(
-            tz=tz,
+            tz=tz or self.zones.get(consumer_timezone(req)),
             calendar=self.ruleset.calendar, country=country, subdivision=sub,
             extra_holidays=fin.holidays if fin else (), holidays=self.holidays,
             closing_day=fin.billing_cycle_closing_day if fin else None)
