@@ -7,6 +7,7 @@ could mistake for a decision, and never ``approve``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -153,8 +154,6 @@ class Engine:
             doc = self._library.in_force(ruleset, day)
             comp = self._library.chain(doc, day) if doc else None
             return self._prepared[comp.ref.digest] if comp else None
-        import bisect
-
         epoch = bisect.bisect_right(self._epochs, day)
         client = req.client_id if req.client_id in self._clients else None
         key = (client, req.industry, req.jurisdiction, epoch)
@@ -263,6 +262,3 @@ class Engine:
                               "when": node})
         return decision, facts, trace
 
-    def compiled_ruleset(self, rid: str, day: dt.date) -> CompiledRuleset | None:
-        doc = self._library.in_force(rid, day)
-        return self._library.chain(doc, day) if doc else None

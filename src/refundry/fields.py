@@ -73,6 +73,3 @@ def lookup(path: str, *, item: bool = False) -> FieldInfo | None:
         return FieldInfo(path, "any")
     return (item_fields() if item else request_fields()).get(path)
 
-
-def instant_fields() -> list[str]:
-    return sorted(p for p, f in request_fields().items() if f.kind == "instant")

@@ -132,8 +132,6 @@ class HolidayCalendars:
                 return frozenset()
         return frozenset(cal.keys())
 
-    def supported(self, country: str) -> bool:
-        return country in _holidays.list_supported_countries()
 
 
 def add_period(period: Period, start: dt.date, working: Callable[[dt.date], bool],
