@@ -281,6 +281,9 @@ class RequestGen:
         self.literals: dict[tuple[bool, str], set[Any]] = {}
         for rule in comp.rules:
             _walk(rule.when, False, self.literals)
+        # sets of strings iterate in a per-process order: sort, so a seed means one sequence
+        self.literals = {k: sorted(v, key=lambda x: (type(x).__name__, repr(x)))  # type: ignore[misc]
+                         for k, v in self.literals.items()}
         self.paths = sorted(p for p in comp.paths() if fieldreg.lookup(p) is not None)
         codes = set()
         for scope in comp.jurisdictions:
