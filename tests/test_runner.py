@@ -130,12 +130,14 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
-def _kill_and_resume(tmp_path: Path, n: int, workers: int, sig: int = signal.SIGKILL) -> None:
+def _kill_and_resume(tmp_path: Path, n: int, workers: int, sig: int = signal.SIGKILL,
+                     db: bool = False) -> None:
     src = generate(tmp_path / "in.jsonl", n)
     out = tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.progress.jsonl"
+    store = tmp_path / "records.db"
     args = ["--source", "jsonl", "--input", str(src), "--out", str(out), "--rulesets",
-            str(RULESETS), "--workers", str(workers)]
+            str(RULESETS), "--workers", str(workers)] + (["--db", str(store)] if db else [])
     proc = _cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -159,11 +161,22 @@ def _kill_and_resume(tmp_path: Path, n: int, workers: int, sig: int = signal.SIG
     assert sorted(decided) == [f"gen-{i:06d}" for i in range(n)]
     assert len(journal.read_text().splitlines()) == n
     assert "skipped (done before)" in err
+    if db:
+        from refundry import open_store
+
+        with open_store(store, create=False) as records:
+            cases = records.cases()
+            assert len(cases) == n and len({c.request_id for c in cases}) == n
+            assert records.verify().ok
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_killed_run_resumes_with_exactly_one_decision_per_request(tmp_path: Path, workers: int) -> None:
     _kill_and_resume(tmp_path, 2_000, workers=workers)
+
+
+def test_a_killed_run_into_sqlite_resumes_with_exactly_one_case_per_request(tmp_path: Path) -> None:
+    _kill_and_resume(tmp_path, 2_000, workers=1, db=True)
 
 
 def test_an_interrupted_run_says_so_and_resumes(tmp_path: Path) -> None:
@@ -174,7 +187,7 @@ def test_an_interrupted_run_says_so_and_resumes(tmp_path: Path) -> None:
 @pytest.mark.skipif(not LONG, reason="set REFUNDRY_LONG=1 for the 100,000-request kill test")
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_killed_run_of_100k_resumes_exactly(tmp_path: Path, workers: int) -> None:
-    _kill_and_resume(tmp_path, 100_000, workers=workers)
+    _kill_and_resume(tmp_path, 100_000, workers=workers, db=True)
 
 
 def test_a_source_or_sink_that_cannot_start_leaves_no_files(tmp_path: Path) -> None:
