@@ -143,10 +143,21 @@ class Draft:
     request: dict[str, Any] | None
     details: dict[str, Any] = attrs.Factory(dict)
     texts: tuple[tuple[str, str, str, str], ...] = ()  # (digest, id, version, text) to keep
+    # Canonical bytes of members serialised before the writers' lock was taken: the decision
+    # and request are most of an event, and the lock is held by one writer at a time.
+    encoded: dict[str, bytes] = attrs.Factory(dict)
+
+
+def encode(decision: dict[str, Any] | None, request: dict[str, Any] | None) -> dict[str, bytes]:
+    return {"decision": rfc8785.dumps(decision), "request": rfc8785.dumps(request)}
 
 
 def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, dict[str, Any]]:
-    """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``."""
+    """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``.
+
+    Built member by member so that pre-encoded members are reused; the result is exactly
+    ``rfc8785.dumps(body)`` (all keys are ASCII, so code-point order is RFC 8785's order).
+    """
     ruleset = (draft.decision or {}).get("ruleset")
     body = {
         "format": FORMAT, "seq": seq, "prev": prev, "type": draft.type,
@@ -158,7 +169,9 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
         # Masked once more here: a justification or note typed by a person may hold a card number.
         "details": mask_value(draft.details),
     }
-    raw = rfc8785.dumps(body)
+    members = [rfc8785.dumps(key) + b":" + (draft.encoded.get(key) or rfc8785.dumps(body[key]))
+               for key in sorted(body)]
+    raw = b"{" + b",".join(members) + b"}"
     return raw.decode("utf-8"), _hash(raw), body
 
 
@@ -497,6 +510,7 @@ class RecordStore:
             raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                               f"not `{request_id}`")
         texts = _texts_of(decision, engine)
+        encoded = encode(snapshot, masked)
 
         def make(case: Case | None, _threshold: Decimal) -> Draft | None:
             if case is not None:
@@ -504,7 +518,7 @@ class RecordStore:
                     raise RecordError(f"request `{request_id}` is already recorded with different "
                                       "content; a new request needs a new request_id")
                 return None
-            return Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts)
+            return Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts, encoded)
 
         case, event = self._append(request_id, make)
         assert case is not None
@@ -518,6 +532,10 @@ class RecordStore:
         key = mask_text(request_id)
         if not key:
             raise RecordError("a request id is needed")
+        # A case's decision and request never change after `evaluated`, so they can be
+        # encoded from a read before the lock; everything else is decided under it.
+        before = self.case(request_id)
+        encoded = encode(before.decision, before.request)
 
         def make(case: Case | None, threshold: Decimal) -> Draft:
             if case is None:
@@ -525,7 +543,7 @@ class RecordStore:
             kind = event_type(case) if callable(event_type) else event_type
             check_transition(case, kind, actor)
             extra = details(case, threshold) if callable(details) else details
-            return Draft(key, kind, actor, case.decision, case.request, extra, texts)
+            return Draft(key, kind, actor, case.decision, case.request, extra, texts, encoded)
 
         case, _event = self._append(key, make)
         assert case is not None

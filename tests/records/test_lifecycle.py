@@ -308,3 +308,15 @@ def test_exported_events_match_the_record_schema(store, record, engine):
         assert not errors, (event["type"], errors)
     assert list(validator.iter_errors({**events[1], "hash": "md5:x"}))
     assert list(validator.iter_errors({**events[-1], "details": {}}))
+
+
+def test_every_stored_body_is_canonical_json(store, record, engine):
+    import rfc8785
+
+    record(make_request("big", **LARGE))
+    store.review("big", actor="bob", approve=True, reason="ok ✓ 💶")
+    store.review("big", actor="carol", approve=True, reason="\ud7ff\ue000\uffff")
+    store.note("big", "line\nbreak \u0001 and \"quotes\"", actor="bob")
+    store.open_dispute("big", actor="cs", reason="x", engine=engine)
+    for seq, *_cols, body, _hash in store._rows():
+        assert rfc8785.dumps(json.loads(body)).decode() == body, seq
