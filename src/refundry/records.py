@@ -773,6 +773,8 @@ class _Lifecycle:
             check_transition(fold, event.type, event.actor)
         except RecordError as exc:
             return f"{where}: {exc}"
+        if event.type == "dispute_resolved" and event.details.get("resolution") not in RESOLUTIONS:
+            return f"{where}: a dispute resolution must be upheld or overturned"
         if event.type in ("reviewed", "approved"):
             required = required_approvals(fold.decision, fold.request, self.threshold)
             expected = approval_type(len(fold.approvals), required)
