@@ -298,14 +298,10 @@ class PostgresStore(RecordStore):
         except ImportError:
             raise RecordError("a postgresql store needs psycopg: pip install 'refundry[postgres]'") from None
         self._psycopg = psycopg
-        conninfo, self.schema = _split_pg_url(url)
+        self._conninfo, self.schema = _split_pg_url(url)
         self.url = _shown(url)
         self._lock = threading.RLock()
-        try:
-            self._conn = psycopg.connect(conninfo, autocommit=False, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise RecordError(f"cannot connect to `{self.url}`: "
-                              f"{' '.join(str(exc).split()).lower()}") from None
+        self._conn = self._connect()
         schema_id = sql.Identifier(self.schema)
         try:
             with self._conn.transaction(), self._conn.cursor() as cur:
@@ -332,28 +328,78 @@ class PostgresStore(RecordStore):
             raise RecordError(f"cannot open records store `{self.url}`: "
                               f"{' '.join(str(exc).split()).lower()}") from None
 
+    def _connect(self) -> Any:
+        psycopg = self._psycopg
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=False, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise RecordError(f"cannot connect to `{self.url}`: "
+                              f"{' '.join(str(exc).split()).lower()}") from None
+        if getattr(self, "_conn", None) is not None:  # a reconnect: the schema exists
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(self._psycopg.sql.SQL("SET search_path TO {}").format(
+                    self._psycopg.sql.Identifier(self.schema)))
+        return conn
+
+    def _live(self) -> Any:
+        """The connection, opened again if the server dropped it (a restart, a failover);
+        a long-running service should not need restarting because the database did."""
+        if self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        return self._conn
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_PgTx]:
         psycopg = self._psycopg
         with self._lock:
+            conn = self._lock_events_table()
             try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
-                    # Conflicts with itself (one appender at a time) but not with plain reads.
-                    cur.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                with conn.cursor() as cur:
                     yield _PgTx(cur)
+                conn.commit()
             except psycopg.Error as exc:
-                raise RecordError(f"records store `{self.url}`: the event was not written: "
+                if not conn.broken:
+                    conn.rollback()
+                # Lost during COMMIT, the outcome is unknown; otherwise it was rolled back.
+                outcome = ("the connection was lost: check with `refundry records show` whether "
+                           "the event was written" if conn.broken else "the event was not written")
+                raise RecordError(f"records store `{self.url}`: {outcome}: "
                                   f"{' '.join(str(exc).split()).lower()}") from None
+            except BaseException:
+                conn.rollback()
+                raise
+
+    def _lock_events_table(self) -> Any:
+        """Begin a transaction holding the appenders' lock. A connection the server dropped
+        while idle is replaced once: nothing has been written yet, so trying again is safe."""
+        for attempt in (1, 2):
+            conn = self._live()
+            try:
+                # Conflicts with itself (one appender at a time) but not with plain reads.
+                conn.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                return conn
+            except self._psycopg.Error as exc:
+                if not conn.broken:
+                    conn.rollback()
+                if attempt == 2 or not conn.broken:
+                    raise RecordError(f"records store `{self.url}`: the event was not written: "
+                                      f"{' '.join(str(exc).split()).lower()}") from None
+        raise AssertionError("unreachable")
 
     def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
-            try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
-                    cur.execute(query, args)
-                    return cur.fetchall()
-            except self._psycopg.Error as exc:
-                raise RecordError(f"records store `{self.url}`: "
-                                  f"{' '.join(str(exc).split()).lower()}") from None
+            for attempt in (1, 2):
+                conn = self._live()
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.execute(query, args)
+                        return cur.fetchall()
+                except self._psycopg.Error as exc:
+                    # A read is safe to repeat on a fresh connection, once.
+                    if attempt == 2 or not conn.broken:
+                        raise RecordError(f"records store `{self.url}`: "
+                                          f"{' '.join(str(exc).split()).lower()}") from None
+            raise AssertionError("unreachable")
 
     def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
         where = "" if request_id is None else "AND request_id = %s"
