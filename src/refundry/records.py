@@ -466,14 +466,13 @@ class RecordStore:
         case as it is now (or None) and raises to refuse; returning None appends nothing.
         Returns the case as it is afterwards, and the new event."""
         with self._transaction() as tx:
-            events = [Event.from_row(r[0], r[5], r[6]) for r in tx.case_rows(request_id)]
-            threshold = _threshold(Event.from_row(r[0], r[5], r[6])
-                                   for r in tx.case_rows(STORE_CASE))
+            case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
+            events = [Event.from_row(r[0], r[5], r[6]) for r in case_rows]
+            threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
             case = build_case(events, threshold) if events and request_id != STORE_CASE else None
             draft = make(case, threshold)
             if draft is None:
                 return case, None
-            seq, prev = tx.head()
             at = self._clock()
             body_text, hash_, body = seal(draft, seq + 1, prev, at)
             for digest, rid, version, text in draft.texts:

@@ -81,6 +81,10 @@ class _SQLiteTx:
         return self.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE request_id = ? ORDER BY seq",
                                  (request_id,)).fetchall()
 
+    def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
+        """What an append decides on: the case's rows, the store-level rows, and the head."""
+        return self.case_rows(request_id), self.case_rows(store_case), self.head()
+
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
         self.conn.execute("INSERT OR IGNORE INTO ruleset_texts VALUES (?, ?, ?, ?)",
                           (digest, rid, version, text))
@@ -277,6 +281,20 @@ class _PgTx:
                          (request_id,))
         return self.cur.fetchall()
 
+    def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
+        """The case's rows, the store-level rows and the head in one round trip: the lock is
+        held for every round trip an append makes."""
+        self.cur.execute(
+            f"SELECT 0, {_COLUMNS} FROM events WHERE request_id = %s "
+            f"UNION ALL SELECT 1, {_COLUMNS} FROM events WHERE request_id = %s "
+            f"UNION ALL (SELECT 2, {_COLUMNS} FROM events ORDER BY seq DESC LIMIT 1) "
+            "ORDER BY 1, 2", (request_id, store_case))
+        parts: tuple[list[Row], list[Row], list[Row]] = ([], [], [])
+        for part, *row in self.cur.fetchall():
+            parts[part].append((int(row[0]), *row[1:]))
+        head = (parts[2][0][0], parts[2][0][6]) if parts[2] else (0, GENESIS)
+        return parts[0], parts[1], head
+
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
         self.cur.execute("INSERT INTO ruleset_texts VALUES (%s, %s, %s, %s) "
                          "ON CONFLICT (digest) DO NOTHING", (digest, rid, version, text))
@@ -331,14 +349,14 @@ class PostgresStore(RecordStore):
     def _connect(self) -> Any:
         psycopg = self._psycopg
         try:
-            conn = psycopg.connect(self._conninfo, autocommit=False, connect_timeout=10)
+            # Autocommit: a read is one round trip; appends open their own transaction.
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise RecordError(f"cannot connect to `{self.url}`: "
                               f"{' '.join(str(exc).split()).lower()}") from None
         if getattr(self, "_conn", None) is not None:  # a reconnect: the schema exists
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(self._psycopg.sql.SQL("SET search_path TO {}").format(
-                    self._psycopg.sql.Identifier(self.schema)))
+            conn.execute(self._psycopg.sql.SQL("SET search_path TO {}").format(
+                self._psycopg.sql.Identifier(self.schema)))
         return conn
 
     def _live(self) -> Any:
@@ -356,17 +374,18 @@ class PostgresStore(RecordStore):
             try:
                 with conn.cursor() as cur:
                     yield _PgTx(cur)
-                conn.commit()
+                conn.execute("COMMIT")
             except psycopg.Error as exc:
                 if not conn.broken:
-                    conn.rollback()
+                    conn.execute("ROLLBACK")
                 # Lost during COMMIT, the outcome is unknown; otherwise it was rolled back.
                 outcome = ("the connection was lost: check with `refundry records show` whether "
                            "the event was written" if conn.broken else "the event was not written")
                 raise RecordError(f"records store `{self.url}`: {outcome}: "
                                   f"{' '.join(str(exc).split()).lower()}") from None
             except BaseException:
-                conn.rollback()
+                if not conn.broken:
+                    conn.execute("ROLLBACK")
                 raise
 
     def _lock_events_table(self) -> Any:
@@ -375,12 +394,12 @@ class PostgresStore(RecordStore):
         for attempt in (1, 2):
             conn = self._live()
             try:
-                # Conflicts with itself (one appender at a time) but not with plain reads.
-                conn.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                # The lock conflicts with itself (one appender at a time), not with plain reads.
+                conn.execute("BEGIN; LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
                 return conn
             except self._psycopg.Error as exc:
                 if not conn.broken:
-                    conn.rollback()
+                    conn.execute("ROLLBACK")
                 if attempt == 2 or not conn.broken:
                     raise RecordError(f"records store `{self.url}`: the event was not written: "
                                       f"{' '.join(str(exc).split()).lower()}") from None
@@ -391,7 +410,7 @@ class PostgresStore(RecordStore):
             for attempt in (1, 2):
                 conn = self._live()
                 try:
-                    with conn.transaction(), conn.cursor() as cur:
+                    with conn.cursor() as cur:
                         cur.execute(query, args)
                         return cur.fetchall()
                 except self._psycopg.Error as exc:
