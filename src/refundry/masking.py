@@ -28,9 +28,10 @@ SENSITIVE_KEYS = frozenset({
     "diagnosiscodes", "procedurecodes", "servicedate",
 })
 
-# At least 13 digits, each after the first optionally preceded by one space or dash
-# ("4111 1111-1111 1111"); shorter runs, like dates, never reach the Python code below.
-_DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d){12,}")
+# At least 13 digits, each after the first optionally preceded by up to three spaces, dashes
+# or line breaks ("4111 1111-1111 1111", "4111  1111\n1111 1111": people copy numbers in every
+# shape); shorter runs, like dates, never reach the Python code below.
+_DIGIT_RUN = re.compile(r"\d(?:[\s\-]{0,3}\d){12,}")
 # A security code written next to its name in free text: "cvv 123", "CVC2: 1234", "cid#123".
 _CODE_IN_TEXT = re.compile(
     r"(?i)\b(cvv2?|cvc2?|cid|csc|cav2|security[\s_-]*code|card[\s_-]*verification[\s_-]*"

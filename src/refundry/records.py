@@ -143,10 +143,21 @@ class Draft:
     request: dict[str, Any] | None
     details: dict[str, Any] = attrs.Factory(dict)
     texts: tuple[tuple[str, str, str, str], ...] = ()  # (digest, id, version, text) to keep
+    # Canonical bytes of members serialised before the writers' lock was taken: the decision
+    # and request are most of an event, and the lock is held by one writer at a time.
+    encoded: dict[str, bytes] = attrs.Factory(dict)
+
+
+def encode(decision: dict[str, Any] | None, request: dict[str, Any] | None) -> dict[str, bytes]:
+    return {"decision": rfc8785.dumps(decision), "request": rfc8785.dumps(request)}
 
 
 def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, dict[str, Any]]:
-    """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``."""
+    """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``.
+
+    Built member by member so that pre-encoded members are reused; the result is exactly
+    ``rfc8785.dumps(body)`` (all keys are ASCII, so code-point order is RFC 8785's order).
+    """
     ruleset = (draft.decision or {}).get("ruleset")
     body = {
         "format": FORMAT, "seq": seq, "prev": prev, "type": draft.type,
@@ -158,7 +169,9 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
         # Masked once more here: a justification or note typed by a person may hold a card number.
         "details": mask_value(draft.details),
     }
-    raw = rfc8785.dumps(body)
+    members = [rfc8785.dumps(key) + b":" + (draft.encoded.get(key) or rfc8785.dumps(body[key]))
+               for key in sorted(body)]
+    raw = b"{" + b",".join(members) + b"}"
     return raw.decode("utf-8"), _hash(raw), body
 
 
@@ -453,14 +466,13 @@ class RecordStore:
         case as it is now (or None) and raises to refuse; returning None appends nothing.
         Returns the case as it is afterwards, and the new event."""
         with self._transaction() as tx:
-            events = [Event.from_row(r[0], r[5], r[6]) for r in tx.case_rows(request_id)]
-            threshold = _threshold(Event.from_row(r[0], r[5], r[6])
-                                   for r in tx.case_rows(STORE_CASE))
+            case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
+            events = [Event.from_row(r[0], r[5], r[6]) for r in case_rows]
+            threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
             case = build_case(events, threshold) if events and request_id != STORE_CASE else None
             draft = make(case, threshold)
             if draft is None:
                 return case, None
-            seq, prev = tx.head()
             at = self._clock()
             body_text, hash_, body = seal(draft, seq + 1, prev, at)
             for digest, rid, version, text in draft.texts:
@@ -498,13 +510,23 @@ class RecordStore:
                               f"not `{request_id}`")
         texts = _texts_of(decision, engine)
 
+        def same(case: Case) -> Case:
+            if case.request != masked:
+                raise RecordError(f"request `{request_id}` is already recorded with different "
+                                  "content; a new request needs a new request_id")
+            return case
+
+        # A retry (a resumed batch, a client resending) is answered without the writers' lock.
+        known = list(self.events(raw["request_id"]))
+        if known:
+            return same(build_case(known, self.four_eyes_above())), False
+        encoded = encode(snapshot, masked)
+
         def make(case: Case | None, _threshold: Decimal) -> Draft | None:
-            if case is not None:
-                if case.request != masked:
-                    raise RecordError(f"request `{request_id}` is already recorded with different "
-                                      "content; a new request needs a new request_id")
+            if case is not None:  # another writer opened it since the look above
+                same(case)
                 return None
-            return Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts)
+            return Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts, encoded)
 
         case, event = self._append(request_id, make)
         assert case is not None
@@ -518,6 +540,10 @@ class RecordStore:
         key = mask_text(request_id)
         if not key:
             raise RecordError("a request id is needed")
+        # A case's decision and request never change after `evaluated`, so they can be
+        # encoded from a read before the lock; everything else is decided under it.
+        before = self.case(request_id)
+        encoded = encode(before.decision, before.request)
 
         def make(case: Case | None, threshold: Decimal) -> Draft:
             if case is None:
@@ -525,7 +551,7 @@ class RecordStore:
             kind = event_type(case) if callable(event_type) else event_type
             check_transition(case, kind, actor)
             extra = details(case, threshold) if callable(details) else details
-            return Draft(key, kind, actor, case.decision, case.request, extra, texts)
+            return Draft(key, kind, actor, case.decision, case.request, extra, texts, encoded)
 
         case, _event = self._append(key, make)
         assert case is not None
@@ -755,6 +781,8 @@ class _Lifecycle:
             check_transition(fold, event.type, event.actor)
         except RecordError as exc:
             return f"{where}: {exc}"
+        if event.type == "dispute_resolved" and event.details.get("resolution") not in RESOLUTIONS:
+            return f"{where}: a dispute resolution must be upheld or overturned"
         if event.type in ("reviewed", "approved"):
             required = required_approvals(fold.decision, fold.request, self.threshold)
             expected = approval_type(len(fold.approvals), required)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,10 @@ class _SQLiteTx:
         return self.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE request_id = ? ORDER BY seq",
                                  (request_id,)).fetchall()
 
+    def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
+        """What an append decides on: the case's rows, the store-level rows, and the head."""
+        return self.case_rows(request_id), self.case_rows(store_case), self.head()
+
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
         self.conn.execute("INSERT OR IGNORE INTO ruleset_texts VALUES (?, ?, ?, ?)",
                           (digest, rid, version, text))
@@ -96,6 +102,7 @@ class SQLiteStore(RecordStore):
         self.path = Path(path)
         self.url = str(path)
         self._lock = threading.RLock()
+        self._jitter = random.Random()
         if not create and not self.path.is_file():
             raise RecordError(f"no records store at `{self.url}`")
         try:
@@ -124,11 +131,7 @@ class SQLiteStore(RecordStore):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_SQLiteTx]:
         with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise RecordError(f"records store `{self.url}` is busy or unwritable: "
-                                  f"{str(exc).lower()}; nothing was recorded") from None
+            self._begin_immediate()
             try:
                 yield _SQLiteTx(self._conn)
             except BaseException:
@@ -141,6 +144,33 @@ class SQLiteStore(RecordStore):
                     self._conn.execute("ROLLBACK")
                 raise RecordError(f"records store `{self.url}`: the event was not written: "
                                   f"{str(exc).lower()}") from None
+
+    def _begin_immediate(self) -> None:
+        """Take the write lock, waiting for other processes with short, jittered sleeps.
+
+        SQLite's own busy handler backs off to 100 ms sleeps, so with several writers the lock
+        sat idle most of the time (4 processes appended 3x slower than 1); polling every
+        fraction of a millisecond hands it over as soon as it is free.
+        """
+        conn = self._conn
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.0001
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    busy = "locked" in str(exc) or "busy" in str(exc)
+                    if not busy or time.monotonic() > deadline:
+                        raise RecordError(f"records store `{self.url}` is busy or unwritable: "
+                                          f"{str(exc).lower()}; nothing was recorded") from None
+                time.sleep(delay * (0.5 + self._jitter.random()))
+                delay = min(delay * 1.5, 0.002)
+        finally:
+            # Reads and commits keep the long timeout (a WAL checkpoint may briefly block them).
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
@@ -251,6 +281,20 @@ class _PgTx:
                          (request_id,))
         return self.cur.fetchall()
 
+    def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
+        """The case's rows, the store-level rows and the head in one round trip: the lock is
+        held for every round trip an append makes."""
+        self.cur.execute(
+            f"SELECT 0, {_COLUMNS} FROM events WHERE request_id = %s "
+            f"UNION ALL SELECT 1, {_COLUMNS} FROM events WHERE request_id = %s "
+            f"UNION ALL (SELECT 2, {_COLUMNS} FROM events ORDER BY seq DESC LIMIT 1) "
+            "ORDER BY 1, 2", (request_id, store_case))
+        parts: tuple[list[Row], list[Row], list[Row]] = ([], [], [])
+        for part, *row in self.cur.fetchall():
+            parts[part].append((int(row[0]), *row[1:]))
+        head = (parts[2][0][0], parts[2][0][6]) if parts[2] else (0, GENESIS)
+        return parts[0], parts[1], head
+
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
         self.cur.execute("INSERT INTO ruleset_texts VALUES (%s, %s, %s, %s) "
                          "ON CONFLICT (digest) DO NOTHING", (digest, rid, version, text))
@@ -272,14 +316,10 @@ class PostgresStore(RecordStore):
         except ImportError:
             raise RecordError("a postgresql store needs psycopg: pip install 'refundry[postgres]'") from None
         self._psycopg = psycopg
-        conninfo, self.schema = _split_pg_url(url)
+        self._conninfo, self.schema = _split_pg_url(url)
         self.url = _shown(url)
         self._lock = threading.RLock()
-        try:
-            self._conn = psycopg.connect(conninfo, autocommit=False, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise RecordError(f"cannot connect to `{self.url}`: "
-                              f"{' '.join(str(exc).split()).lower()}") from None
+        self._conn = self._connect()
         schema_id = sql.Identifier(self.schema)
         try:
             with self._conn.transaction(), self._conn.cursor() as cur:
@@ -306,28 +346,79 @@ class PostgresStore(RecordStore):
             raise RecordError(f"cannot open records store `{self.url}`: "
                               f"{' '.join(str(exc).split()).lower()}") from None
 
+    def _connect(self) -> Any:
+        psycopg = self._psycopg
+        try:
+            # Autocommit: a read is one round trip; appends open their own transaction.
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise RecordError(f"cannot connect to `{self.url}`: "
+                              f"{' '.join(str(exc).split()).lower()}") from None
+        if getattr(self, "_conn", None) is not None:  # a reconnect: the schema exists
+            conn.execute(self._psycopg.sql.SQL("SET search_path TO {}").format(
+                self._psycopg.sql.Identifier(self.schema)))
+        return conn
+
+    def _live(self) -> Any:
+        """The connection, opened again if the server dropped it (a restart, a failover);
+        a long-running service should not need restarting because the database did."""
+        if self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        return self._conn
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_PgTx]:
         psycopg = self._psycopg
         with self._lock:
+            conn = self._lock_events_table()
             try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
-                    # Conflicts with itself (one appender at a time) but not with plain reads.
-                    cur.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                with conn.cursor() as cur:
                     yield _PgTx(cur)
+                conn.execute("COMMIT")
             except psycopg.Error as exc:
-                raise RecordError(f"records store `{self.url}`: the event was not written: "
+                if not conn.broken:
+                    conn.execute("ROLLBACK")
+                # Lost during COMMIT, the outcome is unknown; otherwise it was rolled back.
+                outcome = ("the connection was lost: check with `refundry records show` whether "
+                           "the event was written" if conn.broken else "the event was not written")
+                raise RecordError(f"records store `{self.url}`: {outcome}: "
                                   f"{' '.join(str(exc).split()).lower()}") from None
+            except BaseException:
+                if not conn.broken:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _lock_events_table(self) -> Any:
+        """Begin a transaction holding the appenders' lock. A connection the server dropped
+        while idle is replaced once: nothing has been written yet, so trying again is safe."""
+        for attempt in (1, 2):
+            conn = self._live()
+            try:
+                # The lock conflicts with itself (one appender at a time), not with plain reads.
+                conn.execute("BEGIN; LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                return conn
+            except self._psycopg.Error as exc:
+                if not conn.broken:
+                    conn.execute("ROLLBACK")
+                if attempt == 2 or not conn.broken:
+                    raise RecordError(f"records store `{self.url}`: the event was not written: "
+                                      f"{' '.join(str(exc).split()).lower()}") from None
+        raise AssertionError("unreachable")
 
     def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
-            try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
-                    cur.execute(query, args)
-                    return cur.fetchall()
-            except self._psycopg.Error as exc:
-                raise RecordError(f"records store `{self.url}`: "
-                                  f"{' '.join(str(exc).split()).lower()}") from None
+            for attempt in (1, 2):
+                conn = self._live()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute(query, args)
+                        return cur.fetchall()
+                except self._psycopg.Error as exc:
+                    # A read is safe to repeat on a fresh connection, once.
+                    if attempt == 2 or not conn.broken:
+                        raise RecordError(f"records store `{self.url}`: "
+                                          f"{' '.join(str(exc).split()).lower()}") from None
+            raise AssertionError("unreachable")
 
     def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
         where = "" if request_id is None else "AND request_id = %s"

@@ -106,6 +106,8 @@ def store_url(request, tmp_path) -> Iterator[str]:
     base = os.environ.get(PG_ENV)
     if not base:
         pytest.skip(PG_SKIP)
+    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg: "
+                        "pip install -e '.[postgres]'")
     schema = f"refundry_test_{uuid.uuid4().hex[:12]}"
     try:
         yield _pg_schema_url(base, schema)

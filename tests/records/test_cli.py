@@ -143,3 +143,15 @@ def test_a_damaged_store_is_reported_not_crashed_on(cli, tmp_path):
     assert r.code == 1 and "event 1 cannot be read: the store is damaged" in r.err
     r = cli("records", "verify")
     assert r.code == 2 and "event 1 does not match its hash" in r.out
+
+
+def test_the_commands_work_on_either_store(cli, tmp_path, store_url):
+    big = write(tmp_path, "big.json", make_request("big", client_id="acme", amount="600"))
+    r = cli("evaluate", big, "--rulesets", RULESETS, "--record", "--db", store_url, "--by", "alice")
+    assert r.code == 0 and "recorded: request `big` is manual_review" in r.err
+    assert cli("review", "approve", "big", "--by", "bob", "--db", store_url).code == 0
+    r = cli("review", "approve", "big", "--by", "carol", "--db", store_url)
+    assert r.code == 0 and "big  approved" in r.out
+    r = cli("records", "verify", "--db", store_url)
+    assert r.code == 0 and r.out.startswith("ok: 3 events")
+    assert cli("records", "replay", "big", "--db", store_url).json()["same"] is True

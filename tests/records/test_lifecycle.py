@@ -308,3 +308,44 @@ def test_exported_events_match_the_record_schema(store, record, engine):
         assert not errors, (event["type"], errors)
     assert list(validator.iter_errors({**events[1], "hash": "md5:x"}))
     assert list(validator.iter_errors({**events[-1], "details": {}}))
+
+
+def test_every_stored_body_is_canonical_json(store, record, engine):
+    import rfc8785
+
+    record(make_request("big", **LARGE))
+    store.review("big", actor="bob", approve=True, reason="ok ✓ 💶")
+    store.review("big", actor="carol", approve=True, reason="\ud7ff\ue000\uffff")
+    store.note("big", "line\nbreak \u0001 and \"quotes\"", actor="bob")
+    store.open_dispute("big", actor="cs", reason="x", engine=engine)
+    out = io.StringIO()
+    assert store.export(out) == 5
+    for line in out.getvalue().splitlines():
+        # An exported line is the stored body with `"hash":"…"` added as its last member.
+        body = line[:line.rindex(',"hash":')] + "}"
+        assert rfc8785.dumps(json.loads(body)).decode() == body, line[:60]
+
+
+def test_a_postgresql_store_survives_a_dropped_connection(store_url, engine):
+    if not store_url.startswith("postgresql://"):
+        pytest.skip("a PostgreSQL connection matter")
+    import uuid
+
+    import psycopg
+
+    from refundry.stores import _split_pg_url, open_store
+
+    name = f"refundry-test-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"{store_url}&application_name={name}")
+    try:
+        req = make_request("r-1")
+        store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+        conninfo, _schema = _split_pg_url(store_url)
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM "
+                                   "pg_stat_activity WHERE application_name = %s", (name,))
+            assert killed.fetchone()[0] == 1
+        assert store.note("r-1", "after the drop", actor="bob").status == "approved"
+        assert store.verify().count == 2
+    finally:
+        store.close()

@@ -174,6 +174,7 @@ def _forge(path: Path, **changes) -> None:
     ({"type": "evaluated", "actor": "mallory", "details": {}}, "a second time"),
 ])
 def test_a_well_chained_but_illegal_event_is_detected(engine, tmp_path, forged, problem):
+    """Each forged event is the second in a store holding one case in manual_review."""
     path = tmp_path / "forged.db"
     store = open_store(path, clock=StepClock())
     req = make_request("big", client_id="acme", amount="600")
@@ -186,3 +187,20 @@ def test_a_well_chained_but_illegal_event_is_detected(engine, tmp_path, forged, 
     finally:
         store.close()
     assert not result.ok and result.broken_seq == 2 and problem in result.problem, result
+
+
+def test_a_forged_dispute_resolution_is_detected(engine, tmp_path):
+    path = tmp_path / "forged.db"
+    store = open_store(path, clock=StepClock())
+    req = make_request("r-1")
+    store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    store.open_dispute("r-1", actor="cs", reason="more", engine=engine)
+    store.close()
+    _forge(path, type="dispute_resolved", actor="lead",
+           details={"resolution": "split the difference", "explanation": "x", "amount": "1"})
+    store = open_store(path)
+    try:
+        result = store.verify()
+    finally:
+        store.close()
+    assert not result.ok and result.broken_seq == 3 and "upheld or overturned" in result.problem
