@@ -91,3 +91,12 @@ def test_console_script_runs_outside_the_checkout_on_the_shipped_baselines(tmp_p
     r = subprocess.run([*exe, "validate", "nowhere"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 3 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "nowhere: no such file or directory"
+
+
+def test_usage_errors_exit_1_not_2(cli):
+    import pytest
+
+    for argv in (["evaluate"], ["no-such-command"], ["test", "rulesets", "--bogus"]):
+        with pytest.raises(SystemExit) as exc:
+            cli(*argv)
+        assert exc.value.code == 1, argv

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import cli_records
 from .engine import INVALID_REQUEST, Engine
@@ -127,8 +127,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; here 2 means failing tests or a broken chain."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refundry", description="Refund-approval policy engine.")
+    parser = _Parser(prog="refundry", description="Refund-approval policy engine.")
     parser.add_argument("--version", action="version", version=f"refundry {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

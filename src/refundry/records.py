@@ -15,11 +15,13 @@ storage it runs on, and ``open_store`` picks one from a path or URL.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import secrets
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -390,6 +392,30 @@ class RecordStore:
         self._clock = clock or _now
         self._known_texts: set[str] = set()
         self._salt: bytes | None = None
+        self._batch_owner: int | None = None  # the thread whose batch holds the transaction
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Appends inside share one transaction: one commit (one fsync) for many events.
+
+        Each append is still all or nothing on its own (a savepoint), so a refused one leaves
+        the others; nothing is durable before the block ends. Other writers wait meanwhile, so
+        keep batches short (a few hundred events).
+        """
+        known = set(self._known_texts)
+        try:
+            with self._transaction():
+                self._batch_owner = threading.get_ident()
+                try:
+                    yield
+                finally:
+                    self._batch_owner = None
+        except BaseException:
+            self._known_texts = known  # texts written in a batch that did not commit are not kept
+            raise
+
+    def _in_batch(self) -> bool:
+        return self._batch_owner == threading.get_ident()
 
     # -- what a backend implements --------------------------------------------------------
 

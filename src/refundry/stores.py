@@ -69,6 +69,19 @@ CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 """
 
 
+@contextlib.contextmanager
+def _savepoint(conn: Any) -> Iterator[None]:
+    """One append inside a batch: undone alone if it fails, kept with the batch otherwise."""
+    conn.execute("SAVEPOINT refundry_append")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO SAVEPOINT refundry_append")
+        conn.execute("RELEASE SAVEPOINT refundry_append")
+        raise
+    conn.execute("RELEASE SAVEPOINT refundry_append")
+
+
 class _SQLiteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -131,6 +144,10 @@ class SQLiteStore(RecordStore):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_SQLiteTx]:
         with self._lock:
+            if self._in_batch():
+                with _savepoint(self._conn):
+                    yield _SQLiteTx(self._conn)
+                return
             self._begin_immediate()
             try:
                 yield _SQLiteTx(self._conn)
@@ -370,6 +387,10 @@ class PostgresStore(RecordStore):
     def _transaction(self) -> Iterator[_PgTx]:
         psycopg = self._psycopg
         with self._lock:
+            if self._in_batch():
+                with _savepoint(self._conn), self._conn.cursor() as cur:
+                    yield _PgTx(cur)
+                return
             conn = self._lock_events_table()
             try:
                 with conn.cursor() as cur:

@@ -349,3 +349,32 @@ def test_a_postgresql_store_survives_a_dropped_connection(store_url, engine):
         assert store.verify().count == 2
     finally:
         store.close()
+
+
+def test_a_batch_commits_many_appends_at_once_and_a_refused_one_alone(store, engine):
+    first = make_request("b-1")
+    store.record(first, engine.evaluate(first), engine=engine, actor="bot")
+    changed = make_request("b-1", amount="1.00")  # same id, other content: refused
+    with store.batch():
+        for i in range(2, 6):
+            req = make_request(f"b-{i}")
+            store.record(req, engine.evaluate(req), engine=engine, actor="bot")
+        with pytest.raises(RecordError, match="already recorded with different content"):
+            store.record(changed, engine.evaluate(changed), engine=engine, actor="bot")
+        last = make_request("b-6")
+        store.record(last, engine.evaluate(last), engine=engine, actor="bot")
+    assert count(store) == 6
+    assert sorted(c.request_id for c in store.cases()) == [f"b-{i}" for i in range(1, 7)]
+    assert store.verify().ok
+
+
+def test_a_batch_that_fails_keeps_nothing(store, engine):
+    with pytest.raises(KeyboardInterrupt), store.batch():
+        req = make_request("c-1")
+        store.record(req, engine.evaluate(req), engine=engine, actor="bot")
+        raise KeyboardInterrupt
+    assert count(store) == 0
+    again = make_request("c-1")
+    case, created = store.record(again, engine.evaluate(again), engine=engine, actor="bot")
+    assert created and store.verify().ok
+    assert store.replay("c-1").same  # the ruleset texts were written again, not assumed kept
