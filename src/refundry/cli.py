@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import cli_records
+from . import cli_records, history
 from .engine import INVALID_REQUEST, Engine
 from .errors import ErrorGroup, RefundryError
 from .resources import data_dir
@@ -112,6 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UsageError(f"--as-of `{args.as_of}` is not an RFC 3339 time") from None
         if as_of.tzinfo is None:
             raise UsageError(f"--as-of `{args.as_of}` needs a UTC offset")
+    request = history.enrich_for_cli(args, request)  # before evaluate, which does no I/O
     engine = _engine(args)
     if args.explain:
         explanation = engine.explain(request, as_of=as_of)
