@@ -121,28 +121,38 @@ def median(values: Sequence[Decimal]) -> Decimal:
     return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def robust_z(value: Decimal, values: Sequence[Decimal], floor: Decimal) -> Decimal:
-    """How many robust standard deviations ``value`` lies above the median of ``values``.
+@attrs.frozen
+class Spread:
+    """The median and median absolute deviation of one feature over a baseline."""
 
-    The scale is 1.4826 x the median absolute deviation, but never below ``floor``: in a
-    history where most customers ask once, the MAD of the counts is 0 and any second request
-    would otherwise be infinitely unusual.
-    """
-    med = median(values)
-    mad = median([abs(v - med) for v in values])
-    scale = max(MAD_SCALE * mad, floor)
-    return (value - med) / scale
+    median: Decimal
+    mad: Decimal
+
+    @classmethod
+    def of(cls, values: Sequence[Decimal]) -> Spread:
+        med = median(values)
+        return cls(med, median([abs(v - med) for v in values]))
+
+    def z(self, value: Decimal, floor: Decimal) -> Decimal:
+        """How many robust standard deviations ``value`` lies above the median.
+
+        The scale is 1.4826 x the MAD, but never below ``floor``: in a history where most
+        customers ask once, the MAD of the counts is 0 and any second request would otherwise
+        be infinitely unusual.
+        """
+        return (value - self.median) / max(MAD_SCALE * self.mad, floor)
 
 
 @attrs.frozen
 class Baseline:
     """A client's recent normal, per currency: amounts, requests per customer and customers
-    per address over the ``BASELINE_DAYS`` before the request's day."""
+    per address over the ``BASELINE_DAYS`` before the request's day. Computed once per day
+    and kept, so a request pays for none of the sorting."""
 
     size: int
-    amounts: tuple[Decimal, ...]
-    per_customer: tuple[Decimal, ...]
-    per_address: tuple[Decimal, ...]
+    amount: Spread | None
+    per_customer: Spread | None
+    per_address: Spread | None
 
 
 # --- the index ----------------------------------------------------------------------------
@@ -350,9 +360,12 @@ class History:
             per_customer[customer] = per_customer.get(customer, 0) + 1
             if address:
                 per_address.setdefault(address, set()).add(customer)
-        found = Baseline(len(rows), tuple(Decimal(r[0]) for r in rows),
-                         tuple(Decimal(v) for v in per_customer.values()),
-                         tuple(Decimal(len(v)) for v in per_address.values()))
+        def spread(values: list[Decimal]) -> Spread | None:
+            return Spread.of(values) if values else None
+
+        found = Baseline(len(rows), spread([Decimal(r[0]) for r in rows]),
+                         spread([Decimal(v) for v in per_customer.values()]),
+                         spread([Decimal(len(v)) for v in per_address.values()]))
         if len(self._baselines) > 1_000:
             self._baselines.clear()
         self._baselines[key] = found
@@ -360,19 +373,19 @@ class History:
 
     def _anomaly(self, k: Keys, at: str, history: Mapping[str, Any]) -> dict[str, Any] | None:
         base = self.baseline(k.client_id, k.currency, at[:10])
-        if base.size < MIN_BASELINE:
+        if base.size < MIN_BASELINE or base.amount is None or base.per_customer is None:
             return None
-        med = median(base.amounts)
         features = {
             # An amount is unusual relative to the client's own; 5 % of the median is the
             # least spread assumed, so a shop with one price does not flag a cent's difference.
-            "amount": robust_z(k.amount, base.amounts, max(med * Decimal("0.05"), Decimal("0.01"))),
-            "customer_velocity": robust_z(Decimal(history.get("requests_by_customer_30d", 1)),
-                                          base.per_customer, Decimal(1)),
+            "amount": base.amount.z(k.amount, max(base.amount.median * Decimal("0.05"),
+                                                  Decimal("0.01"))),
+            "customer_velocity": base.per_customer.z(
+                Decimal(history.get("requests_by_customer_30d", 1)), Decimal(1)),
         }
-        if "customers_by_address_30d" in history and base.per_address:
-            features["address_sharing"] = robust_z(Decimal(history["customers_by_address_30d"]),
-                                                   base.per_address, Decimal(1))
+        if "customers_by_address_30d" in history and base.per_address is not None:
+            features["address_sharing"] = base.per_address.z(
+                Decimal(history["customers_by_address_30d"]), Decimal(1))
         top = max(max(features.values()), Decimal(0))
         drivers = sorted((n for n, z in features.items() if z >= DRIVER_Z),
                          key=lambda n: -features[n])
