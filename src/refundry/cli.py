@@ -160,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .diffing import register as register_diff
     register_diff(sub)
     cli_records.register(sub)
-    from . import plugins, runner
+    from . import customer, plugins, runner
 
     plugins.register(sub)
     runner.register(sub)
+    customer.register(sub)
     return parser
 
 

@@ -286,6 +286,11 @@ class History:
             self.ensure()
         salt = self.store.salt
         keys = keys_of(mask_request(raw, salt), salt)
+        if self._read("SELECT 1 FROM history_index WHERE request_id = ?", (keys.request_id,)):
+            # Already recorded: the same request again must be the same case (request_id is
+            # the idempotency key), so it gets the facts it was recorded with, not today's.
+            recorded = self.store.case(keys.request_id).request.get("facts") or {}
+            return {k: recorded[k] for k in ("history", "anomaly") if k in recorded}
         at = utc_text(as_of) if as_of is not None else keys.requested_at
         history = self._history(keys, at)
         out: dict[str, Any] = {"history": history}

@@ -207,3 +207,15 @@ def test_sqlite_index_is_used(tmp_path, engine) -> None:
             ("a", "b", "c", "d")).fetchall()
         assert "USING INDEX history_" in str(plan) or "USING COVERING INDEX" in str(plan), plan
     store.close()
+
+
+def test_a_recorded_request_gets_the_facts_it_was_recorded_with(store, engine) -> None:
+    """Submitting a request again is the same case: later history must not change it."""
+    requests = [r for r in fraudgen.planted() if r["request_id"].startswith("serial-")]
+    replay_history(store, engine, requests)
+    first = requests[0]
+    again = History(store).facts(first)
+    assert again == {"history": store.case(first["request_id"]).request["facts"]["history"]}
+    data = {**first, "facts": {**first["facts"], **again}}
+    case, created = store.record(data, engine.evaluate(data), engine=engine, actor="shop")
+    assert not created and case.request_id == first["request_id"]
