@@ -160,11 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .diffing import register as register_diff
     register_diff(sub)
     cli_records.register(sub)
-    from . import customer, plugins, runner
+    from . import customer, plugins, report, runner
 
     plugins.register(sub)
     runner.register(sub)
     customer.register(sub)
+    report.register(sub)
     return parser
 
 
