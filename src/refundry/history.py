@@ -174,7 +174,8 @@ class History:
         return text.replace("?", "%s") if self._pg else text
 
     def _read(self, text: str, args: Sequence[Any] = ()) -> list[Any]:
-        return self.store._query(self._sql(text), tuple(args))  # noqa: SLF001
+        store: Any = self.store  # both stores have _query; the base class does not declare it
+        return list(store._query(self._sql(text), tuple(args)))  # noqa: SLF001
 
     def _write(self, statements: Iterable[tuple[str, Sequence[Any] | Sequence[Sequence[Any]], bool]]) -> None:
         """Run (sql, args, many) statements in one transaction."""

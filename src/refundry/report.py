@@ -163,7 +163,11 @@ def figures(rows: Sequence[CaseRow]) -> dict[str, list[dict[str, Any]]]:
     with_due = [r for r in rows if r.sent_at is not None and r.refund_due_by is not None]
     # the deadline is a consumer-local date; the send time is compared by its UTC date, which
     # errs towards "on time" by at most the offset of the consumer's zone
-    late = sum(1 for r in with_due if r.sent_at is not None and r.sent_at.date() > r.refund_due_by)
+    late = 0
+    for r in with_due:
+        if r.sent_at is not None and r.refund_due_by is not None \
+                and r.sent_at.date() > r.refund_due_by:
+            late += 1
     out["late_refunds"] = [{"key": "on time", "series": "refunds", "value": len(with_due) - late},
                            {"key": "late", "series": "refunds", "value": late}]
     disputed = [r for r in rows if r.disputed]
@@ -221,14 +225,15 @@ def _svg_bars(fig: str, pts: Sequence[Mapping[str, Any]]) -> str:
              f'width="{width}" height="{height}" role="img" aria-label="{e(fig)}">']
     for i, p in enumerate(pts):
         y = 5 + i * row_h
-        w = (Decimal(width - label_w - 60) * Decimal(str(p["value"])) / top).quantize(Decimal(1))
+        w: Decimal = max((Decimal(width - label_w - 60) * Decimal(str(p["value"])) / top
+                          ).quantize(Decimal(1)), Decimal(1))
         parts.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12">'
                      f'{e(str(p["key"]))[:40]}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{max(w, 1)}" height="{row_h - 6}" '
+        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row_h - 6}" '
                      f'fill="{BAR}" data-key="{e(str(p["key"]))}" data-series="{e(str(p["series"]))}" '
                      f'data-value="{e(str(p["value"]))}"><title>{e(str(p["key"]))}: '
                      f'{e(str(p["value"]))}</title></rect>')
-        parts.append(f'<text x="{label_w + max(w, 1) + 4}" y="{y + 15}" font-size="12">'
+        parts.append(f'<text x="{label_w + w + 4}" y="{y + 15}" font-size="12">'
                      f'{e(str(p["value"]))}</text>')
     parts.append("</svg>")
     return "".join(parts)
