@@ -164,7 +164,9 @@ class History:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        self._pg = not hasattr(store, "path")
+        from .stores import SQLiteStore
+
+        self._pg = not isinstance(store, SQLiteStore)
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
 
@@ -177,8 +179,11 @@ class History:
         store: Any = self.store  # both stores have _query; the base class does not declare it
         return list(store._query(self._sql(text), tuple(args)))  # noqa: SLF001
 
-    def _write(self, statements: Iterable[tuple[str, Sequence[Any] | Sequence[Sequence[Any]], bool]]) -> None:
-        """Run (sql, args, many) statements in one transaction."""
+    def _write(self, statements: Iterable[tuple[str, Sequence[Any] | Sequence[Sequence[Any]], bool]],
+               *, watermark: int | None = None) -> bool:
+        """Run (sql, args, many) statements in one transaction; with ``watermark``, only if
+        the index's watermark is still that (else nothing, and False)."""
+        check = "SELECT value FROM history_meta WHERE key = 'seq'"
         store: Any = self.store
         with store._lock:  # noqa: SLF001 - the store's connection is not shared otherwise
             if self._pg:
@@ -186,6 +191,10 @@ class History:
                     with store._conn.transaction(), store._conn.cursor() as cur:  # noqa: SLF001
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                     ("refundry-history:" + store.schema,))
+                        if watermark is not None:
+                            cur.execute(check)
+                            if int(cur.fetchone()[0]) != watermark:
+                                return False
                         for text, args, many in statements:
                             if many:
                                 if args:
@@ -194,11 +203,15 @@ class History:
                                 cur.execute(self._sql(text), args)
                 except store._psycopg.Error as exc:  # noqa: SLF001
                     raise HistoryError(f"history index: {' '.join(str(exc).split()).lower()}") from None
-                return
+                return True
             conn = store._conn  # noqa: SLF001
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if watermark is not None and \
+                            int(conn.execute(check).fetchone()[0]) != watermark:
+                        conn.execute("ROLLBACK")
+                        return False
                     for text, args, many in statements:
                         if many:
                             if args:
@@ -211,6 +224,7 @@ class History:
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 raise HistoryError(f"history index: {str(exc).lower()}") from None
+            return True
 
     def ensure(self) -> None:
         """Create the index tables in the store if they are not there yet."""
@@ -250,17 +264,20 @@ class History:
                         updates.append(update)
             last = int(rows[-1][0])
             placeholders = ", ".join("?" * len(COLUMNS))
-            self._write([
+            # Applied only if no other process moved the watermark since it was read: status
+            # updates must be applied once, in chain order, or a late writer could put back
+            # an older status. A lost race re-reads from where the winner stopped.
+            if self._write([
                 (f"INSERT INTO history_index ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
                  "ON CONFLICT DO NOTHING", inserts, True),
                 ("UPDATE history_index SET status = ?, decided_amount = COALESCE(?, "
                  "decided_amount) WHERE request_id = ?", updates, True),
-                # max(): two processes syncing at once never move the watermark back.
-                ("UPDATE history_meta SET value = ? WHERE key = 'seq' AND "
-                 "CAST(value AS BIGINT) < ?", (str(last), last), False),
-            ])
-            read += len(rows)
-            after = last
+                ("UPDATE history_meta SET value = ? WHERE key = 'seq'", (str(last),), False),
+            ], watermark=after):
+                read += len(rows)
+                after = last
+            else:
+                after = self.watermark()
 
     def bulk_insert(self, rows: Iterable[Sequence[Any]]) -> None:
         """Insert index rows (``COLUMNS`` order) directly: for benchmarks and migrations."""

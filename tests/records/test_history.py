@@ -219,3 +219,34 @@ def test_a_recorded_request_gets_the_facts_it_was_recorded_with(store, engine) -
     data = {**first, "facts": {**first["facts"], **again}}
     case, created = store.record(data, engine.evaluate(data), engine=engine, actor="shop")
     assert not created and case.request_id == first["request_id"]
+
+
+def test_concurrent_syncs_agree_with_the_chain(store, engine, store_url) -> None:
+    """Two processes catching the index up at once: every status ends as the chain says."""
+    import threading
+
+    requests = fraudgen.clean(60, seed=3)
+    for r in requests:
+        r["client_id"], r["amount"] = "acme", "600.00"  # acme-eu: above 500 goes to review
+        r["transaction"]["amount"] = "600.00"
+        store.record(r, engine.evaluate(r), engine=engine, actor="shop")
+    for i, r in enumerate(requests):
+        if i % 3 == 0:
+            store.review(r["request_id"], actor="bob", approve=False, reason="no")
+        elif i % 3 == 1:
+            store.review(r["request_id"], actor="bob", approve=True)
+            store.review(r["request_id"], actor="carol", approve=True)
+            store.mark(r["request_id"], "processed", actor="pay")
+    stores = [refundry.open_store(store_url) for _ in range(2)]
+    try:
+        threads = [threading.Thread(target=History(s).sync) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got = dict(History(stores[0])._read("SELECT request_id, status FROM history_index"))
+    finally:
+        for s in stores:
+            s.close()
+    assert got == {c.request_id: c.status for c in store.cases()}
+    assert set(got.values()) == {"denied", "processed", "manual_review"}
