@@ -14,6 +14,7 @@ import datetime as dt
 import html
 import io
 import json
+import zoneinfo
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
@@ -22,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from . import jurisdictions
 from .records import STORE_CASE, RecordStore
 
 FRAUD_PREFIX = "fraud-"  # the rule id prefix that marks a fraud signal (docs/fraud.md)
@@ -58,6 +60,7 @@ class CaseRow:
     status: str
     reasons: list[dict[str, Any]]
     refund_due_by: dt.date | None
+    zone: str = "UTC"
     sent_at: dt.datetime | None = None
     disputed: bool = False
     resolution: str | None = None
@@ -94,7 +97,9 @@ def case_rows(store: RecordStore, *, since: dt.date | None = None,
                 _instant(event.at), outcome,
                 {"approve": "approved", "deny": "denied"}.get(outcome, "manual_review"),
                 list(decision.get("reasons") or ()),
-                dt.date.fromisoformat(due) if due else None)
+                dt.date.fromisoformat(due) if due else None,
+                zone=str(request.get("timezone") or jurisdictions.default_timezone(
+                    str(request.get("jurisdiction", ""))) or "UTC"))
             continue
         row = rows.get(event.request_id)
         if row is None:
@@ -161,12 +166,11 @@ def figures(rows: Sequence[CaseRow]) -> dict[str, list[dict[str, Any]]]:
                    for r in rows if r.sent_at is not None)
     out["time_to_refund"] = [{"key": b, "series": "cases", "value": sent[b]} for b in order]
     with_due = [r for r in rows if r.sent_at is not None and r.refund_due_by is not None]
-    # the deadline is a consumer-local date; the send time is compared by its UTC date, which
-    # errs towards "on time" by at most the offset of the consumer's zone
+    # the deadline is a consumer-local date, so the send time is read in the consumer's zone
     late = 0
     for r in with_due:
         if r.sent_at is not None and r.refund_due_by is not None \
-                and r.sent_at.date() > r.refund_due_by:
+                and r.sent_at.astimezone(zoneinfo.ZoneInfo(r.zone)).date() > r.refund_due_by:
             late += 1
     out["late_refunds"] = [{"key": "on time", "series": "refunds", "value": len(with_due) - late},
                            {"key": "late", "series": "refunds", "value": late}]

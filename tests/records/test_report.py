@@ -154,3 +154,25 @@ def test_the_html_opens_in_a_headless_browser(history_store, store_url, tmp_path
     for fig in FIGURES:
         assert f'id="chart-{fig}"' in dom
     assert "<rect" in dom
+
+
+@pytest.mark.parametrize(("utc_time", "late"), [("22:30", 0), ("23:30", 1)])
+def test_late_is_judged_by_the_consumers_local_date(store_url, engine, tmp_path, utc_time,
+                                                    late) -> None:
+    """Berlin is UTC+1 in March: 23:30 UTC on the due date is already the next day there."""
+    clock = Clock()
+    store = open_store(store_url, clock=clock)
+    try:
+        r = fraudgen.request("tz-1", fraudgen._at(1), "c1", amount=Decimal("10.00"))
+        decision = engine.evaluate(r)
+        store.record(r, decision, engine=engine, actor="shop")
+        due = decision.deadline("refund_due_by")
+        hh, mm = map(int, utc_time.split(":"))
+        clock.now = dt.datetime(due.year, due.month, due.day, hh, mm, tzinfo=dt.UTC) \
+            - dt.timedelta(seconds=1)
+        store.mark("tz-1", "processed", actor="pay")
+    finally:
+        store.close()
+    data = json.loads(_run(store_url, tmp_path, "json").read_text("utf-8"))
+    assert {p["key"]: p["value"] for p in data["figures"]["late_refunds"]} == \
+        {"on time": 1 - late, "late": late}
