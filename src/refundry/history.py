@@ -487,6 +487,12 @@ def enrich_for_cli(args: Any, request: Any) -> Any:
     if not getattr(args, "record", False) or not isinstance(request, Mapping):
         return request
     from .cli_records import _store
+    from .request import parse_request
+
+    try:
+        parse_request(request)
+    except RefundryError:
+        return request  # evaluate reports it and records nothing; no store is opened for it
 
     with _store(args, create=True) as store:
         return enrich(store, request)

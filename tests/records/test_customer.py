@@ -208,3 +208,30 @@ def test_an_overturned_dispute_tells_the_explanation_and_its_amount(store, engin
     assert msg.title == "approved" and "50.00 EUR" in msg.text
     assert "We accept that the parcel arrived late." in msg.text
     assert "never delivered" not in msg.text  # the dispute reason is the agent's note
+
+
+def test_communicated_events_match_the_record_schema_and_keep_the_chain(store, record) -> None:
+    import io
+
+    import jsonschema
+
+    from refundry.resources import schema
+
+    record(fraudgen.request("p1", fraudgen._at(1), "c1", amount=Decimal("80.00")))
+    msg = customer.status(store, "p1", "de")
+    customer.communicate(store, "p1", channel="email", template=msg.template, language="de",
+                         text=msg.plain(), actor="mailer")
+    store.mark("p1", "processed", actor="pay", reference="PAY-1")
+    data = customer.receipt(store, "p1")
+    customer.communicate(store, "p1", channel="portal", template="receipt.json",
+                         language="en", text=customer.receipt_text(data), actor="portal")
+    buf = io.StringIO()
+    store.export(buf)
+    validator = jsonschema.Draft202012Validator(schema("record-event.schema.json"))
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    for event in events:
+        validator.validate(event)
+    said = [e["details"]["communicated"] for e in events if "communicated" in e["details"]]
+    assert [(s["channel"], s["language"]) for s in said] == [("email", "de"), ("portal", "en")]
+    assert store.verify().ok
+    assert store.case("p1").status == "processed"  # a message never moves the case

@@ -250,3 +250,10 @@ def test_concurrent_syncs_agree_with_the_chain(store, engine, store_url) -> None
             s.close()
     assert got == {c.request_id: c.status for c in store.cases()}
     assert set(got.values()) == {"denied", "processed", "manual_review"}
+
+
+def test_an_invalid_request_with_record_opens_no_store(cli, tmp_path) -> None:
+    (tmp_path / "bad.json").write_text(json.dumps({"request_id": "x"}), "utf-8")
+    code, _out, _err = cli("evaluate", "bad.json", "--record", "--rulesets", RULESETS)
+    assert code == 3
+    assert not (tmp_path / "refundry.db").exists()
