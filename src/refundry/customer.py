@@ -81,20 +81,30 @@ def _consumer_zone(request: Mapping[str, Any]) -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(name)
 
 
-def _forbidden(decision: Mapping[str, Any], case: Case | None) -> list[str]:
-    """Every internal string a customer text must not contain."""
-    out = list(INTERNAL_WORDS)
+MIN_FREE_TEXT = 12  # a shorter note ("refund", "ok, paid") would match ordinary sentences
+
+
+def _forbidden(decision: Mapping[str, Any], case: Case | None) -> tuple[list[str], list[str]]:
+    """The internal strings a customer text must not contain: (names, free texts).
+
+    Names (internal words, rule ids, reason codes) never occur in a sentence written for a
+    customer. Free texts (staff messages, the request's note, notes, justifications and dispute
+    reasons on the case) are what people typed; a reason sentence that repeats one is dropped.
+    """
+    names = list(INTERNAL_WORDS)
+    free = []
     for r in decision.get("reasons") or ():
-        out += [str(r.get("rule_id", "")), str(r.get("code", "")), str(r.get("message", ""))]
+        names += [str(r.get("rule_id", "")), str(r.get("code", ""))]
+        free.append(str(r.get("message", "")))
     if case is not None:
-        out.append(str(case.request.get("note") or ""))  # the request's free text is internal
+        free.append(str(case.request.get("note") or ""))
         for e in case.events:
             d = e.details
             for key in ("text", "justification", "reason"):
                 if isinstance(d.get(key), str):
-                    out.append(d[key])
-    # short strings (a code like "ok") would match ordinary words; ids and notes are longer
-    return [s.lower() for s in out if len(s) >= 5]
+                    free.append(d[key])
+    return ([s.lower() for s in names if len(s) >= 5],
+            [s.lower() for s in free if len(s) >= MIN_FREE_TEXT])
 
 
 def _safe(sentence: str, forbidden: Iterable[str]) -> bool:
@@ -169,7 +179,7 @@ def message(decision: Mapping[str, Any] | Any, lang: str = "en", *,
     method, reference = _payment(case, lang)
     values = {"amount": money_text(amount, lang), "currency": decision.get("currency", ""),
               "due": date_text(due, lang), "method": method, "reference": reference}
-    forbidden = _forbidden(decision, case)
+    names, free = _forbidden(decision, case)
     sentences = [string.Template(entry["text"]).safe_substitute(values)]
     reason_codes = []
     # The rules' reasons explain the decision itself; once a person or a payment moved the
@@ -185,7 +195,7 @@ def message(decision: Mapping[str, Any] | Any, lang: str = "en", *,
             text = (reasons.get(code) or {}).get(lang)
             if text is None and lang == "en":
                 text = r.get("customer_message")
-            if text and text not in sentences and _safe(text, forbidden):
+            if text and text not in sentences and _safe(text, names + free):
                 sentences.append(text)
                 reason_codes.append(code)
     if dispute and dispute.get("explanation") and status != "disputed":
@@ -193,7 +203,9 @@ def message(decision: Mapping[str, Any] | Any, lang: str = "en", *,
     next_step = string.Template(entry["next_due" if due and "next_due" in entry else "next"]
                                 ).safe_substitute(values)
     text = " ".join(sentences)
-    if not _safe(text + " " + next_step, forbidden):
+    # The status texts come from the catalogue, so only names can have slipped in: a bug
+    # in a template or the catalogue, which must fail loudly rather than reach a customer.
+    if not _safe(text + " " + next_step, names):
         raise CustomerError("a customer message would reveal internal information")
     template = f"status.{status}" + (f" reasons:{','.join(reason_codes)}" if reason_codes else "")
     return Message(request_id=str(decision.get("request_id", "")), language=lang,

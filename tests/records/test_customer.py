@@ -235,3 +235,12 @@ def test_communicated_events_match_the_record_schema_and_keep_the_chain(store, r
     assert [(s["channel"], s["language"]) for s in said] == [("email", "de"), ("portal", "en")]
     assert store.verify().ok
     assert store.case("p1").status == "processed"  # a message never moves the case
+
+
+def test_a_short_note_does_not_silence_the_status(store, record) -> None:
+    record(fraudgen.request("p1", fraudgen._at(1), "c1", amount=Decimal("80.00")))
+    store.note("p1", "refund", actor="agent")
+    store.note("p1", "We will refund you within 14 days.", actor="agent")  # a copied sentence
+    msg = customer.status(store, "p1")
+    assert msg.text.startswith("Your refund of 80.00 EUR has been approved.")
+    assert "within 14 days" not in msg.text  # the reason sentence a note repeats is dropped
