@@ -8,6 +8,7 @@ flagged exactly as ``PLANTED_FLAGS`` says (12 flagged requests), and no other re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -257,3 +258,13 @@ def test_an_invalid_request_with_record_opens_no_store(cli, tmp_path) -> None:
     code, _out, _err = cli("evaluate", "bad.json", "--record", "--rulesets", RULESETS)
     assert code == 3
     assert not (tmp_path / "refundry.db").exists()
+
+
+def test_as_of_limits_the_history_seen(store, engine) -> None:
+    serial = [r for r in fraudgen.planted() if r["request_id"].startswith("serial-")]
+    replay_history(store, engine, serial[:6])
+    probe = serial[6]
+    seen_all = History(store).facts(probe)["history"]["requests_by_customer_30d"]
+    cutoff = dt.datetime.fromisoformat(serial[2]["requested_at"])
+    seen_before = History(store).facts(probe, as_of=cutoff)["history"]["requests_by_customer_30d"]
+    assert (seen_all, seen_before) == (7, 4)  # six earlier + this one; three by then + this one
