@@ -146,10 +146,12 @@ def test_filters_by_client_and_dates(history_store, store_url, tmp_path) -> None
 def test_the_html_opens_in_a_headless_browser(history_store, store_url, tmp_path) -> None:
     html_path = _run(store_url, tmp_path, "html")
     result = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-         html_path.as_uri()], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "HOME": str(tmp_path)})
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+         "--v=0", "--dump-dom", html_path.as_uri()], capture_output=True, text=True,
+        timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
+    # every console message (an error, a blocked request) is logged as CONSOLE
+    assert "CONSOLE" not in result.stderr, result.stderr[-2000:]
     dom = result.stdout
     for fig in FIGURES:
         assert f'id="chart-{fig}"' in dom
