@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import cli_records
+from . import cli_records, history
 from .engine import INVALID_REQUEST, Engine
 from .errors import ErrorGroup, RefundryError
 from .models import json_default
@@ -111,6 +111,7 @@ def parse_as_of(text: str | None) -> dt.datetime | None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     request = _read_json(args.request)
     as_of = parse_as_of(args.as_of)
+    request = history.enrich_for_cli(args, request)  # before evaluate, which does no I/O
     engine = _engine(args)
     if args.explain:
         explanation = engine.explain(request, as_of=as_of)
@@ -166,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .diffing import register as register_diff
     register_diff(sub)
     cli_records.register(sub)
-    from . import plugins, runner
+    from . import customer, plugins, report, runner
 
     plugins.register(sub)
     runner.register(sub)
+    customer.register(sub)
+    report.register(sub)
     return parser
 
 

@@ -476,6 +476,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = None
     engine = None
     record: StoreRecorder | None = None
+    plugins = None
     if args.db:
         import getpass
 
@@ -484,11 +485,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         engine = Engine.from_path(rulesets, backend=args.backend)
         store = open_store(args.db)
         record = StoreRecorder(store, engine, args.by or getpass.getuser())
+        from .history import plugins_with_history
+
+        plugins = plugins_with_history(store)
     try:
         summary = run(source=args.source, input_path=args.input, sinks=args.sink or ["jsonl"],
                       out=args.out, dead_letter=args.dead_letter, journal=args.journal,
                       options=options, workers=args.workers, rulesets=rulesets,
-                      engine=engine, backend=args.backend, record=record,
+                      engine=engine, backend=args.backend, record=record, plugins=plugins,
                       progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr))
     except SourceError as exc:
         raise UsageError(str(exc)) from None

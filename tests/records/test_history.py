@@ -1,0 +1,270 @@
+"""History enrichment and the northwind-eu fraud layer, on real stores (SQLite and PostgreSQL).
+
+The generated histories (tests/fraudgen.py) hold 300 requests each: one clean, one with 26
+planted abusive requests (a serial returner, an address shared by 6 customers, 3 duplicates,
+2 orders refunded beyond their amount) in place of clean ones. The planted ones must be
+flagged exactly as ``PLANTED_FLAGS`` says (12 flagged requests), and no other request may be.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterable
+from decimal import Decimal
+
+import pytest
+
+import refundry
+from refundry.cli import main
+from refundry.history import History, enrich
+from tests import fraudgen
+
+from .conftest import RULESETS
+
+N = 300
+
+
+def fraud_rules(decision: refundry.Decision) -> set[str]:
+    return {r.rule_id for r in decision.reasons if r.rule_id.startswith("fraud-")}
+
+
+def replay_history(store, engine, requests: Iterable[dict]) -> dict[str, set[str]]:
+    """Enrich, evaluate and record each request in order, as a service would."""
+    history = History(store)
+    flagged = {}
+    for request in requests:
+        data = {**request, "facts": {**request.get("facts", {}), **(history.facts(request) or {})}}
+        decision = engine.evaluate(data)
+        store.record(data, decision, engine=engine, actor="shop")
+        if fraud_rules(decision):
+            flagged[request["request_id"]] = fraud_rules(decision)
+    return flagged
+
+
+def test_the_planted_abuse_is_flagged_and_nothing_else(store, engine) -> None:
+    requests = fraudgen.abusive(N)
+    assert len(requests) == N
+    flagged = replay_history(store, engine, requests)
+    assert flagged == fraudgen.PLANTED_FLAGS
+    assert len(flagged) == 12
+
+
+def test_a_clean_history_of_the_same_size_has_no_flags(store, engine) -> None:
+    requests = fraudgen.clean(N)
+    flagged = replay_history(store, engine, requests)
+    assert flagged == {}
+    # the facts were there all along, so "no flag" is not "no data"
+    facts = History(store).facts(requests[-1])
+    assert facts is not None and facts["anomaly"]["baseline"] >= 100
+    assert facts["history"]["requests_by_customer_30d"] >= 1
+
+
+def test_the_facts_name_what_they_count(store, engine) -> None:
+    base = fraudgen.request("a", fraudgen._at(1), "cust-1", amount=Decimal("40.00"),
+                            txn_amount=Decimal("100.00"), txn="order-1",
+                            address="Same Street 1", last4="1234")
+    other = fraudgen.request("b", fraudgen._at(2), "cust-2", amount=Decimal("40.00"),
+                             txn_amount=Decimal("100.00"), txn="order-1",
+                             address="same  street 1", last4="1234", currency="USD")
+    replay_history(store, engine, [base])
+    facts = enrich(store, other)["facts"]  # the library's one-call form
+    h = facts["history"]
+    assert h["requests_by_customer_30d"] == 1       # cust-2 asks for the first time
+    assert h["requests_by_address_30d"] == 2         # normalised: case and spaces ignored
+    assert h["customers_by_address_30d"] == 2
+    assert h["customers_by_card_30d"] == 2
+    assert h["requests_for_transaction"] == 1
+    assert h["same_amount_requests"] == 1
+    assert h["refunded_for_transaction"] == "40.00"  # approved under the statutory rule
+    assert h["refunds_exceed_original"] is False     # 40 + 40 <= 100
+    assert h["currency_differs"] is True
+    assert "anomaly" not in facts                    # one earlier request is no baseline
+
+
+def test_a_denied_refund_does_not_count_against_the_original(store, engine) -> None:
+    first = fraudgen.request("big", fraudgen._at(1), "cust-1", amount=Decimal("80.00"),
+                             txn_amount=Decimal("100.00"), txn="order-9")
+    first["client_id"] = "acme"  # acme-eu sends refunds above 500 to review; raise it over
+    first["amount"] = first["transaction"]["amount"] = "600.00"
+    replay_history(store, engine, [first])
+    store.review("big", actor="bob", approve=False, reason="no receipt")
+    again = {**first, "request_id": "big-2", "amount": "100.00"}
+    h = History(store).facts(again)["history"]
+    assert h["refunded_for_transaction"] == "0" and h["pending_for_transaction"] == "0"
+    assert h["refunds_exceed_original"] is False
+
+
+def test_the_index_keeps_pseudonyms_not_emails_or_addresses(store, engine, store_url) -> None:
+    replay_history(store, engine, fraudgen.planted())
+    history = History(store)
+    history.sync()  # the last record is indexed by the next lookup; do it now
+    rows = history._read("SELECT * FROM history_index")
+    text = json.dumps([list(map(str, r)) for r in rows])
+    assert len(rows) == len(fraudgen.planted())
+    # the email pseudonym keeps the domain (docs/records.md, Masking), never the local part
+    for clear in ("cust-serial@", "Packstation", "Street", "cust-serial", "order-dup", "1111"):
+        assert clear not in text
+    assert "address-" in text and "email-" in text
+
+
+def test_facts_are_recorded_with_the_request_and_replay_the_same(store, engine) -> None:
+    requests = [r for r in fraudgen.planted() if r["request_id"].startswith("serial-")]
+    replay_history(store, engine, requests)
+    case = store.case("serial-7")
+    assert case.request["facts"]["history"]["requests_by_customer_30d"] == 8
+    assert store.replay("serial-7").same
+    assert store.verify().ok
+
+
+def test_the_same_store_gives_the_same_facts(store, engine) -> None:
+    requests = fraudgen.abusive(60)
+    replay_history(store, engine, requests[:-1])
+    one, two = History(store).facts(requests[-1]), History(store).facts(requests[-1])
+    assert one == two
+
+
+def test_an_invalid_request_gets_no_facts(store) -> None:
+    assert History(store).facts({"request_id": "x"}) is None
+
+
+def test_the_index_catches_up_from_the_chain(store, engine, store_url) -> None:
+    replay_history(store, engine, fraudgen.planted()[:5])
+    # a second process (here: a second store object) sees what the first recorded
+    other = refundry.open_store(store_url)
+    try:
+        h = History(other)
+        assert h.sync() == 0 or h.watermark() == store.checkpoint().count
+        assert len(h._read("SELECT request_id FROM history_index")) == 5
+    finally:
+        other.close()
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REFUNDRY_DB", raising=False)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+def test_run_with_db_flags_the_planted_abuse(cli, tmp_path, store_url) -> None:
+    requests = fraudgen.abusive(120)
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in requests), "utf-8")
+    code, _out, err = cli("run", "--source", "jsonl", "--input", "in.jsonl", "--out",
+                          "decisions.jsonl", "--db", store_url, "--rulesets", RULESETS)
+    assert code == 0, err
+    decisions = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    flagged = {d["request_id"]: {r["rule_id"] for r in d["reasons"]
+                                 if r["rule_id"].startswith("fraud-")} for d in decisions}
+    flagged = {k: v for k, v in flagged.items() if v}
+    assert set(flagged) == set(fraudgen.PLANTED_FLAGS)
+
+
+def test_evaluate_record_sees_the_earlier_request(cli, tmp_path, store_url) -> None:
+    first = fraudgen.request("e-1", fraudgen._at(1), "cust-1", amount=Decimal("30.00"),
+                             txn="order-e")
+    second = {**first, "request_id": "e-2"}
+    for r in (first, second):
+        (tmp_path / f"{r['request_id']}.json").write_text(json.dumps(r), "utf-8")
+    code, out, err = cli("evaluate", "e-1.json", "--record", "--db", store_url, "--rulesets",
+                         RULESETS, "--by", "shop")
+    assert code == 0, err
+    assert json.loads(out)["outcome"] == "approve"
+    code, out, err = cli("evaluate", "e-2.json", "--record", "--db", store_url, "--rulesets",
+                         RULESETS, "--by", "shop")
+    decision = json.loads(out)
+    assert code == 0, err
+    assert decision["outcome"] == "manual_review"
+    assert "fraud-duplicate-request" in {r["rule_id"] for r in decision["reasons"]}
+
+
+def test_evaluate_without_record_reads_no_store(cli, tmp_path) -> None:
+    r = fraudgen.request("e-1", fraudgen._at(1), "cust-1", amount=Decimal("30.00"))
+    (tmp_path / "r.json").write_text(json.dumps(r), "utf-8")
+    code, _out, _err = cli("evaluate", "r.json", "--rulesets", RULESETS)
+    assert code == 0
+    assert not (tmp_path / "refundry.db").exists()
+
+
+def test_sqlite_index_is_used(tmp_path, engine) -> None:
+    """The per-request lookups are index searches, not scans (SQLite's own plan)."""
+    store = refundry.open_store(tmp_path / "r.db")
+    history = History(store)
+    history.ensure()
+    conn = sqlite3.connect(tmp_path / "r.db")
+    for attr in ("customer", "email", "address", "card"):
+        plan = conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT COUNT(*) FROM history_index WHERE client_id = ? AND "
+            f"{attr}_key = ? AND requested_at >= ? AND requested_at <= ?",
+            ("a", "b", "c", "d")).fetchall()
+        assert "USING INDEX history_" in str(plan) or "USING COVERING INDEX" in str(plan), plan
+    store.close()
+
+
+def test_a_recorded_request_gets_the_facts_it_was_recorded_with(store, engine) -> None:
+    """Submitting a request again is the same case: later history must not change it."""
+    requests = [r for r in fraudgen.planted() if r["request_id"].startswith("serial-")]
+    replay_history(store, engine, requests)
+    first = requests[0]
+    again = History(store).facts(first)
+    assert again == {"history": store.case(first["request_id"]).request["facts"]["history"]}
+    data = {**first, "facts": {**first["facts"], **again}}
+    case, created = store.record(data, engine.evaluate(data), engine=engine, actor="shop")
+    assert not created and case.request_id == first["request_id"]
+
+
+def test_concurrent_syncs_agree_with_the_chain(store, engine, store_url) -> None:
+    """Two processes catching the index up at once: every status ends as the chain says."""
+    import threading
+
+    requests = fraudgen.clean(60, seed=3)
+    for r in requests:
+        r["client_id"], r["amount"] = "acme", "600.00"  # acme-eu: above 500 goes to review
+        r["transaction"]["amount"] = "600.00"
+        store.record(r, engine.evaluate(r), engine=engine, actor="shop")
+    for i, r in enumerate(requests):
+        if i % 3 == 0:
+            store.review(r["request_id"], actor="bob", approve=False, reason="no")
+        elif i % 3 == 1:
+            store.review(r["request_id"], actor="bob", approve=True)
+            store.review(r["request_id"], actor="carol", approve=True)
+            store.mark(r["request_id"], "processed", actor="pay")
+    stores = [refundry.open_store(store_url) for _ in range(2)]
+    try:
+        threads = [threading.Thread(target=History(s).sync) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got = dict(History(stores[0])._read("SELECT request_id, status FROM history_index"))
+    finally:
+        for s in stores:
+            s.close()
+    assert got == {c.request_id: c.status for c in store.cases()}
+    assert set(got.values()) == {"denied", "processed", "manual_review"}
+
+
+def test_an_invalid_request_with_record_opens_no_store(cli, tmp_path) -> None:
+    (tmp_path / "bad.json").write_text(json.dumps({"request_id": "x"}), "utf-8")
+    code, _out, _err = cli("evaluate", "bad.json", "--record", "--rulesets", RULESETS)
+    assert code == 3
+    assert not (tmp_path / "refundry.db").exists()
+
+
+def test_as_of_limits_the_history_seen(store, engine) -> None:
+    serial = [r for r in fraudgen.planted() if r["request_id"].startswith("serial-")]
+    replay_history(store, engine, serial[:6])
+    probe = serial[6]
+    seen_all = History(store).facts(probe)["history"]["requests_by_customer_30d"]
+    cutoff = dt.datetime.fromisoformat(serial[2]["requested_at"])
+    seen_before = History(store).facts(probe, as_of=cutoff)["history"]["requests_by_customer_30d"]
+    assert (seen_all, seen_before) == (7, 4)  # six earlier + this one; three by then + this one
