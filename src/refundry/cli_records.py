@@ -78,15 +78,19 @@ def record_decision(args: argparse.Namespace, request: Any, decision: Decision, 
 # --- records -------------------------------------------------------------------------------
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        cases = store.cases(args.status)
+def _print_cases(args: argparse.Namespace, cases: list[Any]) -> int:
     if args.json:
         _print([c.summary() for c in cases])
     else:
         for case in cases:
             print(_line(case))
     return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        cases = store.cases(args.status)
+    return _print_cases(args, cases)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -172,12 +176,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def cmd_review_list(args: argparse.Namespace) -> int:
     with _store(args) as store:
         cases = store.cases("manual_review")
-    if args.json:
-        _print([c.summary() for c in cases])
-    else:
-        for case in cases:
-            print(_line(case))
-    return EXIT_OK
+    return _print_cases(args, cases)
 
 
 def cmd_review(args: argparse.Namespace) -> int:

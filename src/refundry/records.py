@@ -425,18 +425,27 @@ class RecordStore:
     def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
         raise NotImplementedError
 
-    def _get_meta(self, key: str) -> str | None:
+    _param = "?"  # the driver's query placeholder: sqlite3 `?`, psycopg `%s`
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         raise NotImplementedError
+
+    def _get_meta(self, key: str) -> str | None:
+        rows = self._query(f"SELECT value FROM meta WHERE key = {self._param}", (key,))
+        return rows[0][0] if rows else None
 
     def _head(self) -> tuple[int, str]:
         raise NotImplementedError
 
     def _ruleset_texts(self) -> Iterator[tuple[str, str, str, str]]:
-        raise NotImplementedError
+        yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
+                               "ORDER BY digest")
 
     def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
         """(ruleset id, version, text) kept for a layer digest."""
-        raise NotImplementedError
+        rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = "
+                           f"{self._param}", (digest,))
+        return tuple(rows[0]) if rows else None
 
     def close(self) -> None:
         pass

@@ -207,22 +207,11 @@ class SQLiteStore(RecordStore):
                 return
             after = page[-1][0]
 
-    def _get_meta(self, key: str) -> str | None:
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
 
     def _head(self) -> tuple[int, str]:
         with self._lock:
             return _SQLiteTx(self._conn).head()
 
-    def _ruleset_texts(self) -> Iterator[tuple[str, str, str, str]]:
-        yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
-                               "ORDER BY digest")
-
-    def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
-        rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = ?",
-                           (digest,))
-        return tuple(rows[0]) if rows else None
 
     def close(self) -> None:
         with self._lock:
@@ -323,6 +312,8 @@ class _PgTx:
 
 class PostgresStore(RecordStore):
     """A schema in a PostgreSQL database, shared by any number of processes and machines."""
+
+    _param = "%s"
 
     def __init__(self, url: str, *, create: bool = True,
                  clock: Callable[[], dt.datetime] | None = None) -> None:
@@ -452,22 +443,11 @@ class PostgresStore(RecordStore):
                 return
             after = int(page[-1][0])
 
-    def _get_meta(self, key: str) -> str | None:
-        rows = self._query("SELECT value FROM meta WHERE key = %s", (key,))
-        return rows[0][0] if rows else None
 
     def _head(self) -> tuple[int, str]:
         rows = self._query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
         return (int(rows[0][0]), rows[0][1]) if rows else (0, GENESIS)
 
-    def _ruleset_texts(self) -> Iterator[tuple[str, str, str, str]]:
-        yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
-                               "ORDER BY digest")
-
-    def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
-        rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = %s",
-                           (digest,))
-        return tuple(rows[0]) if rows else None
 
     def close(self) -> None:
         with self._lock:
