@@ -30,7 +30,10 @@ def generate(path: Path, n: int) -> Path:
     """``n`` requests with all three outcomes: in period, past the period, and large/invalid."""
     with path.open("w") as fh:
         for i in range(n):
-            req: dict[str, Any] = {**EXAMPLE, "request_id": f"gen-{i:06d}"}
+            req: dict[str, Any] = {**EXAMPLE, "request_id": f"gen-{i:06d}",
+                                   # many customers and orders, as a real batch has
+                                   "customer": {"id": f"cust-{i % 997}"},
+                                   "transaction": {**EXAMPLE["transaction"], "id": f"ord-{i}"}}
             if i % 3 == 1:
                 req["requested_at"] = "2024-04-20T10:00:00+02:00"  # past the 14 days: deny
             elif i % 3 == 2:

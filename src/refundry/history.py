@@ -37,6 +37,7 @@ MIN_BASELINE = 20  # fewer recorded requests than this and no anomaly score is g
 BASELINE_ROWS = 20_000  # the most recent rows a baseline reads, so its cost has a ceiling
 DRIVER_Z = Decimal(3)  # a feature at or above this robust z is named as a driver
 MAD_SCALE = Decimal("1.4826")  # makes the MAD estimate a standard deviation for normal data
+MATCH_CAP = 1000  # rows read per lookup at most; counts above it read as 1,000 (+1)
 SYNC_PAGE = 5_000
 _INDEXED_EVENTS = ("evaluated", "approved", "denied", "processed", "refunded", "dispute_resolved")
 _PAID = ("approved", "processed", "refunded")
@@ -54,7 +55,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_email ON history_index (client_id, email_key, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_address ON history_index (client_id, address_key, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_card ON history_index (client_id, card_key, requested_at)",
-    "CREATE INDEX IF NOT EXISTS history_transaction ON history_index (client_id, transaction_key)",
+    "CREATE INDEX IF NOT EXISTS history_transaction ON history_index (client_id, transaction_key, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_client ON history_index (client_id, currency, requested_at)",
 )
 
@@ -323,11 +324,15 @@ class History:
             if value is None:
                 continue
             # Each branch is a range on its own index; one round trip for all four.
+            # The newest MATCH_CAP rows only: counts saturate there, so one flooding customer
+            # costs every later lookup a bounded read, not a scan of everything it sent.
             parts.append(f"SELECT '{name}', COUNT(*), COALESCE(SUM(CASE WHEN requested_at >= ? "
                          f"THEN 1 ELSE 0 END), 0), COUNT(DISTINCT customer_key), "
                          f"COALESCE(MAX(CASE WHEN customer_key = ? THEN 1 ELSE 0 END), 0) FROM "
-                         f"history_index WHERE client_id = ? AND {name}_key = ? AND "
-                         f"requested_at >= ? AND requested_at <= ? AND request_id <> ?")
+                         f"(SELECT requested_at, customer_key FROM history_index WHERE "
+                         f"client_id = ? AND {name}_key = ? AND requested_at >= ? AND "
+                         f"requested_at <= ? AND request_id <> ? ORDER BY requested_at DESC "
+                         f"LIMIT {MATCH_CAP}) AS recent_{name}")
             args += [short, k.customer, k.client_id, value, start, at, k.request_id]
         counts = {row[0]: tuple(int(v) for v in row[1:])
                   for row in self._read(" UNION ALL ".join(parts), args)}
@@ -343,7 +348,8 @@ class History:
                 out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
         prior = self._read(
             "SELECT amount, currency, decided_amount, status FROM history_index WHERE "
-            "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ?",
+            "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
+            f"ORDER BY requested_at DESC LIMIT {MATCH_CAP}",
             (k.client_id, k.transaction, at, k.request_id))
         paid = sum((Decimal(r[2]) for r in prior if r[3] in _PAID), Decimal(0))
         pending = sum((Decimal(r[2]) for r in prior if r[3] == "manual_review"), Decimal(0))

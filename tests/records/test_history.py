@@ -268,3 +268,32 @@ def test_as_of_limits_the_history_seen(store, engine) -> None:
     cutoff = dt.datetime.fromisoformat(serial[2]["requested_at"])
     seen_before = History(store).facts(probe, as_of=cutoff)["history"]["requests_by_customer_30d"]
     assert (seen_all, seen_before) == (7, 4)  # six earlier + this one; three by then + this one
+
+
+def test_a_flooding_customer_costs_a_bounded_read_and_counts_saturate(store, engine) -> None:
+    """1,500 earlier requests from one customer on one transaction: a lookup reads at most
+    MATCH_CAP rows, so the counts stop at MATCH_CAP + 1 and the flags still fire."""
+    from refundry.history import COLUMNS, MATCH_CAP, keys_of
+    from refundry.masking import mask_request
+
+    when = dt.datetime(2024, 5, 20, 12, tzinfo=dt.UTC)
+    probe = fraudgen.request("flood-probe", when, "cust-flood", amount=Decimal("10.00"),
+                             address="Hausweg 1, Berlin")
+    history = History(store)
+    history.sync()
+    salt = store.salt
+    k = keys_of(mask_request(refundry.request_to_dict(refundry.parse_request(probe)), salt), salt)
+    rows = []
+    for i in range(MATCH_CAP + 500):
+        at = (when - dt.timedelta(minutes=i + 1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        row = {"request_id": f"flood-{i}", "seq": 0, "client_id": k.client_id, "requested_at": at,
+               "customer_key": k.customer, "email_key": k.email, "address_key": k.address,
+               "card_key": k.card, "transaction_key": k.transaction, "amount": "10.00",
+               "currency": k.currency, "transaction_amount": str(k.transaction_amount),
+               "decided_amount": "10.00", "outcome": "approve", "status": "approved"}
+        rows.append(tuple(row[c] for c in COLUMNS))
+    history.bulk_insert(rows)
+    facts = history.facts(probe)
+    assert facts["history"]["requests_by_customer_30d"] == MATCH_CAP + 1
+    assert facts["history"]["requests_for_transaction"] == MATCH_CAP
+    assert facts["history"]["refunds_exceed_original"] is True
