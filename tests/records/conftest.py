@@ -21,6 +21,10 @@ import refundry
 from refundry.records import RecordStore
 from refundry.stores import open_store
 
+from ..conftest import (
+    BASE_REQUEST,  # the engine tests' request; make_request gives each case its id
+)
+
 ROOT = Path(__file__).resolve().parents[2]
 RULESETS = ROOT / "rulesets"
 PG_ENV = "REFUNDRY_TEST_POSTGRES_URL"
@@ -35,24 +39,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-BASE_REQUEST = {
-    "request_id": "r-1",
-    "client_id": "any-shop",
-    "industry": "ecommerce",
-    "jurisdiction": "DE",
-    "requested_at": "2024-03-15T18:00:00+01:00",
-    "amount": "119.99",
-    "currency": "EUR",
-    "reason": "changed_mind",
-    "customer": {"id": "c-1"},
-    "transaction": {"id": "o-1", "amount": "129.99", "delivered_at": "2024-03-01T12:00:00+01:00",
-                    "express_shipping_amount": "10.00"},
-    "items": [{"sku": "A", "quantity": 1, "unit_price": "119.99", "condition": "unopened"}],
-    "disclosures": {"withdrawal_info_given": True},
-    "evidence": {"goods_received_back": True},
-}
 
 
 def make_request(request_id: str, **changes: object) -> dict:
