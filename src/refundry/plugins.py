@@ -13,7 +13,7 @@ import argparse
 import datetime as dt
 import importlib.metadata
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -220,6 +220,23 @@ def iter_json_documents(path: Path) -> Iterable[tuple[str, Any, str | None]]:
                     yield _decode(f"{file.name}:{number}", line)
         else:
             yield _decode(file.name, text)
+
+
+def iter_api_objects(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    """``(ref, object, error)`` for every object in the input, with API list envelopes
+    (``{"object": "list", "data": [...]}``) and JSON arrays unwrapped, as Stripe and similar
+    APIs return them. An object is yielded as found; the source decides what it accepts."""
+    for name, doc, error in iter_json_documents(path):
+        if error:
+            yield name, None, error
+        elif isinstance(doc, dict) and doc.get("object") == "list":
+            for i, obj in enumerate(doc.get("data") or []):
+                yield f"{name}#data[{i}]", obj, None
+        elif isinstance(doc, list):
+            for i, obj in enumerate(doc):
+                yield f"{name}[{i}]", obj, None
+        else:
+            yield name, doc, None
 
 
 def _decode(name: str, text: str) -> tuple[str, Any, str | None]:

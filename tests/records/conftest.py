@@ -13,7 +13,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -21,24 +20,12 @@ import refundry
 from refundry.records import RecordStore
 from refundry.stores import open_store
 
-from ..conftest import (
-    BASE_REQUEST,  # the engine tests' request; make_request gives each case its id
-)
+# The engine tests' request and paths; the slow-test switch in ../conftest.py covers these too.
+from ..conftest import BASE_REQUEST, RULESETS
 
-ROOT = Path(__file__).resolve().parents[2]
-RULESETS = ROOT / "rulesets"
 PG_ENV = "REFUNDRY_TEST_POSTGRES_URL"
 PG_SKIP = (f"PostgreSQL tests are off: set {PG_ENV}=postgresql://postgres@127.0.0.1:5432/test "
            "to run them")
-
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("REFUNDRY_LONG") == "1":
-        return
-    skip = pytest.mark.skip(reason="long run: set REFUNDRY_LONG=1 to include it")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 def make_request(request_id: str, **changes: object) -> dict:

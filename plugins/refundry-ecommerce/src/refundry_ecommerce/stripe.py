@@ -22,7 +22,7 @@ from refundry.plugins import (
     SourceRecord,
     epoch_to_rfc3339,
     from_minor_units,
-    iter_json_documents,
+    iter_api_objects,
     record_error,
     request_defaults,
     to_minor_units,
@@ -42,23 +42,6 @@ REASONS = {"duplicate": "duplicate_charge", "fraudulent": "unauthorized",
 TO_STRIPE_REASON = {"duplicate_charge": "duplicate", "unauthorized": "fraudulent"}
 
 
-def iter_objects(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None]]:
-    """Every Stripe object in the input as ``(ref, object, error)``."""
-    for name, doc, error in iter_json_documents(path):
-        if error:
-            yield name, None, error
-        elif isinstance(doc, dict) and doc.get("object") == "list":
-            for i, obj in enumerate(doc.get("data") or []):
-                yield f"{name}#data[{i}]", obj, None
-        elif isinstance(doc, list):
-            for i, obj in enumerate(doc):
-                yield f"{name}[{i}]", obj, None
-        elif isinstance(doc, dict):
-            yield name, doc, None
-        else:
-            yield name, None, f"{name}: not a stripe object"
-
-
 def created_at(obj: Mapping[str, Any], options: Mapping[str, str]) -> str:
     created = obj["created"]
     if created == PLACEHOLDER_EPOCH and options.get("allow_placeholder_time") != "true":
@@ -69,7 +52,7 @@ def created_at(obj: Mapping[str, Any], options: Mapping[str, str]) -> str:
 
 def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
     base = request_defaults(options, SOURCE, "ecommerce")
-    objects = list(iter_objects(path))
+    objects = list(iter_api_objects(path))
     charges = {str(o.get("id")): o for _, o, _ in objects
                if isinstance(o, dict) and o.get("object") == "charge"}
     for ref, obj, error in objects:

@@ -18,7 +18,7 @@ from refundry.plugins import (
     SourceRecord,
     epoch_to_rfc3339,
     from_minor_units,
-    iter_json_documents,
+    iter_api_objects,
     money_text,
     option,
     record_error,
@@ -48,23 +48,9 @@ DISPUTE_REASONS = {
 FUNDING = {"credit": "credit_card", "debit": "debit_card", "prepaid": "prepaid"}
 
 
-def _objects(path: Path) -> Iterator[tuple[str, Any, str | None]]:
-    for name, doc, error in iter_json_documents(path):
-        if error:
-            yield name, None, error
-        elif isinstance(doc, dict) and doc.get("object") == "list":
-            for i, obj in enumerate(doc.get("data") or []):
-                yield f"{name}#data[{i}]", obj, None
-        elif isinstance(doc, list):
-            for i, obj in enumerate(doc):
-                yield f"{name}[{i}]", obj, None
-        else:
-            yield name, doc, None
-
-
 def read_stripe(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
     base = request_defaults(options, "stripe-dispute", "finance")
-    objects = list(_objects(path))
+    objects = list(iter_api_objects(path))
     charges = {str(o.get("id")): o for _, o, _ in objects
                if isinstance(o, dict) and o.get("object") == "charge"}
     for ref, obj, error in objects:
