@@ -342,6 +342,8 @@ def load_document(path: Path, report: Report) -> RulesetDoc | None:
     if "extends" in data:
         base, _, pin = data["extends"].partition("@")
         extends = (base, pin or None)
+    if data.get("client") is not None:
+        _check_floor_authority(data, shown, report)
     scopes = data.get("jurisdictions")
     if scopes is not None:
         for i, scope in enumerate(scopes):
@@ -353,6 +355,18 @@ def load_document(path: Path, report: Report) -> RulesetDoc | None:
         industry=data.get("industry"), jurisdictions=tuple(scopes) if scopes else None,
         client=data.get("client"), extends=extends, title=data.get("title", ""),
     )
+
+
+def _check_floor_authority(data: Any, shown: str, report: Report) -> None:
+    """Statutory floors come from the law, so only a baseline (no `client`) may declare one: a
+    client that could mark its own rule a floor could deny or cut a statutory refund with it."""
+    why = "a client ruleset cannot declare a statutory floor; only baselines (no `client`) can"
+    for raw in data.get("rules") or ():
+        if raw.get("floor") is True:
+            report.add(why, shown, raw.pos("floor"), rule_id=raw.get("id"))
+    for name, spec in (data.get("windows") or {}).items():
+        if isinstance(spec, Mapping) and spec.get("floor") is True:
+            report.add(f"window `{name}`: {why}", shown, spec.pos("floor"))
 
 
 # --- composing layers ----------------------------------------------------------------------
