@@ -151,39 +151,39 @@ class Engine:
 
     def _resolve(self, req: RefundRequest, day: dt.date, ruleset: str | None) -> _Prepared | None:
         if ruleset is not None:
-            doc = self._library.in_force(ruleset, day)
-            comp = self._library.chain(doc, day) if doc else None
-            return self._prepared[comp.ref.digest] if comp else None
+            return self._forced(req, day, ruleset)
         epoch = bisect.bisect_right(self._epochs, day)
         client = req.client_id if req.client_id in self._clients else None
         key = (client, req.industry, req.jurisdiction, epoch)
         if key in self._resolved:
             return self._resolved[key]
-        found = self._search(client, req.industry, req.jurisdiction, day)
+        comp = self._library.resolve(client, req.industry, req.jurisdiction, day)
+        found = self._prepare(comp) if comp is not None else None
         with self._resolve_lock:
             self._resolved[key] = found
         return found
 
-    def _search(self, client: str | None, industry: str, jurisdiction: str,
-                day: dt.date) -> _Prepared | None:
-        best: tuple[int, int, str] | None = None
-        chosen: CompiledRuleset | None = None
-        for rid in sorted(self._library.versions):
-            doc = self._library.in_force(rid, day)
-            if doc is None:
-                continue
-            comp = self._library.chain(doc, day)
-            if comp is None or comp.industry not in (None, industry):
-                continue
-            if comp.client is not None and comp.client != client:
-                continue
-            score = max((jurisdictions.matches(s, jurisdiction) for s in comp.jurisdictions), default=0)
-            if score == 0:
-                continue
-            rank = (1 if comp.client else 0, score, rid)
-            if best is None or rank[:2] > best[:2]:
-                best, chosen = rank, comp
-        return self._prepared[chosen.ref.digest] if chosen else None
+    def _forced(self, req: RefundRequest, day: dt.date, ruleset: str) -> _Prepared | None:
+        """One named ruleset (``refundry test``): a client's lands on the law of the request's
+        place, as in production; a baseline is taken with the layers it extends only."""
+        doc = self._library.in_force(ruleset, day)
+        comp = self._library.chain(doc, day) if doc else None
+        if comp is None:
+            return None
+        if comp.client is not None and any(
+                jurisdictions.matches(s, req.jurisdiction) for s in comp.jurisdictions):
+            layers = self._library.overlay_layers(comp, req.industry, req.jurisdiction, day)
+            comp = self._library.resolve_layers(layers, req.jurisdiction)
+        return self._prepare(comp)
+
+    def _prepare(self, comp: CompiledRuleset) -> _Prepared:
+        found = self._prepared.get(comp.ref.digest)
+        if found is None:  # a stack no load-time check composed (a rare jurisdiction)
+            found = _Prepared(comp, self._backend.compile(comp),
+                              FactBuilder(comp, self._holidays, self._zones))
+            with self._resolve_lock:
+                found = self._prepared.setdefault(comp.ref.digest, found)
+        return found
 
     # --- evaluation ----------------------------------------------------------------------
 

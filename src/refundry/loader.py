@@ -13,6 +13,7 @@ import bisect
 import datetime as dt
 import hashlib
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +28,7 @@ from . import jurisdictions, yamlsrc
 from .errors import InvalidRulesets, RulesetError
 from .language import Node as ConditionNode
 from .language import ParseContext, parse_condition, positions_of
-from .models import Layer, Reason, RulesetRef
+from .models import INDUSTRIES, Layer, Reason, RulesetRef
 from .periods import (
     WEEKDAYS,
     CalendarSpec,
@@ -634,11 +635,13 @@ class Library:
         self._starts = {rid: [d.effective_from for d in v] for rid, v in self.versions.items()}
         self.composites: dict[tuple[tuple[str, str], ...], CompiledRuleset] = {}
         self.probe = HolidayCalendars()
+        self._lock = threading.Lock()
         for versions in self.versions.values():
             for doc in versions:
                 for day in self._days_in_force(doc):
                     self.chain(doc, day, report)
         self._check_scopes(report)
+        self._compose_overlays(report)
 
     @staticmethod
     def _check_versions(rid: str, versions: list[RulesetDoc], report: Report) -> None:
@@ -724,7 +727,7 @@ class Library:
         claimed: dict[tuple[str | None, str | None, str], RulesetDoc] = {}
         for rid, versions in self.versions.items():
             doc = versions[-1]
-            comp = next((c for k, c in self.composites.items() if k[-1] == (rid, doc.version)), None)
+            comp = self._own_chain(doc, doc.effective_from)
             if comp is None:
                 continue
             for scope in comp.jurisdictions:
@@ -736,6 +739,131 @@ class Library:
                                f"in `{scope}` for {who}; a request could not tell which applies",
                                doc.path, doc.data.vpos("ruleset"))
                 claimed[key] = doc
+
+
+    # --- overlays: a client layer on the law of the request's own place ----------------------
+
+    def _own_chain(self, doc: RulesetDoc, day: dt.date) -> CompiledRuleset | None:
+        try:
+            return self.chain(doc, day)
+        except KeyError:  # its chain failed to compose; the error is reported already
+            return None
+
+    def baseline_stack(self, industry: str, jurisdiction: str, day: dt.date) -> list[RulesetDoc]:
+        """Every baseline in force that covers ``jurisdiction``, most general first, each with the
+        layers it extends (US-CA: federal, then California)."""
+        covering: list[tuple[int, str, CompiledRuleset]] = []
+        for rid in self.versions:
+            doc = self.in_force(rid, day)
+            if doc is None or doc.client is not None:
+                continue
+            comp = self._own_chain(doc, day)
+            if comp is None or comp.client is not None or comp.industry not in (None, industry):
+                continue
+            score = max((jurisdictions.matches(s, jurisdiction) for s in comp.jurisdictions),
+                        default=0)
+            if score:
+                covering.append((score, rid, comp))
+        layers: dict[str, RulesetDoc] = {}
+        for _, _, comp in sorted(covering, key=lambda c: (c[0], c[1])):
+            for layer in comp.layers:
+                layers.setdefault(layer.id, layer)
+        return list(layers.values())
+
+    def client_ruleset(self, client: str, industry: str, jurisdiction: str,
+                       day: dt.date) -> CompiledRuleset | None:
+        """The client's own ruleset in force that covers ``jurisdiction`` most specifically."""
+        best: tuple[int, str] | None = None
+        found = None
+        for rid in self.versions:
+            doc = self.in_force(rid, day)
+            if doc is None or doc.client != client:
+                continue
+            comp = self._own_chain(doc, day)
+            if comp is None or comp.industry not in (None, industry):
+                continue
+            score = max((jurisdictions.matches(s, jurisdiction) for s in comp.jurisdictions),
+                        default=0)
+            if score and (best is None or (score, rid) > best):
+                best, found = (score, rid), comp
+        return found
+
+    def overlay_layers(self, client: CompiledRuleset | None, industry: str, jurisdiction: str,
+                       day: dt.date) -> list[RulesetDoc]:
+        """The layers a request meets: the baseline stack of its own jurisdiction, whatever level
+        the client wrote its ruleset for, with the client's own layers on top."""
+        if client is None:
+            return self.baseline_stack(industry, jurisdiction, day)
+        own_base = [d for d in client.layers if d.client is None]
+        mine = [d for d in client.layers if d.client is not None]
+        layers = {d.id: d for d in own_base}  # a pinned base keeps its pinned version
+        for doc in self.baseline_stack(industry, jurisdiction, day):
+            layers.setdefault(doc.id, doc)
+        return [*layers.values(), *mine]
+
+    def resolve(self, client: str | None, industry: str, jurisdiction: str,
+                day: dt.date) -> CompiledRuleset | None:
+        own = self.client_ruleset(client, industry, jurisdiction, day) if client else None
+        layers = self.overlay_layers(own, industry, jurisdiction, day)
+        if not layers:
+            return None
+        return self._composite(layers, jurisdiction, None)
+
+    def resolve_layers(self, layers: Sequence[RulesetDoc], jurisdiction: str) -> CompiledRuleset:
+        return self._composite(layers, jurisdiction, None)
+
+    def _composite(self, layers: Sequence[RulesetDoc], jurisdiction: str,
+                   report: Report | None) -> CompiledRuleset:
+        key = tuple((d.id, d.version) for d in layers)
+        found = self.composites.get(key)
+        if found is not None:
+            return found
+        mine = Report()
+        comp = compose(layers, mine, self.probe)
+        where = " + ".join(d.id for d in layers[:-1])
+        seen = {(e.path, e.line, e.column, e.message.split(" (on the law of")[0])
+                for e in (report.errors if report is not None else ())}
+        for err in mine.errors:
+            if (err.path, err.line, err.column, err.message) in seen:
+                continue  # the layer's own chain already says so
+            message = f"{err.message} (on the law of `{jurisdiction}`: {where})"
+            if report is None:
+                raise RulesetError(message, path=err.path, line=err.line, column=err.column,
+                                   rule_id=err.rule_id)
+            report.add(message, err.path or "", (err.line or 1, err.column or 1),
+                       rule_id=err.rule_id)
+        with self._lock:
+            return self.composites.setdefault(key, comp)
+
+    def _representatives(self) -> list[str]:
+        """One request jurisdiction for every distinct set of scopes that can cover one: each
+        named country or subdivision, an EU member no ruleset names, a country nothing names."""
+        scopes = {s for c in self.composites.values() for s in c.jurisdictions}
+        named = {s for s in scopes if s not in ("*", "EU") and jurisdictions.valid_scope(s)}
+        reps = set(named)
+        if "EU" in scopes:
+            reps.add(next(c for c in sorted(jurisdictions.EU_MEMBERS) if c not in named))
+        if "*" in scopes:
+            reps.add(next(c for c in sorted(jurisdictions.countries())
+                          if c not in named and c not in jurisdictions.EU_MEMBERS))
+        return sorted(reps)
+
+    def _compose_overlays(self, report: Report) -> None:
+        """Compose every client overlay on every baseline stack it can land on, at every date the
+        stack can change, so `validate` checks each and `evaluate` only looks them up."""
+        clients = sorted({d.client for v in self.versions.values() for d in v if d.client})
+        epochs = sorted({d.effective_from for v in self.versions.values() for d in v})
+        reps = self._representatives()
+        for day in epochs:
+            for jurisdiction in reps:
+                for industry in INDUSTRIES:
+                    for client in (None, *clients):
+                        own = self.client_ruleset(client, industry, jurisdiction, day) if client else None
+                        if client and own is None:
+                            continue
+                        layers = self.overlay_layers(own, industry, jurisdiction, day)
+                        if layers:
+                            self._composite(layers, jurisdiction, report)
 
 
 def load_library(paths: Iterable[str | Path]) -> Library:
