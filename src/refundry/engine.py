@@ -18,8 +18,9 @@ import attrs
 
 from . import jurisdictions
 from .backends import Backend, Matcher, get_backend
-from .combine import amount_of, deadlines_of, outcome_of
+from .combine import Money, combine, deadlines_of
 from .errors import InvalidRequest, RefundryError
+from .language import All
 from .facts import Context, FactBuilder, Zones, consumer_timezone
 from .loader import CompiledRuleset, Library, Rule, load_library
 from .models import Decision, Reason, RefundRequest
@@ -244,21 +245,27 @@ class Engine:
         facts, items = builder.build(req, ctx)
         hits = prepared.matcher(facts, items)
         matched: list[Rule] = [comp.rules[i] for i in hits]
-        outcome, synthetic, floor_decided = outcome_of(matched)
         refundable = facts.get("transaction.refundable")
         if refundable is None:
             refundable = req.transaction.amount - sum((p.amount for p in req.prior_refunds), ZERO)
-        amount = amount_of(outcome, floor_decided, req.amount, refundable, matched, facts, req.currency)
+        got = combine(req, matched, facts, items, Money.of(req, refundable), ctx, builder)
         decision = Decision(
-            outcome=outcome, amount=amount, currency=req.currency, request_id=req.request_id,
-            as_of=when, reasons=tuple(r.reason for r in matched) + synthetic,
-            deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref)
+            outcome=got.outcome, amount=got.amount, currency=req.currency,
+            request_id=req.request_id, as_of=when,
+            reasons=tuple(r.reason for r in matched) + got.synthetic,
+            deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref,
+            lines=got.lines, actions=got.actions)
         trace: list[dict[str, Any]] = []
         if explain:
             for rule in comp.rules:
-                node = rule.when.explain(facts, items)
-                trace.append({"rule_id": rule.id, "effect": rule.effect, "floor": rule.floor,
-                              "layer": rule.layer, "matched": rule.id in decision.rule_ids,
-                              "when": node})
+                entry = {"rule_id": rule.id, "effect": rule.effect, "floor": rule.floor,
+                         "layer": rule.layer, "matched": rule.id in decision.rule_ids}
+                if rule.lines is not None and isinstance(rule.when, All):
+                    # `lines:` is folded into the condition at load; show the two apart
+                    entry["when"] = rule.when.children[0].explain(facts, items)
+                    entry["lines"] = rule.when.children[1].explain(facts, items)
+                else:
+                    entry["when"] = rule.when.explain(facts, items)
+                trace.append(entry)
         return decision, facts, trace
 

@@ -26,6 +26,7 @@ import yaml
 from . import fields as fieldreg
 from . import jurisdictions, yamlsrc
 from .errors import InvalidRulesets, RulesetError
+from .language import All, AnyOf, Compare, Items, Literal
 from .language import Node as ConditionNode
 from .language import ParseContext, parse_condition, positions_of
 from .models import INDUSTRIES, Layer, Reason, RulesetRef
@@ -78,12 +79,25 @@ class Adjustment:
     value: Decimal | None = None
 
 
+BASES = ("request", "transaction", "lines")
+
+
+@attrs.frozen
+class ActionDef:
+    """An interim step a rule orders (``provisional_credit``): its amount by a base, its due
+    date counted like a deadline."""
+
+    type: str
+    base: str
+    due: DeadlineDef
+
+
 @attrs.frozen
 class Rule:
     id: str
     effect: str
     floor: bool
-    when: ConditionNode
+    when: ConditionNode  # with `lines:` folded in: the rule matches only if some line qualifies
     reason: Reason
     adjustments: tuple[Adjustment, ...]
     deadlines: tuple[DeadlineDef, ...]
@@ -91,6 +105,9 @@ class Rule:
     path: str
     line: int
     column: int
+    base: str | None = None  # what the amount starts from; None: the requested amount
+    lines: ConditionNode | None = None  # the item lines this rule decides; None: every line
+    actions: tuple[ActionDef, ...] = ()
 
 
 @attrs.frozen
@@ -149,7 +166,7 @@ class CompiledRuleset:
             for adj in rule.adjustments:
                 if adj.path:
                     out.add(adj.path)
-            for d in rule.deadlines:
+            for d in (*rule.deadlines, *(a.due for a in rule.actions)):
                 if d.start:
                     out.add(d.start)
         for w in self.windows:
@@ -259,7 +276,7 @@ def _schema_errors(data: Any, path: str, report: Report) -> bool:
     for error in validator.iter_errors(_jsonable(data)):
         where = list(error.absolute_path)
         # Conditions get better messages from the condition parser itself.
-        if "when" in where:
+        if "when" in where or (len(where) > 2 and where[0] == "rules" and where[2] == "lines"):
             continue
         ok = False
         if error.context:
@@ -509,11 +526,18 @@ def _probe_country(layers: Sequence[RulesetDoc]) -> str | None:
     return None
 
 
-def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str, report: Report) -> tuple[Adjustment, ...]:
+def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str,
+                 report: Report) -> tuple[str | None, tuple[Adjustment, ...]]:
     out = []
-    for adj in raw or ():
+    base = None
+    for index, adj in enumerate(raw or ()):
         (kind, value), = adj.items()
-        if kind == "deduct_percent":
+        if kind == "base":
+            if index != 0:
+                report.add("`base` comes first: it is what the deductions and caps apply to",
+                           doc.path, adj.pos(kind), rule_id=rule_id)
+            base = value
+        elif kind == "deduct_percent":
             out.append(Adjustment(kind, value=Decimal(value)))
         elif isinstance(value, str):
             info = fieldreg.lookup(value)
@@ -524,6 +548,16 @@ def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str, report: Report) -> tup
             out.append(Adjustment(kind, path=value))
         else:
             out.append(Adjustment(kind, value=Decimal(value)))
+    return base, tuple(out)
+
+
+def _actions(raw: Any, doc: RulesetDoc, rule_id: str, report: Report,
+             calendar: CalendarSpec) -> tuple[ActionDef, ...]:
+    out = []
+    for spec in raw or ():
+        due = _deadlines([spec], doc, rule_id, {}, report, calendar)
+        if due:
+            out.append(ActionDef(spec["type"], spec.get("amount", "request"), due[0]))
     return tuple(out)
 
 
@@ -552,9 +586,19 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
         if not _check_time_field(spec["from"], report, doc, spec, "from", rule_id):
             continue
         own = _own_calendar(calendar, spec["calendar"]) if spec.get("calendar") else None
-        out.append(DeadlineDef(spec["name"], citation, start=spec["from"], period=period,
-                               calendar=own))
+        out.append(DeadlineDef(spec.get("name") or spec.get("type"), citation,
+                               start=spec["from"], period=period, calendar=own))
     return tuple(out)
+
+
+def _some_line(lines: ConditionNode) -> ConditionNode:
+    """A `lines:` rule matches when some line qualifies. A request without items is one line
+    whose item fields are all unknown: `not excluded` holds for it, `excluded` does not."""
+    some = Items("any_item", lines)
+    if not lines.evaluate({}, ()):
+        return some
+    no_items = Compare("items.count", "eq", Literal(0), typed=True)
+    return AnyOf((no_items, some))
 
 
 def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
@@ -584,20 +628,26 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             if effect != "adjust" and "customer_message" not in raw:
                 report.add(f"a rule with effect `{effect}` needs a `customer_message`", doc.path,
                            raw.pos("effect"), rule_id=rid)
-            if effect == "adjust" and not raw.get("amount") and not raw.get("deadlines"):
-                report.add("an `adjust` rule needs `amount` or `deadlines`", doc.path,
+            if effect == "adjust" and not any(raw.get(k) for k in ("amount", "deadlines", "actions")):
+                report.add("an `adjust` rule needs `amount`, `deadlines` or `actions`", doc.path,
                            raw.pos("effect"), rule_id=rid)
             ctx = ParseContext(report.at(doc.path), windows, rid)
             when = parse_condition(raw["when"], ctx, parent=raw, key="when") if "when" in raw else parse_condition({"all": [{"field": "request_id", "exists": True}]}, ctx)
+            lines = None
+            if "lines" in raw:
+                lines = parse_condition(raw["lines"], ctx, item=True, parent=raw, key="lines")
+                when = All((when, _some_line(lines)))
+            base, adjustments = _adjustments(raw.get("amount"), doc, rid, report)
             reason = Reason(
                 rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
                 message=raw["message"], customer_message=str(raw.get("customer_message", "")),
                 citation=citation, floor=floor, ruleset=doc.id)
             rules[rid] = Rule(
                 id=rid, effect=effect, floor=floor, when=when, reason=reason,
-                adjustments=_adjustments(raw.get("amount"), doc, rid, report),
+                adjustments=adjustments,
                 deadlines=_deadlines(raw.get("deadlines"), doc, rid, windows, report, calendar),
-                layer=doc.id, path=doc.path, line=pos[0], column=pos[1])
+                layer=doc.id, path=doc.path, line=pos[0], column=pos[1], base=base, lines=lines,
+                actions=_actions(raw.get("actions"), doc, rid, report, calendar))
     return tuple(rules.values())
 
 
