@@ -254,3 +254,180 @@ def test_no_client_layer_lowers_a_floor_outcome_or_amount(baseline, rules, reque
         if floor.outcome == "approve":
             assert d.outcome in ("approve", "manual_review")
             assert d.amount >= floor.amount, (rules, req, floor.to_dict(), d.to_dict())
+
+
+# --- promise 3: the amount starts from what the law says, not from what was typed ----------
+
+
+def test_promise_3_withdrawal_refunds_all_payments_for_the_goods_and_standard_delivery(engine):
+    req = copy.deepcopy(BASE_REQUEST)
+    req["amount"] = "119.99"  # the consumer typed the goods price
+    req["transaction"].update(amount="134.94", shipping_amount="14.95", express_shipping_amount="10.00")
+    d = engine.evaluate(req)
+    # 134.94 paid, less only the 10.00 express surcharge: standard delivery (4.95) comes back.
+    assert d.outcome == "approve" and d.amount == Decimal("124.94")
+    assert [(x.sku, x.outcome, x.amount) for x in d.lines] == [("A", "approve", Decimal("124.94"))]
+
+
+def test_promise_3_the_readme_example_decides_the_lawful_amount(cli):
+    r = cli("evaluate", "examples/request.json")
+    assert r.code == 0, r.err
+    assert r.json()["amount"] == "119.99"  # 129.99 paid less the 10.00 express surcharge
+
+
+def test_promise_3_partial_withdrawal_refunds_a_proportional_share_of_delivery(engine):
+    req = copy.deepcopy(BASE_REQUEST)
+    req["amount"] = "10.00"
+    req["transaction"].update(amount="156.00", shipping_amount="6.00", express_shipping_amount=None)
+    req["items"] = [{"sku": "BAG", "quantity": 2, "unit_price": "25.00"}]
+    d = engine.evaluate(req)
+    assert d.outcome == "approve" and d.amount == Decimal("52.00")  # 50 + 6 x 50/150
+
+
+# --- promise 4: one excluded item does not deny the basket ----------------------------------
+
+
+def test_promise_4_a_mixed_basket_refunds_the_lines_the_law_covers(engine):
+    req = copy.deepcopy(BASE_REQUEST)
+    req["items"] = [{"sku": "SHOE", "quantity": 1, "unit_price": "60.00"},
+                    {"sku": "MUG-NAME", "quantity": 1, "unit_price": "59.99", "personalized": True}]
+    d = engine.evaluate(req)
+    assert d.outcome == "approve" and d.amount == Decimal("60.00")
+    assert [(x.sku, x.outcome, x.amount, x.rule_ids) for x in d.lines] == [
+        ("SHOE", "approve", Decimal("60.00"), ("crd-withdrawal-in-period",)),
+        ("MUG-NAME", "deny", Decimal("0.00"), ("crd-excluded-goods",))]
+    # Only excluded goods: the order is denied.
+    req["items"] = req["items"][1:]
+    assert engine.evaluate(req).outcome == "deny"
+
+
+def test_lines_and_actions_are_in_the_decision_json_and_its_schema(engine):
+    import jsonschema
+
+    from refundry.resources import schema
+
+    req = copy.deepcopy(BASE_REQUEST)
+    req["items"].append({"sku": "B", "quantity": 2, "unit_price": "5.00", "perishable": True})
+    data = engine.evaluate(req).to_dict()
+    jsonschema.validate(data, schema("decision.schema.json"))
+    assert [line["outcome"] for line in data["lines"]] == ["approve", "deny"]
+    assert data["actions"] == []
+
+
+# --- actions: Reg E provisional credit moves the money while the investigation runs ---------
+
+
+FIN_REQUEST = {
+    "request_id": "fin-1", "client_id": "any-bank", "industry": "finance", "jurisdiction": "US-NY",
+    "requested_at": "2024-07-15T10:00:00-04:00", "amount": "250.00", "currency": "USD",
+    "reason": "unauthorized", "customer": {"id": "c-1"},
+    "transaction": {"id": "t-1", "amount": "300.00"},
+    "finance": {"account_type": "debit_card", "statement_sent_at": "2024-07-01T08:00:00-04:00",
+                "notice_received_at": "2024-07-15T10:00:00-04:00", "notice_form": "written"},
+}
+
+
+@pytest.mark.parametrize("backend", ["compiled", "durable"])
+def test_reg_e_orders_provisional_credit_while_the_outcome_stays_open(backend):
+    engine = refundry.Engine.from_path(RULESETS, backend=backend)
+    d = engine.evaluate(FIN_REQUEST)
+    assert d.outcome == "manual_review"
+    [action] = d.actions
+    assert (action.type, action.amount, action.due.isoformat()) == (
+        "provisional_credit", Decimal("250.00"), "2024-07-29")
+    assert "1005.11(c)(2)" in action.citation and action.rule_id == "rege-investigate"
+    late = {**FIN_REQUEST, "finance": {**FIN_REQUEST["finance"],
+                                       "notice_received_at": "2024-09-15T10:00:00-04:00"}}
+    assert engine.evaluate(late).actions == ()
+    engine.close()
+
+
+# --- duplicates: the engine invariant and the language ---------------------------------------
+
+
+def test_a_retry_of_an_executed_refund_is_denied_as_a_duplicate_before_any_rule(engine):
+    req = copy.deepcopy(BASE_REQUEST)
+    req["prior_refunds"] = [{"amount": "119.99", "refunded_at": "2024-03-10T10:00:00+01:00",
+                             "request_id": req["request_id"]}]
+    d = engine.evaluate(req)
+    assert d.outcome == "deny" and d.amount == Decimal("0.00")
+    assert d.rule_ids == ("refundry.duplicate",)
+    assert d.ruleset is not None and d.ruleset.id == "eu-consumer"
+    req["prior_refunds"][0]["request_id"] = "an-earlier-request"
+    assert engine.evaluate(req).rule_ids != ("refundry.duplicate",)
+
+
+def test_rules_can_look_inside_prior_refunds_and_compare_with_the_request(tmp_path):
+    (tmp_path / "r.yaml").write_text("""
+ruleset: history-rules
+version: 1.0.0
+effective_from: 2020-01-01
+industry: ecommerce
+jurisdictions: [DE]
+rules:
+  - id: big-earlier-refund
+    when: {any_prior_refund: {all: [{field: amount, ge: {request: amount}},
+                                    {field: refunded_at, ge: 2024-03-01}]}}
+    effect: manual_review
+    message: an earlier refund at least as large as this one
+    customer_message: c
+  - id: all-small
+    when: {all_prior_refunds: {field: amount, lt: 10}}
+    effect: approve
+    message: m
+    customer_message: c
+""")
+    engine = refundry.Engine.from_path(tmp_path)
+    req = copy.deepcopy(BASE_REQUEST)
+    req["prior_refunds"] = [{"amount": "5.00", "refunded_at": "2024-03-05T10:00:00+01:00"},
+                            {"amount": "200.00", "refunded_at": "2024-03-05T10:00:00+01:00",
+                             "request_id": "older"}]
+    req["transaction"]["amount"] = "500.00"
+    assert engine.evaluate(req).rule_ids == ("big-earlier-refund",)
+    req["prior_refunds"] = req["prior_refunds"][:1]
+    assert engine.evaluate(req).rule_ids == ("all-small",)
+    req["prior_refunds"] = []
+    assert engine.evaluate(req).rule_ids == ("refundry.no-rule-matched",)  # `all` needs one
+    durable = refundry.Engine.from_path(tmp_path, backend="durable")
+    req["prior_refunds"] = [{"amount": "200.00", "refunded_at": "2024-03-05T10:00:00+01:00"}]
+    assert durable.evaluate(req).to_dict() == engine.evaluate(req).to_dict()
+    durable.close()
+
+
+# --- contract shape and impossible dates -----------------------------------------------------
+
+
+def test_refund_to_takes_the_payment_method_shape_and_a_bare_string(engine):
+    req = copy.deepcopy(BASE_REQUEST)
+    req["transaction"]["payment_method"] = {"type": "card", "last4": "4242"}
+    for refund_to, outcome in ((None, "approve"), ({"type": "card", "last4": "4242"}, "approve"),
+                               ({"type": "card", "last4": "9999"}, "manual_review"),
+                               ("store_credit", "manual_review"), ("original", "approve")):
+        if refund_to is not None:
+            req["refund_to"] = refund_to
+        d = engine.evaluate(req)
+        assert not d.errors and d.outcome == outcome, (refund_to, d.to_dict())
+
+
+@pytest.mark.parametrize("where, text", [
+    ("effective_from", "effective_from: 2024-02-30\n"),
+    ("literal", "effective_from: 2024-01-01\nrules:\n  - id: r\n"
+                "    when: {field: transaction.delivered_at, ge: 2024-13-01}\n"
+                "    effect: deny\n    message: m\n    customer_message: c\n"),
+])
+def test_an_impossible_date_in_a_ruleset_is_a_load_error(tmp_path, cli, where, text):
+    path = tmp_path / "x.yaml"
+    path.write_text("ruleset: x\nversion: 1.0.0\n" + text + ("rules: []\n" if where != "literal" else ""))
+    r = cli("validate", path)
+    assert r.code == 3 and "Traceback" not in r.err, r.err
+    assert re.search(rf"{re.escape(str(path))}:\d+:\d+: invalid yaml: `2024-(02-30|13-01)` is not a real date", r.err), r.err
+
+
+def test_an_impossible_date_in_a_test_file_is_reported_with_its_place(tmp_path, cli):
+    shutil.copy(EU, tmp_path / "eu-consumer.yaml")
+    (tmp_path / "eu-consumer.test.yaml").write_text(
+        "ruleset: eu-consumer\ncases:\n  - name: x\n    request: {}\n"
+        "    expect: {deadlines: {period_ends: 2024-02-30}}\n")
+    r = cli("test", tmp_path)
+    assert r.code == 3 and "Traceback" not in r.err, r.err
+    assert "eu-consumer.test.yaml:5:" in r.err and "`2024-02-30` is not a real date" in r.err

@@ -30,6 +30,10 @@ from .request import parse_request
 
 INVALID_REQUEST = "refundry.invalid-request"
 NO_RULESET = "refundry.no-ruleset"
+DUPLICATE = Reason(
+    rule_id="refundry.duplicate", effect="deny", code="duplicate_request",
+    message="a prior refund already executed this request_id; this is a retry, not a new refund",
+    customer_message="This refund has already been paid.", citation="", ruleset="refundry")
 EVALUATION_ERROR = "refundry.evaluation-error"
 
 
@@ -240,6 +244,11 @@ class Engine:
                                    f"no {what} is in force on {day.isoformat()}",
                                    [f"no {what} in force on {day.isoformat()}"], when), {}, []
         comp = prepared.ruleset
+        if any(p.request_id == req.request_id for p in req.prior_refunds):
+            # An engine invariant before any rule: paying a retry would pay the refund twice.
+            return Decision(outcome="deny", amount=round_money(ZERO, req.currency),
+                            currency=req.currency, request_id=req.request_id, as_of=when,
+                            reasons=(DUPLICATE,), ruleset=comp.ref), {}, []
         builder = prepared.facts
         ctx: Context = builder.context(req, tz)
         facts, items = builder.build(req, ctx)
