@@ -64,8 +64,7 @@ def test_promise_1_same_means_of_payment_is_a_floor_a_client_cannot_replace(tmp_
 
 def test_promise_1_store_credit_without_consent_is_never_approved(engine):
     req = copy.deepcopy(BASE_REQUEST)
-    req["refund_to"] = {"type": "store_credit"}
-    req["transaction"]["payment_method"] = {"type": "card", "last4": "4242"}
+    req["refund_to"] = "store_credit"  # the bare form both the old and the new shape accept
     d = engine.evaluate(req)
     assert d.outcome == "manual_review"
     assert "crd-same-means-of-payment" in d.rule_ids
