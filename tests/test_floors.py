@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import refundry
-from refundry.loader import Library, Report, load_document
+from refundry.core.loader import Library, Report, load_document
 
 from .conftest import BASE_REQUEST, RULESETS
 
@@ -303,7 +303,7 @@ def test_promise_4_a_mixed_basket_refunds_the_lines_the_law_covers(engine):
 def test_lines_and_actions_are_in_the_decision_json_and_its_schema(engine):
     import jsonschema
 
-    from refundry.resources import schema
+    from refundry.core.resources import schema
 
     req = copy.deepcopy(BASE_REQUEST)
     req["items"].append({"sku": "B", "quantity": 2, "unit_price": "5.00", "perishable": True})

@@ -100,7 +100,7 @@ class Money:
         if kind == "lines":
             if lines is None:
                 return self.no_lines
-            known = [self.line_values[i] for i in lines if self.line_values[i] is not None]
+            known = [v for v in (self.line_values[i] for i in lines) if v is not None]
             return sum(known, ZERO) if known else self.requested
         return self.requested
 
@@ -173,9 +173,9 @@ def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any
     outs = {o for o, _, _ in decided}
     outcome = ("manual_review" if "manual_review" in outs else
                "approve" if "approve" in outs else "deny")
-    synthetic: dict[str, Reason] = {}
+    held: dict[str, Reason] = {}
     for _, extra, _ in decided:
-        synthetic.update((r.rule_id, r) for r in extra)
+        held.update((r.rule_id, r) for r in extra)
     # A rule's `lines` base counts the lines it decides that are not denied.
     covered = {r.id: [i for i in open_lines if r in per_line[i]] for r in matched}
     contributing = [r for r in matched if covered[r.id]]
@@ -184,14 +184,18 @@ def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any
     ceiling = (sum((v for v in known if v is not None), ZERO)
                if len(open_lines) < len(items) else None)
     amount = amount_of(outcome, floor, money, contributing, facts, currency, covered, ceiling)
-    lines = tuple(
-        Line(it.sku, it.quantity or 1, o,
-             None if money.line_values[i] is None else round_money(
-                 money.line_values[i] if o != "deny" else ZERO, currency),
-             tuple(r.id for r in per_line[i]))
-        for i, (it, (o, _, _)) in enumerate(zip(req.items, decided, strict=True)))
+    lines = tuple(_line(req, i, decided[i][0], per_line[i], money) for i in range(len(items)))
     actions = actions_of(outcome, contributing, money, facts, ctx, builder, currency, covered)
-    return Combined(outcome, tuple(synthetic.values()), amount, lines, actions)
+    return Combined(outcome, tuple(held.values()), amount, lines, actions)
+
+
+def _line(req: RefundRequest, index: int, outcome: str, rules: Sequence[Rule],
+          money: Money) -> Line:
+    item = req.items[index]
+    value = money.line_values[index]
+    amount = None if value is None else round_money(value if outcome != "deny" else ZERO,
+                                                    req.currency)
+    return Line(item.sku, item.quantity or 1, outcome, amount, tuple(r.id for r in rules))
 
 
 def actions_of(outcome: str, matched: Sequence[Rule], money: Money, facts: Mapping[str, Any],

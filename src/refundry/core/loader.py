@@ -26,9 +26,17 @@ import yaml
 from refundry.core import fields as fieldreg
 from refundry.core import jurisdictions, yamlsrc
 from refundry.core.errors import InvalidRulesets, RulesetError
-from refundry.core.language import All, AnyOf, Compare, Items, Literal
+from refundry.core.language import (
+    All,
+    AnyOf,
+    Compare,
+    Items,
+    Literal,
+    ParseContext,
+    parse_condition,
+    positions_of,
+)
 from refundry.core.language import Node as ConditionNode
-from refundry.core.language import ParseContext, parse_condition, positions_of
 from refundry.core.models import INDUSTRIES, Layer, Reason, RulesetRef
 from refundry.core.periods import (
     WEEKDAYS,
@@ -383,7 +391,7 @@ def _check_floor_authority(data: Any, shown: str, report: Report) -> None:
         if raw.get("floor") is True:
             report.add(why, shown, raw.pos("floor"), rule_id=raw.get("id"))
     for name, spec in (data.get("windows") or {}).items():
-        if isinstance(spec, Mapping) and spec.get("floor") is True:
+        if isinstance(spec, yamlsrc.LocDict) and spec.get("floor") is True:
             report.add(f"window `{name}`: {why}", shown, spec.pos("floor"))
 
 
@@ -637,7 +645,7 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             if "lines" in raw:
                 lines = parse_condition(raw["lines"], ctx, item=True, parent=raw, key="lines")
                 when = All((when, _some_line(lines)))
-            base, adjustments = _adjustments(raw.get("amount"), doc, rid, report)
+            amount_base, adjustments = _adjustments(raw.get("amount"), doc, rid, report)
             reason = Reason(
                 rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
                 message=raw["message"], customer_message=str(raw.get("customer_message", "")),
@@ -646,7 +654,7 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
                 id=rid, effect=effect, floor=floor, when=when, reason=reason,
                 adjustments=adjustments,
                 deadlines=_deadlines(raw.get("deadlines"), doc, rid, windows, report, calendar),
-                layer=doc.id, path=doc.path, line=pos[0], column=pos[1], base=base, lines=lines,
+                layer=doc.id, path=doc.path, line=pos[0], column=pos[1], base=amount_base, lines=lines,
                 actions=_actions(raw.get("actions"), doc, rid, report, calendar))
     return tuple(rules.values())
 
