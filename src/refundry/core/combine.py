@@ -31,7 +31,7 @@ import attrs
 
 from refundry.core.facts import Context, FactBuilder
 from refundry.core.loader import Rule
-from refundry.core.models import Action, Deadline, Line, Reason, RefundRequest
+from refundry.core.models import Action, Deadline, Item, Line, Reason, RefundRequest
 from refundry.core.money import ZERO, round_money
 
 STRICTNESS = {"approve": 0, "manual_review": 1, "deny": 2}
@@ -85,10 +85,12 @@ class Money:
         order_goods = tx.amount - delivery
         if order_goods <= 0:
             order_goods = sum((g for g in goods if g is not None), ZERO)
-        values = []
-        for g in goods:
-            share = min(Decimal(1), g / order_goods) if g is not None and order_goods > 0 else ZERO
-            values.append(None if g is None else g + standard * share)
+        values: list[Decimal | None] = goods
+        if standard:  # each line gets its share of standard delivery
+            values = []
+            for g in goods:
+                share = min(Decimal(1), g / order_goods) if g is not None and order_goods > 0 else ZERO
+                values.append(None if g is None else g + standard * share)
         # Without item lines only the requested amount says what was withdrawn; the whole order
         # less the express surcharge is the most it can come to.
         no_lines = min(req.amount, max(ZERO, refundable - express))
@@ -165,9 +167,11 @@ def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any
         amount = amount_of(outcome, floor, money, matched, facts, currency, {}, None)
         return Combined(outcome, synthetic, amount, (),
                         actions_of(outcome, matched, money, facts, ctx, builder, currency, {}))
-    if len(items) != len(req.items):  # no rule reads an item field, so none has `lines:`
+    if not any(r.lines is not None for r in matched):
+        return _same_for_every_line(req, matched, facts, money, ctx, builder)
+    if len(items) != len(req.items):  # defensive: a `lines:` rule always reads item fields
         items = [{} for _ in req.items]
-    per_line = [[r for r in matched if _applies(r, it)] for it in items]
+    per_line = [tuple(r for r in matched if _applies(r, it)) for it in items]
     decided = [outcome_of(rules) for rules in per_line]
     open_lines = [i for i, (o, _, _) in enumerate(decided) if o != "deny"]
     outs = {o for o, _, _ in decided}
@@ -177,25 +181,40 @@ def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any
     for _, extra, _ in decided:
         held.update((r.rule_id, r) for r in extra)
     # A rule's `lines` base counts the lines it decides that are not denied.
-    covered = {r.id: [i for i in open_lines if r in per_line[i]] for r in matched}
+    ids = [frozenset(r.id for r in rules) for rules in per_line]
+    covered = {r.id: [i for i in open_lines if r.id in ids[i]] for r in matched}
     contributing = [r for r in matched if covered[r.id]]
     floor = any(decided[i][2] for i in open_lines)
     known = [money.line_values[i] for i in open_lines]
     ceiling = (sum((v for v in known if v is not None), ZERO)
-               if len(open_lines) < len(items) else None)
+               if len(open_lines) < len(req.items) else None)
     amount = amount_of(outcome, floor, money, contributing, facts, currency, covered, ceiling)
-    lines = tuple(_line(req, i, decided[i][0], per_line[i], money) for i in range(len(items)))
+    rule_ids = {id(rules): tuple(r.id for r in rules) for rules in per_line}
+    lines = tuple(_line(req.items[i], decided[i][0], rule_ids[id(per_line[i])],
+                        money.line_values[i], currency) for i in range(len(req.items)))
     actions = actions_of(outcome, contributing, money, facts, ctx, builder, currency, covered)
     return Combined(outcome, tuple(held.values()), amount, lines, actions)
 
 
-def _line(req: RefundRequest, index: int, outcome: str, rules: Sequence[Rule],
-          money: Money) -> Line:
-    item = req.items[index]
-    value = money.line_values[index]
-    amount = None if value is None else round_money(value if outcome != "deny" else ZERO,
-                                                    req.currency)
-    return Line(item.sku, item.quantity or 1, outcome, amount, tuple(r.id for r in rules))
+def _same_for_every_line(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any],
+                         money: Money, ctx: Context, builder: FactBuilder) -> Combined:
+    """The common case, kept cheap: no matched rule has `lines:`, so each decides every line
+    and every line gets the order's outcome."""
+    outcome, synthetic, floor = outcome_of(matched)
+    every = list(range(len(req.items))) if outcome != "deny" else []
+    covered = {r.id: every for r in matched if r.base or r.actions}
+    amount = amount_of(outcome, floor, money, matched, facts, req.currency, covered, None)
+    ids = tuple(r.id for r in matched)
+    lines = tuple(_line(it, outcome, ids, value, req.currency)
+                  for it, value in zip(req.items, money.line_values, strict=True))
+    actions = actions_of(outcome, matched, money, facts, ctx, builder, req.currency, covered)
+    return Combined(outcome, synthetic, amount, lines, actions)
+
+
+def _line(item: Item, outcome: str, rule_ids: tuple[str, ...], value: Decimal | None,
+          currency: str) -> Line:
+    amount = None if value is None else round_money(value if outcome != "deny" else ZERO, currency)
+    return Line(item.sku, item.quantity or 1, outcome, amount, rule_ids)
 
 
 def actions_of(outcome: str, matched: Sequence[Rule], money: Money, facts: Mapping[str, Any],
