@@ -550,19 +550,7 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
                 return None
             return FieldRef(other.path)
         if set(value) == {"percent", "of"}:
-            pct, of = value["percent"], value["of"]
-            other = fieldreg.lookup(of, item=item) if isinstance(of, str) else None
-            if not isinstance(pct, (int, Decimal)) or isinstance(pct, bool) or not 0 <= pct <= 1000:
-                ctx.error("`percent` takes a number from 0 to 1000", value, "percent", value=True)
-                return None
-            if other is None or other.kind not in ("money", "count", "any"):
-                ctx.error(f"`of` must name an amount field, not `{of}`", value, "of", value=True)
-                return None
-            if info.kind not in ("money", "count", "any"):
-                ctx.error(f"`{info.path}` is {info.kind}; a percentage compares with amounts",
-                          raw, op)
-                return None
-            return Percent(Decimal(pct), other.path)
+            return _percent_operand(value, info, op, ctx, raw, item)
         if set(value) == {"field", "plus"}:
             plus = value["plus"]
             other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
@@ -595,6 +583,22 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
             return None
     checked = _check_literal(value, info, ctx, raw, op)
     return None if checked is _INVALID else Literal(checked)
+
+
+def _percent_operand(value: Mapping[str, Any], info: fieldreg.FieldInfo, op: str,
+                     ctx: ParseContext, raw: Any, item: bool | str) -> Operand | None:
+    pct, of = value["percent"], value["of"]
+    other = fieldreg.lookup(of, item=item) if isinstance(of, str) else None
+    if not isinstance(pct, (int, Decimal)) or isinstance(pct, bool) or not 0 <= pct <= 1000:
+        ctx.error("`percent` takes a number from 0 to 1000", value, "percent", value=True)
+        return None
+    if other is None or other.kind not in ("money", "count", "any"):
+        ctx.error(f"`of` must name an amount field, not `{of}`", value, "of", value=True)
+        return None
+    if info.kind not in ("money", "count", "any"):
+        ctx.error(f"`{info.path}` is {info.kind}; a percentage compares with amounts", raw, op)
+        return None
+    return Percent(Decimal(pct), other.path)
 
 
 def _request_operand(value: Mapping[str, Any], info: fieldreg.FieldInfo, op: str,

@@ -680,7 +680,9 @@ def compose(layers: Sequence[RulesetDoc], report: Report, probe: HolidayCalendar
 class Library:
     """Every ruleset version loaded, and every layered combination of them that can be in force.
 
-    Built once; read-only afterwards, so any number of threads may resolve against it.
+    Built once. Every layered combination a request can meet is composed at load; a stack no
+    load-time representative reached (a jurisdiction no ruleset names) is composed on first
+    use under a lock, so any number of threads may resolve against it.
     """
 
     def __init__(self, docs: Sequence[RulesetDoc], report: Report) -> None:
