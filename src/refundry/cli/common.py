@@ -57,8 +57,26 @@ def read_json(path: str) -> Any:
 
 
 def engine_for(args: argparse.Namespace, paths: Sequence[str] | None = None) -> Engine:
+    """The rulesets named (``--rulesets``, default: ./rulesets or the shipped ones), with the
+    baselines added under them as `validate` and `test` add them."""
     source = paths or [str(args.rulesets or default_rulesets())]
-    return Engine.from_path(source, backend=getattr(args, "backend", "compiled"))
+    # The default folder already holds the baselines; adding them again would only reload them.
+    named = bool(paths or args.rulesets)
+    return Engine.from_path(source, backend=getattr(args, "backend", "compiled"),
+                            baselines=baselines_for(args) if named else None)
+
+
+def add_baselines_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="do not add the baselines of ./rulesets (or the shipped ones) under "
+                             "the rulesets given")
+
+
+def baselines_for(args: argparse.Namespace, context: str | Path | None = None) -> Path | None:
+    """Where the baselines added under the rulesets given come from, or None to add none."""
+    if getattr(args, "no_baselines", False):
+        return None
+    return Path(context) if context else default_rulesets()
 
 
 def parse_as_of(text: str | None) -> dt.datetime | None:

@@ -13,6 +13,7 @@ from refundry.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     add_backend_option,
+    add_baselines_option,
     add_db_option,
     engine_for,
     open_db,
@@ -79,6 +80,7 @@ def register(sub: Any) -> None:
                    "shipped baselines)")
     p.add_argument("--as-of", help="RFC 3339 time that chooses the ruleset versions in force")
     p.add_argument("--explain", action="store_true", help="show each rule and the values it saw")
+    add_baselines_option(p)
     add_backend_option(p)
     p.add_argument("--record", action="store_true",
                    help="append the decision to the records store")

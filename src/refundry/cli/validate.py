@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from refundry.cli.common import EXIT_OK, default_rulesets
+from refundry.cli.common import EXIT_OK, add_baselines_option, baselines_for
 from refundry.core.engine import Engine
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    paths = list(args.paths)
-    context = str(args.rulesets or default_rulesets())
-    named = [Path(p) for p in paths]
-    # Files named on their own still need the rulesets they extend.
-    if any(p.is_file() for p in named) and Path(context).exists():
-        paths.append(context)
-    engine = Engine.from_path(paths)
+    # Rulesets named on their own still need the baselines they extend: the same ones `test`
+    # and `evaluate --rulesets` add.
+    engine = Engine.from_path(args.paths, baselines=baselines_for(args, args.rulesets))
     versions = engine.rulesets
     ids = {r.id for r in versions}
     print(f"ok: {len(ids)} ruleset{'s' if len(ids) != 1 else ''}, {len(versions)} "
@@ -29,6 +24,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("validate", help="check rulesets: syntax, schema and semantics")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--rulesets", help="rulesets that named files may extend (default: ./rulesets "
-                   "or the shipped baselines)")
+    p.add_argument("--rulesets", help="where the baselines added under the rulesets given come "
+                   "from (default: ./rulesets or the shipped ones)")
+    add_baselines_option(p)
     p.set_defaults(func=cmd_validate)

@@ -111,13 +111,16 @@ class Engine:
         self._epochs = sorted({d.effective_from for v in library.versions.values() for d in v})
 
     @classmethod
-    def from_path(cls, path: str | Path | Iterable[str | Path], *, backend: str = "compiled") -> Engine:
+    def from_path(cls, path: str | Path | Iterable[str | Path], *, backend: str = "compiled",
+                  baselines: str | Path | None = None) -> Engine:
         """Load every ruleset under ``path`` (a file, a directory, or several).
 
+        ``baselines``: a folder whose baselines are added under the rulesets given (a client
+        layer extends them); those given win by id and by scope.
         Raises ``InvalidRulesets`` listing every problem, each with file, line and column.
         """
         paths = [path] if isinstance(path, (str, Path)) else list(path)
-        return cls(load_library(paths), backend=backend)
+        return cls(load_library(paths, baselines=baselines), backend=backend)
 
     @property
     def backend(self) -> str:

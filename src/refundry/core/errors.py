@@ -14,7 +14,7 @@ def did_you_mean(word: object, known: Iterable[str]) -> str:
     """``; did you mean `x`?`` when one known name is close to what was typed, else nothing."""
     if not isinstance(word, str):
         return ""
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.75)
+    close = difflib.get_close_matches(word, list(known), n=1)
     return f"; did you mean `{close[0]}`?" if close else ""
 
 

@@ -785,10 +785,25 @@ class Library:
                 claimed[key] = doc
 
 
-def load_library(paths: Iterable[str | Path]) -> Library:
-    """Load and check every ruleset under ``paths``; raise ``InvalidRulesets`` with all errors."""
+def load_library(paths: Iterable[str | Path], *,
+                 baselines: str | Path | None = None) -> Library:
+    """Load and check every ruleset under ``paths``; raise ``InvalidRulesets`` with all errors.
+
+    ``baselines``: a folder whose baselines (rulesets without ``client``) are added under the
+    ones given, so a client layer can be checked, tested and evaluated on its own. A baseline
+    given in ``paths`` wins over one there with the same id or the same industry and scope.
+    """
     report = Report()
-    files = discover(paths)
+    docs = _load_all(discover(paths), report)
+    if baselines is not None and Path(baselines).is_dir():
+        docs += [d for d in _load_all(discover([baselines]), report) if _adds_to(d, docs)]
+    library = Library(docs, report)
+    if report.errors:
+        raise InvalidRulesets(report.errors)
+    return library
+
+
+def _load_all(files: Iterable[Path], report: Report) -> list[RulesetDoc]:
     docs = []
     for f in files:
         if not f.exists():
@@ -797,7 +812,11 @@ def load_library(paths: Iterable[str | Path]) -> Library:
         doc = load_document(f, report)
         if doc is not None:
             docs.append(doc)
-    library = Library(docs, report)
-    if report.errors:
-        raise InvalidRulesets(report.errors)
-    return library
+    return docs
+
+
+def _adds_to(base: RulesetDoc, given: Sequence[RulesetDoc]) -> bool:
+    if base.client is not None or any(d.id == base.id for d in given):
+        return False
+    own = {(d.industry, s) for d in given if d.client is None for s in d.jurisdictions or ()}
+    return not any((base.industry, s) in own for s in base.jurisdictions or ())
