@@ -51,7 +51,7 @@ def test_evaluate_prints_the_decision(cli, tmp_path):
 def test_evaluate_as_of_and_explain(cli, tmp_path):
     path = tmp_path / "req.json"
     path.write_text(json.dumps(BASE_REQUEST))
-    r = cli("evaluate", path, "--explain", "--as-of", "2024-03-15T12:00:00+00:00")
+    r = cli("evaluate", path, "--explain=json", "--as-of", "2024-03-15T12:00:00+00:00")
     assert r.code == 0
     out = r.json()
     assert out["decision"]["as_of"] == "2024-03-15T12:00:00+00:00"
