@@ -595,6 +595,38 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
     return tuple(out)
 
 
+def _languages(layers: Sequence[RulesetDoc], doc: RulesetDoc) -> tuple[str, ...] | None:
+    """The languages in force for ``doc``'s rules: its own `languages`, else the nearest layer
+    below that sets them; None when none does (then one text is enough)."""
+    upto = list(layers[: layers.index(doc) + 1]) if doc in layers else [doc]
+    for layer in reversed(upto):
+        if "languages" in layer.data:
+            return tuple(layer.data["languages"])
+    return None
+
+
+def _customer_texts(raw: Any, languages: tuple[str, ...] | None, doc: RulesetDoc, rid: str,
+                    report: Report) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A rule's customer_message: the default text and, when given per language, each one.
+    A language the client writes to without a text would leave its customers a message in
+    another language, so it is a load error."""
+    given = raw.get("customer_message", "")
+    texts = dict(given) if isinstance(given, Mapping) else {}
+    if languages and "customer_message" in raw:
+        missing = [lang for lang in languages if lang not in texts]
+        if not texts and languages != ("en",):
+            missing = [lang for lang in languages if lang != "en"]
+        if missing:
+            report.add(f"`customer_message` has no {', '.join(f'`{m}`' for m in missing)} text; "
+                       f"this client writes to customers in {', '.join(languages)}: give "
+                       "`customer_message: {" + ", ".join(f"{lang}: ..." for lang in languages) + "}`",
+                       doc.path, raw.vpos("customer_message"), rule_id=rid)
+    if not texts:
+        return str(given), ()
+    default = texts.get("en", next(iter(texts.values())))
+    return str(default), tuple((k, str(v)) for k, v in texts.items())
+
+
 def _defined_windows(*layers: RulesetDoc) -> set[str]:
     """Window names written in these layers, valid or not: a window whose definition was
     rejected is not reported again as unknown at each rule that uses it."""
@@ -635,9 +667,10 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             ctx = ParseContext(report.at(doc.path), windows, rid,
                                _defined_windows(*layers) - set(windows))
             when = parse_condition(raw["when"], ctx, parent=raw, key="when") if "when" in raw else parse_condition({"all": [{"field": "request_id", "exists": True}]}, ctx)
+            text, texts = _customer_texts(raw, _languages(layers, doc), doc, rid, report)
             reason = Reason(
                 rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
-                message=raw["message"], customer_message=str(raw.get("customer_message", "")),
+                message=raw["message"], customer_message=text, customer_messages=texts,
                 citation=citation, floor=floor, ruleset=doc.id)
             rules[rid] = Rule(
                 id=rid, effect=effect, floor=floor, when=when, reason=reason,
