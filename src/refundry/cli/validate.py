@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from refundry.app.gaps import find_gaps
 from refundry.cli.common import EXIT_OK, add_baselines_option, baselines_for
 from refundry.core.engine import Engine
+from refundry.core.loader import discover
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -18,6 +20,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"ok: {len(ids)} ruleset{'s' if len(ids) != 1 else ''}, {len(versions)} "
           f"version{'s' if len(versions) != 1 else ''}, {len(engine.library.composites)} layered "
           "combinations")
+    if args.gaps:
+        gaps = find_gaps(engine, {str(p) for p in discover(args.paths)})
+        for gap in gaps:
+            print(f"gap: {gap.describe()}")
+        print(f"{len(gaps)} gap{'s' if len(gaps) != 1 else ''}")
     return EXIT_OK
 
 
@@ -27,4 +34,7 @@ def register(sub: Any) -> None:
     p.add_argument("--rulesets", help="where the baselines added under the rulesets given come "
                    "from (default: ./rulesets or the shipped ones)")
     add_baselines_option(p)
+    p.add_argument("--gaps", action="store_true",
+                   help="also list values of the fields the rules test (a reason, a policy) "
+                        "that no rule decides")
     p.set_defaults(func=cmd_validate)
