@@ -45,7 +45,7 @@ def test_evaluate_accepts_an_rfc3339_as_of(engine, request_json):
     by_string = engine.evaluate(request_json, as_of="2024-08-05T10:00:00-07:00")
     by_datetime = engine.evaluate(request_json, as_of=dt.datetime.fromisoformat("2024-08-05T10:00:00-07:00"))
     assert by_string == by_datetime
-    assert by_string.as_of == dt.datetime(2024, 8, 5, 17, tzinfo=dt.timezone.utc)
+    assert by_string.as_of == dt.datetime(2024, 8, 5, 17, tzinfo=dt.UTC)
     assert engine.explain(request_json, as_of="2024-08-05T10:00:00-07:00").decision == by_string
 
 

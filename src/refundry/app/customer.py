@@ -154,7 +154,9 @@ def _payment(case: Case | None, lang: str) -> tuple[str, str]:
     reference = ""
     for e in case.events:
         if e.type in RECEIPT_STATUSES:
-            reference = e.details.get("reference") or "RF-" + e.hash[7:19].upper()
+            # `refunded` after `processed --reference X` is the same payment: keep X; a
+            # reference is made up only when no step of the payment gave one.
+            reference = e.details.get("reference") or reference or "RF-" + e.hash[7:19].upper()
     return method, reference
 
 

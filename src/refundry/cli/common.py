@@ -27,6 +27,8 @@ from refundry.records.stores import DEFAULT_PATH, open_store
 EXIT_OK, EXIT_ERROR, EXIT_FAILED, EXIT_INVALID = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 BACKENDS = ("compiled", "durable", "interpreted")
+ID_HELP = ("the case: the request_id of the refund request as it was evaluated (see `refundry "
+           "records list`)")
 
 
 class UsageError(RefundryError):
@@ -123,14 +125,32 @@ def case_line(case: Case) -> str:
     s = case.summary()
     need = ""
     if case.status == "manual_review":
-        need = f"  approvals {len(case.approvals)}/{case.required_approvals}"
+        since, why = waiting(case)
+        need = (f"  approvals {len(case.approvals)}/{case.required_approvals}  since {since}  "
+                f"why: {'; '.join(why) or 'no reason recorded'}")
     return (f"{s['request_id']}  {s['status']}  {s['amount']} {s['currency']}  "
             f"{s['events']} events  by {s['submitted_by']}{need}")
 
 
+def waiting(case: Case) -> tuple[str, list[str]]:
+    """Since when a case in review has waited and why: only the engine's decision puts a case
+    in review (`evaluated`), so it waits since then, for the reasons that gave the review."""
+    since = next((e.at for e in case.events if e.type == "evaluated"), case.events[0].at)
+    since = since.split(".")[0].rstrip("Z") + "Z"  # to the second: a queue is read by people
+    why = [f"{r.get('rule_id')} ({r.get('message')})" for r in case.decision.get("reasons") or ()
+           if r.get("effect") == "manual_review" or str(r.get("rule_id", "")).startswith("refundry.")]
+    return since, why
+
+
 def print_cases(args: argparse.Namespace, cases: list[Any]) -> int:
     if args.json:
-        print_json([c.summary() for c in cases])
+        out = []
+        for case in cases:
+            item = case.summary()
+            if case.status == "manual_review":
+                item["waiting_since"], item["waiting_for"] = waiting(case)
+            out.append(item)
+        print_json(out)
     else:
         for case in cases:
             print(case_line(case))

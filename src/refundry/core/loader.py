@@ -10,8 +10,8 @@ or undercuts a statutory floor of a layer below it.
 from __future__ import annotations
 
 import bisect
-import difflib
 import datetime as dt
+import difflib
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
