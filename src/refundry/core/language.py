@@ -456,7 +456,7 @@ def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: i
             ctx.error(f"`{head}` is about the request, not an item", raw, head)
             return TRUE
         if not isinstance(name, str) or name not in ctx.windows:
-            if name in ctx.broken_windows:
+            if isinstance(name, str) and name in ctx.broken_windows:
                 return TRUE  # its definition is already reported; one cause, one error
             known = ", ".join(sorted(ctx.windows)) or "none defined"
             ctx.error(f"unknown window `{name}`{did_you_mean(name, ctx.windows)} (windows: {known})",
