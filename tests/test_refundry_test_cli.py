@@ -98,7 +98,7 @@ def test_coverage_is_per_condition_too(cli, tmp_path):
             "condition `reason in [changed_mind, other]` was never false") in r.out
     full = cli("test", folder, "--coverage")
     assert "coverage: 4/4 rules, 11/11 conditions" in full.out, full.out
-    assert cli("test", folder, "--json").json()["coverage"]["conditions"] == 11
+    assert cli("test", folder, "--coverage", "--json").json()["coverage"]["conditions"] == 11
 
 
 def test_a_wrong_expected_outcome_lists_the_valid_ones_at_its_line(cli, tmp_path):

@@ -36,7 +36,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     engine = Engine.from_path(rulesets, backend=args.backend, baselines=baselines_for(args))
     own = [p for p in args.paths if not is_test_file(Path(p))]
     report = run_tests(engine, tests, pattern=args.run, own=own,
-                       conditions=args.coverage or args.json)
+                       conditions=args.coverage)
     for err in report.errors:
         print(err, file=sys.stderr)
     if args.json:
