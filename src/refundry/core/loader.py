@@ -827,9 +827,12 @@ def load_library(paths: Iterable[str | Path], *,
     given in ``paths`` wins over one there with the same id or the same industry and scope.
     """
     report = Report()
-    docs = _load_all(discover(paths), report)
+    files = discover(paths)
+    docs = _load_all(files, report)
     if baselines is not None and Path(baselines).is_dir():
-        docs += [d for d in _load_all(discover([baselines]), report) if _adds_to(d, docs)]
+        given = {f.resolve() for f in files}
+        more = [f for f in discover([baselines]) if f.resolve() not in given]
+        docs += [d for d in _load_all(more, report) if _adds_to(d, docs)]
     library = Library(docs, report)
     if report.errors:
         raise InvalidRulesets(report.errors)
