@@ -122,3 +122,11 @@ def test_an_unknown_key_in_a_case_is_reported_at_the_key(cli, tmp_path):
     r = cli("test", tests)
     assert r.code == 3
     assert "gadgetco-ca.test.yaml:30:5: a case needs `name`, `request` and `expect`" in r.err
+
+
+def test_a_ruleset_file_without_a_test_file_says_so(cli, tmp_path):
+    folder = client_layer(tmp_path)
+    (folder / "gadgetco-ca.test.yaml").unlink()
+    r = cli("test", folder / "gadgetco-ca.yaml")
+    assert r.code == 0 and r.out.strip() == "0 passed, 0 failed"
+    assert "no test file found" in r.err

@@ -39,6 +39,9 @@ def cmd_test(args: argparse.Namespace) -> int:
                        conditions=args.coverage)
     for err in report.errors:
         print(err, file=sys.stderr)
+    if not tests:
+        print("refundry: no test file found (a ruleset file runs the FILE.test.yaml next to it)",
+              file=sys.stderr)
     if args.json:
         print_json(report.to_dict())
     else:
