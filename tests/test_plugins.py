@@ -388,7 +388,8 @@ def test_an_external_plugin_is_listed_and_used_by_run(external_plugin: Path, tmp
     assert upper["distribution"] == "refundry-upper" and upper["version"] == "0.1.0"
     assert upper["hooks"] == ["refundry_sinks", "refundry_sources"]
     assert [s["name"] for s in upper["sources"]] == ["csvish"]
-    assert upper["sources"][0]["options"] == {"template": "a request as json"}
+    assert upper["sources"][0]["options"] == [{"name": "template", "type": "text", "default": None,
+                                               "required": False, "help": "a request as json"}]
     assert [s["name"] for s in upper["sinks"]] == ["upper"]
     assert by_name["refundry"]["sources"][0]["name"] == "jsonl"
 

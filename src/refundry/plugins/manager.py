@@ -8,6 +8,7 @@ one so that any failure is reported with the plugin's name.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import pluggy
 
 from refundry.core.models import Decision, RefundRequest
 from refundry.plugins import spec as hookspecs
-from refundry.plugins.types import PluginError, Sink, Source, SourceError
+from refundry.plugins.types import Option, PluginError, Sink, Source, SourceError, as_options
 
 ENTRY_POINT_GROUP = "refundry"
 BUILTIN = "refundry"
@@ -145,6 +146,41 @@ class Plugins:
             raise SourceError(f"no sink `{name}`; installed: "
                               f"{', '.join(sorted(self.sinks)) or 'none'}") from None
 
+    def plugin_options(self) -> list[tuple[str, Option]]:
+        """(plugin, option) for every option declared through ``refundry_options``."""
+        found = []
+        for plugin, fn in self._impls("refundry_options"):
+            try:
+                found += [(plugin, o) for o in as_options(fn() or ())]
+            except Exception as exc:  # noqa: BLE001 - name the plugin, whatever it raised
+                raise PluginError(plugin, f"refundry_options raised {type(exc).__name__}: {exc}") from None
+        return found
+
+    def check_options(self, options: Mapping[str, str], source: Source,
+                      sinks: Sequence[Sink]) -> None:
+        """Raise ``SourceError`` (one line) for an option nothing in this run declares, a value
+        of the wrong type, or a missing required source option; before any record is read."""
+        declared: dict[str, Option] = {}
+        for item in [source, *sinks]:
+            for opt in item.options:
+                declared.setdefault(opt.name, opt)
+        for _, opt in self.plugin_options():
+            declared.setdefault(opt.name, opt)
+        sink_names = {s.name for s in sinks}
+        for key, value in options.items():
+            if key.startswith("out.") and key[4:] in sink_names:
+                continue
+            opt = declared.get(key)
+            if opt is None:
+                raise SourceError(unknown_option(key, [*declared, *(f"out.{n}" for n in sink_names)],
+                                                 source.name))
+            problem = opt.check(value)
+            if problem:
+                raise SourceError(problem)
+        for opt in source.options:
+            if opt.required and not str(options.get(opt.name, "")).strip():
+                raise SourceError(f"source `{source.name}` needs `--option {opt.name}=...`")
+
     def enrich(self, request: Mapping[str, Any], ref: str,
                options: Mapping[str, str]) -> dict[str, Any]:
         """The request with every enricher's additions merged; raises ``PluginError``."""
@@ -207,12 +243,22 @@ class Plugins:
                             if s.plugin == name],
                 "sinks": [_describe(s) for s in sorted(self.sinks.values(), key=lambda s: s.name)
                           if s.plugin == name],
+                "options": [o.describe() for p, o in self.plugin_options() if p == name],
             })
         return out
 
 
 def _describe(item: Source | Sink) -> dict[str, Any]:
-    return {"name": item.name, "description": item.description, "options": dict(item.options)}
+    return {"name": item.name, "description": item.description,
+            "options": [o.describe() for o in item.options]}
+
+
+def unknown_option(key: str, known: Sequence[str], source: str) -> str:
+    """One line for an option nothing declares, naming the nearest declared one."""
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean `{near[0]}`?" if near else \
+        f"; `refundry plugins` lists what source `{source}` and the sinks read"
+    return f"unknown option `{key}`{hint}"
 
 
 class _ReadOnly(Mapping[str, Any]):
