@@ -199,13 +199,19 @@ OpenFn = Callable[[Path | None, Mapping[str, str]], SinkWriter]
 
 @attrs.frozen
 class Sink:
-    """A named writer: ``open(path, options)`` (``path`` is ``--out``, ``None`` for stdout)."""
+    """A named writer: ``open(path, options)`` (``path`` is ``--out``, ``None`` for stdout).
+
+    ``output`` is ``"file"`` (one file, e.g. JSON lines) or ``"dir"`` (a file per record in
+    the directory ``path``): with ``refundry run --out DIR`` it writes ``DIR/NAME.jsonl`` or
+    ``DIR/NAME/``.
+    """
 
     name: str
     open: OpenFn
     description: str = ""
     options: tuple[Option, ...] = attrs.field(default=(), converter=as_options)
     plugin: str = ""
+    output: str = attrs.field(default="file", validator=attrs.validators.in_(("file", "dir")))
 
 
 def idempotency_key(request_id: str) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import refundry
-from refundry.plugins import Sink, SinkWriter, Source
+from refundry.plugins import Option, Sink, SinkWriter, Source
 
 from . import shopify, stripe
 
@@ -38,7 +38,7 @@ def refundry_sources() -> Sequence[Source]:
 def refundry_sinks() -> Sequence[Sink]:
     return [
         Sink("shopify-refund", _shopify_sink, "approved refunds as Shopify refund-create bodies "
-             "(JSON lines)", {"notify": "`true` asks Shopify to e-mail the customer"}),
+             "(JSON lines)", [Option("notify", "bool", "false", "`true` asks Shopify to e-mail the customer")]),
         Sink("stripe-refund", _stripe_sink, "approved refunds as Stripe refund-create params, "
              "amount in minor units (JSON lines)"),
     ]

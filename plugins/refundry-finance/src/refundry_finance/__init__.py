@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import refundry
-from refundry.plugins import Sink, SinkWriter, Source
+from refundry.plugins import Option, Sink, SinkWriter, Source
 
 from . import disputes, iso20022
 
@@ -36,4 +36,5 @@ def refundry_sources() -> Sequence[Source]:
 def refundry_sinks() -> Sequence[Sink]:
     return [Sink("pacs004", _pacs004_sink, "approved refunds as ISO 20022 pacs.004.001.10 "
                  "PaymentReturn messages, one file each in the --out directory",
-                 {"settlement_method": "GrpHdr/SttlmInf/SttlmMtd (default `CLRG`)"})]
+                 [Option("settlement_method", default="CLRG", help="GrpHdr/SttlmInf/SttlmMtd")],
+                 output="dir")]
