@@ -21,6 +21,7 @@ import pytest
 import refundry
 from refundry.app.runner import run
 from refundry.plugins import (
+    Option,
     PluginError,
     Plugins,
     Sink,
@@ -165,7 +166,7 @@ def test_hook_refundry_sinks(tmp_path: Path) -> None:
             def open_(path: Path | None, options: Mapping[str, str]) -> Writer:
                 opened.append((path, dict(options)))
                 return Writer()
-            return [Sink("capture", open_, "test")]
+            return [Sink("capture", open_, "test", [Option("a", help="declared, so accepted")])]
 
     src = write_jsonl(tmp_path / "in.jsonl", [request(1), request(2)])
     run(source="jsonl", input_path=src, sinks=["capture"], out=tmp_path / "o",
@@ -179,6 +180,10 @@ def test_hook_refundry_enrich_request(tmp_path: Path) -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
 
     class History:
+        @refundry.hookimpl
+        def refundry_options(self) -> list[Option]:
+            return [Option("x", "int", help="an enricher's option")]
+
         @refundry.hookimpl
         def refundry_enrich_request(self, request: Mapping[str, Any], ref: str,
                                     options: Mapping[str, str]) -> Mapping[str, Any] | None:
@@ -200,6 +205,38 @@ def test_hook_refundry_enrich_request(tmp_path: Path) -> None:
     assert merged["facts"] == {"velocity": 1, "kept": True}
     out = lines(tmp_path / "o.jsonl")
     assert [d["amount"] for d in out] == ["109.99", "109.99"]
+
+
+def test_hook_refundry_options(tmp_path: Path) -> None:
+    """An enricher declares its options; `refundry plugins` lists them, a value of the wrong
+    type or an undeclared (misspelt) option stops the run before any file is written."""
+
+    class Velocity:
+        @refundry.hookimpl
+        def refundry_options(self) -> list[Option]:
+            return [Option("velocity_window", "int", "30", "days counted")]
+
+        @refundry.hookimpl
+        def refundry_enrich_request(self, request: Mapping[str, Any], ref: str,
+                                    options: Mapping[str, str]) -> Mapping[str, Any] | None:
+            return {"facts": {"window": int(options.get("velocity_window", "30"))}}
+
+    plugins = plugins_with(("velocity", Velocity()))
+    listed = {p["name"]: p for p in plugins.describe()}["velocity"]
+    assert listed["options"] == [{"name": "velocity_window", "type": "int", "default": "30",
+                                  "required": False, "help": "days counted"}]
+    src = write_jsonl(tmp_path / "in.jsonl", [request(1)])
+    with pytest.raises(SourceError, match=r"unknown option `velocity_windw`; did you mean "
+                                          r"`velocity_window`\?"):
+        run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+            plugins=plugins, options={"velocity_windw": "7"})
+    with pytest.raises(SourceError, match=r"option `velocity_window`: `a week` is not a whole number"):
+        run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+            plugins=plugins, options={"velocity_window": "a week"})
+    assert not (tmp_path / "o.jsonl").exists()
+    run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+        plugins=plugins, options={"velocity_window": "7"})
+    assert len(lines(tmp_path / "o.jsonl")) == 1
 
 
 def test_hook_refundry_decision_written(tmp_path: Path) -> None:
