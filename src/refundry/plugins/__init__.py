@@ -9,6 +9,7 @@ An adapter imports what it needs from here::
 
 from refundry.plugins.helpers import (
     JsonLinesWriter,
+    already_executed,
     day_start,
     epoch_to_rfc3339,
     from_minor_units,
@@ -38,7 +39,7 @@ from refundry.plugins.types import (
 
 __all__ = [
     "KINDS", "ExecutedRefund", "Option", "idempotency_key",
-    "JsonLinesWriter", "PluginError", "Plugins", "Sink", "SinkWriter", "Source", "SourceError",
+    "JsonLinesWriter", "already_executed", "PluginError", "Plugins", "Sink", "SinkWriter", "Source", "SourceError",
     "SourceRecord", "day_start", "epoch_to_rfc3339", "from_minor_units", "hookimpl",
     "iter_api_objects", "iter_json_documents", "make_plugin_manager", "money_text", "option",
     "record_error", "request_defaults", "to_minor_units", "zone_for",

@@ -30,6 +30,7 @@ from refundry.plugins import (
     JsonLinesWriter,
     Option,
     SourceRecord,
+    already_executed,
     idempotency_key,
     iter_json_documents,
     money_text,
@@ -342,7 +343,8 @@ class RefundCreateWriter:
         self._notify = options.get("notify", "false").lower() == "true"
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
-        if decision.outcome != "approve" or decision.amount <= 0:
+        if decision.outcome != "approve" or decision.amount <= 0 \
+                or already_executed(request):
             return
         facts = request.facts or {}
         order_id = str(facts.get("shopify_order_id") or request.transaction.id)

@@ -29,6 +29,7 @@ from refundry.plugins import (
     JsonLinesWriter,
     Option,
     SourceRecord,
+    already_executed,
     epoch_to_rfc3339,
     from_minor_units,
     idempotency_key,
@@ -153,7 +154,8 @@ class RefundParamsWriter:
         self._out = JsonLinesWriter(path, "request_id")
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
-        if decision.outcome != "approve" or decision.amount <= 0:
+        if decision.outcome != "approve" or decision.amount <= 0 \
+                or already_executed(request):
             return
         target = request.transaction.id
         key = "payment_intent" if target.startswith("pi_") else "charge"

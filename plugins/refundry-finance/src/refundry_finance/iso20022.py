@@ -43,6 +43,7 @@ from refundry.plugins import (
     ExecutedRefund,
     SourceError,
     SourceRecord,
+    already_executed,
     money_text,
     record_error,
     request_defaults,
@@ -349,7 +350,8 @@ class Pacs004Writer:
         self.dir, self.options = path, dict(options)
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
-        if decision.outcome != "approve" or decision.amount <= 0:
+        if decision.outcome != "approve" or decision.amount <= 0 \
+                or already_executed(request):
             return
         name = hashlib.sha256(request.request_id.encode()).hexdigest()[:32] + ".xml"
         tmp = self.dir / (name + ".tmp")

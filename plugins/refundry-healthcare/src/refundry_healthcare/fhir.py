@@ -26,6 +26,7 @@ from refundry.core.models import Decision, RefundRequest
 from refundry.plugins import (
     JsonLinesWriter,
     SourceRecord,
+    already_executed,
     day_start,
     iter_json_documents,
     money_text,
@@ -263,7 +264,8 @@ class PaymentReconciliationWriter:
         self._out = JsonLinesWriter(path, "id")
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
-        if decision.outcome != "approve" or decision.amount <= 0:
+        if decision.outcome != "approve" or decision.amount <= 0 \
+                or already_executed(request):
             return
         resource = payment_reconciliation(decision, request)
         self._out.write_line(resource["id"], dumps_fhir(resource))
