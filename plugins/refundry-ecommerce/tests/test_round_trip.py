@@ -57,7 +57,7 @@ def test_an_approved_suggestion_is_written_once_and_read_back_as_executed(tmp_pa
     run(source="shopify", input_path=inbox, sinks=["shopify-refund"], out=out, options=OPTS,
         rulesets=RULESETS)
     (instruction,) = lines(out)
-    rid = instruction["request_id"]
+    assert instruction["idempotency_key"] == f"refundry-{instruction['request_id']}"
     assert instruction["refund"]["transactions"][0]["amount"] == "41.94"
     # The same command again (a re-run after a kill): no second line.
     run(source="shopify", input_path=inbox, sinks=["shopify-refund"], out=out, options=OPTS,

@@ -442,26 +442,25 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
 
 class _History:
     """Executed refunds read in this run, by transaction: each becomes a ``prior_refunds``
-    entry of every later request for that transaction (once per ``request_id``)."""
+    entry of every later request for that transaction."""
 
     def __init__(self) -> None:
         self._by_transaction: dict[str, list[dict[str, Any]]] = {}
+        self._seen: set[str] = set()
 
     def add(self, refund: ExecutedRefund) -> None:
-        entries = self._by_transaction.setdefault(refund.transaction_id, [])
-        entry = refund.prior_refund()
-        if all(e["request_id"] != entry["request_id"] for e in entries):
-            entries.append(entry)
+        # One entry per refund: the same refund read twice (two exports) is counted once, two
+        # refunds of one case (a partial, then the rest) are two.
+        if refund.refund_id not in self._seen:
+            self._seen.add(refund.refund_id)
+            self._by_transaction.setdefault(refund.transaction_id, []).append(refund.prior_refund())
 
     def merge(self, request: dict[str, Any]) -> dict[str, Any]:
         tx = request.get("transaction")
         entries = self._by_transaction.get(str(tx.get("id"))) if isinstance(tx, Mapping) else None
         if not entries:
             return request
-        prior = list(request.get("prior_refunds") or [])
-        known = {p.get("request_id") for p in prior if isinstance(p, Mapping)}
-        prior += [e for e in entries if e["request_id"] not in known]
-        return {**request, "prior_refunds": prior}
+        return {**request, "prior_refunds": [*(request.get("prior_refunds") or []), *entries]}
 
 
 def _journal_states(path: Path) -> dict[str, str]:
