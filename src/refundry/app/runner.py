@@ -292,6 +292,12 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     done = set(jr.seen)
     states = _journal_states(jr_path)
     history = _History()
+    if src.history:
+        # Executed refunds anywhere in the input are history of every request, before or after
+        # them in the input: one reading pass collects them first.
+        for rec in _guarded(src.read(input_path, options), src.plugin, src.name):
+            if rec.executed is not None:
+                history.add(rec.executed)
     on_executed = getattr(record, "executed", None)
     on_update = getattr(record, "updated", None)
     dl = JsonLinesWriter(dl_path, "ref")

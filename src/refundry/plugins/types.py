@@ -173,7 +173,9 @@ class Source:
     ``read`` raises ``SourceError`` when it cannot start (e.g. a required option is missing);
     a record it cannot map is a ``SourceRecord`` with ``error``, never an exception.
     ``options`` declares each option the source reads (``Option``s; a mapping of name ->
-    help is accepted too).
+    help is accepted too). ``history``: the source may yield executed refunds, so the runner
+    reads the input once more, first, to know every one before it decides any request (a
+    source that never yields them sets ``False`` and is read once).
     """
 
     name: str
@@ -181,6 +183,7 @@ class Source:
     description: str = ""
     options: tuple[Option, ...] = attrs.field(default=(), converter=as_options)
     plugin: str = ""
+    history: bool = True
 
 
 class SinkWriter(Protocol):
