@@ -18,6 +18,8 @@ import collections
 import contextlib
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -180,9 +182,23 @@ def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
 _worker_engine: Engine | None = None
 
 
-def _worker_init(paths: list[str], backend: str) -> None:
+def _worker_init(paths: list[str], backend: str, parent: int) -> None:
     global _worker_engine
+    _die_with_parent(parent)
     _worker_engine = Engine.from_path(paths, backend=backend)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker never outlives the run: on Linux the kernel sends it SIGKILL when the parent
+    dies, however it dies (kill -9 included); a parent already gone ends the worker now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _worker_chunk(chunk: list[tuple[str, dict[str, Any]]]) -> list[_Result]:
@@ -417,7 +433,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                 handle(_evaluate_one(engine, ref, data))
         else:
             pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                       initargs=([str(p) for p in rulesets or ()], backend))
+                                       initargs=([str(p) for p in rulesets or ()], backend,
+                                                 os.getpid()))
             pending: collections.deque[Future[list[_Result]]] = collections.deque()
             for chunk in _chunks(ready(), CHUNK):
                 pending.append(pool.submit(_worker_chunk, chunk))
