@@ -103,3 +103,41 @@ def test_stripe_instructions_read_back_are_executed(tmp_path: Path) -> None:
                   options={"client_id": "acme", "jurisdiction": "JP"}, rulesets=RULESETS)
     assert summary.kinds == {"request": 0, "executed": 1, "context": 0, "broken": 0}
     assert lines(back) == []
+
+
+def test_an_executed_refund_read_back_moves_its_case_to_refunded(tmp_path: Path) -> None:
+    """--db: the refund Stripe made for an approved case (its metadata names the case) appends
+    `processed` and `refunded` with Stripe's refund id; reading it again appends nothing."""
+    import subprocess
+    import sys
+
+    from refundry import open_store
+
+    db = tmp_path / "records.db"
+    exe = [sys.executable, "-m", "refundry.cli", "run", "--rulesets", str(RULESETS[0]),
+           "--db", str(db), "--by", "batch-bot"]
+    request = {"request_id": "case-jpy", "client_id": "acme", "industry": "ecommerce",
+               "jurisdiction": "JP", "requested_at": "2024-04-03T09:00:00+09:00",
+               "amount": "1200", "currency": "JPY", "reason": "defective",
+               "customer": {"id": "cus_1"}, "transaction": {"id": "ch_jpy1", "amount": "5000"}}
+    (tmp_path / "requests.jsonl").write_text(json.dumps(request) + "\n")
+    first = subprocess.run([*exe, "--source", "jsonl", "--input", str(tmp_path / "requests.jsonl"),
+                            "--sink", "stripe-refund", "--out", str(tmp_path / "params.jsonl")],
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    refund = {"object": "refund", "id": "re_jpy9", "amount": 1200, "currency": "jpy",
+              "charge": "ch_jpy1", "created": 1712102400, "status": "succeeded",
+              "metadata": {"refundry_request_id": "case-jpy"}}
+    (tmp_path / "refunds.json").write_text(json.dumps(refund))
+    for n in (1, 2):
+        back = subprocess.run([*exe, "--source", "stripe", "--input", str(tmp_path / "refunds.json"),
+                               "--sink", "stripe-refund", "--out", str(tmp_path / f"back{n}.jsonl"),
+                               "--option", "client_id=acme", "--option", "jurisdiction=JP"],
+                              capture_output=True, text=True, timeout=120)
+        assert back.returncode == 0, back.stderr
+        assert (tmp_path / f"back{n}.jsonl").read_text() == ""
+    with open_store(db, create=False) as store:
+        case = store.case("case-jpy")
+        assert case.status == "refunded"
+        assert [(e.type, e.details.get("reference")) for e in case.events] == [
+            ("evaluated", None), ("processed", "stripe:re_jpy9"), ("refunded", "stripe:re_jpy9")]

@@ -363,3 +363,29 @@ def test_malformed_disputes_and_csv_rows_become_dead_letters(plugins: Plugins, t
     c.write_text("\n".join([*rows[:row], ",".join(cells), *rows[row + 1:]]) + "\n")
     for rec in plugins.source("card-dispute-csv").read(c, {"client_id": "m", "jurisdiction": "US"}):
         assert rec.kind in ("request", "executed", "context", "broken")
+
+
+def test_a_later_state_of_a_dispute_updates_its_case(tmp_path: Path) -> None:
+    """dp_1JAy... is exported three times: twice `needs_response` with the funds withdrawn (a
+    duplicate), then `under_review` with the funds reinstated (an update of the same case)."""
+    from refundry import open_store
+
+    db = tmp_path / "records.db"
+    cmd = [sys.executable, "-m", "refundry.cli", "run", "--source", "stripe-dispute", "--input",
+           str(STRIPE), "--out", str(tmp_path / "d.jsonl"), "--rulesets", str(RULESETS),
+           "--option", "client_id=bank-1", "--option", "jurisdiction=US", "--db", str(db),
+           "--by", "batch-bot"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "duplicates 1" in done.stderr and "updated (later state) 1" in done.stderr
+    assert "read: request 3" in done.stderr and "read: context 2" in done.stderr
+    assert "read: broken 2" in done.stderr  # the two fixtures with a placeholder time
+    with open_store(db, create=False) as store:
+        case = store.case("stripe:dp_1JAyTwJSZQVUcJYgPqasUEn1")
+        assert [e.type for e in case.events] == ["evaluated", "note"]
+        assert "`under_review:2`" in case.events[-1].details["text"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "updated (later state) 0" in again.stderr and "skipped (done before) 5" in again.stderr
+    with open_store(db, create=False) as store:
+        assert len(store.case("stripe:dp_1JAyTwJSZQVUcJYgPqasUEn1").events) == 2

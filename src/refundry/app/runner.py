@@ -307,6 +307,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     jr = JsonLinesWriter(jr_path, "key")
     done = set(jr.seen)
     states = _journal_states(jr_path)
+    decided_in: dict[str, str] = {}  # request_id -> the state of its object when decided
     history = _History()
     if src.history:
         # Executed refunds anywhere in the input are history of every request, before or after
@@ -332,7 +333,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                 summary.plugin_errors.extend(str(e) for e in plugins.record_written(event))
             line = {"key": done_res.decision.request_id, "ref": done_res.ref,
                     "outcome": done_res.decision.outcome}
-            state = states.get(done_res.decision.request_id)
+            state = decided_in.get(done_res.decision.request_id)
             jr.write({**line, "state": state} if state else line)
         awaiting.clear()
 
@@ -381,14 +382,14 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             jr.write({"key": f"ref:{rec.ref}", "ref": rec.ref, "outcome": "executed"})
 
         def seen_before(rec: SourceRecord, key: str) -> bool:
-            """Skip, count as a duplicate, or (a later state of a decided object) update."""
+            """Skip, count as a duplicate, or (a state of a decided object not seen before)
+            update its case."""
             earlier = key in done or f"ref:{rec.ref}" in done
             if not earlier and key not in seen_now:
                 return False
             known = states.get(key)
-            if rec.state and known is not None and rec.state != known \
-                    and f"{key}@{rec.state}" not in done:
-                states[key] = rec.state
+            if rec.state and known and rec.state not in known:
+                known.add(rec.state)
                 if on_update is not None:
                     on_update(key, rec.state, rec.ref)
                 jr.write({"key": f"{key}@{rec.state}", "ref": rec.ref, "outcome": "updated"})
@@ -416,7 +417,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                     if not seen_before(rec, key):
                         seen_now.add(key)
                         if rec.state:
-                            states[key] = rec.state
+                            states[key] = {rec.state}
+                            decided_in[key] = rec.state
                         try:
                             data = plugins.enrich(history.merge(rec.request), rec.ref, options)
                         except PluginError as exc:
@@ -486,9 +488,9 @@ class _History:
         return {**request, "prior_refunds": [*(request.get("prior_refunds") or []), *entries]}
 
 
-def _journal_states(path: Path) -> dict[str, str]:
-    """request_id -> the last state of its object that a run journalled."""
-    states: dict[str, str] = {}
+def _journal_states(path: Path) -> dict[str, set[str]]:
+    """request_id -> every state of its object that a run decided or updated its case with."""
+    states: dict[str, set[str]] = {}
     if not path.exists():
         return states
     with path.open(encoding="utf-8") as fh:
@@ -502,9 +504,9 @@ def _journal_states(path: Path) -> dict[str, str]:
                 continue
             if entry.get("outcome") == "updated" and "@" in key:
                 rid, _, state = key.rpartition("@")
-                states[rid] = state
+                states.setdefault(rid, set()).add(state)
             elif isinstance(entry.get("state"), str):
-                states[key] = entry["state"]
+                states.setdefault(key, set()).add(entry["state"])
     return states
 
 
@@ -630,17 +632,22 @@ class StoreRecorder:
         return case.events[-1].to_dict() if created else None
 
     def executed(self, refund: ExecutedRefund, ref: str) -> None:
-        """An executed refund of a case in the store moves it on (approved -> processed ->
-        refunded, with the platform's refund id); any other case gets a note."""
+        """An executed refund of a case in the store: the money has moved, so an approved case
+        becomes processed and refunded (with the platform's refund id as reference); any other
+        case gets a note."""
         if not refund.case:
             return
         try:
             case = self.store.case(refund.case)
         except RecordError:
             return  # not a case of this store: it stays history of its transaction only
+        if any(e.details.get("reference") == refund.refund_id for e in case.events):
+            return  # the same refund read again (another export, a re-run): recorded once
         if case.status in ("approved", "processed"):
-            step = "processed" if case.status == "approved" else "refunded"
-            self.store.mark(refund.case, step, actor=self.actor, reference=refund.refund_id)
+            if case.status == "approved":
+                self.store.mark(refund.case, "processed", actor=self.actor,
+                                reference=refund.refund_id)
+            self.store.mark(refund.case, "refunded", actor=self.actor, reference=refund.refund_id)
         else:
             self.store.note(refund.case, f"executed refund `{refund.refund_id}` of "
                             f"{refund.amount} {refund.currency} read from `{ref}`", actor=self.actor)
