@@ -303,6 +303,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
 
     summary = Summary(out=str(out_path) if out_path else None, dead_letter=str(dl_path),
                       journal=str(jr_path))
+    summary.plugin_errors.extend(str(e) for e in plugins.errors)
     progress = progress or Progress()
     jr = JsonLinesWriter(jr_path, "key")
     done = set(jr.seen)

@@ -81,7 +81,7 @@ def open_decisions(path: Path | None, options: Mapping[str, str]) -> SinkWriter:
 @hookimpl
 def refundry_sources() -> Sequence[Source]:
     return [Source("jsonl", read_jsonl, "canonical refund requests, one JSON object per line (or a .json file: one request "
-                   "or a list)", history=False)]
+                   "or a list)")]
 
 
 @hookimpl

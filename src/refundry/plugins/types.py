@@ -173,9 +173,10 @@ class Source:
     ``read`` raises ``SourceError`` when it cannot start (e.g. a required option is missing);
     a record it cannot map is a ``SourceRecord`` with ``error``, never an exception.
     ``options`` declares each option the source reads (``Option``s; a mapping of name ->
-    help is accepted too). ``history``: the source may yield executed refunds, so the runner
-    reads the input once more, first, to know every one before it decides any request (a
-    source that never yields them sets ``False`` and is read once).
+    help is accepted too). ``history=True``: the source yields executed refunds and can read its
+    input twice (files, not a queue): the runner then reads it once more, first, so that an
+    executed refund is history of every request of its transaction wherever it stands in the
+    input; without it, only of the requests after it.
     """
 
     name: str
@@ -183,7 +184,7 @@ class Source:
     description: str = ""
     options: tuple[Option, ...] = attrs.field(default=(), converter=as_options)
     plugin: str = ""
-    history: bool = True
+    history: bool = False
 
 
 class SinkWriter(Protocol):

@@ -28,9 +28,9 @@ def refundry_sources() -> Sequence[Source]:
     return [
         Source("shopify", shopify.read, "Shopify Admin REST refunds, refunds/calculate "
                "responses, refund transactions and return webhooks (JSON file, JSON lines or a "
-               "directory)", shopify.OPTIONS),
+               "directory)", shopify.OPTIONS, history=True),
         Source("stripe", stripe.read, "Stripe refund and charge objects (JSON file, list, "
-               "JSON lines or a directory)", stripe.OPTIONS),
+               "JSON lines or a directory)", stripe.OPTIONS, history=True),
     ]
 
 

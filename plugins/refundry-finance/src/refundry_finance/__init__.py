@@ -26,7 +26,8 @@ def refundry_sources() -> Sequence[Source]:
         Source("stripe-dispute", disputes.read_stripe, "Stripe dispute and issuing.dispute "
                "objects (charges in the same input add amount and card)", disputes.DISPUTE_OPTIONS),
         Source("iso20022", iso20022.read, "ISO 20022 pacs.004 returns and camt.029 resolutions, "
-               "checked against pacs.008 originals; an XML file or a directory", iso20022.OPTIONS),
+               "checked against pacs.008 originals; an XML file or a directory", iso20022.OPTIONS,
+               history=True),
         Source("card-dispute-csv", disputes.read_csv, "a CSV of card disputes, one per row "
                "(columns in the README)", disputes.CSV_OPTIONS),
     ]
