@@ -403,3 +403,15 @@ def test_malformed_payloads_become_dead_letters(plugins: Plugins, tmp_path: Path
                     requested_at="2024-04-03T09:00:00-05:00", currency="USD"):
         assert rec.kind in ("request", "executed", "context", "broken")
         assert rec.error is None or "\n" not in rec.error
+
+
+# --- the contract kit a third-party adapter runs, run on this one ---------------------------
+
+import refundry_ecommerce  # noqa: E402
+
+from refundry.plugins.testing import contract_tests  # noqa: E402
+
+TestShopifyContract = contract_tests(refundry_ecommerce, name="ecommerce", source="shopify",
+                                     input=SHOPIFY, options=OPTS, sink="shopify-refund")
+TestStripeContract = contract_tests(refundry_ecommerce, name="ecommerce", source="stripe",
+                                    input=STRIPE, options=OPTS, sink="stripe-refund")

@@ -389,3 +389,16 @@ def test_a_later_state_of_a_dispute_updates_its_case(tmp_path: Path) -> None:
     assert "updated (later state) 0" in again.stderr and "skipped (done before) 5" in again.stderr
     with open_store(db, create=False) as store:
         assert len(store.case("stripe:dp_1JAyTwJSZQVUcJYgPqasUEn1").events) == 2
+
+
+# --- the contract kit a third-party adapter runs, run on this one ---------------------------
+
+import refundry_finance  # noqa: E402
+
+from refundry.plugins.testing import contract_tests  # noqa: E402
+
+TestIsoContract = contract_tests(refundry_finance, name="finance", source="iso20022", input=ISO,
+                                 options={"client_id": "bank-1"}, sink="pacs004")
+TestDisputeContract = contract_tests(refundry_finance, name="finance", source="stripe-dispute",
+                                     input=STRIPE, options={"client_id": "bank-1",
+                                                            "jurisdiction": "US"})

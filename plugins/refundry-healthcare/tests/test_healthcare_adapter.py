@@ -353,3 +353,15 @@ def test_malformed_x12_becomes_dead_letters(plugins: Plugins, tmp_path: Path, da
     f.write_text(text)
     for rec in plugins.source("x12-835").read(f, OPTS):
         assert rec.kind in ("request", "executed", "context", "broken")
+
+
+# --- the contract kit a third-party adapter runs, run on this one ---------------------------
+
+import refundry_healthcare  # noqa: E402
+
+from refundry.plugins.testing import contract_tests  # noqa: E402
+
+TestFhirContract = contract_tests(refundry_healthcare, name="healthcare", source="fhir",
+                                  input=FHIR, options=OPTS, sink="fhir-payment-reconciliation")
+TestX12Contract = contract_tests(refundry_healthcare, name="healthcare", source="x12-835",
+                                 input=X12, options=OPTS)
