@@ -68,6 +68,7 @@ class Summary:
     skipped: int = 0
     duplicates: int = 0
     updated: int = 0
+    delivered: int = 0
     kinds: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(KINDS, 0))
     plugin_errors: list[str] = attrs.field(factory=list)
     seconds: float = 0.0
@@ -92,7 +93,7 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"outcomes": dict(self.outcomes), "decided": self.decided,
-                "kinds": dict(self.kinds), "updated": self.updated,
+                "kinds": dict(self.kinds), "updated": self.updated, "delivered": self.delivered,
                 "dead_letters": self.dead_letters, "skipped": self.skipped,
                 "duplicates": self.duplicates, "plugin_errors": list(self.plugin_errors),
                 "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
@@ -318,6 +319,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                 history.add(rec.executed)
     on_executed = getattr(record, "executed", None)
     on_update = getattr(record, "updated", None)
+    on_delivered = getattr(record, "delivered", None)
     dl = JsonLinesWriter(dl_path, "ref")
     pool: ProcessPoolExecutor | None = None
     t0 = time.monotonic()
@@ -350,13 +352,20 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
 
         def decided(res: _Result) -> None:
             assert res.decision is not None and res.request is not None
+            made: list[tuple[str, str]] = []
             for name, plugin, writer in writers:
                 try:
-                    writer.write(res.decision, res.request, res.ref)
+                    created = writer.write(res.decision, res.request, res.ref)
                 except Exception as exc:  # noqa: BLE001 - stop: the journal still says where
                     raise PluginError(plugin, f"sink `{name}` failed on `{res.ref}`: "
                                       f"{type(exc).__name__}: {exc}") from None
+                if isinstance(created, str) and created:
+                    made.append((name, created))  # a sink that delivered: the platform's id
             event = record(res.decision, res.request) if record is not None else None
+            summary.delivered += len(made)
+            for name, created in made:
+                if on_delivered is not None:
+                    on_delivered(res.decision.request_id, created, name)
             awaiting.append((res, event))
             if commit is None or len(awaiting) >= RECORD_BATCH:
                 settle()
@@ -587,7 +596,8 @@ def print_summary(summary: Summary, stream: TextIO, *, rich_table: bool) -> None
     rows += [("dead letters", str(summary.dead_letters)),
              ("skipped (done before)", str(summary.skipped)),
              ("duplicates", str(summary.duplicates)),
-             ("updated (later state)", str(summary.updated))]
+             ("updated (later state)", str(summary.updated)),
+             ("delivered", str(summary.delivered))]
     rows += [(f"read: {kind}", str(n)) for kind, n in summary.kinds.items()]
     rows += [("plugin errors", str(len(summary.plugin_errors))),
              ("seconds", f"{summary.seconds:.2f}"),
@@ -652,6 +662,14 @@ class StoreRecorder:
         else:
             self.store.note(refund.case, f"executed refund `{refund.refund_id}` of "
                             f"{refund.amount} {refund.currency} read from `{ref}`", actor=self.actor)
+
+    def delivered(self, request_id: str, refund_id: str, sink: str) -> None:
+        """A sink delivered the case's refund and the platform made it: `processed`, with
+        the platform's refund id as the reference."""
+        case = self.store.case(request_id)
+        if case.status == "approved":
+            self.store.mark(request_id, "processed", actor=self.actor,
+                            reference=f"{sink}: {refund_id}")
 
     def updated(self, request_id: str, state: str, ref: str) -> None:
         """A later state of the object a case was decided for: a note on the case."""

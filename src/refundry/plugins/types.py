@@ -191,9 +191,11 @@ class SinkWriter(Protocol):
     """What ``Sink.open`` returns. ``write`` must be idempotent per ``request_id``: a run that
     was killed after writing but before journalling a decision writes it again on resume.
     Every instruction it writes carries ``idempotency_key(request)`` (the case id), so a
-    platform that receives it twice creates one refund."""
+    platform that receives it twice creates one refund. A sink that delivers returns the id
+    of the refund the platform made (``refundry run --db`` records it on the case as
+    ``processed``); any other sink returns ``None``."""
 
-    def write(self, decision: Decision, request: RefundRequest, ref: str) -> None: ...
+    def write(self, decision: Decision, request: RefundRequest, ref: str) -> str | None: ...
 
     def close(self) -> None: ...
 

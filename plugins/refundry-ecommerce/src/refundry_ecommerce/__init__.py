@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import refundry
-from refundry.plugins import Option, Sink, SinkWriter, Source
+from refundry.plugins import Sink, SinkWriter, Source
 
 from . import shopify, stripe
+from .delivery import DELIVERY_OPTIONS
 
 
 def _shopify_sink(path: Path | None, options: Mapping[str, str]) -> SinkWriter:
@@ -37,8 +38,10 @@ def refundry_sources() -> Sequence[Source]:
 @refundry.hookimpl
 def refundry_sinks() -> Sequence[Sink]:
     return [
-        Sink("shopify-refund", _shopify_sink, "approved refunds as Shopify refund-create bodies "
-             "(JSON lines)", [Option("notify", "bool", "false", "`true` asks Shopify to e-mail the customer")]),
+        Sink("shopify-refund", _shopify_sink, "approved refunds as Shopify refunds to create "
+             "(REST body and GraphQL refundCreate input, JSON lines); `deliver=true` sends them",
+             [*shopify.SINK_OPTIONS, *DELIVERY_OPTIONS]),
         Sink("stripe-refund", _stripe_sink, "approved refunds as Stripe refund-create params, "
-             "amount in minor units (JSON lines)"),
+             "amount in minor units (JSON lines); `deliver=true` POSTs them to /v1/refunds",
+             DELIVERY_OPTIONS),
     ]

@@ -19,6 +19,7 @@ unit price is its own subtotal (after line and cart discounts) per unit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -37,6 +38,7 @@ from refundry.plugins import (
     record_error,
     request_defaults,
 )
+from refundry_ecommerce.delivery import Client, DeliveryError, delivered_before
 
 SOURCE = "shopify"
 OPTIONS = (
@@ -222,7 +224,10 @@ def _refund(refund: dict[str, Any], base: dict[str, Any], reason: str,
     original = money_text(maximum[0], currency) if len(maximum) == 1 else str(amount)
     items, lines_total = _items(refund.get("refund_line_items") or [], currency)
     shipping = _shipping(refund, currency)
+    lines = [{"line_item_id": str(li["line_item_id"]), "quantity": int(li.get("quantity") or 0)}
+             for li in refund.get("refund_line_items") or [] if li.get("line_item_id")]
     facts: dict[str, Any] = {
+        "shopify_refund_line_items": lines or None,
         "shopify_order_id": order_id,
         "shopify_parent_id": str(txs[0]["parent_id"]) if txs[0].get("parent_id") else None,
         "shopify_gateway": txs[0].get("gateway"),
@@ -332,20 +337,51 @@ def _return(ret: dict[str, Any], base: dict[str, Any], options: Mapping[str, str
 # --- sink: the refund to create ---------------------------------------------------------------
 
 
+GRAPHQL_VERSION = "2026-04"  # the first version where refundCreate requires @idempotent
+REFUND_CREATE = """mutation RefundCreate($input: RefundInput!, $key: String!) {
+  refundCreate(input: $input) @idempotent(key: $key) {
+    refund { id }
+    userErrors { field message }
+  }
+}"""
+SINK_OPTIONS = (
+    Option("notify", "bool", "false", "`true` asks Shopify to e-mail the customer"),
+    Option("restock", "bool", "false", "`true` restocks the refunded line items (RETURN)"),
+)
+
+
+def _gid(kind: str, value: Any) -> str:
+    text = str(value)
+    return text if text.startswith("gid://") else f"gid://shopify/{kind}/{text}"
+
+
 class RefundCreateWriter:
-    """Approved decisions as Shopify ``POST /orders/{order_id}/refunds.json`` bodies, one JSON
-    object per line: ``{"request_id", "idempotency_key", "order_id", "refund": {...}}``; the
-    refund's ``note`` starts with ``refundry <request_id>``, so the refund Shopify creates names
-    its case when it is read back. Other outcomes create nothing and are not written."""
+    """Approved decisions as Shopify refunds to create, one JSON object per line:
+    ``{"request_id", "idempotency_key", "order_id", "refund": {...}}`` (the REST body) and
+    ``"input"``, the GraphQL Admin ``RefundInput`` (refund line items with their restock type,
+    the transaction). The refund's ``note`` starts with ``refundry <request_id>``, so the refund
+    Shopify creates names its case when it is read back. Other outcomes are not written.
+
+    With ``deliver=true`` each is first sent as the ``refundCreate`` mutation (GraphQL Admin
+    API, ``@idempotent(key:)`` with the case's key) to ``base_url``; the line records the refund
+    Shopify made (``refund_id``) and ``write`` returns it.
+    """
 
     def __init__(self, path: Path | None, options: Mapping[str, str]) -> None:
         self._out = JsonLinesWriter(path, "request_id")
+        self._made = delivered_before(path)
         self._notify = options.get("notify", "false").lower() == "true"
+        self._restock = "RETURN" if options.get("restock", "false").lower() == "true" \
+            else "NO_RESTOCK"
+        self._client = Client(options, token_header="X-Shopify-Access-Token") \
+            if options.get("deliver", "false").lower() == "true" else None
 
-    def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
+    def write(self, decision: Decision, request: RefundRequest, ref: str) -> str | None:
         if decision.outcome != "approve" or decision.amount <= 0 \
                 or already_executed(request):
-            return
+            return None
+        if request.request_id in self._out.seen:  # written (and delivered) by an earlier run
+            return self._made.get(request.request_id)
         facts = request.facts or {}
         order_id = str(facts.get("shopify_order_id") or request.transaction.id)
         tx: dict[str, Any] = {"kind": "refund", "amount": str(decision.amount)}
@@ -354,12 +390,50 @@ class RefundCreateWriter:
                 facts["shopify_parent_id"]).isdigit() else facts["shopify_parent_id"]
         if facts.get("shopify_gateway"):
             tx["gateway"] = facts["shopify_gateway"]
+        rule = decision.rule_ids[0] if decision.rule_ids else ""
         refund = {"currency": decision.currency, "notify": self._notify,
-                  "note": f"{NOTE_PREFIX}{request.request_id}: {decision.rule_ids[0] if decision.rule_ids else ''}".strip(),
+                  "note": f"{NOTE_PREFIX}{request.request_id}: {rule}".strip(),
                   "transactions": [tx]}
-        self._out.write({"request_id": request.request_id,
-                         "idempotency_key": idempotency_key(request.request_id),
-                         "order_id": order_id, "refund": refund})
+        line: dict[str, Any] = {"request_id": request.request_id,
+                                "idempotency_key": idempotency_key(request.request_id),
+                                "order_id": order_id, "refund": refund,
+                                "input": self._input(order_id, refund, facts)}
+        if self._client is not None:
+            line["refund_id"] = self._deliver(line)
+        self._out.write(line)
+        return line.get("refund_id")
+
+    def _input(self, order_id: str, refund: Mapping[str, Any],
+               facts: Mapping[str, Any]) -> dict[str, Any]:
+        """The GraphQL ``RefundInput`` for the same refund."""
+        tx = refund["transactions"][0]
+        gql_tx: dict[str, Any] = {"orderId": _gid("Order", order_id), "amount": tx["amount"],
+                                  "kind": "REFUND"}
+        if tx.get("parent_id"):
+            gql_tx["parentId"] = _gid("OrderTransaction", tx["parent_id"])
+        if tx.get("gateway"):
+            gql_tx["gateway"] = tx["gateway"]
+        out: dict[str, Any] = {"orderId": _gid("Order", order_id), "note": refund["note"],
+                               "notify": refund["notify"], "transactions": [gql_tx]}
+        items = facts.get("shopify_refund_line_items") or ()
+        if items:
+            out["refundLineItems"] = [{"lineItemId": _gid("LineItem", li["line_item_id"]),
+                                       "quantity": li["quantity"], "restockType": self._restock}
+                                      for li in items]
+        return out
+
+    def _deliver(self, line: Mapping[str, Any]) -> str:
+        assert self._client is not None
+        body = json.dumps({"query": REFUND_CREATE,
+                           "variables": {"input": line["input"], "key": line["idempotency_key"]}})
+        answer = self._client.post(f"/admin/api/{GRAPHQL_VERSION}/graphql.json", body.encode(),
+                                   "application/json", {})
+        made = ((answer.get("data") or {}).get("refundCreate") or {})
+        errors = made.get("userErrors") or answer.get("errors")
+        if errors or not (made.get("refund") or {}).get("id"):
+            first = errors[0] if errors else {"message": "no refund in the answer"}
+            raise DeliveryError(f"refundCreate: {first.get('message')}")
+        return str(made["refund"]["id"])
 
     def close(self) -> None:
         self._out.close()

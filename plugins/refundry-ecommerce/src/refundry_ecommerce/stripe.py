@@ -38,6 +38,7 @@ from refundry.plugins import (
     request_defaults,
     to_minor_units,
 )
+from refundry_ecommerce.delivery import Client, delivered_before, form_body
 
 SOURCE = "stripe"
 PLACEHOLDER_EPOCH = 1234567890
@@ -147,16 +148,28 @@ def _balance_refund(bt: dict[str, Any]) -> ExecutedRefund:
 
 class RefundParamsWriter:
     """Approved decisions as Stripe ``POST /v1/refunds`` parameters, one JSON object per line:
-    ``{"request_id", "idempotency_key", "currency", "params": {"charge"|"payment_intent", "amount"
-    (integer minor units), "reason"?, "metadata"}}``. Other outcomes are not written."""
+    ``{"request_id", "idempotency_key", "currency", "params": {"charge"|"payment_intent",
+    "amount" (integer minor units), "reason"?, "metadata"}}``. Other outcomes are not written.
+
+    With ``deliver=true`` each is first POSTed to ``base_url`` + ``/v1/refunds`` with the
+    ``Idempotency-Key`` header, and the line records the refund Stripe made (``refund_id``);
+    ``write`` returns that id, which ``refundry run --db`` records on the case.
+    """
 
     def __init__(self, path: Path | None, options: Mapping[str, str]) -> None:
         self._out = JsonLinesWriter(path, "request_id")
+        self._made = delivered_before(path)
+        self._client = Client(options, token_header="Authorization") \
+            if options.get("deliver", "false").lower() == "true" else None
+        if self._client is not None and "Authorization" in self._client.headers:
+            self._client.headers["Authorization"] = f"Bearer {self._client.headers['Authorization']}"
 
-    def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
+    def write(self, decision: Decision, request: RefundRequest, ref: str) -> str | None:
         if decision.outcome != "approve" or decision.amount <= 0 \
                 or already_executed(request):
-            return
+            return None
+        if request.request_id in self._out.seen:  # written (and delivered) by an earlier run
+            return self._made.get(request.request_id)
         target = request.transaction.id
         key = "payment_intent" if target.startswith("pi_") else "charge"
         params: dict[str, Any] = {
@@ -170,9 +183,18 @@ class RefundParamsWriter:
             stripe_reason = "requested_by_customer"
         if stripe_reason:
             params["reason"] = stripe_reason
-        self._out.write({"request_id": request.request_id,
-                         "idempotency_key": idempotency_key(request.request_id),
-                         "currency": decision.currency, "params": params})
+        line: dict[str, Any] = {"request_id": request.request_id,
+                                "idempotency_key": idempotency_key(request.request_id),
+                                "currency": decision.currency, "params": params}
+        if self._client is not None:
+            # Delivered before the line is written: a kill in between delivers again under
+            # the same key, and Stripe answers with the refund it already made.
+            made = self._client.post("/v1/refunds", form_body(params),
+                                     "application/x-www-form-urlencoded",
+                                     {"Idempotency-Key": line["idempotency_key"]})
+            line["refund_id"] = f"stripe:{made['id']}"
+        self._out.write(line)
+        return line.get("refund_id")
 
     def close(self) -> None:
         self._out.close()
