@@ -314,7 +314,7 @@ def _started_with_workers(tmp_path: Path, n: int) -> tuple[subprocess.Popen[str]
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path: Path) -> None:
-    proc, workers, _ = _started_with_workers(tmp_path, 20_000)
+    proc, workers, _ = _started_with_workers(tmp_path, 8_000)
     os.kill(proc.pid, signal.SIGKILL)  # the parent alone, not its group
     proc.communicate()
     deadline = time.monotonic() + 20
@@ -325,7 +325,7 @@ def test_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path: Path) -> N
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_checkpoints_prints_the_summary_and_exits_143(tmp_path: Path) -> None:
-    proc, workers, args = _started_with_workers(tmp_path, 20_000)
+    proc, workers, args = _started_with_workers(tmp_path, 8_000)
     os.kill(proc.pid, signal.SIGTERM)  # the parent alone, as a service manager does
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -340,7 +340,7 @@ def test_sigterm_checkpoints_prints_the_summary_and_exits_143(tmp_path: Path) ->
     again = _cli(*args, cwd=tmp_path)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
-    assert sorted(ids(tmp_path / "out.jsonl")) == [f"gen-{i:06d}" for i in range(20_000)]
+    assert sorted(ids(tmp_path / "out.jsonl")) == [f"gen-{i:06d}" for i in range(8_000)]
 
 
 def test_the_rate_line_does_not_count_skipped_records(tmp_path: Path) -> None:
