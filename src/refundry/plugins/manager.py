@@ -193,7 +193,8 @@ class Plugins:
         """Raise ``SourceError`` (one line) for an option nothing in this run declares, a value
         of the wrong type, or a missing required source option; before any record is read."""
         declared: dict[str, Option] = {}
-        for item in [source, *sinks]:
+        items: list[Source | Sink] = [source, *sinks]
+        for item in items:
             for opt in item.options:
                 declared.setdefault(opt.name, opt)
         for _, opt in self.plugin_options():

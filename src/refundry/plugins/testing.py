@@ -53,6 +53,7 @@ from refundry.plugins.types import (
     Option,
     PluginError,
     Sink,
+    Source,
     SourceRecord,
     idempotency_key,
 )
@@ -84,7 +85,8 @@ def check_plugin(plugin: object, *, name: str) -> Plugins:
     plugins.errors.extend(errors)
     _ = plugins.sources, plugins.sinks
     problems = [str(e).removeprefix(f"plugin `{name}`: ") for e in plugins.errors]
-    for item in [*plugins.sources.values(), *plugins.sinks.values()]:
+    items: list[Source | Sink] = [*plugins.sources.values(), *plugins.sinks.values()]
+    for item in items:
         if item.plugin != name:
             continue
         problems += [f"`{item.name}`: option `{o.name}` has no help text"
