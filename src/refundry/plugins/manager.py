@@ -203,11 +203,11 @@ class Plugins:
         for key, value in options.items():
             if key.startswith("out.") and key[4:] in sink_names:
                 continue
-            opt = declared.get(key)
-            if opt is None:
+            found = declared.get(key)
+            if found is None:
                 raise SourceError(unknown_option(key, [*declared, *(f"out.{n}" for n in sink_names)],
                                                  source.name))
-            problem = opt.check(value)
+            problem = found.check(value)
             if problem:
                 raise SourceError(problem)
         for opt in source.options:
