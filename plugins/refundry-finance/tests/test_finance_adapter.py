@@ -402,3 +402,26 @@ TestIsoContract = contract_tests(refundry_finance, name="finance", source="iso20
 TestDisputeContract = contract_tests(refundry_finance, name="finance", source="stripe-dispute",
                                      input=STRIPE, options={"client_id": "bank-1",
                                                             "jurisdiction": "US"})
+
+
+def test_pacs004_round_trip_returns_nothing_twice(tmp_path: Path) -> None:
+    """payloads -> run -> pacs.004 files -> read back beside the payloads -> no new return."""
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    shutil.copytree(ISO, inbox, ignore=shutil.ignore_patterns("SOURCE.txt"))
+    base = [sys.executable, "-m", "refundry.cli", "run", "--source", "iso20022", "--input",
+            str(inbox), "--sink", "pacs004", "--rulesets", str(RULESETS), "--option",
+            "client_id=bank-1"]
+    first = subprocess.run([*base, "--out", str(tmp_path / "returns")], capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    written = sorted((tmp_path / "returns").glob("*.xml"))
+    assert len(written) == 1  # Scenario 1's remainder (see the CLI test above)
+    for f in written:
+        shutil.copy(f, inbox / f"zz-sent-{f.name}")
+    again = subprocess.run([*base, "--out", str(tmp_path / "again")], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "read: executed 7" in again.stderr  # the six received and the one refundry sent
+    assert list((tmp_path / "again").glob("*.xml")) == []
