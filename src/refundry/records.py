@@ -31,7 +31,8 @@ import attrs
 import rfc8785
 
 from .errors import RefundryError
-from .masking import mask_request, mask_text, mask_value
+from .masking import (DECISION_MONEY, DETAILS_MONEY, mask_request, mask_text, mask_value,
+                      scrub_id)
 from .models import Decision, RefundRequest
 
 FORMAT = 1
@@ -168,8 +169,9 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
         "actor": draft.actor,
         "ruleset": ({k: ruleset[k] for k in ("id", "version", "digest")} if ruleset else None),
         "decision": draft.decision, "request": draft.request,
-        # Masked once more here: a justification or note typed by a person may hold a card number.
-        "details": mask_value(draft.details),
+        # Masked once more here: a justification or note typed by a person may hold a card
+        # number. Amounts (a threshold, a resolution's amount) are money, never masked.
+        "details": mask_value(draft.details, DETAILS_MONEY),
     }
     members = [rfc8785.dumps(key) + b":" + (draft.encoded.get(key) or rfc8785.dumps(body[key]))
                for key in sorted(body)]
@@ -470,9 +472,15 @@ class RecordStore:
 
     def events(self, request_id: str | None = None) -> Iterator[Event]:
         """Every event in chain order, or those of one case (``request_id`` as submitted)."""
-        key = None if request_id is None else mask_text(request_id)
+        key = None if request_id is None else self.case_key(request_id)
         for seq, _rid, _type, _at, _actor, body, hash_ in self._rows(key):
             yield Event.from_row(seq, body, hash_)
+
+    def case_key(self, request_id: str) -> str:
+        """The key a case is stored under: the request id itself, or, when it holds a card
+        number, its masked form plus a tag keyed with the store's salt (``scrub_id``), so two
+        ids that mask alike stay two cases. An id already in that form is its own key."""
+        return scrub_id(str(request_id), self.salt) if request_id else STORE_CASE
 
     def four_eyes_above(self) -> Decimal:
         """The amount above which two reviewers must approve: the latest store setting."""
@@ -539,7 +547,8 @@ class RecordStore:
             raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
         masked = mask_request(raw, self.salt)
         request_id = masked["request_id"]
-        snapshot = mask_value(decision.to_dict())
+        snapshot = mask_value(decision.to_dict(), DECISION_MONEY)
+        snapshot["request_id"] = request_id
         if decision.request_id != raw["request_id"]:
             raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                               f"not `{request_id}`")
@@ -572,7 +581,7 @@ class RecordStore:
               texts: tuple[tuple[str, str, str, str], ...] = ()) -> Case:
         """Append one event to an existing case, if the state machine allows it."""
         actor = _actor(actor)
-        key = mask_text(request_id)
+        key = self.case_key(request_id)
         if not key:
             raise RecordError("a request id is needed")
         # A case's decision and request never change after `evaluated`, so they can be
@@ -637,7 +646,8 @@ class RecordStore:
             original = self.replay(request_id).replayed
         except RecordError as exc:
             original = {"error": str(exc)}
-        current = mask_value(now.to_dict())
+        current = mask_value(now.to_dict(), DECISION_MONEY)
+        current["request_id"] = case.request_id
         details = {"reason": reason, "as_of": when.isoformat(), "current": current,
                    "original": original,
                    # as_of always differs (today versus then); the rest is what the rules changed.
@@ -751,7 +761,8 @@ class RecordStore:
             engine = Engine.from_path(tmp)
             as_of = dt.datetime.fromisoformat(original["as_of"]) if original.get("as_of") else None
             again = engine.evaluate(case.request, as_of=as_of, ruleset=ruleset["id"])
-        replayed = mask_value(again.to_dict())
+        replayed = mask_value(again.to_dict(), DECISION_MONEY)
+        replayed["request_id"] = case.request_id
         diff = _differences(original, replayed)
         return Replay(case.request_id, not diff, original, replayed, diff)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +28,7 @@ from typing import Any, TextIO
 import attrs
 
 from .engine import Engine
+from .masking import mask_text, scrub, scrub_request
 from .errors import InvalidRequest, RefundryError
 from .models import OUTCOMES, Decision, RefundRequest
 from .plugins import JsonLinesWriter, PluginError, Plugins, SinkWriter, SourceError, SourceRecord
@@ -194,7 +197,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         workers: int = 1, rulesets: Sequence[str | Path] | None = None,
         engine: Engine | None = None, backend: str = "compiled",
         plugins: Plugins | None = None, record: Recorder | None = None,
-        progress: Progress | None = None) -> Summary:
+        progress: Progress | None = None, id_key: bytes | None = None) -> Summary:
     """Run one input through a source, the enrichers, the engine and the sinks.
 
     Give ``rulesets`` (paths; needed for ``workers > 1``, each worker loads them) or an
@@ -202,6 +205,11 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     and returns the event, which ``refundry_record_written`` listeners are then told of.
     Raises ``SourceError`` for a run that cannot start and ``PluginError`` naming the plugin
     that broke it; a ``KeyboardInterrupt`` returns the summary with ``interrupted`` set.
+
+    Every record is scrubbed of card data as it leaves the source (``masking.scrub_request``),
+    before an enricher, a sink, the journal, the dead-letter file or the store sees it. A
+    request id holding a card number is tagged with ``id_key`` (the records store's salt
+    under ``--db``; else a key kept beside the journal), so such ids stay distinct.
     """
     plugins = plugins or Plugins()
     options = dict(options or {})
@@ -248,6 +256,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     jr = JsonLinesWriter(jr_path, "key")
     done = set(jr.seen)
     dl = JsonLinesWriter(dl_path, "ref")
+    ids = _IdKey(jr_path, id_key)
     pool: ProcessPoolExecutor | None = None
     t0 = time.monotonic()
     commit = getattr(record, "commit", None)
@@ -269,8 +278,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         seen_now: set[str] = set()
 
         def dead(ref: str, reason: str, rid: str | None, errors: Sequence[str] = ()) -> None:
-            dl.write({"ref": ref, "source": source, "request_id": rid, "reason": reason,
-                      "errors": list(errors)})
+            dl.write(scrub({"ref": ref, "source": source, "request_id": rid, "reason": reason,
+                            "errors": list(errors)}))
             jr.write({"key": f"ref:{ref}", "ref": ref, "outcome": "dead_letter"})
             summary.dead_letters += 1
             summary.plugin_errors.extend(str(e) for e in plugins.dead_letter_written(ref, reason, rid))
@@ -300,7 +309,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             progress.advance(summary)
 
         def ready() -> Iterator[tuple[str, dict[str, Any]]]:
-            for rec in records:
+            for rec in _scrubbed(records, ids.get):
                 if rec.error is not None or rec.request is None:
                     if f"ref:{rec.ref}" in done:
                         summary.skipped += 1
@@ -359,6 +368,36 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         dl.close()
         summary.seconds = time.monotonic() - t0
     return summary
+
+
+class _IdKey:
+    """The key that tags request ids holding a card number (``masking.scrub_id``): the one
+    given, else a random key kept beside the journal, made only when an id first needs it, so
+    a resumed run tags ids as the first one did."""
+
+    def __init__(self, journal: Path, key: bytes | None) -> None:
+        self._path = journal.with_name(journal.name + ".key")
+        self._key = key
+
+    def get(self) -> bytes:
+        if self._key is None:
+            try:
+                fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                self._key = bytes.fromhex(self._path.read_text(encoding="ascii").strip())
+            else:
+                self._key = secrets.token_bytes(32)
+                with os.fdopen(fd, "w", encoding="ascii") as f:
+                    f.write(self._key.hex() + "\n")
+        return self._key
+
+
+def _scrubbed(records: Iterable[SourceRecord], key: Callable[[], bytes]) -> Iterator[SourceRecord]:
+    """The source's records with card data scrubbed out of every field and message."""
+    for rec in records:
+        yield attrs.evolve(rec, ref=mask_text(rec.ref),
+                           request=None if rec.request is None else scrub_request(rec.request, key),
+                           error=None if rec.error is None else mask_text(rec.error))
 
 
 def _guarded(records: Iterable[SourceRecord], plugin: str, name: str) -> Iterator[SourceRecord]:
@@ -493,7 +532,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                       out=args.out, dead_letter=args.dead_letter, journal=args.journal,
                       options=options, workers=args.workers, rulesets=rulesets,
                       engine=engine, backend=args.backend, record=record, plugins=plugins,
-                      progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr))
+                      progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr),
+                      # Under --db the store's key: an id is tagged as the store tags it.
+                      id_key=store.salt if store is not None else None)
     except SourceError as exc:
         raise UsageError(str(exc)) from None
     finally:
