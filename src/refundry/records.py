@@ -31,6 +31,7 @@ import attrs
 import rfc8785
 
 from .errors import RefundryError
+from .identity import IdentityError, canonical, same_person
 from .masking import (DECISION_MONEY, DETAILS_MONEY, mask_request, mask_text, mask_value,
                       scrub_id)
 from .models import Decision, RefundRequest
@@ -87,10 +88,15 @@ def _text(value: str | None, what: str, *, required: bool = False) -> str:
 
 
 def _actor(actor: str | None) -> str:
+    """The actor as recorded: its RFC 8265 canonical form (``identity.canonical``), so
+    ``Bob`` and ``ｂｏｂ`` are recorded, and compared, as ``bob``."""
     actor = _text(actor, "the actor (`--by`)", required=True).strip()
     if len(actor) > 200 or any(ch in actor for ch in "\r\n\t"):
         raise RecordError(f"actor `{actor[:40]}` is not a plain name")
-    return mask_text(actor)
+    try:
+        return mask_text(canonical(actor))
+    except IdentityError as exc:
+        raise RecordError(f"actor {exc}") from None
 
 
 # --- events --------------------------------------------------------------------------------
@@ -321,10 +327,11 @@ def check_transition(case: Case | _Fold, event_type: str, actor: str) -> None:
             f"request `{case.request_id}` is {case.status}; `{event_type}` needs "
             f"{' or '.join(allowed)}")
     if event_type in ("reviewed", "approved", "denied", "dispute_resolved") \
-            and actor == case.submitter:
+            and same_person(actor, case.submitter):
         raise IllegalTransition(
             f"`{actor}` submitted request `{case.request_id}` and cannot review or resolve it")
-    if event_type in ("reviewed", "approved") and actor in case.approvals:
+    if event_type in ("reviewed", "approved") and any(same_person(actor, a)
+                                                       for a in case.approvals):
         raise IllegalTransition(
             f"`{actor}` already approved request `{case.request_id}`; a second, different "
             "reviewer must approve")
