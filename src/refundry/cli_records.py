@@ -18,6 +18,7 @@ from typing import Any
 
 from .models import Decision
 from .records import RESOLUTIONS, STATUSES, Case, RecordError, RecordStore
+from .anchors import Signer, open_anchor
 from .stores import DEFAULT_PATH, open_store
 
 EXIT_OK, EXIT_FAILED = 0, 2
@@ -33,8 +34,22 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
                              f"$REFUNDRY_DB or ./{DEFAULT_PATH})")
 
 
+def anchoring_from_env() -> dict[str, Any]:
+    """``$REFUNDRY_SIGNING_KEY`` (an Ed25519 PEM file: events are signed with it) and
+    ``$REFUNDRY_ANCHOR`` (a file or postgresql:// URL: signed checkpoints are written there),
+    as ``open_store`` keyword arguments; every command that writes to a store uses them."""
+    out: dict[str, Any] = {}
+    if os.environ.get("REFUNDRY_SIGNING_KEY"):
+        out["signer"] = Signer.from_file(os.environ["REFUNDRY_SIGNING_KEY"])
+    if os.environ.get("REFUNDRY_ANCHOR"):
+        if "signer" not in out:
+            raise RecordError("$REFUNDRY_ANCHOR needs $REFUNDRY_SIGNING_KEY to sign checkpoints")
+        out["anchor"] = open_anchor(os.environ["REFUNDRY_ANCHOR"])
+    return out
+
+
 def _store(args: argparse.Namespace, *, create: bool = False) -> RecordStore:
-    return open_store(args.db or _default_db(), create=create)
+    return open_store(args.db or _default_db(), create=create, **anchoring_from_env())
 
 
 def _print(data: Any) -> None:
@@ -100,16 +115,48 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with _store(args) as store:
-        result = store.verify(expect_head=args.expect_head)
+    target = args.anchor or os.environ.get("REFUNDRY_ANCHOR")
+    trusted = [k for k in (args.trusted_key or os.environ.get("REFUNDRY_TRUSTED_KEYS", "").split(","))
+               if k.strip()]
+    anchor = open_anchor(target) if target else None
+    try:
+        with open_store(args.db or _default_db(), create=False) as store:
+            result = store.verify(expect_head=args.expect_head, anchor=anchor, trusted_keys=trusted)
+    finally:
+        if anchor is not None:
+            anchor.close()
     if args.json:
-        _print(result.to_dict())
+        _print({**result.to_dict(), "anchor": target})
     elif result.ok:
         print(f"ok: {result.count} events, {result.texts} ruleset texts, head {result.head}")
+        print(_anchor_line(result, target))
     else:
         where = f"event {result.broken_seq}: " if result.broken_seq else ""
         print(f"broken: {where}{result.problem} ({result.count} events verified before it)")
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _anchor_line(result: Any, target: str | None) -> str:
+    if target is None:
+        return ("not anchored: no anchor given (--anchor or $REFUNDRY_ANCHOR), so a cut at the "
+                "end or an older copy restored would not show")
+    if not result.anchored:
+        return f"not anchored: `{target}` holds no signed checkpoint of this store"
+    return (f"anchored: the signed checkpoint of {result.anchored_count} events in `{target}` "
+            f"holds; {result.count - result.anchored_count} events since")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    signer = Signer.generate(args.path)
+    print(signer.key_id)
+    return EXIT_OK
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        cp = store.anchor_now()
+    _print(cp.to_dict() if cp is not None else None)
+    return EXIT_OK
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
@@ -224,8 +271,21 @@ def register(sub: Any) -> None:
     p = rsub.add_parser("verify", help="recompute the hash chain; exit 2 when broken")
     p.add_argument("--expect-head", metavar="HASH",
                    help="a head from `records checkpoint`; a chain without it was truncated")
+    p.add_argument("--anchor", metavar="TARGET", help="a file or postgresql:// URL holding "
+                   "signed checkpoints (default: $REFUNDRY_ANCHOR); without one verify cannot "
+                   "tell a cut at the end")
+    p.add_argument("--trusted-key", action="append", metavar="KEY",
+                   help="ed25519:... key whose checkpoints count (default: $REFUNDRY_TRUSTED_KEYS; "
+                   "any key when none is given)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = rsub.add_parser("keygen", help="make an ed25519 signing key (PEM); prints its key id")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_keygen)
+
+    p = rsub.add_parser("anchor", help="write a signed checkpoint to $REFUNDRY_ANCHOR now")
+    p.set_defaults(func=cmd_anchor)
 
     p = rsub.add_parser("checkpoint", help="print the head hash and count to keep elsewhere")
     p.set_defaults(func=cmd_checkpoint)

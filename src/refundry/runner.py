@@ -522,7 +522,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .stores import open_store
 
         engine = Engine.from_path(rulesets, backend=args.backend)
-        store = open_store(args.db)
+        from .cli_records import anchoring_from_env
+
+        store = open_store(args.db, **anchoring_from_env())
         record = StoreRecorder(store, engine, args.by or getpass.getuser())
         from .history import plugins_with_history
 
