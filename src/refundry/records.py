@@ -812,10 +812,10 @@ class RecordStore:
         result = walk.run(self._rows(), self._signatures())
         if not result.ok:
             return result
-        problem, texts = self._check_texts(walk.digests)
-        problem = problem or _check_history(self) or (
-            anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
-            if anchor is not None else "")
+        # The anchor first: a cut or a restored copy explains whatever the other checks find.
+        problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
+        texts_problem, texts = self._check_texts(walk.digests)
+        problem = problem or texts_problem or _check_history(self)
         if problem:
             return attrs.evolve(result, ok=False, problem=problem, texts=texts)
         return attrs.evolve(result, texts=texts, anchored=bool(signed),
