@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import rfc8785
 
-from refundry.anchors import FileAnchor, Signer, open_anchor
-from refundry.history import History
-from refundry.records import genesis_of
-from refundry.stores import open_store
+from refundry.records.anchors import FileAnchor, Signer, open_anchor
+from refundry.records.history import History
+from refundry.records.events import genesis_of
+from refundry.records.stores import open_store
 
 from .conftest import PG_ENV, StepClock, drop_pg_schema, make_request
 

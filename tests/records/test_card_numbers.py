@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refundry.cli import main
-from refundry.masking import luhn_ok
-from refundry.stores import open_store
+from refundry.records.masking import luhn_ok
+from refundry.records.stores import open_store
 
 from ..conftest import BASE_REQUEST, RULESETS
 
