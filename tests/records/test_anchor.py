@@ -24,8 +24,8 @@ import pytest
 import rfc8785
 
 from refundry.records.anchors import FileAnchor, Signer, open_anchor
-from refundry.records.history import History
 from refundry.records.events import genesis_of
+from refundry.records.history import History
 from refundry.records.stores import open_store
 
 from .conftest import PG_ENV, StepClock, drop_pg_schema, make_request
@@ -87,8 +87,9 @@ def anchored(store_url, tmp_path) -> Iterator[dict[str, Any]]:
 
 
 def _fill(store: Any, opened: Callable[[], Any]) -> None:
-    from .conftest import RULESETS
     import refundry
+
+    from .conftest import RULESETS
 
     engine = refundry.Engine.from_path(RULESETS)
     for i in range(6):
@@ -280,3 +281,48 @@ def test_verify_cli_says_not_anchored_and_anchored(anchored, cli):
     r = cli("records", "verify", "--db", anchored["url"], "--anchor", anchored["target"],
             "--trusted-key", Signer.generate(Path(anchored["target"]).with_name("other.pem")).key_id)
     assert r.code == 2 and "not a trusted key" in r.out
+
+
+def test_checkpoints_are_written_every_n_events_and_at_close(anchored):
+    counts = [c.count for c in open_anchor(anchored["target"]).checkpoints()]
+    # anchor_every=5: at 5 and 10 while appending, at close (the first writer stopped at 8),
+    # at 13 after it and at close again (17).
+    assert counts == [5, 8, 13, 17]
+
+
+def test_checkpoints_are_written_every_t_seconds(tmp_path, engine):
+    signer = Signer.generate(tmp_path / "k.pem")
+    anchor = FileAnchor(tmp_path / "a.jsonl")
+    store = open_store(tmp_path / "r.db", signer=signer, anchor=anchor, anchor_every=10**6,
+                       anchor_seconds=0)
+    for i in range(3):
+        req = make_request(f"r-{i}")
+        store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    store.close()
+    assert [c.count for c in anchor.checkpoints()] == [1, 2, 3]
+    assert all(c.valid() and c.key == signer.key_id for c in anchor.checkpoints())
+
+
+def test_the_cli_signs_and_anchors_from_the_environment(cli, tmp_path, monkeypatch):
+    from .conftest import RULESETS
+
+    r = cli("records", "keygen", tmp_path / "svc.pem")
+    key_id = r.out.strip()
+    assert r.code == 0 and key_id.startswith("ed25519:")
+    assert cli("records", "keygen", tmp_path / "svc.pem").code == 1  # never overwritten
+    monkeypatch.setenv("REFUNDRY_SIGNING_KEY", str(tmp_path / "svc.pem"))
+    monkeypatch.setenv("REFUNDRY_ANCHOR", str(tmp_path / "anchor.jsonl"))
+    db = tmp_path / "r.db"
+    for i in range(2):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps(make_request(f"r-{i}")))
+        assert cli("evaluate", path, "--rulesets", RULESETS, "--record", "--db", db,
+                   "--by", "alice").code == 0
+    shown = cli("records", "show", "r-1", "--db", db).json()
+    assert shown["events"][0]["key"] == key_id  # who appended, in the hashed body
+    r = cli("records", "verify", "--db", db, "--trusted-key", key_id)
+    assert r.code == 0 and "anchored: the signed checkpoint of 2 events" in r.out
+    assert cli("records", "anchor", "--db", db).out.strip() == "null"  # nothing new
+    monkeypatch.delenv("REFUNDRY_SIGNING_KEY")
+    r = cli("records", "note", "r-1", "--by", "bob", "--text", "hi", "--db", db)
+    assert r.code == 1 and "needs $REFUNDRY_SIGNING_KEY" in r.err

@@ -49,7 +49,7 @@ def test_names_are_recorded_in_their_canonical_form(store, record):
 def test_verify_refuses_a_look_alike_approval_written_around_the_api(store, record, tmp_path):
     """A second approval by `Bob` after `bob`, forged straight into the chain with correct
     hashes, is refused by verify's replay of the state machine."""
-    from refundry.records.events import Draft, encode, seal
+    from refundry.records.events import Draft, seal
 
     record(make_request("r-1", **LARGE), actor="carol")
     case = store.review("r-1", actor="bob", approve=True)

@@ -29,7 +29,6 @@ from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import OUTCOMES, Decision, RefundRequest
 from refundry.core.request import parse_request
-from refundry.records.masking import mask_text, scrub, scrub_request
 from refundry.plugins import (
     JsonLinesWriter,
     PluginError,
@@ -38,6 +37,7 @@ from refundry.plugins import (
     SourceError,
     SourceRecord,
 )
+from refundry.records.masking import mask_text, scrub, scrub_request
 
 CHUNK = 200  # records per task sent to a worker process: big enough to amortise pickling
 

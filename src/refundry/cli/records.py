@@ -16,8 +16,8 @@ from refundry.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     add_db_option,
-    default_db,
     case_line,
+    default_db,
     open_db,
     print_cases,
     print_json,
@@ -78,7 +78,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with open_db(args) as store:
         cp = store.anchor_now()
     print_json(cp.to_dict() if cp is not None else None)
     return EXIT_OK

@@ -104,7 +104,7 @@ class Signer:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
-            raise AnchorError(f"cannot create `{path}`: {exc.strerror.lower()}") from None
+            raise AnchorError(f"cannot create `{path}`: {(exc.strerror or str(exc)).lower()}") from None
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         return cls(private)

@@ -33,10 +33,16 @@ import rfc8785
 
 from refundry.core.errors import RefundryError
 from refundry.core.models import Decision, RefundRequest
-from refundry.records.anchors import Signer, SignedCheckpoint, anchor_problem, check_event_signature
+from refundry.records.anchors import SignedCheckpoint, Signer, anchor_problem, check_event_signature
 from refundry.records.identity import IdentityError, canonical, same_person
-from refundry.records.masking import (DECISION_MONEY, DETAILS_MONEY, mask_request, mask_text,
-                                      mask_value, scrub_id)
+from refundry.records.masking import (
+    DECISION_MONEY,
+    DETAILS_MONEY,
+    mask_request,
+    mask_text,
+    mask_value,
+    scrub_id,
+)
 
 FORMAT = 1
 GENESIS = "sha256:" + "0" * 64
@@ -889,7 +895,8 @@ def genesis_of(salt: bytes) -> str:
 
 def _layer_digests(body: Mapping[str, Any]) -> Iterator[str]:
     """The ruleset layers an event's decisions used (the case's, and a dispute's re-run)."""
-    details = body.get("details") if isinstance(body.get("details"), dict) else {}
+    details = body.get("details")
+    details = details if isinstance(details, dict) else {}
     for decision in (body.get("decision"), details.get("current")):
         ruleset = decision.get("ruleset") if isinstance(decision, dict) else None
         for layer in (ruleset or {}).get("layers") or ():
