@@ -320,6 +320,11 @@ def test_the_cli_signs_and_anchors_from_the_environment(cli, tmp_path, monkeypat
                    "--by", "alice").code == 0
     shown = cli("records", "show", "r-1", "--db", db).json()
     assert shown["events"][0]["key"] == key_id  # who appended, in the hashed body
+    import jsonschema
+
+    from refundry.core.resources import schema
+
+    jsonschema.Draft202012Validator(schema("record-event.schema.json")).validate(shown["events"][0])
     r = cli("records", "verify", "--db", db, "--trusted-key", key_id)
     assert r.code == 0 and "anchored: the signed checkpoint of 2 events" in r.out
     assert cli("records", "anchor", "--db", db).out.strip() == "null"  # nothing new
