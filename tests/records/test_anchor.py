@@ -79,14 +79,14 @@ def anchored(store_url, tmp_path) -> Iterator[dict[str, Any]]:
 
     store = opened()
     try:
-        _fill(store, opened)
+        _fill(store, opened, store_url)
         yield {"url": store_url, "target": target, "signer": signer, "count": 17}
     finally:
         if schema is not None:
             drop_pg_schema(os.environ[PG_ENV], schema)
 
 
-def _fill(store: Any, opened: Callable[[], Any]) -> None:
+def _fill(store: Any, opened: Callable[[], Any], url: str) -> None:
     import refundry
 
     from .conftest import RULESETS
@@ -99,7 +99,7 @@ def _fill(store: Any, opened: Callable[[], Any]) -> None:
     store.review("r-1", actor="carol", approve=True, reason="ok too")
     History(store).sync()
     store.close()
-    raw = Raw(store.url if not store.url.startswith("postgresql") else _url_of(store))
+    raw = Raw(url)
     for table in TABLES:
         raw(f"CREATE TABLE bk_{table} AS SELECT * FROM {table}")
     raw.close()
@@ -115,10 +115,6 @@ def _fill(store: Any, opened: Callable[[], Any]) -> None:
         store.record(req, engine.evaluate(req), engine=engine, actor="alice")
     History(store).sync()
     store.close()
-
-
-def _url_of(store: Any) -> str:
-    return f"{store._conninfo}{'&' if '?' in store._conninfo else '?'}schema={store.schema}"  # noqa: SLF001
 
 
 def _verify(anchored: dict[str, Any], *, with_anchor: bool = True) -> Any:
@@ -235,7 +231,7 @@ def test_an_untouched_store_verifies_as_anchored(anchored):
 @pytest.mark.parametrize("name", list(MUTATIONS))
 def test_every_tampering_is_detected_with_an_anchor(anchored, name):
     mutate, expected = MUTATIONS[name]
-    raw = Raw(anchored["url"] if not anchored["url"].startswith("postgresql") else anchored["url"])
+    raw = Raw(anchored["url"])
     try:
         mutate(raw, anchored)
     finally:
@@ -331,3 +327,38 @@ def test_the_cli_signs_and_anchors_from_the_environment(cli, tmp_path, monkeypat
     monkeypatch.delenv("REFUNDRY_SIGNING_KEY")
     r = cli("records", "note", "r-1", "--by", "bob", "--text", "hi", "--db", db)
     assert r.code == 1 and "needs $REFUNDRY_SIGNING_KEY" in r.err
+
+
+def test_a_postgresql_anchor_role_can_add_checkpoints_but_not_remove_them(tmp_path):
+    """The anchor as a table of another role: the writers' role has INSERT and SELECT only."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip("PostgreSQL tests are off")
+    import psycopg
+
+    schema, role = f"refundry_anchor_{uuid.uuid4().hex[:12]}", f"anchor_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(base, autocommit=True)
+    try:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        admin.execute(f'CREATE TABLE "{schema}".checkpoints (count BIGINT NOT NULL, head TEXT '
+                      "NOT NULL, genesis TEXT NOT NULL, at TEXT NOT NULL, key TEXT NOT NULL, "
+                      "signature TEXT NOT NULL, PRIMARY KEY (count, key))")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+        admin.execute(f'GRANT INSERT, SELECT ON "{schema}".checkpoints TO {role}')
+        url = base.replace("postgres@", f"{role}@", 1) + f"?schema={schema}"
+        signer = Signer.generate(tmp_path / "k.pem")
+        store = open_store(tmp_path / "r.db", signer=signer, anchor=open_anchor(url))
+        store.set_four_eyes_above("600", actor="admin")
+        store.close()
+        anchor = open_anchor(url)
+        assert [c.count for c in anchor.checkpoints()] == [1]
+        anchor.close()
+        with psycopg.connect(base.replace("postgres@", f"{role}@", 1), autocommit=True) as writer, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):
+            writer.execute(f'DELETE FROM "{schema}".checkpoints')
+    finally:
+        drop_pg_schema(base, schema)
+        admin.execute(f"DROP OWNED BY {role}")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()

@@ -238,16 +238,16 @@ class PostgresAnchor:
                                                               if k != "schema"])))
         self.url = url.split("@")[-1]
         self._psycopg = psycopg
+        table = f"{self.schema}.checkpoints"
         try:
             self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
-            with self._conn.transaction():
-                self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(self.schema)))
-                self._conn.execute(sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.checkpoints (count BIGINT NOT NULL, "
-                    "head TEXT NOT NULL, genesis TEXT NOT NULL, at TEXT NOT NULL, "
-                    "key TEXT NOT NULL, signature TEXT NOT NULL, PRIMARY KEY (count, key))"
-                ).format(sql.Identifier(self.schema)))
+            # Created only when missing: the writers' role should have INSERT and SELECT on an
+            # existing table and nothing else, not the right to create (or drop) it.
+            if self._conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone()[0]:
+                with self._conn.transaction():
+                    self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                        sql.Identifier(self.schema)))
+                    self._conn.execute(sql.SQL(_PG_TABLE).format(sql.Identifier(self.schema)))
         except psycopg.Error as exc:
             raise AnchorError(f"cannot open anchor `{self.url}`: "
                               f"{' '.join(str(exc).split()).lower()}") from None
@@ -272,6 +272,11 @@ class PostgresAnchor:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
+
+
+_PG_TABLE = ("CREATE TABLE IF NOT EXISTS {}.checkpoints (count BIGINT NOT NULL, head TEXT NOT NULL, "
+             "genesis TEXT NOT NULL, at TEXT NOT NULL, key TEXT NOT NULL, "
+             "signature TEXT NOT NULL, PRIMARY KEY (count, key))")
 
 
 def open_anchor(target: str | Path) -> FileAnchor | PostgresAnchor:
