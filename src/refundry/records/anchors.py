@@ -243,7 +243,8 @@ class PostgresAnchor:
             self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
             # Created only when missing: the writers' role should have INSERT and SELECT on an
             # existing table and nothing else, not the right to create (or drop) it.
-            if self._conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone()[0]:
+            missing = self._conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone()
+            if missing is None or missing[0]:
                 with self._conn.transaction():
                     self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                         sql.Identifier(self.schema)))
