@@ -457,7 +457,8 @@ class RecordStore:
         self._batch_owner: int | None = None  # the thread whose batch holds the transaction
         self._anchoring = _Anchoring(anchor, signer, anchor_every, anchor_seconds)
         self._signer = signer
-        self._pending: tuple[int, str] | None = None  # the newest head not yet committed
+        # thread -> the newest head its open batch appended, anchored once the batch commits
+        self._pending: dict[int, tuple[int, str]] = {}
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -477,16 +478,16 @@ class RecordStore:
                     self._batch_owner = None
         except BaseException:
             self._known_texts = known  # texts written in a batch that did not commit are not kept
-            self._pending = None
+            self._pending.pop(threading.get_ident(), None)
             raise
-        self._committed()
-
-    def _committed(self) -> None:
-        """After a commit: anchor a signed checkpoint when one is due (never an uncommitted
-        head: a rolled-back batch would leave the anchor naming events that never were)."""
-        pending, self._pending = self._pending, None
+        pending = self._pending.pop(threading.get_ident(), None)
         if pending is not None:
-            self._anchoring.after(pending[0], pending[1], self.genesis)
+            self._committed(*pending)
+
+    def _committed(self, count: int, head: str) -> None:
+        """After a commit: anchor a signed checkpoint when one is due. Only ever a committed
+        head: a rolled-back batch would leave the anchor naming events that never were."""
+        self._anchoring.after(count, head, self.genesis)
 
     def anchor_now(self) -> SignedCheckpoint | None:
         """Write a signed checkpoint of the current head to the anchor, if one is set and the
@@ -613,10 +614,11 @@ class RecordStore:
                        body_text, hash_))
             if self._signer is not None:
                 tx.put_signature(seq + 1, self._signer.key_id, self._signer.sign_event(hash_))
-            self._pending = (seq + 1, hash_)
         self._known_texts.update(d for d, *_ in draft.texts)
-        if not self._in_batch():
-            self._committed()
+        if self._in_batch():
+            self._pending[threading.get_ident()] = (seq + 1, hash_)
+        else:
+            self._committed(seq + 1, hash_)
         event = Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
                       actor=draft.actor, hash=hash_, body=body)
         after = None if request_id == STORE_CASE else build_case([*events, event], threshold)
