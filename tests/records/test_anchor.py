@@ -324,6 +324,12 @@ def test_the_cli_signs_and_anchors_from_the_environment(cli, tmp_path, monkeypat
     r = cli("records", "verify", "--db", db, "--trusted-key", key_id)
     assert r.code == 0 and "anchored: the signed checkpoint of 2 events" in r.out
     assert cli("records", "anchor", "--db", db).out.strip() == "null"  # nothing new
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(make_request(f"b-{i}")) + "\n" for i in range(3)))
+    assert cli("run", "--source", "jsonl", "--input", source, "--out", tmp_path / "o.jsonl",
+               "--rulesets", RULESETS, "--db", db, "--by", "batch").code == 0
+    counts = [c.count for c in FileAnchor(tmp_path / "anchor.jsonl").checkpoints()]
+    assert counts[-1] == 5  # the batch's head, once it committed
     monkeypatch.delenv("REFUNDRY_SIGNING_KEY")
     r = cli("records", "note", "r-1", "--by", "bob", "--text", "hi", "--db", db)
     assert r.code == 1 and "needs $REFUNDRY_SIGNING_KEY" in r.err

@@ -27,7 +27,16 @@ import attrs
 
 from refundry.core.errors import RefundryError
 from refundry.records.events import RecordStore
-from refundry.records.masking import mask_request, pseudonym
+from refundry.records.index import (
+    COLUMNS,
+    INDEXED_EVENTS,
+    Keys,
+    index_row,
+    keys_of,
+    status_update,
+    utc_text,
+)
+from refundry.records.masking import mask_request
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -38,7 +47,6 @@ DRIVER_Z = Decimal(3)  # a feature at or above this robust z is named as a drive
 MAD_SCALE = Decimal("1.4826")  # makes the MAD estimate a standard deviation for normal data
 MATCH_CAP = 1000  # rows read per lookup at most; counts above it read as 1,000 (+1)
 SYNC_PAGE = 5_000
-_INDEXED_EVENTS = ("evaluated", "approved", "denied", "processed", "refunded", "dispute_resolved")
 _PAID = ("approved", "processed", "refunded")
 
 _SCHEMA = (
@@ -58,57 +66,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_client ON history_index (client_id, currency, requested_at)",
 )
 
-COLUMNS = ("request_id", "seq", "client_id", "requested_at", "customer_key", "email_key",
-           "address_key", "card_key", "transaction_key", "amount", "currency",
-           "transaction_amount", "decided_amount", "outcome", "status")
-
-_STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
-
-
 class HistoryError(RefundryError):
     """The history index cannot be read or written."""
-
-
-def utc_text(when: dt.datetime) -> str:
-    """An instant as the sortable text the index keeps (UTC, seconds)."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@attrs.frozen
-class Keys:
-    """The pseudonymous attributes of one request, as the index keeps them."""
-
-    request_id: str
-    client_id: str
-    requested_at: str
-    customer: str
-    email: str | None
-    address: str | None
-    card: str | None
-    transaction: str
-    amount: Decimal
-    currency: str
-    transaction_amount: Decimal
-
-
-def keys_of(masked: Mapping[str, Any], salt: bytes) -> Keys:
-    """Keys from a request in its masked form (what ``events`` keep, or ``mask_request`` of a
-    new request): email and address are already pseudonyms there; the rest is hashed here."""
-    customer = masked.get("customer") or {}
-    txn = masked.get("transaction") or {}
-    method = txn.get("payment_method") or {}
-    card = None
-    if method.get("last4"):
-        card = pseudonym(f"{method.get('type', '')}:{method['last4']}", salt, "card-")
-    requested = dt.datetime.fromisoformat(str(masked["requested_at"]))
-    return Keys(
-        request_id=str(masked["request_id"]), client_id=str(masked["client_id"]),
-        requested_at=utc_text(requested),
-        customer=pseudonym(str(customer.get("id", "")), salt, "customer-"),
-        email=customer.get("email") or None, address=customer.get("address") or None,
-        card=card, transaction=pseudonym(str(txn.get("id", "")), salt, "txn-"),
-        amount=Decimal(str(masked["amount"])), currency=str(masked["currency"]),
-        transaction_amount=Decimal(str(txn.get("amount", "0"))))
 
 
 # --- robust statistics --------------------------------------------------------------------
@@ -241,7 +200,7 @@ class History:
         after = self.watermark()
         read = 0
         salt = self.store.salt
-        types = ", ".join(f"'{t}'" for t in _INDEXED_EVENTS)
+        types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
         while True:
             rows = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND type IN "
                               f"({types}) ORDER BY seq LIMIT {SYNC_PAGE}", (after,))
@@ -251,11 +210,11 @@ class History:
             for seq, type_, body_text in rows:
                 body = json.loads(body_text)
                 if type_ == "evaluated":
-                    row = _index_row(int(seq), body, salt)
+                    row = index_row(int(seq), body, salt)
                     if row is not None:
                         inserts.append(row)
                 else:
-                    update = _status_update(type_, body)
+                    update = status_update(type_, body)
                     if update is not None:
                         updates.append(update)
             last = int(rows[-1][0])
@@ -274,58 +233,6 @@ class History:
                 after = last
             else:
                 after = self.watermark()
-
-    def check(self) -> str:
-        """What is wrong with the index, compared with what the chain says it holds up to its
-        watermark ("" if nothing). Deleted rows would make the velocity facts undercount (the
-        sixth request of a customer would look like the first), so ``verify`` runs this."""
-        exists = ("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = "
-                  "'history_index' AND table_schema = current_schema()") if self._pg else \
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'history_index'"
-        if not self._read(exists)[0][0]:
-            return ""
-        watermark = self.watermark()
-        expected = self._expected(watermark)
-        actual = {str(r[0]): r for r in self._read(f"SELECT {', '.join(COLUMNS)} FROM history_index")}
-        rebuild = "; drop history_index and history_meta to rebuild them from the chain"
-        for rid, row in expected.items():
-            got = actual.pop(rid, None)
-            if got is None:
-                return (f"history_index has no row for request `{rid}` (event {row[1]}): rows "
-                        f"were deleted, so history facts undercount{rebuild}")
-            diff = [c for c, a, b in zip(COLUMNS, row, got, strict=True) if _same(a) != _same(b)]
-            if diff:
-                return (f"history_index row for request `{rid}` differs from the chain in "
-                        f"`{diff[0]}`{rebuild}")
-        if actual:
-            return (f"history_index has a row for request `{next(iter(actual))}` that no event up "
-                    f"to {watermark} made{rebuild}")
-        return ""
-
-    def _expected(self, watermark: int) -> dict[str, list[Any]]:
-        """The index rows the chain makes up to ``watermark``, as ``sync`` would write them."""
-        salt = self.store.salt
-        types = ", ".join(f"'{t}'" for t in _INDEXED_EVENTS)
-        out: dict[str, list[Any]] = {}
-        after = 0
-        while True:
-            rows = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND seq <= ? "
-                              f"AND type IN ({types}) ORDER BY seq LIMIT {SYNC_PAGE}",
-                              (after, watermark))
-            if not rows:
-                return out
-            for seq, type_, body_text in rows:
-                body = json.loads(body_text)
-                if type_ == "evaluated":
-                    row = _index_row(int(seq), body, salt)
-                    if row is not None:
-                        out.setdefault(str(row[0]), list(row))
-                elif (update := _status_update(type_, body)) is not None and update[2] in out:
-                    target = out[update[2]]
-                    target[14] = update[0]
-                    if update[1] is not None:
-                        target[12] = update[1]
-            after = int(rows[-1][0])
 
     def bulk_insert(self, rows: Iterable[Sequence[Any]]) -> None:
         """Insert index rows (``COLUMNS`` order) directly: for benchmarks and migrations."""
@@ -471,37 +378,6 @@ class History:
             "features": {n: str(z.quantize(Decimal("0.01"))) for n, z in features.items()},
             "baseline": base.size,
         }
-
-
-def _index_row(seq: int, body: Mapping[str, Any], salt: bytes) -> tuple[Any, ...] | None:
-    request = body.get("request") or {}
-    decision = body.get("decision") or {}
-    try:
-        k = keys_of(request, salt)
-    except (KeyError, ValueError, ArithmeticError):
-        return None  # not a request the index can key; the chain still has it
-    outcome = str(decision.get("outcome", "manual_review"))
-    return (k.request_id, seq, k.client_id, k.requested_at, k.customer, k.email, k.address,
-            k.card, k.transaction, str(k.amount), k.currency, str(k.transaction_amount),
-            str(decision.get("amount", "0")), outcome, _STATUS.get(outcome, "manual_review"))
-
-
-def _status_update(type_: str, body: Mapping[str, Any]) -> tuple[str, str | None, str] | None:
-    details = body.get("details") or {}
-    if type_ == "dispute_resolved":
-        if details.get("resolution") == "overturned":
-            return "approved", str(details.get("amount")), str(body["request_id"])
-        return None  # upheld: the status before the dispute, which the index still holds
-    return type_, None, str(body["request_id"])
-
-
-def _same(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def check_index(store: RecordStore) -> str:
-    """``History(store).check()``: verify's look at the derived index."""
-    return History(store).check()
 
 
 def enrich(store: RecordStore, request: Mapping[str, Any] | Any,

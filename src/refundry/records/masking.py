@@ -54,7 +54,7 @@ _MIN_PAN, _MAX_PAN = 13, 19
 _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above this
 # What a money field may hold (schemas/refund-request.schema.json): such a value is an amount,
 # never masked, so 1000000000009.00 stays an amount and four-eyes still counts it.
-_MONEY = re.compile(r"-?\d{1,15}(?:\.\d{1,12})?")
+_MONEY = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,12})?")  # ASCII digits only, as the schema
 _TAG_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 
 
