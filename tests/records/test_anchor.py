@@ -62,7 +62,7 @@ class Raw:
 
 
 @pytest.fixture
-def anchored(store_url, tmp_path) -> Iterator[dict[str, Any]]:
+def anchored(store_url, tmp_path, engine) -> Iterator[dict[str, Any]]:
     """A store with a few cases at every stage, a snapshot of every table taken halfway (the
     'older copy'), and its anchor."""
     signer = Signer.generate(tmp_path / "service.pem")
@@ -79,19 +79,14 @@ def anchored(store_url, tmp_path) -> Iterator[dict[str, Any]]:
 
     store = opened()
     try:
-        _fill(store, opened, store_url)
+        _fill(store, opened, store_url, engine)
         yield {"url": store_url, "target": target, "signer": signer, "count": 17}
     finally:
         if schema is not None:
             drop_pg_schema(os.environ[PG_ENV], schema)
 
 
-def _fill(store: Any, opened: Callable[[], Any], url: str) -> None:
-    import refundry
-
-    from .conftest import RULESETS
-
-    engine = refundry.Engine.from_path(RULESETS)
+def _fill(store: Any, opened: Callable[[], Any], url: str, engine: Any) -> None:
     for i in range(6):
         req = make_request(f"r-{i}", **(LARGE if i % 2 else {}))
         store.record(req, engine.evaluate(req), engine=engine, actor="alice")
