@@ -22,6 +22,7 @@ from refundry.cli import (
     report,
     review,
     run,
+    serve,
     status,
     test,
     validate,
@@ -30,7 +31,7 @@ from refundry.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT
 from refundry.core.errors import ErrorGroup, RefundryError
 
 COMMANDS = (validate, test, evaluate, diff, records, review, dispute, plugins, run, status,
-            receipt, report)
+            receipt, report, serve)
 
 
 class _Parser(argparse.ArgumentParser):
