@@ -8,6 +8,7 @@ who actually called.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -16,12 +17,18 @@ from decimal import Decimal
 from typing import Any
 
 import attrs
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from refundry.app.customer import CustomerError, communicate, status
@@ -243,7 +250,7 @@ Handler = Callable[[Request, Service], Awaitable[Response]]
 
 
 def _service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 async def post_decision(request: Request, service: Service) -> Response:
@@ -429,16 +436,13 @@ def _reload_on_sighup(service: Service) -> None:
     import signal
 
     loop = asyncio.get_running_loop()
-    try:
+    with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: loop.run_in_executor(None, service.reload))
-    except (RuntimeError, ValueError, NotImplementedError):
-        pass
 
 
 def create_app(service: Service) -> Starlette:
     """The ASGI application over ``service``; closing the store when it shuts down."""
-    import contextlib
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:

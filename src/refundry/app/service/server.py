@@ -96,8 +96,9 @@ def serve(config: ServiceConfig, *, host: str, port: int, workers: int = 1,
 
     build_service(config).store.close()  # fail now, with one line, on bad rulesets or tokens
     os.environ[CONFIG_ENV] = config.to_env()
-    print(json.dumps({"message": "serving", "url": f"http://{host}:{port}/v1/",
-                      "openapi": f"http://{host}:{port}/v1/openapi.json", "workers": workers}),
+    print(json.dumps({"level": "info", "logger": "refundry.service", "message": "serving",
+                      "url": f"http://{host}:{port}/v1/", "workers": workers,
+                      "openapi": f"http://{host}:{port}/v1/openapi.json"}),
           file=sys.stderr, flush=True)
     uvicorn.run("refundry.app.service.server:app_from_env", factory=True, host=host, port=port,
                 workers=workers if workers > 1 else None, log_config=json_log_config(log_level),
