@@ -7,9 +7,7 @@ runs the application's shutdown, which closes the store.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from refundry.app.logs import json_log_config
 from refundry.app.service.api import Service, create_app
 from refundry.app.service.identity import ROLES, Tokens, issue
 from refundry.app.service.rulesets import Rulesets
@@ -24,35 +23,6 @@ from refundry.records.stores import open_store
 
 GRACE_S = 30
 CONFIG_ENV = "REFUNDRY_SERVE_CONFIG"
-_STANDARD = set(vars(logging.makeLogRecord({})))
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "at": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(), "logger": record.name,
-            "message": record.getMessage(), "pid": record.process}
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
-
-
-def json_log_config(level: str = "info") -> dict[str, Any]:
-    """A ``logging.config`` dict sending refundry's and uvicorn's logs as JSON to stderr."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-    loggers = {name: {"handlers": ["json"], "level": level.upper(), "propagate": False}
-               for name in ("refundry", "uvicorn", "uvicorn.error")}
-    # Access lines would double the request log refundry writes itself (errors and debug).
-    loggers["uvicorn.access"] = {"handlers": [], "level": "WARNING", "propagate": False}
-    return {"version": 1, "disable_existing_loggers": False,
-            "formatters": {"json": {"()": JsonFormatter}},
-            "handlers": {"json": handler}, "loggers": loggers}
 
 
 @attrs.frozen
