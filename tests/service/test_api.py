@@ -204,3 +204,21 @@ def test_health_readiness_metrics_and_the_openapi_document(api):
     assert in_doc["properties"] == from_file["properties"]
     assert api.call("GET", "/v1/nothing").status_code == 404
     assert api.call("DELETE", "/v1/cases").json()["error"] == "method not allowed for this route"
+
+
+def test_concurrent_requests_are_each_recorded_once(api):
+    """Many request threads share the committer: every answer is durable, a request sent by
+    eight clients at once is one case, and they all get its first decision."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    same = make_request("dup-1")
+    jobs = [make_request(f"c-{i}") for i in range(60)] + [same] * 8
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda req: decide(api, req), jobs))
+    assert {a.status_code for a in answers} == {200}
+    dup = [a for a, req in zip(answers, jobs, strict=True) if req is same]
+    assert len({a.text for a in dup}) == 1, [a.text for a in dup][:2]
+    assert sorted(a.headers["x-refundry-recorded"] for a in dup) == ["created"] + ["existing"] * 7
+    assert api.call("GET", "/v1/cases", "aud", params={"limit": 1000}).json()["total"] == 61
+    assert api.call("GET", "/v1/verify", "aud").json() == {
+        **api.call("GET", "/v1/verify", "aud").json(), "ok": True, "count": 61}

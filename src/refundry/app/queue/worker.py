@@ -1,8 +1,8 @@
 """``refundry worker``: decide requests from the JetStream work queue into the shared store.
 
 Each round fetches a batch from a durable pull consumer, decides it in a worker thread (history
-facts, evaluation, then every record appended in one store transaction) and only then, for each
-message, publishes the decision and acks. A worker killed anywhere before its ack leaves the
+facts, evaluation, then every record appended in one store transaction) and only then, for
+each message, publishes the decision and acks. A worker killed anywhere before its ack leaves the
 message to be redelivered; the store's idempotency by ``request_id`` turns the second delivery
 into the case already recorded, and the decision's ``Nats-Msg-Id`` keeps it from reaching the
 sinks twice. So: exactly one case per request, whatever dies when.
@@ -92,7 +92,7 @@ class Decider:
             return Outcome("dead", reason=f"not json: {str(exc).lower()[:200]}")
         if not isinstance(data, dict):
             return Outcome("dead", reason="not a json object (a refund request)")
-        facts = self.history.facts(data)
+        facts = self.history.facts(data, sync=False)  # synced once per batch, in decide()
         if facts:
             data = {**data, "facts": {**facts, **dict(data.get("facts") or {})}}
         decision = self.engine.evaluate(data)
@@ -111,13 +111,20 @@ class Decider:
             else:
                 out.append(None)
                 ready.append((i, *got))
+        # One transaction for the batch: a commit is a disk flush, which costs more here than
+        # the whole decision; the acks wait for it. The append lock is held meanwhile, so other
+        # workers evaluate their batches while this one records (docs/deployment.md).
         try:
-            with self.store.batch():  # one commit for the batch; acks only after it
+            with self.store.batch():
                 for i, data, decision in ready:
                     out[i] = self._record(data, decision)
         except RefundryError as exc:
             for i, data, _decision in ready:
                 out[i] = Outcome("retry", str(data.get("request_id")), reason=str(exc))
+        try:
+            self.history.sync()
+        except RefundryError as exc:
+            LOG.warning("history index not synced", extra={"fields": {"error": str(exc)[:300]}})
         return [o if o is not None else Outcome("retry", reason="not decided") for o in out]
 
     def _record(self, data: dict[str, Any], decision: Any) -> Outcome:
@@ -125,7 +132,15 @@ class Decider:
             case, created = self.store.record(data, decision, engine=self.engine,
                                               actor=self.actor)
         except RecordError as exc:
+            # Refused for good only when the case is there (recorded with other content);
+            # a store that cannot be reached or written is tried again.
+            try:
+                self.store.case(decision.request_id)
+            except RefundryError:
+                return Outcome("retry", decision.request_id, reason=str(exc))
             return Outcome("dead", decision.request_id, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a driver error the store did not wrap
+            return Outcome("retry", decision.request_id, reason=f"{type(exc).__name__}: {exc}")
         return Outcome("decided", case.request_id,
                        decision.to_dict() if created else case.decision)
 

@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from refundry.app.customer import CustomerError, communicate, status
+from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
 from refundry.app.service.identity import Identity, Tokens
 from refundry.app.service.openapi import document
 from refundry.app.service.rulesets import Rulesets
@@ -52,7 +53,9 @@ class ApiError(Exception):
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    body = json.dumps(data, ensure_ascii=False, default=json_default, separators=(",", ":"))
+    # Sorted keys: the same data is the same bytes, however it was built (a retry, a read).
+    body = json.dumps(data, ensure_ascii=False, default=json_default, separators=(",", ":"),
+                      sort_keys=True)
     return Response(body, status, headers=dict(headers or {}), media_type="application/json")
 
 
@@ -93,11 +96,19 @@ class Service:
     tokens: Tokens
     metrics: Metrics = attrs.Factory(Metrics)
     history: History | None = None
+    committer: GroupCommit | None = None
     draining: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.history = History(self.store)
+        self.history.sync()  # what is already recorded counts from the first request on
+        self.committer = GroupCommit(self.store, self.history)
         self.metrics.generation.set(self.rulesets.current.generation)
+
+    def close(self) -> None:
+        if self.committer is not None:
+            self.committer.close()
+        self.store.close()
 
     def reload(self) -> Any:
         result = self.rulesets.reload()
@@ -180,7 +191,8 @@ def _decide(service: Service, data: Any, record: bool, actor: str) -> tuple[dict
     or not at all (``none``)."""
     engine = service.rulesets.engine  # taken once: one version decides the whole request
     if record and isinstance(data, Mapping) and service.history is not None:
-        facts = service.history.facts(data)
+        # The committer syncs the index after each group; reading it needs no write here.
+        facts = service.history.facts(data, sync=False)
         if facts:
             data = {**data, "facts": {**facts, **dict(data.get("facts") or {})}}
     decision = engine.evaluate(data)
@@ -190,14 +202,17 @@ def _decide(service: Service, data: Any, record: bool, actor: str) -> tuple[dict
     if not record:
         service.metrics.decisions.labels(decision.outcome, "false").inc()
         return decision.to_dict(), "none"
+    assert service.committer is not None
     try:
-        case, created = service.store.record(data, decision, engine=engine, actor=actor)
+        case, created = service.committer.record(data, decision, engine=engine, actor=actor)
+    except StoreUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
     except RecordError as exc:
         raise ApiError(409, str(exc)) from None
-    if not created:
-        return case.decision, "existing"  # the first decision, as recorded
-    service.metrics.decisions.labels(decision.outcome, "true").inc()
-    return decision.to_dict(), "created"
+    if created:
+        service.metrics.decisions.labels(decision.outcome, "true").inc()
+    # The decision as recorded (masked like the record), byte for byte the same on a retry.
+    return case.decision, "created" if created else "existing"
 
 
 def _case(service: Service, request_id: str) -> Any:
@@ -451,7 +466,7 @@ def create_app(service: Service) -> Starlette:
         _reload_on_sighup(service)
         yield
         service.draining = True
-        service.store.close()
+        service.close()
         LOG.info("stopped")
 
     by_path: dict[str, list[tuple[str, Handler]]] = {}

@@ -104,7 +104,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "the body is not JSON of the right shape", 401: "no valid token",
              403: "the token's roles do not allow this", 404: "no such case",
              409: "the case's state or maker-checker does not allow this",
-             422: "the request or action is invalid", 503: "not ready"}
+             422: "the request or action is invalid",
+             503: "the records store did not commit; nothing was recorded"}
     return {str(c): _json("Error", texts[c]) for c in codes}
 
 
@@ -133,7 +134,7 @@ def _paths() -> dict[str, Any]:
         "/v1/decisions": {"post": _op(
             "Evaluate a request; with record=true append it to the store (idempotent by "
             "request_id: the same request again returns the first decision)", ("service",),
-            {"200": _json("Decision", "the decision"), **_errors(400, *_AUTH, 409, 422)},
+            {"200": _json("Decision", "the decision"), **_errors(400, *_AUTH, 409, 422, 503)},
             params=[{"name": "record", "in": "query", "schema": {"type": "boolean"}}],
             body="RefundRequest")},
         "/v1/cases": {"get": _op("Recorded cases, newest last", ("reviewer", "auditor"), {

@@ -64,7 +64,7 @@ def serve(config: ServiceConfig, *, host: str, port: int, workers: int = 1,
           log_level: str = "info") -> None:
     import uvicorn
 
-    build_service(config).store.close()  # fail now, with one line, on bad rulesets or tokens
+    build_service(config).close()  # fail now, with one line, on bad rulesets or tokens
     os.environ[CONFIG_ENV] = config.to_env()
     print(json.dumps({"level": "info", "logger": "refundry.service", "message": "serving",
                       "url": f"http://{host}:{port}/v1/", "workers": workers,
