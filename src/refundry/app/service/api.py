@@ -8,6 +8,7 @@ who actually called.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -444,10 +445,23 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(code, "no such route" if code == 404 else "method not allowed for this route")
 
 
+RULESET_CHECK_S = 2.0
+
+
+async def _watch_rulesets(service: Service) -> None:
+    """Reload when the ruleset files change (every process of the server does this)."""
+    while True:
+        await asyncio.sleep(RULESET_CHECK_S)
+        try:
+            if await run_in_threadpool(service.rulesets.changed):
+                await run_in_threadpool(service.reload)
+        except Exception:  # noqa: BLE001 - a failed look must not end the watching
+            LOG.exception("ruleset watch failed")
+
+
 def _reload_on_sighup(service: Service) -> None:
     """``kill -HUP``: the systemd ``reload`` of the service (only where this is the main thread
     of a process, as under uvicorn; an app inside a test thread reloads over HTTP)."""
-    import asyncio
     import signal
 
     loop = asyncio.get_running_loop()
@@ -464,7 +478,9 @@ def create_app(service: Service) -> Starlette:
         LOG.info("ready", extra={"fields": {"store": service.store.url,
                                             "generation": service.rulesets.current.generation}})
         _reload_on_sighup(service)
+        watcher = asyncio.create_task(_watch_rulesets(service))
         yield
+        watcher.cancel()
         service.draining = True
         service.close()
         LOG.info("stopped")

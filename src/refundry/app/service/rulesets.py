@@ -4,6 +4,11 @@ A reload builds a whole new ``Engine`` from the same paths first; only when ever
 validates does one reference assignment swap it in. A request takes the engine once at its
 start, so it is decided by one version from beginning to end, and a refused version leaves
 the old one serving.
+
+Every server process watches the ruleset files (``changed``: names, sizes and modification
+times) and reloads when they change, so all processes of a ``--workers N`` server, and all
+replicas reading the same files, pick a new version up without being told one by one. A
+version that was refused is not tried again until the files change again.
 """
 
 from __future__ import annotations
@@ -49,8 +54,26 @@ class Rulesets:
         self.paths = [str(p) for p in paths]
         self.backend = backend
         self._lock = threading.Lock()
+        self._seen = self.fingerprint()
         self.current = Loaded(Engine.from_path(self.paths, backend=backend), 1,
                               dt.datetime.now(dt.UTC))
+
+    def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        files: list[Path] = []
+        for path in map(Path, self.paths):
+            files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue  # removed while listing: the next look sees the new state
+            out.append((str(f), st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def changed(self) -> bool:
+        """Whether the files differ from what was last loaded or refused."""
+        return self.fingerprint() != self._seen
 
     @property
     def engine(self) -> Engine:
@@ -59,6 +82,7 @@ class Rulesets:
     def reload(self) -> Reload:
         with self._lock:
             generation = self.current.generation
+            self._seen = self.fingerprint()  # taken before reading: a later edit is seen later
             try:
                 engine = Engine.from_path(self.paths, backend=self.backend)
             except ErrorGroup as exc:
