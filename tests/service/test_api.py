@@ -247,3 +247,13 @@ def test_every_process_picks_up_changed_ruleset_files_by_itself(api):
     assert 'refundry_ruleset_reloads_total{result="refused"}' in text
     assert 'refundry_ruleset_reloads_total{result="refused"} 0.0' not in text
     assert 'refundry_ruleset_reloads_total{result="ok"} 1.0' in text
+
+
+def test_analysts_and_auditors_read_the_report(api):
+    decide(api, make_request("rep-1"))
+    decide(api, make_request("rep-2", client_id="acme", amount="600"))
+    r = api.call("GET", "/v1/report", "ana", params={"client": "acme"})
+    assert r.status_code == 200 and r.json()["summary"]["cases"] == 1
+    assert api.call("GET", "/v1/report", "aud").json()["summary"]["cases"] == 2
+    assert api.call("GET", "/v1/report", "svc").status_code == 403
+    assert api.call("GET", "/v1/report", "ana", params={"since": "May"}).status_code == 400

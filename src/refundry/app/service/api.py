@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from refundry.app import report
 from refundry.app.customer import CustomerError, communicate, status
 from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
 from refundry.app.service.identity import Identity, Tokens
@@ -363,6 +364,30 @@ async def post_reload(request: Request, service: Service) -> Response:
     return _json(result.to_dict(), 200 if result.ok else 422)
 
 
+def _day(request: Request, name: str) -> Any:
+    import datetime as dt
+
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"query `{name}` must be a date (yyyy-mm-dd)") from None
+
+
+async def get_report(request: Request, service: Service) -> Response:
+    _identity(service, request, ("analyst", "auditor"))
+    since, until = _day(request, "since"), _day(request, "until")
+    client = request.query_params.get("client") or None
+
+    def build() -> str:
+        figs, head = report.build(service.store, since=since, until=until, client=client)
+        return report.to_json(figs, head)
+
+    return Response(await run_in_threadpool(build), media_type="application/json")
+
+
 async def get_verify(request: Request, service: Service) -> Response:
     _identity(service, request, ("auditor",))
     result = await run_in_threadpool(service.store.verify)
@@ -432,6 +457,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("/v1/cases/{request_id}/status", "POST", post_status),
     ("/v1/rulesets", "GET", get_rulesets),
     ("/v1/rulesets/reload", "POST", post_reload),
+    ("/v1/report", "GET", get_report),
     ("/v1/verify", "GET", get_verify),
     ("/v1/openapi.json", "GET", openapi),
     ("/healthz", "GET", healthz),

@@ -88,6 +88,8 @@ ENVELOPES: dict[str, Any] = {
         "ok": {"type": "boolean"}, "generation": {"type": "integer"},
         "errors": {"type": "array", "items": {"type": "string"}}}),
     "Verification": {"type": "object", "required": ["ok", "count", "head"]},
+    "Report": {"type": "object", "required": ["summary", "figures"],
+               "properties": {"summary": {"type": "object"}, "figures": {"type": "object"}}},
     "Health": _obj(["status"], {"status": {"type": "string"}}, extra=True),
 }
 
@@ -177,6 +179,12 @@ def _paths() -> dict[str, Any]:
             "one in force keeps serving", ("analyst",),
             {"200": _json("Reload", "swapped in"), **_errors(*_AUTH),
              "422": _json("Reload", "refused; the old version keeps serving")})},
+        "/v1/report": {"get": _op(
+            "The report's figures (as `refundry report --format json`)", ("analyst", "auditor"),
+            {"200": _json("Report", "summary and figures"), **_errors(400, *_AUTH)}, params=[
+                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
+                {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}},
+                {"name": "client", "in": "query", "schema": {"type": "string"}}])},
         "/v1/verify": {"get": _op("Verify the record chain", ("auditor",), {
             "200": _json("Verification", "the chain is whole"),
             "409": _json("Verification", "the chain is broken"), **_errors(*_AUTH)})},
