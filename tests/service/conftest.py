@@ -89,7 +89,8 @@ def api(tmp_path: Path) -> Iterator[Running]:
     tokens = make_tokens(tmp_path / "tokens.json")
     db = tmp_path / "refundry.db"
     service = Service(rulesets=Rulesets([rulesets]), store=open_store(db),
-                      tokens=Tokens.load(tmp_path / "tokens.json"))
+                      tokens=Tokens.load(tmp_path / "tokens.json"),
+                      tokens_path=str(tmp_path / "tokens.json"))
     server, thread, url = start_server(create_app(service))
     running = Running(url, tokens, service, rulesets, db)
     try:

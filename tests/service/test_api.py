@@ -257,3 +257,18 @@ def test_analysts_and_auditors_read_the_report(api):
     assert api.call("GET", "/v1/report", "aud").json()["summary"]["cases"] == 2
     assert api.call("GET", "/v1/report", "svc").status_code == 403
     assert api.call("GET", "/v1/report", "ana", params={"since": "May"}).status_code == 400
+
+
+def test_a_token_issued_while_serving_works_without_a_restart(api):
+    import time
+
+    from refundry.app.service.identity import issue
+
+    token = issue(api.db.parent / "tokens.json", "late", ["auditor"])
+    deadline = time.monotonic() + 20
+    while api.call("GET", "/v1/cases", headers={"Authorization": f"Bearer {token}"}) \
+            .status_code == 401:
+        assert time.monotonic() < deadline, "the new token was not picked up"
+        time.sleep(0.2)
+    r = api.call("GET", "/v1/cases", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200

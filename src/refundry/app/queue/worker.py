@@ -30,6 +30,7 @@ from refundry.app.queue.streams import (
     dead_letter,
     ensure_streams,
 )
+from refundry.app.submissions import recorded_as_submitted
 from refundry.core.engine import INVALID_REQUEST, Engine
 from refundry.core.errors import RefundryError
 from refundry.core.models import json_default
@@ -132,8 +133,12 @@ class Decider:
             case, created = self.store.record(data, decision, engine=self.engine,
                                               actor=self.actor)
         except RecordError as exc:
-            # Refused for good only when the case is there (recorded with other content);
-            # a store that cannot be reached or written is tried again.
+            # Refused for good only when the case is there with another submission; the same
+            # one decided elsewhere at the same moment is that case, and a store that cannot be
+            # reached or written is tried again.
+            same = recorded_as_submitted(self.store, data)
+            if same is not None:
+                return Outcome("decided", same.request_id, same.decision)
             try:
                 self.store.case(decision.request_id)
             except RefundryError:

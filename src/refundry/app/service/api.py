@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
@@ -35,9 +36,10 @@ from starlette.routing import Route
 from refundry.app import report
 from refundry.app.customer import CustomerError, communicate, status
 from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
-from refundry.app.service.identity import Identity, Tokens
+from refundry.app.service.identity import Identity, TokenError, Tokens
 from refundry.app.service.openapi import document
 from refundry.app.service.rulesets import Rulesets
+from refundry.app.submissions import recorded_as_submitted
 from refundry.core.engine import INVALID_REQUEST
 from refundry.core.errors import RefundryError
 from refundry.core.models import json_default
@@ -100,12 +102,35 @@ class Service:
     history: History | None = None
     committer: GroupCommit | None = None
     draining: bool = False
+    tokens_path: str | None = None  # read again when it changes: issued tokens work at once
+    tokens_seen: tuple[int, int] | None = None
 
     def __attrs_post_init__(self) -> None:
+        self.tokens_seen = self._tokens_stamp()
         self.history = History(self.store)
         self.history.sync()  # what is already recorded counts from the first request on
         self.committer = GroupCommit(self.store, self.history)
         self.metrics.generation.set(self.rulesets.current.generation)
+
+    def _tokens_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.tokens_path) if self.tokens_path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def reload_tokens(self) -> None:
+        """Read the token file again if it changed; a broken file keeps the tokens in force."""
+        stamp = self._tokens_stamp()
+        if stamp is None or stamp == self.tokens_seen or self.tokens_path is None:
+            return
+        self.tokens_seen = stamp
+        try:
+            self.tokens = Tokens.load(self.tokens_path)
+        except TokenError as exc:
+            LOG.warning("token file refused", extra={"fields": {"error": str(exc)[:300]}})
+            return
+        LOG.info("tokens reloaded", extra={"fields": {"tokens": len(self.tokens.by_digest)}})
 
     def close(self) -> None:
         if self.committer is not None:
@@ -210,7 +235,11 @@ def _decide(service: Service, data: Any, record: bool, actor: str) -> tuple[dict
     except StoreUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     except RecordError as exc:
-        raise ApiError(409, str(exc)) from None
+        # Decided at the same moment elsewhere, with other history facts: the same submission.
+        existing = recorded_as_submitted(service.store, data)
+        if existing is None:
+            raise ApiError(409, str(exc)) from None
+        case, created = existing, False
     if created:
         service.metrics.decisions.labels(decision.outcome, "true").inc()
     # The decision as recorded (masked like the record), byte for byte the same on a retry.
@@ -403,7 +432,7 @@ async def readyz(request: Request, service: Service) -> Response:
         return _json({"status": "shutting down"}, 503)
     try:
         await run_in_threadpool(_ready, service)
-    except RefundryError as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to read means not ready
         return _json({"status": "store unreachable", "detail": str(exc)[:300]}, 503)
     return _json({"status": "ready", "generation": service.rulesets.current.generation})
 
@@ -475,10 +504,11 @@ RULESET_CHECK_S = 2.0
 
 
 async def _watch_rulesets(service: Service) -> None:
-    """Reload when the ruleset files change (every process of the server does this)."""
+    """Reload when the ruleset or token files change (every process of the server does this)."""
     while True:
         await asyncio.sleep(RULESET_CHECK_S)
         try:
+            await run_in_threadpool(service.reload_tokens)
             if await run_in_threadpool(service.rulesets.changed):
                 await run_in_threadpool(service.reload)
         except Exception:  # noqa: BLE001 - a failed look must not end the watching

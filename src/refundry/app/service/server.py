@@ -44,7 +44,8 @@ class ServiceConfig:
 def build_service(config: ServiceConfig) -> Service:
     rulesets = Rulesets(config.rulesets, backend=config.backend)  # invalid rulesets stop here
     tokens = Tokens.load(config.tokens)
-    return Service(rulesets=rulesets, store=open_store(config.db, create=True), tokens=tokens)
+    return Service(rulesets=rulesets, store=open_store(config.db, create=True), tokens=tokens,
+                   tokens_path=config.tokens)
 
 
 def app_from_env() -> Any:
