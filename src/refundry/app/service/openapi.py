@@ -130,21 +130,9 @@ def _op(summary: str, roles: tuple[str, ...], responses: dict[str, Any], *,
     return op
 
 
-def _paths() -> dict[str, Any]:
+def _case_paths() -> dict[str, Any]:
     lang = {"name": "lang", "in": "query", "schema": {"enum": list(LANGUAGES)}}
     return {
-        "/v1/decisions": {"post": _op(
-            "Evaluate a request; with record=true append it to the store (idempotent by "
-            "request_id: the same request again returns the first decision)", ("service",),
-            {"200": _json("Decision", "the decision"), **_errors(400, *_AUTH, 409, 422, 503)},
-            params=[{"name": "record", "in": "query", "schema": {"type": "boolean"}}],
-            body="RefundRequest")},
-        "/v1/cases": {"get": _op("Recorded cases, newest last", ("reviewer", "auditor"), {
-            "200": _json("CaseList", "a page of cases"), **_errors(400, *_AUTH)}, params=[
-            {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                        "maximum": 1000}},
-            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}])},
         "/v1/cases/{request_id}": {"get": _op(
             "A case: its events and current state", ("reviewer", "auditor"),
             {"200": _json("Case", "the case"), **_errors(*_AUTH, 404)}, params=[_CASE_ID])},
@@ -170,6 +158,24 @@ def _paths() -> dict[str, Any]:
                         {"200": _json("CustomerStatus", "what was given"),
                          **_errors(400, *_AUTH, 404, 422)}, params=[_CASE_ID],
                         body="Communicate")},
+    }
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/decisions": {"post": _op(
+            "Evaluate a request; with record=true append it to the store (idempotent by "
+            "request_id: the same request again returns the first decision)", ("service",),
+            {"200": _json("Decision", "the decision"), **_errors(400, *_AUTH, 409, 422, 503)},
+            params=[{"name": "record", "in": "query", "schema": {"type": "boolean"}}],
+            body="RefundRequest")},
+        "/v1/cases": {"get": _op("Recorded cases, newest last", ("reviewer", "auditor"), {
+            "200": _json("CaseList", "a page of cases"), **_errors(400, *_AUTH)}, params=[
+            {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                        "maximum": 1000}},
+            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}])},
+        **_case_paths(),
         "/v1/rulesets": {"get": _op("The ruleset versions loaded, with digests",
                                     ("analyst", "auditor", "service"),
                                     {"200": _json("Rulesets", "what is in force"),
