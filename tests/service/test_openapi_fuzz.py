@@ -33,7 +33,7 @@ from refundry.records.stores import open_store
 from ..conftest import RULESETS
 from .conftest import make_request, start_server
 
-EXAMPLES = int(os.environ.get("REFUNDRY_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("REFUNDRY_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
