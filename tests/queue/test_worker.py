@@ -114,3 +114,21 @@ def test_poison_messages_go_to_the_dead_letter_stream_with_the_reason(tmp_path, 
                        "a new request needs a new request_id"}
     assert all(b"4111 1111 1111 1111" not in m.data for m in dead)  # scrubbed like a record
     assert evaluated(pg_url) == Counter({"p-1": 1})
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_1(tmp_path):
+    """No broker at the URL: the worker gives up on the first connection with one line (no
+    traceback) instead of waiting for ever."""
+    import socket
+    import subprocess
+
+    from .conftest import EXE
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = subprocess.run([EXE, "worker", "--nats", f"nats://127.0.0.1:{port}", "--db",
+                          str(tmp_path / "w.db")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"refundry: cannot connect to nats at `nats://127.0.0.1:{port}`" in out.stderr
+    assert "Traceback" not in out.stderr
