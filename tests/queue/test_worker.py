@@ -41,7 +41,8 @@ def test_two_workers_record_each_request_once_and_dead_letter_the_rest(tmp_path,
     bad = make_request("no-currency")
     del bad["currency"]
     path = write_requests(tmp_path / "in.jsonl", ids, ["{not json", json.dumps(bad)])
-    assert publish(nats_url, streams, path) == {"published": 121, "duplicates": 0, "dead": 1}
+    assert publish(nats_url, streams, path) == {"published": 121, "duplicates": 0, "dead": 1,
+                                                "context": 0, "not_queued": 0}
     procs = [worker(nats_url, pg_url, streams, f"w{n}", "--batch", "10") for n in (1, 2)]
     try:
         got = wait_for_cases(pg_url, 120, procs)
