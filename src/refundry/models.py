@@ -111,6 +111,9 @@ class Transaction:
     ship_by: Instant | None = instant(doc="the shipping date stated at sale")
     shipped_at: Instant | None = instant()
     delay_notice_sent: bool | None = flag()
+    credit_applied: bool | None = flag(
+        doc="the buyer applied to the seller for credit with the order (16 CFR 435.2(a)(1)(ii): "
+            "50 days to ship); an extension field")
     shipping_amount: Decimal | None = money()
     express_shipping_amount: Decimal | None = money(doc="only the surcharge above standard delivery")
     payment_method: PaymentMethod | None = section(PaymentMethod)
@@ -145,11 +148,16 @@ class Disclosures:
     refund_policy: str | None = choice(
         "full_refund", "exchange_only", "store_credit", "no_refunds", "no_cash_refunds")
     change_of_mind_policy: bool | None = flag(doc="the business offers change-of-mind returns")
+    digital_loss_acknowledged: bool | None = flag(
+        doc="the consumer acknowledged losing the right of withdrawal (CRD Art 16(m))")
 
 
 @attrs.frozen
 class Consents:
     other_refund_method: bool | None = flag()
+    digital_immediate_performance: bool | None = flag(
+        doc="the consumer asked for digital content or a service to start within the withdrawal "
+            "period (CRD Art 16(a), (m))")
 
 
 @attrs.frozen
