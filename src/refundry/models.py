@@ -183,6 +183,10 @@ class Healthcare:
     billed_at: Instant | None = instant()
     sent_to_collections_at: Instant | None = instant()
     duplicate_payment_received_at: Instant | None = instant()
+    patient_notified_at: Instant | None = instant(
+        doc="when the provider told the patient of an overpayment (B&P §732(a)(2)); an extension field")
+    credit_balance_requested: bool | None = flag(
+        doc="the patient asked to keep an overpayment as a credit balance (B&P §732); an extension field")
     claim_id: str | None = text()
     claim_status_code: str | None = text()
     corrected_claim_received: bool | None = flag()
