@@ -66,12 +66,14 @@ def last_day(engine, **changes) -> dt.date:
     ("14 days + 12 months", ((14, "days"), (12, "months"))),
     ("2 billing cycles", ((2, "billing_cycles"),)),
     ("8 weeks", ((8, "weeks"),)),
+    ("14 days then 12 months", ((14, "days"), (0, "end"), (12, "months"))),
 ])
 def test_period_text(text, steps):
     assert Period.parse(text).steps == steps
 
 
-@pytest.mark.parametrize("bad", ["", "14", "fourteen days", "14 fortnights", "-3 days", "99999 days"])
+@pytest.mark.parametrize("bad", ["", "14", "fourteen days", "14 fortnights", "-3 days", "99999 days",
+                                 "then 12 months", "14 days then", "14 days then then 1 day"])
 def test_bad_period_text(bad):
     with pytest.raises(ValueError):
         Period.parse(bad)
@@ -130,3 +132,19 @@ def test_notice_received_is_tested_against_the_window_not_the_request_time(tmp_p
     base = {"jurisdiction": "US-NY", "finance__statement_sent_at": sent, "requested_at": "2024-02-20T09:00:00-05:00"}
     assert eng.evaluate(request(**base, finance__notice_received_at="2024-03-02")).outcome == "approve"
     assert eng.evaluate(request(**base, finance__notice_received_at="2024-03-03")).outcome == "deny"
+
+
+def test_then_counts_on_from_the_rolled_end_of_the_period_so_far(tmp_path):
+    # CRD Art 10(1): 12 months "from the end of the initial withdrawal period", whose end Reg
+    # 1182/71 Art 3(4) moves off a weekend. Delivered 1 March 2025: day 14 is Saturday 15 March,
+    # the initial period ends Monday 17 March, so the extension ends 17 March 2026 (a Tuesday);
+    # `+` counts from the unmoved Saturday and ends on Monday 16 March 2026.
+    rolled = "calendar: {holidays: none, period_end: next_working_day}"
+    then = engine_with(tmp_path, "{from: transaction.delivered_at, period: 14 days then 12 months}", rolled)
+    assert last_day(then, transaction__delivered_at="2025-03-01T10:00:00+01:00") == dt.date(2026, 3, 17)
+    plus = engine_with(tmp_path, "{from: transaction.delivered_at, period: 14 days + 12 months}", rolled)
+    assert last_day(plus, transaction__delivered_at="2025-03-01T10:00:00+01:00") == dt.date(2026, 3, 16)
+    # without roll-forward `then` and `+` are the same count
+    as_is = engine_with(tmp_path, "{from: transaction.delivered_at, period: 14 days then 12 months}",
+                        "calendar: {holidays: none, period_end: as_is}")
+    assert last_day(as_is, transaction__delivered_at="2025-03-01T10:00:00+01:00") == dt.date(2026, 3, 15)

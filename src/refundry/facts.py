@@ -96,8 +96,9 @@ class Context:
                    calendar: CalendarSpec | None = None) -> dt.date | None:
         spec = calendar or self.calendar
         working = self.working_for(spec)
-        end = add_period(period, start, working, self.closing_day)
-        if end is not None and spec.period_end == "next_working_day":
+        rolls = spec.period_end == "next_working_day"
+        end = add_period(period, start, working, self.closing_day, roll=rolls)
+        if end is not None and rolls:
             end = roll_forward(end, working)
         return end
 

@@ -478,8 +478,9 @@ def _check_not_shorter(base: WindowDef, base_cal: CalendarSpec, mine: WindowDef,
 
 
 def _end(period: Period, start: dt.date, working: WorkingDays, cal: CalendarSpec) -> dt.date | None:
-    end = add_period(period, start, working, closing_day=15)
-    if end is not None and cal.period_end == "next_working_day":
+    rolls = cal.period_end == "next_working_day"
+    end = add_period(period, start, working, closing_day=15, roll=rolls)
+    if end is not None and rolls:
         end = roll_forward(end, working)
     return end
 
