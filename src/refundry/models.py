@@ -130,6 +130,16 @@ class Item:
     personalized: bool | None = flag()
     perishable: bool | None = flag()
     sealed_hygiene_opened: bool | None = flag()
+    kind: str | None = choice(
+        "goods", "digital_content", "service",
+        doc="what the line sells; absent means goods. digital_content: not on a tangible medium "
+            "(CRD Art 2(11)); its withdrawal period runs from the contract (Art 9(2)(a), (c))")
+    sealed_media_opened: bool | None = flag(
+        doc="sealed audio, video or software unsealed after delivery (CRD Art 16(i))")
+    dated_leisure: bool | None = flag(
+        doc="accommodation, transport, car rental, catering or leisure for a specific date (CRD Art 16(l))")
+    urgent_repair: bool | None = flag(
+        doc="a visit the consumer asked for to carry out urgent repairs (CRD Art 16(h))")
 
 
 @attrs.frozen
