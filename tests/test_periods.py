@@ -148,3 +148,40 @@ def test_then_counts_on_from_the_rolled_end_of_the_period_so_far(tmp_path):
     as_is = engine_with(tmp_path, "{from: transaction.delivered_at, period: 14 days then 12 months}",
                         "calendar: {holidays: none, period_end: as_is}")
     assert last_day(as_is, transaction__delivered_at="2025-03-01T10:00:00+01:00") == dt.date(2026, 3, 15)
+
+
+def test_a_pause_lengthens_a_window_by_the_days_it_lasted(tmp_path):
+    # CRA s22(7): delivered 1 March, 30 days -> 31 March; a repair asked for on 10 March and
+    # returned on 19 March (both days paused: inclusive) adds 10 days -> 10 April.
+    window = ("{from: transaction.delivered_at, period: 30 days, pause: {from: transaction.shipped_at, "
+              "until: transaction.installed_at, inclusive: true}}")
+    eng = engine_with(tmp_path, window, "calendar: {holidays: none}")
+    base = {"jurisdiction": "GB", "transaction__delivered_at": "2024-03-01T10:00:00+00:00"}
+    assert last_day(eng, **base) == dt.date(2024, 3, 31)  # nothing paused
+    paused = {**base, "transaction__shipped_at": "2024-03-10T10:00:00+00:00",
+              "transaction__installed_at": "2024-03-19T10:00:00+00:00"}
+    assert last_day(eng, **paused) == dt.date(2024, 4, 10)
+    # a pause that began after the period ended stopped nothing
+    late = {**paused, "transaction__shipped_at": "2024-04-01T10:00:00+00:00",
+            "transaction__installed_at": "2024-04-05T10:00:00+00:00"}
+    assert last_day(eng, **late) == dt.date(2024, 3, 31)
+    # a pause that has not ended leaves no last day: neither inside nor after
+    open_ = {**base, "transaction__shipped_at": "2024-03-10T10:00:00+00:00"}
+    d = eng.evaluate(request(**open_))
+    assert d.rule_ids == ("refundry.no-rule-matched",) and d.deadline("resolve_by") is None
+
+
+def test_a_pause_ends_at_most_its_cap_after_the_clock_starts(tmp_path):
+    # 42 CFR 401.305(b)(2) shape: 60 days from identification, suspended from the start of an
+    # investigation until it concludes, at most 180 days after identification.
+    window = ("{from: transaction.delivered_at, period: 60 days, pause: {from: transaction.shipped_at, "
+              "until: transaction.installed_at, at_most: 180 days}}")
+    eng = engine_with(tmp_path, window, "calendar: {holidays: none}")
+    base = {"jurisdiction": "US-NY", "transaction__delivered_at": "2025-01-01T10:00:00-05:00",
+            "transaction__shipped_at": "2025-01-11T10:00:00-05:00"}
+    # concluded on 1 March: 49 days paused (11 Jan to 1 Mar) -> 2 March + 49 days = 20 April
+    assert last_day(eng, **base, transaction__installed_at="2025-03-01T10:00:00-05:00") == dt.date(2025, 4, 20)
+    # concluded after the cap (30 June 2025): paused until the cap only -> 2 March + 170 = 19 August
+    assert last_day(eng, **base, transaction__installed_at="2025-09-01T10:00:00-04:00") == dt.date(2025, 8, 19)
+    # still open: paused until the cap
+    assert last_day(eng, **base) == dt.date(2025, 8, 19)

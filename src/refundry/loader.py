@@ -50,6 +50,17 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
 
 @attrs.frozen
+class PauseDef:
+    """Days a clock does not count: from ``start`` to ``until``, capped ``at_most`` after the
+    clock's own start (CRA s22(7) repairs; 42 CFR 401.305(b)(2) investigations)."""
+
+    start: str
+    until: str
+    inclusive: bool = False
+    at_most: Period | None = None
+
+
+@attrs.frozen
 class WindowDef:
     name: str
     start: str
@@ -58,6 +69,7 @@ class WindowDef:
     floor: bool
     citation: str
     calendar: CalendarSpec | None = None  # the ruleset's calendar with this window's own keys
+    pause: PauseDef | None = None
 
 
 @attrs.frozen
@@ -68,6 +80,7 @@ class DeadlineDef:
     period: Period | None = None
     window: str | None = None
     calendar: CalendarSpec | None = None  # set when the deadline has calendar keys of its own
+    pause: PauseDef | None = None
 
 
 @attrs.frozen
@@ -151,8 +164,12 @@ class CompiledRuleset:
             for d in rule.deadlines:
                 if d.start:
                     out.add(d.start)
+                if d.pause:
+                    out.update((d.pause.start, d.pause.until))
         for w in self.windows:
             out.update((w.start, w.notice))
+            if w.pause:
+                out.update((w.pause.start, w.pause.until))
         return frozenset(out)
 
 
@@ -402,7 +419,7 @@ def _windows(layers: Sequence[RulesetDoc], calendar: CalendarSpec, report: Repor
         for name, spec in (doc.data.get("windows") or {}).items():
             if name in floors:
                 floor_doc, _ = floors[name]
-                for key in ("from", "notice"):
+                for key in ("from", "notice", "pause"):
                     if key in spec and spec[key] != merged[name].get(key, "requested_at" if key == "notice" else None):
                         report.add(f"window `{name}` is a statutory floor of `{floor_doc.id}`; "
                                    f"its `{key}` cannot change", doc.path, spec.pos(key))
@@ -427,11 +444,12 @@ def _windows(layers: Sequence[RulesetDoc], calendar: CalendarSpec, report: Repor
         ok = _check_time_field(spec["from"], report, doc, raw, "from")
         notice = spec.get("notice", "requested_at")
         ok = _check_time_field(notice, report, doc, raw, "notice") and ok
-        if not ok:
+        pause = _pause(spec.get("pause"), report, doc)
+        if not ok or pause is False:
             continue
         out[name] = WindowDef(name, spec["from"], period, notice, bool(spec.get("floor")),
                               str(spec.get("citation", "")),
-                              _own_calendar(calendar, spec.get("calendar")))
+                              _own_calendar(calendar, spec.get("calendar")), pause or None)
     for name, (floor_doc, index) in floors.items():
         if name not in out or index == len(layers) - 1:
             continue
@@ -537,10 +555,32 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
             continue
         if not _check_time_field(spec["from"], report, doc, spec, "from", rule_id):
             continue
+        pause = _pause(spec.get("pause"), report, doc, rule_id)
+        if pause is False:
+            continue
         own = _own_calendar(calendar, spec["calendar"]) if spec.get("calendar") else None
         out.append(DeadlineDef(spec["name"], citation, start=spec["from"], period=period,
-                               calendar=own))
+                               calendar=own, pause=pause or None))
     return tuple(out)
+
+
+def _pause(raw: Any, report: Report, doc: RulesetDoc,
+           rule_id: str | None = None) -> PauseDef | bool | None:
+    """A window's or deadline's ``pause``; ``False`` when it is wrong (reported)."""
+    if raw is None:
+        return None
+    ok = all([_check_time_field(raw[key], report, doc, raw, key, rule_id)
+              for key in ("from", "until")])
+    at_most = None
+    if "at_most" in raw:
+        try:
+            at_most = Period.parse(raw["at_most"])
+        except ValueError as exc:
+            report.add(str(exc), doc.path, raw.vpos("at_most"), rule_id=rule_id)
+            ok = False
+    if not ok:
+        return False
+    return PauseDef(raw["from"], raw["until"], bool(raw.get("inclusive", False)), at_most)
 
 
 def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
