@@ -116,6 +116,11 @@ class Transaction:
             "50 days to ship); an extension field")
     shipping_amount: Decimal | None = money()
     express_shipping_amount: Decimal | None = money(doc="only the surcharge above standard delivery")
+    repair_requested_at: Instant | None = instant(
+        doc="the consumer asked for or agreed to a repair or replacement (CRA s22(6)); an extension field")
+    repair_returned_at: Instant | None = instant(
+        doc="the consumer received the goods back repaired, or the replacement (CRA s22(7)); an "
+            "extension field")
     payment_method: PaymentMethod | None = section(PaymentMethod)
 
 
@@ -140,6 +145,8 @@ class Item:
         doc="accommodation, transport, car rental, catering or leisure for a specific date (CRD Art 16(l))")
     urgent_repair: bool | None = flag(
         doc="a visit the consumer asked for to carry out urgent repairs (CRD Art 16(h))")
+    motor_vehicle: bool | None = flag(
+        doc="a motor vehicle: a use deduction applies from the start (CRA s24(10)(a))")
 
 
 @attrs.frozen
