@@ -194,6 +194,9 @@ class Healthcare:
     payment_received_at: Instant | None = instant()
     overpayment_identified_at: Instant | None = instant()
     investigation_started_at: Instant | None = instant()
+    investigation_concluded_at: Instant | None = instant(
+        doc="a timely good-faith investigation of related overpayments concluded (42 CFR "
+            "401.305(b)(2)); an extension field")
     cost_report_due_at: Instant | None = instant()
     amount_due: Decimal | None = money()
     gfe_amount: Decimal | None = money()
