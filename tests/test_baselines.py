@@ -19,7 +19,6 @@ ROW = re.compile(r"\b(C|E|U|US|A|H|F)(\d{1,2})\b")
 NO_DEADLINE = {
     "acl-major-failure-refund", "acl-major-failure-replacement", "acl-minor-failure",
     "acl-major-failure-rejection-period",  # the ACL counts no days (s262: a judgement)
-    "rege-investigation-complete",
 }
 
 

@@ -225,6 +225,9 @@ class Finance:
     notice_form: str | None = choice("written", "oral")
     new_account: bool | None = flag()
     investigation_complete: bool | None = flag()
+    investigation_completed_at: Instant | None = instant(
+        doc="when the institution finished its Reg E investigation (12 CFR 1005.11(c)(1)); an "
+            "extension field")
     point_of_sale: bool | None = flag()
     foreign_initiated: bool | None = flag()
     billing_cycle_closing_day: int | None = count()
