@@ -12,7 +12,8 @@
    unit. Under a floor outcome, non-floor adjustments cannot lower the amount below what the
    floor rules alone give. A denial refunds nothing.
 6. Deadlines: one per name. Business obligations (``refund_due_by``, ...) take the earliest date
-   any matching rule gives; ``period_ends`` (the consumer's last day) takes the latest.
+   any matching rule gives; the consumer's own clocks (``period_ends``, ``goods_back_by``) take
+   the latest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from .facts import Context, FactBuilder
 from .loader import Rule
-from .models import Deadline, Reason
+from .models import CONSUMER_CLOCKS, Deadline, Reason
 from .money import ZERO, round_money
 
 STRICTNESS = {"approve": 0, "manual_review": 1, "deny": 2}
@@ -96,7 +97,7 @@ def deadlines_of(matched: Sequence[Rule], facts: Mapping[str, Any], ctx: Context
             if due is None:
                 continue
             current = best.get(spec.name)
-            later_wins = spec.name == "period_ends"
+            later_wins = spec.name in CONSUMER_CLOCKS
             if current is None or (due > current.due if later_wins else due < current.due):
                 best[spec.name] = Deadline(spec.name, due, spec.citation or rule.reason.citation, rule.id)
     return tuple(sorted(best.values(), key=lambda d: (d.due, d.name)))

@@ -28,8 +28,11 @@ EFFECTS = (*OUTCOMES, "adjust")
 ITEM_CONDITIONS = ("new", "unopened", "opened", "used", "damaged", "defective", "missing_parts")
 DEADLINE_NAMES = (
     "refund_due_by", "return_due_by", "provisional_credit_due_by", "investigation_due_by",
-    "acknowledge_by", "resolve_by", "period_ends",
+    "acknowledge_by", "resolve_by", "period_ends", "goods_back_by",
 )
+# The consumer's own last days: several rules giving one, the latest holds (the consumer keeps
+# the longest right); every other clock is a business obligation, where the earliest holds.
+CONSUMER_CLOCKS = ("period_ends", "goods_back_by")
 
 
 def json_default(value: Any) -> Any:
