@@ -1,0 +1,311 @@
+"""The canonical refund request: JSON in, a validated ``RefundRequest`` out.
+
+The parser walks the field metadata of the model classes, so the models, this parser and
+``schemas/refund-request.schema.json`` (generated from the same metadata) cannot drift apart. It
+reports every problem at once, each naming the field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from refundry.core import jurisdictions
+from refundry.core.errors import InvalidRequest, RequestError
+from refundry.core.models import RefundRequest
+from refundry.core.money import is_currency, parse_money
+
+MAX_TEXT = 1_000
+MAX_NOTE = 65_536  # a longer note is hostile input, not a customer's message
+MAX_ITEMS = 1_000
+MAX_FACTS_DEPTH = 6
+
+
+class _Errors:
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.items: list[RequestError] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(RequestError(message, path=self.source, field=path or None))
+
+
+def parse_request(data: object, *, source: str | None = None) -> RefundRequest:
+    """Build a ``RefundRequest`` from canonical JSON (already decoded).
+
+    Raises ``InvalidRequest`` listing every problem. ``source`` names the file in the errors.
+    """
+    if isinstance(data, RefundRequest):
+        return data
+    errors = _Errors(source)
+    if not isinstance(data, Mapping):
+        errors.add("", "a refund request must be a JSON object")
+        raise InvalidRequest(errors.items)
+    value = _parse_model(RefundRequest, data, "", errors)
+    if not errors.items:
+        _check_semantics(value, errors)
+    if errors.items:
+        raise InvalidRequest(errors.items)
+    return value
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _parse_model(cls: type, data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
+    fields = attrs.fields_dict(cls)
+    for key in data:
+        if key not in fields:
+            errors.add(_join(prefix, str(key)[:60]), "unknown field")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        path = _join(prefix, name)
+        if name not in data or data[name] is None:
+            if f.default is attrs.NOTHING:
+                errors.add(path, "is required")
+            continue
+        parsed = _parse_value(f.metadata, data[name], path, errors)
+        if parsed is not None:
+            values[name] = parsed
+    try:
+        return cls(**values)
+    except TypeError:  # a required field failed to parse; the error is already recorded
+        return None
+
+
+def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) -> Any:
+    kind = meta["kind"]
+    if meta.get("many"):
+        if not isinstance(raw, list):
+            errors.add(path, "must be a list")
+            return None
+        if len(raw) > MAX_ITEMS:
+            errors.add(path, f"has {len(raw)} entries; at most {MAX_ITEMS} are accepted")
+            return None
+        one = {**meta, "many": False}
+        out = [_parse_value(one, v, f"{path}[{i}]", errors) for i, v in enumerate(raw)]
+        return tuple(out)
+    if kind == "object":
+        if not isinstance(raw, Mapping):
+            errors.add(path, "must be an object")
+            return None
+        return _parse_model(meta["model"], raw, path, errors)
+    if kind == "text":
+        if not isinstance(raw, str):
+            errors.add(path, "must be a string")
+            return None
+        limit = MAX_NOTE if path == "note" else MAX_TEXT
+        if len(raw) > limit:
+            errors.add(path, f"is {len(raw)} characters long; at most {limit} are accepted")
+            return None
+        if path != "note" and not raw.strip():
+            errors.add(path, "must not be empty")
+            return None
+        return raw
+    if kind == "enum":
+        if raw not in meta["values"]:
+            shown = str(raw)[:40]
+            errors.add(path, f"`{shown}` is not one of {', '.join(meta['values'])}")
+            return None
+        return raw
+    if kind == "money":
+        try:
+            return parse_money(raw)
+        except ValueError as exc:
+            errors.add(path, str(exc))
+            return None
+    if kind == "flag":
+        if not isinstance(raw, bool):
+            errors.add(path, "must be true or false")
+            return None
+        return raw
+    if kind == "count":
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 1_000_000:
+            errors.add(path, "must be a whole number from 0 to 1000000")
+            return None
+        return raw
+    if kind == "instant":
+        return _parse_instant(raw, path, errors, date_ok=path != "requested_at")
+    if kind == "date":
+        try:
+            return dt.date.fromisoformat(raw) if isinstance(raw, str) else _bad()
+        except ValueError:
+            errors.add(path, "must be a date such as `2024-03-01`")
+            return None
+    if kind == "facts":
+        return _parse_facts(raw, path, errors, 0)
+    raise AssertionError(kind)  # pragma: no cover - a model field with a kind nobody handles
+
+
+def _bad() -> Any:
+    raise ValueError
+
+
+def _parse_instant(raw: Any, path: str, errors: _Errors, *, date_ok: bool) -> Any:
+    if not isinstance(raw, str) or len(raw) > 40:
+        errors.add(path, "must be an RFC 3339 time with offset, e.g. `2024-03-01T10:00:00+01:00`")
+        return None
+    if date_ok and len(raw) == 10:
+        try:
+            return dt.date.fromisoformat(raw)
+        except ValueError:
+            pass
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        errors.add(path, f"`{raw}` is not an RFC 3339 time")
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        errors.add(path, f"`{raw}` has no UTC offset; the local time it means is ambiguous")
+        return None
+    return value
+
+
+def _parse_facts(raw: Any, path: str, errors: _Errors, depth: int) -> Any:
+    if depth > MAX_FACTS_DEPTH:
+        errors.add(path, f"nests deeper than {MAX_FACTS_DEPTH} levels")
+        return None
+    if isinstance(raw, Mapping):
+        if depth == 0 and len(raw) > 200:
+            errors.add(path, "has more than 200 entries")
+            return None
+        out = {}
+        for k, v in raw.items():
+            if not isinstance(k, str):
+                errors.add(path, "keys must be strings")
+                return None
+            out[k] = _parse_facts(v, f"{path}.{k}", errors, depth + 1)
+        return out
+    if isinstance(raw, list):
+        return tuple(_parse_facts(v, f"{path}[{i}]", errors, depth + 1) for i, v in enumerate(raw))
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            errors.add(path, "must be a finite number")
+            return None
+        return Decimal(repr(raw))
+    if isinstance(raw, str) and len(raw) > MAX_TEXT:
+        errors.add(path, f"is longer than {MAX_TEXT} characters")
+        return None
+    if raw is None or isinstance(raw, (str, bool, int, Decimal)):
+        return raw
+    errors.add(path, "must be a JSON value")
+    return None
+
+
+def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
+    if not is_currency(req.currency):
+        errors.add("currency", f"`{req.currency[:10]}` is not an ISO 4217 currency code")
+    try:
+        jurisdictions.split(req.jurisdiction)
+    except ValueError as exc:
+        errors.add("jurisdiction", str(exc))
+        return
+    if req.timezone is not None:
+        if req.timezone not in jurisdictions.timezones():
+            errors.add("timezone", f"`{req.timezone[:40]}` is not an IANA time zone")
+    elif jurisdictions.default_timezone(req.jurisdiction) is None:
+        errors.add("timezone", f"is required: `{req.jurisdiction}` has no default time zone")
+    if req.amount < 0:
+        errors.add("amount", "must not be negative")
+    if req.transaction.amount < 0:
+        errors.add("transaction.amount", "must not be negative")
+    closing = req.finance.billing_cycle_closing_day if req.finance else None
+    if closing is not None and not 1 <= closing <= 31:
+        errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
+
+
+def request_to_dict(req: RefundRequest) -> dict[str, Any]:
+    """The canonical JSON form of a request (the inverse of ``parse_request``)."""
+    return _dump(req)
+
+
+def _dump(value: Any) -> Any:
+    if attrs.has(type(value)):
+        out = {}
+        for f in attrs.fields(type(value)):
+            v = getattr(value, f.name)
+            if v is None or v == ():
+                continue
+            out[f.name] = _dump(v)
+        return out
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _dump(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_dump(v) for v in value]
+    return value
+
+
+# --- the JSON schema, generated from the same field metadata --------------------------------
+
+SCHEMA_ID = "https://refundry.dev/schemas/refund-request/1.0.0/refund-request.schema.json"
+_MONEY = {"type": ["string", "integer"], "pattern": r"^-?\d{1,15}(\.\d{1,12})?$",
+          "description": "a decimal string (never a float), e.g. \"12.50\""}
+_INSTANT = {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}],
+            "description": "RFC 3339 with offset, or a date read in the consumer's local time"}
+
+
+def _schema_for(meta: Mapping[str, Any], name: str) -> dict[str, Any]:
+    kind = meta["kind"]
+    if meta.get("many"):
+        one = _schema_for({**meta, "many": False}, name)
+        return {"type": "array", "maxItems": MAX_ITEMS, "items": one}
+    if kind == "object":
+        return _model_schema(meta["model"])
+    if kind == "text":
+        return {"type": "string", "maxLength": MAX_NOTE if name == "note" else MAX_TEXT}
+    if kind == "enum":
+        return {"enum": list(meta["values"])}
+    if kind == "money":
+        return dict(_MONEY)
+    if kind == "flag":
+        return {"type": "boolean"}
+    if kind == "count":
+        return {"type": "integer", "minimum": 0, "maximum": 1_000_000}
+    if kind == "instant":
+        if name == "requested_at":
+            return {"type": "string", "format": "date-time"}
+        return dict(_INSTANT)
+    if kind == "date":
+        return {"type": "string", "format": "date"}
+    if kind == "facts":
+        return {"type": "object", "maxProperties": 200,
+                "description": "client-specific facts that client rules name as facts.NAME"}
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _model_schema(cls: type) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    required = []
+    for f in attrs.fields(cls):
+        schema = _schema_for(f.metadata, f.name)
+        if f.metadata.get("doc"):
+            schema["description"] = f.metadata["doc"]
+        props[f.name] = schema
+        if f.default is attrs.NOTHING:
+            required.append(f.name)
+    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        out["required"] = required
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """``schemas/refund-request.schema.json``, derived from the models; a test keeps the file
+    equal to this."""
+    schema = _model_schema(RefundRequest)
+    props = schema["properties"]
+    props["currency"]["pattern"] = "^[A-Z]{3}$"
+    props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?$"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "refundry canonical refund request", "x-refundry-schema-version": "1.0.0",
+            **schema}
