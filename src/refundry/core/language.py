@@ -238,27 +238,45 @@ class Compare(Node):
         return {self.path} | extra
 
 
+PRIOR_REFUNDS = "prior_refunds[]"  # the fact holding the prior refund entries (facts.py)
+
+
 @attrs.frozen
 class Items(Node):
-    quantifier: str  # any_item | all_items
+    """A quantifier over the request's item lines, or (``collection`` ``prior_refunds``) over
+    its prior refunds, whose entries also carry the request fields the condition names as
+    ``request.PATH``."""
+
+    quantifier: str  # any_item | all_items (any / all)
     child: Node
+    collection: str = "items"
+
+    def _entries(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
+        return items if self.collection == "items" else (facts.get(PRIOR_REFUNDS) or ())
 
     def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
-        if self.quantifier == "any_item":
-            return any(self.child.evaluate(it, ()) for it in items)
-        return bool(items) and all(self.child.evaluate(it, ()) for it in items)
+        entries = self._entries(facts, items)
+        if self.quantifier.startswith("any"):
+            return any(self.child.evaluate(it, ()) for it in entries)
+        return bool(entries) and all(self.child.evaluate(it, ()) for it in entries)
 
     def source(self, gen: CodeGen, getter: str, items: str) -> str:
         name = gen.item_function(self.child)
-        helper = "_any" if self.quantifier == "any_item" else "_all"
-        return f"{helper}({name}, {items})"
+        helper = "_any" if self.quantifier.startswith("any") else "_all"
+        entries = items if self.collection == "items" else (
+            f"({getter}({gen.const(PRIOR_REFUNDS)}) or ())")
+        return f"{helper}({name}, {entries})"
 
     def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        per_item = [self.child.explain(it, ()) for it in items]
+        per_item = [self.child.explain(it, ()) for it in self._entries(facts, items)]
         return {self.quantifier: per_item, "result": self.evaluate(facts, items)}
 
     def paths(self) -> set[str]:
-        return set()
+        if self.collection == "items":
+            return set()
+        # The entries, and the request fields they are compared with (copied into each entry).
+        return {PRIOR_REFUNDS} | {p[len("request."):] for p in self.child.paths()
+                                  if p.startswith("request.")}
 
 
 @attrs.frozen
@@ -288,7 +306,7 @@ TRUE = All(())
 def item_paths(node: Node) -> set[str]:
     """The item fields a condition reads inside ``any_item`` / ``all_items``."""
     if isinstance(node, Items):
-        return node.child.paths()
+        return node.child.paths() if node.collection == "items" else set()
     if isinstance(node, (All, AnyOf)):
         return set().union(*(item_paths(c) for c in node.children))
     if isinstance(node, Not):
@@ -404,7 +422,9 @@ class ParseContext:
         self.report(message, container, key, rule_id=self.rule_id, value=value)
 
 
-_KEYS = {"all", "any", "not", "any_item", "all_items", "within", "after", "field"}
+_KEYS = {"all", "any", "not", "any_item", "all_items", "any_prior_refund", "all_prior_refunds",
+         "within", "after", "field"}
+ENTRIES = "prior_refunds"  # `item` value while parsing inside a prior-refund quantifier
 
 
 def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: int = 0,
@@ -439,13 +459,15 @@ def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: i
     if head == "not":
         _no_extra(raw, {head}, ctx)
         return Not(parse_condition(raw["not"], ctx, item=item, depth=depth + 1, parent=raw, key="not"))
-    if head in ("any_item", "all_items"):
+    if head in ("any_item", "all_items", "any_prior_refund", "all_prior_refunds"):
         _no_extra(raw, {head}, ctx)
         if item:
             ctx.error(f"`{head}` cannot stand inside another item condition", raw, head)
             return TRUE
-        child = parse_condition(raw[head], ctx, item=True, depth=depth + 1, parent=raw, key=head)
-        return Items(head, child)
+        entries = head.endswith("prior_refund") or head.endswith("prior_refunds")
+        child = parse_condition(raw[head], ctx, item=ENTRIES if entries else True,
+                                depth=depth + 1, parent=raw, key=head)
+        return Items(head, child, ENTRIES if entries else "items")
     if head in ("within", "after"):
         _no_extra(raw, {head}, ctx)
         name = raw[head]
@@ -515,6 +537,17 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
         if op in ("in", "not_in"):
             ctx.error(f"`{op}` takes a list of values", raw, op, value=True)
             return None
+        if set(value) == {"request"} and item == ENTRIES and isinstance(value["request"], str):
+            other = fieldreg.lookup(value["request"])
+            if other is None:
+                ctx.error(f"unknown field `{value['request']}` for a request", value, "request",
+                          value=True)
+                return None
+            if "any" not in (info.kind, other.kind) and _family(info.kind) != _family(other.kind):
+                ctx.error(f"`{info.path}` ({info.kind}) cannot be compared with "
+                          f"`{other.path}` ({other.kind})", raw, op)
+                return None
+            return FieldRef("request." + other.path)
         if set(value) == {"field"}:
             other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
             if other is None:
