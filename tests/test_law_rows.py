@@ -120,3 +120,27 @@ rules:
     # the trader owes the refund by the earlier date
     assert str(d.deadline("goods_back_by")) == "2024-04-14"
     assert str(d.deadline("refund_due_by")) == "2024-03-29"
+
+
+def test_a_fixed_deduction_lowers_the_amount_but_never_below_zero(tmp_path):
+    # Reg E 12 CFR 1005.6(b)(1): the consumer bears at most US$50, so the bank refunds the rest
+    (tmp_path / "r.yaml").write_text("""
+ruleset: fixed
+version: 1.0.0
+effective_from: 2000-01-01
+industry: ecommerce
+jurisdictions: ["*"]
+rules:
+  - id: liability
+    when: {field: reason, eq: changed_mind}
+    effect: approve
+    message: m
+    customer_message: c
+    amount: [{deduct: 50.00}]
+""")
+    eng = refundry.Engine.from_path(tmp_path)
+    assert str(eng.evaluate(BASE_REQUEST).amount) == "69.99"  # 119.99 - 50.00
+    small = {**BASE_REQUEST, "amount": "50.00"}
+    assert str(eng.evaluate(small).amount) == "0.00"
+    cent = {**BASE_REQUEST, "amount": "50.01"}
+    assert str(eng.evaluate(cent).amount) == "0.01"
