@@ -228,6 +228,14 @@ class Finance:
     notice_form: str | None = choice("written", "oral")
     new_account: bool | None = flag()
     investigation_complete: bool | None = flag()
+    loss_learned_at: Instant | None = instant(
+        doc="when the consumer learned of the loss or theft of the card or other access device "
+            "(12 CFR 1005.6(b)); an extension field")
+    written_confirmation_required: bool | None = flag(
+        doc="the institution required written confirmation of an oral notice (12 CFR "
+            "1005.11(b)(2)); an extension field")
+    written_confirmation_received_at: Instant | None = instant(
+        doc="when that written confirmation arrived; an extension field")
     investigation_completed_at: Instant | None = instant(
         doc="when the institution finished its Reg E investigation (12 CFR 1005.11(c)(1)); an "
             "extension field")
