@@ -19,6 +19,8 @@ ROW = re.compile(r"\b(C|E|U|US|A|H|F)(\d{1,2})\b")
 NO_DEADLINE = {
     "acl-major-failure-refund", "acl-major-failure-replacement", "acl-minor-failure",
     "acl-major-failure-rejection-period",  # the ACL counts no days (s262: a judgement)
+    # amount-only floors: their clocks are those of the Reg E rules whose amount they adjust
+    "rege-liability-timely-notice", "rege-liability-late-notice",
 }
 
 
