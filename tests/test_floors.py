@@ -121,6 +121,27 @@ def test_promise_2_a_country_level_client_keeps_the_state_law(tmp_path):
     assert [layer.id for layer in other.ruleset.layers] == ["us-ftc", "megastore-us"]
 
 
+def test_promise_2_a_country_level_healthcare_client_keeps_california_law(tmp_path):
+    for name in ("us-health.yaml", "us-ca-health.yaml"):
+        shutil.copy(RULESETS / "healthcare" / name, tmp_path / name)
+    (tmp_path / "medgroup-us.yaml").write_text(yaml.safe_dump({
+        "ruleset": "medgroup-us", "version": "1.0.0", "effective_from": "2025-01-01",
+        "client": "medgroup", "extends": "us-health", "rules": [{
+            "id": "medgroup-big", "when": {"field": "amount", "gt": 10000},
+            "effect": "manual_review", "message": "m", "customer_message": "c"}]}))
+    engine = refundry.Engine.from_path(tmp_path)
+    d = engine.evaluate({
+        "request_id": "hc-1", "client_id": "medgroup", "industry": "healthcare",
+        "jurisdiction": "US-CA", "requested_at": "2025-08-01T10:00:00-07:00", "amount": "505.00",
+        "currency": "USD", "reason": "overpayment", "customer": {"id": "p-1"},
+        "transaction": {"id": "a-1", "amount": "505.00"},
+        "healthcare": {"provider_type": "hospital", "requested_by": "patient",
+                       "payer_type": "self_pay", "amount_due": "500.00"}})
+    assert [layer.id for layer in d.ruleset.layers] == ["us-health", "us-ca-health", "medgroup-us"]
+    assert "ca-127440-refund-excess" in d.rule_ids and d.amount == Decimal("5.00")
+    assert d.deadline("refund_due_by") is not None
+
+
 def test_promise_2_validate_checks_a_client_against_every_stack_it_lands_on(tmp_path, cli):
     tree = _us_tree(tmp_path)
     # A client rule with the id of a California floor rule is harmless on federal law alone,

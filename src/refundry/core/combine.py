@@ -35,6 +35,7 @@ from refundry.core.models import (
     CONSUMER_CLOCKS,
     Action,
     Deadline,
+    Item,
     Line,
     Reason,
     RefundRequest,
@@ -92,10 +93,12 @@ class Money:
         order_goods = tx.amount - delivery
         if order_goods <= 0:
             order_goods = sum((g for g in goods if g is not None), ZERO)
-        values = []
-        for g in goods:
-            share = min(Decimal(1), g / order_goods) if g is not None and order_goods > 0 else ZERO
-            values.append(None if g is None else g + standard * share)
+        values: list[Decimal | None] = goods
+        if standard:  # each line gets its share of standard delivery
+            values = []
+            for g in goods:
+                share = min(Decimal(1), g / order_goods) if g is not None and order_goods > 0 else ZERO
+                values.append(None if g is None else g + standard * share)
         # Without item lines only the requested amount says what was withdrawn; the whole order
         # less the express surcharge is the most it can come to.
         no_lines = min(req.amount, max(ZERO, refundable - express))
@@ -107,7 +110,7 @@ class Money:
         if kind == "lines":
             if lines is None:
                 return self.no_lines
-            known = [self.line_values[i] for i in lines if self.line_values[i] is not None]
+            known = [v for v in (self.line_values[i] for i in lines) if v is not None]
             return sum(known, ZERO) if known else self.requested
         return self.requested
 
@@ -172,33 +175,54 @@ def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any
         amount = amount_of(outcome, floor, money, matched, facts, currency, {}, None)
         return Combined(outcome, synthetic, amount, (),
                         actions_of(outcome, matched, money, facts, ctx, builder, currency, {}))
-    if len(items) != len(req.items):  # no rule reads an item field, so none has `lines:`
+    if not any(r.lines is not None for r in matched):
+        return _same_for_every_line(req, matched, facts, money, ctx, builder)
+    if len(items) != len(req.items):  # defensive: a `lines:` rule always reads item fields
         items = [{} for _ in req.items]
-    per_line = [[r for r in matched if _applies(r, it)] for it in items]
+    per_line = [tuple(r for r in matched if _applies(r, it)) for it in items]
     decided = [outcome_of(rules) for rules in per_line]
     open_lines = [i for i, (o, _, _) in enumerate(decided) if o != "deny"]
     outs = {o for o, _, _ in decided}
     outcome = ("manual_review" if "manual_review" in outs else
                "approve" if "approve" in outs else "deny")
-    synthetic: dict[str, Reason] = {}
+    held: dict[str, Reason] = {}
     for _, extra, _ in decided:
-        synthetic.update((r.rule_id, r) for r in extra)
+        held.update((r.rule_id, r) for r in extra)
     # A rule's `lines` base counts the lines it decides that are not denied.
-    covered = {r.id: [i for i in open_lines if r in per_line[i]] for r in matched}
+    ids = [frozenset(r.id for r in rules) for rules in per_line]
+    covered = {r.id: [i for i in open_lines if r.id in ids[i]] for r in matched}
     contributing = [r for r in matched if covered[r.id]]
     floor = any(decided[i][2] for i in open_lines)
     known = [money.line_values[i] for i in open_lines]
     ceiling = (sum((v for v in known if v is not None), ZERO)
-               if len(open_lines) < len(items) else None)
+               if len(open_lines) < len(req.items) else None)
     amount = amount_of(outcome, floor, money, contributing, facts, currency, covered, ceiling)
-    lines = tuple(
-        Line(it.sku, it.quantity or 1, o,
-             None if money.line_values[i] is None else round_money(
-                 money.line_values[i] if o != "deny" else ZERO, currency),
-             tuple(r.id for r in per_line[i]))
-        for i, (it, (o, _, _)) in enumerate(zip(req.items, decided, strict=True)))
+    rule_ids = {id(rules): tuple(r.id for r in rules) for rules in per_line}
+    lines = tuple(_line(req.items[i], decided[i][0], rule_ids[id(per_line[i])],
+                        money.line_values[i], currency) for i in range(len(req.items)))
     actions = actions_of(outcome, contributing, money, facts, ctx, builder, currency, covered)
-    return Combined(outcome, tuple(synthetic.values()), amount, lines, actions)
+    return Combined(outcome, tuple(held.values()), amount, lines, actions)
+
+
+def _same_for_every_line(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any],
+                         money: Money, ctx: Context, builder: FactBuilder) -> Combined:
+    """The common case, kept cheap: no matched rule has `lines:`, so each decides every line
+    and every line gets the order's outcome."""
+    outcome, synthetic, floor = outcome_of(matched)
+    every = list(range(len(req.items))) if outcome != "deny" else []
+    covered = {r.id: every for r in matched if r.base or r.actions}
+    amount = amount_of(outcome, floor, money, matched, facts, req.currency, covered, None)
+    ids = tuple(r.id for r in matched)
+    lines = tuple(_line(it, outcome, ids, value, req.currency)
+                  for it, value in zip(req.items, money.line_values, strict=True))
+    actions = actions_of(outcome, matched, money, facts, ctx, builder, req.currency, covered)
+    return Combined(outcome, synthetic, amount, lines, actions)
+
+
+def _line(item: Item, outcome: str, rule_ids: tuple[str, ...], value: Decimal | None,
+          currency: str) -> Line:
+    amount = None if value is None else round_money(value if outcome != "deny" else ZERO, currency)
+    return Line(item.sku, item.quantity or 1, outcome, amount, rule_ids)
 
 
 def actions_of(outcome: str, matched: Sequence[Rule], money: Money, facts: Mapping[str, Any],

@@ -244,7 +244,7 @@ class Engine:
                                    f"no {what} is in force on {day.isoformat()}",
                                    [f"no {what} in force on {day.isoformat()}"], when), {}, []
         comp = prepared.ruleset
-        if any(p.request_id == req.request_id for p in req.prior_refunds):
+        if req.prior_refunds and any(p.request_id == req.request_id for p in req.prior_refunds):
             # An engine invariant before any rule: paying a retry would pay the refund twice.
             return Decision(outcome="deny", amount=round_money(ZERO, req.currency),
                             currency=req.currency, request_id=req.request_id, as_of=when,

@@ -427,7 +427,7 @@ _KEYS = {"all", "any", "not", "any_item", "all_items", "any_prior_refund", "all_
 ENTRIES = "prior_refunds"  # `item` value while parsing inside a prior-refund quantifier
 
 
-def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: int = 0,
+def parse_condition(raw: Any, ctx: ParseContext, *, item: bool | str = False, depth: int = 0,
                     parent: Any = None, key: Any = None) -> Node:
     """Parse one condition; errors go to ``ctx`` and the result is then a harmless ``TRUE``."""
     if depth > MAX_DEPTH:
@@ -488,7 +488,7 @@ def _no_extra(raw: Mapping[str, Any], allowed: set[str], ctx: ParseContext) -> N
             ctx.error(f"unexpected key `{k}` in a `{next(iter(allowed))}` condition", raw, k)
 
 
-def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool) -> Node:
+def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool | str) -> Node:
     path = raw["field"]
     ops = [k for k in raw if k != "field"]
     unknown = [k for k in ops if k not in OPS]
@@ -532,22 +532,13 @@ def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool) -> Nod
 
 
 def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseContext,
-                   raw: Any, item: bool) -> Operand | None:
+                   raw: Any, item: bool | str) -> Operand | None:
     if isinstance(value, Mapping):
         if op in ("in", "not_in"):
             ctx.error(f"`{op}` takes a list of values", raw, op, value=True)
             return None
         if set(value) == {"request"} and item == ENTRIES and isinstance(value["request"], str):
-            other = fieldreg.lookup(value["request"])
-            if other is None:
-                ctx.error(f"unknown field `{value['request']}` for a request", value, "request",
-                          value=True)
-                return None
-            if "any" not in (info.kind, other.kind) and _family(info.kind) != _family(other.kind):
-                ctx.error(f"`{info.path}` ({info.kind}) cannot be compared with "
-                          f"`{other.path}` ({other.kind})", raw, op)
-                return None
-            return FieldRef("request." + other.path)
+            return _request_operand(value, info, op, ctx, raw)
         if set(value) == {"field"}:
             other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
             if other is None:
@@ -559,19 +550,7 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
                 return None
             return FieldRef(other.path)
         if set(value) == {"percent", "of"}:
-            pct, of = value["percent"], value["of"]
-            other = fieldreg.lookup(of, item=item) if isinstance(of, str) else None
-            if not isinstance(pct, (int, Decimal)) or isinstance(pct, bool) or not 0 <= pct <= 1000:
-                ctx.error("`percent` takes a number from 0 to 1000", value, "percent", value=True)
-                return None
-            if other is None or other.kind not in ("money", "count", "any"):
-                ctx.error(f"`of` must name an amount field, not `{of}`", value, "of", value=True)
-                return None
-            if info.kind not in ("money", "count", "any"):
-                ctx.error(f"`{info.path}` is {info.kind}; a percentage compares with amounts",
-                          raw, op)
-                return None
-            return Percent(Decimal(pct), other.path)
+            return _percent_operand(value, info, op, ctx, raw, item)
         if set(value) == {"field", "plus"}:
             plus = value["plus"]
             other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
@@ -604,6 +583,37 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
             return None
     checked = _check_literal(value, info, ctx, raw, op)
     return None if checked is _INVALID else Literal(checked)
+
+
+def _percent_operand(value: Mapping[str, Any], info: fieldreg.FieldInfo, op: str,
+                     ctx: ParseContext, raw: Any, item: bool | str) -> Operand | None:
+    pct, of = value["percent"], value["of"]
+    other = fieldreg.lookup(of, item=item) if isinstance(of, str) else None
+    if not isinstance(pct, (int, Decimal)) or isinstance(pct, bool) or not 0 <= pct <= 1000:
+        ctx.error("`percent` takes a number from 0 to 1000", value, "percent", value=True)
+        return None
+    if other is None or other.kind not in ("money", "count", "any"):
+        ctx.error(f"`of` must name an amount field, not `{of}`", value, "of", value=True)
+        return None
+    if info.kind not in ("money", "count", "any"):
+        ctx.error(f"`{info.path}` is {info.kind}; a percentage compares with amounts", raw, op)
+        return None
+    return Percent(Decimal(pct), other.path)
+
+
+def _request_operand(value: Mapping[str, Any], info: fieldreg.FieldInfo, op: str,
+                     ctx: ParseContext, raw: Any) -> Operand | None:
+    """``{request: PATH}`` inside a prior-refund condition: the request's own field, which
+    facts.py copies into every entry as ``request.PATH``."""
+    other = fieldreg.lookup(value["request"])
+    if other is None:
+        ctx.error(f"unknown field `{value['request']}` for a request", value, "request", value=True)
+        return None
+    if "any" not in (info.kind, other.kind) and _family(info.kind) != _family(other.kind):
+        ctx.error(f"`{info.path}` ({info.kind}) cannot be compared with `{other.path}` "
+                  f"({other.kind})", raw, op)
+        return None
+    return FieldRef("request." + other.path)
 
 
 _INVALID = object()

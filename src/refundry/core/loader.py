@@ -26,9 +26,17 @@ import yaml
 from refundry.core import fields as fieldreg
 from refundry.core import jurisdictions, yamlsrc
 from refundry.core.errors import InvalidRulesets, RulesetError
-from refundry.core.language import All, AnyOf, Compare, Items, Literal
+from refundry.core.language import (
+    All,
+    AnyOf,
+    Compare,
+    Items,
+    Literal,
+    ParseContext,
+    parse_condition,
+    positions_of,
+)
 from refundry.core.language import Node as ConditionNode
-from refundry.core.language import ParseContext, parse_condition, positions_of
 from refundry.core.models import INDUSTRIES, Layer, Reason, RulesetRef
 from refundry.core.periods import (
     WEEKDAYS,
@@ -400,7 +408,7 @@ def _check_floor_authority(data: Any, shown: str, report: Report) -> None:
         if raw.get("floor") is True:
             report.add(why, shown, raw.pos("floor"), rule_id=raw.get("id"))
     for name, spec in (data.get("windows") or {}).items():
-        if isinstance(spec, Mapping) and spec.get("floor") is True:
+        if isinstance(spec, yamlsrc.LocDict) and spec.get("floor") is True:
             report.add(f"window `{name}`: {why}", shown, spec.pos("floor"))
 
 
@@ -679,7 +687,7 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             if "lines" in raw:
                 lines = parse_condition(raw["lines"], ctx, item=True, parent=raw, key="lines")
                 when = All((when, _some_line(lines)))
-            base, adjustments = _adjustments(raw.get("amount"), doc, rid, report)
+            amount_base, adjustments = _adjustments(raw.get("amount"), doc, rid, report)
             reason = Reason(
                 rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
                 message=raw["message"], customer_message=str(raw.get("customer_message", "")),
@@ -688,7 +696,7 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
                 id=rid, effect=effect, floor=floor, when=when, reason=reason,
                 adjustments=adjustments,
                 deadlines=_deadlines(raw.get("deadlines"), doc, rid, windows, report, calendar),
-                layer=doc.id, path=doc.path, line=pos[0], column=pos[1], base=base, lines=lines,
+                layer=doc.id, path=doc.path, line=pos[0], column=pos[1], base=amount_base, lines=lines,
                 actions=_actions(raw.get("actions"), doc, rid, report, calendar))
     return tuple(rules.values())
 
@@ -714,7 +722,9 @@ def compose(layers: Sequence[RulesetDoc], report: Report, probe: HolidayCalendar
 class Library:
     """Every ruleset version loaded, and every layered combination of them that can be in force.
 
-    Built once; read-only afterwards, so any number of threads may resolve against it.
+    Built once. Every layered combination a request can meet is composed at load; a stack no
+    load-time representative reached (a jurisdiction no ruleset names) is composed on first
+    use under a lock, so any number of threads may resolve against it.
     """
 
     def __init__(self, docs: Sequence[RulesetDoc], report: Report) -> None:
