@@ -484,12 +484,12 @@ def _windows(layers: Sequence[RulesetDoc], calendar: CalendarSpec, report: Repor
         ok = _check_time_field(spec["from"], report, doc, raw, "from")
         notice = spec.get("notice", "requested_at")
         ok = _check_time_field(notice, report, doc, raw, "notice") and ok
-        pause = _pause(spec.get("pause"), report, doc)
-        if not ok or pause is False:
+        pause_ok, pause = _pause(spec.get("pause"), report, doc)
+        if not ok or not pause_ok:
             continue
         out[name] = WindowDef(name, spec["from"], period, notice, bool(spec.get("floor")),
                               str(spec.get("citation", "")),
-                              _own_calendar(calendar, spec.get("calendar")), pause or None)
+                              _own_calendar(calendar, spec.get("calendar")), pause)
     for name, (floor_doc, index) in floors.items():
         if name not in out or index == len(layers) - 1:
             continue
@@ -612,21 +612,21 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
             continue
         if not _check_time_field(spec["from"], report, doc, spec, "from", rule_id):
             continue
-        pause = _pause(spec.get("pause"), report, doc, rule_id)
-        if pause is False:
+        pause_ok, pause = _pause(spec.get("pause"), report, doc, rule_id)
+        if not pause_ok:
             continue
         own = _own_calendar(calendar, spec["calendar"]) if spec.get("calendar") else None
         out.append(DeadlineDef(spec.get("name") or spec.get("type"), citation,
                                start=spec["from"], period=period, calendar=own,
-                               pause=pause or None))
+                               pause=pause))
     return tuple(out)
 
 
 def _pause(raw: Any, report: Report, doc: RulesetDoc,
-           rule_id: str | None = None) -> PauseDef | bool | None:
-    """A window's or deadline's ``pause``; ``False`` when it is wrong (reported)."""
+           rule_id: str | None = None) -> tuple[bool, PauseDef | None]:
+    """A window's or deadline's ``pause``, and whether it is right (a wrong one is reported)."""
     if raw is None:
-        return None
+        return True, None
     ok = all([_check_time_field(raw[key], report, doc, raw, key, rule_id)
               for key in ("from", "until")])
     at_most = None
@@ -637,8 +637,8 @@ def _pause(raw: Any, report: Report, doc: RulesetDoc,
             report.add(str(exc), doc.path, raw.vpos("at_most"), rule_id=rule_id)
             ok = False
     if not ok:
-        return False
-    return PauseDef(raw["from"], raw["until"], bool(raw.get("inclusive", False)), at_most)
+        return False, None
+    return True, PauseDef(raw["from"], raw["until"], bool(raw.get("inclusive", False)), at_most)
 
 
 def _some_line(lines: ConditionNode) -> ConditionNode:
