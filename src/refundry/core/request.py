@@ -250,7 +250,7 @@ def _dump(value: Any) -> Any:
 
 # --- the JSON schema, generated from the same field metadata --------------------------------
 
-SCHEMA_ID = "https://refundry.dev/schemas/refund-request/1.0.0/refund-request.schema.json"
+SCHEMA_ID = "https://refundry.dev/schemas/refund-request/1.1.0/refund-request.schema.json"
 _MONEY = {"type": ["string", "integer"], "pattern": r"^-?\d{1,15}(\.\d{1,12})?$",
           "description": "a decimal string (never a float), e.g. \"12.50\""}
 _INSTANT = {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}],
