@@ -313,5 +313,5 @@ def json_schema() -> dict[str, Any]:
         method, {"type": "string", "maxLength": MAX_TEXT, "description": "a bare type"}]}
     props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?$"
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            "title": "refundry canonical refund request", "x-refundry-schema-version": "1.0.0",
+            "title": "refundry canonical refund request", "x-refundry-schema-version": "1.1.0",
             **schema}
