@@ -25,7 +25,7 @@ from .loader import CompiledRuleset, Library, Rule, load_library
 from .models import Decision, Reason, RefundRequest
 from .money import ZERO, is_currency, round_money
 from .periods import HolidayCalendars
-from .request import parse_request
+from .request import parse_request, printable_text
 
 INVALID_REQUEST = "refundry.invalid-request"
 NO_RULESET = "refundry.no-ruleset"
@@ -212,7 +212,7 @@ class Engine:
             rid = request.get("request_id") if isinstance(request, Mapping) else None
             cur = request.get("currency") if isinstance(request, Mapping) else None
             return _error_decision(
-                rid if isinstance(rid, str) else "", cur if isinstance(cur, str) and is_currency(cur) else "XXX",
+                printable_text(rid) or "", cur if isinstance(cur, str) and is_currency(cur) else "XXX",
                 INVALID_REQUEST, "invalid_request", "the request is not valid; nothing was evaluated",
                 [str(e) for e in exc.errors], as_of), {}, []
         if as_of is not None and (as_of.tzinfo is None or as_of.utcoffset() is None):
