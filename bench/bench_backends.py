@@ -27,7 +27,7 @@ import durable_rules_engine as E  # noqa: E402
 from test_durable import RequestGen  # noqa: E402 - the boundary-heavy request generator
 
 import refundry  # noqa: E402
-from refundry.durable import _RETRACT, DurableBackend  # noqa: E402
+from refundry.core.durable import _RETRACT, DurableBackend  # noqa: E402
 
 
 def rss_mb() -> float:

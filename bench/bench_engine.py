@@ -20,8 +20,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import refundry
-from refundry.combine import NO_RULE_MATCHED
-from refundry.models import Deadline, Decision
+from refundry.core.combine import NO_RULE_MATCHED
+from refundry.core.models import Deadline, Decision
 
 HERE = Path(__file__).resolve().parent
 REASONS = ["changed_mind", "defective", "not_as_described", "not_received", "damaged_in_transit",

@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from refundry.history import History, keys_of, utc_text  # noqa: E402
-from refundry.masking import mask_request  # noqa: E402
-from refundry.stores import open_store  # noqa: E402
+from refundry.records.history import History, keys_of, utc_text  # noqa: E402
+from refundry.records.masking import mask_request  # noqa: E402
+from refundry.records.stores import open_store  # noqa: E402
 from tests import fraudgen  # noqa: E402
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

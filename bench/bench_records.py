@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 import refundry
-from refundry.stores import open_store
+from refundry.records.stores import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = json.loads((ROOT / "examples" / "request.json").read_text(encoding="utf-8"))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from refundry import Engine
-from refundry.diffing import diff_decisions
+from refundry.app.diffing import diff_decisions
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from refundry.yamlsrc import MAX_NODES
+from refundry.core.yamlsrc import MAX_NODES
 
 HEADER = """ruleset: hostile-{name}
 version: 1.0.0

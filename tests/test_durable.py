@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import refundry
-from refundry import fields as fieldreg
-from refundry.backends import CompiledBackend, InterpretedBackend
-from refundry.durable import MAX_TERMS_PER_RULE, DurableBackend
-from refundry.jurisdictions import EU_MEMBERS
-from refundry.language import ParseContext, parse_condition
-from refundry.lowering import holds, lower
+from refundry.core import fields as fieldreg
+from refundry.core.backends import CompiledBackend, InterpretedBackend
+from refundry.core.durable import MAX_TERMS_PER_RULE, DurableBackend
+from refundry.core.jurisdictions import EU_MEMBERS
+from refundry.core.language import ParseContext, parse_condition
+from refundry.core.lowering import holds, lower
 
 ROOT = Path(__file__).resolve().parent.parent
 RULESETS = ROOT / "rulesets"
@@ -253,7 +253,7 @@ CURRENCIES = ["EUR", "EUR", "GBP", "JPY", "USD"]
 
 
 def _walk(node: Any, item: bool, out: dict[tuple[bool, str], set[Any]]) -> None:
-    from refundry.language import All, AnyOf, Compare, Items, Literal, Not
+    from refundry.core.language import All, AnyOf, Compare, Items, Literal, Not
 
     if isinstance(node, (All, AnyOf)):
         for c in node.children:
@@ -275,7 +275,7 @@ class RequestGen:
     window's last day at local times near midnight."""
 
     def __init__(self, comp: Any) -> None:
-        from refundry import jurisdictions
+        from refundry.core import jurisdictions
 
         self.comp = comp
         self.literals: dict[tuple[bool, str], set[Any]] = {}
@@ -333,7 +333,7 @@ class RequestGen:
         return end + dt.timedelta(days=rng.randint(-2, 5))
 
     def request(self, rng: random.Random, i: int) -> dict[str, Any]:
-        from refundry import jurisdictions
+        from refundry.core import jurisdictions
 
         code = rng.choice(self.codes)
         zone = jurisdictions.default_timezone(code)

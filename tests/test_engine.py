@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 import refundry
-from refundry.resources import schema
+from refundry.core.resources import schema
 
 from .conftest import RULESETS
 

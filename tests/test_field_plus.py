@@ -46,7 +46,7 @@ def test_plus_threshold(tmp_path: Path, backend: str, billed: str, gfe: str | No
 
 
 def test_plus_needs_an_amount_field(tmp_path: Path) -> None:
-    from refundry.errors import RefundryError
+    from refundry.core.errors import RefundryError
 
     (tmp_path / "r.yaml").write_text(RULES.replace("healthcare.gfe_amount", "healthcare.billed_at"))
     with pytest.raises(RefundryError) as info:

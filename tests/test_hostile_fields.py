@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 import refundry
-from refundry.models import RefundRequest
+from refundry.core.models import RefundRequest
 
 from .conftest import BASE_REQUEST, ROOT
 

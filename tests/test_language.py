@@ -9,7 +9,7 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refundry.language import (
+from refundry.core.language import (
     All,
     AnyOf,
     CodeGen,

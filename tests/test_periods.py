@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 import refundry
-from refundry.periods import Period
+from refundry.core.periods import Period
 
 from .conftest import BASE_REQUEST
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from refundry import hookspecs
+from refundry.plugins import spec as hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")

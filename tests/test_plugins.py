@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import refundry
+from refundry.app.runner import run
 from refundry.plugins import (
     PluginError,
     Plugins,
@@ -28,7 +29,6 @@ from refundry.plugins import (
     SourceRecord,
     make_plugin_manager,
 )
-from refundry.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 RULESETS = ROOT / "rulesets"
@@ -80,7 +80,7 @@ class Recorder:
 
 def test_hookimpl_is_importable_from_the_package_root() -> None:
     from refundry import hookimpl
-    from refundry.hookspecs import hookimpl as spec_marker
+    from refundry.plugins.spec import hookimpl as spec_marker
 
     assert hookimpl is spec_marker
 

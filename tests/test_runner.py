@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from refundry.app.runner import PlainProgress, run
 from refundry.plugins import JsonLinesWriter, SourceError
-from refundry.runner import PlainProgress, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RULESETS = ROOT / "rulesets"
@@ -228,7 +228,7 @@ def test_a_source_or_sink_that_cannot_start_leaves_no_files(tmp_path: Path) -> N
 def test_terminal_bar_and_summary_table(tmp_path: Path) -> None:
     import io
 
-    from refundry.runner import BarProgress, print_summary
+    from refundry.app.runner import BarProgress, print_summary
 
     src = generate(tmp_path / "in.jsonl", 9)
     bar_out = io.StringIO()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import refundry
-from refundry.request import json_schema
+from refundry.core.request import json_schema
 
 from .conftest import BASE_REQUEST, ROOT
 
@@ -36,7 +36,7 @@ def test_request_schema_file_is_generated_from_the_models():
 
 
 def test_every_request_in_the_yaml_tests_and_examples_validates_against_the_schema():
-    from refundry.testing import _plain, deep_merge
+    from refundry.app.testing import _plain, deep_merge
 
     schema = json.loads((ROOT / "schemas" / "refund-request.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema, format_checker=FORMATS)
@@ -69,8 +69,8 @@ def test_schema_and_parser_reject_the_same_shapes(mutation):
 
 def test_ruleset_schema_accepts_every_shipped_ruleset():
     schema = json.loads((ROOT / "schemas" / "ruleset.schema.json").read_text())
-    from refundry.loader import _jsonable, discover
-    from refundry.yamlsrc import load
+    from refundry.core.loader import _jsonable, discover
+    from refundry.core.yamlsrc import load
 
     files = discover([ROOT / "rulesets"])
     assert files

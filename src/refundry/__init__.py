@@ -6,8 +6,8 @@
     store = refundry.open_store("refundry.db")    # approval records (docs/records.md)
 """
 
-from .engine import Engine, Explanation, RulesetInfo
-from .errors import (
+from refundry.core.engine import Engine, Explanation, RulesetInfo
+from refundry.core.errors import (
     EvaluationError,
     InvalidRequest,
     InvalidRulesets,
@@ -15,10 +15,10 @@ from .errors import (
     RequestError,
     RulesetError,
 )
-from .hookspecs import hookimpl
-from .models import Deadline, Decision, Reason, RefundRequest, RulesetRef
-from .request import parse_request, request_to_dict
-from .stores import open_store
+from refundry.core.models import Deadline, Decision, Reason, RefundRequest, RulesetRef
+from refundry.core.request import parse_request, request_to_dict
+from refundry.plugins.spec import hookimpl
+from refundry.records.stores import open_store
 
 __version__ = "0.1.0"
 

@@ -17,8 +17,8 @@ from decimal import Decimal
 import pytest
 
 import refundry
-from refundry.records import RecordStore
-from refundry.stores import open_store
+from refundry.records.events import RecordStore
+from refundry.records.stores import open_store
 
 # The engine tests' request and paths; the slow-test switch in ../conftest.py covers these too.
 from ..conftest import BASE_REQUEST, RULESETS

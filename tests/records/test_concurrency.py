@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from refundry.stores import open_store
+from refundry.records.stores import open_store
 
 from .conftest import RULESETS, make_request
 

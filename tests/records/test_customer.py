@@ -11,9 +11,9 @@ from html.parser import HTMLParser
 import pytest
 
 import refundry
-from refundry import customer
+from refundry.app import customer
 from refundry.cli import main
-from refundry.history import History
+from refundry.records.history import History
 from tests import fraudgen
 
 from .conftest import RULESETS
@@ -215,7 +215,7 @@ def test_communicated_events_match_the_record_schema_and_keep_the_chain(store, r
 
     import jsonschema
 
-    from refundry.resources import schema
+    from refundry.core.resources import schema
 
     record(fraudgen.request("p1", fraudgen._at(1), "c1", amount=Decimal("80.00")))
     msg = customer.status(store, "p1", "de")

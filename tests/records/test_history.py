@@ -18,7 +18,7 @@ import pytest
 
 import refundry
 from refundry.cli import main
-from refundry.history import History, enrich
+from refundry.records.history import History, enrich
 from tests import fraudgen
 
 from .conftest import RULESETS
@@ -273,8 +273,8 @@ def test_as_of_limits_the_history_seen(store, engine) -> None:
 def test_a_flooding_customer_costs_a_bounded_read_and_counts_saturate(store, engine) -> None:
     """1,500 earlier requests from one customer on one transaction: a lookup reads at most
     MATCH_CAP rows, so the counts stop at MATCH_CAP + 1 and the flags still fire."""
-    from refundry.history import COLUMNS, MATCH_CAP, keys_of
-    from refundry.masking import mask_request
+    from refundry.records.history import COLUMNS, MATCH_CAP, keys_of
+    from refundry.records.masking import mask_request
 
     when = dt.datetime(2024, 5, 20, 12, tzinfo=dt.UTC)
     probe = fraudgen.request("flood-probe", when, "cust-flood", amount=Decimal("10.00"),

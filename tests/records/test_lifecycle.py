@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 import refundry
-from refundry.records import GENESIS, IllegalTransition, RecordError
+from refundry.records.events import GENESIS, IllegalTransition, RecordError
 
 from .conftest import RULESETS, make_request
 
@@ -225,7 +225,7 @@ def test_an_empty_store_verifies_against_its_empty_checkpoint(store):
 
 
 def test_opening_without_create_needs_an_existing_store(store_url):
-    from refundry.stores import open_store
+    from refundry.records.stores import open_store
 
     with pytest.raises(RecordError, match="no records store"):
         open_store(store_url, create=False)
@@ -245,7 +245,7 @@ def _tamper(url: str, statement: str, *, keep_triggers: bool = False) -> None:
     if url.startswith("postgresql://"):
         import psycopg
 
-        from refundry.stores import _split_pg_url
+        from refundry.records.stores import _split_pg_url
 
         conninfo, schema = _split_pg_url(url)
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -287,7 +287,7 @@ def test_a_rule_can_demand_two_reviewers_at_any_amount(store, tmp_path):
 def test_exported_events_match_the_record_schema(store, record, engine):
     import jsonschema
 
-    from refundry.resources import schema
+    from refundry.core.resources import schema
 
     validator = jsonschema.Draft202012Validator(schema("record-event.schema.json"))
     store.set_four_eyes_above("550", actor="admin")
@@ -333,7 +333,7 @@ def test_a_postgresql_store_survives_a_dropped_connection(store_url, engine):
 
     import psycopg
 
-    from refundry.stores import _split_pg_url, open_store
+    from refundry.records.stores import _split_pg_url, open_store
 
     name = f"refundry-test-{uuid.uuid4().hex[:8]}"
     store = open_store(f"{store_url}&application_name={name}")

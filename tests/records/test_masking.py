@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refundry.masking import luhn_ok, mask_request, mask_text, mask_value
+from refundry.records.masking import luhn_ok, mask_request, mask_text, mask_value
 
 from .conftest import make_request
 
@@ -156,7 +156,7 @@ def _raw_store_bytes(url: str) -> bytes:
     if url.startswith("postgresql://"):
         import psycopg
 
-        from refundry.stores import _split_pg_url
+        from refundry.records.stores import _split_pg_url
 
         conninfo, schema = _split_pg_url(url)
         out = bytearray()

@@ -14,10 +14,10 @@ from html.parser import HTMLParser
 
 import pytest
 
+from refundry.app.report import FIGURES
 from refundry.cli import main
-from refundry.history import History
-from refundry.report import FIGURES
-from refundry.stores import open_store
+from refundry.records.history import History
+from refundry.records.stores import open_store
 from tests import fraudgen
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from refundry.stores import open_store
+from refundry.records.stores import open_store
 
 from .conftest import StepClock, make_request
 

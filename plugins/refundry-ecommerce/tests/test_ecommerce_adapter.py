@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import refundry
-from refundry.models import Decision
+from refundry.core.models import Decision
 from refundry.plugins import Plugins, SourceError
 
 # The adapter is its own distribution: its tests need it installed (as .ci/run does).

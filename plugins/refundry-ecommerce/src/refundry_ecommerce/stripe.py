@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from refundry.models import Decision, RefundRequest
+from refundry.core.models import Decision, RefundRequest
 from refundry.plugins import (
     JsonLinesWriter,
     SourceRecord,

@@ -192,7 +192,7 @@ def _row(row: Mapping[str, str | None], base: dict[str, Any]) -> dict[str, Any]:
     except KeyError:
         raise ValueError(f"`{currency}` is not an ISO 4217 currency") from None
     reason = get("reason").lower()
-    from refundry.models import REASONS
+    from refundry.core.models import REASONS
 
     canonical = reason if reason in REASONS else DISPUTE_REASONS.get(reason)
     if canonical is None:

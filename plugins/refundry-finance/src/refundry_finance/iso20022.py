@@ -29,8 +29,8 @@ import attrs
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
-from refundry.models import Decision, RefundRequest
-from refundry.money import minor_units
+from refundry.core.models import Decision, RefundRequest
+from refundry.core.money import minor_units
 from refundry.plugins import (
     SourceError,
     SourceRecord,

@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from refundry.models import Decision, RefundRequest
+from refundry.core.models import Decision, RefundRequest
 from refundry.plugins import (
     JsonLinesWriter,
     SourceRecord,

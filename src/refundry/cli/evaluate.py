@@ -1,0 +1,88 @@
+"""``refundry evaluate REQUEST.json``: decide one request and print the decision as JSON;
+with ``--record``, enrich it from the records store and append the decision there."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from refundry.cli.common import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_backend_option,
+    add_db_option,
+    engine_for,
+    open_db,
+    parse_as_of,
+    print_json,
+    read_json,
+)
+from refundry.core.engine import INVALID_REQUEST, Engine
+from refundry.core.errors import RefundryError
+from refundry.core.models import Decision
+from refundry.core.request import parse_request
+from refundry.records.history import enrich
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    request = read_json(args.request)
+    as_of = parse_as_of(args.as_of)
+    request = _with_history(args, request)  # before evaluate, which does no I/O
+    engine = engine_for(args)
+    if args.explain:
+        explanation = engine.explain(request, as_of=as_of)
+        print_json(explanation.to_dict())
+        decision = explanation.decision
+    else:
+        decision = engine.evaluate(request, as_of=as_of)
+        print_json(decision.to_dict())
+    if decision.rule_ids and decision.rule_ids[0] == INVALID_REQUEST:
+        for err in decision.errors:
+            print(f"{args.request}: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    _record(args, request, decision, engine)
+    return EXIT_OK
+
+
+def _with_history(args: argparse.Namespace, request: Any) -> Any:
+    """``--record``: history facts from the store the decision goes to."""
+    if not args.record or not isinstance(request, Mapping):
+        return request
+    try:
+        parse_request(request)
+    except RefundryError:
+        return request  # evaluate reports it and records nothing; no store is opened for it
+    with open_db(args, create=True) as store:
+        return enrich(store, request)
+
+
+def _record(args: argparse.Namespace, request: Any, decision: Decision, engine: Engine) -> None:
+    if not args.record:
+        return
+    actor = args.by or getpass.getuser()
+    with open_db(args, create=True) as store:
+        case, created = store.record(request, decision, engine=engine, actor=actor)
+    if created:
+        print(f"recorded: request `{case.request_id}` is {case.status}", file=sys.stderr)
+    else:
+        print(f"already recorded: request `{case.request_id}` is {case.status}; nothing appended",
+              file=sys.stderr)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="decide one request and print the decision as JSON")
+    p.add_argument("request", metavar="REQUEST.json", help="a canonical request; - for stdin")
+    p.add_argument("--rulesets", help="a ruleset file or directory (default: ./rulesets or the "
+                   "shipped baselines)")
+    p.add_argument("--as-of", help="RFC 3339 time that chooses the ruleset versions in force")
+    p.add_argument("--explain", action="store_true", help="show each rule and the values it saw")
+    add_backend_option(p)
+    p.add_argument("--record", action="store_true",
+                   help="append the decision to the records store")
+    add_db_option(p)
+    p.add_argument("--by", default=None, metavar="WHO",
+                   help="who submits the request (default: the login name)")
+    p.set_defaults(func=cmd_evaluate)

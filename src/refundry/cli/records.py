@@ -1,0 +1,160 @@
+"""``refundry records list|show|verify|checkpoint|export|replay|note|mark|settings``.
+
+Exit codes: 2 when the chain is broken or a replay differs, 1 for a refused step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from refundry.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_db_option,
+    case_line,
+    open_db,
+    print_cases,
+    print_json,
+)
+from refundry.records.events import STATUSES, RecordError
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        cases = store.cases(args.status)
+    return print_cases(args, cases)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        print_json(store.case(args.request_id).to_dict())
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        result = store.verify(expect_head=args.expect_head)
+    if args.json:
+        print_json(result.to_dict())
+    elif result.ok:
+        print(f"ok: {result.count} events, {result.texts} ruleset texts, head {result.head}")
+    else:
+        where = f"event {result.broken_seq}: " if result.broken_seq else ""
+        print(f"broken: {where}{result.problem} ({result.count} events verified before it)")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        print_json(store.checkpoint().to_dict())
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        if not args.output or args.output == "-":
+            store.export(sys.stdout)
+            return EXIT_OK
+        target = Path(args.output)
+        # Written beside the target and renamed: an interrupted export leaves no half file.
+        fd, tmp = tempfile.mkstemp(prefix=".refundry-export-", dir=target.parent or Path("."))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                count = store.export(out)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    print(f"exported {count} events to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        result = store.replay(args.request_id)
+    print_json(result.to_dict())
+    if not result.same:
+        print(f"replay differs in: {', '.join(result.differences)}", file=sys.stderr)
+    return EXIT_OK if result.same else EXIT_FAILED
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        print(case_line(store.note(args.request_id, args.text, actor=args.by)))
+    return EXIT_OK
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        print(case_line(store.mark(args.request_id, args.event, actor=args.by,
+                                   reference=args.reference)))
+    return EXIT_OK
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    # A threshold may be set before the first decision is recorded.
+    with open_db(args, create=args.four_eyes_above is not None) as store:
+        if args.four_eyes_above is not None:
+            if not args.by:
+                raise RecordError("changing a setting needs `--by WHO`")
+            store.set_four_eyes_above(args.four_eyes_above, actor=args.by)
+        print_json({"four_eyes_above": str(store.four_eyes_above())})
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    rec = sub.add_parser("records", help="the approval records: list, show, verify, export, replay")
+    rsub = rec.add_subparsers(dest="records_command", metavar="ACTION", required=True)
+
+    p = rsub.add_parser("list", help="one line per case")
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = rsub.add_parser("show", help="a case: its status and every event (JSON)")
+    p.add_argument("request_id", metavar="ID")
+    p.set_defaults(func=cmd_show)
+
+    p = rsub.add_parser("verify", help="recompute the hash chain; exit 2 when broken")
+    p.add_argument("--expect-head", metavar="HASH",
+                   help="a head from `records checkpoint`; a chain without it was truncated")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = rsub.add_parser("checkpoint", help="print the head hash and count to keep elsewhere")
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = rsub.add_parser("export", help="every event as JSON lines")
+    p.add_argument("--output", "-o", metavar="FILE", help="default: stdout")
+    p.set_defaults(func=cmd_export)
+
+    p = rsub.add_parser("replay", help="re-evaluate a decision with the exact rulesets that made it")
+    p.add_argument("request_id", metavar="ID")
+    p.set_defaults(func=cmd_replay)
+
+    p = rsub.add_parser("note", help="add a note to a case")
+    p.add_argument("request_id", metavar="ID")
+    p.add_argument("--by", required=True, metavar="WHO")
+    p.add_argument("--text", required=True)
+    p.set_defaults(func=cmd_note)
+
+    p = rsub.add_parser("mark", help="record that an approved refund was processed or refunded")
+    p.add_argument("request_id", metavar="ID")
+    p.add_argument("event", choices=["processed", "refunded"])
+    p.add_argument("--by", required=True, metavar="WHO")
+    p.add_argument("--reference", help="the payment system's reference")
+    p.set_defaults(func=cmd_mark)
+
+    p = rsub.add_parser("settings", help="show or change the store's settings")
+    p.add_argument("--four-eyes-above", metavar="AMOUNT",
+                   help="above this amount two different reviewers must approve")
+    p.add_argument("--by", metavar="WHO")
+    p.set_defaults(func=cmd_settings)
+
+    for parser in rsub.choices.values():
+        add_db_option(parser)

@@ -1,0 +1,83 @@
+"""``refundry run``: a batch from a source through enrichers and the engine to sinks (and the
+records store with ``--db``), resumable, with a progress bar and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from refundry.app.runner import BarProgress, PlainProgress, StoreRecorder, print_summary, run
+from refundry.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    UsageError,
+    add_backend_option,
+    default_rulesets,
+)
+from refundry.core.engine import Engine
+from refundry.plugins import SourceError
+from refundry.plugins.history import plugins_with_history
+from refundry.records.stores import open_store
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option `{pair}` is not KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    options = parse_options(args.option or [])
+    tty = sys.stderr.isatty()
+    rulesets = [str(args.rulesets or default_rulesets())]
+    store = None
+    engine = None
+    record: StoreRecorder | None = None
+    plugins = None
+    if args.db:
+        engine = Engine.from_path(rulesets, backend=args.backend)
+        store = open_store(args.db)
+        record = StoreRecorder(store, engine, args.by or getpass.getuser())
+        plugins = plugins_with_history(store)
+    try:
+        summary = run(source=args.source, input_path=args.input, sinks=args.sink or ["jsonl"],
+                      out=args.out, dead_letter=args.dead_letter, journal=args.journal,
+                      options=options, workers=args.workers, rulesets=rulesets,
+                      engine=engine, backend=args.backend, record=record, plugins=plugins,
+                      progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr))
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if store is not None:
+            store.close()
+    print_summary(summary, sys.stderr, rich_table=tty)
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a batch: source -> enrichers -> engine -> sinks")
+    p.add_argument("--source", required=True, help="a source name (see `refundry plugins`)")
+    p.add_argument("--input", required=True, metavar="PATH", help="the file the source reads")
+    p.add_argument("--sink", action="append", metavar="NAME",
+                   help="a sink name; repeat for several (default: jsonl)")
+    p.add_argument("--out", metavar="PATH", help="where the sinks write (default: stdout)")
+    p.add_argument("--dead-letter", metavar="PATH", help="records that cannot be evaluated, "
+                   "with the reason (default: OUT.dead-letter.jsonl or ./dead-letter.jsonl)")
+    p.add_argument("--journal", metavar="PATH", help="the progress journal a re-run continues "
+                   "from (default: OUT.progress.jsonl, or INPUT.progress.jsonl without --out)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="evaluating processes")
+    p.add_argument("--option", action="append", metavar="K=V",
+                   help="an option for the source, sinks and enrichers; repeatable")
+    p.add_argument("--rulesets", help="rulesets (default: ./rulesets or the shipped baselines)")
+    add_backend_option(p)
+    p.add_argument("--db", metavar="URL", help="also record every decision in this approval-records "
+                   "store (a SQLite path or postgresql://...)")
+    p.add_argument("--by", metavar="WHO", help="who submits the batch (default: the login name)")
+    p.set_defaults(func=cmd_run)

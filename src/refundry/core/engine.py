@@ -1,0 +1,264 @@
+"""The engine: built once from rulesets, then ``evaluate`` from any number of threads.
+
+``evaluate`` does no I/O and keeps no state between calls: request in, ``Decision`` out. Every
+failure becomes a decision too (``manual_review`` with the error), never an exception the caller
+could mistake for a decision, and never ``approve``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from refundry.core import jurisdictions
+from refundry.core.backends import Backend, Matcher, get_backend
+from refundry.core.combine import amount_of, deadlines_of, outcome_of
+from refundry.core.errors import InvalidRequest, RefundryError
+from refundry.core.facts import Context, FactBuilder, Zones, consumer_timezone
+from refundry.core.loader import CompiledRuleset, Library, Rule, load_library
+from refundry.core.models import Decision, Reason, RefundRequest
+from refundry.core.money import ZERO, is_currency, round_money
+from refundry.core.periods import HolidayCalendars
+from refundry.core.request import parse_request, printable_text
+
+INVALID_REQUEST = "refundry.invalid-request"
+NO_RULESET = "refundry.no-ruleset"
+EVALUATION_ERROR = "refundry.evaluation-error"
+
+
+@attrs.frozen
+class RulesetInfo:
+    """What ``engine.rulesets`` lists: one loaded version of one ruleset."""
+
+    id: str
+    version: str
+    effective_from: dt.date
+    digest: str
+    path: str
+    client: str | None
+    industry: str | None
+    jurisdictions: tuple[str, ...] | None
+    extends: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version,
+                "effective_from": self.effective_from.isoformat(), "digest": self.digest,
+                "path": self.path, "client": self.client, "industry": self.industry,
+                "jurisdictions": list(self.jurisdictions or ()), "extends": self.extends}
+
+
+@attrs.frozen
+class _Prepared:
+    ruleset: CompiledRuleset
+    matcher: Matcher
+    facts: FactBuilder
+
+
+@attrs.frozen
+class Explanation:
+    """``--explain``: the decision and, per rule, whether it matched and the values it saw."""
+
+    decision: Decision
+    facts: dict[str, Any]
+    rules: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        from refundry.core.language import jsonable
+
+        return {"decision": self.decision.to_dict(),
+                "facts": {k: jsonable(v) for k, v in sorted(self.facts.items())},
+                "rules": self.rules}
+
+
+def _error_decision(request_id: str, currency: str, rule_id: str, code: str, message: str,
+                    errors: Iterable[str], as_of: dt.datetime | None) -> Decision:
+    reason = Reason(rule_id=rule_id, effect="manual_review", code=code, message=message,
+                    customer_message="Your request needs a review by our team.", citation="",
+                    ruleset="refundry")
+    amount = round_money(ZERO, currency) if is_currency(currency) else ZERO
+    return Decision(outcome="manual_review", amount=amount, currency=currency,
+                    request_id=request_id, as_of=as_of, reasons=(reason,),
+                    errors=tuple(errors))
+
+
+class Engine:
+    """Evaluates refund requests against loaded rulesets.
+
+    Build it with ``Engine.from_path``; it is immutable afterwards and safe to share between
+    threads. ``backend`` is ``compiled`` (default) or ``durable``.
+    """
+
+    def __init__(self, library: Library, *, backend: str | Backend = "compiled") -> None:
+        self._library = library
+        self._backend = get_backend(backend) if isinstance(backend, str) else backend
+        self._holidays = HolidayCalendars()
+        self._zones = Zones()
+        self._prepared: dict[str, _Prepared] = {}
+        for composite in library.composites.values():
+            self._prepared[composite.ref.digest] = _Prepared(
+                composite, self._backend.compile(composite),
+                FactBuilder(composite, self._holidays, self._zones))
+        self._resolved: dict[tuple[Any, ...], _Prepared | None] = {}
+        self._resolve_lock = threading.Lock()
+        self._clients = frozenset(
+            c.client for c in library.composites.values() if c.client is not None)
+        self._epochs = sorted({d.effective_from for v in library.versions.values() for d in v})
+
+    @classmethod
+    def from_path(cls, path: str | Path | Iterable[str | Path], *, backend: str = "compiled") -> Engine:
+        """Load every ruleset under ``path`` (a file, a directory, or several).
+
+        Raises ``InvalidRulesets`` listing every problem, each with file, line and column.
+        """
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        return cls(load_library(paths), backend=backend)
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    def close(self) -> None:
+        """Free what the backend holds outside Python (the durable engine's rulesets), e.g.
+        after swapping in an engine with new ruleset versions. With such a backend, later calls
+        to ``evaluate`` return an error decision (``manual_review``)."""
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def rulesets(self) -> list[RulesetInfo]:
+        out = []
+        for rid in sorted(self._library.versions):
+            for doc in self._library.versions[rid]:
+                ext = None
+                if doc.extends:
+                    ext = doc.extends[0] + (f"@{doc.extends[1]}" if doc.extends[1] else "")
+                out.append(RulesetInfo(doc.id, doc.version, doc.effective_from, doc.digest,
+                                       doc.path, doc.client, doc.industry, doc.jurisdictions, ext))
+        return out
+
+    @property
+    def library(self) -> Library:
+        return self._library
+
+    # --- resolution ----------------------------------------------------------------------
+
+    def _resolve(self, req: RefundRequest, day: dt.date, ruleset: str | None) -> _Prepared | None:
+        if ruleset is not None:
+            doc = self._library.in_force(ruleset, day)
+            comp = self._library.chain(doc, day) if doc else None
+            return self._prepared[comp.ref.digest] if comp else None
+        epoch = bisect.bisect_right(self._epochs, day)
+        client = req.client_id if req.client_id in self._clients else None
+        key = (client, req.industry, req.jurisdiction, epoch)
+        if key in self._resolved:
+            return self._resolved[key]
+        found = self._search(client, req.industry, req.jurisdiction, day)
+        with self._resolve_lock:
+            self._resolved[key] = found
+        return found
+
+    def _search(self, client: str | None, industry: str, jurisdiction: str,
+                day: dt.date) -> _Prepared | None:
+        best: tuple[int, int, str] | None = None
+        chosen: CompiledRuleset | None = None
+        for rid in sorted(self._library.versions):
+            doc = self._library.in_force(rid, day)
+            if doc is None:
+                continue
+            comp = self._library.chain(doc, day)
+            if comp is None or comp.industry not in (None, industry):
+                continue
+            if comp.client is not None and comp.client != client:
+                continue
+            score = max((jurisdictions.matches(s, jurisdiction) for s in comp.jurisdictions), default=0)
+            if score == 0:
+                continue
+            rank = (1 if comp.client else 0, score, rid)
+            if best is None or rank[:2] > best[:2]:
+                best, chosen = rank, comp
+        return self._prepared[chosen.ref.digest] if chosen else None
+
+    # --- evaluation ----------------------------------------------------------------------
+
+    def evaluate(self, request: Mapping[str, Any] | RefundRequest, *,
+                 as_of: dt.datetime | None = None, ruleset: str | None = None) -> Decision:
+        """Decide one request. ``as_of`` (default: the request's ``requested_at``) chooses the
+        ruleset versions in force; ``ruleset`` forces one ruleset id instead of resolution."""
+        return self._evaluate(request, as_of, ruleset, explain=False)[0]
+
+    def explain(self, request: Mapping[str, Any] | RefundRequest, *,
+                as_of: dt.datetime | None = None, ruleset: str | None = None) -> Explanation:
+        decision, facts, rules = self._evaluate(request, as_of, ruleset, explain=True)
+        return Explanation(decision, facts, rules)
+
+    def evaluate_many(self, requests: Iterable[Mapping[str, Any] | RefundRequest], *,
+                      as_of: dt.datetime | None = None) -> Iterator[Decision]:
+        """Decide each request in turn; a bad one yields its error decision and the rest go on."""
+        for request in requests:
+            yield self.evaluate(request, as_of=as_of)
+
+    def _evaluate(self, request: Mapping[str, Any] | RefundRequest, as_of: dt.datetime | None,
+                  ruleset: str | None, *, explain: bool) -> tuple[Decision, dict[str, Any], list[dict[str, Any]]]:
+        try:
+            req = parse_request(request)
+        except InvalidRequest as exc:
+            rid = request.get("request_id") if isinstance(request, Mapping) else None
+            cur = request.get("currency") if isinstance(request, Mapping) else None
+            return _error_decision(
+                printable_text(rid) or "", cur if isinstance(cur, str) and is_currency(cur) else "XXX",
+                INVALID_REQUEST, "invalid_request", "the request is not valid; nothing was evaluated",
+                [str(e) for e in exc.errors], as_of), {}, []
+        if as_of is not None and (as_of.tzinfo is None or as_of.utcoffset() is None):
+            return _error_decision(req.request_id, req.currency, INVALID_REQUEST, "invalid_request",
+                                   "as_of needs a UTC offset", ["as_of: needs a UTC offset"], None), {}, []
+        when = as_of or req.requested_at
+        try:
+            return self._decide(req, when, ruleset, explain)
+        except Exception as exc:  # noqa: BLE001 - fail closed: any failure is a manual review
+            message = str(exc) if isinstance(exc, RefundryError) else f"{type(exc).__name__}: {exc}"
+            return _error_decision(req.request_id, req.currency, EVALUATION_ERROR,
+                                   "evaluation_error", "the rules could not be evaluated",
+                                   [" ".join(message.split())[:500]], when), {}, []
+
+    def _decide(self, req: RefundRequest, when: dt.datetime, ruleset: str | None,
+                explain: bool) -> tuple[Decision, dict[str, Any], list[dict[str, Any]]]:
+        tz = self._zones.get(consumer_timezone(req))
+        day = when.astimezone(tz).date()
+        prepared = self._resolve(req, day, ruleset)
+        if prepared is None:
+            what = f"ruleset `{ruleset}`" if ruleset else (
+                f"ruleset for client `{req.client_id}`, {req.industry} in `{req.jurisdiction}`")
+            return _error_decision(req.request_id, req.currency, NO_RULESET, "no_ruleset",
+                                   f"no {what} is in force on {day.isoformat()}",
+                                   [f"no {what} in force on {day.isoformat()}"], when), {}, []
+        comp = prepared.ruleset
+        builder = prepared.facts
+        ctx: Context = builder.context(req, tz)
+        facts, items = builder.build(req, ctx)
+        hits = prepared.matcher(facts, items)
+        matched: list[Rule] = [comp.rules[i] for i in hits]
+        outcome, synthetic, floor_decided = outcome_of(matched)
+        refundable = facts.get("transaction.refundable")
+        if refundable is None:
+            refundable = req.transaction.amount - sum((p.amount for p in req.prior_refunds), ZERO)
+        amount = amount_of(outcome, floor_decided, req.amount, refundable, matched, facts, req.currency)
+        decision = Decision(
+            outcome=outcome, amount=amount, currency=req.currency, request_id=req.request_id,
+            as_of=when, reasons=tuple(r.reason for r in matched) + synthetic,
+            deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref)
+        trace: list[dict[str, Any]] = []
+        if explain:
+            for rule in comp.rules:
+                node = rule.when.explain(facts, items)
+                trace.append({"rule_id": rule.id, "effect": rule.effect, "floor": rule.floor,
+                              "layer": rule.layer, "matched": rule.id in decision.rule_ids,
+                              "when": node})
+        return decision, facts, trace
+

@@ -1,0 +1,75 @@
+"""The names a ruleset may use: every request field by its dotted path, and derived facts.
+
+Derived from the model classes' metadata, plus the facts the engine computes before matching
+(documented in docs/ruleset-language.md). ``facts.*`` is free: a client's own facts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import attrs
+
+from refundry.core.models import Item, RefundRequest
+
+
+@attrs.frozen
+class FieldInfo:
+    path: str
+    kind: str  # text, enum, money, count, flag, instant, date, any
+    values: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def ordered(self) -> bool:
+        return self.kind in ("money", "count", "instant", "date", "any")
+
+
+DERIVED = (
+    FieldInfo("prior_refunds.total", "money", doc="sum of prior_refunds[].amount"),
+    FieldInfo("prior_refunds.count", "count", doc="number of prior refunds"),
+    FieldInfo("transaction.refundable", "money",
+              doc="transaction.amount minus the sum of prior refunds"),
+    FieldInfo("items.count", "count", doc="number of item lines"),
+    FieldInfo("jurisdiction.country", "text", doc="the ISO 3166-1 country of the jurisdiction"),
+    FieldInfo("jurisdiction.eu", "flag", doc="the jurisdiction is an EU member state"),
+)
+
+# Facts held as sections or lists are reached through their members or through item conditions.
+_SKIP_KINDS = {"object", "facts"}
+
+
+def _walk(cls: type, prefix: str) -> dict[str, FieldInfo]:
+    out: dict[str, FieldInfo] = {}
+    for f in attrs.fields(cls):
+        meta: dict[str, Any] = dict(f.metadata)
+        path = f"{prefix}{f.name}"
+        kind = meta["kind"]
+        if kind == "object" and not meta.get("many"):
+            out.update(_walk(meta["model"], path + "."))
+        elif meta.get("many") or kind in _SKIP_KINDS:
+            continue
+        else:
+            out[path] = FieldInfo(path, kind, tuple(meta.get("values", ())), meta.get("doc", ""))
+    return out
+
+
+@lru_cache(maxsize=1)
+def request_fields() -> dict[str, FieldInfo]:
+    fields = _walk(RefundRequest, "")
+    for d in DERIVED:
+        fields[d.path] = d
+    return fields
+
+
+@lru_cache(maxsize=1)
+def item_fields() -> dict[str, FieldInfo]:
+    return _walk(Item, "")
+
+
+def lookup(path: str, *, item: bool = False) -> FieldInfo | None:
+    if not item and (path.startswith("facts.") and len(path) > 6):
+        return FieldInfo(path, "any")
+    return (item_fields() if item else request_fields()).get(path)
+

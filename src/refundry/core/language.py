@@ -1,0 +1,625 @@
+"""The condition language: YAML conditions parsed into a small tree, once, at load.
+
+A condition is one of:
+
+- ``{all: [c, ...]}``, ``{any: [c, ...]}``, ``{not: c}``;
+- ``{field: PATH, OP: VALUE}`` with OP one of ``eq ne lt le gt ge in not_in exists``; VALUE is a
+  literal, ``{field: PATH}`` (another field) or ``{percent: N, of: PATH}``;
+- ``{any_item: c}`` / ``{all_items: c}``: ``c`` is about one item (``condition``, ``final_sale``,
+  ...); ``all_items`` is false when there are no items;
+- ``{within: WINDOW}`` / ``{after: WINDOW}``: the window's notice date is on or before / after the
+  window's last day.
+
+A condition on a missing field is false whatever the operator (``not`` then makes it true); test
+for absence with ``exists: false``. The tree is evaluated two ways that must agree: ``evaluate``
+(an interpreter, also used by ``--explain``) and ``source`` (Python code generated for the
+``compiled`` backend). Every literal reaches generated code as a constant in a table, never as
+text, so no ruleset content is ever executed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from refundry.core import fields as fieldreg
+from refundry.core.yamlsrc import LocDict, LocList
+
+OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "exists")
+_PY_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+    "gt": operator.gt, "ge": operator.ge,
+}
+_PY_SYMBOL = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+MAX_DEPTH = 12
+
+
+# --- operands ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Literal:
+    value: Any
+
+    def get(self, facts: Mapping[str, Any]) -> Any:
+        return self.value
+
+    def describe(self) -> Any:
+        return jsonable(self.value)
+
+
+@attrs.frozen
+class FieldRef:
+    path: str
+
+    def get(self, facts: Mapping[str, Any]) -> Any:
+        return facts.get(self.path)
+
+    def describe(self) -> Any:
+        return {"field": self.path}
+
+
+@attrs.frozen
+class Percent:
+    percent: Decimal
+    path: str
+
+    def get(self, facts: Mapping[str, Any]) -> Any:
+        base = facts.get(self.path)
+        if base is None or isinstance(base, bool) or not isinstance(base, (int, Decimal)):
+            return None
+        return base * self.percent / 100
+
+    def describe(self) -> Any:
+        return {"percent": str(self.percent), "of": self.path}
+
+
+@attrs.frozen
+class FieldPlus:
+    """``{field: OTHER, plus: N}``: another amount field plus a fixed amount (a threshold over a
+    reference amount, e.g. a bill at least 400 over the good-faith estimate)."""
+
+    path: str
+    plus: Decimal
+
+    def get(self, facts: Mapping[str, Any]) -> Any:
+        return _plus(facts.get(self.path), self.plus)
+
+    def describe(self) -> Any:
+        return {"field": self.path, "plus": str(self.plus)}
+
+
+Operand = Literal | FieldRef | Percent | FieldPlus
+
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+class Node:
+    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+        raise NotImplementedError
+
+    def source(self, gen: CodeGen, getter: str, items: str) -> str:
+        raise NotImplementedError
+
+    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def paths(self) -> set[str]:
+        return set()
+
+
+@attrs.frozen
+class All(Node):
+    children: tuple[Node, ...]
+
+    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+        return all(c.evaluate(facts, items) for c in self.children)
+
+    def source(self, gen: CodeGen, getter: str, items: str) -> str:
+        return "(" + " and ".join(c.source(gen, getter, items) for c in self.children) + ")"
+
+    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        parts = [c.explain(facts, items) for c in self.children]
+        return {"all": parts, "result": all(p["result"] for p in parts)}
+
+    def paths(self) -> set[str]:
+        return set().union(*(c.paths() for c in self.children))
+
+
+@attrs.frozen
+class AnyOf(Node):
+    children: tuple[Node, ...]
+
+    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+        return any(c.evaluate(facts, items) for c in self.children)
+
+    def source(self, gen: CodeGen, getter: str, items: str) -> str:
+        return "(" + " or ".join(c.source(gen, getter, items) for c in self.children) + ")"
+
+    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        parts = [c.explain(facts, items) for c in self.children]
+        return {"any": parts, "result": any(p["result"] for p in parts)}
+
+    def paths(self) -> set[str]:
+        return set().union(*(c.paths() for c in self.children))
+
+
+@attrs.frozen
+class Not(Node):
+    child: Node
+
+    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+        return not self.child.evaluate(facts, items)
+
+    def source(self, gen: CodeGen, getter: str, items: str) -> str:
+        return f"(not {self.child.source(gen, getter, items)})"
+
+    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        inner = self.child.explain(facts, items)
+        return {"not": inner, "result": not inner["result"]}
+
+    def paths(self) -> set[str]:
+        return self.child.paths()
+
+
+def _compare(op: str, seen: Any, expected: Any) -> bool:
+    """The one definition of a comparison; the generated code must agree with it."""
+    if op == "exists":
+        return (seen is not None) is expected
+    if seen is None or expected is None:
+        return False
+    try:
+        if op == "in":
+            return bool(seen in expected)
+        if op == "not_in":
+            return bool(seen not in expected)
+        if isinstance(seen, bool) != isinstance(expected, bool) and op != "eq" and op != "ne":
+            return False
+        return bool(_PY_OPS[op](seen, expected))
+    except TypeError:  # a client fact of another type than the rule expects
+        return False
+
+
+@attrs.frozen
+class Compare(Node):
+    path: str
+    op: str
+    operand: Operand
+    typed: bool  # both sides' types were checked at load: generated code can skip the guard
+
+    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+        return _compare(self.op, facts.get(self.path), self.operand.get(facts))
+
+    def source(self, gen: CodeGen, getter: str, items: str) -> str:
+        seen = f"{getter}({gen.const(self.path)})"
+        if self.op == "exists":
+            return f"(({seen} is not None) is {bool(self.operand.get({}))})"
+        if not self.typed:
+            return f"_cmp({gen.const(self.op)}, {seen}, {self._expected_src(gen, getter)})"
+        if isinstance(self.operand, Literal):
+            expected = gen.const(self.operand.value)
+            if self.op == "eq":
+                return f"({seen} == {expected})"
+            var = gen.var()
+            if self.op == "in":
+                return f"({seen} in {expected})"
+            if self.op == "not_in":
+                return f"(({var} := {seen}) is not None and {var} not in {expected})"
+            return f"(({var} := {seen}) is not None and {var} {_PY_SYMBOL[self.op]} {expected})"
+        a, b = gen.var(), gen.var()
+        expected = self._expected_src(gen, getter)
+        return (f"(({a} := {seen}) is not None and ({b} := {expected}) is not None "
+                f"and {a} {_PY_SYMBOL[self.op]} {b})")
+
+    def _expected_src(self, gen: CodeGen, getter: str) -> str:
+        operand = self.operand
+        if isinstance(operand, Literal):
+            return gen.const(operand.value)
+        if isinstance(operand, FieldRef):
+            return f"{getter}({gen.const(operand.path)})"
+        if isinstance(operand, FieldPlus):
+            return f"_plus({getter}({gen.const(operand.path)}), {gen.const(operand.plus)})"
+        return f"_pct({getter}({gen.const(operand.path)}), {gen.const(operand.percent)})"
+
+    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        seen = facts.get(self.path)
+        return {"field": self.path, "op": self.op, "value": self.operand.describe(),
+                "seen": jsonable(seen), "result": self.evaluate(facts, items)}
+
+    def paths(self) -> set[str]:
+        extra = ({self.operand.path} if isinstance(self.operand, (FieldRef, Percent, FieldPlus))
+                 else set())
+        return {self.path} | extra
+
+
+@attrs.frozen
+class Items(Node):
+    quantifier: str  # any_item | all_items
+    child: Node
+
+    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+        if self.quantifier == "any_item":
+            return any(self.child.evaluate(it, ()) for it in items)
+        return bool(items) and all(self.child.evaluate(it, ()) for it in items)
+
+    def source(self, gen: CodeGen, getter: str, items: str) -> str:
+        name = gen.item_function(self.child)
+        helper = "_any" if self.quantifier == "any_item" else "_all"
+        return f"{helper}({name}, {items})"
+
+    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        per_item = [self.child.explain(it, ()) for it in items]
+        return {self.quantifier: per_item, "result": self.evaluate(facts, items)}
+
+    def paths(self) -> set[str]:
+        return set()
+
+
+@attrs.frozen
+class Window(Node):
+    mode: str  # within | after
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"window.{self.name}.within"
+
+    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
+        return facts.get(self.key) is (self.mode == "within")
+
+    def source(self, gen: CodeGen, getter: str, items: str) -> str:
+        return f"({getter}({gen.const(self.key)}) is {self.mode == 'within'})"
+
+    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return {self.mode: self.name, "last_day": jsonable(facts.get(f"window.{self.name}.end")),
+                "notice": jsonable(facts.get(f"window.{self.name}.notice")),
+                "result": self.evaluate(facts, items)}
+
+
+TRUE = All(())
+
+
+def item_paths(node: Node) -> set[str]:
+    """The item fields a condition reads inside ``any_item`` / ``all_items``."""
+    if isinstance(node, Items):
+        return node.child.paths()
+    if isinstance(node, (All, AnyOf)):
+        return set().union(*(item_paths(c) for c in node.children))
+    if isinstance(node, Not):
+        return item_paths(node.child)
+    return set()
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, (frozenset, set, tuple, list)):
+        return sorted((jsonable(v) for v in value), key=str)
+    return value
+
+
+# --- code generation -----------------------------------------------------------------------
+
+
+def _pct(base: Any, percent: Decimal) -> Any:
+    if base is None or isinstance(base, bool) or not isinstance(base, (int, Decimal)):
+        return None
+    return base * percent / 100
+
+
+def _plus(base: Any, plus: Decimal) -> Any:
+    if base is None or isinstance(base, bool) or not isinstance(base, (int, Decimal)):
+        return None
+    return base + plus
+
+
+def _any(pred: Callable[[Any], bool], items: Sequence[Any]) -> bool:
+    for it in items:
+        if pred(it.get):
+            return True
+    return False
+
+
+def _all(pred: Callable[[Any], bool], items: Sequence[Any]) -> bool:
+    if not items:
+        return False
+    for it in items:
+        if not pred(it.get):
+            return False
+    return True
+
+
+class CodeGen:
+    """Turns condition trees into one Python function that returns the indexes of the rules
+    whose conditions hold: ``match(get, items) -> list[int]``."""
+
+    def __init__(self) -> None:
+        self.consts: list[Any] = []
+        self._const_index: dict[tuple[type, Any], int] = {}
+        self.lines: list[str] = []
+        self.prelude: list[str] = []
+        self._vars = 0
+        self._funcs = 0
+
+    def const(self, value: Any) -> str:
+        try:
+            key: Any = (type(value), value)
+            hash(key)
+        except TypeError:
+            key = None
+        if key is not None and key in self._const_index:
+            return f"_c[{self._const_index[key]}]"
+        self.consts.append(value)
+        idx = len(self.consts) - 1
+        if key is not None:
+            self._const_index[key] = idx
+        return f"_c[{idx}]"
+
+    def var(self) -> str:
+        self._vars += 1
+        return f"_v{self._vars}"
+
+    def item_function(self, node: Node) -> str:
+        self._funcs += 1
+        name = f"_item{self._funcs}"
+        body = node.source(self, "g", "()")
+        self.prelude.append(f"def {name}(g):\n    return {body}\n")
+        return name
+
+    def build(self, conditions: Sequence[Node]) -> Callable[[Callable[[str], Any], Sequence[Any]], list[int]]:
+        body = ["def match(g, items):", "    hits = []"]
+        for index, cond in enumerate(conditions):
+            body.append(f"    if {cond.source(self, 'g', 'items')}:")
+            body.append(f"        hits.append({index})")
+        body.append("    return hits")
+        code = "\n".join(self.prelude) + "\n" + "\n".join(body) + "\n"
+        namespace: dict[str, Any] = {"_c": tuple(self.consts), "_any": _any, "_all": _all,
+                                     "_pct": _pct, "_plus": _plus, "_cmp": _compare}
+        exec(compile(code, "<refundry-compiled-ruleset>", "exec"), namespace)  # noqa: S102
+        match = namespace["match"]
+        match.__refundry_source__ = code
+        return match
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+class ParseContext:
+    """Where a condition stands and how to report an error in it."""
+
+    def __init__(self, report: Callable[..., None], windows: Mapping[str, Any], rule_id: str | None):
+        self.report = report
+        self.windows = windows
+        self.rule_id = rule_id
+
+    def error(self, message: str, container: Any, key: Any = None, value: bool = False) -> None:
+        self.report(message, container, key, rule_id=self.rule_id, value=value)
+
+
+_KEYS = {"all", "any", "not", "any_item", "all_items", "within", "after", "field"}
+
+
+def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: int = 0,
+                    parent: Any = None, key: Any = None) -> Node:
+    """Parse one condition; errors go to ``ctx`` and the result is then a harmless ``TRUE``."""
+    if depth > MAX_DEPTH:
+        ctx.error(f"conditions nest deeper than {MAX_DEPTH} levels", parent, key)
+        return TRUE
+    if not isinstance(raw, Mapping) or not raw:
+        ctx.error("a condition must be a mapping such as `{field: reason, eq: defective}`",
+                  parent, key, value=True)
+        return TRUE
+    heads = [k for k in raw if k in _KEYS]
+    if len(heads) != 1:
+        if not heads:
+            ctx.error(f"unknown condition `{next(iter(raw))}`; use one of: {', '.join(sorted(_KEYS))}",
+                      raw, next(iter(raw)))
+        else:
+            ctx.error(f"a condition has one of {', '.join(sorted(_KEYS))}, not {' and '.join(heads)}",
+                      raw, heads[1])
+        return TRUE
+    head = heads[0]
+    if head in ("all", "any"):
+        _no_extra(raw, {head}, ctx)
+        children_raw = raw[head]
+        if not isinstance(children_raw, list) or not children_raw:
+            ctx.error(f"`{head}` takes a non-empty list of conditions", raw, head, value=True)
+            return TRUE
+        children = tuple(parse_condition(c, ctx, item=item, depth=depth + 1, parent=children_raw, key=i)
+                         for i, c in enumerate(children_raw))
+        return All(children) if head == "all" else AnyOf(children)
+    if head == "not":
+        _no_extra(raw, {head}, ctx)
+        return Not(parse_condition(raw["not"], ctx, item=item, depth=depth + 1, parent=raw, key="not"))
+    if head in ("any_item", "all_items"):
+        _no_extra(raw, {head}, ctx)
+        if item:
+            ctx.error(f"`{head}` cannot stand inside another item condition", raw, head)
+            return TRUE
+        child = parse_condition(raw[head], ctx, item=True, depth=depth + 1, parent=raw, key=head)
+        return Items(head, child)
+    if head in ("within", "after"):
+        _no_extra(raw, {head}, ctx)
+        name = raw[head]
+        if item:
+            ctx.error(f"`{head}` is about the request, not an item", raw, head)
+            return TRUE
+        if not isinstance(name, str) or name not in ctx.windows:
+            known = ", ".join(sorted(ctx.windows)) or "none defined"
+            ctx.error(f"unknown window `{name}` (windows: {known})", raw, head, value=True)
+            return TRUE
+        return Window(head, name)
+    return _parse_compare(raw, ctx, item)
+
+
+def _no_extra(raw: Mapping[str, Any], allowed: set[str], ctx: ParseContext) -> None:
+    for k in raw:
+        if k not in allowed:
+            ctx.error(f"unexpected key `{k}` in a `{next(iter(allowed))}` condition", raw, k)
+
+
+def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool) -> Node:
+    path = raw["field"]
+    ops = [k for k in raw if k != "field"]
+    unknown = [k for k in ops if k not in OPS]
+    if unknown:
+        ctx.error(f"unknown operator `{unknown[0]}`; use one of: {', '.join(OPS)}", raw, unknown[0])
+        return TRUE
+    if len(ops) != 1:
+        ctx.error("a field condition needs exactly one operator: " + ", ".join(OPS), raw, "field")
+        return TRUE
+    op = ops[0]
+    if not isinstance(path, str):
+        ctx.error("`field` must be a dotted field name", raw, "field", value=True)
+        return TRUE
+    info = fieldreg.lookup(path, item=item)
+    if info is None:
+        scope = "an item" if item else "a request"
+        hint = "; client facts go under `facts.`" if not item else ""
+        ctx.error(f"unknown field `{path}` for {scope}{hint}", raw, "field", value=True)
+        return TRUE
+    value = raw[op]
+    if op == "exists":
+        if not isinstance(value, bool):
+            ctx.error("`exists` takes true or false", raw, op, value=True)
+            return TRUE
+        return Compare(path, op, Literal(value), typed=True)
+    if op in ("lt", "le", "gt", "ge") and not info.ordered:
+        ctx.error(f"`{path}` is {info.kind}; it cannot be compared with `{op}`", raw, op)
+        return TRUE
+    if op == "ne" and info.kind == "flag":
+        # `ne: true` is false when the flag is missing, which is rarely what an analyst means.
+        ctx.error(f"`ne` on true/false field `{path}` is false when the field is missing; write "
+                  f"`not: {{field: {path}, eq: {str(value).lower()}}}` or `eq: {str(not value).lower() if isinstance(value, bool) else 'false'}`",
+                  raw, op)
+        return TRUE
+    operand = _parse_operand(value, info, op, ctx, raw, item)
+    if operand is None:
+        return TRUE
+    typed = info.kind != "any" and not (isinstance(operand, FieldRef) and
+                                        (fieldreg.lookup(operand.path, item=item) or info).kind == "any")
+    return Compare(path, op, operand, typed=typed)
+
+
+def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseContext,
+                   raw: Any, item: bool) -> Operand | None:
+    if isinstance(value, Mapping):
+        if op in ("in", "not_in"):
+            ctx.error(f"`{op}` takes a list of values", raw, op, value=True)
+            return None
+        if set(value) == {"field"}:
+            other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
+            if other is None:
+                ctx.error(f"unknown field `{value['field']}`", value, "field", value=True)
+                return None
+            if "any" not in (info.kind, other.kind) and _family(info.kind) != _family(other.kind):
+                ctx.error(f"`{info.path}` ({info.kind}) cannot be compared with "
+                          f"`{other.path}` ({other.kind})", raw, op)
+                return None
+            return FieldRef(other.path)
+        if set(value) == {"percent", "of"}:
+            pct, of = value["percent"], value["of"]
+            other = fieldreg.lookup(of, item=item) if isinstance(of, str) else None
+            if not isinstance(pct, (int, Decimal)) or isinstance(pct, bool) or not 0 <= pct <= 1000:
+                ctx.error("`percent` takes a number from 0 to 1000", value, "percent", value=True)
+                return None
+            if other is None or other.kind not in ("money", "count", "any"):
+                ctx.error(f"`of` must name an amount field, not `{of}`", value, "of", value=True)
+                return None
+            if info.kind not in ("money", "count", "any"):
+                ctx.error(f"`{info.path}` is {info.kind}; a percentage compares with amounts",
+                          raw, op)
+                return None
+            return Percent(Decimal(pct), other.path)
+        if set(value) == {"field", "plus"}:
+            plus = value["plus"]
+            other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
+            if other is None or other.kind not in ("money", "count", "any"):
+                ctx.error(f"`plus` needs an amount field, not `{value['field']}`", value, "field",
+                          value=True)
+                return None
+            if not isinstance(plus, (int, Decimal)) or isinstance(plus, bool):
+                ctx.error("`plus` takes a number", value, "plus", value=True)
+                return None
+            if info.kind not in ("money", "count", "any"):
+                ctx.error(f"`{info.path}` is {info.kind}; `plus` compares with amounts", raw, op)
+                return None
+            return FieldPlus(other.path, Decimal(str(plus)))
+        ctx.error("a value is a literal, `{field: NAME}`, `{field: NAME, plus: N}` or "
+                  "`{percent: N, of: NAME}`", raw, op,
+                  value=True)
+        return None
+    if op in ("in", "not_in"):
+        if not isinstance(value, list) or not value:
+            ctx.error(f"`{op}` takes a non-empty list of values", raw, op, value=True)
+            return None
+        checked = [_check_literal(v, info, ctx, value, i) for i, v in enumerate(value)]
+        if any(c is _INVALID for c in checked):
+            return None
+        try:
+            return Literal(frozenset(checked))
+        except TypeError:
+            ctx.error(f"`{op}` takes a list of plain values", raw, op, value=True)
+            return None
+    checked = _check_literal(value, info, ctx, raw, op)
+    return None if checked is _INVALID else Literal(checked)
+
+
+_INVALID = object()
+
+
+def _family(kind: str) -> str:
+    return {"money": "number", "count": "number", "instant": "date", "date": "date"}.get(kind, kind)
+
+
+def _check_literal(value: Any, info: fieldreg.FieldInfo, ctx: ParseContext, container: Any,
+                   key: Any) -> Any:
+    kind = info.kind
+    shown = str(value)[:40]
+    if kind == "any":
+        if isinstance(value, (list, dict)) or value is None:
+            ctx.error("compare client facts with plain values", container, key, value=True)
+            return _INVALID
+        return value
+    if kind in ("money", "count"):
+        if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+            ctx.error(f"`{info.path}` is a number; `{shown}` is not", container, key, value=True)
+            return _INVALID
+        return value
+    if kind in ("instant", "date"):
+        if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+            ctx.error(f"`{info.path}` is compared by local date; write a date such as 2024-03-01",
+                      container, key, value=True)
+            return _INVALID
+        return value
+    if kind == "flag":
+        if not isinstance(value, bool):
+            ctx.error(f"`{info.path}` is true or false; `{shown}` is neither", container, key, value=True)
+            return _INVALID
+        return value
+    if kind == "enum":
+        if value not in info.values:
+            ctx.error(f"`{shown}` is not a value of `{info.path}` ({', '.join(info.values)})",
+                      container, key, value=True)
+            return _INVALID
+        return value
+    if not isinstance(value, str):
+        ctx.error(f"`{info.path}` is text; write `{shown}` in quotes", container, key, value=True)
+        return _INVALID
+    return value
+
+
+def positions_of(container: Any, key: Any, value: bool) -> tuple[int, int]:
+    if isinstance(container, LocDict):
+        return container.vpos(key) if value else container.pos(key)
+    if isinstance(container, LocList):
+        return container.pos(key if isinstance(key, int) else None)
+    return (1, 1)

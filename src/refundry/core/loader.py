@@ -1,0 +1,755 @@
+"""Loading rulesets: files -> checked documents -> composed, layered rulesets.
+
+Order of checks, all errors collected before anything is reported: YAML syntax (with duplicate
+keys), the JSON schema (``schemas/ruleset.schema.json``), then the semantics no schema can see:
+unknown fields and windows, literal types, duplicate rule ids, ``extends`` cycles and missing
+bases, versions that collide, baselines that claim the same scope, and any layer that overrides
+or undercuts a statutory floor of a layer below it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jsonschema
+import yaml
+
+from refundry.core import fields as fieldreg
+from refundry.core import jurisdictions, yamlsrc
+from refundry.core.errors import InvalidRulesets, RulesetError
+from refundry.core.language import Node as ConditionNode
+from refundry.core.language import ParseContext, parse_condition, positions_of
+from refundry.core.models import Layer, Reason, RulesetRef
+from refundry.core.periods import (
+    WEEKDAYS,
+    CalendarSpec,
+    HolidayCalendars,
+    Period,
+    WorkingDays,
+    add_period,
+    roll_forward,
+)
+from refundry.core.resources import schema
+
+RULESET_SUFFIXES = (".yaml", ".yml")
+TEST_SUFFIXES = (".test.yaml", ".test.yml")
+MAX_EXTENDS_DEPTH = 8
+MAX_FILE_BYTES = 262_144  # 20 times the largest shipped ruleset; bigger loads are not bounded in time
+
+
+# --- what a ruleset is made of -------------------------------------------------------------
+
+
+@attrs.frozen
+class WindowDef:
+    name: str
+    start: str
+    period: Period
+    notice: str
+    floor: bool
+    citation: str
+    calendar: CalendarSpec | None = None  # the ruleset's calendar with this window's own keys
+
+
+@attrs.frozen
+class DeadlineDef:
+    name: str
+    citation: str
+    start: str | None = None
+    period: Period | None = None
+    window: str | None = None
+    calendar: CalendarSpec | None = None  # set when the deadline has calendar keys of its own
+
+
+@attrs.frozen
+class Adjustment:
+    kind: str  # deduct | deduct_percent | cap
+    path: str | None = None
+    value: Decimal | None = None
+
+
+@attrs.frozen
+class Rule:
+    id: str
+    effect: str
+    floor: bool
+    when: ConditionNode
+    reason: Reason
+    adjustments: tuple[Adjustment, ...]
+    deadlines: tuple[DeadlineDef, ...]
+    layer: str
+    path: str
+    line: int
+    column: int
+
+
+@attrs.frozen
+class RulesetDoc:
+    """One ruleset file, checked on its own; rules are parsed when layers are composed."""
+
+    id: str
+    version: str
+    effective_from: dt.date
+    path: str
+    text: str
+    digest: str
+    data: Any = attrs.field(eq=False, repr=False)
+    industry: str | None = None
+    jurisdictions: tuple[str, ...] | None = None
+    client: str | None = None
+    extends: tuple[str, str | None] | None = None
+    title: str = ""
+
+    @property
+    def version_key(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.version.split("."))
+
+    @property
+    def layer(self) -> Layer:
+        return Layer(self.id, self.version, self.digest)
+
+
+@attrs.frozen
+class CompiledRuleset:
+    """A ruleset with every layer it extends folded in, ready for a backend."""
+
+    ref: RulesetRef
+    layers: tuple[RulesetDoc, ...]
+    industry: str | None
+    jurisdictions: tuple[str, ...]
+    client: str | None
+    calendar: CalendarSpec
+    windows: tuple[WindowDef, ...]
+    rules: tuple[Rule, ...]
+    matcher: Any = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.ref.id
+
+    @property
+    def top(self) -> RulesetDoc:
+        return self.layers[-1]
+
+    def paths(self) -> frozenset[str]:
+        """The request facts this ruleset reads, so the engine derives no others."""
+        out: set[str] = set()
+        for rule in self.rules:
+            out |= rule.when.paths()
+            for adj in rule.adjustments:
+                if adj.path:
+                    out.add(adj.path)
+            for d in rule.deadlines:
+                if d.start:
+                    out.add(d.start)
+        for w in self.windows:
+            out.update((w.start, w.notice))
+        return frozenset(out)
+
+
+# --- error reporting -----------------------------------------------------------------------
+
+
+class Report:
+    def __init__(self) -> None:
+        self.errors: list[RulesetError] = []
+        self._seen: set[str] = set()
+
+    def add(self, message: str, path: str, pos: tuple[int, int] | None = (1, 1), *,
+            rule_id: str | None = None) -> None:
+        line, column = pos if pos is not None else (None, None)
+        err = RulesetError(message, path=path, line=line, column=column, rule_id=rule_id)
+        if str(err) not in self._seen:
+            self._seen.add(str(err))
+            self.errors.append(err)
+
+    def at(self, path: str) -> Any:
+        def report(message: str, container: Any, key: Any = None, *, rule_id: str | None = None,
+                   value: bool = False) -> None:
+            self.add(message, path, positions_of(container, key, value), rule_id=rule_id)
+        return report
+
+
+# --- reading files -------------------------------------------------------------------------
+
+
+def is_test_file(path: Path) -> bool:
+    return path.name.endswith(TEST_SUFFIXES)
+
+
+def _is_bad_sample(path: Path) -> bool:
+    stem = path.name.split(".")[0]
+    return stem.endswith("_bad")
+
+
+def discover(paths: Iterable[str | Path], *, tests: bool = False) -> list[Path]:
+    """Ruleset files (or test files) under each path. In a directory, files and folders whose
+    name ends in ``_bad`` are deliberately broken samples and are skipped; name one to load it."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p).parts
+                if any(part.startswith(".") or part.split(".")[0].endswith("_bad") for part in rel):
+                    continue
+                if f.is_file() and f.name.endswith(RULESET_SUFFIXES) and is_test_file(f) == tests:
+                    found.append(f)
+        elif p.is_file() or not p.exists():
+            found.append(p)
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def read_yaml(path: Path, report: Report) -> tuple[str, Any] | None:
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        report.add(f"cannot read the file: {exc.strerror or exc}".lower(), shown, None)
+        return None
+    if len(raw) > MAX_FILE_BYTES:
+        report.add(f"the file is larger than {MAX_FILE_BYTES} bytes", shown)
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.add(f"the file is not utf-8 (byte {exc.start})", shown)
+        return None
+    try:
+        data = yamlsrc.load(text)
+    except yaml.YAMLError as exc:
+        report.add(yamlsrc.error_message(exc), shown, yamlsrc.error_pos(exc))
+        return None
+    except RecursionError:
+        report.add("the yaml nests too deeply", shown)
+        return None
+    return text, data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+def _schema_errors(data: Any, path: str, report: Report) -> bool:
+    validator = jsonschema.Draft202012Validator(schema("ruleset.schema.json"))
+    ok = True
+    for error in validator.iter_errors(_jsonable(data)):
+        where = list(error.absolute_path)
+        # Conditions get better messages from the condition parser itself.
+        if "when" in where:
+            continue
+        ok = False
+        if error.context:
+            error = min(error.context, key=lambda e: (-len(e.absolute_path), len(e.message)))
+            where = list(error.absolute_path)
+        container, key = _locate(data, where)
+        message, key, value = _friendly(error, key)
+        report.add(message, path, positions_of(container, key, value), rule_id=_rule_id_at(data, where))
+    return ok
+
+
+def _locate(data: Any, where: Sequence[Any]) -> tuple[Any, Any]:
+    container, key = data, None
+    for step in where:
+        if key is not None:
+            try:
+                container = container[key]
+            except (KeyError, IndexError, TypeError):
+                break
+        key = step
+    return container, key
+
+
+def _rule_id_at(data: Any, where: Sequence[Any]) -> str | None:
+    if len(where) >= 2 and where[0] == "rules" and isinstance(data, Mapping):
+        try:
+            rid = data["rules"][where[1]].get("id")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return None
+        return rid if isinstance(rid, str) else None
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (Mapping, list)):
+        return f"a {'mapping' if isinstance(value, Mapping) else 'list'}"
+    return str(value)[:60].encode("ascii", "backslashreplace").decode()
+
+
+def _friendly(error: jsonschema.ValidationError, key: Any) -> tuple[str, Any, bool]:
+    name = f"`{key}`" if isinstance(key, str) else "this value"
+    v = error.validator
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        bad = extra[0] if extra else key
+        if bad is not None and key is not None and isinstance(error.instance, Mapping) and bad in error.instance:
+            return f"unknown key `{bad}`", bad, False
+        return f"unknown key `{bad}`", key, False
+    if v == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else "a key"
+        return f"missing required key `{missing}`", key, False
+    # A hostile file can hold a value of megabytes: messages show at most a short prefix.
+    shown = _shown(error.instance)
+    if v == "enum":
+        return (f"{name} is `{shown}`; expected one of: "
+                f"{', '.join(map(str, error.validator_value))}"), key, True
+    if v == "type":
+        return f"{name} must be {error.validator_value}, not `{shown}`", key, True
+    if v == "pattern" and error.schema.get("x-refundry-kind") == "period":
+        try:
+            Period.parse(error.instance)
+        except ValueError as exc:
+            return str(exc), key, True
+    if v == "pattern":
+        return f"{name} `{shown}` is not well formed", key, True
+    if v == "maxLength":
+        return f"{name} is longer than {error.validator_value} characters", key, True
+    if v == "format":
+        return f"{name} `{shown}` is not a {error.validator_value}", key, True
+    if v in ("minItems", "minProperties", "maxProperties"):
+        return f"{name} has too few or too many entries", key, True
+    return " ".join(error.message.split())[:200], key, True
+
+
+def load_document(path: Path, report: Report) -> RulesetDoc | None:
+    read = read_yaml(path, report)
+    if read is None:
+        return None
+    text, data = read
+    shown = str(path)
+    if not isinstance(data, yamlsrc.LocDict):
+        report.add("a ruleset file must be a mapping with `ruleset`, `version`, "
+                   "`effective_from` and `rules`", shown)
+        return None
+    if not _schema_errors(data, shown, report):
+        return None
+    # Schema-valid: each field has its shape; only semantics are left.
+    eff = data["effective_from"]
+    if not isinstance(eff, dt.date):
+        try:
+            eff = dt.date.fromisoformat(str(eff))
+        except ValueError:
+            report.add(f"`effective_from` `{eff}` is not a date", shown, data.vpos("effective_from"))
+            return None
+    extends = None
+    if "extends" in data:
+        base, _, pin = data["extends"].partition("@")
+        extends = (base, pin or None)
+    scopes = data.get("jurisdictions")
+    if scopes is not None:
+        for i, scope in enumerate(scopes):
+            if not jurisdictions.valid_scope(scope):
+                report.add(f"`{scope}` is not a known country or subdivision code", shown, scopes.pos(i))
+    return RulesetDoc(
+        id=data["ruleset"], version=data["version"], effective_from=eff, path=shown, text=text,
+        digest="sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest(), data=data,
+        industry=data.get("industry"), jurisdictions=tuple(scopes) if scopes else None,
+        client=data.get("client"), extends=extends, title=data.get("title", ""),
+    )
+
+
+# --- composing layers ----------------------------------------------------------------------
+
+
+_STANDARD_CALENDAR = CalendarSpec()
+
+
+def _calendar(layers: Sequence[RulesetDoc]) -> CalendarSpec:
+    merged: dict[str, Any] = {}
+    for doc in layers:
+        merged.update(doc.data.get("calendar") or {})
+    return _calendar_spec(merged)
+
+
+def _own_calendar(base: CalendarSpec, raw: Any) -> CalendarSpec:
+    """A window's or deadline's own `calendar` keys over the ruleset's calendar: one regime
+    (a federal clock) can count its way inside a ruleset whose other clocks count another way."""
+    merged: dict[str, Any] = {"weekend": [WEEKDAYS[d] for d in sorted(base.weekend)],
+                              "holidays": base.holidays, "period_end": base.period_end}
+    merged.update(raw or {})
+    return _calendar_spec(merged)
+
+
+def _calendar_spec(merged: Mapping[str, Any]) -> CalendarSpec:
+    weekend = frozenset(WEEKDAYS.index(d) for d in merged.get("weekend", ("saturday", "sunday")))
+    return CalendarSpec(weekend=weekend, holidays=merged.get("holidays", "consumer"),
+                        period_end=merged.get("period_end", "as_is"))
+
+
+def _check_time_field(path: str, report: Report, doc: RulesetDoc, container: Any, key: Any,
+                      rule_id: str | None = None) -> bool:
+    info = fieldreg.lookup(path)
+    if info is None or info.kind not in ("instant", "date"):
+        report.add(f"`{path}` is not a time field of the request", doc.path,
+                   positions_of(container, key, True), rule_id=rule_id)
+        return False
+    return True
+
+
+def _windows(layers: Sequence[RulesetDoc], calendar: CalendarSpec, report: Report,
+             probe: HolidayCalendars) -> dict[str, WindowDef]:
+    merged: dict[str, dict[str, Any]] = {}
+    origin: dict[str, tuple[RulesetDoc, Any]] = {}
+    floors: dict[str, tuple[RulesetDoc, int]] = {}  # window -> layer that made it a floor
+    for index, doc in enumerate(layers):
+        for name, spec in (doc.data.get("windows") or {}).items():
+            if name in floors:
+                floor_doc, _ = floors[name]
+                for key in ("from", "notice"):
+                    if key in spec and spec[key] != merged[name].get(key, "requested_at" if key == "notice" else None):
+                        report.add(f"window `{name}` is a statutory floor of `{floor_doc.id}`; "
+                                   f"its `{key}` cannot change", doc.path, spec.pos(key))
+                if spec.get("floor") is False:
+                    report.add(f"window `{name}` is a statutory floor of `{floor_doc.id}`; "
+                               "it cannot be un-marked", doc.path, spec.pos("floor"))
+            merged[name] = {**merged.get(name, {}), **spec}
+            origin[name] = (doc, spec)
+            if spec.get("floor") and name not in floors:
+                floors[name] = (doc, index)
+    out: dict[str, WindowDef] = {}
+    for name, spec in merged.items():
+        doc, raw = origin[name]
+        if "from" not in spec or "period" not in spec:
+            report.add(f"window `{name}` needs `from` and `period`", doc.path, raw.pos())
+            continue
+        try:
+            period = Period.parse(spec["period"])
+        except ValueError as exc:
+            report.add(str(exc), doc.path, raw.vpos("period") if "period" in raw else raw.pos())
+            continue
+        ok = _check_time_field(spec["from"], report, doc, raw, "from")
+        notice = spec.get("notice", "requested_at")
+        ok = _check_time_field(notice, report, doc, raw, "notice") and ok
+        if not ok:
+            continue
+        out[name] = WindowDef(name, spec["from"], period, notice, bool(spec.get("floor")),
+                              str(spec.get("citation", "")),
+                              _own_calendar(calendar, spec.get("calendar")))
+    for name, (floor_doc, index) in floors.items():
+        if name not in out or index == len(layers) - 1:
+            continue
+        below = _windows(layers[: index + 1], _calendar(layers[: index + 1]), Report(), probe)
+        if name in below:
+            _check_not_shorter(below[name], _calendar(layers[: index + 1]), out[name], calendar,
+                               layers, floor_doc, report, probe)
+    return out
+
+
+def _check_not_shorter(base: WindowDef, base_cal: CalendarSpec, mine: WindowDef,
+                       cal: CalendarSpec, layers: Sequence[RulesetDoc], floor_doc: RulesetDoc,
+                       report: Report, probe: HolidayCalendars) -> None:
+    """A floor window may only get longer: compare both ends over two years of start dates."""
+    base_cal = base.calendar or base_cal
+    cal = mine.calendar or cal
+    if base == mine and base_cal == cal:
+        return
+    country = _probe_country(layers)
+
+    def working(spec: CalendarSpec) -> WorkingDays:
+        code = country if spec.holidays == "consumer" else (None if spec.holidays == "none" else spec.holidays)
+        if code is None:
+            return WorkingDays(spec.weekend, lambda _y: frozenset())
+        c, sub = jurisdictions.split(code)
+        return WorkingDays(spec.weekend, lambda y: probe.dates(c, sub, y))
+
+    wb, wm = working(base_cal), working(cal)
+    start = dt.date(2024, 1, 1)
+    for offset in range(0, 731):
+        day = start + dt.timedelta(days=offset)
+        end_base = _end(base.period, day, wb, base_cal)
+        end_mine = _end(mine.period, day, wm, cal)
+        if end_base is not None and end_mine is not None and end_mine < end_base:
+            top = layers[-1]
+            raw = (top.data.get("windows") or {}).get(mine.name)
+            pos = raw.vpos("period") if raw is not None and "period" in raw else (
+                top.data.pos("calendar") if "calendar" in top.data else top.data.pos())
+            report.add(
+                f"window `{mine.name}` undercuts the statutory floor of `{floor_doc.id}`: from "
+                f"{day.isoformat()} it ends {end_mine.isoformat()}, before {end_base.isoformat()}",
+                top.path, pos)
+            return
+
+
+def _end(period: Period, start: dt.date, working: WorkingDays, cal: CalendarSpec) -> dt.date | None:
+    end = add_period(period, start, working, closing_day=15)
+    if end is not None and cal.period_end == "next_working_day":
+        end = roll_forward(end, working)
+    return end
+
+
+def _probe_country(layers: Sequence[RulesetDoc]) -> str | None:
+    for doc in reversed(layers):
+        for scope in doc.jurisdictions or ():
+            if scope == "EU":
+                return "DE"
+            if scope != "*":
+                return scope
+    return None
+
+
+def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str, report: Report) -> tuple[Adjustment, ...]:
+    out = []
+    for adj in raw or ():
+        (kind, value), = adj.items()
+        if kind == "deduct_percent":
+            out.append(Adjustment(kind, value=Decimal(value)))
+        elif isinstance(value, str):
+            info = fieldreg.lookup(value)
+            if info is None or info.kind not in ("money", "any"):
+                report.add(f"`{kind}` needs an amount field; `{value}` is not one", doc.path,
+                           adj.vpos(kind), rule_id=rule_id)
+                continue
+            out.append(Adjustment(kind, path=value))
+        else:
+            out.append(Adjustment(kind, value=Decimal(value)))
+    return tuple(out)
+
+
+def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, WindowDef],
+               report: Report, calendar: CalendarSpec = _STANDARD_CALENDAR) -> tuple[DeadlineDef, ...]:
+    out = []
+    for spec in raw or ():
+        citation = str(spec.get("citation", ""))
+        if "window" in spec:
+            if spec["window"] not in windows:
+                report.add(f"unknown window `{spec['window']}`", doc.path, spec.vpos("window"),
+                           rule_id=rule_id)
+                continue
+            if "calendar" in spec:
+                report.add("a `window` deadline counts with its window's calendar; put "
+                           "`calendar` on the window", doc.path, spec.pos("calendar"),
+                           rule_id=rule_id)
+            out.append(DeadlineDef(spec["name"], citation or windows[spec["window"]].citation,
+                                   window=spec["window"]))
+            continue
+        try:
+            period = Period.parse(spec["period"])
+        except ValueError as exc:
+            report.add(str(exc), doc.path, spec.vpos("period"), rule_id=rule_id)
+            continue
+        if not _check_time_field(spec["from"], report, doc, spec, "from", rule_id):
+            continue
+        own = _own_calendar(calendar, spec["calendar"]) if spec.get("calendar") else None
+        out.append(DeadlineDef(spec["name"], citation, start=spec["from"], period=period,
+                               calendar=own))
+    return tuple(out)
+
+
+def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
+           report: Report, calendar: CalendarSpec = _STANDARD_CALENDAR) -> tuple[Rule, ...]:
+    rules: dict[str, Rule] = {}
+    for doc in layers:
+        own: set[str] = set()
+        for index, raw in enumerate(doc.data.get("rules") or ()):
+            rid = raw["id"]
+            pos = doc.data["rules"].pos(index)
+            if rid in own:
+                report.add(f"duplicate rule id `{rid}`", doc.path, raw.vpos("id"), rule_id=rid)
+                continue
+            own.add(rid)
+            if rid in rules and rules[rid].floor:
+                base = rules[rid]
+                report.add(f"overrides statutory floor rule `{rid}` of `{base.layer}` "
+                           f"({base.reason.citation or 'no citation'})", doc.path, raw.vpos("id"),
+                           rule_id=rid)
+                continue
+            floor = bool(raw.get("floor", False))
+            effect = raw["effect"]
+            citation = str(raw.get("citation", ""))
+            if floor and not citation:
+                report.add("a statutory floor rule needs a `citation`", doc.path, raw.pos("floor"),
+                           rule_id=rid)
+            if effect != "adjust" and "customer_message" not in raw:
+                report.add(f"a rule with effect `{effect}` needs a `customer_message`", doc.path,
+                           raw.pos("effect"), rule_id=rid)
+            if effect == "adjust" and not raw.get("amount") and not raw.get("deadlines"):
+                report.add("an `adjust` rule needs `amount` or `deadlines`", doc.path,
+                           raw.pos("effect"), rule_id=rid)
+            ctx = ParseContext(report.at(doc.path), windows, rid)
+            when = parse_condition(raw["when"], ctx, parent=raw, key="when") if "when" in raw else parse_condition({"all": [{"field": "request_id", "exists": True}]}, ctx)
+            reason = Reason(
+                rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
+                message=raw["message"], customer_message=str(raw.get("customer_message", "")),
+                citation=citation, floor=floor, ruleset=doc.id)
+            rules[rid] = Rule(
+                id=rid, effect=effect, floor=floor, when=when, reason=reason,
+                adjustments=_adjustments(raw.get("amount"), doc, rid, report),
+                deadlines=_deadlines(raw.get("deadlines"), doc, rid, windows, report, calendar),
+                layer=doc.id, path=doc.path, line=pos[0], column=pos[1])
+    return tuple(rules.values())
+
+
+def compose(layers: Sequence[RulesetDoc], report: Report, probe: HolidayCalendars) -> CompiledRuleset:
+    top = layers[-1]
+    calendar = _calendar(layers)
+    windows = _windows(layers, calendar, report, probe)
+    rules = _rules(layers, windows, report, calendar)
+    industry = next((d.industry for d in reversed(layers) if d.industry), None)
+    scopes = next((d.jurisdictions for d in reversed(layers) if d.jurisdictions), ("*",))
+    client = next((d.client for d in reversed(layers) if d.client), None)
+    digest = hashlib.sha256("\n".join(d.digest for d in layers).encode()).hexdigest()
+    ref = RulesetRef(top.id, top.version, "sha256:" + digest, tuple(d.layer for d in layers))
+    return CompiledRuleset(ref=ref, layers=tuple(layers), industry=industry, jurisdictions=scopes,
+                           client=client, calendar=calendar, windows=tuple(windows.values()),
+                           rules=rules)
+
+
+# --- the library of everything loaded ------------------------------------------------------
+
+
+class Library:
+    """Every ruleset version loaded, and every layered combination of them that can be in force.
+
+    Built once; read-only afterwards, so any number of threads may resolve against it.
+    """
+
+    def __init__(self, docs: Sequence[RulesetDoc], report: Report) -> None:
+        self.versions: dict[str, list[RulesetDoc]] = {}
+        for doc in docs:
+            self.versions.setdefault(doc.id, []).append(doc)
+        for rid, versions in self.versions.items():
+            versions.sort(key=lambda d: (d.effective_from, d.version_key))
+            self._check_versions(rid, versions, report)
+        self._starts = {rid: [d.effective_from for d in v] for rid, v in self.versions.items()}
+        self.composites: dict[tuple[tuple[str, str], ...], CompiledRuleset] = {}
+        self.probe = HolidayCalendars()
+        for versions in self.versions.values():
+            for doc in versions:
+                for day in self._days_in_force(doc):
+                    self.chain(doc, day, report)
+        self._check_scopes(report)
+
+    @staticmethod
+    def _check_versions(rid: str, versions: list[RulesetDoc], report: Report) -> None:
+        for prev, doc in zip(versions, versions[1:], strict=False):
+            if doc.version == prev.version:
+                report.add(f"ruleset `{rid}` version {doc.version} is defined twice (also in "
+                           f"{prev.path})", doc.path, doc.data.vpos("version"))
+            elif doc.effective_from == prev.effective_from:
+                report.add(f"ruleset `{rid}` versions {prev.version} and {doc.version} both take "
+                           f"effect on {doc.effective_from}; one must be later", doc.path,
+                           doc.data.vpos("effective_from"))
+            elif doc.version_key < prev.version_key:
+                report.add(f"ruleset `{rid}` version {doc.version} takes effect after "
+                           f"{prev.version} but has a lower version number", doc.path,
+                           doc.data.vpos("version"))
+
+    def in_force(self, rid: str, day: dt.date) -> RulesetDoc | None:
+        starts = self._starts.get(rid)
+        if not starts:
+            return None
+        i = bisect.bisect_right(starts, day) - 1
+        return self.versions[rid][i] if i >= 0 else None
+
+    def _days_in_force(self, doc: RulesetDoc) -> list[dt.date]:
+        """The days on which the layers under ``doc`` can change while it is in force."""
+        versions = self.versions[doc.id]
+        i = versions.index(doc)
+        until = versions[i + 1].effective_from if i + 1 < len(versions) else dt.date.max
+        days = {doc.effective_from}
+        seen: set[str] = set()
+        todo = [doc.extends[0]] if doc.extends else []
+        while todo:
+            rid = todo.pop()
+            if rid in seen or rid not in self.versions:
+                continue
+            seen.add(rid)
+            for base in self.versions[rid]:
+                if doc.effective_from < base.effective_from < until:
+                    days.add(base.effective_from)
+                if base.extends:
+                    todo.append(base.extends[0])
+        return sorted(days)
+
+    def chain(self, doc: RulesetDoc, day: dt.date, report: Report | None = None) -> CompiledRuleset | None:
+        layers = [doc]
+        cursor = doc
+        while cursor.extends:
+            base_id, pin = cursor.extends
+            if pin is not None:
+                base = next((d for d in self.versions.get(base_id, ()) if d.version == pin), None)
+            else:
+                base = self.in_force(base_id, day)
+            if base is None:
+                if report is not None:
+                    what = f"`{base_id}@{pin}`" if pin else f"`{base_id}` in force on {day}"
+                    known = "" if base_id in self.versions else " (no ruleset has that id)"
+                    report.add(f"extends {what}, which is not loaded{known}", cursor.path,
+                               cursor.data.vpos("extends"))
+                return None
+            if any(layer.id == base.id for layer in layers):
+                if report is not None:
+                    cycle = " -> ".join([*(d.id for d in layers), base.id])
+                    report.add(f"extends forms a cycle: {cycle}", cursor.path, cursor.data.vpos("extends"))
+                return None
+            if len(layers) >= MAX_EXTENDS_DEPTH:
+                if report is not None:
+                    report.add(f"extends is more than {MAX_EXTENDS_DEPTH} layers deep", cursor.path,
+                               cursor.data.vpos("extends"))
+                return None
+            layers.append(base)
+            cursor = base
+        layers.reverse()
+        key = tuple((d.id, d.version) for d in layers)
+        found = self.composites.get(key)
+        if found is None:
+            if report is None:  # every chain is composed while loading; this is a programming error
+                raise KeyError(key)
+            found = compose(layers, report, self.probe)
+            self.composites[key] = found
+        return found
+
+    def _check_scopes(self, report: Report) -> None:
+        claimed: dict[tuple[str | None, str | None, str], RulesetDoc] = {}
+        for rid, versions in self.versions.items():
+            doc = versions[-1]
+            comp = next((c for k, c in self.composites.items() if k[-1] == (rid, doc.version)), None)
+            if comp is None:
+                continue
+            for scope in comp.jurisdictions:
+                key = (comp.client, comp.industry, scope)
+                other = claimed.get(key)
+                if other is not None and other.id != rid:
+                    who = f"client `{comp.client}`" if comp.client else "baselines"
+                    report.add(f"rulesets `{other.id}` and `{rid}` both cover {comp.industry or 'any industry'} "
+                               f"in `{scope}` for {who}; a request could not tell which applies",
+                               doc.path, doc.data.vpos("ruleset"))
+                claimed[key] = doc
+
+
+def load_library(paths: Iterable[str | Path]) -> Library:
+    """Load and check every ruleset under ``paths``; raise ``InvalidRulesets`` with all errors."""
+    report = Report()
+    files = discover(paths)
+    docs = []
+    for f in files:
+        if not f.exists():
+            report.add("no such file or directory", str(f), None)
+            continue
+        doc = load_document(f, report)
+        if doc is not None:
+            docs.append(doc)
+    library = Library(docs, report)
+    if report.errors:
+        raise InvalidRulesets(report.errors)
+    return library

@@ -1,0 +1,401 @@
+"""The canonical refund request: JSON in, a validated ``RefundRequest`` out.
+
+The parser walks the field metadata of the model classes, so the models, this parser and
+``schemas/refund-request.schema.json`` (generated from the same metadata) cannot drift apart. It
+reports every problem at once, each naming the field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from refundry.core import jurisdictions
+from refundry.core.errors import InvalidRequest, RequestError
+from refundry.core.models import RefundRequest
+from refundry.core.money import END, MONEY_PATTERN, is_currency, parse_money
+
+MAX_TEXT = 1_000
+MAX_NOTE = 65_536  # a longer note is hostile input, not a customer's message
+MAX_ITEMS = 1_000
+MAX_FACTS_DEPTH = 6
+MAX_FACTS_KEYS = 200  # entries of the top-level ``facts`` map
+MAX_FACTS_VALUES = 2_000  # every value at any depth, lists and maps included
+MAX_FACTS_NUMBER_DIGITS = 18
+MAX_REQUEST_BYTES = 1_048_576  # one request as JSON text; readers refuse a longer one unread
+# Years a refund can concern. Outside them date arithmetic (time zones, "+ 12 months") would
+# overflow Python's calendar, so such a time is refused as input rather than failing later.
+MIN_YEAR, MAX_YEAR = 1900, 2999
+_YEARS = "(19[0-9]{2}|2[0-9]{3})"
+_DATE = _YEARS + "-[0-9]{2}-[0-9]{2}"
+_TIME = _DATE + r"[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+DATE_PATTERN = f"^{_DATE}{END}"
+TIME_PATTERN = f"^{_TIME}{END}"
+_DATE_RE = re.compile(DATE_PATTERN)
+_TIME_RE = re.compile(TIME_PATTERN)
+_NO_OFFSET_RE = re.compile(f"^{_DATE}([Tt ][0-9:.]+)?{END}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Errors:
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.items: list[RequestError] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(RequestError(message, path=self.source, field=path or None))
+
+
+def parse_request(data: object, *, source: str | None = None) -> RefundRequest:
+    """Build a ``RefundRequest`` from canonical JSON (already decoded).
+
+    Raises ``InvalidRequest`` listing every problem. ``source`` names the file in the errors.
+    """
+    if isinstance(data, RefundRequest):
+        return data
+    errors = _Errors(source)
+    if not isinstance(data, Mapping):
+        errors.add("", "a refund request must be a JSON object")
+        raise InvalidRequest(errors.items)
+    try:
+        value = _parse_model(RefundRequest, data, "", errors)
+    except RecursionError:  # a Python caller's self-referencing or absurdly deep value
+        errors.add("", "nests too deeply to be a refund request")
+        raise InvalidRequest(errors.items) from None
+    if not errors.items:
+        _check_semantics(value, errors)
+    if errors.items:
+        raise InvalidRequest(errors.items)
+    return value
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def printable_text(raw: object) -> str | None:
+    """``raw`` when it is text a record, a report or a terminal can hold; else ``None``."""
+    if isinstance(raw, str) and len(raw) <= MAX_TEXT and not _SURROGATE.search(raw):
+        return raw
+    return None
+
+
+def shown(raw: object, limit: int = 40) -> str:
+    """A bounded, printable form of a hostile value for an error message: never ``repr`` of a
+    structure (a deep one recurses), never a lone surrogate (it cannot be written as UTF-8)."""
+    if isinstance(raw, str):
+        return raw[:limit].encode("ascii", "backslashreplace").decode()
+    if isinstance(raw, (bool, type(None))):
+        return str(raw).lower()
+    return f"a {type(raw).__name__}"
+
+
+def _parse_model(cls: type, data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
+    fields = attrs.fields_dict(cls)
+    for key in data:
+        if key not in fields:
+            errors.add(_join(prefix, shown(key, 60)), "unknown field")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        path = _join(prefix, name)
+        if name not in data or data[name] is None:
+            if f.default is attrs.NOTHING:
+                errors.add(path, "is required")
+            continue
+        parsed = _parse_value(f.metadata, data[name], path, errors)
+        if parsed is not None:
+            values[name] = parsed
+    try:
+        return cls(**values)
+    except TypeError:  # a required field failed to parse; the error is already recorded
+        return None
+
+
+def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) -> Any:
+    kind = meta["kind"]
+    if meta.get("many"):
+        if not isinstance(raw, list):
+            errors.add(path, "must be a list")
+            return None
+        if len(raw) > MAX_ITEMS:
+            errors.add(path, f"has {len(raw)} entries; at most {MAX_ITEMS} are accepted")
+            return None
+        one = {**meta, "many": False}
+        out = [_parse_value(one, v, f"{path}[{i}]", errors) for i, v in enumerate(raw)]
+        return tuple(out)
+    if kind == "object":
+        if not isinstance(raw, Mapping):
+            errors.add(path, "must be an object")
+            return None
+        return _parse_model(meta["model"], raw, path, errors)
+    if kind == "text":
+        if not isinstance(raw, str):
+            errors.add(path, "must be a string")
+            return None
+        limit = MAX_NOTE if path == "note" else MAX_TEXT
+        if len(raw) > limit:
+            errors.add(path, f"is {len(raw)} characters long; at most {limit} are accepted")
+            return None
+        if path != "note" and not raw.strip():
+            errors.add(path, "must not be empty")
+            return None
+        if _SURROGATE.search(raw):
+            errors.add(path, "holds a lone surrogate, which is not unicode text")
+            return None
+        return raw
+    if kind == "enum":
+        if not isinstance(raw, str) or raw not in meta["values"]:
+            what = f"`{shown(raw)}` is not" if isinstance(raw, str) else "must be"
+            errors.add(path, f"{what} one of {', '.join(meta['values'])}")
+            return None
+        return raw
+    if kind == "money":
+        try:
+            return parse_money(raw)
+        except ValueError as exc:
+            errors.add(path, str(exc))
+            return None
+    if kind == "flag":
+        if not isinstance(raw, bool):
+            errors.add(path, "must be true or false")
+            return None
+        return raw
+    if kind == "count":
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 1_000_000:
+            errors.add(path, "must be a whole number from 0 to 1000000")
+            return None
+        return raw
+    if kind == "instant":
+        return _parse_instant(raw, path, errors, date_ok=path != "requested_at")
+    if kind == "date":
+        day = _date(raw)
+        if day is None:
+            errors.add(path, f"must be a date such as `2024-03-01`, years {MIN_YEAR} to {MAX_YEAR}")
+        return day
+    if kind == "facts":
+        return _parse_facts(raw, path, errors, 0)
+    raise AssertionError(kind)  # pragma: no cover - a model field with a kind nobody handles
+
+
+def _date(raw: Any) -> dt.date | None:
+    if not isinstance(raw, str) or not _DATE_RE.match(raw):
+        return None
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+def parse_time(raw: object) -> dt.datetime:
+    """An RFC 3339 time with its UTC offset, years ``MIN_YEAR`` to ``MAX_YEAR``; the one reading
+    of a time shared by requests and ``--as-of``. Raises ``ValueError`` with a one-line reason."""
+    if isinstance(raw, str) and _NO_OFFSET_RE.match(raw):
+        raise ValueError(f"`{shown(raw)}` has no UTC offset; the local time it means is ambiguous")
+    if not isinstance(raw, str) or not _TIME_RE.match(raw):
+        raise ValueError(f"`{shown(raw)}` is not an RFC 3339 time with offset, years {MIN_YEAR} "
+                         f"to {MAX_YEAR}, e.g. `2024-03-01T10:00:00+01:00`")
+    try:
+        return dt.datetime.fromisoformat(raw.upper())
+    except ValueError:
+        raise ValueError(f"`{raw}` is not a time that exists") from None
+
+
+def _parse_instant(raw: Any, path: str, errors: _Errors, *, date_ok: bool) -> Any:
+    if date_ok:
+        day = _date(raw)
+        if day is not None:
+            return day
+    try:
+        return parse_time(raw)
+    except ValueError as exc:
+        errors.add(path, str(exc))
+        return None
+
+
+class _FactsBudget:
+    """How many more values ``facts`` may hold: the bound on its size, whatever its shape."""
+
+    def __init__(self) -> None:
+        self.left = MAX_FACTS_VALUES
+
+    def take(self, errors: _Errors) -> bool:
+        self.left -= 1
+        if self.left == -1:
+            errors.add("facts", f"holds more than {MAX_FACTS_VALUES} values")
+        return self.left >= 0
+
+
+def _parse_facts(raw: Any, path: str, errors: _Errors, depth: int,
+                 budget: _FactsBudget | None = None) -> Any:
+    budget = budget or _FactsBudget()
+    if depth > MAX_FACTS_DEPTH:
+        errors.add(path, f"nests deeper than {MAX_FACTS_DEPTH} levels")
+        return None
+    if not budget.take(errors):
+        return None
+    if isinstance(raw, Mapping):
+        if depth == 0 and len(raw) > MAX_FACTS_KEYS:
+            errors.add(path, f"has more than {MAX_FACTS_KEYS} entries")
+            return None
+        out = {}
+        for k, v in raw.items():
+            if not isinstance(k, str) or len(k) > 64 or _SURROGATE.search(k):
+                errors.add(path, "keys must be strings of at most 64 characters")
+                return None
+            out[k] = _parse_facts(v, f"{path}.{k}", errors, depth + 1, budget)
+        return out
+    if isinstance(raw, list):
+        return tuple(_parse_facts(v, f"{path}[{i}]", errors, depth + 1, budget)
+                     for i, v in enumerate(raw))
+    return _fact_scalar(raw, path, errors)
+
+
+def _fact_scalar(raw: Any, path: str, errors: _Errors) -> Any:
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            errors.add(path, "must be a finite number")
+            return None
+        raw = Decimal(repr(raw))
+    if isinstance(raw, (int, Decimal)) and not isinstance(raw, bool):
+        # Checked before any ``str()``: Python refuses to print an int of over 4,300 digits.
+        number = Decimal(raw) if isinstance(raw, int) and raw.bit_length() < 80 else raw
+        if not isinstance(number, Decimal) or not number.is_finite() or (number != 0 and not (
+                abs(number.adjusted()) < MAX_FACTS_NUMBER_DIGITS
+                and len(number.as_tuple().digits) <= 2 * MAX_FACTS_NUMBER_DIGITS)):
+            errors.add(path, f"must be a finite number of at most {MAX_FACTS_NUMBER_DIGITS} digits")
+            return None
+        return raw
+    if isinstance(raw, str):
+        if len(raw) > MAX_TEXT:
+            errors.add(path, f"is longer than {MAX_TEXT} characters")
+            return None
+        if _SURROGATE.search(raw):
+            errors.add(path, "holds a lone surrogate, which is not unicode text")
+            return None
+        return raw
+    if raw is None or isinstance(raw, bool):
+        return raw
+    errors.add(path, "must be a JSON value")
+    return None
+
+
+def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
+    if not is_currency(req.currency):
+        errors.add("currency", f"`{req.currency[:10]}` is not an ISO 4217 currency code")
+    try:
+        jurisdictions.split(req.jurisdiction)
+    except ValueError as exc:
+        errors.add("jurisdiction", str(exc))
+        return
+    if req.timezone is not None:
+        if req.timezone not in jurisdictions.timezones():
+            errors.add("timezone", f"`{req.timezone[:40]}` is not an IANA time zone")
+    elif jurisdictions.default_timezone(req.jurisdiction) is None:
+        errors.add("timezone", f"is required: `{req.jurisdiction}` has no default time zone")
+    closing = req.finance.billing_cycle_closing_day if req.finance else None
+    if closing is not None and not 1 <= closing <= 31:
+        errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
+
+
+def request_to_dict(req: RefundRequest) -> dict[str, Any]:
+    """The canonical JSON form of a request (the inverse of ``parse_request``)."""
+    return _dump(req)
+
+
+def _dump(value: Any) -> Any:
+    if attrs.has(type(value)):
+        out = {}
+        for f in attrs.fields(type(value)):
+            v = getattr(value, f.name)
+            if v is None or v == ():
+                continue
+            out[f.name] = _dump(v)
+        return out
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _dump(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_dump(v) for v in value]
+    return value
+
+
+# --- the JSON schema, generated from the same field metadata --------------------------------
+
+SCHEMA_ID = "https://refundry.dev/schemas/refund-request/1.0.0/refund-request.schema.json"
+# Patterns end with ``END`` (``$(?!\n)``), not a bare ``$``: JSON Schema patterns are ECMA-262,
+# where ``$`` is the end of the text, but Python's ``re`` (the ``jsonschema`` package) lets ``$``
+# match before a final newline, so ``"12.50\n"`` would pass one validator and not another.
+_MONEY = {"type": ["string", "integer"], "pattern": MONEY_PATTERN, "minimum": 0,
+          "maximum": 999_999_999_999_999,
+          "description": "a decimal string (never a float, never negative), e.g. \"12.50\""}
+_TIME = {"type": "string", "format": "date-time", "pattern": TIME_PATTERN}
+_DAY = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
+_INSTANT = {"anyOf": [_TIME, _DAY],
+            "description": "RFC 3339 with offset, or a date read in the consumer's local time"}
+
+
+def _schema_for(meta: Mapping[str, Any], name: str) -> dict[str, Any]:
+    kind = meta["kind"]
+    if meta.get("many"):
+        one = _schema_for({**meta, "many": False}, name)
+        return {"type": "array", "maxItems": MAX_ITEMS, "items": one}
+    if kind == "object":
+        return _model_schema(meta["model"])
+    if kind == "text":
+        return {"type": "string", "maxLength": MAX_NOTE if name == "note" else MAX_TEXT}
+    if kind == "enum":
+        return {"enum": list(meta["values"])}
+    if kind == "money":
+        return dict(_MONEY)
+    if kind == "flag":
+        return {"type": "boolean"}
+    if kind == "count":
+        return {"type": "integer", "minimum": 0, "maximum": 1_000_000}
+    if kind == "instant":
+        if name == "requested_at":
+            return dict(_TIME)
+        return dict(_INSTANT)
+    if kind == "date":
+        return dict(_DAY)
+    if kind == "facts":
+        return {"type": "object", "maxProperties": MAX_FACTS_KEYS,
+                "description": "client-specific facts that client rules name as facts.NAME; at "
+                f"most {MAX_FACTS_VALUES} values in all, {MAX_FACTS_DEPTH} levels deep"}
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _model_schema(cls: type) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    required = []
+    for f in attrs.fields(cls):
+        schema = _schema_for(f.metadata, f.name)
+        if f.metadata.get("doc"):
+            schema["description"] = f.metadata["doc"]
+        props[f.name] = schema
+        if f.default is attrs.NOTHING:
+            required.append(f.name)
+    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        out["required"] = required
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """``schemas/refund-request.schema.json``, derived from the models; a test keeps the file
+    equal to this."""
+    schema = _model_schema(RefundRequest)
+    props = schema["properties"]
+    props["currency"]["pattern"] = "^[A-Z]{3}" + END
+    props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?" + END
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "refundry canonical refund request", "x-refundry-schema-version": "1.0.0",
+            **schema}

@@ -1,0 +1,850 @@
+"""Approval records: an append-only, hash-chained log of events, and the cases derived from it.
+
+Nothing is ever updated in place. Each event is one canonical JSON document (RFC 8785) that
+names the hash of the event before it; the event's hash is the SHA-256 of exactly those bytes.
+Editing, deleting, swapping or inserting an event breaks the chain at that event; cutting off
+the tail is caught by comparing with a checkpoint (the head hash) kept elsewhere.
+
+A case is everything recorded for one ``request_id``; its status is computed from its events by
+the state machine below (see docs/records.md), inside the same locked transaction that appends,
+so two processes can never both make the same transition.
+
+``RecordStore`` holds all of the logic; ``stores.py`` supplies the SQLite and PostgreSQL
+storage it runs on, and ``open_store`` picks one from a path or URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import rfc8785
+
+from refundry.core.errors import RefundryError
+from refundry.core.models import Decision, RefundRequest
+from refundry.records.masking import mask_request, mask_text, mask_value
+
+FORMAT = 1
+GENESIS = "sha256:" + "0" * 64
+EVENT_TYPES = ("evaluated", "reviewed", "approved", "denied", "processed", "refunded",
+               "disputed", "dispute_resolved", "note")
+STATUSES = ("manual_review", "approved", "denied", "processed", "refunded", "disputed")
+RESOLUTIONS = ("upheld", "overturned")
+DEFAULT_FOUR_EYES_ABOVE = Decimal("500")
+FOUR_EYES_CODE = "four_eyes"  # a reason with this code demands two approvers at any amount
+STORE_CASE = ""  # the request_id of store-level events (settings), which belong to no case
+MAX_TEXT = 4_000
+
+_OUTCOME_STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
+
+# event type -> the statuses it may follow. `evaluated` opens a case; `note` fits anywhere.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "reviewed": ("manual_review",),
+    "approved": ("manual_review",),
+    "denied": ("manual_review",),
+    "processed": ("approved",),
+    "refunded": ("processed",),
+    "disputed": ("approved", "denied", "processed", "refunded"),
+    "dispute_resolved": ("disputed",),
+}
+
+
+class RecordError(RefundryError):
+    """A records operation that cannot be done: unknown case, bad input, a broken store."""
+
+
+class IllegalTransition(RecordError):
+    """The event does not fit the case's status or breaks a maker-checker rule. Nothing was
+    appended."""
+
+
+def _hash(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _text(value: str | None, what: str, *, required: bool = False) -> str:
+    value = "" if value is None else str(value)
+    if required and not value.strip():
+        raise RecordError(f"{what} must not be empty")
+    if len(value) > MAX_TEXT:
+        raise RecordError(f"{what} is {len(value)} characters long; at most {MAX_TEXT} are kept")
+    return value
+
+
+def _actor(actor: str | None) -> str:
+    actor = _text(actor, "the actor (`--by`)", required=True).strip()
+    if len(actor) > 200 or any(ch in actor for ch in "\r\n\t"):
+        raise RecordError(f"actor `{actor[:40]}` is not a plain name")
+    return mask_text(actor)
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Event:
+    """One recorded event. ``body`` is the exact canonical JSON the hash was computed over."""
+
+    seq: int
+    request_id: str
+    type: str
+    at: str
+    actor: str
+    hash: str
+    body: dict[str, Any] = attrs.field(eq=False, repr=False)
+
+    @property
+    def prev(self) -> str:
+        return str(self.body["prev"])
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        return self.body.get("decision")
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return dict(self.body.get("details") or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.body, "hash": self.hash}
+
+    @classmethod
+    def from_row(cls, seq: int, body_text: str, hash_: str) -> Event:
+        try:
+            body = json.loads(body_text)
+            return cls(seq=seq, request_id=body["request_id"], type=body["type"], at=body["at"],
+                       actor=body["actor"], hash=hash_, body=body)
+        except (ValueError, KeyError, TypeError):
+            # Only a damaged store gets here; say so rather than fail with a traceback.
+            raise RecordError(f"event {seq} cannot be read: the store is damaged; run "
+                              "`refundry records verify`") from None
+
+
+@attrs.frozen
+class Draft:
+    """An event before it has a place in the chain."""
+
+    request_id: str
+    type: str
+    actor: str
+    decision: dict[str, Any] | None
+    request: dict[str, Any] | None
+    details: dict[str, Any] = attrs.Factory(dict)
+    texts: tuple[tuple[str, str, str, str], ...] = ()  # (digest, id, version, text) to keep
+    # Canonical bytes of members serialised before the writers' lock was taken: the decision
+    # and request are most of an event, and the lock is held by one writer at a time.
+    encoded: dict[str, bytes] = attrs.Factory(dict)
+
+
+def encode(decision: dict[str, Any] | None, request: dict[str, Any] | None) -> dict[str, bytes]:
+    return {"decision": rfc8785.dumps(decision), "request": rfc8785.dumps(request)}
+
+
+def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, dict[str, Any]]:
+    """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``.
+
+    Built member by member so that pre-encoded members are reused; the result is exactly
+    ``rfc8785.dumps(body)`` (all keys are ASCII, so code-point order is RFC 8785's order).
+    """
+    ruleset = (draft.decision or {}).get("ruleset")
+    body = {
+        "format": FORMAT, "seq": seq, "prev": prev, "type": draft.type,
+        "request_id": draft.request_id,
+        "at": at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "actor": draft.actor,
+        "ruleset": ({k: ruleset[k] for k in ("id", "version", "digest")} if ruleset else None),
+        "decision": draft.decision, "request": draft.request,
+        # Masked once more here: a justification or note typed by a person may hold a card number.
+        "details": mask_value(draft.details),
+    }
+    members = [rfc8785.dumps(key) + b":" + (draft.encoded.get(key) or rfc8785.dumps(body[key]))
+               for key in sorted(body)]
+    raw = b"{" + b",".join(members) + b"}"
+    return raw.decode("utf-8"), _hash(raw), body
+
+
+# --- the state machine ---------------------------------------------------------------------
+
+
+@attrs.frozen
+class Case:
+    """Everything recorded for one request, and what it adds up to."""
+
+    request_id: str
+    status: str
+    events: tuple[Event, ...]
+    submitter: str
+    decision: dict[str, Any]
+    request: dict[str, Any]
+    approvals: tuple[str, ...]  # who has approved in the current review
+    required_approvals: int
+    dispute: dict[str, Any] | None  # the latest dispute and its resolution, if any
+
+    @property
+    def amount(self) -> str:
+        return str(self.decision.get("amount", ""))
+
+    def summary(self) -> dict[str, Any]:
+        last = self.events[-1]
+        return {"request_id": self.request_id, "status": self.status,
+                "outcome": self.decision.get("outcome"), "amount": self.decision.get("amount"),
+                "currency": self.decision.get("currency"), "events": len(self.events),
+                "submitted_by": self.submitter, "updated_at": last.at,
+                "approvals": list(self.approvals), "required_approvals": self.required_approvals}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "dispute": self.dispute,
+                "events": [e.to_dict() for e in self.events]}
+
+
+def _money(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+
+
+def _parse_amount(value: Any) -> Decimal:
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise RecordError(f"`{str(value)[:40]}` is not an amount") from None
+    if not amount.is_finite() or amount < 0:
+        raise RecordError(f"`{str(value)[:40]}` is not an amount")
+    return amount
+
+
+def _threshold(events: Iterable[Event]) -> Decimal:
+    value = DEFAULT_FOUR_EYES_ABOVE
+    for event in events:
+        if event.details.get("setting") == "four_eyes_above":
+            value = Decimal(event.details["value"])
+    return value
+
+
+def required_approvals(decision: Mapping[str, Any], request: Mapping[str, Any],
+                       four_eyes_above: Decimal) -> int:
+    """Two approvers when the money at stake (the larger of the requested and the decided
+    amount) is above the store's threshold, or when a rule asked for it by reason code."""
+    at_stake = max(_money(decision.get("amount")), _money(request.get("amount")))
+    codes = {r.get("code") for r in decision.get("reasons") or ()}
+    return 2 if at_stake > four_eyes_above or FOUR_EYES_CODE in codes else 1
+
+
+@attrs.define
+class _Fold:
+    """A case's state while its events are read in order (``build_case`` and ``verify``)."""
+
+    request_id: str
+    submitter: str
+    decision: dict[str, Any]
+    request: dict[str, Any]
+    status: str
+    before_dispute: str
+    approvals: list[str] = attrs.Factory(list)
+    dispute: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, first: Event) -> _Fold:
+        if first.type != "evaluated":
+            raise RecordError(f"event {first.seq}: a case must start with an `evaluated` event")
+        decision = first.decision or {}
+        if decision.get("outcome") not in _OUTCOME_STATUS:
+            raise RecordError(f"event {first.seq} has no decision outcome: the store is damaged; "
+                              "run `refundry records verify`")
+        status = _OUTCOME_STATUS[decision["outcome"]]
+        return cls(first.request_id, first.actor, decision, first.body.get("request") or {},
+                   status, status)
+
+    def apply(self, event: Event) -> None:
+        details = event.details
+        if event.type in ("reviewed", "approved"):
+            self.approvals.append(event.actor)
+        if event.type in ("approved", "denied", "processed", "refunded"):
+            self.status = event.type
+        elif event.type == "disputed":
+            self.before_dispute, self.status = self.status, "disputed"
+            self.dispute = {"opened_by": event.actor, "opened_at": event.at, **details}
+        elif event.type == "dispute_resolved":
+            upheld = details.get("resolution") == "upheld"
+            self.status = self.before_dispute if upheld else "approved"
+            self.dispute = {**(self.dispute or {}), "resolved_by": event.actor,
+                            "resolved_at": event.at, "resolution": details.get("resolution"),
+                            "explanation": details.get("explanation"),
+                            "amount": details.get("amount")}
+
+
+def build_case(events: Sequence[Event], four_eyes_above: Decimal) -> Case:
+    """Fold a case's events, oldest first, into its current state."""
+    if not events:
+        raise RecordError("a case needs at least one event")
+    fold = _Fold.open(events[0])
+    for event in events[1:]:
+        fold.apply(event)
+    return Case(request_id=fold.request_id, status=fold.status, events=tuple(events),
+                submitter=fold.submitter, decision=fold.decision, request=fold.request,
+                approvals=tuple(fold.approvals),
+                required_approvals=required_approvals(fold.decision, fold.request, four_eyes_above),
+                dispute=fold.dispute)
+
+
+def approval_type(approvals: int, required: int) -> str:
+    """``approved`` for the approval that completes a review, ``reviewed`` before it."""
+    return "approved" if approvals + 1 >= required else "reviewed"
+
+
+def check_transition(case: Case | _Fold, event_type: str, actor: str) -> None:
+    """Raise ``IllegalTransition`` unless ``actor`` may append ``event_type`` to ``case``."""
+    if event_type == "note":
+        return
+    allowed = TRANSITIONS.get(event_type)
+    if allowed is None:
+        raise IllegalTransition(f"`{event_type}` cannot be appended to an existing case")
+    if case.status not in allowed:
+        raise IllegalTransition(
+            f"request `{case.request_id}` is {case.status}; `{event_type}` needs "
+            f"{' or '.join(allowed)}")
+    if event_type in ("reviewed", "approved", "denied", "dispute_resolved") \
+            and actor == case.submitter:
+        raise IllegalTransition(
+            f"`{actor}` submitted request `{case.request_id}` and cannot review or resolve it")
+    if event_type in ("reviewed", "approved") and actor in case.approvals:
+        raise IllegalTransition(
+            f"`{actor}` already approved request `{case.request_id}`; a second, different "
+            "reviewer must approve")
+
+
+# --- verification --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Verification:
+    ok: bool
+    count: int
+    head: str
+    broken_seq: int | None = None
+    problem: str = ""
+    texts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "count": self.count, "head": self.head,
+                "broken_seq": self.broken_seq, "problem": self.problem,
+                "ruleset_texts": self.texts}
+
+
+@attrs.frozen
+class Checkpoint:
+    count: int
+    head: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "head": self.head}
+
+
+@attrs.frozen
+class Replay:
+    request_id: str
+    same: bool
+    original: dict[str, Any]
+    replayed: dict[str, Any]
+    differences: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "same": self.same,
+                "differences": list(self.differences), "original": self.original,
+                "replayed": self.replayed}
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+Row = tuple[int, str, str, str, str, str, str]  # seq, request_id, type, at, actor, body, hash
+
+
+class RecordStore:
+    """The records API, over a storage backend that subclasses implement.
+
+    A subclass provides ``_transaction`` (serialised against every other writer, in any
+    process), ``_rows`` and the few queries below. Instances are safe to share between threads.
+    """
+
+    url: str
+
+    def __init__(self, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self._clock = clock or _now
+        self._known_texts: set[str] = set()
+        self._salt: bytes | None = None
+        self._batch_owner: int | None = None  # the thread whose batch holds the transaction
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Appends inside share one transaction: one commit (one fsync) for many events.
+
+        Each append is still all or nothing on its own (a savepoint), so a refused one leaves
+        the others; nothing is durable before the block ends. Other writers wait meanwhile, so
+        keep batches short (a few hundred events).
+        """
+        known = set(self._known_texts)
+        try:
+            with self._transaction():
+                self._batch_owner = threading.get_ident()
+                try:
+                    yield
+                finally:
+                    self._batch_owner = None
+        except BaseException:
+            self._known_texts = known  # texts written in a batch that did not commit are not kept
+            raise
+
+    def _in_batch(self) -> bool:
+        return self._batch_owner == threading.get_ident()
+
+    # -- what a backend implements --------------------------------------------------------
+
+    def _transaction(self) -> Any:  # a context manager yielding a Tx
+        raise NotImplementedError
+
+    def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
+        raise NotImplementedError
+
+    _param = "?"  # the driver's query placeholder: sqlite3 `?`, psycopg `%s`
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def _get_meta(self, key: str) -> str | None:
+        rows = self._query(f"SELECT value FROM meta WHERE key = {self._param}", (key,))
+        return rows[0][0] if rows else None
+
+    def _head(self) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def _ruleset_texts(self) -> Iterator[tuple[str, str, str, str]]:
+        yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
+                               "ORDER BY digest")
+
+    def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
+        """(ruleset id, version, text) kept for a layer digest."""
+        rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = "
+                           f"{self._param}", (digest,))
+        return tuple(rows[0]) if rows else None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def salt(self) -> bytes:
+        """The store's own key for pseudonyms (emails, addresses); made when it was created."""
+        if self._salt is None:
+            salt = self._get_meta("salt")
+            if salt is None:
+                raise RecordError(f"`{self.url}` is not a refundry records store")
+            self._salt = bytes.fromhex(salt)
+        return self._salt
+
+    def events(self, request_id: str | None = None) -> Iterator[Event]:
+        """Every event in chain order, or those of one case (``request_id`` as submitted)."""
+        key = None if request_id is None else mask_text(request_id)
+        for seq, _rid, _type, _at, _actor, body, hash_ in self._rows(key):
+            yield Event.from_row(seq, body, hash_)
+
+    def four_eyes_above(self) -> Decimal:
+        """The amount above which two reviewers must approve: the latest store setting."""
+        return _threshold(self.events(STORE_CASE))
+
+    def case(self, request_id: str) -> Case:
+        events = list(self.events(request_id))
+        if not events or not request_id:
+            raise RecordError(f"no case for request `{request_id}`")
+        return build_case(events, self.four_eyes_above())
+
+    def cases(self, status: str | None = None) -> list[Case]:
+        grouped: dict[str, list[Event]] = {}
+        for event in self.events():
+            if event.request_id != STORE_CASE:
+                grouped.setdefault(event.request_id, []).append(event)
+        threshold = self.four_eyes_above()
+        out = [build_case(evs, threshold) for evs in grouped.values()]
+        return [c for c in out if status is None or c.status == status]
+
+    # -- appending --------------------------------------------------------------------------
+
+    def _append(self, request_id: str,
+                make: Callable[[Case | None, Decimal], Draft | None]) -> tuple[Case | None, Event | None]:
+        """Append what ``make`` returns, deciding under the writers' lock. ``make`` sees the
+        case as it is now (or None) and raises to refuse; returning None appends nothing.
+        Returns the case as it is afterwards, and the new event."""
+        with self._transaction() as tx:
+            case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
+            events = [Event.from_row(r[0], r[5], r[6]) for r in case_rows]
+            threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
+            case = build_case(events, threshold) if events and request_id != STORE_CASE else None
+            draft = make(case, threshold)
+            if draft is None:
+                return case, None
+            at = self._clock()
+            body_text, hash_, body = seal(draft, seq + 1, prev, at)
+            for digest, rid, version, text in draft.texts:
+                if digest not in self._known_texts:
+                    tx.put_text(digest, rid, version, text)
+            tx.insert((seq + 1, draft.request_id, draft.type, body["at"], draft.actor,
+                       body_text, hash_))
+        self._known_texts.update(d for d, *_ in draft.texts)
+        event = Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
+                      actor=draft.actor, hash=hash_, body=body)
+        after = None if request_id == STORE_CASE else build_case([*events, event], threshold)
+        return after, event
+
+    def record(self, request: Mapping[str, Any] | RefundRequest, decision: Decision, *,
+               engine: Any = None, actor: str) -> tuple[Case, bool]:
+        """Record a decision as the ``evaluated`` event that opens its case.
+
+        ``request_id`` is the idempotency key: the same request again returns the existing case
+        and appends nothing (the bool says whether a case was created); a different request
+        under a known ``request_id`` is refused. ``engine`` (the one that decided) supplies the
+        ruleset texts kept for replay.
+        """
+        from refundry.core.request import parse_request, request_to_dict
+
+        actor = _actor(actor)
+        try:
+            raw = request_to_dict(parse_request(request))
+        except RefundryError:
+            raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
+        masked = mask_request(raw, self.salt)
+        request_id = masked["request_id"]
+        snapshot = mask_value(decision.to_dict())
+        if decision.request_id != raw["request_id"]:
+            raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
+                              f"not `{request_id}`")
+        texts = _texts_of(decision, engine)
+
+        def same(case: Case) -> Case:
+            if case.request != masked:
+                raise RecordError(f"request `{request_id}` is already recorded with different "
+                                  "content; a new request needs a new request_id")
+            return case
+
+        # A retry (a resumed batch, a client resending) is answered without the writers' lock.
+        known = list(self.events(raw["request_id"]))
+        if known:
+            return same(build_case(known, self.four_eyes_above())), False
+        encoded = encode(snapshot, masked)
+
+        def make(case: Case | None, _threshold: Decimal) -> Draft | None:
+            if case is not None:  # another writer opened it since the look above
+                same(case)
+                return None
+            return Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts, encoded)
+
+        case, event = self._append(request_id, make)
+        assert case is not None
+        return case, event is not None
+
+    def _step(self, request_id: str, event_type: str | Callable[[Case], str], actor: str,
+              details: Callable[[Case, Decimal], dict[str, Any]] | dict[str, Any],
+              texts: tuple[tuple[str, str, str, str], ...] = ()) -> Case:
+        """Append one event to an existing case, if the state machine allows it."""
+        actor = _actor(actor)
+        key = mask_text(request_id)
+        if not key:
+            raise RecordError("a request id is needed")
+        # A case's decision and request never change after `evaluated`, so they can be
+        # encoded from a read before the lock; everything else is decided under it.
+        before = self.case(request_id)
+        encoded = encode(before.decision, before.request)
+
+        def make(case: Case | None, threshold: Decimal) -> Draft:
+            if case is None:
+                raise RecordError(f"no case for request `{key}`")
+            kind = event_type(case) if callable(event_type) else event_type
+            check_transition(case, kind, actor)
+            extra = details(case, threshold) if callable(details) else details
+            return Draft(key, kind, actor, case.decision, case.request, extra, texts, encoded)
+
+        case, _event = self._append(key, make)
+        assert case is not None
+        return case
+
+    def review(self, request_id: str, *, actor: str, approve: bool, reason: str | None = None) -> Case:
+        """One review step on a case in manual_review. Approving appends ``reviewed`` while more
+        approvers are needed and ``approved`` with the last one; denying appends ``denied``."""
+        reason = _text(reason, "the justification (`--reason`)", required=not approve)
+        if not approve:
+            return self._step(request_id, "denied", actor, {"verdict": "deny",
+                                                             "justification": reason})
+
+        # Which type the approval becomes depends on the approvals before it, so it is chosen
+        # under the writers' lock together with the checks.
+        def kind(case: Case) -> str:
+            return approval_type(len(case.approvals), case.required_approvals)
+
+        def details(case: Case, threshold: Decimal) -> dict[str, Any]:
+            return {"verdict": "approve", "justification": reason,
+                    "approval": len(case.approvals) + 1,
+                    "required_approvals": case.required_approvals,
+                    "four_eyes_above": str(threshold)}
+
+        return self._step(request_id, kind, actor, details)
+
+    def mark(self, request_id: str, event_type: str, *, actor: str, reference: str | None = None) -> Case:
+        """``processed`` (the refund was sent to the payment system) or ``refunded`` (the money
+        arrived)."""
+        if event_type not in ("processed", "refunded"):
+            raise RecordError(f"`{event_type}` is not processed or refunded")
+        return self._step(request_id, event_type, actor,
+                          {"reference": _text(reference, "the reference")})
+
+    def note(self, request_id: str, text: str, *, actor: str) -> Case:
+        return self._step(request_id, "note", actor, {"text": _text(text, "the note", required=True)})
+
+    def open_dispute(self, request_id: str, *, actor: str, reason: str, engine: Any,
+                     as_of: dt.datetime | None = None) -> Case:
+        """Open a dispute on a decided case: re-evaluate it with the rules in force now and
+        with the exact rules that decided it, and record both."""
+        reason = _text(reason, "the dispute reason (`--reason`)", required=True)
+        case = self.case(request_id)
+        check_transition(case, "disputed", _actor(actor))  # fail before two evaluations
+        when = as_of or self._clock()
+        now = engine.evaluate(case.request, as_of=when)
+        try:
+            original = self.replay(request_id).replayed
+        except RecordError as exc:
+            original = {"error": str(exc)}
+        current = mask_value(now.to_dict())
+        details = {"reason": reason, "as_of": when.isoformat(), "current": current,
+                   "original": original,
+                   # as_of always differs (today versus then); the rest is what the rules changed.
+                   "changed_since": [k for k in _differences(original, current) if k != "as_of"]
+                   if "error" not in original else []}
+        return self._step(request_id, "disputed", actor, details, texts=_texts_of(now, engine))
+
+    def resolve_dispute(self, request_id: str, *, actor: str, resolution: str, explanation: str,
+                        amount: Decimal | str | None = None) -> Case:
+        """``upheld`` keeps the decision; ``overturned`` approves the case (again) for
+        ``amount`` (default: the amount of the re-evaluation under today's rules).
+        ``explanation`` is what the customer is told."""
+        if resolution not in RESOLUTIONS:
+            raise RecordError(f"resolution `{resolution}` is not upheld or overturned")
+        explanation = _text(explanation, "the explanation (`--explanation`)", required=True)
+        given = None if amount is None else _parse_amount(amount)
+
+        def details(case: Case, _t: Decimal) -> dict[str, Any]:
+            paid = given
+            if resolution == "overturned" and paid is None:
+                current = (case.dispute or {}).get("current") or {}
+                paid = _money(current.get("amount", case.decision.get("amount")))
+            return {"resolution": resolution, "explanation": explanation,
+                    "amount": str(paid) if resolution == "overturned" else None}
+
+        return self._step(request_id, "dispute_resolved", actor, details)
+
+    def set_four_eyes_above(self, amount: Decimal | str, *, actor: str) -> Event:
+        """Change the two-approver threshold; the change is itself an event in the chain."""
+        value = _parse_amount(amount)
+        actor = _actor(actor)
+        _case, event = self._append(STORE_CASE, lambda _c, _t: Draft(
+            STORE_CASE, "note", actor, None, None,
+            {"setting": "four_eyes_above", "value": str(value)}))
+        assert event is not None
+        return event
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """The head to keep somewhere else; ``verify(expect_head=...)`` then proves that no event
+        up to it was removed, even from the end."""
+        return Checkpoint(*self._head())
+
+    def verify(self, *, expect_head: str | None = None) -> Verification:
+        """Recompute the chain from the first event and replay the state machine over it;
+        report the first event that is wrong.
+
+        The chain proves that nothing was changed, removed or reordered (with ``expect_head``,
+        not even at the end). Whoever can write to the database can still append well-formed
+        events; the state machine check refuses those that break the rules (a self-approval,
+        an approval short of the approvers needed, a second opening of a case).
+        """
+        expected_seq, prev = 1, GENESIS
+        seen_head = expect_head is None or expect_head == GENESIS
+        lifecycle = _Lifecycle()
+        for seq, rid, type_, at, actor, body_text, hash_ in self._rows():
+            problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_,
+                                       expected_seq, prev)
+            if not problem:
+                problem = lifecycle.check(Event(seq, rid, type_, at, actor, hash_, body))
+            if problem:
+                return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
+            if hash_ == expect_head:
+                seen_head = True
+            expected_seq, prev = seq + 1, hash_
+        count = expected_seq - 1
+        if not seen_head:
+            return Verification(False, count, prev, count + 1,
+                                f"the checkpoint head `{expect_head}` is not in the chain: events "
+                                "were removed from the end or rewritten")
+        texts = 0
+        for digest, rid, version, text in self._ruleset_texts():
+            texts += 1
+            if _hash(text.encode("utf-8")) != digest:
+                return Verification(False, count, prev, None,
+                                    f"the kept text of ruleset `{rid}` {version} does not match "
+                                    f"its digest `{digest}`")
+        return Verification(True, count, prev, texts=texts)
+
+    def export(self, out: IO[str]) -> int:
+        """Write every event as one JSON line (the hashed body plus its hash)."""
+        n = 0
+        for seq, _rid, _t, _at, _actor, body, hash_ in self._rows():
+            # The hashed body, byte for byte, with its hash added as the last member.
+            out.write(f'{body[:-1]},"hash":"{hash_}"}}\n')
+            n = seq
+        return n
+
+    def replay(self, request_id: str) -> Replay:
+        """Re-evaluate a recorded decision from the ruleset texts kept in the store alone."""
+        from refundry.core.engine import Engine
+
+        case = self.case(request_id)
+        original = case.decision
+        ruleset = original.get("ruleset")
+        if not ruleset:
+            raise RecordError(f"the decision for `{case.request_id}` names no ruleset; there is "
+                              "nothing to replay")
+        with tempfile.TemporaryDirectory(prefix="refundry-replay-") as tmp:
+            for i, layer in enumerate(ruleset.get("layers") or ()):
+                kept = self.ruleset_text(layer["digest"])
+                if kept is None:
+                    raise RecordError(f"the store has no text for ruleset `{layer['id']}` "
+                                      f"{layer['version']} (`{layer['digest']}`)")
+                text = kept[2]
+                if _hash(text.encode("utf-8")) != layer["digest"]:
+                    raise RecordError(f"the kept text of ruleset `{layer['id']}` "
+                                      f"{layer['version']} does not match its digest")
+                (Path(tmp) / f"{i:02d}-{layer['id']}.yaml").write_text(text, encoding="utf-8")
+            engine = Engine.from_path(tmp)
+            as_of = dt.datetime.fromisoformat(original["as_of"]) if original.get("as_of") else None
+            again = engine.evaluate(case.request, as_of=as_of, ruleset=ruleset["id"])
+        replayed = mask_value(again.to_dict())
+        diff = _differences(original, replayed)
+        return Replay(case.request_id, not diff, original, replayed, diff)
+
+
+def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str, hash_: str,
+               expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
+    """What is wrong with one stored event as a link of the chain ("" if nothing), and its
+    parsed body."""
+    if seq != expected_seq:
+        if seq > expected_seq:
+            return f"event {expected_seq} is missing (the next one is {seq})", {}
+        return f"event {seq} appears twice", {}
+    if _hash(body_text.encode("utf-8")) != hash_:
+        return f"event {seq} does not match its hash: it was changed", {}
+    try:
+        body = json.loads(body_text)
+    except ValueError:
+        return f"event {seq} is not valid json", {}
+    if not isinstance(body, dict):
+        return f"event {seq} is not a json object", {}
+    if body.get("seq") != seq:
+        return f"event {seq} says it is event {body.get('seq')}: events were moved", body
+    if body.get("prev") != prev:
+        return (f"event {seq} does not follow event {seq - 1}: an event was removed, moved or "
+                "changed"), body
+    for name, value in (("request_id", rid), ("type", type_), ("at", at), ("actor", actor)):
+        if body.get(name) != value:
+            return f"event {seq}: column `{name}` differs from the hashed event", body
+    return "", body
+
+
+class _Lifecycle:
+    """The state machine replayed over the whole chain, one event at a time, keeping only
+    each case's small state."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, _Fold] = {}
+        self.threshold = DEFAULT_FOUR_EYES_ABOVE
+
+    def check(self, event: Event) -> str:
+        where = f"event {event.seq}"
+        if event.type not in EVENT_TYPES:
+            return f"{where}: `{event.type}` is not an event type"
+        if event.request_id == STORE_CASE:
+            if event.type != "note":
+                return f"{where}: only a note can belong to no case"
+            if event.details.get("setting") == "four_eyes_above":
+                try:
+                    self.threshold = _parse_amount(event.details.get("value"))
+                except RecordError as exc:
+                    return f"{where}: {exc}"
+            return ""
+        fold = self.cases.get(event.request_id)
+        try:
+            if event.type == "evaluated":
+                if fold is not None:
+                    return f"{where} opens request `{event.request_id}` a second time"
+                self.cases[event.request_id] = _Fold.open(event)
+                return ""
+            if fold is None:
+                return f"{where}: request `{event.request_id}` has no `evaluated` event before it"
+            check_transition(fold, event.type, event.actor)
+        except RecordError as exc:
+            return f"{where}: {exc}"
+        if event.type == "dispute_resolved" and event.details.get("resolution") not in RESOLUTIONS:
+            return f"{where}: a dispute resolution must be upheld or overturned"
+        if event.type in ("reviewed", "approved"):
+            required = required_approvals(fold.decision, fold.request, self.threshold)
+            expected = approval_type(len(fold.approvals), required)
+            if event.type != expected:
+                return (f"{where}: `{event.type}` as approval {len(fold.approvals) + 1} of "
+                        f"{required}; it should be `{expected}`")
+        fold.apply(event)
+        return ""
+
+
+def _texts_of(decision: Decision, engine: Any) -> tuple[tuple[str, str, str, str], ...]:
+    """The exact text of every layer that made ``decision``, from the engine that made it."""
+    if decision.ruleset is None:
+        return ()
+    if engine is None:
+        raise RecordError("recording a decision needs the engine that made it (for its rulesets)")
+    out = []
+    for layer in decision.ruleset.layers:
+        doc = next((d for d in engine.library.versions.get(layer.id, ())
+                    if d.digest == layer.digest), None)
+        if doc is None:
+            raise RecordError(f"ruleset `{layer.id}` {layer.version} is not loaded in this engine")
+        out.append((doc.digest, doc.id, doc.version, doc.text))
+    return tuple(out)
+
+
+def new_salt() -> str:
+    return secrets.token_hex(32)
+
+

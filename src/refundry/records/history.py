@@ -1,0 +1,461 @@
+"""History from the records store, turned into facts before a request is evaluated.
+
+``evaluate`` does no I/O (docs/architecture.md), so everything a rule may want to know about a
+customer's past comes in here, as ``facts.history.*`` and ``facts.anomaly.*`` added to the
+request (docs/fraud.md lists every name). The facts are then part of the request: they are
+recorded with it and a replay sees the same values.
+
+The lookups read ``history_index``, a table in the records store with one row per recorded
+case, keyed by pseudonyms of the attributes (customer, email, address, card, transaction) under
+the store's own salt: the clear email or address is never written. The index is derived data:
+it is filled from the hash-chained ``events`` (``evaluated`` opens a row, review and payment
+events update its status) by ``History.sync``, which runs before every lookup and reads only
+the events after its watermark. So any process that records cases keeps it current without a
+change to the recording path, and a damaged index can be dropped and rebuilt from the chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+import attrs
+
+from refundry.core.errors import RefundryError
+from refundry.records.events import RecordStore
+from refundry.records.masking import mask_request, pseudonym
+
+WINDOW_DAYS = 30
+SHORT_WINDOW_DAYS = 7
+BASELINE_DAYS = 30
+MIN_BASELINE = 20  # fewer recorded requests than this and no anomaly score is given
+BASELINE_ROWS = 20_000  # the most recent rows a baseline reads, so its cost has a ceiling
+DRIVER_Z = Decimal(3)  # a feature at or above this robust z is named as a driver
+MAD_SCALE = Decimal("1.4826")  # makes the MAD estimate a standard deviation for normal data
+MATCH_CAP = 1000  # rows read per lookup at most; counts above it read as 1,000 (+1)
+SYNC_PAGE = 5_000
+_INDEXED_EVENTS = ("evaluated", "approved", "denied", "processed", "refunded", "dispute_resolved")
+_PAID = ("approved", "processed", "refunded")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS history_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS history_index (
+        request_id TEXT PRIMARY KEY, seq BIGINT NOT NULL, client_id TEXT NOT NULL,
+        requested_at TEXT NOT NULL, customer_key TEXT NOT NULL, email_key TEXT,
+        address_key TEXT, card_key TEXT, transaction_key TEXT NOT NULL, amount TEXT NOT NULL,
+        currency TEXT NOT NULL, transaction_amount TEXT NOT NULL, decided_amount TEXT NOT NULL,
+        outcome TEXT NOT NULL, status TEXT NOT NULL)""",
+    # One index per attribute a lookup starts from; requested_at last so a window is a range.
+    "CREATE INDEX IF NOT EXISTS history_customer ON history_index (client_id, customer_key, requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_email ON history_index (client_id, email_key, requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_address ON history_index (client_id, address_key, requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_card ON history_index (client_id, card_key, requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_transaction ON history_index (client_id, transaction_key, requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_client ON history_index (client_id, currency, requested_at)",
+)
+
+COLUMNS = ("request_id", "seq", "client_id", "requested_at", "customer_key", "email_key",
+           "address_key", "card_key", "transaction_key", "amount", "currency",
+           "transaction_amount", "decided_amount", "outcome", "status")
+
+_STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
+
+
+class HistoryError(RefundryError):
+    """The history index cannot be read or written."""
+
+
+def utc_text(when: dt.datetime) -> str:
+    """An instant as the sortable text the index keeps (UTC, seconds)."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.frozen
+class Keys:
+    """The pseudonymous attributes of one request, as the index keeps them."""
+
+    request_id: str
+    client_id: str
+    requested_at: str
+    customer: str
+    email: str | None
+    address: str | None
+    card: str | None
+    transaction: str
+    amount: Decimal
+    currency: str
+    transaction_amount: Decimal
+
+
+def keys_of(masked: Mapping[str, Any], salt: bytes) -> Keys:
+    """Keys from a request in its masked form (what ``events`` keep, or ``mask_request`` of a
+    new request): email and address are already pseudonyms there; the rest is hashed here."""
+    customer = masked.get("customer") or {}
+    txn = masked.get("transaction") or {}
+    method = txn.get("payment_method") or {}
+    card = None
+    if method.get("last4"):
+        card = pseudonym(f"{method.get('type', '')}:{method['last4']}", salt, "card-")
+    requested = dt.datetime.fromisoformat(str(masked["requested_at"]))
+    return Keys(
+        request_id=str(masked["request_id"]), client_id=str(masked["client_id"]),
+        requested_at=utc_text(requested),
+        customer=pseudonym(str(customer.get("id", "")), salt, "customer-"),
+        email=customer.get("email") or None, address=customer.get("address") or None,
+        card=card, transaction=pseudonym(str(txn.get("id", "")), salt, "txn-"),
+        amount=Decimal(str(masked["amount"])), currency=str(masked["currency"]),
+        transaction_amount=Decimal(str(txn.get("amount", "0"))))
+
+
+# --- robust statistics --------------------------------------------------------------------
+
+
+def median(values: Sequence[Decimal]) -> Decimal:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@attrs.frozen
+class Spread:
+    """The median and median absolute deviation of one feature over a baseline."""
+
+    median: Decimal
+    mad: Decimal
+
+    @classmethod
+    def of(cls, values: Sequence[Decimal]) -> Spread:
+        med = median(values)
+        return cls(med, median([abs(v - med) for v in values]))
+
+    def z(self, value: Decimal, floor: Decimal) -> Decimal:
+        """How many robust standard deviations ``value`` lies above the median.
+
+        The scale is 1.4826 x the MAD, but never below ``floor``: in a history where most
+        customers ask once, the MAD of the counts is 0 and any second request would otherwise
+        be infinitely unusual.
+        """
+        return (value - self.median) / max(MAD_SCALE * self.mad, floor)
+
+
+@attrs.frozen
+class Baseline:
+    """A client's recent normal, per currency: amounts, requests per customer and customers
+    per address over the ``BASELINE_DAYS`` before the request's day. Computed once per day
+    and kept, so a request pays for none of the sorting."""
+
+    size: int
+    amount: Spread | None
+    per_customer: Spread | None
+    per_address: Spread | None
+
+
+# --- the index ----------------------------------------------------------------------------
+
+
+class History:
+    """History lookups against one records store. Build one per store and reuse it: it keeps
+    the per-day baselines it has computed."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+        from refundry.records.stores import SQLiteStore
+
+        self._pg = not isinstance(store, SQLiteStore)
+        self._ready = False
+        self._baselines: dict[tuple[str, str, str], Baseline] = {}
+
+    # -- database access (the store's own connection and lock) ------------------------------
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", "%s") if self._pg else text
+
+    def _read(self, text: str, args: Sequence[Any] = ()) -> list[Any]:
+        store: Any = self.store  # both stores have _query; the base class does not declare it
+        return list(store._query(self._sql(text), tuple(args)))  # noqa: SLF001
+
+    def _write(self, statements: Iterable[tuple[str, Sequence[Any] | Sequence[Sequence[Any]], bool]],
+               *, watermark: int | None = None) -> bool:
+        """Run (sql, args, many) statements in one transaction; with ``watermark``, only if
+        the index's watermark is still that (else nothing, and False)."""
+        check = "SELECT value FROM history_meta WHERE key = 'seq'"
+        store: Any = self.store
+        with store._lock:  # noqa: SLF001 - the store's connection is not shared otherwise
+            if self._pg:
+                try:
+                    with store._conn.transaction(), store._conn.cursor() as cur:  # noqa: SLF001
+                        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                    ("refundry-history:" + store.schema,))
+                        if watermark is not None:
+                            cur.execute(check)
+                            if int(cur.fetchone()[0]) != watermark:
+                                return False
+                        for text, args, many in statements:
+                            if many:
+                                if args:
+                                    cur.executemany(self._sql(text), args)
+                            else:
+                                cur.execute(self._sql(text), args)
+                except store._psycopg.Error as exc:  # noqa: SLF001
+                    raise HistoryError(f"history index: {' '.join(str(exc).split()).lower()}") from None
+                return True
+            conn = store._conn  # noqa: SLF001
+            try:
+                # The store's own transaction: BEGIN IMMEDIATE, or a savepoint inside the batch
+                # `refundry run --db` holds, whose uncommitted events the index then sees.
+                with store._transaction():  # noqa: SLF001
+                    if watermark is not None and \
+                            int(conn.execute(check).fetchone()[0]) != watermark:
+                        return False  # nothing written yet: the empty transaction ends
+                    for text, args, many in statements:
+                        if many:
+                            if args:
+                                conn.executemany(text, args)
+                        else:
+                            conn.execute(text, args)
+            except sqlite3.DatabaseError as exc:
+                raise HistoryError(f"history index: {str(exc).lower()}") from None
+            return True
+
+    def ensure(self) -> None:
+        """Create the index tables in the store if they are not there yet."""
+        if self._ready:
+            return
+        self._write([(s, (), False) for s in _SCHEMA]
+                    + [("INSERT INTO history_meta VALUES ('seq', '0') ON CONFLICT DO NOTHING",
+                        (), False)])
+        self._ready = True
+
+    def watermark(self) -> int:
+        rows = self._read("SELECT value FROM history_meta WHERE key = 'seq'")
+        return int(rows[0][0]) if rows else 0
+
+    def sync(self) -> int:
+        """Bring the index up to the head of the chain; returns the events read."""
+        self.ensure()
+        after = self.watermark()
+        read = 0
+        salt = self.store.salt
+        types = ", ".join(f"'{t}'" for t in _INDEXED_EVENTS)
+        while True:
+            rows = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND type IN "
+                              f"({types}) ORDER BY seq LIMIT {SYNC_PAGE}", (after,))
+            if not rows:
+                return read
+            inserts, updates = [], []
+            for seq, type_, body_text in rows:
+                body = json.loads(body_text)
+                if type_ == "evaluated":
+                    row = _index_row(int(seq), body, salt)
+                    if row is not None:
+                        inserts.append(row)
+                else:
+                    update = _status_update(type_, body)
+                    if update is not None:
+                        updates.append(update)
+            last = int(rows[-1][0])
+            placeholders = ", ".join("?" * len(COLUMNS))
+            # Applied only if no other process moved the watermark since it was read: status
+            # updates must be applied once, in chain order, or a late writer could put back
+            # an older status. A lost race re-reads from where the winner stopped.
+            if self._write([
+                (f"INSERT INTO history_index ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+                 "ON CONFLICT DO NOTHING", inserts, True),
+                ("UPDATE history_index SET status = ?, decided_amount = COALESCE(?, "
+                 "decided_amount) WHERE request_id = ?", updates, True),
+                ("UPDATE history_meta SET value = ? WHERE key = 'seq'", (str(last),), False),
+            ], watermark=after):
+                read += len(rows)
+                after = last
+            else:
+                after = self.watermark()
+
+    def bulk_insert(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Insert index rows (``COLUMNS`` order) directly: for benchmarks and migrations."""
+        self.ensure()
+        placeholders = ", ".join("?" * len(COLUMNS))
+        self._write([(f"INSERT INTO history_index ({', '.join(COLUMNS)}) VALUES "
+                      f"({placeholders}) ON CONFLICT DO NOTHING", list(rows), True)])
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def facts(self, request: Mapping[str, Any] | Any, as_of: dt.datetime | None = None,
+              *, sync: bool = True) -> dict[str, Any] | None:
+        """``{"history": {...}, "anomaly": {...}}`` for a request (mapping or RefundRequest),
+        or None when the request is not valid (the engine then says why)."""
+        from refundry.core.request import parse_request, request_to_dict
+
+        try:
+            raw = request_to_dict(parse_request(request))
+        except RefundryError:
+            return None
+        if sync:
+            self.sync()
+        else:
+            self.ensure()
+        salt = self.store.salt
+        keys = keys_of(mask_request(raw, salt), salt)
+        if self._read("SELECT 1 FROM history_index WHERE request_id = ?", (keys.request_id,)):
+            # Already recorded: the same request again must be the same case (request_id is
+            # the idempotency key), so it gets the facts it was recorded with, not today's.
+            recorded = self.store.case(keys.request_id).request.get("facts") or {}
+            return {k: recorded[k] for k in ("history", "anomaly") if k in recorded}
+        at = utc_text(as_of) if as_of is not None else keys.requested_at
+        history = self._history(keys, at)
+        out: dict[str, Any] = {"history": history}
+        anomaly = self._anomaly(keys, at, history)
+        if anomaly is not None:
+            out["anomaly"] = anomaly
+        return out
+
+    def _history(self, k: Keys, at: str) -> dict[str, Any]:
+        end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        start = utc_text(end - dt.timedelta(days=WINDOW_DAYS))
+        short = utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS))
+        parts, args = [], []
+        for name, value in (("customer", k.customer), ("email", k.email),
+                            ("address", k.address), ("card", k.card)):
+            if value is None:
+                continue
+            # Each branch is a range on its own index; one round trip for all four.
+            # The newest MATCH_CAP rows only: counts saturate there, so one flooding customer
+            # costs every later lookup a bounded read, not a scan of everything it sent.
+            parts.append(f"SELECT '{name}', COUNT(*), COALESCE(SUM(CASE WHEN requested_at >= ? "
+                         f"THEN 1 ELSE 0 END), 0), COUNT(DISTINCT customer_key), "
+                         f"COALESCE(MAX(CASE WHEN customer_key = ? THEN 1 ELSE 0 END), 0) FROM "
+                         f"(SELECT requested_at, customer_key FROM history_index WHERE "
+                         f"client_id = ? AND {name}_key = ? AND requested_at >= ? AND "
+                         f"requested_at <= ? AND request_id <> ? ORDER BY requested_at DESC "
+                         f"LIMIT {MATCH_CAP}) AS recent_{name}")
+            args += [short, k.customer, k.client_id, value, start, at, k.request_id]
+        counts = {row[0]: tuple(int(v) for v in row[1:])
+                  for row in self._read(" UNION ALL ".join(parts), args)}
+        # Counts include this request: "the 5th request in 30 days" reads as ge: 5.
+        out: dict[str, Any] = {"window_days": WINDOW_DAYS}
+        for name, (n, n_short, distinct, seen) in counts.items():
+            out[f"requests_by_{name}_30d"] = n + 1
+            if name == "customer":
+                out["requests_by_customer_7d"] = n_short + 1
+            else:
+                # COUNT(DISTINCT) saw only earlier rows; this request's customer adds one
+                # unless it was among them.
+                out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
+        prior = self._read(
+            "SELECT amount, currency, decided_amount, status FROM history_index WHERE "
+            "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
+            f"ORDER BY requested_at DESC LIMIT {MATCH_CAP}",
+            (k.client_id, k.transaction, at, k.request_id))
+        paid = sum((Decimal(r[2]) for r in prior if r[3] in _PAID), Decimal(0))
+        pending = sum((Decimal(r[2]) for r in prior if r[3] == "manual_review"), Decimal(0))
+        out.update({
+            "requests_for_transaction": len(prior),
+            "same_amount_requests": sum(1 for r in prior if Decimal(r[0]) == k.amount),
+            # Money as text: a recorded request keeps facts as JSON, and a rule compares the
+            # flag below, never a float.
+            "refunded_for_transaction": str(paid),
+            "pending_for_transaction": str(pending),
+            "refunds_exceed_original": paid + pending + k.amount > k.transaction_amount,
+            "currency_differs": any(r[1] != k.currency for r in prior),
+        })
+        return out
+
+    def baseline(self, client_id: str, currency: str, day: str) -> Baseline:
+        """The client's baseline for requests on ``day`` (UTC date), from the days before it
+        only, so every request of one day is scored against the same normal."""
+        key = (client_id, currency, day)
+        found = self._baselines.get(key)
+        if found is not None:
+            return found
+        end = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+        start = utc_text(end - dt.timedelta(days=BASELINE_DAYS))
+        rows = self._read(
+            "SELECT amount, customer_key, address_key FROM history_index WHERE client_id = ? "
+            "AND currency = ? AND requested_at >= ? AND requested_at < ? "
+            f"ORDER BY requested_at DESC LIMIT {BASELINE_ROWS}",
+            (client_id, currency, start, utc_text(end)))
+        per_customer: dict[str, int] = {}
+        per_address: dict[str, set[str]] = {}
+        for _amount, customer, address in rows:
+            per_customer[customer] = per_customer.get(customer, 0) + 1
+            if address:
+                per_address.setdefault(address, set()).add(customer)
+        def spread(values: list[Decimal]) -> Spread | None:
+            return Spread.of(values) if values else None
+
+        found = Baseline(len(rows), spread([Decimal(r[0]) for r in rows]),
+                         spread([Decimal(v) for v in per_customer.values()]),
+                         spread([Decimal(len(v)) for v in per_address.values()]))
+        if len(self._baselines) > 1_000:
+            self._baselines.clear()
+        self._baselines[key] = found
+        return found
+
+    def _anomaly(self, k: Keys, at: str, history: Mapping[str, Any]) -> dict[str, Any] | None:
+        base = self.baseline(k.client_id, k.currency, at[:10])
+        if base.size < MIN_BASELINE or base.amount is None or base.per_customer is None:
+            return None
+        features = {
+            # An amount is unusual relative to the client's own; 5 % of the median is the
+            # least spread assumed, so a shop with one price does not flag a cent's difference.
+            "amount": base.amount.z(k.amount, max(base.amount.median * Decimal("0.05"),
+                                                  Decimal("0.01"))),
+            "customer_velocity": base.per_customer.z(
+                Decimal(history.get("requests_by_customer_30d", 1)), Decimal(1)),
+        }
+        if "customers_by_address_30d" in history and base.per_address is not None:
+            features["address_sharing"] = base.per_address.z(
+                Decimal(history["customers_by_address_30d"]), Decimal(1))
+        top = max(max(features.values()), Decimal(0))
+        drivers = sorted((n for n, z in features.items() if z >= DRIVER_Z),
+                         key=lambda n: -features[n])
+        return {
+            "score": int(top.to_integral_value(rounding=ROUND_FLOOR)),
+            "drivers": drivers,
+            "features": {n: str(z.quantize(Decimal("0.01"))) for n, z in features.items()},
+            "baseline": base.size,
+        }
+
+
+def _index_row(seq: int, body: Mapping[str, Any], salt: bytes) -> tuple[Any, ...] | None:
+    request = body.get("request") or {}
+    decision = body.get("decision") or {}
+    try:
+        k = keys_of(request, salt)
+    except (KeyError, ValueError, ArithmeticError):
+        return None  # not a request the index can key; the chain still has it
+    outcome = str(decision.get("outcome", "manual_review"))
+    return (k.request_id, seq, k.client_id, k.requested_at, k.customer, k.email, k.address,
+            k.card, k.transaction, str(k.amount), k.currency, str(k.transaction_amount),
+            str(decision.get("amount", "0")), outcome, _STATUS.get(outcome, "manual_review"))
+
+
+def _status_update(type_: str, body: Mapping[str, Any]) -> tuple[str, str | None, str] | None:
+    details = body.get("details") or {}
+    if type_ == "dispute_resolved":
+        if details.get("resolution") == "overturned":
+            return "approved", str(details.get("amount")), str(body["request_id"])
+        return None  # upheld: the status before the dispute, which the index still holds
+    return type_, None, str(body["request_id"])
+
+
+def enrich(store: RecordStore, request: Mapping[str, Any] | Any,
+           as_of: dt.datetime | None = None) -> dict[str, Any]:
+    """The request as a dict with ``facts.history`` and ``facts.anomaly`` added from
+    ``store``. Facts the request already has are kept (what the source said wins)."""
+    from refundry.core.request import parse_request, request_to_dict
+
+    data = dict(request) if isinstance(request, Mapping) else request_to_dict(parse_request(request))
+    extra = History(store).facts(data, as_of)
+    if extra:
+        facts = dict(data.get("facts") or {})
+        for key, value in extra.items():
+            facts.setdefault(key, value)
+        data["facts"] = facts
+    return data
+
+
