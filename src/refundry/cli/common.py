@@ -13,13 +13,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from refundry.core.engine import Engine
 from refundry.core.errors import RefundryError
 from refundry.core.models import json_default
+from refundry.core.request import MAX_YEAR, MIN_YEAR, JsonInputError, decode_json, parse_time, shown
 from refundry.core.resources import data_dir
 from refundry.records.events import Case, RecordStore
 from refundry.records.stores import DEFAULT_PATH, open_store
@@ -46,14 +46,13 @@ def print_json(data: Any) -> None:
 def read_json(path: str) -> Any:
     """A JSON document from a file or ``-`` (stdin), numbers with a fraction as ``Decimal``."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     try:
-        return json.loads(text, parse_float=Decimal)
-    except json.JSONDecodeError as exc:
-        raise RefundryError(f"invalid json: {exc.msg.lower()}", path=path, line=exc.lineno,
-                            column=exc.colno) from None
+        return decode_json(raw)
+    except JsonInputError as exc:
+        raise RefundryError(str(exc), path=path, line=exc.line, column=exc.column) from None
 
 
 def engine_for(args: argparse.Namespace, paths: Sequence[str] | None = None) -> Engine:
@@ -62,25 +61,27 @@ def engine_for(args: argparse.Namespace, paths: Sequence[str] | None = None) -> 
 
 
 def parse_as_of(text: str | None) -> dt.datetime | None:
-    """``--as-of``: an RFC 3339 time with its UTC offset (a bare local time is ambiguous)."""
+    """``--as-of``: an RFC 3339 time with its UTC offset (a bare local time is ambiguous), read
+    as a request's times are, so year 1 or 9999 is refused here and not overflowed later."""
     if not text:
         return None
     try:
-        as_of = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--as-of `{text}` is not an RFC 3339 time") from None
-    if as_of.tzinfo is None:
-        raise UsageError(f"--as-of `{text}` needs a UTC offset")
-    return as_of
+        return parse_time(text)
+    except ValueError as exc:
+        raise UsageError(f"--as-of: {exc}") from None
 
 
 def parse_day(text: str | None, what: str) -> dt.date | None:
     if not text:
         return None
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"{what} `{text}` is not a date (YYYY-MM-DD)") from None
+        day = None
+    if day is None or not MIN_YEAR <= day.year <= MAX_YEAR:
+        raise UsageError(f"{what} `{shown(text)}` is not a date (YYYY-MM-DD, years {MIN_YEAR} "
+                         f"to {MAX_YEAR})")
+    return day
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:

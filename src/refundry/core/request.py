@@ -8,11 +8,12 @@ reports every problem at once, each naming the field by its dotted path.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
@@ -50,6 +51,75 @@ class _Errors:
 
     def add(self, path: str, message: str) -> None:
         self.items.append(RequestError(message, path=self.source, field=path or None))
+
+
+class JsonInputError(ValueError):
+    """JSON text that cannot become request data; ``line`` and ``column`` when they are known."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(message)
+        self.line, self.column = line, column
+
+
+MAX_JSON_INT_DIGITS = 40
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _json_int(text: str) -> int:
+    # Python refuses to convert (or later print) an int of over 4,300 digits with a ValueError
+    # that no one expects from json.loads; a shorter bound keeps the message ours.
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise JsonInputError(f"a number of {len(text)} digits; at most {MAX_JSON_INT_DIGITS} are read")
+    return int(text)
+
+
+def _json_constant(text: str) -> Any:
+    raise JsonInputError(f"`{text}` is not json")
+
+
+def decode_json(raw: bytes | str, *, limit: int = MAX_REQUEST_BYTES) -> Any:
+    """JSON text from outside (a file line, stdin, an API body) as Python values, numbers with a
+    fraction as ``Decimal``. Every way hostile text can break ``json.loads`` becomes one
+    ``JsonInputError``: over ``limit`` bytes, not UTF-8, nesting that recurses, a 5,000-digit
+    number, ``NaN``, or a lone surrogate (which no UTF-8 writer could put in a record)."""
+    if len(raw) > limit:
+        raise JsonInputError(f"is more than {limit} bytes long")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonInputError(f"is not utf-8 (byte {exc.start + 1})") from None
+    try:
+        value = json.loads(raw, parse_float=Decimal, parse_int=_json_int,
+                           parse_constant=_json_constant)
+    except json.JSONDecodeError as exc:
+        raise JsonInputError(f"invalid json: {exc.msg.lower()}", exc.lineno, exc.colno) from None
+    except RecursionError:
+        raise JsonInputError("invalid json: nests too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonInputError("holds a lone surrogate (\\ud800-\\udfff), which is not unicode text") from None
+        except RecursionError:  # pragma: no cover - the decoder recursed first
+            raise JsonInputError("invalid json: nests too deeply") from None
+    return value
+
+
+def read_lines(fh: BinaryIO, limit: int) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines as bytes (decoded per line, so one bad byte spoils one line, not the
+    file). A line over ``limit`` bytes is never held whole: its first ``limit + 1`` bytes stand
+    for it, enough for the reader to refuse it by its length."""
+    number = 0
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+        yield number, line
 
 
 def parse_request(data: object, *, source: str | None = None) -> RefundRequest:

@@ -1,0 +1,89 @@
+"""Issue 12, defect 8 and the CLI half of 10: poison records become dead letters with their
+reason, the run goes on, a re-run does not stop on the same line, and no input makes the CLI
+print a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import BASE_REQUEST, RULESETS, refundry_cli
+
+
+def _line(request_id: str, **extra: object) -> bytes:
+    return json.dumps({**BASE_REQUEST, "request_id": request_id, **extra}).encode()
+
+
+def _with(request_id: str, raw_json_field: str) -> bytes:
+    """A request line with one more field written as raw JSON text (what json.dumps cannot)."""
+    return _line(request_id)[:-1] + b', "facts": {"x": ' + raw_json_field.encode() + b"}}"
+
+
+POISON = {
+    "deep": (_with("deep", "[" * 1_500 + "]" * 1_500), "nests too deeply"),
+    "surrogate": (_line("surrogate")[:-1] + b', "note": "a\\ud800b"}', "lone surrogate"),
+    "digits": (_with("digits", "9" * 5_000), "a number of 5000 digits"),
+    "latin1": (_line("latin1").replace(b"changed_mind", b"chang\xe9d_mind"), "is not utf-8"),
+    "nan": (_with("nan", "NaN"), "`NaN` is not json"),
+    "huge": (_line("huge", note="x" * 2_000_000), "is more than 1048576 bytes long"),
+}
+
+
+@pytest.fixture
+def poisoned(tmp_path: Path) -> Path:
+    path = tmp_path / "in.jsonl"
+    lines = [_line("ok-1")]
+    for raw, _ in POISON.values():
+        lines += [raw, _line(f"ok-after-{len(lines)}")]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_poison_records_become_dead_letters_and_the_run_goes_on(poisoned: Path):
+    out = poisoned.with_name("out.jsonl")
+    done = refundry_cli("run", "--source", "jsonl", "--input", poisoned, "--out", out,
+                        "--rulesets", RULESETS)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    decided = [json.loads(x)["request_id"] for x in out.read_text().splitlines()]
+    assert decided == ["ok-1"] + [f"ok-after-{2 * i + 1}" for i in range(len(POISON))]
+    dead = [json.loads(x) for x in out.with_name("out.jsonl.dead-letter.jsonl").read_text().splitlines()]
+    assert [d["ref"] for d in dead] == [f"in.jsonl:{2 * i + 2}" for i in range(len(POISON))]
+    for letter, (_, reason) in zip(dead, POISON.values(), strict=True):
+        assert reason in letter["reason"], letter
+
+    again = refundry_cli("run", "--source", "jsonl", "--input", poisoned, "--out", out,
+                         "--rulesets", RULESETS)
+    assert again.returncode == 0, again.stderr
+    assert f"skipped (done before) {1 + 2 * len(POISON)}" in again.stderr
+    assert len(out.read_text().splitlines()) == 1 + len(POISON)
+
+
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_evaluate_refuses_a_poison_file_in_one_line(tmp_path: Path, name: str):
+    raw, reason = POISON[name]
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(raw)
+    done = refundry_cli("evaluate", path, "--rulesets", RULESETS)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count("\n") == 1 and reason in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("as_of", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                   "2024-03-15T18:00:00+01:00\n", "2024-03-15"])
+def test_evaluate_refuses_an_as_of_it_cannot_use(tmp_path: Path, as_of: str):
+    path = tmp_path / "ok.json"
+    path.write_bytes(_line("ok"))
+    done = refundry_cli("evaluate", path, "--rulesets", RULESETS, "--as-of", as_of)
+    assert done.returncode == 1 and "--as-of" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_diff_reports_poison_lines_and_goes_on(tmp_path: Path, poisoned: Path):
+    done = refundry_cli("diff", RULESETS, RULESETS, "--requests", poisoned)
+    assert "Traceback" not in done.stderr
+    for i, (_, reason) in enumerate(POISON.values()):
+        assert f"{poisoned}:{2 * i + 2}:" in done.stdout + done.stderr, done.stdout
+        assert reason in done.stdout + done.stderr
