@@ -8,10 +8,12 @@ ruleset or request.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,29 @@ def read_json(path: str) -> Any:
         return decode_json(raw)
     except JsonInputError as exc:
         raise RefundryError(str(exc), path=path, line=exc.line, column=exc.column) from None
+
+
+def write_file(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` all at once: into a private temp file in the same folder
+    (created exclusively with a random name, so a planted ``PATH.tmp`` symlink is never written
+    through), flushed to disk, then renamed over ``path``. A path that cannot be written is a
+    usage error, not a traceback."""
+    out = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write `{out}`: {(exc.strerror or str(exc)).lower()}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write `{out}`: {(exc.strerror or str(exc)).lower()}") from None
+    return out
 
 
 def engine_for(args: argparse.Namespace, paths: Sequence[str] | None = None) -> Engine:
