@@ -27,6 +27,12 @@ from refundry.core.money import ZERO, is_currency, round_money
 from refundry.core.periods import HolidayCalendars
 from refundry.core.request import parse_request, printable_text
 
+PRIOR_REFUNDS_DISAGREE = Reason(
+    rule_id="refundry.prior-refunds-disagree", effect="manual_review",
+    code="prior_refunds_disagree",
+    message="the request's prior_refunds differ from the refunds the records store paid on this "
+            "transaction; a person must check what is left to refund",
+    customer_message="Your request needs a review by our team.", citation="", ruleset="refundry")
 INVALID_REQUEST = "refundry.invalid-request"
 NO_RULESET = "refundry.no-ruleset"
 EVALUATION_ERROR = "refundry.evaluation-error"
@@ -85,6 +91,13 @@ def _error_decision(request_id: str, currency: str, rule_id: str, code: str, mes
     return Decision(outcome="manual_review", amount=amount, currency=currency,
                     request_id=request_id, as_of=as_of, reasons=(reason,),
                     errors=tuple(errors))
+
+
+def _prior_refunds_disputed(req: RefundRequest) -> bool:
+    """The records store's history enricher found that the request's ``prior_refunds`` differ
+    from what the store paid (docs/fraud.md); an approval then waits for a person."""
+    history = req.facts.get("history") if isinstance(req.facts, Mapping) else None
+    return isinstance(history, Mapping) and history.get("prior_refunds_disagree") is True
 
 
 class Engine:
@@ -245,6 +258,8 @@ class Engine:
         hits = prepared.matcher(facts, items)
         matched: list[Rule] = [comp.rules[i] for i in hits]
         outcome, synthetic, floor_decided = outcome_of(matched)
+        if outcome == "approve" and _prior_refunds_disputed(req):
+            outcome, synthetic = "manual_review", (*synthetic, PRIOR_REFUNDS_DISAGREE)
         refundable = facts.get("transaction.refundable")
         if refundable is None:
             refundable = req.transaction.amount - sum((p.amount for p in req.prior_refunds), ZERO)
