@@ -149,7 +149,10 @@ class Plugins:
                options: Mapping[str, str]) -> dict[str, Any]:
         """The request with every enricher's additions merged; raises ``PluginError``."""
         merged = dict(request)
-        facts = dict(merged.get("facts") or {})
+        given = merged.get("facts")
+        if given is not None and not isinstance(given, Mapping):
+            return merged  # the request parser refuses such facts; nothing to merge into
+        facts = dict(given or {})
         for plugin, fn in self._impls("refundry_enrich_request"):
             try:
                 extra = fn(request=_ReadOnly(merged), ref=ref, options=options)
