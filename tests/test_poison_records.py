@@ -87,3 +87,30 @@ def test_diff_reports_poison_lines_and_goes_on(tmp_path: Path, poisoned: Path):
     for i, (_, reason) in enumerate(POISON.values()):
         assert f"{poisoned}:{2 * i + 2}:" in done.stdout + done.stderr, done.stdout
         assert reason in done.stdout + done.stderr
+
+
+def test_a_request_id_shaped_like_a_journal_key_does_not_skip_a_line(tmp_path: Path):
+    batch, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_bytes(_line("ref:in.jsonl:2") + b"\n")
+    first = refundry_cli("run", "--source", "jsonl", "--input", batch, "--out", out,
+                         "--rulesets", RULESETS)
+    assert first.returncode == 0, first.stderr
+    with batch.open("ab") as fh:  # the rest of the batch arrives; the run is resumed
+        fh.write(_line("second") + b"\n")
+    again = refundry_cli("run", "--source", "jsonl", "--input", batch, "--out", out,
+                         "--rulesets", RULESETS)
+    assert again.returncode == 0, again.stderr
+    assert "skipped (done before) 1" in again.stderr
+    assert [json.loads(x)["request_id"] for x in out.read_text().splitlines()] == [
+        "ref:in.jsonl:2", "second"]
+
+
+def test_a_journal_from_before_the_key_prefixes_still_resumes(tmp_path: Path):
+    batch, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_bytes(_line("old-1") + b"\n" + _line("new-1") + b"\n")
+    out.with_name("out.jsonl.progress.jsonl").write_text(
+        json.dumps({"key": "old-1", "ref": "in.jsonl:1", "outcome": "approve"}) + "\n")
+    done = refundry_cli("run", "--source", "jsonl", "--input", batch, "--out", out,
+                        "--rulesets", RULESETS)
+    assert done.returncode == 0 and "skipped (done before) 1" in done.stderr, done.stderr
+    assert [json.loads(x)["request_id"] for x in out.read_text().splitlines()] == ["new-1"]

@@ -251,7 +251,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                       journal=str(jr_path))
     progress = progress or Progress()
     jr = JsonLinesWriter(jr_path, "key")
-    done = set(jr.seen)
+    done = {_journal_key(k) for k in jr.seen}
     dl = JsonLinesWriter(dl_path, "ref")
     pool: ProcessPoolExecutor | None = None
     t0 = time.monotonic()
@@ -266,7 +266,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             assert done_res.decision is not None
             if event is not None:
                 summary.plugin_errors.extend(str(e) for e in plugins.record_written(event))
-            jr.write({"key": done_res.decision.request_id, "ref": done_res.ref,
+            jr.write({"key": f"id:{done_res.decision.request_id}", "ref": done_res.ref,
                       "outcome": done_res.decision.outcome})
         awaiting.clear()
 
@@ -314,7 +314,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                     progress.advance(summary)
                     continue
                 rid = rec.request.get("request_id")
-                key = rid if isinstance(rid, str) and rid else f"ref:{rec.ref}"
+                key = f"id:{rid}" if isinstance(rid, str) and rid else f"ref:{rec.ref}"
                 if key in done or f"ref:{rec.ref}" in done:
                     summary.skipped += 1
                     progress.advance(summary)
@@ -364,6 +364,14 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         dl.close()
         summary.seconds = time.monotonic() - t0
     return summary
+
+
+def _journal_key(key: str) -> str:
+    """Journal keys say what they name: ``id:`` a request id, ``ref:`` a record of the input.
+    A bare request id held the same namespace as refs, so a request whose id was
+    ``ref:in.jsonl:3`` marked line 3 done and a resumed run skipped it unread. A journal written
+    before the prefix keeps its bare ids; they read as ``id:``."""
+    return key if key.startswith(("id:", "ref:")) else f"id:{key}"
 
 
 def _guarded(records: Iterable[SourceRecord], plugin: str, name: str) -> Iterator[SourceRecord]:
