@@ -90,3 +90,24 @@ def _repeats(stderr: str) -> int:
         if part.strip().startswith("duplicates"):
             return int(part.split()[-1])
     raise AssertionError(stderr)
+
+
+def test_the_parser_refuses_every_hostile_request_the_schema_refuses():
+    import jsonschema
+
+    schema = json.loads((RULESETS.parent / "schemas" / "refund-request.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    accepted = []
+    for doc in hostile_corpus.corpus(min(N, 20_000), seed=5):
+        # as JSON text would carry it: money floats and Decimals as numbers, nesting shallow
+        text = json.dumps(doc, default=str).replace(json.dumps(hostile_corpus.DEEP), "[[1]]")
+        data = json.loads(text)
+        if validator.is_valid(data):
+            continue
+        try:
+            parse_request(data)
+        except refundry.InvalidRequest:
+            continue
+        accepted.append(next(iter(validator.iter_errors(data))).json_path)
+    assert accepted == []

@@ -42,6 +42,8 @@ _DATE_RE = re.compile(DATE_PATTERN)
 _TIME_RE = re.compile(TIME_PATTERN)
 _NO_OFFSET_RE = re.compile(f"^{_DATE}([Tt ][0-9:.]+)?{END}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+CURRENCY_PATTERN = "^[A-Z]{3}" + END
+_CURRENCY_RE = re.compile(CURRENCY_PATTERN)
 
 
 class _Errors:
@@ -249,6 +251,9 @@ def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) 
             errors.add(path, f"must be a date such as `2024-03-01`, years {MIN_YEAR} to {MAX_YEAR}")
         return day
     if kind == "facts":
+        if not isinstance(raw, Mapping):
+            errors.add(path, "must be an object")
+            return None
         return _parse_facts(raw, path, errors, 0)
     raise AssertionError(kind)  # pragma: no cover - a model field with a kind nobody handles
 
@@ -356,7 +361,7 @@ def _fact_scalar(raw: Any, path: str, errors: _Errors) -> Any:
 
 
 def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
-    if not is_currency(req.currency):
+    if not (_CURRENCY_RE.match(req.currency) and is_currency(req.currency)):
         errors.add("currency", f"`{req.currency[:10]}` is not an ISO 4217 currency code")
     try:
         jurisdictions.split(req.jurisdiction)
@@ -443,6 +448,15 @@ def _schema_for(meta: Mapping[str, Any], name: str) -> dict[str, Any]:
     raise AssertionError(kind)  # pragma: no cover
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    if "type" in schema:
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return {**schema, "type": [*kinds, "null"]}
+    return {**schema, "anyOf": [*schema["anyOf"], {"type": "null"}]}
+
+
 def _model_schema(cls: type) -> dict[str, Any]:
     props: dict[str, Any] = {}
     required = []
@@ -450,9 +464,11 @@ def _model_schema(cls: type) -> dict[str, Any]:
         schema = _schema_for(f.metadata, f.name)
         if f.metadata.get("doc"):
             schema["description"] = f.metadata["doc"]
-        props[f.name] = schema
         if f.default is attrs.NOTHING:
             required.append(f.name)
+        else:
+            schema = _nullable(schema)  # the parser reads null as "not given"
+        props[f.name] = schema
     out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
     if required:
         out["required"] = required
@@ -464,7 +480,7 @@ def json_schema() -> dict[str, Any]:
     equal to this."""
     schema = _model_schema(RefundRequest)
     props = schema["properties"]
-    props["currency"]["pattern"] = "^[A-Z]{3}" + END
+    props["currency"]["pattern"] = CURRENCY_PATTERN
     props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?" + END
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
             "title": "refundry canonical refund request", "x-refundry-schema-version": "1.0.0",
