@@ -26,7 +26,7 @@ import attrs
 from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import OUTCOMES, Decision, RefundRequest
-from refundry.core.request import parse_request
+from refundry.core.request import parse_request, printable_text
 from refundry.plugins import (
     JsonLinesWriter,
     PluginError,
@@ -147,8 +147,8 @@ class _Result:
 
 
 def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
-    rid = data.get("request_id")
-    rid = rid if isinstance(rid, str) else None
+    # Only an id a dead-letter line can hold (UTF-8, bounded): a source may hand over anything.
+    rid = printable_text(data.get("request_id"))
     try:
         req = parse_request(data, source=ref)
     except InvalidRequest as exc:
