@@ -4,6 +4,7 @@ and no value a caller can send makes ``evaluate`` raise."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from decimal import Decimal
 
@@ -158,3 +159,24 @@ def test_facts_within_the_limits_are_kept():
     facts = {"tier": "gold", "scores": list(range(1_000)), "n": 10**17, "d": Decimal("0.125")}
     request = refundry.parse_request({**copy.deepcopy(BASE_REQUEST), "facts": facts})
     assert request.facts["scores"][-1] == 999 and request.facts["n"] == 10**17
+
+
+class _Hostile(dict):
+    def __iter__(self):
+        raise RuntimeError("boom")
+
+    def get(self, *args):
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("as_of", ["2024-03-15T18:00:00+01:00", 12, dt.datetime(2024, 3, 15)])
+def test_evaluate_never_raises_on_an_as_of_it_cannot_use(engine, as_of):
+    decision = engine.evaluate(copy.deepcopy(BASE_REQUEST), as_of=as_of)
+    assert decision.outcome == "manual_review" and decision.as_of is None
+    assert decision.errors == ("as_of: must be a datetime with a UTC offset",)
+    json.dumps(decision.to_dict())
+
+
+def test_evaluate_never_raises_on_a_mapping_that_raises(engine):
+    decision = engine.evaluate(_Hostile(BASE_REQUEST))
+    assert decision.outcome == "manual_review" and decision.errors

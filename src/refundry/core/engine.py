@@ -93,6 +93,16 @@ def _error_decision(request_id: str, currency: str, rule_id: str, code: str, mes
                     errors=tuple(errors))
 
 
+def _id_and_currency(request: object) -> tuple[str, str]:
+    """What an error decision can safely say of a request that did not parse."""
+    try:
+        rid = request.get("request_id") if isinstance(request, Mapping) else None
+        cur = request.get("currency") if isinstance(request, Mapping) else None
+    except Exception:  # noqa: BLE001 - a caller's mapping may raise on get
+        rid = cur = None
+    return printable_text(rid) or "", cur if isinstance(cur, str) and is_currency(cur) else "XXX"
+
+
 def _prior_refunds_disputed(req: RefundRequest) -> bool:
     """The records store's history enricher found that the request's ``prior_refunds`` differ
     from what the store paid (docs/fraud.md); an approval then waits for a person."""
@@ -219,18 +229,21 @@ class Engine:
 
     def _evaluate(self, request: Mapping[str, Any] | RefundRequest, as_of: dt.datetime | None,
                   ruleset: str | None, *, explain: bool) -> tuple[Decision, dict[str, Any], list[dict[str, Any]]]:
+        if as_of is not None and not (isinstance(as_of, dt.datetime) and as_of.utcoffset() is not None):
+            as_of, problem = None, "as_of: must be a datetime with a UTC offset"
+        else:
+            problem = None
         try:
             req = parse_request(request)
-        except InvalidRequest as exc:
-            rid = request.get("request_id") if isinstance(request, Mapping) else None
-            cur = request.get("currency") if isinstance(request, Mapping) else None
+        except Exception as exc:  # noqa: BLE001 - InvalidRequest, or a caller's odd mapping
+            errors = [str(e) for e in exc.errors] if isinstance(exc, InvalidRequest) else [
+                f"the request could not be read: {type(exc).__name__}"]
             return _error_decision(
-                printable_text(rid) or "", cur if isinstance(cur, str) and is_currency(cur) else "XXX",
-                INVALID_REQUEST, "invalid_request", "the request is not valid; nothing was evaluated",
-                [str(e) for e in exc.errors], as_of), {}, []
-        if as_of is not None and (as_of.tzinfo is None or as_of.utcoffset() is None):
+                *_id_and_currency(request), INVALID_REQUEST, "invalid_request",
+                "the request is not valid; nothing was evaluated", errors, as_of), {}, []
+        if problem is not None:
             return _error_decision(req.request_id, req.currency, INVALID_REQUEST, "invalid_request",
-                                   "as_of needs a UTC offset", ["as_of: needs a UTC offset"], None), {}, []
+                                   "as_of needs a UTC offset", [problem], None), {}, []
         when = as_of or req.requested_at
         try:
             return self._decide(req, when, ruleset, explain)
