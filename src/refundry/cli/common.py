@@ -21,7 +21,15 @@ from typing import Any
 from refundry.core.engine import Engine
 from refundry.core.errors import RefundryError
 from refundry.core.models import json_default
-from refundry.core.request import MAX_YEAR, MIN_YEAR, JsonInputError, decode_json, parse_time, shown
+from refundry.core.request import (
+    MAX_REQUEST_BYTES,
+    MAX_YEAR,
+    MIN_YEAR,
+    JsonInputError,
+    decode_json,
+    parse_time,
+    shown,
+)
 from refundry.core.resources import data_dir
 from refundry.records.events import Case, RecordStore
 from refundry.records.stores import DEFAULT_PATH, open_store
@@ -48,7 +56,12 @@ def print_json(data: Any) -> None:
 def read_json(path: str) -> Any:
     """A JSON document from a file or ``-`` (stdin), numbers with a fraction as ``Decimal``."""
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        # One byte past the limit is enough to refuse; a 10 GB file is never read whole.
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_REQUEST_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     try:
