@@ -120,11 +120,22 @@ def wide_condition(limit: int) -> str:
     return _fill(head, lambda i: f"        - {{field: amount, gt: {i}}}\n", tail, limit)
 
 
+def late_syntax_error(limit: int) -> str:
+    """Dense tokens, then a bracket never closed: the largest file parsed twice (libyaml, then
+    PyYAML for an analyst's message)."""
+    from refundry.core.yamlsrc import FRIENDLY_REPARSE_BYTES
+
+    head = HEADER.format(name="late") + "rules: []\nx: ["
+    n = (min(limit, FRIENDLY_REPARSE_BYTES) - len(head) - 20) // 3
+    return head + "1, " * n + "\n  {a: 1\n"
+
+
 CASES: dict[str, Callable[[int], str]] = {
     "many_rules": many_rules, "alias_bomb": alias_bomb, "long_period": long_period,
     "many_period_steps": many_period_steps, "deep_nesting": deep_nesting,
     "deep_conditions": deep_conditions, "long_scalar": long_scalar,
     "many_windows": many_windows, "wide_condition": wide_condition,
+    "late_syntax_error": late_syntax_error,
 }
 
 

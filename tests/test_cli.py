@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import BASE_REQUEST, ROOT
 
 
@@ -51,7 +53,7 @@ def test_evaluate_prints_the_decision(cli, tmp_path):
 def test_evaluate_as_of_and_explain(cli, tmp_path):
     path = tmp_path / "req.json"
     path.write_text(json.dumps(BASE_REQUEST))
-    r = cli("evaluate", path, "--explain", "--as-of", "2024-03-15T12:00:00+00:00")
+    r = cli("evaluate", path, "--explain=json", "--as-of", "2024-03-15T12:00:00+00:00")
     assert r.code == 0
     out = r.json()
     assert out["decision"]["as_of"] == "2024-03-15T12:00:00+00:00"
@@ -100,3 +102,17 @@ def test_usage_errors_exit_1_not_2(cli):
         with pytest.raises(SystemExit) as exc:
             cli(*argv)
         assert exc.value.code == 1, argv
+
+
+@pytest.mark.parametrize("command", [
+    "records show", "records replay", "records note", "records mark", "review approve",
+    "review deny", "dispute open", "dispute resolve", "status", "receipt"])
+def test_every_positional_id_is_described_in_help(capsys, command):
+    from refundry.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "positional arguments:\n  ID " in text
+    assert "the request_id of the refund request as it was evaluated" in " ".join(text.split())

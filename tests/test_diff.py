@@ -171,3 +171,25 @@ def test_diff_without_a_requests_file_is_a_runtime_error(tmp_path: Path) -> None
     proc = refundry_cli("diff", str(EU), str(EU), "--requests", str(tmp_path / "missing.jsonl"))
     assert proc.returncode == 1
     assert "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_diff_table_shows_the_amounts_and_dates_behind_a_change(cli, tmp_path: Path) -> None:
+    gadget = RULESETS / "ecommerce" / "gadgetco-ca.yaml"
+    new = tmp_path / "gadgetco-ca.yaml"
+    new.write_text(gadget.read_text(encoding="utf-8").replace("deduct_percent: 15", "deduct_percent: 20")
+                   .replace("period: 30 days", "period: 31 days")
+                   .replace("version: 1.0.0", "version: 1.1.0"), encoding="utf-8")
+    request = {"request_id": "g1", "client_id": "gadgetco", "industry": "ecommerce",
+               "jurisdiction": "US-CA", "requested_at": "2024-07-20T10:00:00-07:00",
+               "amount": "200.00", "currency": "USD", "reason": "changed_mind",
+               "customer": {"id": "c"},
+               "transaction": {"id": "t", "amount": "200.00", "purchased_at": "2024-07-01T10:00:00-07:00"},
+               "disclosures": {"refund_policy_posted": True, "refund_policy": "exchange_only"},
+               "items": [{"sku": "P", "quantity": 1, "unit_price": "200.00", "condition": "opened"}]}
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps(request) + "\n", encoding="utf-8")
+    r = cli("diff", gadget, new, "--with", RULESETS, "--requests", requests)
+    assert r.code == 0, r.err
+    rows = {line.split("  ")[0].strip(): line for line in r.out.splitlines()[2:]}
+    assert rows["amount: decreased"].endswith("g1 (170.00 -> 160.00)")
+    assert rows["deadline period_ends: later"].endswith("g1 (2024-07-31 -> 2024-08-01)")

@@ -169,11 +169,16 @@ class _Hostile(dict):
         raise RuntimeError("boom")
 
 
-@pytest.mark.parametrize("as_of", ["2024-03-15T18:00:00+01:00", 12, dt.datetime(2024, 3, 15)])
-def test_evaluate_never_raises_on_an_as_of_it_cannot_use(engine, as_of):
+@pytest.mark.parametrize("as_of, error", [
+    (12, "as_of: needs a UTC offset"), (dt.datetime(2024, 3, 15), "as_of: needs a UTC offset"),
+    ("0001-01-01T00:00:00+00:00", "as_of: is outside the years 1900 to 2999"),
+    (dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+     "as_of: is outside the years 1900 to 2999"),
+])
+def test_evaluate_never_raises_on_an_as_of_it_cannot_use(engine, as_of, error):
     decision = engine.evaluate(copy.deepcopy(BASE_REQUEST), as_of=as_of)
     assert decision.outcome == "manual_review" and decision.as_of is None
-    assert decision.errors == ("as_of: must be a datetime with a UTC offset",)
+    assert decision.errors == (error,)
     json.dumps(decision.to_dict())
 
 

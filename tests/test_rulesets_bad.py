@@ -13,16 +13,16 @@ from .conftest import DATA, ROOT
 BAD = DATA / "rulesets_bad"
 
 EXPECTED = {
-    "01-bad-yaml.yaml": ("8:1", "invalid yaml: while parsing a flow mapping (started at line 7)"),
+    "01-bad-yaml.yaml": ("8:1", "the `{` opened on line 7 is not closed with `}` (or a `,` is missing) before line 8"),
     "02-duplicate-key.yaml": ("6:1", "duplicate key `version`"),
     "03-wrong-type.yaml": ("2:10", "`version` must be string, not `1`"),
-    "04-unknown-key.yaml": ("7:3", "rule `r1`: unknown key `efect`"),
+    "04-unknown-key.yaml": ("8:5", "rule `r1`: unknown key `efect`; did you mean `effect`?"),
     "05-missing-required.yaml": ("7:5", "rule `r1`: missing required key `message`"),
     "06-duplicate-rule-id.yaml": ("12:9", "rule `r1`: duplicate rule id `r1`"),
     "07-unknown-field.yaml": ("8:19", "unknown field `transaction.delivery_date`"),
     "08-unknown-enum-value.yaml": ("10:43", "`changed_mnd` is not a value of `reason`"),
     "09-wrong-literal-type.yaml": ("8:31", "`amount` is a number; `abc` is not"),
-    "10-unknown-window.yaml": ("10:20", "unknown window `withdrawl` (windows: withdrawal)"),
+    "10-unknown-window.yaml": ("10:20", "unknown window `withdrawl`; did you mean `withdrawal`? (windows: withdrawal)"),
     "11-bad-period.yaml": ("9:13", "`14 fortnights` is not a period"),
     "12-extends-missing.yaml": ("5:10", "extends `no-such-base`"),
     "13-extends-cycle.yaml": ("6:10", "extends forms a cycle: loop-a -> loop-a"),

@@ -268,3 +268,22 @@ def test_run_records_every_decision_once_in_the_store(tmp_path: Path) -> None:
     verify = subprocess.run([*exe, "records", "verify", "--db", str(db)], capture_output=True,
                             text=True, cwd=tmp_path)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_run_that_cannot_start_leaves_no_store_behind(tmp_path, capsys):
+    """A missing --option is found when the source starts, after --db was opened: the store
+    file this run created, still empty, is removed; an existing store is kept."""
+    from refundry.cli import main
+    from refundry.records.stores import open_store
+
+    payload = (ROOT / "plugins" / "refundry-ecommerce" / "tests" / "payloads" / "shopify"
+               / "shopify_api_js_2024-04_refund_test_1.json")
+    db = tmp_path / "records.db"
+    argv = ["run", "--source", "shopify", "--input", str(payload), "--out", str(tmp_path / "o.jsonl"),
+            "--db", str(db)]
+    assert main(argv) == 1
+    assert "source `shopify` needs `--option client_id=...`" in capsys.readouterr().err
+    assert not db.exists() and not list(tmp_path.glob("records.db*"))
+    open_store(db).close()  # an existing store stays, even empty
+    assert main(argv) == 1
+    assert db.exists()

@@ -155,3 +155,32 @@ def test_the_commands_work_on_either_store(cli, tmp_path, store_url):
     r = cli("records", "verify", "--db", store_url)
     assert r.code == 0 and r.out.startswith("ok: 3 events")
     assert cli("records", "replay", "big", "--db", store_url).json()["same"] is True
+
+
+def test_review_list_says_why_and_since_when(cli, tmp_path):
+    big = write(tmp_path, "big.json", make_request("big", client_id="acme", amount="600"))
+    assert cli("evaluate", big, "--rulesets", RULESETS, "--record", "--by", "alice").code == 0
+    since = cli("records", "show", "big").json()["events"][0]["at"].split(".")[0].rstrip("Z") + "Z"
+    r = cli("review", "list")
+    assert r.code == 0
+    assert (f"approvals 0/2  since {since}  why: acme-large-refund-review (Refunds above 500 are "
+            "checked by a second person at Acme.); refundry.floor-held (") in r.out, r.out
+    listed = cli("review", "list", "--json").json()[0]
+    assert listed["waiting_since"] == since
+    assert listed["waiting_for"][0].startswith("acme-large-refund-review (")
+
+
+def test_records_list_shows_the_amount_of_an_overturned_denial(cli, tmp_path):
+    late = make_request("late")
+    late["transaction"]["delivered_at"] = "2023-01-01T10:00:00+01:00"  # long past the period
+    name = write(tmp_path, "late.json", late)
+    r = cli("evaluate", name, "--rulesets", RULESETS, "--record", "--by", "alice")
+    assert r.code == 0 and r.json()["outcome"] == "deny" and r.json()["amount"] == "0.00"
+    assert cli("dispute", "open", "late", "--by", "cs", "--reason", "late delivery",
+               "--rulesets", RULESETS).code == 0
+    assert cli("dispute", "resolve", "late", "--by", "lead", "--resolution", "overturned",
+               "--explanation", "We refund you in full.", "--amount", "109.99").code == 0
+    r = cli("records", "list")
+    assert r.out.startswith("late  approved  109.99 EUR"), r.out
+    listed = cli("records", "list", "--json").json()[0]
+    assert listed["amount"] == "109.99" and listed["decided_amount"] == "0.00"

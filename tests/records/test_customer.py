@@ -246,3 +246,14 @@ def test_a_short_note_does_not_silence_the_status(store, record) -> None:
     msg = customer.status(store, "p1")
     assert msg.text.startswith("Your refund of 80.00 EUR has been approved.")
     assert "within 14 days" not in msg.text  # the reason sentence a note repeats is dropped
+
+
+def test_receipt_keeps_the_reference_given_when_processed_after_refunded(store, record, store_url,
+                                                                         capsys) -> None:
+    record(fraudgen.request("p2", fraudgen._at(1), "c1", amount=Decimal("80.00")))
+    assert main(["records", "mark", "p2", "processed", "--reference", "PAY-88", "--by", "pay",
+                 "--db", store_url]) == 0
+    assert main(["records", "mark", "p2", "refunded", "--by", "pay", "--db", store_url]) == 0
+    capsys.readouterr()
+    assert main(["receipt", "p2", "--db", store_url]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"] == "PAY-88"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import html
 import json
 import os
 import shutil
@@ -76,7 +77,7 @@ class Charts(HTMLParser):
         if tag == "svg":
             self.current = a["id"].removeprefix("chart-")
             self.svgs[self.current] = []
-        elif tag == "rect" and self.current is not None:
+        elif tag == "rect" and self.current is not None and "data-key" in a:  # not a swatch
             self.svgs[self.current].append((a["data-key"], a["data-series"], a["data-value"]))
 
     def handle_endtag(self, tag):
@@ -141,21 +142,69 @@ def test_filters_by_client_and_dates(history_store, store_url, tmp_path) -> None
                  "--out", str(tmp_path / "x.json")]) == 1
 
 
+MEASURE = """<pre id="layout"></pre><script>
+const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+const out = {viewport: window.innerWidth, main: box(document.querySelector("main") || document.body),
+  sections: [...document.querySelectorAll("section")].map(s => ({id: s.id, box: box(s)})),
+  cards: [...document.querySelectorAll(".card")].map(c => c.innerText), charts: {}};
+for (const svg of document.querySelectorAll("svg.chart")) {
+  const legend = svg.querySelector("g.legend");
+  out.charts[svg.id.replace("chart-", "")] = {box: box(svg), legend: legend ? box(legend) : null,
+    texts: [...svg.querySelectorAll("text")].map(t => ({text: t.textContent,
+      day: t.classList.contains("day"), box: box(t)})),
+    bars: [...svg.querySelectorAll("rect[data-key]")].map(r => ({key: r.dataset.key, box: box(r)}))};
+}
+document.getElementById("layout").textContent = JSON.stringify(out);
+</script></body>"""
+
+
+def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--enable-logging=stderr", "--v=0", "--window-size=1600,2400", *args],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def _inside(inner, outer, slack=1.0) -> bool:
+    return (inner[0] >= outer[0] - slack and inner[1] >= outer[1] - slack
+            and inner[2] <= outer[2] + slack and inner[3] <= outer[3] + slack)
+
+
 @pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed "
                     "(apt-get install -y chromium); the HTML is still parsed above")
-def test_the_html_opens_in_a_headless_browser(history_store, store_url, tmp_path) -> None:
+def test_the_html_lays_out_in_a_headless_browser(history_store, store_url, tmp_path) -> None:
+    """A screenshot, and the layout read from the browser: nothing drawn outside its chart (the
+    legend's box inside the SVG), each date under its own column, the page's full width used."""
     html_path = _run(store_url, tmp_path, "html")
-    result = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
-         "--v=0", "--dump-dom", html_path.as_uri()], capture_output=True, text=True,
-        timeout=120, env={**os.environ, "HOME": str(tmp_path)})
-    assert result.returncode == 0, result.stderr[-2000:]
-    # every console message (an error, a blocked request) is logged as CONSOLE
-    assert "CONSOLE" not in result.stderr, result.stderr[-2000:]
-    dom = result.stdout
-    for fig in FIGURES:
-        assert f'id="chart-{fig}"' in dom
-    assert "<rect" in dom
+    shot = tmp_path / "report.png"
+    result = _chromium(tmp_path, f"--screenshot={shot}", html_path.as_uri())
+    assert "CONSOLE" not in result.stderr, result.stderr[-2000:]  # an error, a blocked request
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    measured = tmp_path / "measured.html"
+    measured.write_text(html_path.read_text("utf-8").replace("</body>", MEASURE), "utf-8")
+    dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", measured.as_uri()).stdout
+    layout = json.loads(html.unescape(dom.split('<pre id="layout">')[1].split("</pre>")[0]))
+    assert set(layout["charts"]) == set(FIGURES)
+    for fig, chart in layout["charts"].items():
+        for text in chart["texts"]:
+            assert _inside(text["box"], chart["box"]), (fig, text)
+        if chart["legend"] is not None:
+            assert _inside(chart["legend"], chart["box"]), (fig, chart["legend"], chart["box"])
+    days = layout["charts"]["decisions_over_time"]
+    assert days["legend"] is not None
+    labels = [t for t in days["texts"] if t["day"]]
+    assert len(labels) == 8  # more than two dates: the axis can be read
+    centres = {b["key"]: (b["box"][0] + b["box"][2]) / 2 for b in days["bars"]}
+    width = min(b["box"][2] - b["box"][0] for b in days["bars"])
+    for label in labels:  # a date ends under the middle of its own column, not in a gap
+        assert label["text"] in centres
+        assert abs(label["box"][2] - centres[label["text"]]) < 2 * width, label
+    assert layout["main"][2] - layout["main"][0] > 0.9 * (layout["viewport"] - 80)
+    assert len({round(s["box"][0]) for s in layout["sections"]}) >= 2  # side by side
+    rate = next(c for c in layout["cards"] if "approval rate" in c)
+    assert rate.split()[1] == "%" and "first decision:" in rate and rate.rstrip().endswith("%")
 
 
 @pytest.mark.parametrize(("utc_time", "late"), [("22:30", 0), ("23:30", 1)])
@@ -178,3 +227,85 @@ def test_late_is_judged_by_the_consumers_local_date(store_url, engine, tmp_path,
     data = json.loads(_run(store_url, tmp_path, "json").read_text("utf-8"))
     assert {p["key"]: p["value"] for p in data["figures"]["late_refunds"]} == \
         {"on time": 1 - late, "late": late}
+
+
+def test_headline_shows_final_outcomes_with_the_first_decision(history_store, store_url,
+                                                                tmp_path) -> None:
+    store, _requests = history_store
+    final = {status: len(store.cases(status)) for status in
+             ("approved", "processed", "refunded", "denied", "manual_review", "disputed")}
+    data = json.loads(_run(store_url, tmp_path, "json").read_text("utf-8"))["summary"]
+    # serial-4 was reviewed and denied; late-1 was denied and overturned on dispute
+    assert data["approved"] == final["approved"] + final["processed"] + final["refunded"]
+    assert data["denied"] == final["denied"] == 1 and data["manual_review"] == final["manual_review"]
+    assert data["first_denied"] == 1 and data["first_manual_review"] == data["manual_review"] + 1
+    assert data["first_approved"] == data["approved"] - 1  # late-1, overturned
+    assert Decimal(data["approval_rate"]) > Decimal(data["first_approval_rate"])
+    page = _run(store_url, tmp_path, "html").read_text("utf-8")
+    assert f"<b>{data['approval_rate']} %</b><span>approval rate</span>" in page
+    assert f"<small>first decision: {data['first_approval_rate']} %</small>" in page
+    assert f"<b>{data['denied']}</b><span>denied</span><small>first decision: 1</small>" in page
+
+
+def test_money_per_client_and_currency(history_store, store_url, tmp_path) -> None:
+    store, requests = history_store
+    data = json.loads(_run(store_url, tmp_path, "json").read_text("utf-8"))
+    money = {(p["key"], p["series"]): Decimal(p["value"]) for p in data["figures"]["money"]}
+    sent = [store.case(r["request_id"]) for r in requests[:2]]
+    assert money[("northwind EUR", "refunded")] == sum(Decimal(c.amount) for c in sent)
+    waiting = store.cases("manual_review")
+    assert money[("northwind EUR", "at_stake")] == sum(Decimal(c.request["amount"]) for c in waiting)
+    denied = store.case("serial-4")
+    granted = [c for s in ("approved", "processed", "refunded") for c in store.cases(s)]
+    assert money[("northwind EUR", "withheld")] == Decimal(denied.request["amount"]) + sum(
+        Decimal(c.request["amount"]) - Decimal(c.amount) for c in granted)
+    assert money[("northwind EUR", "at_stake")] > 0 and money[("northwind EUR", "withheld")] > 0
+
+
+def test_the_report_names_its_time_and_chain_head(history_store, store_url, tmp_path) -> None:
+    store, _requests = history_store
+    point = store.checkpoint()
+    data = json.loads(_run(store_url, tmp_path, "json").read_text("utf-8"))["summary"]
+    assert data["chain_head"] == point.head and data["chain_events"] == point.count
+    assert dt.datetime.fromisoformat(data["generated_at"]).tzinfo is not None
+    page = _run(store_url, tmp_path, "html").read_text("utf-8")
+    assert f"chain head <code>{point.head}</code>" in page and "generated 20" in page
+    from refundry.app.report import build
+    when = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    assert build(store, now=when)[1]["generated_at"] == "2026-03-01T12:00:00Z"
+
+
+def test_no_deadline_is_said_and_empty_sections_are_hidden(store_url, engine, tmp_path) -> None:
+    store = open_store(store_url)
+    try:  # one denial, long after the period: no refund deadline, no flag, no dispute
+        r = fraudgen.request("late-1", fraudgen._at(1), "c1", amount=Decimal("30.00"))
+        r["transaction"]["delivered_at"] = "2023-01-01T10:00:00+01:00"
+        decision = engine.evaluate(r)
+        assert decision.outcome == "deny" and decision.deadline("refund_due_by") is None
+        store.record(r, decision, engine=engine, actor="shop")
+    finally:
+        store.close()
+    data = json.loads(_run(store_url, tmp_path, "json").read_text("utf-8"))
+    assert data["figures"]["late_refunds"] == [] and data["figures"]["disputes"] == []
+    page = Charts()
+    text = _run(store_url, tmp_path, "html").read_text("utf-8")
+    page.feed(text)
+    assert "No case had a refund deadline, so none can be late." in text
+    assert "on time" not in text
+    assert "fraud_flags" not in page.svgs and 'id="fraud_flags"' not in text
+    assert 'id="disputes"' not in text and "no data" not in text
+    assert {"decisions_over_time", "money"} <= set(page.svgs)
+
+
+def test_deadlines_but_nothing_sent_is_not_called_no_deadline(store_url, engine, tmp_path) -> None:
+    store = open_store(store_url)
+    try:
+        r = fraudgen.request("open-1", fraudgen._at(1), "c1", amount=Decimal("30.00"))
+        decision = engine.evaluate(r)
+        assert decision.deadline("refund_due_by") is not None
+        store.record(r, decision, engine=engine, actor="shop")
+    finally:
+        store.close()
+    text = _run(store_url, tmp_path, "html").read_text("utf-8")
+    assert "No refund with a deadline has been sent yet." in text
+    assert "No case had a refund deadline" not in text

@@ -1,7 +1,8 @@
 """What a customer is told: status messages, next steps, receipts, in English and German.
 
 Texts come from ``customer_messages.yaml`` (a catalogue keyed by case status and by reason
-code) and, in English, from the rules' own ``customer_message``. Whatever is shown passes
+code) and from the rules' own ``customer_message``: in each language it is given in
+(``{en: ..., de: ...}``), or in English when it is one text. Whatever is shown passes
 ``_safe``: a sentence that contains a rule id, a reason code, a staff message, a fraud signal's
 name or an internal note of the case is dropped, so a careless ruleset text cannot leak them.
 
@@ -153,7 +154,9 @@ def _payment(case: Case | None, lang: str) -> tuple[str, str]:
     reference = ""
     for e in case.events:
         if e.type in RECEIPT_STATUSES:
-            reference = e.details.get("reference") or "RF-" + e.hash[7:19].upper()
+            # `refunded` after `processed --reference X` is the same payment: keep X; a
+            # reference is made up only when no step of the payment gave one.
+            reference = e.details.get("reference") or reference or "RF-" + e.hash[7:19].upper()
     return method, reference
 
 
@@ -189,7 +192,9 @@ def message(decision: Mapping[str, Any] | Any, lang: str = "en", *,
                 continue
             code = str(r.get("code", ""))
             text = (reasons.get(code) or {}).get(lang)
-            if text is None and lang == "en":
+            if text is None:  # the rule's own text, in this language (or English as written)
+                text = (r.get("customer_messages") or {}).get(lang)
+            if text is None and lang == "en" and not r.get("customer_messages"):
                 text = r.get("customer_message")
             if text and text not in sentences and _safe(text, names + free):
                 sentences.append(text)

@@ -77,11 +77,23 @@ def changes_between(old: Snapshot, new: Snapshot) -> list[str]:
     return out
 
 
+def change_detail(kind: str, old: Snapshot, new: Snapshot) -> str:
+    """The values behind a kind of change, for one request: `200.00 -> 170.00`."""
+    if kind.startswith("amount:"):
+        return f"{old.amount} -> {new.amount}"
+    if kind.startswith("deadline "):
+        name = kind.split()[1].rstrip(":")
+        before, after = dict(old.deadlines).get(name), dict(new.deadlines).get(name)
+        return f"{before.isoformat() if before else 'none'} -> {after.isoformat() if after else 'none'}"
+    return ""
+
+
 @attrs.define
 class DiffReport:
     requests: int = 0
     changed: list[dict[str, Any]] = attrs.field(factory=list)
     by_change: dict[str, list[str]] = attrs.field(factory=dict)
+    details: dict[tuple[str, str], str] = attrs.field(factory=dict)  # (kind, request) -> a -> b
     errors: list[str] = attrs.field(factory=list)
     old_rulesets: list[dict[str, Any]] = attrs.field(factory=list)
     new_rulesets: list[dict[str, Any]] = attrs.field(factory=list)
@@ -107,12 +119,16 @@ class DiffReport:
             width = max(len(k) for k, _ in rows)
             lines.append(f"{'change':<{width}}  {'count':>7}  request ids")
             for key, ids in rows:
-                shown = ", ".join(ids[:TABLE_IDS]) + (f", ... (+{len(ids) - TABLE_IDS})"
-                                                     if len(ids) > TABLE_IDS else "")
+                shown = ", ".join(self._shown(key, i) for i in ids[:TABLE_IDS]) + (
+                    f", ... (+{len(ids) - TABLE_IDS})" if len(ids) > TABLE_IDS else "")
                 lines.append(f"{key:<{width}}  {len(ids):>7}  {shown}")
         for err in self.errors:
             lines.append(f"skipped: {err}")
         return "\n".join(lines)
+
+    def _shown(self, kind: str, request_id: str) -> str:
+        detail = self.details.get((kind, request_id))
+        return f"{request_id} ({detail})" if detail else request_id
 
 
 def diff_decisions(old: Engine, new: Engine, requests: Iterable[tuple[str, Mapping[str, Any]]], *,
@@ -136,6 +152,9 @@ def diff_decisions(old: Engine, new: Engine, requests: Iterable[tuple[str, Mappi
                                "old": a.to_dict(), "new": b.to_dict()})
         for kind in kinds:
             report.by_change.setdefault(kind, []).append(name)
+            detail = change_detail(kind, a, b)
+            if detail:
+                report.details[(kind, name)] = detail
     return report
 
 

@@ -21,7 +21,9 @@ A rule is covered when at least one case matched it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,16 @@ from typing import Any
 import attrs
 
 from refundry.core.engine import Engine
-from refundry.core.errors import RulesetError
-from refundry.core.loader import Report, discover, read_yaml
+from refundry.core.errors import RulesetError, did_you_mean
+from refundry.core.language import positions_of
+from refundry.core.loader import (
+    TEST_SUFFIXES,
+    Report,
+    RulesetDoc,
+    discover,
+    is_test_file,
+    read_yaml,
+)
 from refundry.core.models import OUTCOMES, Decision
 from refundry.core.yamlsrc import LocDict
 
@@ -46,6 +56,7 @@ class CaseResult:
     name: str
     failures: tuple[str, ...]
     decision: Decision | None
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -57,11 +68,35 @@ class CaseResult:
 
 
 @attrs.frozen
+class ConditionCoverage:
+    """One leaf condition of a rule and the outcomes the cases gave it."""
+
+    ruleset: str
+    rule_id: str
+    path: str
+    line: int
+    column: int
+    text: str
+    seen_true: bool
+    seen_false: bool
+
+    @property
+    def covered(self) -> bool:
+        return self.seen_true and self.seen_false
+
+    def describe(self) -> str:
+        never = "true" if not self.seen_true else "false"
+        return (f"{self.path}:{self.line}:{self.column}: `{self.ruleset}` rule `{self.rule_id}`: "
+                f"condition `{self.text}` was never {never}")
+
+
+@attrs.frozen
 class TestReport:
     results: tuple[CaseResult, ...]
     uncovered: tuple[tuple[str, str, str, int], ...]  # ruleset id, rule id, path, line
     total_rules: int
     errors: tuple[RulesetError, ...] = ()
+    conditions: tuple[ConditionCoverage, ...] = ()
 
     @property
     def passed(self) -> int:
@@ -82,9 +117,14 @@ class TestReport:
         return {
             "passed": self.passed, "failed": self.failed,
             "failures": [r.describe() for r in self.results if not r.passed],
+            # no times here: the same cases give the same report, whatever the machine
+            "cases": [{"path": r.path, "line": r.line, "ruleset": r.suite, "name": r.name,
+                       "passed": r.passed} for r in self.results],
             "coverage": {"rules": self.total_rules, "uncovered": [
                 {"ruleset": rs, "rule_id": rid, "path": p, "line": line}
-                for rs, rid, p, line in self.uncovered]},
+                for rs, rid, p, line in self.uncovered],
+                "conditions": len(self.conditions),
+                "conditions_uncovered": [c.describe() for c in self.conditions if not c.covered]},
             "errors": [str(e) for e in self.errors],
         }
 
@@ -153,7 +193,10 @@ def _check(expect: Mapping[str, Any], decision: Decision) -> list[str]:
     return failures
 
 
-def _load_suite(path: Path, engine: Engine, report: Report) -> list[tuple[int, str, str, dict[str, Any], Any, dict[str, Any]]]:
+_Case = tuple[int, str, str, dict[str, Any], Any, dict[str, Any]]
+
+
+def _load_suite(path: Path, engine: Engine, report: Report) -> list[_Case]:
     read = read_yaml(path, report)
     if read is None:
         return []
@@ -165,23 +208,17 @@ def _load_suite(path: Path, engine: Engine, report: Report) -> list[tuple[int, s
     suite = data.get("ruleset")
     known = {r.id for r in engine.rulesets}
     if suite not in known:
-        report.add(f"tests name ruleset `{suite}`, which is not loaded", shown,
-                   data.vpos("ruleset") if "ruleset" in data else (1, 1))
+        report.add(f"tests name ruleset `{suite}`, which is not loaded{did_you_mean(suite, known)}",
+                   shown, data.vpos("ruleset") if "ruleset" in data else (1, 1))
         return []
     defaults = (data.get("defaults") or {}).get("request") or {}
     cases = []
     for i, case in enumerate(data["cases"]):
         pos = data["cases"].pos(i)
-        if not isinstance(case, Mapping) or "expect" not in case:
+        if not isinstance(case, Mapping) or not isinstance(case.get("expect"), Mapping):
             report.add("a case needs `name`, `request` and `expect`", shown, pos)
             continue
-        unknown = set(case) - _CASE_KEYS
-        bad_expect = set(case["expect"] or {}) - _EXPECT_KEYS
-        if unknown or bad_expect:
-            report.add(f"unknown key `{sorted(unknown or bad_expect)[0]}` in a case", shown, pos)
-            continue
-        if "outcome" in case["expect"] and case["expect"]["outcome"] not in OUTCOMES:
-            report.add(f"`{case['expect']['outcome']}` is not an outcome", shown, pos)
+        if not _case_ok(case, shown, report):
             continue
         request = _plain(deep_merge(defaults, case.get("request") or {}))
         cases.append((pos[0], str(case.get("name", f"case {i + 1}")), suite, request,
@@ -189,29 +226,165 @@ def _load_suite(path: Path, engine: Engine, report: Report) -> list[tuple[int, s
     return cases
 
 
-def run_tests(engine: Engine, paths: Iterable[str | Path]) -> TestReport:
+def _case_ok(case: LocDict, shown: str, report: Report) -> bool:
+    """Unknown keys and outcomes, at the line and column where they are written."""
+    expect = case["expect"]
+    for where, keys in ((case, _CASE_KEYS), (expect, _EXPECT_KEYS)):
+        for key in where:
+            if key not in keys:
+                report.add(f"unknown key `{key}` in a case{did_you_mean(key, keys)}", shown,
+                           positions_of(where, key, False))
+                return False
+    outcome = expect.get("outcome", OUTCOMES[0])
+    if outcome not in OUTCOMES:
+        report.add(f"`{outcome}` is not an outcome; expected one of: {', '.join(OUTCOMES)}"
+                   f"{did_you_mean(outcome, OUTCOMES)}", shown, positions_of(expect, "outcome", True))
+        return False
+    return True
+
+
+def test_sources(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
+    """The rulesets to load and the test files to run for the paths given to `refundry test`:
+    a folder is both; a test file runs against the rulesets next to it; a ruleset file runs
+    the test file of the same name next to it."""
+    rulesets: list[Path] = []
+    tests: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            rulesets.append(p)
+            tests.append(p)
+        elif is_test_file(p):
+            rulesets.append(p.parent)
+            tests.append(p)
+        else:
+            rulesets.append(p)
+            stem = p.name.rsplit(".", 1)[0]
+            tests.extend(t for t in (p.with_name(stem + suffix) for suffix in TEST_SUFFIXES)
+                         if t.is_file())
+    return rulesets, tests
+
+
+def run_tests(engine: Engine, paths: Iterable[str | Path], *, pattern: str | None = None,
+              own: Iterable[str | Path] | None = None, conditions: bool = False) -> TestReport:
+    """Run the cases in the test files under ``paths``; ``pattern`` (a regular expression)
+    keeps the cases whose name it matches. Coverage counts the rules of the rulesets under
+    ``own`` (default: every ruleset loaded), not of baselines added under them; with
+    ``conditions``, each case is also explained to see each condition's outcome."""
     report = Report()
     results: list[CaseResult] = []
     matched: set[tuple[str, str]] = set()
+    seen = _Conditions(engine)
+    wanted = re.compile(pattern) if pattern else None
     for path in discover(paths, tests=True):
+        if not is_test_file(path):
+            continue
         for line, name, suite, request, as_of, expect in _load_suite(path, engine, report):
+            if wanted is not None and not wanted.search(name):
+                continue
             try:
                 when = _parse_as_of(as_of)
             except ValueError:
                 report.add(f"`as_of` `{as_of}` is not an RFC 3339 time", str(path), (line, 1))
                 continue
+            started = time.perf_counter()
             decision = engine.evaluate(request, as_of=when, ruleset=suite)
+            seconds = time.perf_counter() - started
+            if conditions:
+                seen.record(request, when, suite)
             for reason in decision.reasons:
                 matched.add((reason.ruleset, reason.rule_id))
             results.append(CaseResult(str(path), line, suite, name,
-                                      tuple(_check(expect, decision)), decision))
-    uncovered = []
-    total = 0
-    for doc_versions in engine.library.versions.values():
-        for doc in doc_versions:
-            for i, raw in enumerate(doc.data.get("rules") or ()):
-                total += 1
-                if (doc.id, raw["id"]) not in matched:
-                    line = doc.data["rules"].pos(i)[0]
-                    uncovered.append((doc.id, raw["id"], doc.path, line))
-    return TestReport(tuple(results), tuple(uncovered), total, tuple(report.errors))
+                                      tuple(_check(expect, decision)), decision, seconds))
+    named = {suite for path in paths if Path(path).is_file()
+             for _, _, suite, *_ in _load_suite(Path(path), engine, Report())}
+    docs = _own_docs(engine, own, named)
+    uncovered = [(doc.id, raw["id"], doc.path, doc.data["rules"].pos(i)[0])
+                 for doc in docs for i, raw in enumerate(doc.data.get("rules") or ())
+                 if (doc.id, raw["id"]) not in matched]
+    total = sum(len(doc.data.get("rules") or ()) for doc in docs)
+    return TestReport(tuple(results), tuple(uncovered), total, tuple(report.errors),
+                      tuple(seen.coverage(docs)) if conditions else ())
+
+
+def _own_docs(engine: Engine, own: Iterable[str | Path] | None,
+              suites: set[str]) -> list[RulesetDoc]:
+    """The rulesets coverage is about: those under ``own`` and those a named test file tests."""
+    docs = [doc for versions in engine.library.versions.values() for doc in versions]
+    if own is None:
+        return docs
+    mine = {str(p) for p in discover(own)}
+    return [doc for doc in docs if doc.path in mine or doc.id in suites]
+
+
+class _Conditions:
+    """Condition coverage: each leaf condition of each rule, and whether some case made it true
+    and some case made it false (a condition only one outcome was seen for is untested)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seen: dict[tuple[str, str, int], set[bool]] = {}
+
+    def record(self, request: Any, when: dt.datetime | None, suite: str) -> None:
+        explanation = self.engine.explain(request, as_of=when, ruleset=suite)
+        for rule in explanation.rules:
+            for index, result in enumerate(_leaf_results(rule["when"])):
+                self.seen.setdefault((rule["layer"], rule["rule_id"], index), set()).add(result)
+
+    def coverage(self, docs: Iterable[RulesetDoc]) -> Iterator[ConditionCoverage]:
+        for doc in docs:
+            for raw in doc.data.get("rules") or ():
+                if "when" not in raw:
+                    continue
+                for index, (text, (line, col)) in enumerate(_leaf_sources(raw["when"], raw, "when")):
+                    seen = self.seen.get((doc.id, raw["id"], index), set())
+                    yield ConditionCoverage(doc.id, raw["id"], doc.path, line, col, text,
+                                            True in seen, False in seen)
+
+
+_BRANCHES = ("all", "any")
+_WHOLE = ("any_item", "all_items")  # an item condition counts as one condition of the rule
+
+
+def _leaf_results(node: Mapping[str, Any]) -> Iterator[bool]:
+    for head in _BRANCHES:
+        if head in node:
+            for child in node[head]:
+                yield from _leaf_results(child)
+            return
+    if "not" in node:
+        yield from _leaf_results(node["not"])
+        return
+    yield bool(node["result"])
+
+
+def _leaf_sources(raw: Any, parent: Any, key: Any) -> Iterator[tuple[str, tuple[int, int]]]:
+    """The leaves of a condition as written, in the order ``_leaf_results`` walks them."""
+    for head in _BRANCHES:
+        if head in raw:
+            for i, child in enumerate(raw[head]):
+                yield from _leaf_sources(child, raw[head], i)
+            return
+    if "not" in raw:
+        yield from _leaf_sources(raw["not"], raw, "not")
+        return
+    yield _condition_text(raw), positions_of(parent, key, True)
+
+
+def _condition_text(raw: Mapping[str, Any]) -> str:
+    for head in (*_WHOLE, "within", "after"):
+        if head in raw:
+            return f"{head} {_plain(raw[head])}" if head not in _WHOLE else f"{head} ..."
+    op = next((k for k in raw if k != "field"), "")
+    return f"{raw.get('field')} {op} {_shown(raw.get(op))}"
+
+
+def _shown(value: Any) -> str:
+    """A condition's value as it is written in YAML."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_shown(v)}" for k, v in value.items()) + "}"
+    return str(_plain(value))

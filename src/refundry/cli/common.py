@@ -37,6 +37,8 @@ from refundry.records.stores import DEFAULT_PATH, open_store
 EXIT_OK, EXIT_ERROR, EXIT_FAILED, EXIT_INVALID = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 BACKENDS = ("compiled", "durable", "interpreted")
+ID_HELP = ("the case: the request_id of the refund request as it was evaluated (see `refundry "
+           "records list`)")
 
 
 class UsageError(RefundryError):
@@ -94,8 +96,26 @@ def write_file(path: str | Path, text: str) -> Path:
 
 
 def engine_for(args: argparse.Namespace, paths: Sequence[str] | None = None) -> Engine:
+    """The rulesets named (``--rulesets``, default: ./rulesets or the shipped ones), with the
+    baselines added under them as `validate` and `test` add them."""
     source = paths or [str(args.rulesets or default_rulesets())]
-    return Engine.from_path(source, backend=getattr(args, "backend", "compiled"))
+    # The default folder already holds the baselines; adding them again would only reload them.
+    named = bool(paths or args.rulesets)
+    return Engine.from_path(source, backend=getattr(args, "backend", "compiled"),
+                            baselines=baselines_for(args) if named else None)
+
+
+def add_baselines_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="do not add the baselines of ./rulesets (or the shipped ones) under "
+                             "the rulesets given")
+
+
+def baselines_for(args: argparse.Namespace, context: str | Path | None = None) -> Path | None:
+    """Where the baselines added under the rulesets given come from, or None to add none."""
+    if getattr(args, "no_baselines", False):
+        return None
+    return Path(context) if context else default_rulesets()
 
 
 def parse_as_of(text: str | None) -> dt.datetime | None:
@@ -144,14 +164,32 @@ def case_line(case: Case) -> str:
     s = case.summary()
     need = ""
     if case.status == "manual_review":
-        need = f"  approvals {len(case.approvals)}/{case.required_approvals}"
+        since, why = waiting(case)
+        need = (f"  approvals {len(case.approvals)}/{case.required_approvals}  since {since}  "
+                f"why: {'; '.join(why) or 'no reason recorded'}")
     return (f"{s['request_id']}  {s['status']}  {s['amount']} {s['currency']}  "
             f"{s['events']} events  by {s['submitted_by']}{need}")
 
 
+def waiting(case: Case) -> tuple[str, list[str]]:
+    """Since when a case in review has waited and why: only the engine's decision puts a case
+    in review (`evaluated`), so it waits since then, for the reasons that gave the review."""
+    since = next((e.at for e in case.events if e.type == "evaluated"), case.events[0].at)
+    since = since.split(".")[0].rstrip("Z") + "Z"  # to the second: a queue is read by people
+    why = [f"{r.get('rule_id')} ({r.get('message')})" for r in case.decision.get("reasons") or ()
+           if r.get("effect") == "manual_review" or str(r.get("rule_id", "")).startswith("refundry.")]
+    return since, why
+
+
 def print_cases(args: argparse.Namespace, cases: list[Any]) -> int:
     if args.json:
-        print_json([c.summary() for c in cases])
+        out = []
+        for case in cases:
+            item = case.summary()
+            if case.status == "manual_review":
+                item["waiting_since"], item["waiting_for"] = waiting(case)
+            out.append(item)
+        print_json(out)
     else:
         for case in cases:
             print(case_line(case))

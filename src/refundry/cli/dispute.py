@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from refundry.cli.common import EXIT_OK, add_db_option, default_rulesets, open_db, print_json
+from refundry.cli.common import (
+    EXIT_OK,
+    ID_HELP,
+    add_db_option,
+    default_rulesets,
+    open_db,
+    print_json,
+)
 from refundry.core.engine import Engine
 from refundry.records.events import RESOLUTIONS
 
@@ -31,14 +38,14 @@ def register(sub: Any) -> None:
     dis = sub.add_parser("dispute", help="open and resolve disputes on decided cases")
     dsub = dis.add_subparsers(dest="dispute_command", metavar="ACTION", required=True)
     p = dsub.add_parser("open", help="re-evaluate with today's rules and the original ones")
-    p.add_argument("request_id", metavar="ID")
+    p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.add_argument("--by", required=True, metavar="WHO")
     p.add_argument("--reason", required=True, help="what the customer disputes")
     p.add_argument("--rulesets", help="the rulesets in force now (default: ./rulesets or the "
                    "shipped baselines)")
     p.set_defaults(func=cmd_dispute_open)
     p = dsub.add_parser("resolve", help="uphold or overturn the decision")
-    p.add_argument("request_id", metavar="ID")
+    p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.add_argument("--by", required=True, metavar="WHO")
     p.add_argument("--resolution", required=True, choices=RESOLUTIONS)
     p.add_argument("--explanation", required=True, help="what the customer is told")

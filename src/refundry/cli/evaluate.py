@@ -9,10 +9,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from refundry.app.explain import explain_text
 from refundry.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     add_backend_option,
+    add_baselines_option,
     add_db_option,
     engine_for,
     open_db,
@@ -34,7 +36,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     engine = engine_for(args)
     if args.explain:
         explanation = engine.explain(request, as_of=as_of)
-        print_json(explanation.to_dict())
+        if args.explain == "json":
+            print_json(explanation.to_dict())
+        else:
+            print(explain_text(explanation))
         decision = explanation.decision
     else:
         decision = engine.evaluate(request, as_of=as_of)
@@ -78,7 +83,11 @@ def register(sub: Any) -> None:
     p.add_argument("--rulesets", help="a ruleset file or directory (default: ./rulesets or the "
                    "shipped baselines)")
     p.add_argument("--as-of", help="RFC 3339 time that chooses the ruleset versions in force")
-    p.add_argument("--explain", action="store_true", help="show each rule and the values it saw")
+    p.add_argument("--explain", nargs="?", const="text", choices=("text", "json"),
+                   help="instead of the decision: a short explanation (which rules matched, on "
+                        "which values, and which nearly matched); --explain=json: every rule "
+                        "and every value it saw")
+    add_baselines_option(p)
     add_backend_option(p)
     p.add_argument("--record", action="store_true",
                    help="append the decision to the records store")

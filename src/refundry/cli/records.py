@@ -15,6 +15,7 @@ from typing import Any
 from refundry.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    ID_HELP,
     add_db_option,
     case_line,
     open_db,
@@ -117,7 +118,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_list)
 
     p = rsub.add_parser("show", help="a case: its status and every event (JSON)")
-    p.add_argument("request_id", metavar="ID")
+    p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.set_defaults(func=cmd_show)
 
     p = rsub.add_parser("verify", help="recompute the hash chain; exit 2 when broken")
@@ -134,17 +135,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_export)
 
     p = rsub.add_parser("replay", help="re-evaluate a decision with the exact rulesets that made it")
-    p.add_argument("request_id", metavar="ID")
+    p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.set_defaults(func=cmd_replay)
 
     p = rsub.add_parser("note", help="add a note to a case")
-    p.add_argument("request_id", metavar="ID")
+    p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.add_argument("--by", required=True, metavar="WHO")
     p.add_argument("--text", required=True)
     p.set_defaults(func=cmd_note)
 
     p = rsub.add_parser("mark", help="record that an approved refund was processed or refunded")
-    p.add_argument("request_id", metavar="ID")
+    p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.add_argument("event", choices=["processed", "refunded"])
     p.add_argument("--by", required=True, metavar="WHO")
     p.add_argument("--reference", help="the payment system's reference")

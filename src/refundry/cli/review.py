@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from refundry.cli.common import EXIT_OK, add_db_option, case_line, open_db, print_cases
+from refundry.cli.common import EXIT_OK, ID_HELP, add_db_option, case_line, open_db, print_cases
 
 
 def cmd_review_list(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_review_list)
     for name, approve in (("approve", True), ("deny", False)):
         p = vsub.add_parser(name, help=f"{name} a case in manual_review")
-        p.add_argument("request_id", metavar="ID")
+        p.add_argument("request_id", metavar="ID", help=ID_HELP)
         p.add_argument("--by", required=True, metavar="WHO")
         p.add_argument("--reason", help="the justification" + ("" if approve else " (required)"))
         p.set_defaults(func=cmd_review, approve=approve)

@@ -7,6 +7,7 @@ import argparse
 import getpass
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from refundry.app.runner import BarProgress, PlainProgress, StoreRecorder, print_summary, run
@@ -41,6 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = None
     record: StoreRecorder | None = None
     plugins = None
+    new_file = _new_sqlite_file(args.db)
     if args.db:
         engine = Engine.from_path(rulesets, backend=args.backend)
         store = open_store(args.db)
@@ -52,13 +54,39 @@ def cmd_run(args: argparse.Namespace) -> int:
                       options=options, workers=args.workers, rulesets=rulesets,
                       engine=engine, backend=args.backend, record=record, plugins=plugins,
                       progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr))
-    except SourceError as exc:
-        raise UsageError(str(exc)) from None
+    except BaseException as exc:
+        if store is not None:
+            store.close()
+            store = None
+            _remove_if_empty(new_file)
+        if isinstance(exc, SourceError):
+            raise UsageError(str(exc)) from None
+        raise
     finally:
         if store is not None:
             store.close()
     print_summary(summary, sys.stderr, rich_table=tty)
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+def _new_sqlite_file(db: str | None) -> Path | None:
+    """The SQLite file `--db` names when this run would create it, else None."""
+    if not db or "://" in db.replace("sqlite:///", ""):
+        return None
+    path = Path(db[len("sqlite:///"):] if db.startswith("sqlite:///") else db)
+    return None if path.exists() else path
+
+
+def _remove_if_empty(path: Path | None) -> None:
+    """A run that could not start leaves no store behind: only one it created and that holds
+    no event (the store is opened before the source, which may still refuse to start)."""
+    if path is None or not path.exists():
+        return
+    with open_store(path, create=False) as store:
+        if next(iter(store.events()), None) is not None:
+            return
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
 
 
 def register(sub: Any) -> None:

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from refundry.app.customer import LANGUAGES, communicate, status
-from refundry.cli.common import EXIT_OK, add_db_option, open_db
+from refundry.cli.common import EXIT_OK, ID_HELP, add_db_option, open_db
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def add_customer_options(p: argparse.ArgumentParser) -> None:
     """The options ``status`` and ``receipt`` share: the case, language, channel and giver."""
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="ID", help=ID_HELP)
     add_db_option(p)
     p.add_argument("--lang", default="en", choices=LANGUAGES)
     p.add_argument("--channel", default="cli", help="how it reaches the customer "

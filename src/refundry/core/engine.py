@@ -25,7 +25,7 @@ from refundry.core.loader import CompiledRuleset, Library, Rule, load_library
 from refundry.core.models import Decision, Reason, RefundRequest
 from refundry.core.money import ZERO, is_currency, round_money
 from refundry.core.periods import HolidayCalendars
-from refundry.core.request import parse_request, printable_text
+from refundry.core.request import MAX_YEAR, MIN_YEAR, parse_request, printable_text, shown
 
 PRIOR_REFUNDS_DISAGREE = Reason(
     rule_id="refundry.prior-refunds-disagree", effect="manual_review",
@@ -110,6 +110,22 @@ def _prior_refunds_disputed(req: RefundRequest) -> bool:
     return isinstance(history, Mapping) and history.get("prior_refunds_disagree") is True
 
 
+def _as_of(value: dt.datetime | str | None) -> tuple[dt.datetime | None, str | None]:
+    """``as_of`` as an aware datetime, from a datetime or an RFC 3339 string (as `--as-of`)."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None, f"`{shown(value, 60)}` is not an RFC 3339 time"
+    if not isinstance(value, dt.datetime) or value.utcoffset() is None:
+        return None, "needs a UTC offset"
+    if not MIN_YEAR <= value.year <= MAX_YEAR:  # date arithmetic would overflow near year 1/9999
+        return None, f"is outside the years {MIN_YEAR} to {MAX_YEAR}"
+    return value, None
+
+
 class Engine:
     """Evaluates refund requests against loaded rulesets.
 
@@ -134,13 +150,16 @@ class Engine:
         self._epochs = sorted({d.effective_from for v in library.versions.values() for d in v})
 
     @classmethod
-    def from_path(cls, path: str | Path | Iterable[str | Path], *, backend: str = "compiled") -> Engine:
+    def from_path(cls, path: str | Path | Iterable[str | Path], *, backend: str = "compiled",
+                  baselines: str | Path | None = None) -> Engine:
         """Load every ruleset under ``path`` (a file, a directory, or several).
 
+        ``baselines``: a folder whose baselines are added under the rulesets given (a client
+        layer extends them); those given win by id and by scope.
         Raises ``InvalidRulesets`` listing every problem, each with file, line and column.
         """
         paths = [path] if isinstance(path, (str, Path)) else list(path)
-        return cls(load_library(paths), backend=backend)
+        return cls(load_library(paths, baselines=baselines), backend=backend)
 
     @property
     def backend(self) -> str:
@@ -211,28 +230,28 @@ class Engine:
     # --- evaluation ----------------------------------------------------------------------
 
     def evaluate(self, request: Mapping[str, Any] | RefundRequest, *,
-                 as_of: dt.datetime | None = None, ruleset: str | None = None) -> Decision:
+                 as_of: dt.datetime | str | None = None, ruleset: str | None = None) -> Decision:
         """Decide one request. ``as_of`` (default: the request's ``requested_at``) chooses the
-        ruleset versions in force; ``ruleset`` forces one ruleset id instead of resolution."""
+        ruleset versions in force: an aware ``datetime`` or an RFC 3339 string with its UTC
+        offset (``"2024-08-05T10:00:00-07:00"``); without an offset, or unparseable, the
+        decision is an invalid-request review. ``ruleset`` forces one ruleset id instead of
+        resolution."""
         return self._evaluate(request, as_of, ruleset, explain=False)[0]
 
     def explain(self, request: Mapping[str, Any] | RefundRequest, *,
-                as_of: dt.datetime | None = None, ruleset: str | None = None) -> Explanation:
+                as_of: dt.datetime | str | None = None, ruleset: str | None = None) -> Explanation:
         decision, facts, rules = self._evaluate(request, as_of, ruleset, explain=True)
         return Explanation(decision, facts, rules)
 
     def evaluate_many(self, requests: Iterable[Mapping[str, Any] | RefundRequest], *,
-                      as_of: dt.datetime | None = None) -> Iterator[Decision]:
+                      as_of: dt.datetime | str | None = None) -> Iterator[Decision]:
         """Decide each request in turn; a bad one yields its error decision and the rest go on."""
         for request in requests:
             yield self.evaluate(request, as_of=as_of)
 
-    def _evaluate(self, request: Mapping[str, Any] | RefundRequest, as_of: dt.datetime | None,
+    def _evaluate(self, request: Mapping[str, Any] | RefundRequest, as_of: dt.datetime | str | None,
                   ruleset: str | None, *, explain: bool) -> tuple[Decision, dict[str, Any], list[dict[str, Any]]]:
-        if as_of is not None and not (isinstance(as_of, dt.datetime) and as_of.utcoffset() is not None):
-            as_of, problem = None, "as_of: must be a datetime with a UTC offset"
-        else:
-            problem = None
+        as_of, problem = _as_of(as_of)
         try:
             req = parse_request(request)
         except Exception as exc:  # noqa: BLE001 - InvalidRequest, or a caller's odd mapping
@@ -241,9 +260,9 @@ class Engine:
             return _error_decision(
                 *_id_and_currency(request), INVALID_REQUEST, "invalid_request",
                 "the request is not valid; nothing was evaluated", errors, as_of), {}, []
-        if problem is not None:
+        if problem:
             return _error_decision(req.request_id, req.currency, INVALID_REQUEST, "invalid_request",
-                                   "as_of needs a UTC offset", [problem], None), {}, []
+                                   f"as_of {problem}", [f"as_of: {problem}"], None), {}, []
         when = as_of or req.requested_at
         try:
             return self._decide(req, when, ruleset, explain)

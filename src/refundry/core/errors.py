@@ -6,7 +6,16 @@ parsing the message; ``str(error)`` is what a person reads: ``file:line:col: rul
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
+
+
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """``; did you mean `x`?`` when one known name is close to what was typed, else nothing."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
 
 
 class RefundryError(Exception):

@@ -73,3 +73,23 @@ def lookup(path: str, *, item: bool = False) -> FieldInfo | None:
         return FieldInfo(path, "any")
     return (item_fields() if item else request_fields()).get(path)
 
+
+
+def enum_tables() -> str:
+    """The closed value sets of the language as Markdown, for docs/ruleset-language.md.
+
+    Generated from the models so the documentation cannot drift from what the loader accepts
+    (tests/test_docs_enums.py compares the two).
+    """
+    from refundry.core.models import DEADLINE_NAMES, EFFECTS, OUTCOMES
+
+    rows = ["| field | values |", "|---|---|"]
+    for prefix, table in (("", request_fields()), ("item ", item_fields())):
+        for info in table.values():
+            if info.kind == "enum":
+                rows.append(f"| {prefix}`{info.path}` | {', '.join(f'`{v}`' for v in info.values)} |")
+    rows += ["", "| ruleset key | values |", "|---|---|",
+             f"| `effect` | {', '.join(f'`{v}`' for v in EFFECTS)} |",
+             f"| test `expect.outcome` | {', '.join(f'`{v}`' for v in OUTCOMES)} |",
+             f"| deadline `name` | {', '.join(f'`{v}`' for v in DEADLINE_NAMES)} |"]
+    return "\n".join(rows) + "\n"

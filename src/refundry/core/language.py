@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 import attrs
 
 from refundry.core import fields as fieldreg
+from refundry.core.errors import did_you_mean
 from refundry.core.yamlsrc import LocDict, LocList
 
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "exists")
@@ -395,10 +396,12 @@ class CodeGen:
 class ParseContext:
     """Where a condition stands and how to report an error in it."""
 
-    def __init__(self, report: Callable[..., None], windows: Mapping[str, Any], rule_id: str | None):
+    def __init__(self, report: Callable[..., None], windows: Mapping[str, Any], rule_id: str | None,
+                 broken_windows: Collection[str] = ()):
         self.report = report
         self.windows = windows
         self.rule_id = rule_id
+        self.broken_windows = broken_windows  # defined, but rejected with an error of their own
 
     def error(self, message: str, container: Any, key: Any = None, value: bool = False) -> None:
         self.report(message, container, key, rule_id=self.rule_id, value=value)
@@ -453,8 +456,11 @@ def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: i
             ctx.error(f"`{head}` is about the request, not an item", raw, head)
             return TRUE
         if not isinstance(name, str) or name not in ctx.windows:
+            if isinstance(name, str) and name in ctx.broken_windows:
+                return TRUE  # its definition is already reported; one cause, one error
             known = ", ".join(sorted(ctx.windows)) or "none defined"
-            ctx.error(f"unknown window `{name}` (windows: {known})", raw, head, value=True)
+            ctx.error(f"unknown window `{name}`{did_you_mean(name, ctx.windows)} (windows: {known})",
+                      raw, head, value=True)
             return TRUE
         return Window(head, name)
     return _parse_compare(raw, ctx, item)
@@ -482,9 +488,7 @@ def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool) -> Nod
         return TRUE
     info = fieldreg.lookup(path, item=item)
     if info is None:
-        scope = "an item" if item else "a request"
-        hint = "; client facts go under `facts.`" if not item else ""
-        ctx.error(f"unknown field `{path}` for {scope}{hint}", raw, "field", value=True)
+        ctx.error(_unknown_field(path, item), raw, "field", value=True)
         return TRUE
     value = raw[op]
     if op == "exists":
@@ -509,6 +513,17 @@ def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool) -> Nod
     return Compare(path, op, operand, typed=typed)
 
 
+def _unknown_field(path: str, item: bool) -> str:
+    """The nearest known field first; the `facts.` hint only when nothing known is close, since
+    a misspelt request field is far more common than a client fact written without `facts.`."""
+    known = fieldreg.item_fields() if item else fieldreg.request_fields()
+    scope = "an item" if item else "a request"
+    hint = did_you_mean(path, known)
+    if not hint and not item:
+        hint = "; a client's own facts are written `facts.NAME`"
+    return f"unknown field `{path}` for {scope}{hint}"
+
+
 def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseContext,
                    raw: Any, item: bool) -> Operand | None:
     if isinstance(value, Mapping):
@@ -518,7 +533,7 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
         if set(value) == {"field"}:
             other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
             if other is None:
-                ctx.error(f"unknown field `{value['field']}`", value, "field", value=True)
+                ctx.error(_unknown_field(value["field"], item), value, "field", value=True)
                 return None
             if "any" not in (info.kind, other.kind) and _family(info.kind) != _family(other.kind):
                 ctx.error(f"`{info.path}` ({info.kind}) cannot be compared with "
@@ -607,7 +622,8 @@ def _check_literal(value: Any, info: fieldreg.FieldInfo, ctx: ParseContext, cont
         return value
     if kind == "enum":
         if value not in info.values:
-            ctx.error(f"`{shown}` is not a value of `{info.path}` ({', '.join(info.values)})",
+            ctx.error(f"`{shown}` is not a value of `{info.path}` ({', '.join(info.values)})"
+                      f"{did_you_mean(value, info.values)}",
                       container, key, value=True)
             return _INVALID
         return value

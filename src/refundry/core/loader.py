@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import difflib
 import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ import yaml
 
 from refundry.core import fields as fieldreg
 from refundry.core import jurisdictions, yamlsrc
-from refundry.core.errors import InvalidRulesets, RulesetError
+from refundry.core.errors import InvalidRulesets, RulesetError, did_you_mean
 from refundry.core.language import Node as ConditionNode
 from refundry.core.language import ParseContext, parse_condition, positions_of
 from refundry.core.models import Layer, Reason, RulesetRef
@@ -263,20 +264,26 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def _schema_errors(data: Any, path: str, report: Report) -> bool:
-    ok = True
+    found = []
     for error in _validator().iter_errors(_jsonable(data)):
         where = list(error.absolute_path)
         # Conditions get better messages from the condition parser itself.
         if "when" in where:
             continue
-        ok = False
         if error.context:
             error = min(error.context, key=lambda e: (-len(e.absolute_path), len(e.message)))
             where = list(error.absolute_path)
-        container, key = _locate(data, where)
-        message, key, value = _friendly(error, key)
-        report.add(message, path, positions_of(container, key, value), rule_id=_rule_id_at(data, where))
-    return ok
+        found.append((error, where))
+    # A key that is misspelt (`efect`) or indented under another key is reported once, as that;
+    # the "missing required key" it causes is the same mistake seen from the other side.
+    explained = {(tuple(w), k) for e, w in found for k in _misplaced_keys(e, _locate_value(data, w))}
+    for error, where in found:
+        if error.validator == "required" and (tuple(where), _missing_key(error)) in explained:
+            continue
+        message, container, key, value = _friendly(error, data, where)
+        report.add(message, path, positions_of(container, key, value),
+                   rule_id=_rule_id_at(data, where))
+    return not found
 
 
 def _locate(data: Any, where: Sequence[Any]) -> tuple[Any, Any]:
@@ -289,6 +296,30 @@ def _locate(data: Any, where: Sequence[Any]) -> tuple[Any, Any]:
                 break
         key = step
     return container, key
+
+
+def _locate_value(data: Any, where: Sequence[Any]) -> Any:
+    node = data
+    for step in where:
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _missing_key(error: jsonschema.ValidationError) -> str | None:
+    return error.message.split("'")[1] if "'" in error.message else None
+
+
+def _misplaced_keys(error: jsonschema.ValidationError, node: Any) -> list[str]:
+    """The required keys an unknown key stands for: a near spelling of a missing required key."""
+    if error.validator != "additionalProperties" or not isinstance(node, Mapping):
+        return []
+    props = error.schema.get("properties", {})
+    missing = [k for k in error.schema.get("required", ()) if k not in node]
+    extra = [k for k in node if k not in props and isinstance(k, str)]
+    return [m for m in missing if difflib.get_close_matches(m, extra, n=1, cutoff=0.75)]
 
 
 def _rule_id_at(data: Any, where: Sequence[Any]) -> str | None:
@@ -307,39 +338,57 @@ def _shown(value: Any) -> str:
     return str(value)[:60].encode("ascii", "backslashreplace").decode()
 
 
-def _friendly(error: jsonschema.ValidationError, key: Any) -> tuple[str, Any, bool]:
+def _friendly(error: jsonschema.ValidationError, data: Any,
+              where: Sequence[Any]) -> tuple[str, Any, Any, bool]:
+    """The message, and the container and key whose position the error is reported at."""
+    node = _locate_value(data, where)
+    container, key = _locate(data, where)
     name = f"`{key}`" if isinstance(key, str) else "this value"
     v = error.validator
-    if v == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+    if v == "additionalProperties" and isinstance(node, Mapping):
+        props = error.schema.get("properties", {})
+        extra = [k for k in node if k not in props]
         bad = extra[0] if extra else key
-        if bad is not None and key is not None and isinstance(error.instance, Mapping) and bad in error.instance:
-            return f"unknown key `{bad}`", bad, False
-        return f"unknown key `{bad}`", key, False
-    if v == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else "a key"
-        return f"missing required key `{missing}`", key, False
+        return f"unknown key `{bad}`{did_you_mean(bad, props)}", node, bad, False
+    if v == "required" and isinstance(node, Mapping):
+        missing = _missing_key(error) or "a key"
+        nested = _nested_under(node, missing)
+        if nested is not None:
+            parent, inner = nested
+            return (f"`{missing}` is indented under `{parent}`, so it belongs to `{parent}`; "
+                    f"line it up with `{next(iter(node))}` to make it a key of its own",
+                    inner, missing, False)
+        return f"missing required key `{missing}`", container, key, False
     # A hostile file can hold a value of megabytes: messages show at most a short prefix.
     shown = _shown(error.instance)
     if v == "enum":
         return (f"{name} is `{shown}`; expected one of: "
-                f"{', '.join(map(str, error.validator_value))}"), key, True
+                f"{', '.join(map(str, error.validator_value))}"
+                f"{did_you_mean(shown, map(str, error.validator_value))}"), container, key, True
     if v == "type":
-        return f"{name} must be {error.validator_value}, not `{shown}`", key, True
+        return f"{name} must be {error.validator_value}, not `{shown}`", container, key, True
     if v == "pattern" and error.schema.get("x-refundry-kind") == "period":
         try:
             Period.parse(error.instance)
         except ValueError as exc:
-            return str(exc), key, True
+            return str(exc), container, key, True
     if v == "pattern":
-        return f"{name} `{shown}` is not well formed", key, True
+        return f"{name} `{shown}` is not well formed", container, key, True
     if v == "maxLength":
-        return f"{name} is longer than {error.validator_value} characters", key, True
+        return f"{name} is longer than {error.validator_value} characters", container, key, True
     if v == "format":
-        return f"{name} `{shown}` is not a {error.validator_value}", key, True
+        return f"{name} `{shown}` is not a {error.validator_value}", container, key, True
     if v in ("minItems", "minProperties", "maxProperties"):
-        return f"{name} has too few or too many entries", key, True
-    return " ".join(error.message.split())[:200], key, True
+        return f"{name} has too few or too many entries", container, key, True
+    return " ".join(error.message.split())[:200], container, key, True
+
+
+def _nested_under(node: Mapping[str, Any], missing: str) -> tuple[str, Any] | None:
+    """The key whose value holds ``missing``: the analyst indented it one level too deep."""
+    for parent, value in node.items():
+        if isinstance(value, Mapping) and missing in value:
+            return parent, value
+    return None
 
 
 def load_document(path: Path, report: Report) -> RulesetDoc | None:
@@ -411,7 +460,8 @@ def _check_time_field(path: str, report: Report, doc: RulesetDoc, container: Any
                       rule_id: str | None = None) -> bool:
     info = fieldreg.lookup(path)
     if info is None or info.kind not in ("instant", "date"):
-        report.add(f"`{path}` is not a time field of the request", doc.path,
+        times = [f.path for f in fieldreg.request_fields().values() if f.kind in ("instant", "date")]
+        report.add(f"`{path}` is not a time field of the request{did_you_mean(path, times)}", doc.path,
                    positions_of(container, key, True), rule_id=rule_id)
         return False
     return True
@@ -543,8 +593,10 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
         citation = str(spec.get("citation", ""))
         if "window" in spec:
             if spec["window"] not in windows:
-                report.add(f"unknown window `{spec['window']}`", doc.path, spec.vpos("window"),
-                           rule_id=rule_id)
+                if spec["window"] not in _defined_windows(doc):
+                    report.add(f"unknown window `{spec['window']}`"
+                               f"{did_you_mean(spec['window'], windows)}", doc.path,
+                               spec.vpos("window"), rule_id=rule_id)
                 continue
             if "calendar" in spec:
                 report.add("a `window` deadline counts with its window's calendar; put "
@@ -566,18 +618,57 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
     return tuple(out)
 
 
+def _languages(layers: Sequence[RulesetDoc], doc: RulesetDoc) -> tuple[str, ...] | None:
+    """The languages in force for ``doc``'s rules: its own `languages`, else the nearest layer
+    below that sets them; None when none does (then one text is enough)."""
+    upto = list(layers[: layers.index(doc) + 1]) if doc in layers else [doc]
+    for layer in reversed(upto):
+        if "languages" in layer.data:
+            return tuple(layer.data["languages"])
+    return None
+
+
+def _customer_texts(raw: Any, languages: tuple[str, ...] | None, doc: RulesetDoc, rid: str,
+                    report: Report) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A rule's customer_message: the default text and, when given per language, each one.
+    A language the client writes to without a text would leave its customers a message in
+    another language, so it is a load error."""
+    given = raw.get("customer_message", "")
+    texts = dict(given) if isinstance(given, Mapping) else {}
+    if languages and "customer_message" in raw:
+        missing = [lang for lang in languages if lang not in texts]
+        if not texts and languages != ("en",):
+            missing = [lang for lang in languages if lang != "en"]
+        if missing:
+            report.add(f"`customer_message` has no {', '.join(f'`{m}`' for m in missing)} text; "
+                       f"this client writes to customers in {', '.join(languages)}: give "
+                       "`customer_message: {" + ", ".join(f"{lang}: ..." for lang in languages) + "}`",
+                       doc.path, raw.vpos("customer_message"), rule_id=rid)
+    if not texts:
+        return str(given), ()
+    default = texts.get("en", next(iter(texts.values())))
+    return str(default), tuple((k, str(v)) for k, v in texts.items())
+
+
+def _defined_windows(*layers: RulesetDoc) -> set[str]:
+    """Window names written in these layers, valid or not: a window whose definition was
+    rejected is not reported again as unknown at each rule that uses it."""
+    return {name for doc in layers for name in (doc.data.get("windows") or {})}
+
+
 def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
            report: Report, calendar: CalendarSpec = _STANDARD_CALENDAR) -> tuple[Rule, ...]:
     rules: dict[str, Rule] = {}
     for doc in layers:
-        own: set[str] = set()
+        own: dict[str, int] = {}  # rule id -> line of its first definition
         for index, raw in enumerate(doc.data.get("rules") or ()):
             rid = raw["id"]
             pos = doc.data["rules"].pos(index)
             if rid in own:
-                report.add(f"duplicate rule id `{rid}`", doc.path, raw.vpos("id"), rule_id=rid)
+                report.add(f"duplicate rule id `{rid}` (first defined on line {own[rid]})",
+                           doc.path, raw.vpos("id"), rule_id=rid)
                 continue
-            own.add(rid)
+            own[rid] = raw.vpos("id")[0]
             if rid in rules and rules[rid].floor:
                 base = rules[rid]
                 report.add(f"overrides statutory floor rule `{rid}` of `{base.layer}` "
@@ -596,11 +687,13 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             if effect == "adjust" and not raw.get("amount") and not raw.get("deadlines"):
                 report.add("an `adjust` rule needs `amount` or `deadlines`", doc.path,
                            raw.pos("effect"), rule_id=rid)
-            ctx = ParseContext(report.at(doc.path), windows, rid)
+            ctx = ParseContext(report.at(doc.path), windows, rid,
+                               _defined_windows(*layers) - set(windows))
             when = parse_condition(raw["when"], ctx, parent=raw, key="when") if "when" in raw else parse_condition({"all": [{"field": "request_id", "exists": True}]}, ctx)
+            text, texts = _customer_texts(raw, _languages(layers, doc), doc, rid, report)
             reason = Reason(
                 rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
-                message=raw["message"], customer_message=str(raw.get("customer_message", "")),
+                message=raw["message"], customer_message=text, customer_messages=texts,
                 citation=citation, floor=floor, ruleset=doc.id)
             rules[rid] = Rule(
                 id=rid, effect=effect, floor=floor, when=when, reason=reason,
@@ -748,10 +841,28 @@ class Library:
                 claimed[key] = doc
 
 
-def load_library(paths: Iterable[str | Path]) -> Library:
-    """Load and check every ruleset under ``paths``; raise ``InvalidRulesets`` with all errors."""
+def load_library(paths: Iterable[str | Path], *,
+                 baselines: str | Path | None = None) -> Library:
+    """Load and check every ruleset under ``paths``; raise ``InvalidRulesets`` with all errors.
+
+    ``baselines``: a folder whose baselines (rulesets without ``client``) are added under the
+    ones given, so a client layer can be checked, tested and evaluated on its own. A baseline
+    given in ``paths`` wins over one there with the same id or the same industry and scope.
+    """
     report = Report()
     files = discover(paths)
+    docs = _load_all(files, report)
+    if baselines is not None and Path(baselines).is_dir():
+        given = {f.resolve() for f in files}
+        more = [f for f in discover([baselines]) if f.resolve() not in given]
+        docs += [d for d in _load_all(more, report) if _adds_to(d, docs)]
+    library = Library(docs, report)
+    if report.errors:
+        raise InvalidRulesets(report.errors)
+    return library
+
+
+def _load_all(files: Iterable[Path], report: Report) -> list[RulesetDoc]:
     docs = []
     for f in files:
         if not f.exists():
@@ -760,7 +871,11 @@ def load_library(paths: Iterable[str | Path]) -> Library:
         doc = load_document(f, report)
         if doc is not None:
             docs.append(doc)
-    library = Library(docs, report)
-    if report.errors:
-        raise InvalidRulesets(report.errors)
-    return library
+    return docs
+
+
+def _adds_to(base: RulesetDoc, given: Sequence[RulesetDoc]) -> bool:
+    if base.client is not None or any(d.id == base.id for d in given):
+        return False
+    own = {(d.industry, s) for d in given if d.client is None for s in d.jurisdictions or ()}
+    return not any((base.industry, s) in own for s in base.jurisdictions or ())

@@ -248,13 +248,19 @@ class Reason:
     citation: str
     floor: bool = False
     ruleset: str = ""
+    # (language, text) pairs when the rule gives its customer_message per language; then
+    # ``customer_message`` is the English one (or the first given).
+    customer_messages: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "rule_id": self.rule_id, "effect": self.effect, "code": self.code,
             "message": self.message, "customer_message": self.customer_message,
             "citation": self.citation, "floor": self.floor, "ruleset": self.ruleset,
         }
+        if self.customer_messages:
+            out["customer_messages"] = dict(self.customer_messages)
+        return out
 
 
 @attrs.frozen

@@ -196,12 +196,18 @@ class Case:
 
     @property
     def amount(self) -> str:
+        """The amount the case stands at now: a dispute overturned with an amount replaces the
+        decision's (a denial decided 0.00; the overturn pays what it says)."""
+        dispute = self.dispute or {}
+        if dispute.get("resolution") == "overturned" and dispute.get("amount") is not None:
+            return str(dispute["amount"])
         return str(self.decision.get("amount", ""))
 
     def summary(self) -> dict[str, Any]:
         last = self.events[-1]
         return {"request_id": self.request_id, "status": self.status,
-                "outcome": self.decision.get("outcome"), "amount": self.decision.get("amount"),
+                "outcome": self.decision.get("outcome"), "amount": self.amount,
+                "decided_amount": self.decision.get("amount"),
                 "currency": self.decision.get("currency"), "events": len(self.events),
                 "submitted_by": self.submitter, "updated_at": last.at,
                 "approvals": list(self.approvals), "required_approvals": self.required_approvals}
