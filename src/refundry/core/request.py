@@ -207,20 +207,7 @@ def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) 
             return None
         return _parse_model(meta["model"], raw, path, errors)
     if kind == "text":
-        if not isinstance(raw, str):
-            errors.add(path, "must be a string")
-            return None
-        limit = MAX_NOTE if path == "note" else MAX_TEXT
-        if len(raw) > limit:
-            errors.add(path, f"is {len(raw)} characters long; at most {limit} are accepted")
-            return None
-        if path != "note" and not raw.strip():
-            errors.add(path, "must not be empty")
-            return None
-        if _SURROGATE.search(raw):
-            errors.add(path, "holds a lone surrogate, which is not unicode text")
-            return None
-        return raw
+        return _parse_text(raw, path, errors)
     if kind == "enum":
         if not isinstance(raw, str) or raw not in meta["values"]:
             what = f"`{shown(raw)}` is not" if isinstance(raw, str) else "must be"
@@ -256,6 +243,23 @@ def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) 
             return None
         return _parse_facts(raw, path, errors, 0)
     raise AssertionError(kind)  # pragma: no cover - a model field with a kind nobody handles
+
+
+def _parse_text(raw: Any, path: str, errors: _Errors) -> str | None:
+    if not isinstance(raw, str):
+        errors.add(path, "must be a string")
+        return None
+    limit = MAX_NOTE if path == "note" else MAX_TEXT
+    if len(raw) > limit:
+        errors.add(path, f"is {len(raw)} characters long; at most {limit} are accepted")
+        return None
+    if path != "note" and not raw.strip():
+        errors.add(path, "must not be empty")
+        return None
+    if _SURROGATE.search(raw):
+        errors.add(path, "holds a lone surrogate, which is not unicode text")
+        return None
+    return raw
 
 
 def _date(raw: Any) -> dt.date | None:
