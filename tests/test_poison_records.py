@@ -114,3 +114,18 @@ def test_a_journal_from_before_the_key_prefixes_still_resumes(tmp_path: Path):
                         "--rulesets", RULESETS)
     assert done.returncode == 0 and "skipped (done before) 1" in done.stderr, done.stderr
     assert [json.loads(x)["request_id"] for x in out.read_text().splitlines()] == ["new-1"]
+
+
+def test_a_card_number_sent_as_a_number_stays_invalid_after_scrubbing(tmp_path: Path):
+    # The scrubber masked the number 4111111111111111 into a string, which made the integer
+    # transaction.id (invalid) a valid text id, and the request was approved.
+    raw = _line("numeric-id").replace(b'"id": "o-1"', b'"id": 4111111111111111')
+    batch, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch.write_bytes(raw + b"\n")
+    done = refundry_cli("run", "--source", "jsonl", "--input", batch, "--out", out,
+                        "--rulesets", RULESETS)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == ""
+    dead = json.loads(out.with_name("out.jsonl.dead-letter.jsonl").read_text())
+    assert "field `transaction.id`: must be a string" in dead["reason"]
+    assert "4111111111111111" not in json.dumps(dead)
