@@ -169,3 +169,15 @@ def refundable(request: Any) -> Decimal:
     zero, read from the parsed request (only a request that parses can be approved)."""
     left = request.transaction.amount - sum((p.amount for p in request.prior_refunds), Decimal(0))
     return max(left, Decimal(0))
+
+
+def refundable_of_line(line: bytes) -> Decimal:
+    """``refundable`` of a batch line, from its money fields alone. The run scrubs card numbers
+    out of a request before parsing it, so a line whose only fault was a card-number-shaped
+    number in a free field may be decided; what it may never get is more than its order has."""
+    from refundry.core.money import parse_money
+
+    doc = json.loads(line, parse_float=Decimal)
+    txn = doc["transaction"]
+    prior = sum((parse_money(p["amount"]) for p in doc.get("prior_refunds") or ()), Decimal(0))
+    return max(min(parse_money(txn["amount"]) - prior, parse_money(doc["amount"])), Decimal(0))
