@@ -86,3 +86,29 @@ def test_shipped_rulesets_point_editors_at_the_schema():
         assert first.startswith("# yaml-language-server: $schema="), path
         target = (path.parent / first.split("=", 1)[1]).resolve()
         assert target == (ROOT / "schemas" / "ruleset.schema.json").resolve(), path
+
+
+def _patterns(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                yield value
+            else:
+                yield from _patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _patterns(value)
+
+
+def test_no_schema_pattern_ends_with_a_bare_dollar():
+    """Python's `$` also matches before a final newline, ECMA-262's does not: `$(?!\\n)` ends
+    the text in both, so `1.0.0\\n` is refused by every validator."""
+    for path in SCHEMAS:
+        for pattern in _patterns(json.loads(path.read_text())):
+            assert not pattern.endswith("$"), (path.name, pattern)
+            assert "\\d" not in pattern, (path.name, pattern)  # \d takes Unicode digits in Python
+    schema = json.loads((ROOT / "schemas" / "ruleset.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for version in ("1.0.0\n", "１.0.0"):
+        assert any(e.validator == "pattern" for e in validator.iter_errors(
+            {"ruleset": "x", "version": version, "effective_from": "2024-01-01", "rules": []}))

@@ -262,6 +262,21 @@ def test_stripe_zero_decimal_refund_of_a_charge_is_history(plugins: Plugins, tmp
         refunded_at="2023-11-14T23:13:20+00:00")
 
 
+@pytest.mark.parametrize("expanded", [False, True])
+def test_a_stripe_refund_in_another_currency_than_its_charge_is_refused(
+        plugins: Plugins, tmp_path: Path, expanded: bool) -> None:
+    charge = {"object": "charge", "id": "ch_usd", "amount": 1000, "currency": "usd",
+              "captured": True, "created": 1700000000}
+    refund = {"object": "refund", "id": "re_eur", "amount": 90000, "currency": "eur",
+              "charge": charge if expanded else "ch_usd", "created": 1700003600,
+              "status": "succeeded"}
+    f = tmp_path / "mixed.json"
+    f.write_text(json.dumps([refund] if expanded else [charge | {"refunds": {"data": []}}, refund]))
+    errors = [r.error for r in read(plugins, "stripe", f, jurisdiction="DE") if r.error]
+    assert errors[-1] == (f"mixed.json[{0 if expanded else 1}]: refund `re_eur` is in EUR but its "
+                          "charge `ch_usd` was in USD: a refund is paid in the currency of its charge")
+
+
 def test_stripe_refund_with_an_expanded_charge(plugins: Plugins, tmp_path: Path) -> None:
     refund = json.loads((STRIPE / "fixtures3_refund_2018-03-29.json").read_text())
     charge = json.loads((STRIPE / "djstripe_charge_ch_fakefakefakefakefake0001.json").read_text())

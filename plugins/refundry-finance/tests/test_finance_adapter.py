@@ -425,3 +425,20 @@ def test_pacs004_round_trip_returns_nothing_twice(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "read: executed 7" in again.stderr  # the six received and the one refundry sent
     assert list((tmp_path / "again").glob("*.xml")) == []
+
+
+def test_a_csv_row_with_a_non_utf8_byte_is_a_dead_letter_and_the_run_goes_on(tmp_path: Path) -> None:
+    lines = CSV.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"D-1001", b"D-10\xff1", 1)  # the first data row, in its id
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\n".join(lines))
+    cmd = [sys.executable, "-m", "refundry.cli", "run", "--source", "card-dispute-csv", "--input",
+           str(bad), "--out", str(tmp_path / "d.jsonl"), "--rulesets", str(RULESETS),
+           "--option", "client_id=bank-1", "--option", "jurisdiction=US"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    dead = {json.loads(x)["ref"]: json.loads(x) for x in
+            (tmp_path / "d.jsonl.dead-letter.jsonl").read_text().splitlines()}
+    assert dead["bad.csv:2"]["reason"] == "bad.csv:2: the row is not utf-8"
+    assert [json.loads(x)["request_id"] for x in (tmp_path / "d.jsonl").read_text().splitlines()] == [
+        "csv:D-1002"]

@@ -13,7 +13,6 @@ The library entry point is :func:`diff_decisions`; the CLI adds reading and prin
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -26,6 +25,7 @@ import yaml
 from refundry.core.engine import Engine
 from refundry.core.errors import RefundryError
 from refundry.core.models import Decision
+from refundry.core.request import MAX_REQUEST_BYTES, JsonInputError, decode_json, read_lines
 
 TABLE_IDS = 5  # request ids shown per change in the table; --json lists them all
 
@@ -162,17 +162,17 @@ def read_requests(path: str, errors: list[str]) -> Iterable[tuple[str, Mapping[s
     """Canonical requests, one JSON object per line; blank lines are skipped, bad lines are
     reported in ``errors`` and skipped."""
     try:
-        handle = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+        handle = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise RefundryError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     with handle:
-        for number, line in enumerate(handle, 1):
+        for number, line in read_lines(handle, MAX_REQUEST_BYTES):
             if not line.strip():
                 continue
             try:
-                data = json.loads(line, parse_float=Decimal)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{path}:{number}:{exc.colno}: invalid json: {exc.msg.lower()}")
+                data = decode_json(line)
+            except JsonInputError as exc:
+                errors.append(f"{path}:{number}:{exc.column or 1}: {exc}")
                 continue
             if not isinstance(data, dict):
                 errors.append(f"{path}:{number}:1: a request is a JSON object")

@@ -267,13 +267,24 @@ def to_json(figs: Mapping[str, list[dict[str, Any]]], head: Mapping[str, Any]) -
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): client ids and rule ids
+# come from requests and rulesets, so they are quoted with a leading apostrophe.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def to_csv(figs: Mapping[str, list[dict[str, Any]]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["figure", "key", "series", "value"])
     for name, pts in figs.items():
         for p in pts:
-            w.writerow([name, p["key"], p["series"], _jsonable(p["value"])])
+            w.writerow([csv_cell(c) for c in (name, p["key"], p["series"], _jsonable(p["value"]))])
     return buf.getvalue()
 
 

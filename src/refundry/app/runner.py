@@ -32,7 +32,7 @@ import attrs
 from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import OUTCOMES, Decision, RefundRequest
-from refundry.core.request import parse_request
+from refundry.core.request import parse_request, printable_text
 from refundry.plugins import (
     KINDS,
     ExecutedRefund,
@@ -171,8 +171,8 @@ class _Result:
 
 
 def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
-    rid = data.get("request_id")
-    rid = rid if isinstance(rid, str) else None
+    # Only an id a dead-letter line can hold (UTF-8, bounded): a source may hand over anything.
+    rid = printable_text(data.get("request_id"))
     try:
         req = parse_request(data, source=ref)
     except InvalidRequest as exc:
@@ -343,9 +343,9 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             assert done_res.decision is not None
             if event is not None:
                 summary.plugin_errors.extend(str(e) for e in plugins.record_written(event))
-            line = {"key": done_res.decision.request_id, "ref": done_res.ref,
+            line = {"key": journal_key(done_res.decision.request_id), "ref": done_res.ref,
                     "outcome": done_res.decision.outcome}
-            state = decided_in.get(done_res.decision.request_id)
+            state = decided_in.get(journal_key(done_res.decision.request_id))
             jr.write({**line, "state": state} if state else line)
         awaiting.clear()
 
@@ -410,7 +410,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             if rec.state and known and rec.state not in known:
                 known.add(rec.state)
                 if on_update is not None:
-                    on_update(key, rec.state, rec.ref)
+                    on_update(request_id_of(key), rec.state, rec.ref)
                 jr.write({"key": f"{key}@{rec.state}", "ref": rec.ref, "outcome": "updated"})
                 summary.updated += 1
             elif earlier:
@@ -432,7 +432,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                 elif rec.kind == "request":
                     assert rec.request is not None
                     rid = rec.request.get("request_id")
-                    key = rid if isinstance(rid, str) and rid else f"ref:{rec.ref}"
+                    key = journal_key(rid) if isinstance(rid, str) and rid else f"ref:{rec.ref}"
                     if not seen_before(rec, key):
                         seen_now.add(key)
                         if rec.state:
@@ -544,6 +544,18 @@ class _History:
         if not entries:
             return request
         return {**request, "prior_refunds": [*(request.get("prior_refunds") or []), *entries]}
+
+
+def journal_key(request_id: str) -> str:
+    """The journal key of a request id. Input records are journalled as ``ref:FILE:LINE``; a
+    request id that itself starts with ``ref:`` (or ``id:``) is written as ``id:`` + the id, so
+    it can never mark another line done (a request `ref:in.jsonl:3` made a resumed run skip
+    line 3 unread). Every other id is its own key, as in journals written before."""
+    return f"id:{request_id}" if request_id.startswith(("ref:", "id:")) else request_id
+
+
+def request_id_of(key: str) -> str:
+    return key[3:] if key.startswith("id:") else key
 
 
 def _journal_states(path: Path) -> dict[str, set[str]]:

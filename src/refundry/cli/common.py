@@ -8,18 +8,28 @@ ruleset or request.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from refundry.core.engine import Engine
 from refundry.core.errors import RefundryError
 from refundry.core.models import json_default
+from refundry.core.request import (
+    MAX_REQUEST_BYTES,
+    MAX_YEAR,
+    MIN_YEAR,
+    JsonInputError,
+    decode_json,
+    parse_time,
+    shown,
+)
 from refundry.core.resources import data_dir
 from refundry.records.anchors import Signer, open_anchor
 from refundry.records.events import Case, RecordStore
@@ -49,14 +59,41 @@ def print_json(data: Any) -> None:
 def read_json(path: str) -> Any:
     """A JSON document from a file or ``-`` (stdin), numbers with a fraction as ``Decimal``."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        # One byte past the limit is enough to refuse; a 10 GB file is never read whole.
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+        else:
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_REQUEST_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     try:
-        return json.loads(text, parse_float=Decimal)
-    except json.JSONDecodeError as exc:
-        raise RefundryError(f"invalid json: {exc.msg.lower()}", path=path, line=exc.lineno,
-                            column=exc.colno) from None
+        return decode_json(raw)
+    except JsonInputError as exc:
+        raise RefundryError(str(exc), path=path, line=exc.line, column=exc.column) from None
+
+
+def write_file(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` all at once: into a private temp file in the same folder
+    (created exclusively with a random name, so a planted ``PATH.tmp`` symlink is never written
+    through), flushed to disk, then renamed over ``path``. A path that cannot be written is a
+    usage error, not a traceback."""
+    out = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UsageError(f"cannot write `{out}`: {(exc.strerror or str(exc)).lower()}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write `{out}`: {(exc.strerror or str(exc)).lower()}") from None
+    return out
 
 
 def engine_for(args: argparse.Namespace, paths: Sequence[str] | None = None) -> Engine:
@@ -83,25 +120,27 @@ def baselines_for(args: argparse.Namespace, context: str | Path | None = None) -
 
 
 def parse_as_of(text: str | None) -> dt.datetime | None:
-    """``--as-of``: an RFC 3339 time with its UTC offset (a bare local time is ambiguous)."""
+    """``--as-of``: an RFC 3339 time with its UTC offset (a bare local time is ambiguous), read
+    as a request's times are, so year 1 or 9999 is refused here and not overflowed later."""
     if not text:
         return None
     try:
-        as_of = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"--as-of `{text}` is not an RFC 3339 time") from None
-    if as_of.tzinfo is None:
-        raise UsageError(f"--as-of `{text}` needs a UTC offset")
-    return as_of
+        return parse_time(text)
+    except ValueError as exc:
+        raise UsageError(f"--as-of: {exc}") from None
 
 
 def parse_day(text: str | None, what: str) -> dt.date | None:
     if not text:
         return None
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"{what} `{text}` is not a date (YYYY-MM-DD)") from None
+        day = None
+    if day is None or not MIN_YEAR <= day.year <= MAX_YEAR:
+        raise UsageError(f"{what} `{shown(text)}` is not a date (YYYY-MM-DD, years {MIN_YEAR} "
+                         f"to {MAX_YEAR})")
+    return day
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:

@@ -7,11 +7,10 @@ import argparse
 import getpass
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from refundry.app.customer import communicate, receipt, receipt_html, receipt_text
-from refundry.cli.common import EXIT_OK, open_db
+from refundry.cli.common import EXIT_OK, open_db, write_file
 from refundry.cli.status import add_customer_options
 
 
@@ -21,7 +20,7 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         out = (json.dumps(data, indent=2, ensure_ascii=False) + "\n" if args.format == "json"
                else receipt_html(data))
         if args.out and args.out != "-":
-            Path(args.out).write_text(out, encoding="utf-8")
+            write_file(args.out, out)
         else:
             sys.stdout.write(out)
         if not args.preview:

@@ -4,11 +4,10 @@ and disputes as HTML with inline SVG charts, CSV or JSON."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from refundry.app.report import build, to_csv, to_html, to_json
-from refundry.cli.common import EXIT_OK, add_db_option, open_db, parse_day
+from refundry.cli.common import EXIT_OK, add_db_option, open_db, parse_day, write_file
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -18,10 +17,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     span = f"{since or 'start'} to {until or 'now'}" + (f", client {args.client}" if args.client else "")
     text = {"html": lambda: to_html(figs, head, f"refundry report: {span}"),
             "csv": lambda: to_csv(figs), "json": lambda: to_json(figs, head)}[args.format]()
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)  # never a half-written report
+    out = write_file(args.out, text)  # never a half-written report
     print(f"report: {head['cases']} cases -> {out}")
     return EXIT_OK
 

@@ -26,8 +26,14 @@ from refundry.core.loader import CompiledRuleset, Library, Rule, load_library
 from refundry.core.models import Decision, Reason, RefundRequest
 from refundry.core.money import ZERO, is_currency, round_money
 from refundry.core.periods import HolidayCalendars
-from refundry.core.request import parse_request
+from refundry.core.request import MAX_YEAR, MIN_YEAR, parse_request, printable_text, shown
 
+PRIOR_REFUNDS_DISAGREE = Reason(
+    rule_id="refundry.prior-refunds-disagree", effect="manual_review",
+    code="prior_refunds_disagree",
+    message="the request's prior_refunds differ from the refunds the records store paid on this "
+            "transaction; a person must check what is left to refund",
+    customer_message="Your request needs a review by our team.", citation="", ruleset="refundry")
 INVALID_REQUEST = "refundry.invalid-request"
 NO_RULESET = "refundry.no-ruleset"
 DUPLICATE = Reason(
@@ -92,6 +98,23 @@ def _error_decision(request_id: str, currency: str, rule_id: str, code: str, mes
                     errors=tuple(errors))
 
 
+def _id_and_currency(request: object) -> tuple[str, str]:
+    """What an error decision can safely say of a request that did not parse."""
+    try:
+        rid = request.get("request_id") if isinstance(request, Mapping) else None
+        cur = request.get("currency") if isinstance(request, Mapping) else None
+    except Exception:  # noqa: BLE001 - a caller's mapping may raise on get
+        rid = cur = None
+    return printable_text(rid) or "", cur if isinstance(cur, str) and is_currency(cur) else "XXX"
+
+
+def _prior_refunds_disputed(req: RefundRequest) -> bool:
+    """The records store's history enricher found that the request's ``prior_refunds`` differ
+    from what the store paid (docs/fraud.md); an approval then waits for a person."""
+    history = req.facts.get("history") if isinstance(req.facts, Mapping) else None
+    return isinstance(history, Mapping) and history.get("prior_refunds_disagree") is True
+
+
 def _as_of(value: dt.datetime | str | None) -> tuple[dt.datetime | None, str | None]:
     """``as_of`` as an aware datetime, from a datetime or an RFC 3339 string (as `--as-of`)."""
     if value is None:
@@ -101,9 +124,11 @@ def _as_of(value: dt.datetime | str | None) -> tuple[dt.datetime | None, str | N
         try:
             value = dt.datetime.fromisoformat(text)
         except ValueError:
-            return None, f"`{text[:60]}` is not an RFC 3339 time"
+            return None, f"`{shown(text, 60)}` is not an RFC 3339 time"
     if not isinstance(value, dt.datetime) or value.utcoffset() is None:
         return None, "needs a UTC offset"
+    if not MIN_YEAR <= value.year <= MAX_YEAR:  # date arithmetic would overflow near year 1/9999
+        return None, f"is outside the years {MIN_YEAR} to {MAX_YEAR}"
     return value, None
 
 
@@ -232,16 +257,15 @@ class Engine:
 
     def _evaluate(self, request: Mapping[str, Any] | RefundRequest, as_of: dt.datetime | str | None,
                   ruleset: str | None, *, explain: bool) -> tuple[Decision, dict[str, Any], list[dict[str, Any]]]:
+        as_of, problem = _as_of(as_of)
         try:
             req = parse_request(request)
-        except InvalidRequest as exc:
-            rid = request.get("request_id") if isinstance(request, Mapping) else None
-            cur = request.get("currency") if isinstance(request, Mapping) else None
+        except Exception as exc:  # noqa: BLE001 - InvalidRequest, or a caller's odd mapping
+            errors = [str(e) for e in exc.errors] if isinstance(exc, InvalidRequest) else [
+                f"the request could not be read: {type(exc).__name__}"]
             return _error_decision(
-                rid if isinstance(rid, str) else "", cur if isinstance(cur, str) and is_currency(cur) else "XXX",
-                INVALID_REQUEST, "invalid_request", "the request is not valid; nothing was evaluated",
-                [str(e) for e in exc.errors], as_of if isinstance(as_of, dt.datetime) else None), {}, []
-        as_of, problem = _as_of(as_of)
+                *_id_and_currency(request), INVALID_REQUEST, "invalid_request",
+                "the request is not valid; nothing was evaluated", errors, as_of), {}, []
         if problem:
             return _error_decision(req.request_id, req.currency, INVALID_REQUEST, "invalid_request",
                                    f"as_of {problem}", [f"as_of: {problem}"], None), {}, []
@@ -280,10 +304,13 @@ class Engine:
         if refundable is None:
             refundable = req.transaction.amount - sum((p.amount for p in req.prior_refunds), ZERO)
         got = combine(req, matched, facts, items, Money.of(req, refundable), ctx, builder)
+        outcome, synthetic = got.outcome, got.synthetic
+        if outcome == "approve" and _prior_refunds_disputed(req):
+            outcome, synthetic = "manual_review", (*synthetic, PRIOR_REFUNDS_DISAGREE)
         decision = Decision(
-            outcome=got.outcome, amount=got.amount, currency=req.currency,
+            outcome=outcome, amount=got.amount, currency=req.currency,
             request_id=req.request_id, as_of=when,
-            reasons=tuple(r.reason for r in matched) + got.synthetic,
+            reasons=tuple(r.reason for r in matched) + synthetic,
             deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref,
             lines=got.lines, actions=got.actions)
         trace: list[dict[str, Any]] = []

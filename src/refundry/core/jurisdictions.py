@@ -15,7 +15,7 @@ EU_MEMBERS = frozenset(
     ["AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"]
 )
 
-_CODE = re.compile(r"^([A-Z]{2})(?:-([A-Z0-9]{1,3}))?$")
+_CODE = re.compile(r"([A-Z]{2})(?:-([A-Z0-9]{1,3}))?")  # fullmatch: no "DE\n"
 
 # A state's zone where its country spans several; the country default covers the rest.
 _SUBDIVISION_ZONES = {
@@ -76,7 +76,7 @@ def timezones() -> frozenset[str]:
 @lru_cache(maxsize=8192)
 def split(code: str) -> tuple[str, str | None]:
     """``"US-CA"`` -> ``("US", "CA")``; raises ``ValueError`` for a code that is not ISO 3166."""
-    m = _CODE.match(code) if isinstance(code, str) else None
+    m = _CODE.fullmatch(code) if isinstance(code, str) else None
     if not m or m.group(1) not in countries():
         raise ValueError(f"`{str(code)[:20]}` is not an ISO 3166-1 or ISO 3166-2 code")
     return m.group(1), m.group(2)

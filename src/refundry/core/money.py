@@ -6,7 +6,8 @@ currency's minor unit when a decision states the refundable amount.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 
 import iso4217
@@ -58,10 +59,19 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
 
 
 MAX_DIGITS = 15  # 10^15 of any unit is more money than a refund can be; bigger is hostile input
+MAX_PLACES = 12
+# The request schema's money pattern, read the same way: ASCII digits only (``\d`` would take
+# fullwidth and other Unicode digits), no sign, no exponent, no underscores, no spaces.
+# ``$(?!\n)`` ends the text in both dialects: Python's ``$`` also matches before a final newline.
+END = r"$(?!\n)"
+MONEY_PATTERN = rf"^[0-9]{{1,{MAX_DIGITS}}}(\.[0-9]{{1,{MAX_PLACES}}})?" + END
+_MONEY_TEXT = re.compile(MONEY_PATTERN)
 
 
 def parse_money(value: object) -> Decimal:
-    """A money value from JSON: a decimal string or an integer; floats are refused.
+    """A money value from JSON: a decimal string or an integer, never negative; floats are
+    refused. ``Decimal`` (what a JSON reader with ``parse_float=Decimal`` gives) is held to the
+    same limits as the text.
 
     Raises ``ValueError`` with a message fit for a one-line error.
     """
@@ -69,22 +79,32 @@ def parse_money(value: object) -> Decimal:
         raise ValueError("must be a decimal string, not a boolean")
     if isinstance(value, float):
         raise ValueError("must be a decimal string such as `\"12.50\"`, not a float")
+    if isinstance(value, str):
+        if len(value) > MAX_DIGITS + MAX_PLACES + 1 or not _MONEY_TEXT.match(value):
+            shown = value[:40].encode("ascii", "backslashreplace").decode()
+            if value.startswith("-") and _MONEY_TEXT.match(value[1:]):
+                raise ValueError("must not be negative")
+            raise ValueError(f"`{shown}` is not a decimal amount such as `12.50` (digits 0-9, "
+                             "no sign, no exponent)")
+        return Decimal(value)
     if isinstance(value, int):
-        amount = Decimal(value)
-    elif isinstance(value, Decimal):
-        amount = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text or len(text) > 40:
-            raise ValueError(f"`{value[:40]}` is not a decimal amount")
-        try:
-            amount = Decimal(text)
-        except InvalidOperation:
-            raise ValueError(f"`{value[:40]}` is not a decimal amount") from None
-    else:
-        raise ValueError("must be a decimal string")
+        if value < 0:
+            raise ValueError("must not be negative")
+        if value >= 10**MAX_DIGITS:
+            raise ValueError("is larger than any refund can be")
+        return Decimal(value)
+    if isinstance(value, Decimal):
+        return _checked_decimal(value)
+    raise ValueError("must be a decimal string")
+
+
+def _checked_decimal(amount: Decimal) -> Decimal:
     if not amount.is_finite():
         raise ValueError("must be a finite amount")
-    if amount.adjusted() >= MAX_DIGITS:
-        raise ValueError(f"`{value}` is larger than any refund can be")
-    return amount
+    if amount.is_signed() and amount != 0:
+        raise ValueError("must not be negative")
+    if amount != 0 and amount.adjusted() >= MAX_DIGITS:
+        raise ValueError("is larger than any refund can be")
+    if amount.as_tuple().exponent < -MAX_PLACES:  # type: ignore[operator]
+        raise ValueError(f"has more than {MAX_PLACES} decimal places")
+    return abs(amount)  # -0 becomes 0

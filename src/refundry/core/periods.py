@@ -27,7 +27,8 @@ _UNIT_WORDS = {
     "working day": "business_days", "working days": "business_days",
     "billing cycle": "billing_cycles", "billing cycles": "billing_cycles",
 }
-_STEP = re.compile(r"^\s*(\d{1,4})\s+([a-z ]+?)\s*$")
+MAX_PERIOD_TEXT = 200
+MAX_STEPS = 8
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_BUSINESS_DAYS = 2_000
 
@@ -40,33 +41,24 @@ class Period:
 
     @classmethod
     def parse(cls, text: str) -> Period:
+        # Read by hand, not by a regex: overlapping repeats such as ``\s+([a-z ]+?)\s*`` take
+        # quadratic time on a long run of spaces, and a ruleset is untrusted input.
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a period is text such as `14 days` or `10 business days`")
+        if len(text) > MAX_PERIOD_TEXT:
+            raise ValueError(f"a period is at most {MAX_PERIOD_TEXT} characters")
         steps: list[tuple[int, str]] = []
         # `A then B`: B counts from the *end* of A, after A's end-of-period convention (CRD Art
         # 10(1): "12 months from the end of the initial withdrawal period", which Reg 1182/71
         # Art 3(4) may have moved off a weekend). `+` keeps counting from A's unmoved last day.
+        # (`\bthen\b` has no overlapping repeat, so it stays linear on hostile text.)
         for i, chunk in enumerate(re.split(r"\bthen\b", text)):
             if i:
                 steps.append((0, ROLL))
-            steps.extend(cls._steps(chunk))
+            steps.extend(_step(part) for part in chunk.split("+"))
+        if sum(1 for _, unit in steps if unit != ROLL) > MAX_STEPS:
+            raise ValueError(f"a period has at most {MAX_STEPS} steps")
         return cls(tuple(steps))
-
-    @staticmethod
-    def _steps(text: str) -> list[tuple[int, str]]:
-        steps = []
-        for part in text.split("+"):
-            m = _STEP.match(part.lower())
-            unit = _UNIT_WORDS.get(m.group(2)) if m else None
-            if not m or unit is None:
-                raise ValueError(
-                    f"`{part.strip()}` is not a period; write a number and one of: days, weeks, "
-                    "months, business days, billing cycles")
-            n = int(m.group(1))
-            if unit == "business_days" and n > MAX_BUSINESS_DAYS:
-                raise ValueError(f"`{part.strip()}` is longer than {MAX_BUSINESS_DAYS} business days")
-            steps.append((n, unit))
-        return steps
 
     @property
     def units(self) -> frozenset[str]:
@@ -80,6 +72,20 @@ class Period:
             else:
                 out += ("" if not out or out.endswith(" then ") else " + ") + f"{n} {u.replace('_', ' ')}"
         return out
+
+
+def _step(part: str) -> tuple[int, str]:
+    words = part.lower().split()
+    number = words[0] if words else ""
+    unit = _UNIT_WORDS.get(" ".join(words[1:]))
+    if not (number.isascii() and number.isdigit() and len(number) <= 4) or unit is None:
+        raise ValueError(
+            f"`{part.strip()[:40]}` is not a period; write a number and one of: days, weeks, "
+            "months, business days, billing cycles")
+    n = int(number)
+    if unit == "business_days" and n > MAX_BUSINESS_DAYS:
+        raise ValueError(f"`{part.strip()}` is longer than {MAX_BUSINESS_DAYS} business days")
+    return n, unit
 
 
 @attrs.frozen

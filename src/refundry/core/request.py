@@ -8,22 +8,42 @@ reports every problem at once, each naming the field by its dotted path.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
 from refundry.core import jurisdictions
 from refundry.core.errors import InvalidRequest, RequestError
 from refundry.core.models import RefundRequest
-from refundry.core.money import is_currency, parse_money
+from refundry.core.money import END, MONEY_PATTERN, is_currency, parse_money
 
 MAX_TEXT = 1_000
 MAX_NOTE = 65_536  # a longer note is hostile input, not a customer's message
 MAX_ITEMS = 1_000
 MAX_FACTS_DEPTH = 6
+MAX_FACTS_KEYS = 200  # entries of the top-level ``facts`` map
+MAX_FACTS_VALUES = 2_000  # every value at any depth, lists and maps included
+MAX_FACTS_NUMBER_DIGITS = 18
+MAX_REQUEST_BYTES = 1_048_576  # one request as JSON text; readers refuse a longer one unread
+# Years a refund can concern. Outside them date arithmetic (time zones, "+ 12 months") would
+# overflow Python's calendar, so such a time is refused as input rather than failing later.
+MIN_YEAR, MAX_YEAR = 1900, 2999
+_YEARS = "(19[0-9]{2}|2[0-9]{3})"
+_DATE = _YEARS + "-[0-9]{2}-[0-9]{2}"
+_TIME = _DATE + r"[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+DATE_PATTERN = f"^{_DATE}{END}"
+TIME_PATTERN = f"^{_TIME}{END}"
+_DATE_RE = re.compile(DATE_PATTERN)
+_TIME_RE = re.compile(TIME_PATTERN)
+_NO_OFFSET_RE = re.compile(f"^{_DATE}([Tt ][0-9:.]+)?{END}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+CURRENCY_PATTERN = "^[A-Z]{3}" + END
+_CURRENCY_RE = re.compile(CURRENCY_PATTERN)
 
 
 class _Errors:
@@ -33,6 +53,75 @@ class _Errors:
 
     def add(self, path: str, message: str) -> None:
         self.items.append(RequestError(message, path=self.source, field=path or None))
+
+
+class JsonInputError(ValueError):
+    """JSON text that cannot become request data; ``line`` and ``column`` when they are known."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(message)
+        self.line, self.column = line, column
+
+
+MAX_JSON_INT_DIGITS = 40
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _json_int(text: str) -> int:
+    # Python refuses to convert (or later print) an int of over 4,300 digits with a ValueError
+    # that no one expects from json.loads; a shorter bound keeps the message ours.
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise JsonInputError(f"a number of {len(text)} digits; at most {MAX_JSON_INT_DIGITS} are read")
+    return int(text)
+
+
+def _json_constant(text: str) -> Any:
+    raise JsonInputError(f"`{text}` is not json")
+
+
+def decode_json(raw: bytes | str, *, limit: int = MAX_REQUEST_BYTES) -> Any:
+    """JSON text from outside (a file line, stdin, an API body) as Python values, numbers with a
+    fraction as ``Decimal``. Every way hostile text can break ``json.loads`` becomes one
+    ``JsonInputError``: over ``limit`` bytes, not UTF-8, nesting that recurses, a 5,000-digit
+    number, ``NaN``, or a lone surrogate (which no UTF-8 writer could put in a record)."""
+    if len(raw) > limit:
+        raise JsonInputError(f"is more than {limit} bytes long")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonInputError(f"is not utf-8 (byte {exc.start + 1})") from None
+    try:
+        value = json.loads(raw, parse_float=Decimal, parse_int=_json_int,
+                           parse_constant=_json_constant)
+    except json.JSONDecodeError as exc:
+        raise JsonInputError(f"invalid json: {exc.msg.lower()}", exc.lineno, exc.colno) from None
+    except RecursionError:
+        raise JsonInputError("invalid json: nests too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JsonInputError("holds a lone surrogate (\\ud800-\\udfff), which is not unicode text") from None
+        except RecursionError:  # pragma: no cover - the decoder recursed first
+            raise JsonInputError("invalid json: nests too deeply") from None
+    return value
+
+
+def read_lines(fh: BinaryIO, limit: int) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines as bytes (decoded per line, so one bad byte spoils one line, not the
+    file). A line over ``limit`` bytes is never held whole: its first ``limit + 1`` bytes stand
+    for it, enough for the reader to refuse it by its length."""
+    number = 0
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+        yield number, line
 
 
 def parse_request(data: object, *, source: str | None = None) -> RefundRequest:
@@ -49,7 +138,11 @@ def parse_request(data: object, *, source: str | None = None) -> RefundRequest:
     if isinstance(data.get("refund_to"), str):
         # The contract accepts a bare type for `refund_to` (`"store_credit"`).
         data = {**data, "refund_to": {"type": data["refund_to"]}}
-    value = _parse_model(RefundRequest, data, "", errors)
+    try:
+        value = _parse_model(RefundRequest, data, "", errors)
+    except RecursionError:  # a Python caller's self-referencing or absurdly deep value
+        errors.add("", "nests too deeply to be a refund request")
+        raise InvalidRequest(errors.items) from None
     if not errors.items:
         _check_semantics(value, errors)
     if errors.items:
@@ -61,11 +154,28 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def printable_text(raw: object) -> str | None:
+    """``raw`` when it is text a record, a report or a terminal can hold; else ``None``."""
+    if isinstance(raw, str) and len(raw) <= MAX_TEXT and not _SURROGATE.search(raw):
+        return raw
+    return None
+
+
+def shown(raw: object, limit: int = 40) -> str:
+    """A bounded, printable form of a hostile value for an error message: never ``repr`` of a
+    structure (a deep one recurses), never a lone surrogate (it cannot be written as UTF-8)."""
+    if isinstance(raw, str):
+        return raw[:limit].encode("ascii", "backslashreplace").decode()
+    if isinstance(raw, (bool, type(None))):
+        return str(raw).lower()
+    return f"a {type(raw).__name__}"
+
+
 def _parse_model(cls: type, data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
     fields = attrs.fields_dict(cls)
     for key in data:
         if key not in fields:
-            errors.add(_join(prefix, str(key)[:60]), "unknown field")
+            errors.add(_join(prefix, shown(key, 60)), "unknown field")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         path = _join(prefix, name)
@@ -100,21 +210,11 @@ def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) 
             return None
         return _parse_model(meta["model"], raw, path, errors)
     if kind == "text":
-        if not isinstance(raw, str):
-            errors.add(path, "must be a string")
-            return None
-        limit = MAX_NOTE if path == "note" else MAX_TEXT
-        if len(raw) > limit:
-            errors.add(path, f"is {len(raw)} characters long; at most {limit} are accepted")
-            return None
-        if path != "note" and not raw.strip():
-            errors.add(path, "must not be empty")
-            return None
-        return raw
+        return _parse_text(raw, path, errors)
     if kind == "enum":
-        if raw not in meta["values"]:
-            shown = str(raw)[:40]
-            errors.add(path, f"`{shown}` is not one of {', '.join(meta['values'])}")
+        if not isinstance(raw, str) or raw not in meta["values"]:
+            what = f"`{shown(raw)}` is not" if isinstance(raw, str) else "must be"
+            errors.add(path, f"{what} one of {', '.join(meta['values'])}")
             return None
         return raw
     if kind == "money":
@@ -136,73 +236,139 @@ def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) 
     if kind == "instant":
         return _parse_instant(raw, path, errors, date_ok=path != "requested_at")
     if kind == "date":
-        try:
-            return dt.date.fromisoformat(raw) if isinstance(raw, str) else _bad()
-        except ValueError:
-            errors.add(path, "must be a date such as `2024-03-01`")
-            return None
+        day = _date(raw)
+        if day is None:
+            errors.add(path, f"must be a date such as `2024-03-01`, years {MIN_YEAR} to {MAX_YEAR}")
+        return day
     if kind == "facts":
+        if not isinstance(raw, Mapping):
+            errors.add(path, "must be an object")
+            return None
         return _parse_facts(raw, path, errors, 0)
     raise AssertionError(kind)  # pragma: no cover - a model field with a kind nobody handles
 
 
-def _bad() -> Any:
-    raise ValueError
+def _parse_text(raw: Any, path: str, errors: _Errors) -> str | None:
+    if not isinstance(raw, str):
+        errors.add(path, "must be a string")
+        return None
+    limit = MAX_NOTE if path == "note" else MAX_TEXT
+    if len(raw) > limit:
+        errors.add(path, f"is {len(raw)} characters long; at most {limit} are accepted")
+        return None
+    if path != "note" and not raw.strip():
+        errors.add(path, "must not be empty")
+        return None
+    if _SURROGATE.search(raw):
+        errors.add(path, "holds a lone surrogate, which is not unicode text")
+        return None
+    return raw
+
+
+def _date(raw: Any) -> dt.date | None:
+    if not isinstance(raw, str) or not _DATE_RE.match(raw):
+        return None
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+def parse_time(raw: object) -> dt.datetime:
+    """An RFC 3339 time with its UTC offset, years ``MIN_YEAR`` to ``MAX_YEAR``; the one reading
+    of a time shared by requests and ``--as-of``. Raises ``ValueError`` with a one-line reason."""
+    if isinstance(raw, str) and _NO_OFFSET_RE.match(raw):
+        raise ValueError(f"`{shown(raw)}` has no UTC offset; the local time it means is ambiguous")
+    if not isinstance(raw, str) or not _TIME_RE.match(raw):
+        raise ValueError(f"`{shown(raw)}` is not an RFC 3339 time with offset, years {MIN_YEAR} "
+                         f"to {MAX_YEAR}, e.g. `2024-03-01T10:00:00+01:00`")
+    try:
+        return dt.datetime.fromisoformat(raw.upper())
+    except ValueError:
+        raise ValueError(f"`{raw}` is not a time that exists") from None
 
 
 def _parse_instant(raw: Any, path: str, errors: _Errors, *, date_ok: bool) -> Any:
-    if not isinstance(raw, str) or len(raw) > 40:
-        errors.add(path, "must be an RFC 3339 time with offset, e.g. `2024-03-01T10:00:00+01:00`")
-        return None
-    if date_ok and len(raw) == 10:
-        try:
-            return dt.date.fromisoformat(raw)
-        except ValueError:
-            pass
+    if date_ok:
+        day = _date(raw)
+        if day is not None:
+            return day
     try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        errors.add(path, f"`{raw}` is not an RFC 3339 time")
+        return parse_time(raw)
+    except ValueError as exc:
+        errors.add(path, str(exc))
         return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        errors.add(path, f"`{raw}` has no UTC offset; the local time it means is ambiguous")
-        return None
-    return value
 
 
-def _parse_facts(raw: Any, path: str, errors: _Errors, depth: int) -> Any:
+class _FactsBudget:
+    """How many more values ``facts`` may hold: the bound on its size, whatever its shape."""
+
+    def __init__(self) -> None:
+        self.left = MAX_FACTS_VALUES
+
+    def take(self, errors: _Errors) -> bool:
+        self.left -= 1
+        if self.left == -1:
+            errors.add("facts", f"holds more than {MAX_FACTS_VALUES} values")
+        return self.left >= 0
+
+
+def _parse_facts(raw: Any, path: str, errors: _Errors, depth: int,
+                 budget: _FactsBudget | None = None) -> Any:
+    budget = budget or _FactsBudget()
     if depth > MAX_FACTS_DEPTH:
         errors.add(path, f"nests deeper than {MAX_FACTS_DEPTH} levels")
         return None
+    if not budget.take(errors):
+        return None
     if isinstance(raw, Mapping):
-        if depth == 0 and len(raw) > 200:
-            errors.add(path, "has more than 200 entries")
+        if depth == 0 and len(raw) > MAX_FACTS_KEYS:
+            errors.add(path, f"has more than {MAX_FACTS_KEYS} entries")
             return None
         out = {}
         for k, v in raw.items():
-            if not isinstance(k, str):
-                errors.add(path, "keys must be strings")
+            if not isinstance(k, str) or len(k) > 64 or _SURROGATE.search(k):
+                errors.add(path, "keys must be strings of at most 64 characters")
                 return None
-            out[k] = _parse_facts(v, f"{path}.{k}", errors, depth + 1)
+            out[k] = _parse_facts(v, f"{path}.{k}", errors, depth + 1, budget)
         return out
     if isinstance(raw, list):
-        return tuple(_parse_facts(v, f"{path}[{i}]", errors, depth + 1) for i, v in enumerate(raw))
+        return tuple(_parse_facts(v, f"{path}[{i}]", errors, depth + 1, budget)
+                     for i, v in enumerate(raw))
+    return _fact_scalar(raw, path, errors)
+
+
+def _fact_scalar(raw: Any, path: str, errors: _Errors) -> Any:
     if isinstance(raw, float):
         if not math.isfinite(raw):
             errors.add(path, "must be a finite number")
             return None
-        return Decimal(repr(raw))
-    if isinstance(raw, str) and len(raw) > MAX_TEXT:
-        errors.add(path, f"is longer than {MAX_TEXT} characters")
-        return None
-    if raw is None or isinstance(raw, (str, bool, int, Decimal)):
+        raw = Decimal(repr(raw))
+    if isinstance(raw, (int, Decimal)) and not isinstance(raw, bool):
+        # Checked before any ``str()``: Python refuses to print an int of over 4,300 digits.
+        number = Decimal(raw) if isinstance(raw, int) and raw.bit_length() < 80 else raw
+        if not isinstance(number, Decimal) or not number.is_finite() or (number != 0 and not (
+                abs(number.adjusted()) < MAX_FACTS_NUMBER_DIGITS
+                and len(number.as_tuple().digits) <= 2 * MAX_FACTS_NUMBER_DIGITS)):
+            errors.add(path, f"must be a finite number of at most {MAX_FACTS_NUMBER_DIGITS} digits")
+            return None
+        return raw
+    if isinstance(raw, str):
+        if len(raw) > MAX_TEXT:
+            errors.add(path, f"is longer than {MAX_TEXT} characters")
+            return None
+        if _SURROGATE.search(raw):
+            errors.add(path, "holds a lone surrogate, which is not unicode text")
+            return None
+        return raw
+    if raw is None or isinstance(raw, bool):
         return raw
     errors.add(path, "must be a JSON value")
     return None
 
 
 def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
-    if not is_currency(req.currency):
+    if not (_CURRENCY_RE.match(req.currency) and is_currency(req.currency)):
         errors.add("currency", f"`{req.currency[:10]}` is not an ISO 4217 currency code")
     try:
         jurisdictions.split(req.jurisdiction)
@@ -214,10 +380,6 @@ def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
             errors.add("timezone", f"`{req.timezone[:40]}` is not an IANA time zone")
     elif jurisdictions.default_timezone(req.jurisdiction) is None:
         errors.add("timezone", f"is required: `{req.jurisdiction}` has no default time zone")
-    if req.amount < 0:
-        errors.add("amount", "must not be negative")
-    if req.transaction.amount < 0:
-        errors.add("transaction.amount", "must not be negative")
     closing = req.finance.billing_cycle_closing_day if req.finance else None
     if closing is not None and not 1 <= closing <= 31:
         errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
@@ -251,9 +413,15 @@ def _dump(value: Any) -> Any:
 # --- the JSON schema, generated from the same field metadata --------------------------------
 
 SCHEMA_ID = "https://refundry.dev/schemas/refund-request/1.1.0/refund-request.schema.json"
-_MONEY = {"type": ["string", "integer"], "pattern": r"^-?\d{1,15}(\.\d{1,12})?$",
-          "description": "a decimal string (never a float), e.g. \"12.50\""}
-_INSTANT = {"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}],
+# Patterns end with ``END`` (``$(?!\n)``), not a bare ``$``: JSON Schema patterns are ECMA-262,
+# where ``$`` is the end of the text, but Python's ``re`` (the ``jsonschema`` package) lets ``$``
+# match before a final newline, so ``"12.50\n"`` would pass one validator and not another.
+_MONEY = {"type": ["string", "integer"], "pattern": MONEY_PATTERN, "minimum": 0,
+          "maximum": 999_999_999_999_999,
+          "description": "a decimal string (never a float, never negative), e.g. \"12.50\""}
+_TIME = {"type": "string", "format": "date-time", "pattern": TIME_PATTERN}
+_DAY = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
+_INSTANT = {"anyOf": [_TIME, _DAY],
             "description": "RFC 3339 with offset, or a date read in the consumer's local time"}
 
 
@@ -276,14 +444,24 @@ def _schema_for(meta: Mapping[str, Any], name: str) -> dict[str, Any]:
         return {"type": "integer", "minimum": 0, "maximum": 1_000_000}
     if kind == "instant":
         if name == "requested_at":
-            return {"type": "string", "format": "date-time"}
+            return dict(_TIME)
         return dict(_INSTANT)
     if kind == "date":
-        return {"type": "string", "format": "date"}
+        return dict(_DAY)
     if kind == "facts":
-        return {"type": "object", "maxProperties": 200,
-                "description": "client-specific facts that client rules name as facts.NAME"}
+        return {"type": "object", "maxProperties": MAX_FACTS_KEYS,
+                "description": "client-specific facts that client rules name as facts.NAME; at "
+                f"most {MAX_FACTS_VALUES} values in all, {MAX_FACTS_DEPTH} levels deep"}
     raise AssertionError(kind)  # pragma: no cover
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "enum" in schema:
+        return {**schema, "enum": [*schema["enum"], None]}
+    if "type" in schema:
+        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return {**schema, "type": [*kinds, "null"]}
+    return {**schema, "anyOf": [*schema["anyOf"], {"type": "null"}]}
 
 
 def _model_schema(cls: type) -> dict[str, Any]:
@@ -293,9 +471,11 @@ def _model_schema(cls: type) -> dict[str, Any]:
         schema = _schema_for(f.metadata, f.name)
         if f.metadata.get("doc"):
             schema["description"] = f.metadata["doc"]
-        props[f.name] = schema
         if f.default is attrs.NOTHING:
             required.append(f.name)
+        else:
+            schema = _nullable(schema)  # the parser reads null as "not given"
+        props[f.name] = schema
     out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
     if required:
         out["required"] = required
@@ -307,11 +487,11 @@ def json_schema() -> dict[str, Any]:
     equal to this."""
     schema = _model_schema(RefundRequest)
     props = schema["properties"]
-    props["currency"]["pattern"] = "^[A-Z]{3}$"
+    props["currency"]["pattern"] = CURRENCY_PATTERN
     method = props["refund_to"]
     props["refund_to"] = {"description": method.pop("description", ""), "anyOf": [
         method, {"type": "string", "maxLength": MAX_TEXT, "description": "a bare type"}]}
-    props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?$"
+    props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?" + END
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
             "title": "refundry canonical refund request", "x-refundry-schema-version": "1.1.0",
             **schema}

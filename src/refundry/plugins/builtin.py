@@ -7,12 +7,17 @@ one per line.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 
 from refundry.core.models import Decision, RefundRequest
+from refundry.core.request import (
+    MAX_ITEMS,
+    MAX_REQUEST_BYTES,
+    JsonInputError,
+    decode_json,
+    read_lines,
+)
 from refundry.plugins.helpers import JsonLinesWriter
 from refundry.plugins.spec import hookimpl
 from refundry.plugins.types import Sink, SinkWriter, Source, SourceError, SourceRecord
@@ -23,36 +28,43 @@ def read_jsonl(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]
         yield from _read_json_document(path)
         return
     try:
-        fh = path.open(encoding="utf-8")
+        fh = path.open("rb")
     except OSError as exc:
         raise SourceError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     with fh:
-        for number, line in enumerate(fh, 1):
+        for number, line in read_lines(fh, MAX_REQUEST_BYTES):
             ref = f"{path.name}:{number}"
             text = line.strip()
-            if not text or text.startswith("#"):
+            if not text or text.startswith(b"#"):
                 continue
-            try:
-                data = json.loads(text, parse_float=Decimal)
-            except json.JSONDecodeError as exc:
-                yield SourceRecord(ref, error=f"{ref}: invalid json: {exc.msg.lower()} at column {exc.colno}")
-                continue
-            if not isinstance(data, dict):
-                yield SourceRecord(ref, error=f"{ref}: a request must be a json object")
-                continue
-            # Numbers were read as Decimal, so "amount": 12.50 keeps its exact value; the
-            # request parser accepts Decimal where it refuses floats.
-            yield SourceRecord(ref, request=data)
+            yield _record(ref, text)
+
+
+def _record(ref: str, text: bytes | str) -> SourceRecord:
+    try:
+        # Numbers with a fraction are read as Decimal, so "amount": 12.50 keeps its exact value;
+        # the request parser holds a Decimal to the same limits as a string.
+        data = decode_json(text)
+    except JsonInputError as exc:
+        where = f":{exc.line}:{exc.column}" if exc.line is not None and ":" not in ref else ""
+        at = f" at column {exc.column}" if exc.column is not None and ":" in ref else ""
+        return SourceRecord(ref, error=f"{ref}{where}: {exc}{at}")
+    if not isinstance(data, dict):
+        return SourceRecord(ref, error=f"{ref}: a request must be a json object")
+    return SourceRecord(ref, request=data)
 
 
 def _read_json_document(path: Path) -> Iterator[SourceRecord]:
     """A ``.json`` file: one request, or a list of them (what ``refundry evaluate`` reads)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+        raw = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
-    except json.JSONDecodeError as exc:
-        yield SourceRecord(path.name, error=f"{path.name}:{exc.lineno}:{exc.colno}: invalid json: {exc.msg.lower()}")
+    try:
+        data = decode_json(raw, limit=MAX_REQUEST_BYTES * MAX_ITEMS)
+    except JsonInputError as exc:
+        where = f":{exc.line}:{exc.column}" if exc.line is not None else ""
+        yield SourceRecord(path.name, error=f"{path.name}{where}: {exc}")
         return
     items = data if isinstance(data, list) else [data]
     for i, item in enumerate(items):

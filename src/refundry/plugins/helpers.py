@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from refundry.core.models import RefundRequest, json_default
 from refundry.core.money import minor_units
+from refundry.core.request import MAX_ITEMS, MAX_REQUEST_BYTES, JsonInputError, decode_json
 from refundry.plugins.types import SourceError
 
 
@@ -127,15 +128,16 @@ def iter_json_documents(path: Path) -> Iterable[tuple[str, Any, str | None]]:
         files = [path]
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
+            raw = file.read_bytes()
         except OSError as exc:
             raise SourceError(f"cannot read `{file}`: {(exc.strerror or str(exc)).lower()}") from None
         if file.suffix in (".jsonl", ".ndjson"):
-            for number, line in enumerate(text.splitlines(), 1):
+            for number, line in enumerate(raw.split(b"\n"), 1):
                 if line.strip():
-                    yield _decode(f"{file.name}:{number}", line)
+                    yield _decode(f"{file.name}:{number}", line, MAX_REQUEST_BYTES)
         else:
-            yield _decode(file.name, text)
+            # An API export holds many objects in one document (a list envelope).
+            yield _decode(file.name, raw, MAX_REQUEST_BYTES * MAX_ITEMS)
 
 
 def iter_api_objects(path: Path) -> Iterator[tuple[str, Any, str | None]]:
@@ -155,11 +157,12 @@ def iter_api_objects(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             yield name, doc, None
 
 
-def _decode(name: str, text: str) -> tuple[str, Any, str | None]:
+def _decode(name: str, raw: bytes, limit: int) -> tuple[str, Any, str | None]:
     try:
-        return name, json.loads(text, parse_float=Decimal), None
-    except json.JSONDecodeError as exc:
-        return name, None, f"{name}:{exc.lineno}:{exc.colno}: invalid json: {exc.msg.lower()}"
+        return name, decode_json(raw, limit=limit), None
+    except JsonInputError as exc:
+        where = f":{exc.line}:{exc.column}" if exc.line is not None else ""
+        return name, None, f"{name}{where}: {exc}"
 
 
 class JsonLinesWriter:

@@ -10,7 +10,7 @@ from typing import Any
 from refundry.plugins.manager import Plugins, make_plugin_manager
 from refundry.plugins.spec import hookimpl
 from refundry.records.events import RecordStore
-from refundry.records.history import History
+from refundry.records.history import History, store_additions
 
 
 class Enricher:
@@ -22,11 +22,15 @@ class Enricher:
     def __init__(self, store: RecordStore) -> None:
         self.history = History(store)
 
+    # Fields this enricher's answer replaces rather than fills in: history is what the store
+    # witnessed, so a source cannot send its own facts.history or understate prior_refunds.
+    replaces = ("facts", "prior_refunds")
+
     @hookimpl
     def refundry_enrich_request(self, request: Mapping[str, Any], ref: str,
                                 options: Mapping[str, str]) -> Mapping[str, Any] | None:
-        facts = self.history.facts(dict(request))
-        return {"facts": facts} if facts else None
+        data = dict(request)
+        return store_additions(data, self.history.facts(data)) or None
 
 
 def plugins_with_history(store: RecordStore) -> Plugins:

@@ -218,7 +218,10 @@ class Plugins:
                options: Mapping[str, str]) -> dict[str, Any]:
         """The request with every enricher's additions merged; raises ``PluginError``."""
         merged = dict(request)
-        facts = dict(merged.get("facts") or {})
+        given = merged.get("facts")
+        if given is not None and not isinstance(given, Mapping):
+            return merged  # the request parser refuses such facts; nothing to merge into
+        facts = dict(given or {})
         for plugin, fn in self._impls("refundry_enrich_request"):
             try:
                 extra = fn(request=_ReadOnly(merged), ref=ref, options=options)
@@ -229,11 +232,17 @@ class Plugins:
                 continue
             if not isinstance(extra, Mapping):
                 raise PluginError(plugin, "refundry_enrich_request must return a mapping or None")
+            # An enricher that answers from a trusted store (refundry's history) names the
+            # fields its answer replaces; every other answer only fills in what is missing.
+            replaces = getattr(getattr(fn, "__self__", None), "replaces", ())
             for key, value in extra.items():
                 if key == "facts" and isinstance(value, Mapping):
                     for fk, fv in value.items():
-                        facts.setdefault(fk, fv)
-                elif key not in merged or merged[key] is None:
+                        if "facts" in replaces:
+                            facts[fk] = fv
+                        else:
+                            facts.setdefault(fk, fv)
+                elif key in replaces or key not in merged or merged[key] is None:
                     merged[key] = value
         if facts:
             merged["facts"] = facts

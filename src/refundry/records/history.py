@@ -265,14 +265,15 @@ class History:
             recorded = self.store.case(keys.request_id).request.get("facts") or {}
             return {k: recorded[k] for k in ("history", "anomaly") if k in recorded}
         at = utc_text(as_of) if as_of is not None else keys.requested_at
-        history = self._history(keys, at)
+        claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
+        history = self._history(keys, at, claimed)
         out: dict[str, Any] = {"history": history}
         anomaly = self._anomaly(keys, at, history)
         if anomaly is not None:
             out["anomaly"] = anomaly
         return out
 
-    def _history(self, k: Keys, at: str) -> dict[str, Any]:
+    def _history(self, k: Keys, at: str, claimed: Decimal = Decimal(0)) -> dict[str, Any]:
         end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
         start = utc_text(end - dt.timedelta(days=WINDOW_DAYS))
         short = utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS))
@@ -311,6 +312,10 @@ class History:
             (k.client_id, k.transaction, at, k.request_id))
         paid = sum((Decimal(r[2]) for r in prior if r[3] in _PAID), Decimal(0))
         pending = sum((Decimal(r[2]) for r in prior if r[3] == "manual_review"), Decimal(0))
+        # The caller's prior_refunds are a claim; the store knows what it paid on this
+        # transaction. Any difference (a refund the caller left out, or one made elsewhere)
+        # is for a person to look at (the engine holds such a request for review).
+        paid_other_currency = any(r[3] in _PAID and r[1] != k.currency for r in prior)
         out.update({
             "requests_for_transaction": len(prior),
             "same_amount_requests": sum(1 for r in prior if Decimal(r[0]) == k.amount),
@@ -320,6 +325,8 @@ class History:
             "pending_for_transaction": str(pending),
             "refunds_exceed_original": paid + pending + k.amount > k.transaction_amount,
             "currency_differs": any(r[1] != k.currency for r in prior),
+            "prior_refunds_claimed": str(claimed),
+            "prior_refunds_disagree": claimed != paid or paid_other_currency,
         })
         return out
 
@@ -382,17 +389,29 @@ class History:
 
 def enrich(store: RecordStore, request: Mapping[str, Any] | Any,
            as_of: dt.datetime | None = None) -> dict[str, Any]:
-    """The request as a dict with ``facts.history`` and ``facts.anomaly`` added from
-    ``store``. Facts the request already has are kept (what the source said wins)."""
+    """The request as a dict with ``facts.history`` and ``facts.anomaly`` from ``store`` (they
+    replace any the request brought: the store is the witness, not the caller) and
+    ``prior_refunds`` at least what the store paid on the transaction."""
     from refundry.core.request import parse_request, request_to_dict
 
     data = dict(request) if isinstance(request, Mapping) else request_to_dict(parse_request(request))
-    extra = History(store).facts(data, as_of)
-    if extra:
-        facts = dict(data.get("facts") or {})
-        for key, value in extra.items():
-            facts.setdefault(key, value)
-        data["facts"] = facts
-    return data
+    return {**data, **store_additions(data, History(store).facts(data, as_of))}
 
 
+OWNED_FACTS = ("history", "anomaly")
+
+
+def store_additions(request: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the store says about ``request``, as fields that replace the request's own:
+    ``facts`` with ``OWNED_FACTS`` set, and ``prior_refunds`` when the store paid more on the
+    transaction than the request claims (then a single entry of the store's total; the claim
+    and the disagreement stay in ``facts.history``)."""
+    if not extra:
+        return {}
+    facts = {**(request.get("facts") or {}), **{k: extra[k] for k in OWNED_FACTS if k in extra}}
+    out: dict[str, Any] = {"facts": facts}
+    history = extra.get("history") or {}
+    paid = Decimal(str(history.get("refunded_for_transaction", "0")))
+    if paid > Decimal(str(history.get("prior_refunds_claimed", "0"))):
+        out["prior_refunds"] = [{"amount": str(paid)}]
+    return out

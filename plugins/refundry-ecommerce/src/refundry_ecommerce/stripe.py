@@ -115,6 +115,13 @@ def _refund(ref: str, refund: dict[str, Any], charge: dict[str, Any] | None) -> 
     if charge is not None and not charge.get("captured"):
         raise ValueError(f"refund `{refund['id']}` is of charge `{charge['id']}`, which was never "
                          "captured: releasing an authorisation is a cancel, not a refund")
+    charged_in = str(charge.get("currency") or currency).upper() if charge else currency
+    if charge and charged_in != currency:
+        # Stripe refunds in the charge's currency; a refund object that says otherwise is
+        # forged or corrupt, and its amount would be compared with the charge in another unit.
+        raise ValueError(f"refund `{refund['id']}` is in {currency[:3]} but its charge "
+                         f"`{charge['id']}` was in {charged_in[:3]}: a refund is paid in the "
+                         "currency of its charge")
     charge_id = refund.get("charge") or refund.get("payment_intent")
     if not charge_id:
         raise ValueError(f"refund `{refund['id']}` names no charge or payment_intent")

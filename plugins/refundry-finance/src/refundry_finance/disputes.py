@@ -8,6 +8,7 @@ currencies; ``created`` and ``evidence_details.due_by`` are Unix seconds (UTC).
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -164,11 +165,15 @@ CSV_OPTIONS = {
 _REQUIRED = [k for k, v in CSV_COLUMNS.items() if v.startswith("required")]
 
 
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, as surrogateescape keeps them
+
+
 def read_csv(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
     base = request_defaults(options, "card-dispute-csv", "finance")
     delimiter = option(options, "delimiter", "card-dispute-csv", ",")
     try:
-        fh = path.open(encoding="utf-8-sig", newline="")
+        # surrogateescape: a non-UTF-8 byte spoils its row (a dead letter), not the file
+        fh = path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as exc:
         raise SourceError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     with fh:
@@ -179,6 +184,9 @@ def read_csv(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
                               f"{', '.join(f'`{c}`' for c in missing)}")
         for row in rows:
             ref = f"{path.name}:{rows.line_num}"
+            if any(_UNDECODED.search(v) for v in row.values() if isinstance(v, str)):
+                yield SourceRecord(ref, error=f"{ref}: the row is not utf-8")
+                continue
             try:
                 yield SourceRecord(ref, request=_row(row, base))
             except Exception as exc:  # noqa: BLE001 - a malformed row is a dead letter
