@@ -26,7 +26,7 @@ def test_a_decision_without_record_is_evaluated_and_not_stored(api):
     r = decide(api, make_request("plain-1"), record=False)
     assert r.status_code == 200, r.text
     jsonschema.validate(r.json(), DECISION)
-    assert r.json()["outcome"] == "approve" and r.json()["amount"] == "109.99"
+    assert r.json()["outcome"] == "approve" and r.json()["amount"] == "119.99"
     assert r.headers["x-refundry-recorded"] == "none"
     assert api.call("GET", "/v1/cases", "aud").json()["total"] == 0
 
@@ -132,7 +132,7 @@ def test_the_customer_status_is_localised_and_giving_it_is_recorded(api):
     assert en.status_code == de.status_code == 200
     assert en.json()["language"] == "en" and de.json()["language"] == "de"
     assert de.json()["message"] != en.json()["message"] and by_header.json() == de.json()
-    assert "109,99" in json.dumps(de.json()) or de.json()["amount"] == "109.99"
+    assert "119,99" in json.dumps(de.json()) or de.json()["amount"] == "119.99"
     assert len(api.call("GET", "/v1/cases/s-1", "aud").json()["events"]) == 1  # GET is safe
     given = api.call("POST", "/v1/cases/s-1/status", "svc", json={"channel": "portal"})
     assert given.status_code == 200
