@@ -17,20 +17,23 @@ from refundry.cli import (
     dispute,
     evaluate,
     plugins,
+    publish,
     receipt,
     records,
     report,
     review,
     run,
+    serve,
     status,
     test,
     validate,
+    worker,
 )
 from refundry.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, UsageError
 from refundry.core.errors import ErrorGroup, RefundryError
 
 COMMANDS = (validate, test, evaluate, diff, records, review, dispute, plugins, run, status,
-            receipt, report)
+            receipt, report, serve, worker, publish)
 
 
 class _Parser(argparse.ArgumentParser):
