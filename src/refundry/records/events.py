@@ -334,6 +334,17 @@ def check_transition(case: Case | _Fold, event_type: str, actor: str) -> None:
             "reviewer must approve")
 
 
+@attrs.frozen
+class QueuePage:
+    """A page of the manual-review queue and the keyset cursors around it."""
+
+    cases: tuple[Case, ...]
+    total: int
+    first: int | None  # position of the page's first case: the cursor for the page before
+    last: int | None  # position of its last case: the cursor for the page after
+    more: bool  # whether there are more cases past this page in the direction read
+
+
 # --- verification --------------------------------------------------------------------------
 
 
@@ -498,6 +509,57 @@ class RecordStore:
         threshold = self.four_eyes_above()
         out = [build_case(evs, threshold) for evs in grouped.values()]
         return [c for c in out if status is None or c.status == status]
+
+    def review_queue(self, *, after: int = 0, before: int | None = None, limit: int = 50,
+                     client: str | None = None, industry: str | None = None,
+                     request_id: str | None = None) -> QueuePage:
+        """One page of the cases waiting in manual review, oldest first (``after`` a cursor)
+        or newest first (``before``), by SQL keyset on the ``evaluated`` event's position, so a
+        page costs the same at 100,000 waiting cases as at ten; only the page's cases are
+        folded. ``total`` counts every waiting case that matches the filters."""
+        where, args = self._queue_filter(client, industry, request_id)
+        p = self._param
+        total = int(self._query(f"SELECT COUNT(*) FROM events e WHERE {where}", args)[0][0])
+        if before is not None:
+            sql = f"{where} AND e.seq < {p} ORDER BY e.seq DESC"
+            cursor_args: tuple[Any, ...] = (before,)
+        else:
+            sql = f"{where} AND e.seq > {p} ORDER BY e.seq"
+            cursor_args = (after,)
+        rows = self._query(f"SELECT e.request_id, e.seq FROM events e WHERE {sql} LIMIT {p}",
+                           (*args, *cursor_args, limit + 1))
+        threshold = self.four_eyes_above()
+        cases = tuple(build_case(list(self._case_events(rid)), threshold)
+                      for rid, _seq in rows[:limit])
+        seqs = [int(seq) for _rid, seq in rows[:limit]]
+        more = len(rows) > limit
+        return QueuePage(cases=cases, total=total, first=min(seqs, default=None),
+                         last=max(seqs, default=None), more=more)
+
+    def _queue_filter(self, client: str | None, industry: str | None,
+                      request_id: str | None) -> tuple[str, tuple[Any, ...]]:
+        p = self._param
+        where = [f"e.type = 'evaluated'", f"{self._json_text('decision', 'outcome')} = 'manual_review'",
+                 "NOT EXISTS (SELECT 1 FROM events d WHERE d.request_id = e.request_id "
+                 "AND d.type IN ('approved', 'denied'))"]
+        args: list[Any] = []
+        for value, path in ((client, ("request", "client_id")),
+                            (industry, ("request", "industry"))):
+            if value:
+                where.append(f"{self._json_text(*path)} = {p}")
+                args.append(value)
+        if request_id:
+            where.append(f"e.request_id = {p}")
+            args.append(mask_text(request_id))
+        return " AND ".join(where), tuple(args)
+
+    def _case_events(self, masked_id: str) -> Iterator[Event]:
+        for seq, _rid, _type, _at, _actor, body, hash_ in self._rows(masked_id):
+            yield Event.from_row(seq, body, hash_)
+
+    def _json_text(self, *path: str) -> str:
+        """SQL for the text at ``path`` inside an event body (each backend has its syntax)."""
+        raise NotImplementedError
 
     # -- appending --------------------------------------------------------------------------
 

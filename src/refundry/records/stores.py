@@ -62,6 +62,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
     WHERE type = 'evaluated';
 CREATE TABLE IF NOT EXISTS ruleset_texts (
     digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_review ON events (seq) WHERE type = 'evaluated'
+    AND json_extract(body, '$.decision.outcome') = 'manual_review';
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
@@ -208,6 +210,9 @@ class SQLiteStore(RecordStore):
             after = page[-1][0]
 
 
+    def _json_text(self, *path: str) -> str:
+        return f"json_extract(e.body, '$.{'.'.join(path)}')"
+
     def _head(self) -> tuple[int, str]:
         with self._lock:
             return _SQLiteTx(self._conn).head()
@@ -243,6 +248,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
     WHERE type = 'evaluated';
 CREATE TABLE IF NOT EXISTS ruleset_texts (
     digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_review ON events (seq) WHERE type = 'evaluated'
+    AND (body::jsonb #>> '{decision,outcome}') = 'manual_review';
 CREATE OR REPLACE FUNCTION refundry_append_only() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN RAISE EXCEPTION 'records are append-only'; END $$;
 DROP TRIGGER IF EXISTS events_append_only ON events;
@@ -443,6 +450,9 @@ class PostgresStore(RecordStore):
                 return
             after = int(page[-1][0])
 
+
+    def _json_text(self, *path: str) -> str:
+        return f"(e.body::jsonb #>> '{{{','.join(path)}}}')"
 
     def _head(self) -> tuple[int, str]:
         rows = self._query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")

@@ -1,0 +1,82 @@
+"""Everything the console reads or changes, for one signed-in identity.
+
+Every page goes through an ``Access``: it checks the identity's roles and then calls the same
+functions the HTTP API calls (``refundry.app.service.api``) or the store's queries, so there is
+one logic path. Tenancy (issue 19) will filter by ``identity.clients`` here, in one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import attrs
+
+from refundry.app import report
+from refundry.app.service.api import (
+    ApiError,
+    Service,
+    dispute_case,
+    find_case,
+    resolve_case,
+    review_case,
+)
+from refundry.app.service.identity import Identity
+from refundry.records.events import Case, QueuePage
+
+READ_CASES = ("reviewer", "auditor")
+ACT_ON_CASES = ("reviewer",)
+READ_RULES = ("analyst", "auditor")
+PAGE_SIZE = 50
+
+
+@attrs.frozen
+class Access:
+    service: Service
+    identity: Identity
+
+    def may(self, *roles: str) -> bool:
+        return self.identity.has(*roles)
+
+    def _require(self, roles: tuple[str, ...]) -> None:
+        if not self.identity.has(*roles):
+            raise ApiError(403, f"`{self.identity.name}` may not do this; it needs the role "
+                                f"{' or '.join(f'`{r}`' for r in roles)}")
+
+    def queue(self, *, after: int = 0, before: int | None = None, client: str | None = None,
+              industry: str | None = None, request_id: str | None = None) -> QueuePage:
+        self._require(READ_CASES)
+        return self.service.store.review_queue(after=after, before=before, limit=PAGE_SIZE,
+                                               client=client, industry=industry,
+                                               request_id=request_id)
+
+    def case(self, request_id: str) -> Case:
+        self._require(READ_CASES)
+        case: Case = find_case(self.service, request_id)
+        return case
+
+    def review(self, request_id: str, verdict: str, justification: str | None) -> None:
+        self._require(ACT_ON_CASES)
+        review_case(self.service, self.identity, request_id, verdict, justification)
+
+    def dispute(self, request_id: str, reason: str) -> None:
+        self._require(ACT_ON_CASES)
+        dispute_case(self.service, self.identity, request_id, reason)
+
+    def resolve(self, request_id: str, resolution: str, explanation: str,
+                amount: str | None) -> None:
+        self._require(ACT_ON_CASES)
+        resolve_case(self.service, self.identity, request_id, resolution, explanation, amount)
+
+    def rulesets(self) -> dict[str, Any]:
+        self._require(READ_RULES)
+        return dict(self.service.rulesets.current.to_dict())
+
+    def report(self, since: dt.date | None, until: dt.date | None,
+               client: str | None) -> dict[str, Any]:
+        self._require(READ_RULES)
+        import json
+
+        figs, head = report.build(self.service.store, since=since, until=until, client=client)
+        data: dict[str, Any] = json.loads(report.to_json(figs, head))
+        return data

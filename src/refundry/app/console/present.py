@@ -1,0 +1,107 @@
+"""What a recorded case looks like on the console's pages: ages, the nearest statutory
+deadline and whether it is close, reason codes, fraud flags, the approvals still needed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from refundry.records.events import Case
+
+FRAUD_PREFIX = "fraud-"  # rule ids that mark a fraud signal (docs/fraud.md)
+CLOSE_DAYS = 3  # a deadline this near (or past) is shown in the warning colour
+
+
+def _when(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(text)) if text else None
+    except ValueError:
+        return None
+
+
+def _age(since: dt.datetime | None, now: dt.datetime) -> str:
+    if since is None:
+        return ""
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds >= 86400:
+        return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def nearest_deadline(decision: dict[str, Any], today: dt.date) -> dict[str, Any] | None:
+    """The deadline nearest to expiry that has not passed (else the latest passed one)."""
+    dated = []
+    for d in decision.get("deadlines") or ():
+        try:
+            dated.append((dt.date.fromisoformat(str(d.get("due"))[:10]), d))
+        except ValueError:
+            continue
+    if not dated:
+        return None
+    ahead = sorted((x for x in dated if x[0] >= today), key=lambda x: x[0])
+    due, d = ahead[0] if ahead else max(dated, key=lambda x: x[0])
+    days = (due - today).days
+    return {"name": d.get("name"), "due": due.isoformat(), "days": days,
+            "close": days <= CLOSE_DAYS, "citation": d.get("citation")}
+
+
+def _row(case: Case, now: dt.datetime) -> dict[str, Any]:
+    reasons = case.decision.get("reasons") or []
+    evaluated = _when(case.events[0].at)
+    return {"id": case.request_id, "status": case.status,
+            "age": _age(evaluated, now),
+            "deadline": nearest_deadline(case.decision, now.date()),
+            "amount": case.amount, "currency": case.decision.get("currency", ""),
+            "client": case.request.get("client_id", ""),
+            "industry": case.request.get("industry", ""),
+            "codes": sorted({str(r.get("code")) for r in reasons
+                             if r.get("effect") == "manual_review" and r.get("code")})
+            or sorted({str(r.get("code")) for r in reasons if r.get("code")}),
+            "fraud": sorted({str(r.get("rule_id")) for r in reasons
+                             if str(r.get("rule_id", "")).startswith(FRAUD_PREFIX)}),
+            "approvals": list(case.approvals), "required": case.required_approvals}
+
+
+def queue_rows(cases: tuple[Case, ...] | list[Case], now: dt.datetime) -> list[dict[str, Any]]:
+    return [_row(c, now) for c in cases]
+
+
+def _timeline(decision: dict[str, Any], today: dt.date) -> list[dict[str, Any]]:
+    out = []
+    for d in decision.get("deadlines") or ():
+        due = str(d.get("due", ""))[:10]
+        try:
+            days = (dt.date.fromisoformat(due) - today).days
+        except ValueError:
+            days = None
+        out.append({**d, "due": due, "days": days,
+                    "close": days is not None and days <= CLOSE_DAYS})
+    return sorted(out, key=lambda d: d["due"])
+
+
+def _events(case: Case) -> list[dict[str, Any]]:
+    rows = []
+    for e in case.events:
+        details = e.details
+        said = details.get("justification") or details.get("reason") or \
+            details.get("explanation") or ""
+        rows.append({"seq": e.seq, "at": e.at, "actor": e.actor, "type": e.type,
+                     "said": said, "hash": e.hash})
+    return rows
+
+
+def _messages(case: Case) -> list[dict[str, Any]]:
+    return [{"at": e.at, **e.details["communicated"]} for e in case.events
+            if isinstance(e.details.get("communicated"), dict)]
+
+
+def case_view(case: Case, now: dt.datetime) -> dict[str, Any]:
+    row = _row(case, now)
+    ruleset = case.decision.get("ruleset") or {}
+    needed = max(0, case.required_approvals - len(case.approvals))
+    return {**row, "decision": case.decision, "outcome": case.decision.get("outcome"),
+            "reasons": case.decision.get("reasons") or [],
+            "ruleset": ruleset, "layers": ruleset.get("layers") or [],
+            "timeline": _timeline(case.decision, now.date()), "events": _events(case),
+            "messages": _messages(case), "needed": needed, "dispute": case.dispute,
+            "submitter": case.submitter}
