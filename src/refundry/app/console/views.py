@@ -241,7 +241,7 @@ def _guard(handler: Any) -> Any:
             return response
         except ApiError as exc:
             return _page(request, "error.html", _access(request), exc.status,
-                         status=exc.status, message=exc.message)
+                         code=exc.status, message=exc.message)
 
     return endpoint
 
