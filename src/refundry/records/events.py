@@ -42,6 +42,7 @@ STATUSES = ("manual_review", "approved", "denied", "processed", "refunded", "dis
 RESOLUTIONS = ("upheld", "overturned")
 DEFAULT_FOUR_EYES_ABOVE = Decimal("500")
 FOUR_EYES_CODE = "four_eyes"  # a reason with this code demands two approvers at any amount
+COUNT_CAP = 1_000  # the review queue counts its waiting cases up to this many
 STORE_CASE = ""  # the request_id of store-level events (settings), which belong to no case
 MAX_TEXT = 4_000
 
@@ -340,6 +341,7 @@ class QueuePage:
 
     cases: tuple[Case, ...]
     total: int
+    capped: bool  # more than ``total`` cases match
     first: int | None  # position of the page's first case: the cursor for the page before
     last: int | None  # position of its last case: the cursor for the page after
     more: bool  # whether there are more cases past this page in the direction read
@@ -516,10 +518,14 @@ class RecordStore:
         """One page of the cases waiting in manual review, oldest first (``after`` a cursor)
         or newest first (``before``), by SQL keyset on the ``evaluated`` event's position, so a
         page costs the same at 100,000 waiting cases as at ten; only the page's cases are
-        folded. ``total`` counts every waiting case that matches the filters."""
+        folded. ``total`` counts the waiting cases that match the filters, up to
+        ``COUNT_CAP + 1`` (``capped`` then says there are more)."""
         where, args = self._queue_filter(client, industry, request_id)
         p = self._param
-        total = int(self._query(f"SELECT COUNT(*) FROM events e WHERE {where}", args)[0][0])
+        # Counted only up to COUNT_CAP: an exact count reads every waiting case, which at
+        # 100,000 of them costs more than the page itself ("1000+" is what a reviewer needs).
+        total = int(self._query(f"SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {where} "
+                                f"LIMIT {COUNT_CAP + 1}) AS capped", args)[0][0])
         if before is not None:
             sql = f"{where} AND e.seq < {p} ORDER BY e.seq DESC"
             cursor_args: tuple[Any, ...] = (before,)
@@ -533,7 +539,8 @@ class RecordStore:
                       for rid, _seq in rows[:limit])
         seqs = [int(seq) for _rid, seq in rows[:limit]]
         more = len(rows) > limit
-        return QueuePage(cases=cases, total=total, first=min(seqs, default=None),
+        return QueuePage(cases=cases, total=min(total, COUNT_CAP),
+                         capped=total > COUNT_CAP, first=min(seqs, default=None),
                          last=max(seqs, default=None), more=more)
 
     def _queue_filter(self, client: str | None, industry: str | None,
