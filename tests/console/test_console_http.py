@@ -127,3 +127,12 @@ def test_the_queue_pages_by_keyset_through_every_waiting_case(console):
     assert _waiting_ids(http.get("/console/queue?client=any-shop").text) == []  # decided
     assert _waiting_ids(http.get("/console/queue?industry=finance").text) == []
     assert _waiting_ids(http.get("/console/queue?id=bulk-0007").text) == ["bulk-0007"]
+
+
+def test_the_case_page_shows_every_rule_and_the_values_it_saw(console):
+    page = console.client("aud").get("/console/cases/demo-1001").text
+    assert "What each rule saw" in page
+    assert "crd-withdrawal-in-period" in page and "matched" in page
+    assert "reason eq &#39;changed_mind&#39;: saw &#39;changed_mind&#39;" in page
+    assert "amount gt 500: saw" in page  # acme-eu's review rule, with the amount it saw
+    assert "floor_held_for_review" in page and "large_refund_review" in page

@@ -804,9 +804,26 @@ class RecordStore:
 
     def replay(self, request_id: str) -> Replay:
         """Re-evaluate a recorded decision from the ruleset texts kept in the store alone."""
+        case = self.case(request_id)
+        original = case.decision
+        with self._recorded_engine(case) as (engine, as_of, ruleset_id):
+            again = engine.evaluate(case.request, as_of=as_of, ruleset=ruleset_id)
+        replayed = mask_value(again.to_dict())
+        diff = _differences(original, replayed)
+        return Replay(case.request_id, not diff, original, replayed, diff)
+
+    def explain(self, request_id: str) -> Any:
+        """``--explain`` for a recorded case: every rule of the recorded ruleset versions and
+        the values it saw in the recorded (masked) request, as of the decision's time."""
+        case = self.case(request_id)
+        with self._recorded_engine(case) as (engine, as_of, ruleset_id):
+            return engine.explain(case.request, as_of=as_of, ruleset=ruleset_id)
+
+    @contextlib.contextmanager
+    def _recorded_engine(self, case: Case) -> Iterator[tuple[Any, dt.datetime | None, str]]:
+        """An engine built from the ruleset texts the store kept for ``case``'s decision."""
         from refundry.core.engine import Engine
 
-        case = self.case(request_id)
         original = case.decision
         ruleset = original.get("ruleset")
         if not ruleset:
@@ -825,10 +842,7 @@ class RecordStore:
                 (Path(tmp) / f"{i:02d}-{layer['id']}.yaml").write_text(text, encoding="utf-8")
             engine = Engine.from_path(tmp)
             as_of = dt.datetime.fromisoformat(original["as_of"]) if original.get("as_of") else None
-            again = engine.evaluate(case.request, as_of=as_of, ruleset=ruleset["id"])
-        replayed = mask_value(again.to_dict())
-        diff = _differences(original, replayed)
-        return Replay(case.request_id, not diff, original, replayed, diff)
+            yield engine, as_of, ruleset["id"]
 
 
 def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str, hash_: str,

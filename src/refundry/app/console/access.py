@@ -22,6 +22,7 @@ from refundry.app.service.api import (
     review_case,
 )
 from refundry.app.service.identity import Identity
+from refundry.core.errors import RefundryError
 from refundry.records.events import Case, QueuePage
 
 READ_CASES = ("reviewer", "auditor")
@@ -54,6 +55,17 @@ class Access:
         self._require(READ_CASES)
         case: Case = find_case(self.service, request_id)
         return case
+
+    def explain(self, request_id: str) -> dict[str, Any] | str:
+        """Every rule and the values it saw, from the ruleset texts recorded with the case; a
+        one-line reason instead when the store cannot rebuild them."""
+        self._require(READ_CASES)
+        find_case(self.service, request_id)
+        try:
+            explained: dict[str, Any] = self.service.store.explain(request_id).to_dict()
+        except RefundryError as exc:
+            return str(exc)
+        return explained
 
     def review(self, request_id: str, verdict: str, justification: str | None) -> None:
         self._require(ACT_ON_CASES)

@@ -105,3 +105,33 @@ def case_view(case: Case, now: dt.datetime) -> dict[str, Any]:
             "timeline": _timeline(case.decision, now.date()), "events": _events(case),
             "messages": _messages(case), "needed": needed, "dispute": case.dispute,
             "submitter": case.submitter}
+
+
+def _condition(node: dict[str, Any]) -> str:
+    if "within" in node:
+        return f"within `{node['within']}` (last day {node.get('last_day')}, " \
+               f"notice {node.get('notice')})"
+    return f"{node.get('field')} {node.get('op')} {node.get('value')!r}: saw {node.get('seen')!r}"
+
+
+def conditions(node: Any, depth: int = 0) -> list[dict[str, Any]]:
+    """A rule's ``when`` tree, flattened into one line per condition with its nesting."""
+    if not isinstance(node, dict):
+        return []
+    if "field" in node or "within" in node:
+        return [{"depth": depth, "text": _condition(node), "result": node.get("result")}]
+    lines = []
+    for key in ("all", "any", "not", "any_item", "all_items"):
+        if key in node:
+            lines.append({"depth": depth, "text": key.replace("_", " "),
+                          "result": node.get("result")})
+            children = node[key] if isinstance(node[key], list) else [node[key]]
+            for child in children:
+                lines += conditions(child, depth + 1)
+    return lines
+
+
+def explained_rules(explanation: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"rule_id": r.get("rule_id"), "layer": r.get("layer"), "effect": r.get("effect"),
+             "matched": r.get("matched"), "lines": conditions(r.get("when"))}
+            for r in explanation.get("rules") or ()]

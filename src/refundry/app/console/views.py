@@ -28,7 +28,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refundry.app.console.access import Access
-from refundry.app.console.present import case_view, queue_rows
+from refundry.app.console.present import case_view, explained_rules, queue_rows
 from refundry.app.service.api import ApiError, Service
 from refundry.app.service.identity import Identity, digest
 
@@ -174,7 +174,10 @@ async def case(request: Request) -> Response:
         return _to_login(request)
     rid = request.path_params["request_id"]
     found = await run_in_threadpool(access.case, rid)
+    explained = await run_in_threadpool(access.explain, rid)
     return _page(request, "case.html", access, case=case_view(found, dt.datetime.now(dt.UTC)),
+                 explained=explained_rules(explained) if isinstance(explained, dict) else None,
+                 unexplained=explained if isinstance(explained, str) else None,
                  pretty=json.dumps(found.request, indent=2, ensure_ascii=False, sort_keys=True))
 
 
