@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from refundry.app.console.demo import seed
-from refundry.app.service.api import Service, create_app
+from refundry.app.console.views import create_app_with_console
+from refundry.app.service.api import Service
 from refundry.app.service.identity import Tokens, issue
 from refundry.app.service.rulesets import Rulesets
 from refundry.records.stores import open_store
@@ -62,7 +63,7 @@ def console(tmp_path: Path) -> Iterator[Console]:
     seed(store, loaded.engine)
     service = Service(rulesets=loaded, store=store, tokens=Tokens.load(tokens_path),
                       tokens_path=str(tokens_path))
-    server, thread, url = start_server(create_app(service))
+    server, thread, url = start_server(create_app_with_console(service))
     try:
         yield Console(url, tokens, service)
     finally:

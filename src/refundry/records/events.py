@@ -546,7 +546,7 @@ class RecordStore:
     def _queue_filter(self, client: str | None, industry: str | None,
                       request_id: str | None) -> tuple[str, tuple[Any, ...]]:
         p = self._param
-        where = [f"e.type = 'evaluated'", f"{self._json_text('decision', 'outcome')} = 'manual_review'",
+        where = ["e.type = 'evaluated'", f"{self._json_text('decision', 'outcome')} = 'manual_review'",
                  "NOT EXISTS (SELECT 1 FROM events d WHERE d.request_id = e.request_id "
                  "AND d.type IN ('approved', 'denied'))"]
         args: list[Any] = []

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refundry.app.console.access import Access
 from refundry.app.console.present import case_view, explained_rules, queue_rows
-from refundry.app.service.api import ApiError, Service
+from refundry.app.service.api import ApiError, Service, create_app
 from refundry.app.service.identity import Identity, digest
 
 HERE = Path(__file__).parent
@@ -217,8 +217,10 @@ async def rulesets(request: Request) -> Response:
 
 
 def _day(text: str | None) -> dt.date | None:
+    if not text:
+        return None
     try:
-        return dt.date.fromisoformat(text) if text else None
+        return dt.date.fromisoformat(text)
     except ValueError:
         raise ApiError(400, f"`{text[:20]}` is not a date (yyyy-mm-dd)") from None
 
@@ -262,3 +264,9 @@ def console_routes() -> list[Any]:
         Route("/console/report", _guard(report_page)),
         Mount("/console/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
+
+
+def create_app_with_console(service: Service) -> Any:
+    """The API of ``refundry serve`` with the console under ``/console``."""
+    return create_app(service, more_routes=console_routes(),
+                      middleware=console_middleware(service))

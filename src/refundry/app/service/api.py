@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -30,9 +30,10 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from refundry.app import report
 from refundry.app.customer import CustomerError, communicate, status
@@ -549,8 +550,11 @@ def _reload_on_sighup(service: Service) -> None:
                                 lambda: loop.run_in_executor(None, service.reload))
 
 
-def create_app(service: Service) -> Starlette:
-    """The ASGI application over ``service``; closing the store when it shuts down."""
+def create_app(service: Service, *, more_routes: Sequence[BaseRoute] = (),
+               middleware: Sequence[Middleware] = ()) -> Starlette:
+    """The ASGI application over ``service``; closing the store when it shuts down.
+    ``more_routes`` and ``middleware`` let the console (``app/console``) join the same app
+    without this module knowing it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -572,10 +576,8 @@ def create_app(service: Service) -> Starlette:
         for method, handler in handlers:
             routes.append(Route(path, _endpoint(path, handler), methods=[method],
                                 name=f"{method} {path}"))
-    from refundry.app.console.views import console_middleware, console_routes
-
-    app = Starlette(routes=[*routes, *console_routes()], lifespan=lifespan,
-                    middleware=console_middleware(service),
+    app = Starlette(routes=[*routes, *more_routes], lifespan=lifespan,
+                    middleware=list(middleware),
                     exception_handlers={404: _not_found, 405: _not_found})
     app.state.service = service
     return app

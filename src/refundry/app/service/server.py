@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from refundry.app.logs import json_log_config
-from refundry.app.service.api import Service, create_app
+from refundry.app.service.api import Service
 from refundry.app.service.identity import ROLES, Tokens, issue
 from refundry.app.service.rulesets import Rulesets
 from refundry.records.stores import open_store
@@ -61,8 +61,11 @@ def session_secret(tokens_path: str | Path) -> str:
 
 
 def app_from_env() -> Any:
-    """The factory each uvicorn worker process calls (``--workers N``)."""
-    return create_app(build_service(ServiceConfig.from_env()))
+    """The factory each uvicorn worker process calls (``--workers N``): the API and the
+    console."""
+    from refundry.app.console.views import create_app_with_console
+
+    return create_app_with_console(build_service(ServiceConfig.from_env()))
 
 
 def first_tokens(path: str | Path) -> dict[str, str] | None:
