@@ -32,8 +32,9 @@ IDENTITIES = {"rev1": ["reviewer"], "rev2": ["reviewer"], "aud": ["auditor"],
 
 
 class Console:
-    def __init__(self, url: str, tokens: dict[str, str], service: Service) -> None:
-        self.url, self.tokens, self.service = url, tokens, service
+    def __init__(self, url: str, tokens: dict[str, str], service: Service,
+                 rulesets: Path) -> None:
+        self.url, self.tokens, self.service, self.rulesets = url, tokens, service, rulesets
 
     def client(self, who: str | None = None) -> httpx.Client:
         """An HTTP client signed in as ``who`` (its session cookie set by the login form)."""
@@ -65,7 +66,7 @@ def console(tmp_path: Path) -> Iterator[Console]:
                       tokens_path=str(tokens_path))
     server, thread, url = start_server(create_app_with_console(service))
     try:
-        yield Console(url, tokens, service)
+        yield Console(url, tokens, service, rulesets)
     finally:
         server.should_exit = True
         thread.join(30)

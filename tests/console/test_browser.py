@@ -153,5 +153,8 @@ def test_an_analyst_sees_rulesets_and_report_not_cases(console, chrome, tmp_path
     assert "/console/rulesets" in chrome.current_url
     assert "acme-eu" in pages.text("#rulesets")
     pages.check("rulesets")
+    pages.submit(chrome.find_element(By.XPATH, "//button[text()='Compare side by side']"))
+    assert "differ" in pages.text("#diff-summary")
+    pages.check("ruleset-diff")
     pages.open("/console/queue")
     assert "may not do this" in pages.text("#error")

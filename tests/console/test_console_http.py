@@ -136,3 +136,33 @@ def test_the_case_page_shows_every_rule_and_the_values_it_saw(console):
     assert "reason eq &#39;changed_mind&#39;: saw &#39;changed_mind&#39;" in page
     assert "amount gt 500: saw" in page  # acme-eu's review rule, with the amount it saw
     assert "floor_held_for_review" in page and "large_refund_review" in page
+
+
+def new_acme_version(console, tmp_rulesets):
+    """Publish acme-eu 2.0.0 (review above 400, not 500) and record a case under it."""
+    path = tmp_rulesets / "ecommerce" / "acme-eu.yaml"
+    text = path.read_text()
+    version = re.search(r"^version: *(\S+)", text, re.M).group(1)
+    path.write_text(text.replace(f"version: {version}", "version: 2.0.0", 1)
+                    .replace("gt: 500", "gt: 400"))
+    assert console.service.reload().ok
+    engine = console.service.rulesets.engine
+    req = demo_request("after-change", "acme", "450.00", 3, dt.datetime.now(dt.UTC))
+    console.service.store.record(req, engine.evaluate(req), engine=engine, actor="demo-shop")
+    kept = [v for v in console.service.store.ruleset_versions() if v[0] == "acme-eu"]
+    assert [v[1] for v in kept] == [version, "2.0.0"]
+    return kept
+
+
+def test_two_kept_ruleset_versions_side_by_side(console):
+    old, new = new_acme_version(console, console.rulesets)
+    http = console.client("ana")
+    page = http.get("/console/rulesets").text
+    assert "2.0.0" in page and old[2] in page
+    diff = http.get(f"/console/rulesets/diff?old={old[2]}&new={new[2]}")
+    assert diff.status_code == 200
+    assert re.search(r'<tr class="replace">.*gt: 500.*gt: 400', diff.text)
+    assert "2 lines differ" in diff.text  # the version and the threshold
+    assert http.get("/console/rulesets/diff?old=sha256:nope&new=x").status_code == 404
+    assert console.client("rev1").get(f"/console/rulesets/diff?old={old[2]}&new={new[2]}") \
+        .status_code == 403

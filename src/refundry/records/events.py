@@ -460,6 +460,12 @@ class RecordStore:
         yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
                                "ORDER BY digest")
 
+    def ruleset_versions(self) -> list[tuple[str, str, str]]:
+        """(ruleset id, version, digest) of every ruleset text the store keeps."""
+        rows = self._query("SELECT ruleset_id, version, digest FROM ruleset_texts "
+                           "ORDER BY ruleset_id, version, digest")
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
     def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
         """(ruleset id, version, text) kept for a layer digest."""
         rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = "

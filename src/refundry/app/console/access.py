@@ -84,6 +84,17 @@ class Access:
         self._require(READ_RULES)
         return dict(self.service.rulesets.current.to_dict())
 
+    def ruleset_versions(self) -> list[tuple[str, str, str]]:
+        self._require(READ_RULES)
+        return self.service.store.ruleset_versions()
+
+    def ruleset_text(self, digest: str) -> tuple[str, str, str]:
+        self._require(READ_RULES)
+        kept = self.service.store.ruleset_text(digest)
+        if kept is None:
+            raise ApiError(404, f"no ruleset version `{digest[:80]}` is kept in the store")
+        return kept
+
     def report(self, since: dt.date | None, until: dt.date | None,
                client: str | None) -> dict[str, Any]:
         self._require(READ_RULES)

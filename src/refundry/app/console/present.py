@@ -4,6 +4,7 @@ deadline and whether it is close, reason codes, fraud flags, the approvals still
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from typing import Any
 
 from refundry.records.events import Case
@@ -135,3 +136,17 @@ def explained_rules(explanation: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"rule_id": r.get("rule_id"), "layer": r.get("layer"), "effect": r.get("effect"),
              "matched": r.get("matched"), "lines": conditions(r.get("when"))}
             for r in explanation.get("rules") or ()]
+
+
+def side_by_side(old: str, new: str) -> list[dict[str, Any]]:
+    """Two texts as rows of (old line, new line, what happened), changed lines paired."""
+    a, b = old.splitlines(), new.splitlines()
+    rows: list[dict[str, Any]] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        for k in range(max(i2 - i1, j2 - j1)):
+            left = a[i1 + k] if i1 + k < i2 else None
+            right = b[j1 + k] if j1 + k < j2 else None
+            rows.append({"tag": tag, "old_no": i1 + k + 1 if left is not None else None,
+                         "old": left, "new_no": j1 + k + 1 if right is not None else None,
+                         "new": right})
+    return rows

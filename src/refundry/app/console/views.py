@@ -28,7 +28,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refundry.app.console.access import Access
-from refundry.app.console.present import case_view, explained_rules, queue_rows
+from refundry.app.console.present import case_view, explained_rules, queue_rows, side_by_side
 from refundry.app.service.api import ApiError, Service, create_app
 from refundry.app.service.identity import Identity, digest
 
@@ -213,7 +213,21 @@ async def rulesets(request: Request) -> Response:
     access = _access(request)
     if access is None:
         return _to_login(request)
-    return _page(request, "rulesets.html", access, loaded=await run_in_threadpool(access.rulesets))
+    return _page(request, "rulesets.html", access, loaded=await run_in_threadpool(access.rulesets),
+                 kept=await run_in_threadpool(access.ruleset_versions))
+
+
+async def ruleset_diff(request: Request) -> Response:
+    access = _access(request)
+    if access is None:
+        return _to_login(request)
+    old_digest = request.query_params.get("old", "")
+    new_digest = request.query_params.get("new", "")
+    old = await run_in_threadpool(access.ruleset_text, old_digest)
+    new = await run_in_threadpool(access.ruleset_text, new_digest)
+    rows = side_by_side(old[2], new[2])
+    return _page(request, "diff.html", access, old=old, new=new, rows=rows,
+                 changed=sum(r["tag"] != "equal" for r in rows))
 
 
 def _day(text: str | None) -> dt.date | None:
@@ -261,6 +275,7 @@ def console_routes() -> list[Any]:
         Route("/console/cases/{request_id}", _guard(case)),
         Route("/console/cases/{request_id}/{action}", _guard(act), methods=["POST"]),
         Route("/console/rulesets", _guard(rulesets)),
+        Route("/console/rulesets/diff", _guard(ruleset_diff)),
         Route("/console/report", _guard(report_page)),
         Mount("/console/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
