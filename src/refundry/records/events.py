@@ -828,27 +828,42 @@ class RecordStore:
     @contextlib.contextmanager
     def _recorded_engine(self, case: Case) -> Iterator[tuple[Any, dt.datetime | None, str]]:
         """An engine built from the ruleset texts the store kept for ``case``'s decision."""
-        from refundry.core.engine import Engine
-
         original = case.decision
         ruleset = original.get("ruleset")
         if not ruleset:
             raise RecordError(f"the decision for `{case.request_id}` names no ruleset; there is "
                               "nothing to replay")
-        with tempfile.TemporaryDirectory(prefix="refundry-replay-") as tmp:
-            for i, layer in enumerate(ruleset.get("layers") or ()):
-                kept = self.ruleset_text(layer["digest"])
-                if kept is None:
-                    raise RecordError(f"the store has no text for ruleset `{layer['id']}` "
-                                      f"{layer['version']} (`{layer['digest']}`)")
-                text = kept[2]
-                if _hash(text.encode("utf-8")) != layer["digest"]:
-                    raise RecordError(f"the kept text of ruleset `{layer['id']}` "
-                                      f"{layer['version']} does not match its digest")
-                (Path(tmp) / f"{i:02d}-{layer['id']}.yaml").write_text(text, encoding="utf-8")
-            engine = Engine.from_path(tmp)
+        with self.kept_engine([layer["digest"] for layer in ruleset.get("layers") or ()]) \
+                as engine:
             as_of = dt.datetime.fromisoformat(original["as_of"]) if original.get("as_of") else None
             yield engine, as_of, ruleset["id"]
+
+    @contextlib.contextmanager
+    def kept_engine(self, digests: Sequence[str]) -> Iterator[Any]:
+        """An engine built from the ruleset texts kept under ``digests`` (baseline first),
+        each checked against its digest."""
+        from refundry.core.engine import Engine
+
+        with tempfile.TemporaryDirectory(prefix="refundry-replay-") as tmp:
+            for i, digest in enumerate(digests):
+                kept = self.ruleset_text(digest)
+                if kept is None:
+                    raise RecordError(f"the store has no text for ruleset `{digest}`")
+                rid, version, text = kept
+                if _hash(text.encode("utf-8")) != digest:
+                    raise RecordError(f"the kept text of ruleset `{rid}` {version} does not "
+                                      "match its digest")
+                (Path(tmp) / f"{i:02d}-{rid}.yaml").write_text(text, encoding="utf-8")
+            yield Engine.from_path(tmp)
+
+    def cases_decided_with(self, digest: str, limit: int) -> list[Case]:
+        """Up to ``limit`` cases (oldest first) whose decision used the ruleset text ``digest``."""
+        p = self._param
+        rows = self._query(f"SELECT e.request_id FROM events e WHERE e.type = 'evaluated' AND "
+                           f"e.body LIKE {p} ORDER BY e.seq LIMIT {p}",
+                           (f'%"digest":"{digest}"%', limit))
+        threshold = self.four_eyes_above()
+        return [build_case(list(self._case_events(rid)), threshold) for (rid,) in rows]
 
 
 def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str, hash_: str,
