@@ -154,7 +154,10 @@ def new_acme_version(console, tmp_rulesets):
     return kept
 
 
-def test_two_kept_ruleset_versions_side_by_side(console):
+def test_two_kept_ruleset_versions_side_by_side_with_their_impact(console):
+    engine = console.service.rulesets.engine
+    req = demo_request("at-450", "acme", "450.00", 3, dt.datetime.now(dt.UTC))
+    console.service.store.record(req, engine.evaluate(req), engine=engine, actor="demo-shop")
     old, new = new_acme_version(console, console.rulesets)
     http = console.client("ana")
     page = http.get("/console/rulesets").text
@@ -163,6 +166,12 @@ def test_two_kept_ruleset_versions_side_by_side(console):
     assert diff.status_code == 200
     assert re.search(r'<tr class="replace">.*gt: 500.*gt: 400', diff.text)
     assert "2 lines differ" in diff.text  # the version and the threshold
+    # Impact: the acme cases decided under the old version (five examples and at-450), decided
+    # again under the new one: only the 450 refund crosses the new review threshold.
+    assert "6 recorded requests decided with the old version: 1 would be decided differently" \
+        in diff.text
+    row = re.search(r"<tr><td>outcome: approve -&gt; manual_review</td>.*?</tr>", diff.text, re.S)
+    assert row and '>1<' in row.group(0) and 'href="/console/cases/at-450"' in row.group(0)
     assert http.get("/console/rulesets/diff?old=sha256:nope&new=x").status_code == 404
     assert console.client("rev1").get(f"/console/rulesets/diff?old={old[2]}&new={new[2]}") \
         .status_code == 403

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from refundry.app import report
+from refundry.app.console.impact import impact
 from refundry.app.service.api import (
     ApiError,
     Service,
@@ -94,6 +95,18 @@ class Access:
         if kept is None:
             raise ApiError(404, f"no ruleset version `{digest[:80]}` is kept in the store")
         return kept
+
+    def impact(self, old: str, new: str) -> tuple[dict[str, Any] | None, bool]:
+        """``refundry diff`` of two kept versions over the recorded cases decided with ``old``;
+        None for versions of two different rulesets (one cannot stand in for the other)."""
+        self._require(READ_RULES)
+        if self.ruleset_text(old)[0] != self.ruleset_text(new)[0]:
+            return None, False
+        try:
+            report, more = impact(self.service.store, old, new)
+        except RefundryError as exc:
+            raise ApiError(422, str(exc)) from None
+        return report.to_dict(), more
 
     def report(self, since: dt.date | None, until: dt.date | None,
                client: str | None) -> dict[str, Any]:

@@ -226,8 +226,9 @@ async def ruleset_diff(request: Request) -> Response:
     old = await run_in_threadpool(access.ruleset_text, old_digest)
     new = await run_in_threadpool(access.ruleset_text, new_digest)
     rows = side_by_side(old[2], new[2])
+    effect, more = await run_in_threadpool(access.impact, old_digest, new_digest)
     return _page(request, "diff.html", access, old=old, new=new, rows=rows,
-                 changed=sum(r["tag"] != "equal" for r in rows))
+                 changed=sum(r["tag"] != "equal" for r in rows), impact=effect, more=more)
 
 
 def _day(text: str | None) -> dt.date | None:
