@@ -175,3 +175,15 @@ def test_two_kept_ruleset_versions_side_by_side_with_their_impact(console):
     assert http.get("/console/rulesets/diff?old=sha256:nope&new=x").status_code == 404
     assert console.client("rev1").get(f"/console/rulesets/diff?old={old[2]}&new={new[2]}") \
         .status_code == 403
+
+
+def test_a_deadline_three_days_away_is_marked_in_the_queue(console):
+    engine, now = console.service.rulesets.engine, dt.datetime.now(dt.UTC)
+    req = demo_request("urgent", "acme", "800.00", 15, now)
+    req["requested_at"] = (now - dt.timedelta(days=12)).isoformat(timespec="seconds")
+    console.service.store.record(req, engine.evaluate(req), engine=engine, actor="demo-shop")
+    html = console.client("rev1").get("/console/queue").text
+    rows = {m.group(1): m.group(0) for m in
+            re.finditer(r'<a href="/console/cases/([^"]+)">.*?</tr>', html, re.S)}
+    assert 'class="warn"' in rows["urgent"] and "due soon" in rows["urgent"]
+    assert "due soon" not in rows["demo-1001"]  # due in about two weeks
