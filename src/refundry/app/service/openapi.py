@@ -50,6 +50,7 @@ _SUMMARY_PROPS = {
     "request_id": {"type": "string"}, "status": {"enum": list(STATUSES)},
     "outcome": {"enum": ["approve", "deny", "manual_review"]},
     "amount": {"type": ["string", "null"]}, "currency": {"type": ["string", "null"]},
+    "decided_amount": {"type": ["string", "null"]},
     "events": {"type": "integer", "minimum": 1}, "submitted_by": {"type": "string"},
     "updated_at": {"type": "string"}, "approvals": {"type": "array", "items": {"type": "string"}},
     "required_approvals": {"type": "integer", "minimum": 1}}
