@@ -41,7 +41,8 @@ def test_two_workers_record_each_request_once_and_dead_letter_the_rest(tmp_path,
     bad = make_request("no-currency")
     del bad["currency"]
     path = write_requests(tmp_path / "in.jsonl", ids, ["{not json", json.dumps(bad)])
-    assert publish(nats_url, streams, path) == {"published": 121, "duplicates": 0, "dead": 1}
+    assert publish(nats_url, streams, path) == {"published": 121, "duplicates": 0, "dead": 1,
+                                                "context": 0, "not_queued": 0}
     procs = [worker(nats_url, pg_url, streams, f"w{n}", "--batch", "10") for n in (1, 2)]
     try:
         got = wait_for_cases(pg_url, 120, procs)
@@ -114,3 +115,21 @@ def test_poison_messages_go_to_the_dead_letter_stream_with_the_reason(tmp_path, 
                        "a new request needs a new request_id"}
     assert all(b"4111 1111 1111 1111" not in m.data for m in dead)  # scrubbed like a record
     assert evaluated(pg_url) == Counter({"p-1": 1})
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_1(tmp_path):
+    """No broker at the URL: the worker gives up on the first connection with one line (no
+    traceback) instead of waiting for ever."""
+    import socket
+    import subprocess
+
+    from .conftest import EXE
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = subprocess.run([EXE, "worker", "--nats", f"nats://127.0.0.1:{port}", "--db",
+                          str(tmp_path / "w.db")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"refundry: cannot connect to nats at `nats://127.0.0.1:{port}`" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
+from refundry.app.logs import setup
 from refundry.app.queue.publisher import publish
 from refundry.app.queue.streams import Streams
 from refundry.cli.common import EXIT_OK, print_json
@@ -14,6 +15,7 @@ from refundry.cli.worker import add_nats_options, nats_url
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    setup("warning")  # a broker away is one JSON line per attempt, not a traceback
     done = asyncio.run(publish(nats_url(args), args.source, args.input,
                                streams=Streams(args.prefix), options=parse_options(args.option or [])))
     print_json(done.to_dict())

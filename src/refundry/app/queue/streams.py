@@ -14,6 +14,8 @@ several deployments, or several test runs, can share one broker without meeting:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from typing import Any
 
@@ -24,7 +26,9 @@ from refundry.core.errors import RefundryError
 DUPLICATE_WINDOW_S = 3600.0
 ACK_WAIT_S = 30.0
 MAX_DELIVER = 5
+CONNECT_DEADLINE_S = 10.0
 REASON_HEADER = "Refundry-Reason"
+LOG = logging.getLogger("refundry.queue")
 _PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,40}$")
 
 
@@ -70,14 +74,33 @@ class Streams:
         return f"{self.prefix.upper()}_WORKERS"
 
 
+async def _broker_error(exc: Exception) -> None:
+    # One line, not the client's traceback: a broker away is an expected state here.
+    LOG.warning("nats", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:300]}})
+
+
+async def _disconnected() -> None:
+    LOG.warning("nats disconnected; reconnecting")
+
+
+async def _reconnected() -> None:
+    LOG.info("nats reconnected")
+
+
 async def connect(url: str, name: str) -> Any:
     import nats
 
     try:
-        # Reconnect for ever: a broker restart pauses the workers, it does not stop them.
-        return await nats.connect(url, name=name, max_reconnect_attempts=-1,
-                                  reconnect_time_wait=0.5, connect_timeout=5,
-                                  allow_reconnect=True)
+        # Once connected, reconnect for ever: a broker restart pauses the workers, it does not
+        # stop them. The first connection has a deadline, so a wrong URL is an error.
+        return await asyncio.wait_for(
+            nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                         connect_timeout=5, allow_reconnect=True, error_cb=_broker_error,
+                         disconnected_cb=_disconnected, reconnected_cb=_reconnected),
+            CONNECT_DEADLINE_S)
+    except TimeoutError:
+        raise QueueError(f"cannot connect to nats at `{url}`: no answer within "
+                         f"{CONNECT_DEADLINE_S:g} s") from None
     except Exception as exc:  # noqa: BLE001 - nats raises several unrelated types here
         raise QueueError(f"cannot connect to nats at `{url}`: {exc or type(exc).__name__}") from None
 

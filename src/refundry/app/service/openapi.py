@@ -49,8 +49,10 @@ _NULLABLE_TEXT = {"type": ["string", "null"]}
 _SUMMARY_PROPS = {
     "request_id": {"type": "string"}, "status": {"enum": list(STATUSES)},
     "outcome": {"enum": ["approve", "deny", "manual_review"]},
-    "amount": {"type": ["string", "null"]}, "currency": {"type": ["string", "null"]},
-    "decided_amount": {"type": ["string", "null"]},
+    "amount": {"type": ["string", "null"], "description": "what the case pays now (after "
+               "reviews and disputes)"},
+    "decided_amount": {"type": ["string", "null"], "description": "the first decision's"},
+    "currency": {"type": ["string", "null"]},
     "events": {"type": "integer", "minimum": 1}, "submitted_by": {"type": "string"},
     "updated_at": {"type": "string"}, "approvals": {"type": "array", "items": {"type": "string"}},
     "required_approvals": {"type": "integer", "minimum": 1}}
@@ -58,14 +60,16 @@ _SUMMARY_PROPS = {
 ENVELOPES: dict[str, Any] = {
     "Error": _obj(["error"], {"error": {"type": "string"},
                               "errors": {"type": "array", "items": {"type": "string"}}}),
-    "CaseSummary": _obj(list(_SUMMARY_PROPS), _SUMMARY_PROPS),
+    # Open to new members: the records layer may add to a case's summary; the API then
+    # passes them on (the members listed here are promised).
+    "CaseSummary": _obj(list(_SUMMARY_PROPS), _SUMMARY_PROPS, extra=True),
     "CaseList": _obj(["cases", "total", "limit", "offset"], {
         "cases": {"type": "array", "items": _ref("CaseSummary")},
         "total": {"type": "integer", "minimum": 0}, "limit": {"type": "integer"},
         "offset": {"type": "integer"}}),
     "Case": _obj([*_SUMMARY_PROPS, "dispute", "events"], {
         **_SUMMARY_PROPS, "dispute": {"type": ["object", "null"]},
-        "events": {"type": "array", "items": _ref("RecordEvent")}}),
+        "events": {"type": "array", "items": _ref("RecordEvent")}}, extra=True),
     "Review": _obj(["verdict"], {"verdict": {"enum": ["approve", "deny"]},
                                  "justification": _TEXT}),
     "DisputeOpen": _obj(["reason"], {"reason": _TEXT}),
