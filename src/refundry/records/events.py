@@ -53,6 +53,7 @@ STATUSES = ("manual_review", "approved", "denied", "processed", "refunded", "dis
 RESOLUTIONS = ("upheld", "overturned")
 DEFAULT_FOUR_EYES_ABOVE = Decimal("500")
 FOUR_EYES_CODE = "four_eyes"  # a reason with this code demands two approvers at any amount
+COUNT_CAP = 1_000  # the review queue counts its waiting cases up to this many
 STORE_CASE = ""  # the request_id of store-level events (settings), which belong to no case
 MAX_TEXT = 4_000
 ANCHOR_EVERY = 1_000  # a signed checkpoint at least every this many events ...
@@ -357,6 +358,18 @@ def check_transition(case: Case | _Fold, event_type: str, actor: str) -> None:
             "reviewer must approve")
 
 
+@attrs.frozen
+class QueuePage:
+    """A page of the manual-review queue and the keyset cursors around it."""
+
+    cases: tuple[Case, ...]
+    total: int
+    capped: bool  # more than ``total`` cases match
+    first: int | None  # position of the page's first case: the cursor for the page before
+    last: int | None  # position of its last case: the cursor for the page after
+    more: bool  # whether there are more cases past this page in the direction read
+
+
 # --- verification --------------------------------------------------------------------------
 
 
@@ -535,6 +548,12 @@ class RecordStore:
         yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
                                "ORDER BY digest")
 
+    def ruleset_versions(self) -> list[tuple[str, str, str]]:
+        """(ruleset id, version, digest) of every ruleset text the store keeps."""
+        rows = self._query("SELECT ruleset_id, version, digest FROM ruleset_texts "
+                           "ORDER BY ruleset_id, version, digest")
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
     def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
         """(ruleset id, version, text) kept for a layer digest."""
         rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = "
@@ -592,6 +611,62 @@ class RecordStore:
         threshold = self.four_eyes_above()
         out = [build_case(evs, threshold) for evs in grouped.values()]
         return [c for c in out if status is None or c.status == status]
+
+    def review_queue(self, *, after: int = 0, before: int | None = None, limit: int = 50,
+                     client: str | None = None, industry: str | None = None,
+                     request_id: str | None = None) -> QueuePage:
+        """One page of the cases waiting in manual review, oldest first (``after`` a cursor)
+        or newest first (``before``), by SQL keyset on the ``evaluated`` event's position, so a
+        page costs the same at 100,000 waiting cases as at ten; only the page's cases are
+        folded. ``total`` counts the waiting cases that match the filters, up to
+        ``COUNT_CAP + 1`` (``capped`` then says there are more)."""
+        where, args = self._queue_filter(client, industry, request_id)
+        p = self._param
+        # Counted only up to COUNT_CAP: an exact count reads every waiting case, which at
+        # 100,000 of them costs more than the page itself ("1000+" is what a reviewer needs).
+        total = int(self._query(f"SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {where} "
+                                f"LIMIT {COUNT_CAP + 1}) AS capped", args)[0][0])
+        if before is not None:
+            sql = f"{where} AND e.seq < {p} ORDER BY e.seq DESC"
+            cursor_args: tuple[Any, ...] = (before,)
+        else:
+            sql = f"{where} AND e.seq > {p} ORDER BY e.seq"
+            cursor_args = (after,)
+        rows = self._query(f"SELECT e.request_id, e.seq FROM events e WHERE {sql} LIMIT {p}",
+                           (*args, *cursor_args, limit + 1))
+        threshold = self.four_eyes_above()
+        cases = tuple(build_case(list(self._case_events(rid)), threshold)
+                      for rid, _seq in rows[:limit])
+        seqs = [int(seq) for _rid, seq in rows[:limit]]
+        more = len(rows) > limit
+        return QueuePage(cases=cases, total=min(total, COUNT_CAP),
+                         capped=total > COUNT_CAP, first=min(seqs, default=None),
+                         last=max(seqs, default=None), more=more)
+
+    def _queue_filter(self, client: str | None, industry: str | None,
+                      request_id: str | None) -> tuple[str, tuple[Any, ...]]:
+        p = self._param
+        where = ["e.type = 'evaluated'", f"{self._json_text('decision', 'outcome')} = 'manual_review'",
+                 "NOT EXISTS (SELECT 1 FROM events d WHERE d.request_id = e.request_id "
+                 "AND d.type IN ('approved', 'denied'))"]
+        args: list[Any] = []
+        for value, path in ((client, ("request", "client_id")),
+                            (industry, ("request", "industry"))):
+            if value:
+                where.append(f"{self._json_text(*path)} = {p}")
+                args.append(value)
+        if request_id:
+            where.append(f"e.request_id = {p}")
+            args.append(self.case_key(request_id))
+        return " AND ".join(where), tuple(args)
+
+    def _case_events(self, masked_id: str) -> Iterator[Event]:
+        for seq, _rid, _type, _at, _actor, body, hash_ in self._rows(masked_id):
+            yield Event.from_row(seq, body, hash_)
+
+    def _json_text(self, *path: str) -> str:
+        """SQL for the text at ``path`` inside an event body (each backend has its syntax)."""
+        raise NotImplementedError
 
     # -- appending --------------------------------------------------------------------------
 
@@ -893,32 +968,61 @@ class RecordStore:
 
     def replay(self, request_id: str) -> Replay:
         """Re-evaluate a recorded decision from the ruleset texts kept in the store alone."""
-        from refundry.core.engine import Engine
-
         case = self.case(request_id)
+        original = case.decision
+        with self._recorded_engine(case) as (engine, as_of, ruleset_id):
+            again = engine.evaluate(case.request, as_of=as_of, ruleset=ruleset_id)
+        replayed = mask_value(again.to_dict(), DECISION_MONEY)
+        replayed["request_id"] = case.request_id
+        diff = _differences(original, replayed)
+        return Replay(case.request_id, not diff, original, replayed, diff)
+
+    def explain(self, request_id: str) -> Any:
+        """``--explain`` for a recorded case: every rule of the recorded ruleset versions and
+        the values it saw in the recorded (masked) request, as of the decision's time."""
+        case = self.case(request_id)
+        with self._recorded_engine(case) as (engine, as_of, ruleset_id):
+            return engine.explain(case.request, as_of=as_of, ruleset=ruleset_id)
+
+    @contextlib.contextmanager
+    def _recorded_engine(self, case: Case) -> Iterator[tuple[Any, dt.datetime | None, str]]:
+        """An engine built from the ruleset texts the store kept for ``case``'s decision."""
         original = case.decision
         ruleset = original.get("ruleset")
         if not ruleset:
             raise RecordError(f"the decision for `{case.request_id}` names no ruleset; there is "
                               "nothing to replay")
-        with tempfile.TemporaryDirectory(prefix="refundry-replay-") as tmp:
-            for i, layer in enumerate(ruleset.get("layers") or ()):
-                kept = self.ruleset_text(layer["digest"])
-                if kept is None:
-                    raise RecordError(f"the store has no text for ruleset `{layer['id']}` "
-                                      f"{layer['version']} (`{layer['digest']}`)")
-                text = kept[2]
-                if _hash(text.encode("utf-8")) != layer["digest"]:
-                    raise RecordError(f"the kept text of ruleset `{layer['id']}` "
-                                      f"{layer['version']} does not match its digest")
-                (Path(tmp) / f"{i:02d}-{layer['id']}.yaml").write_text(text, encoding="utf-8")
-            engine = Engine.from_path(tmp)
+        with self.kept_engine([layer["digest"] for layer in ruleset.get("layers") or ()]) \
+                as engine:
             as_of = dt.datetime.fromisoformat(original["as_of"]) if original.get("as_of") else None
-            again = engine.evaluate(case.request, as_of=as_of, ruleset=ruleset["id"])
-        replayed = mask_value(again.to_dict(), DECISION_MONEY)
-        replayed["request_id"] = case.request_id
-        diff = _differences(original, replayed)
-        return Replay(case.request_id, not diff, original, replayed, diff)
+            yield engine, as_of, ruleset["id"]
+
+    @contextlib.contextmanager
+    def kept_engine(self, digests: Sequence[str]) -> Iterator[Any]:
+        """An engine built from the ruleset texts kept under ``digests`` (baseline first),
+        each checked against its digest."""
+        from refundry.core.engine import Engine
+
+        with tempfile.TemporaryDirectory(prefix="refundry-replay-") as tmp:
+            for i, digest in enumerate(digests):
+                kept = self.ruleset_text(digest)
+                if kept is None:
+                    raise RecordError(f"the store has no text for ruleset `{digest}`")
+                rid, version, text = kept
+                if _hash(text.encode("utf-8")) != digest:
+                    raise RecordError(f"the kept text of ruleset `{rid}` {version} does not "
+                                      "match its digest")
+                (Path(tmp) / f"{i:02d}-{rid}.yaml").write_text(text, encoding="utf-8")
+            yield Engine.from_path(tmp)
+
+    def cases_decided_with(self, digest: str, limit: int) -> list[Case]:
+        """Up to ``limit`` cases (oldest first) whose decision used the ruleset text ``digest``."""
+        p = self._param
+        rows = self._query(f"SELECT e.request_id FROM events e WHERE e.type = 'evaluated' AND "
+                           f"e.body LIKE {p} ORDER BY e.seq LIMIT {p}",
+                           (f'%"digest":"{digest}"%', limit))
+        threshold = self.four_eyes_above()
+        return [build_case(list(self._case_events(rid)), threshold) for (rid,) in rows]
 
 
 def genesis_of(salt: bytes) -> str:

@@ -66,6 +66,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
     WHERE type = 'evaluated';
 CREATE TABLE IF NOT EXISTS ruleset_texts (
     digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_review_queue ON events (seq) WHERE type = 'evaluated'
+    AND CASE WHEN json_valid(body) THEN json_extract(body, '$.decision.outcome') END
+        = 'manual_review';
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
@@ -221,6 +224,11 @@ class SQLiteStore(RecordStore):
             after = page[-1][0]
 
 
+    def _json_text(self, *path: str) -> str:
+        # Guarded: a damaged (tampered) body reads as NULL here; `records verify` reports it.
+        return (f"CASE WHEN json_valid(e.body) THEN json_extract(e.body, '$.{'.'.join(path)}') "
+                "END")
+
     def _head(self) -> tuple[int, str]:
         with self._lock:
             return _SQLiteTx(self._conn).head()
@@ -257,6 +265,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
     WHERE type = 'evaluated';
 CREATE TABLE IF NOT EXISTS ruleset_texts (
     digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
+CREATE OR REPLACE FUNCTION refundry_json_text(body TEXT, path TEXT[]) RETURNS TEXT
+    LANGUAGE plpgsql IMMUTABLE AS
+    $$ BEGIN RETURN body::jsonb #>> path; EXCEPTION WHEN others THEN RETURN NULL; END $$;
+CREATE INDEX IF NOT EXISTS events_review_queue ON events (seq) WHERE type = 'evaluated'
+    AND refundry_json_text(body, '{decision,outcome}') = 'manual_review';
 CREATE OR REPLACE FUNCTION refundry_append_only() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN RAISE EXCEPTION 'records are append-only'; END $$;
 DROP TRIGGER IF EXISTS events_append_only ON events;
@@ -462,6 +475,10 @@ class PostgresStore(RecordStore):
                 return
             after = int(page[-1][0])
 
+
+    def _json_text(self, *path: str) -> str:
+        # The schema's function: a damaged (tampered) body reads as NULL, not as an error.
+        return f"refundry_json_text(e.body, '{{{','.join(path)}}}')"
 
     def _head(self) -> tuple[int, str]:
         rows = self._query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")

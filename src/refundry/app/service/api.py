@@ -13,8 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -29,9 +30,10 @@ from prometheus_client import (
 )
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from refundry.app import report
 from refundry.app.customer import CustomerError, communicate, status
@@ -104,6 +106,8 @@ class Service:
     draining: bool = False
     tokens_path: str | None = None  # read again when it changes: issued tokens work at once
     tokens_seen: tuple[int, int] | None = None
+    # Signs console session cookies; every process of one server must share it (server.py).
+    session_secret: str = attrs.Factory(lambda: secrets.token_urlsafe(32))
 
     def __attrs_post_init__(self) -> None:
         self.tokens_seen = self._tokens_stamp()
@@ -325,33 +329,53 @@ async def get_case(request: Request, service: Service) -> Response:
     return _json(case.to_dict())
 
 
+def review_case(service: Service, who: Identity, rid: str, verdict: str,
+                justification: str | None) -> dict[str, Any]:
+    """Approve or deny a case in review as ``who``: the one path for the API and the console."""
+    if verdict not in ("approve", "deny"):
+        raise ApiError(400, "`verdict` must be approve or deny")
+    return _act(service, rid, lambda: service.store.review(
+        rid, actor=who.name, approve=verdict == "approve", reason=justification))
+
+
+def dispute_case(service: Service, who: Identity, rid: str, reason: str) -> dict[str, Any]:
+    engine = service.rulesets.engine
+    return _act(service, rid, lambda: service.store.open_dispute(
+        rid, actor=who.name, reason=reason, engine=engine))
+
+
+def resolve_case(service: Service, who: Identity, rid: str, resolution: str, explanation: str,
+                 amount: str | None) -> dict[str, Any]:
+    return _act(service, rid, lambda: service.store.resolve_dispute(
+        rid, actor=who.name, resolution=resolution, explanation=explanation, amount=amount))
+
+
+def find_case(service: Service, request_id: str) -> Any:
+    """The case recorded for ``request_id``, or a 404."""
+    return _case(service, request_id)
+
+
 async def post_review(request: Request, service: Service) -> Response:
     who = _identity(service, request, ("reviewer",))
     body = await _object(request, ("verdict",), ("justification",))
-    if body["verdict"] not in ("approve", "deny"):
-        raise ApiError(400, "`verdict` must be approve or deny")
     rid = request.path_params["request_id"]
-    return _json(await run_in_threadpool(_act, service, rid, lambda: service.store.review(
-        rid, actor=who.name, approve=body["verdict"] == "approve",
-        reason=body.get("justification"))))
+    return _json(await run_in_threadpool(review_case, service, who, rid, body["verdict"],
+                                         body.get("justification")))
 
 
 async def post_dispute(request: Request, service: Service) -> Response:
     who = _identity(service, request, ("reviewer",))
     body = await _object(request, ("reason",))
     rid = request.path_params["request_id"]
-    engine = service.rulesets.engine
-    return _json(await run_in_threadpool(_act, service, rid, lambda: service.store.open_dispute(
-        rid, actor=who.name, reason=body["reason"], engine=engine)))
+    return _json(await run_in_threadpool(dispute_case, service, who, rid, body["reason"]))
 
 
 async def post_resolution(request: Request, service: Service) -> Response:
     who = _identity(service, request, ("reviewer",))
     body = await _object(request, ("resolution", "explanation"), ("amount",))
     rid = request.path_params["request_id"]
-    return _json(await run_in_threadpool(_act, service, rid, lambda: service.store.resolve_dispute(
-        rid, actor=who.name, resolution=body["resolution"], explanation=body["explanation"],
-        amount=body.get("amount"))))
+    return _json(await run_in_threadpool(resolve_case, service, who, rid, body["resolution"],
+                                         body["explanation"], body.get("amount")))
 
 
 def _lang(request: Request, given: str | None) -> str:
@@ -526,8 +550,11 @@ def _reload_on_sighup(service: Service) -> None:
                                 lambda: loop.run_in_executor(None, service.reload))
 
 
-def create_app(service: Service) -> Starlette:
-    """The ASGI application over ``service``; closing the store when it shuts down."""
+def create_app(service: Service, *, more_routes: Sequence[BaseRoute] = (),
+               middleware: Sequence[Middleware] = ()) -> Starlette:
+    """The ASGI application over ``service``; closing the store when it shuts down.
+    ``more_routes`` and ``middleware`` let the console (``app/console``) join the same app
+    without this module knowing it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
@@ -549,7 +576,8 @@ def create_app(service: Service) -> Starlette:
         for method, handler in handlers:
             routes.append(Route(path, _endpoint(path, handler), methods=[method],
                                 name=f"{method} {path}"))
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=[*routes, *more_routes], lifespan=lifespan,
+                    middleware=list(middleware),
                     exception_handlers={404: _not_found, 405: _not_found})
     app.state.service = service
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import attrs
 
 from refundry.app.logs import json_log_config
-from refundry.app.service.api import Service, create_app
+from refundry.app.service.api import Service
 from refundry.app.service.identity import ROLES, Tokens, issue
 from refundry.app.service.rulesets import Rulesets
 from refundry.records.stores import open_store
@@ -45,12 +46,26 @@ def build_service(config: ServiceConfig) -> Service:
     rulesets = Rulesets(config.rulesets, backend=config.backend)  # invalid rulesets stop here
     tokens = Tokens.load(config.tokens)
     return Service(rulesets=rulesets, store=open_store(config.db, create=True), tokens=tokens,
-                   tokens_path=config.tokens)
+                   tokens_path=config.tokens, session_secret=session_secret(config.tokens))
+
+
+def session_secret(tokens_path: str | Path) -> str:
+    """The key that signs console sessions, kept beside the token file (0600) so that every
+    worker process and a restart accept the same sessions; made on first use."""
+    path = Path(str(tokens_path) + ".session-key")
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text(encoding="utf-8").strip()
 
 
 def app_from_env() -> Any:
-    """The factory each uvicorn worker process calls (``--workers N``)."""
-    return create_app(build_service(ServiceConfig.from_env()))
+    """The factory each uvicorn worker process calls (``--workers N``): the API and the
+    console."""
+    from refundry.app.console.views import create_app_with_console
+
+    return create_app_with_console(build_service(ServiceConfig.from_env()))
 
 
 def first_tokens(path: str | Path) -> dict[str, str] | None:
