@@ -21,7 +21,7 @@ from pathlib import Path
 
 import refundry
 from refundry.core.combine import NO_RULE_MATCHED
-from refundry.core.models import Deadline, Decision
+from refundry.core.models import Deadline, Decision, Line
 
 HERE = Path(__file__).resolve().parent
 REASONS = ["changed_mind", "defective", "not_as_described", "not_received", "damaged_in_transit",
@@ -139,9 +139,15 @@ def make_hand_written(engine: refundry.Engine):
         deadlines = ()
         if "r01" in hits:
             deadlines = (Deadline("refund_due_by", local + fortnight, "", reason["r01"].rule_id),)
+        # No rule has `lines:`, so every line gets the order's outcome; no standard delivery is
+        # paid in these requests, so a line comes to its own price.
+        ids = tuple(h.rule_id for h in reasons if h.rule_id != NO_RULE_MATCHED.rule_id)
+        lines = tuple(Line(it.sku, it.quantity or 1, outcome,
+                           (Decimal(0) if outcome == "deny" else it.unit_price * (it.quantity or 1)
+                            ).quantize(cent, rounding=ROUND_HALF_UP), ids) for it in req.items)
         return Decision(outcome=outcome, amount=amount.quantize(cent, rounding=ROUND_HALF_UP),
                         currency=req.currency, request_id=req.request_id, as_of=req.requested_at,
-                        reasons=reasons, deadlines=deadlines, ruleset=ref)
+                        reasons=reasons, deadlines=deadlines, ruleset=ref, lines=lines)
 
     return hand_written
 

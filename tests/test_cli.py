@@ -45,7 +45,7 @@ def test_evaluate_prints_the_decision(cli, tmp_path):
     r = cli("evaluate", path)
     assert r.code == 0
     d = r.json()
-    assert d["outcome"] == "approve" and d["amount"] == "109.99"
+    assert d["outcome"] == "approve" and d["amount"] == "119.99"
     assert {x["name"]: x["due"] for x in d["deadlines"]} == {
         "period_ends": "2024-03-15", "refund_due_by": "2024-04-02"}
 

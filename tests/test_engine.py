@@ -19,7 +19,7 @@ from .conftest import RULESETS
 def test_withdrawal_on_day_14_is_approved_without_express_surcharge(engine, request_json):
     d = engine.evaluate(request_json)
     assert d.outcome == "approve"
-    assert d.amount == Decimal("109.99")
+    assert d.amount == Decimal("119.99")
     assert d.amount.as_tuple().exponent == -2
     assert d.rule_ids == ("crd-withdrawal-in-period",)
     assert d.deadline("refund_due_by") == dt.date(2024, 4, 2)  # Good Friday + Easter Monday
@@ -39,18 +39,19 @@ def test_decision_json_validates_against_its_schema(engine, request_json):
 def test_jpy_amounts_have_no_minor_unit(engine, request_json):
     request_json.update(currency="JPY", amount="12000.4", jurisdiction="FR")
     request_json["transaction"].update(amount="13000", express_shipping_amount="500")
+    request_json["items"][0]["unit_price"] = "12499.5"
     d = engine.evaluate(request_json)
-    assert d.amount == Decimal("11500") and d.amount.as_tuple().exponent == 0
+    assert d.amount == Decimal("12500") and d.amount.as_tuple().exponent == 0
 
 
 def test_rounding_happens_once_half_up(engine, request_json):
     # 119.995 - 9.9949 = 110.0001 -> 110.00; rounding each part first would give 120.00 - 9.99
-    request_json["amount"] = "119.995"
-    request_json["transaction"]["express_shipping_amount"] = "9.9949"
-    request_json["transaction"]["amount"] = "200.00"
+    request_json["items"][0]["unit_price"] = "119.995"
+    request_json["transaction"].update(amount="119.995", express_shipping_amount=None)
+    request_json["diminished_value"] = "9.9949"
     d = engine.evaluate(request_json)
     assert d.amount == Decimal("110.00")
-    request_json["transaction"]["express_shipping_amount"] = "9.985"  # 110.010 exactly
+    request_json["diminished_value"] = "9.985"  # 110.010 exactly
     assert engine.evaluate(request_json).amount == Decimal("110.01")
 
 
@@ -67,10 +68,11 @@ def test_client_ruleset_is_chosen_for_its_client_and_names_every_layer(engine, r
 def test_a_client_review_holds_but_never_denies_a_statutory_refund(engine, request_json):
     request_json.update(client_id="acme", amount="900.00")
     request_json["transaction"]["amount"] = "910.00"
+    request_json["items"][0]["unit_price"] = "900.00"
     d = engine.evaluate(request_json)
     assert d.outcome == "manual_review"
     assert "refundry.floor-held" in d.rule_ids and "acme-large-refund-review" in d.rule_ids
-    assert d.amount == Decimal("890.00")
+    assert d.amount == Decimal("900.00")
 
 
 @pytest.mark.parametrize("mutate, error", [

@@ -171,7 +171,7 @@ def test_hook_refundry_sinks(tmp_path: Path) -> None:
     run(source="jsonl", input_path=src, sinks=["capture"], out=tmp_path / "o",
         rulesets=[RULESETS], plugins=plugins_with(("capture", Capture())), options={"a": "b"})
     assert opened == [(tmp_path / "o", {"a": "b"})]
-    assert got == [("req-1", "in.jsonl:1", Decimal("109.99")), ("req-2", "in.jsonl:2", Decimal("109.99")),
+    assert got == [("req-1", "in.jsonl:1", Decimal("119.99")), ("req-2", "in.jsonl:2", Decimal("119.99")),
                    ("closed", "", Decimal(0))]
 
 
@@ -199,7 +199,7 @@ def test_hook_refundry_enrich_request(tmp_path: Path) -> None:
     assert merged["timezone"] == "Europe/Berlin"
     assert merged["facts"] == {"velocity": 1, "kept": True}
     out = lines(tmp_path / "o.jsonl")
-    assert [d["amount"] for d in out] == ["109.99", "109.99"]
+    assert [d["amount"] for d in out] == ["119.99", "119.99"]
 
 
 def test_hook_refundry_decision_written(tmp_path: Path) -> None:

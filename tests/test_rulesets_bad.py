@@ -37,6 +37,8 @@ EXPECTED = {
     "22-unknown-jurisdiction.yaml": ("5:17", "`XX` is not a known country or subdivision code"),
     "23-deadline-from-not-a-date.yaml": ("13:37", "`customer.id` is not a time field of the request"),
     "24-extends-cycle-two_bad": ("4:10", "extends forms a cycle: cyc-a -> cyc-b -> cyc-a"),
+    "25-client-floor-rule.yaml": ("11:5", "rule `acme-no-returns`: a client ruleset cannot declare a statutory floor"),
+    "26-client-floor-window.yaml": ("11:5", "window `goodwill`: a client ruleset cannot declare a statutory floor"),
 }
 
 

@@ -55,7 +55,7 @@ def test_counts_outcomes_dead_letters_and_duplicates(tmp_path: Path) -> None:
     assert summary.outcomes == {"approve": 10, "deny": 10, "manual_review": 10}
     assert summary.duplicates == 1 and summary.dead_letters == 1
     out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(out) == 30 and out[0]["amount"] == "109.99" and out[0]["currency"] == "EUR"
+    assert len(out) == 30 and out[0]["amount"] == "119.99" and out[0]["currency"] == "EUR"
     dead = json.loads((tmp_path / "out.jsonl.dead-letter.jsonl").read_text())
     assert dead == {"ref": "in.jsonl:32", "source": "jsonl", "request_id": "bad",
                     "reason": "invalid request: in.jsonl:32: field `currency`: `EURO` is not an "

@@ -76,7 +76,7 @@ def test_verify_names_the_broken_event_and_exits_2(cli, tmp_path):
     conn = sqlite3.connect(tmp_path / "refundry.db", isolation_level=None)
     conn.execute("DROP TRIGGER events_no_update")
     conn.execute("DROP TRIGGER events_no_delete")
-    conn.execute("UPDATE events SET body = replace(body, '109.99', '999.99') WHERE seq = 2")
+    conn.execute("UPDATE events SET body = replace(body, '119.99', '999.99') WHERE seq = 2")
     r = cli("records", "verify")
     assert r.code == 2 and r.out.startswith("broken: event 2:")
     conn.execute("DELETE FROM events WHERE seq >= 2")

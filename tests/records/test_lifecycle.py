@@ -30,7 +30,7 @@ def test_a_decision_opens_a_case_with_one_evaluated_event(store, record):
     assert event.seq == 1 and event.prev == GENESIS and event.actor == "alice"
     assert event.body["ruleset"]["id"] == "eu-consumer"
     assert event.body["ruleset"]["digest"].startswith("sha256:")
-    assert event.decision["outcome"] == "approve" and event.decision["amount"] == "109.99"
+    assert event.decision["outcome"] == "approve" and event.decision["amount"] == "119.99"
     assert event.body["request"]["request_id"] == "r-1"
     assert store.verify().ok
 

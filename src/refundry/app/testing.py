@@ -45,7 +45,7 @@ from refundry.core.models import OUTCOMES, Decision
 from refundry.core.yamlsrc import LocDict
 
 _CASE_KEYS = {"name", "request", "as_of", "expect", "description"}
-_EXPECT_KEYS = {"outcome", "rules", "amount", "deadlines", "errors"}
+_EXPECT_KEYS = {"outcome", "rules", "amount", "deadlines", "errors", "lines", "actions"}
 
 
 @attrs.frozen
@@ -186,6 +186,8 @@ def _check(expect: Mapping[str, Any], decision: Decision) -> list[str]:
                 failures.append(f"expected no `{name}`, got {got_due}")
         elif got_due is None or got_due.isoformat() != str(due):
             failures.append(f"expected `{name}` {due}, got {got_due}")
+    failures += _check_lines(expect.get("lines"), decision)
+    failures += _check_actions(expect.get("actions"), decision)
     if "errors" in expect and bool(decision.errors) != bool(expect["errors"]):
         failures.append(f"expected errors: {bool(expect['errors'])}, got {list(decision.errors)}")
     if decision.errors and not expect.get("errors"):
@@ -194,6 +196,41 @@ def _check(expect: Mapping[str, Any], decision: Decision) -> list[str]:
 
 
 _Case = tuple[int, str, str, dict[str, Any], Any, dict[str, Any]]
+
+
+def _check_lines(want: Any, decision: Decision) -> list[str]:
+    """``lines: [{sku, outcome, amount}, ...]``, in the request's order; keys left out are not
+    checked."""
+    if want is None:
+        return []
+    got = [line.to_dict() for line in decision.lines]
+    if len(want) != len(got):
+        return [f"expected {len(want)} lines, got {len(got)}"]
+    failures = []
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        for key, value in (w or {}).items():
+            seen = g.get(key)
+            if str(value) != str(seen):
+                failures.append(f"line {i + 1}: expected {key} `{value}`, got `{seen}`")
+    return failures
+
+
+def _check_actions(want: Any, decision: Decision) -> list[str]:
+    """``actions: {provisional_credit: {amount, due}}``; ``null`` for a type: must be absent."""
+    failures = []
+    got = {a.type: a.to_dict() for a in decision.actions}
+    for kind, spec in (want or {}).items():
+        if spec is None:
+            if kind in got:
+                failures.append(f"expected no action `{kind}`, got {got[kind]}")
+            continue
+        if kind not in got:
+            failures.append(f"expected action `{kind}`, got none")
+            continue
+        for key, value in spec.items():
+            if str(value) != str(got[kind].get(key)):
+                failures.append(f"action `{kind}`: expected {key} `{value}`, got `{got[kind].get(key)}`")
+    return failures
 
 
 def _load_suite(path: Path, engine: Engine, report: Report) -> list[_Case]:

@@ -1,18 +1,24 @@
-"""The combining rule: from the rules that matched to one outcome, amount and set of deadlines.
+"""The combining rule: from the rules that matched to one outcome, amount, lines, deadlines and
+actions (documented in docs/ruleset-language.md, "Combining").
 
-1. Every matching rule is reported, in ruleset order.
+1. Every matching rule is reported, in layer order (base layers first).
 2. If a statutory floor rule matched, the floor rules decide: the strictest of their effects
    (deny > manual_review > approve). A non-floor ``manual_review`` or ``deny`` can hold a floor
    approval for a person to look at (the outcome becomes ``manual_review``), never deny it.
 3. Otherwise the strictest effect of the matching rules wins: deny > manual_review > approve.
 4. No rule with an outcome matched: ``manual_review`` (``no_rule_matched``). Never approve.
-5. Amount: the requested amount, minus every ``deduct`` and ``deduct_percent`` (a percentage of
-   the requested amount), then at most every ``cap``, never below zero, never above what is
-   left of the transaction after prior refunds; rounded once, half-up, to the currency's minor
-   unit. Under a floor outcome, non-floor adjustments cannot lower the amount below what the
-   floor rules alone give. A denial refunds nothing.
-6. Deadlines: one per name. Business obligations (``refund_due_by``, ...) take the earliest date
-   any matching rule gives; ``period_ends`` (the consumer's last day) takes the latest.
+5. Lines: with items, steps 2-4 run per line over the rules that decide it (a rule with
+   ``lines:`` decides the lines its item condition holds for; any other rule, every line). The
+   order is ``manual_review`` if any line is, else ``approve`` if any line is, else ``deny``.
+6. Amount: each rule's base (``request`` by default, ``transaction``, ``lines``), the largest
+   base any contributing rule names, minus every ``deduct`` and ``deduct_percent`` (of that
+   base), then at most every ``cap``; never below zero, never above what is left of the
+   transaction, never above the lines not denied; rounded once, half-up. Under a floor outcome,
+   non-floor rules cannot lower the amount below what the floor rules alone give. A denial
+   refunds nothing.
+7. Deadlines: one per name; business obligations take the earliest date, ``period_ends`` the
+   latest. Actions: one per type (the earliest due, the largest amount), unless the order is
+   denied.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+import attrs
+
 from refundry.core.facts import Context, FactBuilder
 from refundry.core.loader import Rule
-from refundry.core.models import Deadline, Reason
+from refundry.core.models import Action, Deadline, Item, Line, Reason, RefundRequest
 from refundry.core.money import ZERO, round_money
 
 STRICTNESS = {"approve": 0, "manual_review": 1, "deny": 2}
@@ -55,8 +63,55 @@ def outcome_of(matched: Sequence[Rule]) -> tuple[str, tuple[Reason, ...], bool]:
     return "manual_review", (NO_RULE_MATCHED,), False
 
 
-def _adjust(requested: Decimal, rules: Sequence[Rule], facts: Mapping[str, Any]) -> Decimal:
-    amount = requested
+@attrs.frozen
+class Money:
+    """What the amount bases of one request come to, computed once."""
+
+    requested: Decimal
+    refundable: Decimal
+    line_values: tuple[Decimal | None, ...]  # per item line: its payments + its share of delivery
+    no_lines: Decimal  # the `lines` base without items: the request, at most the order less express
+
+    @classmethod
+    def of(cls, req: RefundRequest, refundable: Decimal) -> Money:
+        tx = req.transaction
+        express = tx.express_shipping_amount or ZERO
+        # `shipping_amount` is all delivery paid, express surcharge included; without it the
+        # express surcharge is all the delivery we know of.
+        delivery = tx.shipping_amount if tx.shipping_amount is not None else express
+        standard = max(ZERO, delivery - express)
+        goods = [None if it.unit_price is None else it.unit_price * (it.quantity or 1)
+                 for it in req.items]
+        order_goods = tx.amount - delivery
+        if order_goods <= 0:
+            order_goods = sum((g for g in goods if g is not None), ZERO)
+        values: list[Decimal | None] = goods
+        if standard:  # each line gets its share of standard delivery
+            values = []
+            for g in goods:
+                share = min(Decimal(1), g / order_goods) if g is not None and order_goods > 0 else ZERO
+                values.append(None if g is None else g + standard * share)
+        # Without item lines only the requested amount says what was withdrawn; the whole order
+        # less the express surcharge is the most it can come to.
+        no_lines = min(req.amount, max(ZERO, refundable - express))
+        return cls(req.amount, refundable, tuple(values), no_lines)
+
+    def base(self, kind: str | None, lines: Sequence[int] | None) -> Decimal:
+        if kind == "transaction":
+            return self.refundable
+        if kind == "lines":
+            if lines is None:
+                return self.no_lines
+            known = [v for v in (self.line_values[i] for i in lines) if v is not None]
+            return sum(known, ZERO) if known else self.requested
+        return self.requested
+
+
+def _adjust(money: Money, rules: Sequence[Rule], facts: Mapping[str, Any],
+            covered: Mapping[str, Sequence[int] | None]) -> Decimal:
+    bases = [money.base(r.base, covered.get(r.id)) for r in rules if r.base]
+    start = max(bases) if bases else money.requested
+    amount = start
     caps: list[Decimal] = []
     for rule in rules:
         for adj in rule.adjustments:
@@ -66,7 +121,7 @@ def _adjust(requested: Decimal, rules: Sequence[Rule], facts: Mapping[str, Any])
             if adj.kind == "deduct":
                 amount -= value
             elif adj.kind == "deduct_percent":
-                amount -= requested * value / 100
+                amount -= start * value / 100
             else:
                 caps.append(Decimal(value))
     for cap in caps:
@@ -74,17 +129,115 @@ def _adjust(requested: Decimal, rules: Sequence[Rule], facts: Mapping[str, Any])
     return amount
 
 
-def amount_of(outcome: str, floor_decided: bool, requested: Decimal, refundable: Decimal,
-              matched: Sequence[Rule], facts: Mapping[str, Any], currency: str) -> Decimal:
+def amount_of(outcome: str, floor_decided: bool, money: Money, matched: Sequence[Rule],
+              facts: Mapping[str, Any], currency: str,
+              covered: Mapping[str, Sequence[int] | None], ceiling: Decimal | None) -> Decimal:
     if outcome == "deny":
         return round_money(ZERO, currency)
     contributing = [r for r in matched if r.effect != "deny"]
-    amount = _adjust(requested, contributing, facts)
+    amount = _adjust(money, contributing, facts, covered)
     if floor_decided:
-        floor_only = _adjust(requested, [r for r in contributing if r.floor], facts)
+        floor_only = _adjust(money, [r for r in contributing if r.floor], facts, covered)
         amount = max(amount, floor_only)
-    amount = max(ZERO, min(amount, refundable))
-    return round_money(amount, currency)
+    amount = min(amount, money.refundable)
+    if ceiling is not None:
+        amount = min(amount, ceiling)
+    return round_money(max(ZERO, amount), currency)
+
+
+@attrs.frozen
+class Combined:
+    outcome: str
+    synthetic: tuple[Reason, ...]
+    amount: Decimal
+    lines: tuple[Line, ...]
+    actions: tuple[Action, ...]
+
+
+def _applies(rule: Rule, item: Mapping[str, Any]) -> bool:
+    return rule.lines is None or rule.lines.evaluate(item, ())
+
+
+def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any],
+            items: Sequence[Mapping[str, Any]], money: Money, ctx: Context,
+            builder: FactBuilder) -> Combined:
+    currency = req.currency
+    if not req.items:
+        outcome, synthetic, floor = outcome_of(matched)
+        amount = amount_of(outcome, floor, money, matched, facts, currency, {}, None)
+        return Combined(outcome, synthetic, amount, (),
+                        actions_of(outcome, matched, money, facts, ctx, builder, currency, {}))
+    if not any(r.lines is not None for r in matched):
+        return _same_for_every_line(req, matched, facts, money, ctx, builder)
+    if len(items) != len(req.items):  # defensive: a `lines:` rule always reads item fields
+        items = [{} for _ in req.items]
+    per_line = [tuple(r for r in matched if _applies(r, it)) for it in items]
+    decided = [outcome_of(rules) for rules in per_line]
+    open_lines = [i for i, (o, _, _) in enumerate(decided) if o != "deny"]
+    outs = {o for o, _, _ in decided}
+    outcome = ("manual_review" if "manual_review" in outs else
+               "approve" if "approve" in outs else "deny")
+    held: dict[str, Reason] = {}
+    for _, extra, _ in decided:
+        held.update((r.rule_id, r) for r in extra)
+    # A rule's `lines` base counts the lines it decides that are not denied.
+    ids = [frozenset(r.id for r in rules) for rules in per_line]
+    covered = {r.id: [i for i in open_lines if r.id in ids[i]] for r in matched}
+    contributing = [r for r in matched if covered[r.id]]
+    floor = any(decided[i][2] for i in open_lines)
+    known = [money.line_values[i] for i in open_lines]
+    ceiling = (sum((v for v in known if v is not None), ZERO)
+               if len(open_lines) < len(req.items) else None)
+    amount = amount_of(outcome, floor, money, contributing, facts, currency, covered, ceiling)
+    rule_ids = {id(rules): tuple(r.id for r in rules) for rules in per_line}
+    lines = tuple(_line(req.items[i], decided[i][0], rule_ids[id(per_line[i])],
+                        money.line_values[i], currency) for i in range(len(req.items)))
+    actions = actions_of(outcome, contributing, money, facts, ctx, builder, currency, covered)
+    return Combined(outcome, tuple(held.values()), amount, lines, actions)
+
+
+def _same_for_every_line(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any],
+                         money: Money, ctx: Context, builder: FactBuilder) -> Combined:
+    """The common case, kept cheap: no matched rule has `lines:`, so each decides every line
+    and every line gets the order's outcome."""
+    outcome, synthetic, floor = outcome_of(matched)
+    every = list(range(len(req.items))) if outcome != "deny" else []
+    covered = {r.id: every for r in matched if r.base or r.actions}
+    amount = amount_of(outcome, floor, money, matched, facts, req.currency, covered, None)
+    ids = tuple(r.id for r in matched)
+    lines = tuple(_line(it, outcome, ids, value, req.currency)
+                  for it, value in zip(req.items, money.line_values, strict=True))
+    actions = actions_of(outcome, matched, money, facts, ctx, builder, req.currency, covered)
+    return Combined(outcome, synthetic, amount, lines, actions)
+
+
+def _line(item: Item, outcome: str, rule_ids: tuple[str, ...], value: Decimal | None,
+          currency: str) -> Line:
+    amount = None if value is None else round_money(value if outcome != "deny" else ZERO, currency)
+    return Line(item.sku, item.quantity or 1, outcome, amount, rule_ids)
+
+
+def actions_of(outcome: str, matched: Sequence[Rule], money: Money, facts: Mapping[str, Any],
+               ctx: Context, builder: FactBuilder, currency: str,
+               covered: Mapping[str, Sequence[int] | None]) -> tuple[Action, ...]:
+    if outcome == "deny":
+        return ()
+    best: dict[str, Action] = {}
+    for rule in matched:
+        if rule.effect == "deny":
+            continue
+        for spec in rule.actions:
+            due = builder.deadline(spec.due, facts, ctx)
+            amount = round_money(max(ZERO, min(money.base(spec.base, covered.get(rule.id)),
+                                               money.refundable)), currency)
+            current = best.get(spec.type)
+            if current is None or (due or current.due) and (
+                    current.due is None or (due is not None and due < current.due)):
+                best[spec.type] = Action(spec.type, max(amount, current.amount) if current else amount,
+                                         due, spec.due.citation or rule.reason.citation, rule.id)
+            elif amount > current.amount:
+                best[spec.type] = attrs.evolve(current, amount=amount)
+    return tuple(sorted(best.values(), key=lambda a: a.type))
 
 
 def deadlines_of(matched: Sequence[Rule], facts: Mapping[str, Any], ctx: Context,

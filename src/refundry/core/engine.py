@@ -18,9 +18,10 @@ import attrs
 
 from refundry.core import jurisdictions
 from refundry.core.backends import Backend, Matcher, get_backend
-from refundry.core.combine import amount_of, deadlines_of, outcome_of
+from refundry.core.combine import Money, combine, deadlines_of
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.facts import Context, FactBuilder, Zones, consumer_timezone
+from refundry.core.language import All
 from refundry.core.loader import CompiledRuleset, Library, Rule, load_library
 from refundry.core.models import Decision, Reason, RefundRequest
 from refundry.core.money import ZERO, is_currency, round_money
@@ -29,6 +30,10 @@ from refundry.core.request import parse_request
 
 INVALID_REQUEST = "refundry.invalid-request"
 NO_RULESET = "refundry.no-ruleset"
+DUPLICATE = Reason(
+    rule_id="refundry.duplicate", effect="deny", code="duplicate_request",
+    message="a prior refund already executed this request_id; this is a retry, not a new refund",
+    customer_message="This refund has already been paid.", citation="", ruleset="refundry")
 EVALUATION_ERROR = "refundry.evaluation-error"
 
 
@@ -168,39 +173,39 @@ class Engine:
 
     def _resolve(self, req: RefundRequest, day: dt.date, ruleset: str | None) -> _Prepared | None:
         if ruleset is not None:
-            doc = self._library.in_force(ruleset, day)
-            comp = self._library.chain(doc, day) if doc else None
-            return self._prepared[comp.ref.digest] if comp else None
+            return self._forced(req, day, ruleset)
         epoch = bisect.bisect_right(self._epochs, day)
         client = req.client_id if req.client_id in self._clients else None
         key = (client, req.industry, req.jurisdiction, epoch)
         if key in self._resolved:
             return self._resolved[key]
-        found = self._search(client, req.industry, req.jurisdiction, day)
+        comp = self._library.resolve(client, req.industry, req.jurisdiction, day)
+        found = self._prepare(comp) if comp is not None else None
         with self._resolve_lock:
             self._resolved[key] = found
         return found
 
-    def _search(self, client: str | None, industry: str, jurisdiction: str,
-                day: dt.date) -> _Prepared | None:
-        best: tuple[int, int, str] | None = None
-        chosen: CompiledRuleset | None = None
-        for rid in sorted(self._library.versions):
-            doc = self._library.in_force(rid, day)
-            if doc is None:
-                continue
-            comp = self._library.chain(doc, day)
-            if comp is None or comp.industry not in (None, industry):
-                continue
-            if comp.client is not None and comp.client != client:
-                continue
-            score = max((jurisdictions.matches(s, jurisdiction) for s in comp.jurisdictions), default=0)
-            if score == 0:
-                continue
-            rank = (1 if comp.client else 0, score, rid)
-            if best is None or rank[:2] > best[:2]:
-                best, chosen = rank, comp
-        return self._prepared[chosen.ref.digest] if chosen else None
+    def _forced(self, req: RefundRequest, day: dt.date, ruleset: str) -> _Prepared | None:
+        """One named ruleset (``refundry test``): a client's lands on the law of the request's
+        place, as in production; a baseline is taken with the layers it extends only."""
+        doc = self._library.in_force(ruleset, day)
+        comp = self._library.chain(doc, day) if doc else None
+        if comp is None:
+            return None
+        if comp.client is not None and any(
+                jurisdictions.matches(s, req.jurisdiction) for s in comp.jurisdictions):
+            layers = self._library.overlay_layers(comp, req.industry, req.jurisdiction, day)
+            comp = self._library.resolve_layers(layers, req.jurisdiction)
+        return self._prepare(comp)
+
+    def _prepare(self, comp: CompiledRuleset) -> _Prepared:
+        found = self._prepared.get(comp.ref.digest)
+        if found is None:  # a stack no load-time check composed (a rare jurisdiction)
+            found = _Prepared(comp, self._backend.compile(comp),
+                              FactBuilder(comp, self._holidays, self._zones))
+            with self._resolve_lock:
+                found = self._prepared.setdefault(comp.ref.digest, found)
+        return found
 
     # --- evaluation ----------------------------------------------------------------------
 
@@ -260,26 +265,37 @@ class Engine:
                                    f"no {what} is in force on {day.isoformat()}",
                                    [f"no {what} in force on {day.isoformat()}"], when), {}, []
         comp = prepared.ruleset
+        if req.prior_refunds and any(p.request_id == req.request_id for p in req.prior_refunds):
+            # An engine invariant before any rule: paying a retry would pay the refund twice.
+            return Decision(outcome="deny", amount=round_money(ZERO, req.currency),
+                            currency=req.currency, request_id=req.request_id, as_of=when,
+                            reasons=(DUPLICATE,), ruleset=comp.ref), {}, []
         builder = prepared.facts
         ctx: Context = builder.context(req, tz)
         facts, items = builder.build(req, ctx)
         hits = prepared.matcher(facts, items)
         matched: list[Rule] = [comp.rules[i] for i in hits]
-        outcome, synthetic, floor_decided = outcome_of(matched)
         refundable = facts.get("transaction.refundable")
         if refundable is None:
             refundable = req.transaction.amount - sum((p.amount for p in req.prior_refunds), ZERO)
-        amount = amount_of(outcome, floor_decided, req.amount, refundable, matched, facts, req.currency)
+        got = combine(req, matched, facts, items, Money.of(req, refundable), ctx, builder)
         decision = Decision(
-            outcome=outcome, amount=amount, currency=req.currency, request_id=req.request_id,
-            as_of=when, reasons=tuple(r.reason for r in matched) + synthetic,
-            deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref)
+            outcome=got.outcome, amount=got.amount, currency=req.currency,
+            request_id=req.request_id, as_of=when,
+            reasons=tuple(r.reason for r in matched) + got.synthetic,
+            deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref,
+            lines=got.lines, actions=got.actions)
         trace: list[dict[str, Any]] = []
         if explain:
             for rule in comp.rules:
-                node = rule.when.explain(facts, items)
-                trace.append({"rule_id": rule.id, "effect": rule.effect, "floor": rule.floor,
-                              "layer": rule.layer, "matched": rule.id in decision.rule_ids,
-                              "when": node})
+                entry = {"rule_id": rule.id, "effect": rule.effect, "floor": rule.floor,
+                         "layer": rule.layer, "matched": rule.id in decision.rule_ids}
+                if rule.lines is not None and isinstance(rule.when, All):
+                    # `lines:` is folded into the condition at load; show the two apart
+                    entry["when"] = rule.when.children[0].explain(facts, items)
+                    entry["lines"] = rule.when.children[1].explain(facts, items)
+                else:
+                    entry["when"] = rule.when.explain(facts, items)
+                trace.append(entry)
         return decision, facts, trace
 

@@ -17,7 +17,7 @@ import attrs
 
 from refundry.core import jurisdictions
 from refundry.core.fields import lookup
-from refundry.core.language import item_paths
+from refundry.core.language import PRIOR_REFUNDS, item_paths
 from refundry.core.loader import CompiledRuleset, DeadlineDef
 from refundry.core.models import RefundRequest
 from refundry.core.money import ZERO
@@ -175,7 +175,9 @@ class FactBuilder:
         self.ruleset = ruleset
         self.holidays = holidays
         self.zones = zones
-        paths = sorted(ruleset.paths() | {"requested_at"})
+        wanted = ruleset.paths() | {"requested_at"}
+        self._prior = PRIOR_REFUNDS in wanted
+        paths = sorted(wanted - {PRIOR_REFUNDS})
         item_names = sorted(set().union(*(item_paths(r.when) for r in ruleset.rules)))
         self._extract = _extractor(paths, item_names)
         self.windows = ruleset.windows
@@ -192,6 +194,8 @@ class FactBuilder:
 
     def build(self, req: RefundRequest, ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         facts, items = self._extract(req, ctx.tz, dt.datetime)
+        if self._prior:
+            facts[PRIOR_REFUNDS] = self._prior_entries(req, facts, ctx)
         for w in self.windows:
             start = facts.get(w.start)
             notice = facts.get(w.notice)
@@ -205,6 +209,15 @@ class FactBuilder:
                 facts[f"window.{w.name}.notice"] = notice
                 facts[f"window.{w.name}.within"] = notice <= end
         return facts, items
+
+    @staticmethod
+    def _prior_entries(req: RefundRequest, facts: Mapping[str, Any],
+                       ctx: Context) -> tuple[dict[str, Any], ...]:
+        """Each prior refund as a flat entry, with the request's facts under ``request.`` so a
+        condition can compare the two (``{field: request_id, eq: {request: request_id}}``)."""
+        mine = {f"request.{k}": v for k, v in facts.items()}
+        return tuple({**mine, "amount": p.amount, "refunded_at": ctx.local_date(p.refunded_at),
+                      "request_id": p.request_id} for p in req.prior_refunds)
 
     def deadline(self, spec: DeadlineDef, facts: Mapping[str, Any], ctx: Context) -> dt.date | None:
         if spec.window is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from refundry.core.models import Item, RefundRequest
+from refundry.core.models import Item, PriorRefund, RefundRequest
 
 
 @attrs.frozen
@@ -68,7 +68,19 @@ def item_fields() -> dict[str, FieldInfo]:
     return _walk(Item, "")
 
 
-def lookup(path: str, *, item: bool = False) -> FieldInfo | None:
+@lru_cache(maxsize=1)
+def prior_refund_fields() -> dict[str, FieldInfo]:
+    return _walk(PriorRefund, "")
+
+
+def lookup(path: str, *, item: bool | str = False) -> FieldInfo | None:
+    """``item``: True inside ``any_item``/``all_items``; ``"prior_refunds"`` inside
+    ``any_prior_refund``/``all_prior_refunds``, where ``request.PATH`` names a request field."""
+    if item == "prior_refunds":
+        if path.startswith("request."):
+            found = lookup(path[len("request."):])
+            return attrs.evolve(found, path=path) if found else None
+        return prior_refund_fields().get(path)
     if not item and (path.startswith("facts.") and len(path) > 6):
         return FieldInfo(path, "any")
     return (item_fields() if item else request_fields()).get(path)

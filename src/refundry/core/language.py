@@ -239,27 +239,45 @@ class Compare(Node):
         return {self.path} | extra
 
 
+PRIOR_REFUNDS = "prior_refunds[]"  # the fact holding the prior refund entries (facts.py)
+
+
 @attrs.frozen
 class Items(Node):
-    quantifier: str  # any_item | all_items
+    """A quantifier over the request's item lines, or (``collection`` ``prior_refunds``) over
+    its prior refunds, whose entries also carry the request fields the condition names as
+    ``request.PATH``."""
+
+    quantifier: str  # any_item | all_items (any / all)
     child: Node
+    collection: str = "items"
+
+    def _entries(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
+        return items if self.collection == "items" else (facts.get(PRIOR_REFUNDS) or ())
 
     def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
-        if self.quantifier == "any_item":
-            return any(self.child.evaluate(it, ()) for it in items)
-        return bool(items) and all(self.child.evaluate(it, ()) for it in items)
+        entries = self._entries(facts, items)
+        if self.quantifier.startswith("any"):
+            return any(self.child.evaluate(it, ()) for it in entries)
+        return bool(entries) and all(self.child.evaluate(it, ()) for it in entries)
 
     def source(self, gen: CodeGen, getter: str, items: str) -> str:
         name = gen.item_function(self.child)
-        helper = "_any" if self.quantifier == "any_item" else "_all"
-        return f"{helper}({name}, {items})"
+        helper = "_any" if self.quantifier.startswith("any") else "_all"
+        entries = items if self.collection == "items" else (
+            f"({getter}({gen.const(PRIOR_REFUNDS)}) or ())")
+        return f"{helper}({name}, {entries})"
 
     def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        per_item = [self.child.explain(it, ()) for it in items]
+        per_item = [self.child.explain(it, ()) for it in self._entries(facts, items)]
         return {self.quantifier: per_item, "result": self.evaluate(facts, items)}
 
     def paths(self) -> set[str]:
-        return set()
+        if self.collection == "items":
+            return set()
+        # The entries, and the request fields they are compared with (copied into each entry).
+        return {PRIOR_REFUNDS} | {p[len("request."):] for p in self.child.paths()
+                                  if p.startswith("request.")}
 
 
 @attrs.frozen
@@ -289,7 +307,7 @@ TRUE = All(())
 def item_paths(node: Node) -> set[str]:
     """The item fields a condition reads inside ``any_item`` / ``all_items``."""
     if isinstance(node, Items):
-        return node.child.paths()
+        return node.child.paths() if node.collection == "items" else set()
     if isinstance(node, (All, AnyOf)):
         return set().union(*(item_paths(c) for c in node.children))
     if isinstance(node, Not):
@@ -407,10 +425,12 @@ class ParseContext:
         self.report(message, container, key, rule_id=self.rule_id, value=value)
 
 
-_KEYS = {"all", "any", "not", "any_item", "all_items", "within", "after", "field"}
+_KEYS = {"all", "any", "not", "any_item", "all_items", "any_prior_refund", "all_prior_refunds",
+         "within", "after", "field"}
+ENTRIES = "prior_refunds"  # `item` value while parsing inside a prior-refund quantifier
 
 
-def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: int = 0,
+def parse_condition(raw: Any, ctx: ParseContext, *, item: bool | str = False, depth: int = 0,
                     parent: Any = None, key: Any = None) -> Node:
     """Parse one condition; errors go to ``ctx`` and the result is then a harmless ``TRUE``."""
     if depth > MAX_DEPTH:
@@ -442,13 +462,15 @@ def parse_condition(raw: Any, ctx: ParseContext, *, item: bool = False, depth: i
     if head == "not":
         _no_extra(raw, {head}, ctx)
         return Not(parse_condition(raw["not"], ctx, item=item, depth=depth + 1, parent=raw, key="not"))
-    if head in ("any_item", "all_items"):
+    if head in ("any_item", "all_items", "any_prior_refund", "all_prior_refunds"):
         _no_extra(raw, {head}, ctx)
         if item:
             ctx.error(f"`{head}` cannot stand inside another item condition", raw, head)
             return TRUE
-        child = parse_condition(raw[head], ctx, item=True, depth=depth + 1, parent=raw, key=head)
-        return Items(head, child)
+        entries = head.endswith("prior_refund") or head.endswith("prior_refunds")
+        child = parse_condition(raw[head], ctx, item=ENTRIES if entries else True,
+                                depth=depth + 1, parent=raw, key=head)
+        return Items(head, child, ENTRIES if entries else "items")
     if head in ("within", "after"):
         _no_extra(raw, {head}, ctx)
         name = raw[head]
@@ -472,7 +494,7 @@ def _no_extra(raw: Mapping[str, Any], allowed: set[str], ctx: ParseContext) -> N
             ctx.error(f"unexpected key `{k}` in a `{next(iter(allowed))}` condition", raw, k)
 
 
-def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool) -> Node:
+def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool | str) -> Node:
     path = raw["field"]
     ops = [k for k in raw if k != "field"]
     unknown = [k for k in ops if k not in OPS]
@@ -525,11 +547,13 @@ def _unknown_field(path: str, item: bool) -> str:
 
 
 def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseContext,
-                   raw: Any, item: bool) -> Operand | None:
+                   raw: Any, item: bool | str) -> Operand | None:
     if isinstance(value, Mapping):
         if op in ("in", "not_in"):
             ctx.error(f"`{op}` takes a list of values", raw, op, value=True)
             return None
+        if set(value) == {"request"} and item == ENTRIES and isinstance(value["request"], str):
+            return _request_operand(value, info, op, ctx, raw)
         if set(value) == {"field"}:
             other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
             if other is None:
@@ -541,19 +565,7 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
                 return None
             return FieldRef(other.path)
         if set(value) == {"percent", "of"}:
-            pct, of = value["percent"], value["of"]
-            other = fieldreg.lookup(of, item=item) if isinstance(of, str) else None
-            if not isinstance(pct, (int, Decimal)) or isinstance(pct, bool) or not 0 <= pct <= 1000:
-                ctx.error("`percent` takes a number from 0 to 1000", value, "percent", value=True)
-                return None
-            if other is None or other.kind not in ("money", "count", "any"):
-                ctx.error(f"`of` must name an amount field, not `{of}`", value, "of", value=True)
-                return None
-            if info.kind not in ("money", "count", "any"):
-                ctx.error(f"`{info.path}` is {info.kind}; a percentage compares with amounts",
-                          raw, op)
-                return None
-            return Percent(Decimal(pct), other.path)
+            return _percent_operand(value, info, op, ctx, raw, item)
         if set(value) == {"field", "plus"}:
             plus = value["plus"]
             other = fieldreg.lookup(value["field"], item=item) if isinstance(value["field"], str) else None
@@ -586,6 +598,37 @@ def _parse_operand(value: Any, info: fieldreg.FieldInfo, op: str, ctx: ParseCont
             return None
     checked = _check_literal(value, info, ctx, raw, op)
     return None if checked is _INVALID else Literal(checked)
+
+
+def _percent_operand(value: Mapping[str, Any], info: fieldreg.FieldInfo, op: str,
+                     ctx: ParseContext, raw: Any, item: bool | str) -> Operand | None:
+    pct, of = value["percent"], value["of"]
+    other = fieldreg.lookup(of, item=item) if isinstance(of, str) else None
+    if not isinstance(pct, (int, Decimal)) or isinstance(pct, bool) or not 0 <= pct <= 1000:
+        ctx.error("`percent` takes a number from 0 to 1000", value, "percent", value=True)
+        return None
+    if other is None or other.kind not in ("money", "count", "any"):
+        ctx.error(f"`of` must name an amount field, not `{of}`", value, "of", value=True)
+        return None
+    if info.kind not in ("money", "count", "any"):
+        ctx.error(f"`{info.path}` is {info.kind}; a percentage compares with amounts", raw, op)
+        return None
+    return Percent(Decimal(pct), other.path)
+
+
+def _request_operand(value: Mapping[str, Any], info: fieldreg.FieldInfo, op: str,
+                     ctx: ParseContext, raw: Any) -> Operand | None:
+    """``{request: PATH}`` inside a prior-refund condition: the request's own field, which
+    facts.py copies into every entry as ``request.PATH``."""
+    other = fieldreg.lookup(value["request"])
+    if other is None:
+        ctx.error(f"unknown field `{value['request']}` for a request", value, "request", value=True)
+        return None
+    if "any" not in (info.kind, other.kind) and _family(info.kind) != _family(other.kind):
+        ctx.error(f"`{info.path}` ({info.kind}) cannot be compared with `{other.path}` "
+                  f"({other.kind})", raw, op)
+        return None
+    return FieldRef("request." + other.path)
 
 
 _INVALID = object()

@@ -14,6 +14,7 @@ import datetime as dt
 import difflib
 import hashlib
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -26,9 +27,18 @@ import yaml
 from refundry.core import fields as fieldreg
 from refundry.core import jurisdictions, yamlsrc
 from refundry.core.errors import InvalidRulesets, RulesetError, did_you_mean
+from refundry.core.language import (
+    All,
+    AnyOf,
+    Compare,
+    Items,
+    Literal,
+    ParseContext,
+    parse_condition,
+    positions_of,
+)
 from refundry.core.language import Node as ConditionNode
-from refundry.core.language import ParseContext, parse_condition, positions_of
-from refundry.core.models import Layer, Reason, RulesetRef
+from refundry.core.models import INDUSTRIES, Layer, Reason, RulesetRef
 from refundry.core.periods import (
     WEEKDAYS,
     CalendarSpec,
@@ -78,12 +88,25 @@ class Adjustment:
     value: Decimal | None = None
 
 
+BASES = ("request", "transaction", "lines")
+
+
+@attrs.frozen
+class ActionDef:
+    """An interim step a rule orders (``provisional_credit``): its amount by a base, its due
+    date counted like a deadline."""
+
+    type: str
+    base: str
+    due: DeadlineDef
+
+
 @attrs.frozen
 class Rule:
     id: str
     effect: str
     floor: bool
-    when: ConditionNode
+    when: ConditionNode  # with `lines:` folded in: the rule matches only if some line qualifies
     reason: Reason
     adjustments: tuple[Adjustment, ...]
     deadlines: tuple[DeadlineDef, ...]
@@ -91,6 +114,9 @@ class Rule:
     path: str
     line: int
     column: int
+    base: str | None = None  # what the amount starts from; None: the requested amount
+    lines: ConditionNode | None = None  # the item lines this rule decides; None: every line
+    actions: tuple[ActionDef, ...] = ()
 
 
 @attrs.frozen
@@ -149,7 +175,7 @@ class CompiledRuleset:
             for adj in rule.adjustments:
                 if adj.path:
                     out.add(adj.path)
-            for d in rule.deadlines:
+            for d in (*rule.deadlines, *(a.due for a in rule.actions)):
                 if d.start:
                     out.add(d.start)
         for w in self.windows:
@@ -259,7 +285,7 @@ def _schema_errors(data: Any, path: str, report: Report) -> bool:
     for error in validator.iter_errors(_jsonable(data)):
         where = list(error.absolute_path)
         # Conditions get better messages from the condition parser itself.
-        if "when" in where:
+        if "when" in where or (len(where) > 2 and where[0] == "rules" and where[2] == "lines"):
             continue
         if error.context:
             error = min(error.context, key=lambda e: (-len(e.absolute_path), len(e.message)))
@@ -392,6 +418,8 @@ def load_document(path: Path, report: Report) -> RulesetDoc | None:
     if "extends" in data:
         base, _, pin = data["extends"].partition("@")
         extends = (base, pin or None)
+    if data.get("client") is not None:
+        _check_floor_authority(data, shown, report)
     scopes = data.get("jurisdictions")
     if scopes is not None:
         for i, scope in enumerate(scopes):
@@ -403,6 +431,18 @@ def load_document(path: Path, report: Report) -> RulesetDoc | None:
         industry=data.get("industry"), jurisdictions=tuple(scopes) if scopes else None,
         client=data.get("client"), extends=extends, title=data.get("title", ""),
     )
+
+
+def _check_floor_authority(data: Any, shown: str, report: Report) -> None:
+    """Statutory floors come from the law, so only a baseline (no `client`) may declare one: a
+    client that could mark its own rule a floor could deny or cut a statutory refund with it."""
+    why = "a client ruleset cannot declare a statutory floor; only baselines (no `client`) can"
+    for raw in data.get("rules") or ():
+        if raw.get("floor") is True:
+            report.add(why, shown, raw.pos("floor"), rule_id=raw.get("id"))
+    for name, spec in (data.get("windows") or {}).items():
+        if isinstance(spec, yamlsrc.LocDict) and spec.get("floor") is True:
+            report.add(f"window `{name}`: {why}", shown, spec.pos("floor"))
 
 
 # --- composing layers ----------------------------------------------------------------------
@@ -545,11 +585,18 @@ def _probe_country(layers: Sequence[RulesetDoc]) -> str | None:
     return None
 
 
-def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str, report: Report) -> tuple[Adjustment, ...]:
+def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str,
+                 report: Report) -> tuple[str | None, tuple[Adjustment, ...]]:
     out = []
-    for adj in raw or ():
+    base = None
+    for index, adj in enumerate(raw or ()):
         (kind, value), = adj.items()
-        if kind == "deduct_percent":
+        if kind == "base":
+            if index != 0:
+                report.add("`base` comes first: it is what the deductions and caps apply to",
+                           doc.path, adj.pos(kind), rule_id=rule_id)
+            base = value
+        elif kind == "deduct_percent":
             out.append(Adjustment(kind, value=Decimal(value)))
         elif isinstance(value, str):
             info = fieldreg.lookup(value)
@@ -560,6 +607,16 @@ def _adjustments(raw: Any, doc: RulesetDoc, rule_id: str, report: Report) -> tup
             out.append(Adjustment(kind, path=value))
         else:
             out.append(Adjustment(kind, value=Decimal(value)))
+    return base, tuple(out)
+
+
+def _actions(raw: Any, doc: RulesetDoc, rule_id: str, report: Report,
+             calendar: CalendarSpec) -> tuple[ActionDef, ...]:
+    out = []
+    for spec in raw or ():
+        due = _deadlines([spec], doc, rule_id, {}, report, calendar)
+        if due:
+            out.append(ActionDef(spec["type"], spec.get("amount", "request"), due[0]))
     return tuple(out)
 
 
@@ -590,8 +647,8 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
         if not _check_time_field(spec["from"], report, doc, spec, "from", rule_id):
             continue
         own = _own_calendar(calendar, spec["calendar"]) if spec.get("calendar") else None
-        out.append(DeadlineDef(spec["name"], citation, start=spec["from"], period=period,
-                               calendar=own))
+        out.append(DeadlineDef(spec.get("name") or spec.get("type"), citation,
+                               start=spec["from"], period=period, calendar=own))
     return tuple(out)
 
 
@@ -633,6 +690,16 @@ def _defined_windows(*layers: RulesetDoc) -> set[str]:
     return {name for doc in layers for name in (doc.data.get("windows") or {})}
 
 
+def _some_line(lines: ConditionNode) -> ConditionNode:
+    """A `lines:` rule matches when some line qualifies. A request without items is one line
+    whose item fields are all unknown: `not excluded` holds for it, `excluded` does not."""
+    some = Items("any_item", lines)
+    if not lines.evaluate({}, ()):
+        return some
+    no_items = Compare("items.count", "eq", Literal(0), typed=True)
+    return AnyOf((no_items, some))
+
+
 def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
            report: Report, calendar: CalendarSpec = _STANDARD_CALENDAR) -> tuple[Rule, ...]:
     rules: dict[str, Rule] = {}
@@ -661,22 +728,28 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             if effect != "adjust" and "customer_message" not in raw:
                 report.add(f"a rule with effect `{effect}` needs a `customer_message`", doc.path,
                            raw.pos("effect"), rule_id=rid)
-            if effect == "adjust" and not raw.get("amount") and not raw.get("deadlines"):
-                report.add("an `adjust` rule needs `amount` or `deadlines`", doc.path,
+            if effect == "adjust" and not any(raw.get(k) for k in ("amount", "deadlines", "actions")):
+                report.add("an `adjust` rule needs `amount`, `deadlines` or `actions`", doc.path,
                            raw.pos("effect"), rule_id=rid)
             ctx = ParseContext(report.at(doc.path), windows, rid,
                                _defined_windows(*layers) - set(windows))
             when = parse_condition(raw["when"], ctx, parent=raw, key="when") if "when" in raw else parse_condition({"all": [{"field": "request_id", "exists": True}]}, ctx)
             text, texts = _customer_texts(raw, _languages(layers, doc), doc, rid, report)
+            lines = None
+            if "lines" in raw:
+                lines = parse_condition(raw["lines"], ctx, item=True, parent=raw, key="lines")
+                when = All((when, _some_line(lines)))
+            amount_base, adjustments = _adjustments(raw.get("amount"), doc, rid, report)
             reason = Reason(
                 rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
                 message=raw["message"], customer_message=text, customer_messages=texts,
                 citation=citation, floor=floor, ruleset=doc.id)
             rules[rid] = Rule(
                 id=rid, effect=effect, floor=floor, when=when, reason=reason,
-                adjustments=_adjustments(raw.get("amount"), doc, rid, report),
+                adjustments=adjustments,
                 deadlines=_deadlines(raw.get("deadlines"), doc, rid, windows, report, calendar),
-                layer=doc.id, path=doc.path, line=pos[0], column=pos[1])
+                layer=doc.id, path=doc.path, line=pos[0], column=pos[1], base=amount_base, lines=lines,
+                actions=_actions(raw.get("actions"), doc, rid, report, calendar))
     return tuple(rules.values())
 
 
@@ -701,7 +774,9 @@ def compose(layers: Sequence[RulesetDoc], report: Report, probe: HolidayCalendar
 class Library:
     """Every ruleset version loaded, and every layered combination of them that can be in force.
 
-    Built once; read-only afterwards, so any number of threads may resolve against it.
+    Built once. Every layered combination a request can meet is composed at load; a stack no
+    load-time representative reached (a jurisdiction no ruleset names) is composed on first
+    use under a lock, so any number of threads may resolve against it.
     """
 
     def __init__(self, docs: Sequence[RulesetDoc], report: Report) -> None:
@@ -714,11 +789,13 @@ class Library:
         self._starts = {rid: [d.effective_from for d in v] for rid, v in self.versions.items()}
         self.composites: dict[tuple[tuple[str, str], ...], CompiledRuleset] = {}
         self.probe = HolidayCalendars()
+        self._lock = threading.Lock()
         for versions in self.versions.values():
             for doc in versions:
                 for day in self._days_in_force(doc):
                     self.chain(doc, day, report)
         self._check_scopes(report)
+        self._compose_overlays(report)
 
     @staticmethod
     def _check_versions(rid: str, versions: list[RulesetDoc], report: Report) -> None:
@@ -804,7 +881,7 @@ class Library:
         claimed: dict[tuple[str | None, str | None, str], RulesetDoc] = {}
         for rid, versions in self.versions.items():
             doc = versions[-1]
-            comp = next((c for k, c in self.composites.items() if k[-1] == (rid, doc.version)), None)
+            comp = self._own_chain(doc, doc.effective_from)
             if comp is None:
                 continue
             for scope in comp.jurisdictions:
@@ -816,6 +893,131 @@ class Library:
                                f"in `{scope}` for {who}; a request could not tell which applies",
                                doc.path, doc.data.vpos("ruleset"))
                 claimed[key] = doc
+
+
+    # --- overlays: a client layer on the law of the request's own place ----------------------
+
+    def _own_chain(self, doc: RulesetDoc, day: dt.date) -> CompiledRuleset | None:
+        try:
+            return self.chain(doc, day)
+        except KeyError:  # its chain failed to compose; the error is reported already
+            return None
+
+    def baseline_stack(self, industry: str, jurisdiction: str, day: dt.date) -> list[RulesetDoc]:
+        """Every baseline in force that covers ``jurisdiction``, most general first, each with the
+        layers it extends (US-CA: federal, then California)."""
+        covering: list[tuple[int, str, CompiledRuleset]] = []
+        for rid in self.versions:
+            doc = self.in_force(rid, day)
+            if doc is None or doc.client is not None:
+                continue
+            comp = self._own_chain(doc, day)
+            if comp is None or comp.client is not None or comp.industry not in (None, industry):
+                continue
+            score = max((jurisdictions.matches(s, jurisdiction) for s in comp.jurisdictions),
+                        default=0)
+            if score:
+                covering.append((score, rid, comp))
+        layers: dict[str, RulesetDoc] = {}
+        for _, _, comp in sorted(covering, key=lambda c: (c[0], c[1])):
+            for layer in comp.layers:
+                layers.setdefault(layer.id, layer)
+        return list(layers.values())
+
+    def client_ruleset(self, client: str, industry: str, jurisdiction: str,
+                       day: dt.date) -> CompiledRuleset | None:
+        """The client's own ruleset in force that covers ``jurisdiction`` most specifically."""
+        best: tuple[int, str] | None = None
+        found = None
+        for rid in self.versions:
+            doc = self.in_force(rid, day)
+            if doc is None or doc.client != client:
+                continue
+            comp = self._own_chain(doc, day)
+            if comp is None or comp.industry not in (None, industry):
+                continue
+            score = max((jurisdictions.matches(s, jurisdiction) for s in comp.jurisdictions),
+                        default=0)
+            if score and (best is None or (score, rid) > best):
+                best, found = (score, rid), comp
+        return found
+
+    def overlay_layers(self, client: CompiledRuleset | None, industry: str, jurisdiction: str,
+                       day: dt.date) -> list[RulesetDoc]:
+        """The layers a request meets: the baseline stack of its own jurisdiction, whatever level
+        the client wrote its ruleset for, with the client's own layers on top."""
+        if client is None:
+            return self.baseline_stack(industry, jurisdiction, day)
+        own_base = [d for d in client.layers if d.client is None]
+        mine = [d for d in client.layers if d.client is not None]
+        layers = {d.id: d for d in own_base}  # a pinned base keeps its pinned version
+        for doc in self.baseline_stack(industry, jurisdiction, day):
+            layers.setdefault(doc.id, doc)
+        return [*layers.values(), *mine]
+
+    def resolve(self, client: str | None, industry: str, jurisdiction: str,
+                day: dt.date) -> CompiledRuleset | None:
+        own = self.client_ruleset(client, industry, jurisdiction, day) if client else None
+        layers = self.overlay_layers(own, industry, jurisdiction, day)
+        if not layers:
+            return None
+        return self._composite(layers, jurisdiction, None)
+
+    def resolve_layers(self, layers: Sequence[RulesetDoc], jurisdiction: str) -> CompiledRuleset:
+        return self._composite(layers, jurisdiction, None)
+
+    def _composite(self, layers: Sequence[RulesetDoc], jurisdiction: str,
+                   report: Report | None) -> CompiledRuleset:
+        key = tuple((d.id, d.version) for d in layers)
+        found = self.composites.get(key)
+        if found is not None:
+            return found
+        mine = Report()
+        comp = compose(layers, mine, self.probe)
+        where = " + ".join(d.id for d in layers[:-1])
+        seen = {(e.path, e.line, e.column, e.message.split(" (on the law of")[0])
+                for e in (report.errors if report is not None else ())}
+        for err in mine.errors:
+            if (err.path, err.line, err.column, err.message) in seen:
+                continue  # the layer's own chain already says so
+            message = f"{err.message} (on the law of `{jurisdiction}`: {where})"
+            if report is None:
+                raise RulesetError(message, path=err.path, line=err.line, column=err.column,
+                                   rule_id=err.rule_id)
+            report.add(message, err.path or "", (err.line or 1, err.column or 1),
+                       rule_id=err.rule_id)
+        with self._lock:
+            return self.composites.setdefault(key, comp)
+
+    def _representatives(self) -> list[str]:
+        """One request jurisdiction for every distinct set of scopes that can cover one: each
+        named country or subdivision, an EU member no ruleset names, a country nothing names."""
+        scopes = {s for c in self.composites.values() for s in c.jurisdictions}
+        named = {s for s in scopes if s not in ("*", "EU") and jurisdictions.valid_scope(s)}
+        reps = set(named)
+        if "EU" in scopes:
+            reps.add(next(c for c in sorted(jurisdictions.EU_MEMBERS) if c not in named))
+        if "*" in scopes:
+            reps.add(next(c for c in sorted(jurisdictions.countries())
+                          if c not in named and c not in jurisdictions.EU_MEMBERS))
+        return sorted(reps)
+
+    def _compose_overlays(self, report: Report) -> None:
+        """Compose every client overlay on every baseline stack it can land on, at every date the
+        stack can change, so `validate` checks each and `evaluate` only looks them up."""
+        clients = sorted({d.client for v in self.versions.values() for d in v if d.client})
+        epochs = sorted({d.effective_from for v in self.versions.values() for d in v})
+        reps = self._representatives()
+        for day in epochs:
+            for jurisdiction in reps:
+                for industry in INDUSTRIES:
+                    for client in (None, *clients):
+                        own = self.client_ruleset(client, industry, jurisdiction, day) if client else None
+                        if client and own is None:
+                            continue
+                        layers = self.overlay_layers(own, industry, jurisdiction, day)
+                        if layers:
+                            self._composite(layers, jurisdiction, report)
 
 
 def load_library(paths: Iterable[str | Path], *,

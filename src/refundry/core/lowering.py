@@ -192,7 +192,7 @@ def _collect(node: Node, lits: dict[tuple[bool, str], set[Any]], item: bool) -> 
             _collect(c, lits, item)
     elif isinstance(node, Not):
         _collect(node.child, lits, item)
-    elif isinstance(node, Items):
+    elif isinstance(node, Items) and node.collection == "items":
         _collect(node.child, lits, True)
     elif isinstance(node, Window):
         lits.setdefault((False, node.key), set()).update((True, False))
@@ -256,6 +256,10 @@ class _Lowerer:
             book = self.enc.books[node.key]
             lit = Lit(book.key, "eq" if positive else "ne", book.of(node.mode == "within"))
             return [(lit,)]
+        if isinstance(node, Items) and node.collection != "items":
+            # Prior-refund entries are not sent to the matcher: the quantifier is precomputed.
+            key = self.enc.precomputed(node, item)
+            return [(Lit(key, "eq", 1 if positive else 0),)]
         if isinstance(node, Items):
             return self._items(node, positive)
         if isinstance(node, Compare):

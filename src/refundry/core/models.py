@@ -219,7 +219,9 @@ class RefundRequest:
     customer: Customer = section(Customer, required=True)
     transaction: Transaction = section(Transaction, required=True)
     timezone: str | None = text(doc="IANA time zone; default from the jurisdiction")
-    refund_to: str | None = text()
+    refund_to: PaymentMethod | None = section(
+        PaymentMethod, doc="where the refund goes, as transaction.payment_method (a bare type string "
+                           "is accepted); absent: the original means of payment")
     requested_remedy: str | None = choice("refund", "replacement", "repair")
     diminished_value: Decimal | None = money()
     note: str | None = text(doc="free text; masked before it is stored")
@@ -278,6 +280,39 @@ class Deadline:
 
 
 @attrs.frozen
+class Line:
+    """One item line of the request as decided: the order's outcome follows from its lines."""
+
+    sku: str | None
+    quantity: int
+    outcome: str
+    amount: Decimal | None
+    rule_ids: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sku": self.sku, "quantity": self.quantity, "outcome": self.outcome,
+                "amount": None if self.amount is None else str(self.amount),
+                "rule_ids": list(self.rule_ids)}
+
+
+@attrs.frozen
+class Action:
+    """An interim step the law requires while the outcome stays open (Reg E provisional
+    credit): the money moves by ``due`` whatever a reviewer later decides."""
+
+    type: str
+    amount: Decimal
+    due: dt.date | None
+    citation: str
+    rule_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "amount": str(self.amount),
+                "due": self.due.isoformat() if self.due else None, "citation": self.citation,
+                "rule_id": self.rule_id}
+
+
+@attrs.frozen
 class Layer:
     id: str
     version: str
@@ -319,6 +354,8 @@ class Decision:
     deadlines: tuple[Deadline, ...] = ()
     ruleset: RulesetRef | None = None
     errors: tuple[str, ...] = ()
+    lines: tuple[Line, ...] = ()
+    actions: tuple[Action, ...] = ()
 
     @property
     def rule_ids(self) -> tuple[str, ...]:
@@ -340,6 +377,8 @@ class Decision:
             "currency": self.currency,
             "reasons": [r.to_dict() for r in self.reasons],
             "deadlines": [d.to_dict() for d in self.deadlines],
+            "lines": [line.to_dict() for line in self.lines],
+            "actions": [a.to_dict() for a in self.actions],
             "ruleset": self.ruleset.to_dict() if self.ruleset else None,
             "as_of": self.as_of.isoformat() if self.as_of else None,
             "errors": list(self.errors),

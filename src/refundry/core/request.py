@@ -46,6 +46,9 @@ def parse_request(data: object, *, source: str | None = None) -> RefundRequest:
     if not isinstance(data, Mapping):
         errors.add("", "a refund request must be a JSON object")
         raise InvalidRequest(errors.items)
+    if isinstance(data.get("refund_to"), str):
+        # The contract accepts a bare type for `refund_to` (`"store_credit"`).
+        data = {**data, "refund_to": {"type": data["refund_to"]}}
     value = _parse_model(RefundRequest, data, "", errors)
     if not errors.items:
         _check_semantics(value, errors)
@@ -305,6 +308,9 @@ def json_schema() -> dict[str, Any]:
     schema = _model_schema(RefundRequest)
     props = schema["properties"]
     props["currency"]["pattern"] = "^[A-Z]{3}$"
+    method = props["refund_to"]
+    props["refund_to"] = {"description": method.pop("description", ""), "anyOf": [
+        method, {"type": "string", "maxLength": MAX_TEXT, "description": "a bare type"}]}
     props["jurisdiction"]["pattern"] = "^[A-Z]{2}(-[A-Z0-9]{1,3})?$"
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
             "title": "refundry canonical refund request", "x-refundry-schema-version": "1.0.0",
