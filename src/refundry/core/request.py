@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +18,7 @@ import attrs
 from refundry.core import jurisdictions
 from refundry.core.errors import InvalidRequest, RequestError
 from refundry.core.models import RefundRequest
-from refundry.core.money import is_currency, parse_money
+from refundry.core.money import MAX_DIGITS, is_currency, parse_money
 
 MAX_TEXT = 1_000
 MAX_NOTE = 65_536  # a longer note is hostile input, not a customer's message
@@ -61,89 +61,169 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+# The parser is compiled once per model class from the field metadata: per request it only runs
+# the checks, building a field's dotted path only when there is an error to report. What it
+# accepts and every message it gives are those of the metadata walk it replaces.
+_Parse = Callable[[Any, str, str, "_Errors"], Any]
+_PARSERS: dict[type, Callable[[Mapping[str, Any], str, "_Errors"], Any]] = {}
+
+
 def _parse_model(cls: type, data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
-    fields = attrs.fields_dict(cls)
-    for key in data:
-        if key not in fields:
-            errors.add(_join(prefix, str(key)[:60]), "unknown field")
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        path = _join(prefix, name)
-        if name not in data or data[name] is None:
-            if f.default is attrs.NOTHING:
-                errors.add(path, "is required")
-            continue
-        parsed = _parse_value(f.metadata, data[name], path, errors)
-        if parsed is not None:
-            values[name] = parsed
-    try:
-        return cls(**values)
-    except TypeError:  # a required field failed to parse; the error is already recorded
-        return None
+    parse = _PARSERS.get(cls)
+    if parse is None:
+        parse = _PARSERS.setdefault(cls, _compile_model(cls))
+    return parse(data, prefix, errors)
 
 
-def _parse_value(meta: Mapping[str, Any], raw: Any, path: str, errors: _Errors) -> Any:
-    kind = meta["kind"]
+def _compile_model(cls: type) -> Callable[[Mapping[str, Any], str, _Errors], Any]:
+    fields = attrs.fields(cls)
+    known = frozenset(f.name for f in fields)
+    required = frozenset(f.name for f in fields if f.default is attrs.NOTHING)
+    plan = tuple((f.name, f.default is attrs.NOTHING, _compile_value(f.metadata)) for f in fields)
+    by_name = {name: parse_value for name, _, parse_value in plan}
+
+    def in_order(data: Mapping[str, Any], prefix: str, errors: _Errors) -> dict[str, Any]:
+        for key in data:
+            if key not in known:
+                errors.add(_join(prefix, str(key)[:60]), "unknown field")
+        values: dict[str, Any] = {}
+        for name, needed, parse_value in plan:
+            raw = data.get(name)
+            if raw is None:
+                if needed:
+                    errors.add(_join(prefix, name), "is required")
+                continue
+            parsed = parse_value(raw, prefix, name, errors)
+            if parsed is not None:
+                values[name] = parsed
+        return values
+
+    def parse(data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
+        # Only the fields the request has are visited; a request with any problem is parsed
+        # again in field order, so its errors are listed exactly as before.
+        before = len(errors.items)
+        values: dict[str, Any] = {}
+        try:
+            for name, raw in data.items():
+                if raw is not None:
+                    parsed = by_name[name](raw, prefix, name, errors)
+                    if parsed is not None:
+                        values[name] = parsed
+        except (KeyError, TypeError):
+            values = {}
+        if len(errors.items) != before or not required.issubset(values) or len(values) < len(required):
+            del errors.items[before:]
+            values = in_order(data, prefix, errors)
+        try:
+            return cls(**values)
+        except TypeError:  # a required field failed to parse; the error is already recorded
+            return None
+
+    return parse
+
+
+def _compile_value(meta: Mapping[str, Any]) -> _Parse:
     if meta.get("many"):
+        return _many(_compile_value({**meta, "many": False}))
+    kind = meta["kind"]
+    if kind == "object":
+        model = meta["model"]
+
+        def parse_object(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+            if type(raw) is not dict and not isinstance(raw, Mapping):
+                errors.add(_join(prefix, name), "must be an object")
+                return None
+            return _parse_model(model, raw, _join(prefix, name), errors)
+        return parse_object
+    if kind == "enum":
+        return _enum(meta["values"])
+    leaf = _LEAVES.get(kind)
+    if leaf is None:
+        raise AssertionError(kind)  # pragma: no cover - a model field with a kind nobody handles
+    return leaf
+
+
+def _many(one: _Parse) -> _Parse:
+    def parse_many(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+        path = _join(prefix, name)
         if not isinstance(raw, list):
             errors.add(path, "must be a list")
             return None
         if len(raw) > MAX_ITEMS:
             errors.add(path, f"has {len(raw)} entries; at most {MAX_ITEMS} are accepted")
             return None
-        one = {**meta, "many": False}
-        out = [_parse_value(one, v, f"{path}[{i}]", errors) for i, v in enumerate(raw)]
-        return tuple(out)
-    if kind == "object":
-        if not isinstance(raw, Mapping):
-            errors.add(path, "must be an object")
-            return None
-        return _parse_model(meta["model"], raw, path, errors)
-    if kind == "text":
-        if not isinstance(raw, str):
-            errors.add(path, "must be a string")
-            return None
-        limit = MAX_NOTE if path == "note" else MAX_TEXT
-        if len(raw) > limit:
-            errors.add(path, f"is {len(raw)} characters long; at most {limit} are accepted")
-            return None
-        if path != "note" and not raw.strip():
-            errors.add(path, "must not be empty")
-            return None
-        return raw
-    if kind == "enum":
-        if raw not in meta["values"]:
+        return tuple([one(v, "", f"{path}[{i}]", errors) for i, v in enumerate(raw)])
+    return parse_many
+
+
+def _enum(values: tuple[str, ...]) -> _Parse:
+    def parse_enum(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+        if raw not in values:
             shown = str(raw)[:40]
-            errors.add(path, f"`{shown}` is not one of {', '.join(meta['values'])}")
+            errors.add(_join(prefix, name), f"`{shown}` is not one of {', '.join(values)}")
             return None
         return raw
-    if kind == "money":
-        try:
-            return parse_money(raw)
-        except ValueError as exc:
-            errors.add(path, str(exc))
-            return None
-    if kind == "flag":
-        if not isinstance(raw, bool):
-            errors.add(path, "must be true or false")
-            return None
-        return raw
-    if kind == "count":
-        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 1_000_000:
-            errors.add(path, "must be a whole number from 0 to 1000000")
-            return None
-        return raw
-    if kind == "instant":
-        return _parse_instant(raw, path, errors, date_ok=path != "requested_at")
-    if kind == "date":
-        try:
-            return dt.date.fromisoformat(raw) if isinstance(raw, str) else _bad()
-        except ValueError:
-            errors.add(path, "must be a date such as `2024-03-01`")
-            return None
-    if kind == "facts":
-        return _parse_facts(raw, path, errors, 0)
-    raise AssertionError(kind)  # pragma: no cover - a model field with a kind nobody handles
+    return parse_enum
+
+
+def _text(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+    if not isinstance(raw, str):
+        errors.add(_join(prefix, name), "must be a string")
+        return None
+    note = not prefix and name == "note"
+    limit = MAX_NOTE if note else MAX_TEXT
+    if len(raw) > limit:
+        errors.add(_join(prefix, name), f"is {len(raw)} characters long; at most {limit} are accepted")
+        return None
+    if not note and not raw.strip():
+        errors.add(_join(prefix, name), "must not be empty")
+        return None
+    return raw
+
+
+def _money(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+    if type(raw) is Decimal and raw.is_finite() and raw.adjusted() < MAX_DIGITS:
+        return raw  # what parse_money gives back for it, without its type checks
+    try:
+        return parse_money(raw)
+    except ValueError as exc:
+        errors.add(_join(prefix, name), str(exc))
+        return None
+
+
+def _flag(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+    if not isinstance(raw, bool):
+        errors.add(_join(prefix, name), "must be true or false")
+        return None
+    return raw
+
+
+def _count(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 1_000_000:
+        errors.add(_join(prefix, name), "must be a whole number from 0 to 1000000")
+        return None
+    return raw
+
+
+def _instant(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+    path = _join(prefix, name)
+    return _parse_instant(raw, path, errors, date_ok=path != "requested_at")
+
+
+def _date(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+    try:
+        return dt.date.fromisoformat(raw) if isinstance(raw, str) else _bad()
+    except ValueError:
+        errors.add(_join(prefix, name), "must be a date such as `2024-03-01`")
+        return None
+
+
+def _facts(raw: Any, prefix: str, name: str, errors: _Errors) -> Any:
+    return _parse_facts(raw, _join(prefix, name), errors, 0)
+
+
+_LEAVES: dict[str, _Parse] = {"text": _text, "money": _money, "flag": _flag, "count": _count,
+                              "instant": _instant, "date": _date, "facts": _facts}
 
 
 def _bad() -> Any:
