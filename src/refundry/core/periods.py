@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterable
 
 import attrs
-import holidays as _holidays
 from dateutil.relativedelta import relativedelta
 
 UNITS = ("days", "weeks", "months", "business_days", "billing_cycles")
@@ -121,6 +120,8 @@ class HolidayCalendars:
     def _compute(country: str, subdivision: str | None, year: int) -> frozenset[dt.date]:
         if not 1900 <= year <= 2200:
             return frozenset()
+        import holidays as _holidays  # ~0.1 s to import: only a calendar that counts holidays pays it
+
         try:
             cal = _holidays.country_holidays(country, subdiv=subdivision, years=year)
         except NotImplementedError:  # the library has no calendar for this country
