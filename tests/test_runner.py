@@ -270,6 +270,131 @@ def test_run_records_every_decision_once_in_the_store(tmp_path: Path) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":  # a zombie is dead, waiting for its (dead) parent's reaper
+            alive.add(pid)
+    return alive
+
+
+def _started_with_workers(tmp_path: Path, n: int) -> tuple[subprocess.Popen[str], set[int], list[str]]:
+    src = generate(tmp_path / "in.jsonl", n)
+    args = ["--source", "jsonl", "--input", str(src), "--out", str(tmp_path / "out.jsonl"),
+            "--rulesets", str(RULESETS), "--workers", "2"]
+    proc = _cli(*args, cwd=tmp_path)
+    journal = tmp_path / "out.jsonl.progress.jsonl"
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and journal.exists() and journal.stat().st_size > 6_000:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None and len(workers) >= 2, "the run ended before it could be stopped"
+    return proc, workers, args
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_never_outlive_a_parent_killed_with_sigkill(tmp_path: Path) -> None:
+    proc, workers, _ = _started_with_workers(tmp_path, 8_000)
+    os.kill(proc.pid, signal.SIGKILL)  # the parent alone, not its group
+    proc.communicate()
+    deadline = time.monotonic() + 20
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive(workers) == set()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_checkpoints_prints_the_summary_and_exits_143(tmp_path: Path) -> None:
+    proc, workers, args = _started_with_workers(tmp_path, 8_000)
+    os.kill(proc.pid, signal.SIGTERM)  # the parent alone, as a service manager does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted: re-run to continue" in err and "Traceback" not in err
+    deadline = time.monotonic() + 20
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive(workers) == set()
+    # A clean checkpoint: every decision written is journalled, and a re-run completes it.
+    journal = tmp_path / "out.jsonl.progress.jsonl"
+    assert len(journal.read_text().splitlines()) == len(ids(tmp_path / "out.jsonl"))
+    again = _cli(*args, cwd=tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert sorted(ids(tmp_path / "out.jsonl")) == [f"gen-{i:06d}" for i in range(8_000)]
+
+
+def test_the_rate_line_does_not_count_skipped_records(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 300)
+    run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS])
+    seen: list[tuple[int, int]] = []
+
+    class Spy(PlainProgress):
+        def advance(self, summary: Any) -> None:
+            seen.append((summary.records, summary.processed))
+
+    with (tmp_path / "log.txt").open("w") as fh:
+        summary = run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl",
+                      rulesets=[RULESETS], progress=Spy(fh, every=0.0))
+    assert summary.skipped == 300 and summary.processed == 0
+    assert seen[-1] == (300, 0)  # 300 records read, none processed: a rate of 0/s
+
+
+def test_out_dir_writes_one_file_per_sink(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 6)
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-m", "refundry.cli", "run", "--source", "jsonl",
+                           "--input", str(src), "--out", f"{out}/", "--rulesets", str(RULESETS)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["dead-letter.jsonl", "jsonl.jsonl",
+                                                      "progress.jsonl"]
+    assert len(ids(out / "jsonl.jsonl")) == 6
+
+
+def test_preview_prints_records_and_their_kinds_without_deciding(tmp_path: Path) -> None:
+    src = generate(tmp_path / "in.jsonl", 5)
+    done = subprocess.run([sys.executable, "-m", "refundry.cli", "run", "--source", "jsonl",
+                           "--input", str(src), "--preview", "2", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    items = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [(i["ref"], i["kind"], i["request"]["request_id"]) for i in items] == [
+        ("in.jsonl:1", "request", "gen-000000"), ("in.jsonl:2", "request", "gen-000001")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # nothing written
+
+
+def test_a_misspelt_option_names_the_nearest(tmp_path: Path) -> None:
+    pytest.importorskip("refundry_ecommerce", reason="its shopify source declares the options")
+    src = generate(tmp_path / "in.jsonl", 1)
+    done = subprocess.run([sys.executable, "-m", "refundry.cli", "run", "--source", "shopify",
+                           "--input", str(src), "--option", "client_id=a",
+                           "--option", "jurisdcition=DE"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "refundry: unknown option `jurisdcition`; did you mean `jurisdiction`?")
+
+
 def test_a_run_that_cannot_start_leaves_no_store_behind(tmp_path, capsys):
     """A missing --option is found when the source starts, after --db was opened: the store
     file this run created, still empty, is removed; an existing store is kept."""

@@ -14,7 +14,7 @@ import pytest
 
 import refundry
 from refundry.core.models import Decision
-from refundry.plugins import Plugins, SourceError
+from refundry.plugins import ExecutedRefund, Plugins, SourceError
 
 # The adapter is its own distribution: its tests need it installed (as .ci/run does).
 pytest.importorskip("refundry_finance", reason="install it: pip install -e plugins/refundry-finance")
@@ -35,7 +35,8 @@ def plugins() -> Plugins:
 
 def read(plugins: Plugins, source: str, path: Path, validate: bool = True,
          **options: str) -> dict[str, Any]:
-    """ref -> request or error; every request validated by ``refundry.parse_request``."""
+    """ref -> request, executed refund, context or error; every request validated by
+    ``refundry.parse_request``."""
     out: dict[str, Any] = {}
     for rec in plugins.source(source).read(path, {"client_id": "bank-1", **options}):
         if rec.request is not None:
@@ -43,74 +44,87 @@ def read(plugins: Plugins, source: str, path: Path, validate: bool = True,
                 refundry.parse_request(rec.request)
             out[rec.ref] = rec.request
         else:
-            out[rec.ref] = rec.error
+            out[rec.ref] = rec.executed or rec.context or rec.error
     return out
 
 
 # --- ISO 20022 ------------------------------------------------------------------------------
 
-# file -> (request_id suffix, amount, requested_at, reason, transaction amount, facts subset)
-ISO_REQUESTS: dict[str, tuple[str, str, str, str, str, dict[str, Any]]] = {
+# Received returns (pacs.004): the money is back already, so each is history of its case.
+# file -> (pacs.004 MsgId, end-to-end id, amount, refunded_at, original MsgId of the case)
+ISO_EXECUTED: dict[str, tuple[str, str, str, str, str]] = {
     # Scenario 1: 151,000.74 returned against an original of 1,510,000.74 (a digit lost).
     "fedwire_PaymentReturn_Scenario1_Step4_pacs.004.xml": (
-        "pacs.004:20250310ISOTEST1000912:Scenario01EtoEId001", "151000.74",
-        "2028-03-10T09:40:00-04:00", "duplicate_charge", "1510000.74",
-        {"amount_matches_original": False, "return_ratio": "0.1000", "iso_reason_code": "DUPL",
-         "original_msg_id_matches": False}),
+        "20250310ISOTEST1000912", "Scenario01EtoEId001", "151000.74", "2028-03-10T09:40:00-04:00",
+        "20250310B1QDRCQR000902"),
     "fedwire_FedwireFundsAcknowledgement_Scenario2_Step4_pacs.004.xml": (
-        "pacs.004:20250310B1QDRCQR000724:Scenario01EtoEId001", "151235.88",
-        "2025-03-10T13:03:21-04:00", "duplicate_charge", "1510000.74",
-        {"amount_matches_original": False}),
+        "20250310B1QDRCQR000724", "Scenario01EtoEId001", "151235.88", "2025-03-10T13:03:21-04:00",
+        "20250310B1QDRCQR000721"),
     "fedwire_Investigations_Scenario2_Step5_pacs.004.xml": (
-        "pacs.004:20250310QMGFT015000912:Scenario01EtoEId001", "510000.74",
-        "2028-03-10T09:40:00-04:00", "duplicate_charge", "1510000.74",
-        {"amount_matches_original": False}),
-    # Scenario 3: 20% of 2,234,578.88 = 446,915.776, rounded half-up to 446,915.78.
+        "20250310QMGFT015000912", "Scenario01EtoEId001", "510000.74", "2028-03-10T09:40:00-04:00",
+        "20250310B1QDRCQR000902"),
+    # Scenario 3: 20% of 2,234,578.88 = 446,915.776, returned as 446,915.78.
     "fedwire_PaymentReturn_Scenario3_Step4_pacs.004.xml": (
-        "pacs.004:20250310B1QDRCQR000433:Scenario03EtoEId001", "446915.78",
-        "2028-03-10T09:40:00-04:00", "other", "2234578.88",
-        {"return_ratio": "0.2000", "original_msg_id_matches": True, "iso_reason_code": "FOCR"}),
+        "20250310B1QDRCQR000433", "Scenario03EtoEId001", "446915.78", "2028-03-10T09:40:00-04:00",
+        "20250310B1QDRCQR000400"),
     "fedwire_PaymentReturn_Scenario4_Step2_pacs.004.xml": (
-        "pacs.004:20250310B1QDRCQR000442:Scenario04EtoEId001", "2234578.88",
-        "2028-03-10T09:40:00-04:00", "other", "2234578.88",
-        {"original_amount_known": False, "iso_reason_code": "AC04"}),
+        "20250310B1QDRCQR000442", "Scenario04EtoEId001", "2234578.88", "2028-03-10T09:40:00-04:00",
+        "20250310B1QDRCQR000400"),
     "fedwire_PaymentReturn_Scenario5_Step3_pacs.004.xml": (
-        "pacs.004:20250310B1QDRCQR000453:Scenario05EtoEId001", "2234578.88",
-        "2028-03-10T09:40:00-04:00", "other", "2234578.88",
-        {"original_amount_known": False, "iso_reason_code": "MD06"}),
-    "fedwire_Paymentreturn_Scenario1_Step3_camt.029.xml": (
-        "camt.029:20250310011104238Sc01Step1MsgIdDUPL", "1510000.74",
-        "2025-03-10T09:35:00-04:00", "other", "1510000.74",
-        {"iso_status": "CNCL", "amount_matches_original": True}),
-    "fedwire_Paymentreturn_Scenario3_Step3_camt.029.xml": (
-        "camt.029:20250310011104238Sc03Step1MsgIdSVNR", "446915.78",
-        "2025-03-10T09:35:00-04:00", "not_as_described", "2234578.88",
-        {"iso_status": "PECR", "return_share": "0.2"}),
+        "20250310B1QDRCQR000453", "Scenario05EtoEId001", "2234578.88", "2028-03-10T09:40:00-04:00",
+        "20250310B1QDRCQR000450"),
 }
-ISO_DEAD = {
-    "fedwire_PaymentReturn_Scenario1_Step1_pacs.008.xml": "not a refund: pacs.008 credit transfer `20250310B1QDRCQR000400` is an original payment (returns are checked against it)",
-    "fedwire_PaymentReturn_Scenario3_Step1_pacs.008.xml": "not a refund: pacs.008 credit transfer `20250310B1QDRCQR000400` is an original payment (returns are checked against it)",
-    "fedwire_Paymentreturn_Scenario2_Step3_camt.029.xml": "not a refund: investigation `20250310011104238Sc02Step1MsgIdSVNR` was rejected (RJCR): Corporation B delivered goods and services are in-line with client’s order.",
+UETR = "8a562c67-ca16-48ba-b074-65581be6f011"
+# camt.029 resolutions that return money: requests, keyed by the original payment.
+# file -> (end-to-end id, amount, requested_at, reason, customer (who gets the money), facts)
+ISO_REQUESTS: dict[str, tuple[str, str, str, str, str, dict[str, Any]]] = {
+    "fedwire_Paymentreturn_Scenario1_Step3_camt.029.xml": (
+        "Scenario01EtoEId001", "1510000.74", "2025-03-10T09:35:00-04:00", "other", "5647772655",
+        {"iso_status": "CNCL", "amount_matches_original": True, "iso_original_uetr": UETR,
+         "iso_case_id": "20250310011104238Sc01Step1MsgIdDUPL", "iso_reason_code": "FOCR"}),
+    "fedwire_Paymentreturn_Scenario3_Step3_camt.029.xml": (
+        "Scenario03EtoEId001", "446915.78", "2025-03-10T09:35:00-04:00", "not_as_described",
+        "0031234567",
+        {"iso_status": "PECR", "return_share": "0.2", "iso_original_uetr": UETR,
+         "return_ratio": "0.2000", "original_msg_id_matches": True}),
+}
+ISO_CONTEXT = {
+    "fedwire_PaymentReturn_Scenario1_Step1_pacs.008.xml": "pacs.008 credit transfer `20250310B1QDRCQR000400`: an original payment (returns are checked against it)",
+    "fedwire_PaymentReturn_Scenario3_Step1_pacs.008.xml": "pacs.008 credit transfer `20250310B1QDRCQR000400`: an original payment (returns are checked against it)",
+    "fedwire_Paymentreturn_Scenario2_Step3_camt.029.xml": "investigation `20250310011104238Sc02Step1MsgIdSVNR` was rejected (RJCR), nothing to return: Corporation B delivered goods and services are in-line with client’s order.",
 }
 
 
 def test_every_iso_payload_is_covered() -> None:
-    assert {p.name for p in ISO.glob("*.xml")} == set(ISO_REQUESTS) | set(ISO_DEAD)
+    assert {p.name for p in ISO.glob("*.xml")} == set(ISO_REQUESTS) | set(ISO_CONTEXT) | set(ISO_EXECUTED)
 
 
 def test_iso20022_directory(plugins: Plugins) -> None:
     got = read(plugins, "iso20022", ISO)
-    assert set(got) == set(ISO_REQUESTS) | set(ISO_DEAD)
-    for name, why in ISO_DEAD.items():
-        assert got[name] == f"{name}: {why}"
-    for name, (rid, amount, at, reason, tx_amount, facts) in ISO_REQUESTS.items():
+    assert set(got) == set(ISO_REQUESTS) | set(ISO_CONTEXT) | set(ISO_EXECUTED)
+    for name, what in ISO_CONTEXT.items():
+        assert got[name] == what
+    for name, (msg, e2e, amount, at, original) in ISO_EXECUTED.items():
+        assert got[name] == ExecutedRefund(
+            refund_id=f"iso20022:pacs.004:{msg}:{e2e}", transaction_id=e2e, amount=amount,
+            currency="USD", refunded_at=at, case=f"iso20022:return:{original}:{e2e}"), name
+    for name, (e2e, amount, at, reason, customer, facts) in ISO_REQUESTS.items():
         req = got[name]
-        assert req["request_id"] == f"iso20022:{rid}"
+        assert req["request_id"] == f"iso20022:return:20250310B1QDRCQR000400:{e2e}"
         assert (req["amount"], req["currency"], req["requested_at"]) == (amount, "USD", at)
         assert req["reason"] == reason
-        assert req["transaction"]["amount"] == tx_amount
+        assert req["customer"] == {"id": customer}
+        assert req["transaction"]["id"] == e2e
         assert (req["industry"], req["jurisdiction"]) == ("finance", "US")
         assert facts.items() <= req["facts"].items(), name
+
+
+def test_a_camt029_and_the_pacs004_answering_it_are_one_case(plugins: Plugins) -> None:
+    got = read(plugins, "iso20022", ISO)
+    request = got["fedwire_Paymentreturn_Scenario3_Step3_camt.029.xml"]
+    executed = got["fedwire_PaymentReturn_Scenario3_Step4_pacs.004.xml"]
+    assert executed.case == request["request_id"]
+    assert executed.transaction_id == request["transaction"]["id"]
 
 
 def test_a_single_camt029_without_originals_is_a_dead_letter(plugins: Plugins) -> None:
@@ -146,7 +160,8 @@ def test_every_stripe_dispute_payload_is_covered(plugins: Plugins) -> None:
 def test_stripe_disputes(plugins: Plugins) -> None:
     got = read(plugins, "stripe-dispute", STRIPE, jurisdiction="US")
     for charge in ("djstripe_charge_ch_fakefakefakefakefake0001.json", "fixtures3_charge.json"):
-        assert got[charge] == f"{charge}: not a dispute: a `charge` object (read for its amount and card)"
+        assert got[charge].startswith("charge `") and got[charge].endswith(
+            "`: read for the amount and card of its disputes")
     for name in ("fixtures3_dispute.json", "fixtures3_issuing_dispute.json"):
         assert got[name] == (f"{name}: `created` 1234567890 is stripe's fixture placeholder; the "
                              "request time is unknown")
@@ -246,8 +261,9 @@ def test_pacs004_sink_structure_and_amounts(plugins: Plugins, tmp_path: Path) ->
     writer.write(decision, req, "r")  # resumed: the same file, once
     writer.write(Decision(outcome="deny", amount=Decimal("0"), currency="USD", request_id="d",
                           as_of=None), req, "r")
-    jpy = refundry.parse_request({**got["fedwire_PaymentReturn_Scenario4_Step2_pacs.004.xml"],
-                                  "request_id": "jpy-1", "currency": "JPY", "amount": "1500"})
+    jpy = refundry.parse_request({**got["fedwire_Paymentreturn_Scenario1_Step3_camt.029.xml"],
+                                  "request_id": "jpy-1", "currency": "JPY", "amount": "1500",
+                                  "transaction": {"id": "jpy-tx", "amount": "1500"}})
     writer.write(Decision(outcome="approve", amount=Decimal("1500"), currency="JPY",
                           request_id="jpy-1", as_of=jpy.requested_at), jpy, "r2")
     writer.close()
@@ -266,8 +282,11 @@ def test_pacs004_sink_structure_and_amounts(plugins: Plugins, tmp_path: Path) ->
     assert hdr.find("p:SttlmInf/p:SttlmMtd", NS).text == "CLRG"
     (tx,) = doc.findall("p:PmtRtr/p:TxInf", NS)
     assert [c.tag.split("}")[1] for c in tx] == [
-        "RtrId", "OrgnlGrpInf", "OrgnlInstrId", "OrgnlEndToEndId", "RtrdIntrBkSttlmAmt",
-        "IntrBkSttlmDt", "RtrdInstdAmt", "ChrgBr", "RtrRsnInf"]
+        "RtrId", "OrgnlGrpInf", "OrgnlInstrId", "OrgnlEndToEndId", "OrgnlUETR",
+        "RtrdIntrBkSttlmAmt", "IntrBkSttlmDt", "RtrdInstdAmt", "ChrgBr", "RtrRsnInf"]
+    assert tx.find("p:OrgnlUETR", NS).text == UETR  # kept from the camt.029
+    assert tx.find("p:RtrRsnInf/p:AddtlInf", NS).text.startswith(
+        "refundry iso20022:return:20250310B1QDRCQR000400:Scenario03EtoEId001")
     assert tx.find("p:OrgnlGrpInf/p:OrgnlMsgId", NS).text == "20250310B1QDRCQR000400"
     assert tx.find("p:OrgnlGrpInf/p:OrgnlMsgNmId", NS).text == "pacs.008.001.08"
     assert tx.find("p:OrgnlEndToEndId", NS).text == "Scenario03EtoEId001"
@@ -288,8 +307,13 @@ def test_run_iso20022_to_pacs004_through_the_cli(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     amounts = sorted(Decimal(DET.parse(str(f)).getroot().find("p:PmtRtr/p:TxInf/p:RtrdIntrBkSttlmAmt", NS).text)
                      for f in (tmp_path / "returns").glob("*.xml"))
-    assert amounts == sorted(Decimal(v[1]) for v in ISO_REQUESTS.values())
-    assert "approve 8" in done.stderr and "dead letters 3" in done.stderr
+    # No received pacs.004 is returned again. Scenario 3's camt.029 was answered by its pacs.004
+    # (446,915.78 back already): nothing is written for it. Scenario 1's original (1,510,000.74)
+    # has three returns in the samples (they reuse its end-to-end id): only the rest is left.
+    assert amounts == [Decimal("1510000.74") - Decimal("151000.74") - Decimal("151235.88")
+                       - Decimal("510000.74")]
+    assert "read: request 2" in done.stderr and "read: executed 6" in done.stderr
+    assert "read: context 3" in done.stderr and "dead letters 0" in done.stderr
 
 
 # --- malformed payloads never break a batch -------------------------------------------------
@@ -315,7 +339,7 @@ def test_malformed_iso_messages_become_dead_letters(plugins: Plugins, tmp_path: 
             text = text[:a] + data.draw(st.text(alphabet="0123456789.-%ABCDXYZ ", max_size=12)) + text[b:]
         (folder / f.name).write_text(text)
     for rec in plugins.source("iso20022").read(folder, {"client_id": "bank-1"}):
-        assert (rec.request is None) != (rec.error is None)
+        assert rec.kind in ("request", "executed", "context", "broken")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -330,7 +354,7 @@ def test_malformed_disputes_and_csv_rows_become_dead_letters(plugins: Plugins, t
     f.write_text(json.dumps(doc))
     for rec in plugins.source("stripe-dispute").read(f, {"client_id": "m", "jurisdiction": "US",
                                                          "allow_placeholder_time": "true"}):
-        assert (rec.request is None) != (rec.error is None)
+        assert rec.kind in ("request", "executed", "context", "broken")
     rows = CSV.read_text().splitlines()
     row = data.draw(st.integers(1, len(rows) - 1))
     cells = rows[row].split(",")
@@ -338,4 +362,66 @@ def test_malformed_disputes_and_csv_rows_become_dead_letters(plugins: Plugins, t
     c = tmp_path / "c.csv"
     c.write_text("\n".join([*rows[:row], ",".join(cells), *rows[row + 1:]]) + "\n")
     for rec in plugins.source("card-dispute-csv").read(c, {"client_id": "m", "jurisdiction": "US"}):
-        assert (rec.request is None) != (rec.error is None)
+        assert rec.kind in ("request", "executed", "context", "broken")
+
+
+def test_a_later_state_of_a_dispute_updates_its_case(tmp_path: Path) -> None:
+    """dp_1JAy... is exported three times: twice `needs_response` with the funds withdrawn (a
+    duplicate), then `under_review` with the funds reinstated (an update of the same case)."""
+    from refundry import open_store
+
+    db = tmp_path / "records.db"
+    cmd = [sys.executable, "-m", "refundry.cli", "run", "--source", "stripe-dispute", "--input",
+           str(STRIPE), "--out", str(tmp_path / "d.jsonl"), "--rulesets", str(RULESETS),
+           "--option", "client_id=bank-1", "--option", "jurisdiction=US", "--db", str(db),
+           "--by", "batch-bot"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "duplicates 1" in done.stderr and "updated (later state) 1" in done.stderr
+    assert "read: request 3" in done.stderr and "read: context 2" in done.stderr
+    assert "read: broken 2" in done.stderr  # the two fixtures with a placeholder time
+    with open_store(db, create=False) as store:
+        case = store.case("stripe:dp_1JAyTwJSZQVUcJYgPqasUEn1")
+        assert [e.type for e in case.events] == ["evaluated", "note"]
+        assert "`under_review:2`" in case.events[-1].details["text"]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "updated (later state) 0" in again.stderr and "skipped (done before) 5" in again.stderr
+    with open_store(db, create=False) as store:
+        assert len(store.case("stripe:dp_1JAyTwJSZQVUcJYgPqasUEn1").events) == 2
+
+
+# --- the contract kit a third-party adapter runs, run on this one ---------------------------
+
+import refundry_finance  # noqa: E402
+
+from refundry.plugins.testing import contract_tests  # noqa: E402
+
+TestIsoContract = contract_tests(refundry_finance, name="finance", source="iso20022", input=ISO,
+                                 options={"client_id": "bank-1"}, sink="pacs004")
+TestDisputeContract = contract_tests(refundry_finance, name="finance", source="stripe-dispute",
+                                     input=STRIPE, options={"client_id": "bank-1",
+                                                            "jurisdiction": "US"})
+
+
+def test_pacs004_round_trip_returns_nothing_twice(tmp_path: Path) -> None:
+    """payloads -> run -> pacs.004 files -> read back beside the payloads -> no new return."""
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    shutil.copytree(ISO, inbox, ignore=shutil.ignore_patterns("SOURCE.txt"))
+    base = [sys.executable, "-m", "refundry.cli", "run", "--source", "iso20022", "--input",
+            str(inbox), "--sink", "pacs004", "--rulesets", str(RULESETS), "--option",
+            "client_id=bank-1"]
+    first = subprocess.run([*base, "--out", str(tmp_path / "returns")], capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    written = sorted((tmp_path / "returns").glob("*.xml"))
+    assert len(written) == 1  # Scenario 1's remainder (see the CLI test above)
+    for f in written:
+        shutil.copy(f, inbox / f"zz-sent-{f.name}")
+    again = subprocess.run([*base, "--out", str(tmp_path / "again")], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "read: executed 7" in again.stderr  # the six received and the one refundry sent
+    assert list((tmp_path / "again").glob("*.xml")) == []

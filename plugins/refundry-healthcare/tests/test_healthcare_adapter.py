@@ -7,6 +7,7 @@ currency, dates and identifiers asserted, or a dead letter whose reason is asser
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from decimal import Decimal
@@ -69,9 +70,9 @@ def test_every_fhir_payload_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FHIR_DEAD))
-def test_fhir_resources_that_are_not_refunds(plugins: Plugins, name: str) -> None:
+def test_fhir_resources_that_are_not_refunds_are_context(plugins: Plugins, name: str) -> None:
     (rec,) = read(plugins, "fhir", FHIR / name)
-    assert rec.request is None and rec.error == f"{name}: {FHIR_DEAD[name]}"
+    assert rec.kind == "context" and rec.context == FHIR_DEAD[name]
 
 
 def test_payment_reconciliation_advance_line(plugins: Plugins) -> None:
@@ -120,13 +121,13 @@ def test_claim_response_payment_adjustment_and_bundles(plugins: Plugins, tmp_pat
     assert ok.request["amount"] == "25.50"  # a JSON number read as a decimal, never a float
     assert ok.request["facts"]["adjustment_reason"] == "a001"
     assert ok.request["requested_at"] == "2014-08-16T00:00:00-05:00"
-    assert account.ref == "bundle.json#entry[1]" and "R4 Account" in account.error
+    assert account.ref == "bundle.json#entry[1]" and "R4 Account" in account.context
 
 
 def test_fhir_never_passes_clinical_codes(plugins: Plugins) -> None:
     for f in FHIR.glob("*.json"):
         for rec in read(plugins, "fhir", f):
-            text = json.dumps(rec.request or rec.error)
+            text = json.dumps(rec.request or rec.context or rec.error)
             assert "diagnosis" not in text and "procedure" not in text and "Chalmers" not in text
 
 
@@ -152,11 +153,12 @@ def test_every_x12_payload_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(X12_DEAD))
-def test_x12_remittances_without_refunds(plugins: Plugins, name: str) -> None:
+def test_x12_payments_are_context(plugins: Plugins, name: str) -> None:
     st, trace, held = X12_DEAD[name]
     (rec,) = read(plugins, "x12-835", X12 / name)
-    assert rec.error == (f"{name}#{st}: not a refund: 835 `{trace}` has no claim reversal (CLP02 22) "
-                         f"and no PLB WO/72 adjustment; it holds {held}")
+    assert rec.ref == f"{name}#{st}" and rec.kind == "context"
+    assert rec.context == (f"835 payment `{trace}` with no claim reversal (CLP02 22) and no PLB "
+                           f"WO/72 adjustment; it holds {held}")
 
 
 def test_x12_directory_reads_only_interchanges(plugins: Plugins) -> None:
@@ -273,16 +275,29 @@ def test_fhir_sink_output_validates_against_an_independent_fhir_model(plugins: P
         model.model_validate(broken)
 
 
-def test_run_fhir_through_the_cli(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "refundry.cli", "run", "--source", "fhir", "--input", str(FHIR),
+def test_run_fhir_through_the_cli_and_back_pays_nothing_twice(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    shutil.copytree(FHIR, inbox, ignore=shutil.ignore_patterns("SOURCE.txt"))
+    cmd = [sys.executable, "-m", "refundry.cli", "run", "--source", "fhir", "--input", str(inbox),
            "--sink", "fhir-payment-reconciliation", "--out", str(tmp_path / "pr.ndjson"),
            "--rulesets", str(RULESETS), "--option", "client_id=payer-1", "--option", "jurisdiction=US"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    amounts = sorted(json.loads(x)["paymentAmount"]["value"] for x in (tmp_path / "pr.ndjson").read_text().splitlines())
-    assert amounts == [10.0, 1500.0]
-    dead = (tmp_path / "pr.ndjson.dead-letter.jsonl").read_text().splitlines()
-    assert len(dead) == len(FHIR_DEAD)
+    written = [json.loads(x, parse_float=Decimal) for x in (tmp_path / "pr.ndjson").read_text().splitlines()]
+    assert sorted(r["paymentAmount"]["value"] for r in written) == [Decimal("10.00"), Decimal("1500.00")]
+    # The advance line was -1500.00: the recoupment keeps its sign in the detail it writes.
+    details = sorted(r["detail"][0]["amount"]["value"] for r in written)
+    assert details == [Decimal("-1500.00"), Decimal("10.00")]
+    assert (tmp_path / "pr.ndjson.dead-letter.jsonl").read_text() == ""  # context: no dead letter
+    assert "read: context 14" in done.stderr and "read: request 2" in done.stderr
+
+    # Read back beside the payloads: two executed refunds, nothing written a second time.
+    shutil.copy(tmp_path / "pr.ndjson", inbox / "zz-written.ndjson")
+    again = subprocess.run([*cmd[:-8], "--out", str(tmp_path / "again.ndjson"), *cmd[-6:]],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "read: executed 2" in again.stderr
+    assert (tmp_path / "again.ndjson").read_text() == ""
 
 
 # --- malformed payloads never break a batch -------------------------------------------------
@@ -323,7 +338,7 @@ def test_malformed_fhir_becomes_dead_letters(plugins: Plugins, tmp_path: Path, d
     f = tmp_path / "fuzz.json"
     f.write_text(json.dumps(doc))
     for rec in plugins.source("fhir").read(f, OPTS):
-        assert (rec.request is None) != (rec.error is None)
+        assert rec.kind in ("request", "executed", "context", "broken")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -337,4 +352,16 @@ def test_malformed_x12_becomes_dead_letters(plugins: Plugins, tmp_path: Path, da
     f = tmp_path / "fuzz.edi"
     f.write_text(text)
     for rec in plugins.source("x12-835").read(f, OPTS):
-        assert (rec.request is None) != (rec.error is None)
+        assert rec.kind in ("request", "executed", "context", "broken")
+
+
+# --- the contract kit a third-party adapter runs, run on this one ---------------------------
+
+import refundry_healthcare  # noqa: E402
+
+from refundry.plugins.testing import contract_tests  # noqa: E402
+
+TestFhirContract = contract_tests(refundry_healthcare, name="healthcare", source="fhir",
+                                  input=FHIR, options=OPTS, sink="fhir-payment-reconciliation")
+TestX12Contract = contract_tests(refundry_healthcare, name="healthcare", source="x12-835",
+                                 input=X12, options=OPTS)

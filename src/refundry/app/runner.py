@@ -15,6 +15,11 @@ plugin named; everything written before it stays consistent and a re-run continu
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,13 +33,17 @@ from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import OUTCOMES, Decision, RefundRequest
 from refundry.core.request import parse_request
 from refundry.plugins import (
+    KINDS,
+    ExecutedRefund,
     JsonLinesWriter,
     PluginError,
     Plugins,
+    Sink,
     SinkWriter,
     SourceError,
     SourceRecord,
 )
+from refundry.records.events import RecordError
 
 CHUNK = 200  # records per task sent to a worker process: big enough to amortise pickling
 
@@ -49,15 +58,22 @@ RECORD_BATCH = 200  # decisions per records transaction: one fsync instead of 20
 @attrs.define
 class Summary:
     """What a run did. ``skipped`` were journalled by an earlier run of the same input;
-    ``duplicates`` repeat a ``request_id`` seen earlier in this run (one case, decided once)."""
+    ``duplicates`` repeat a ``request_id`` seen earlier in this run (one case, decided once);
+    ``updated`` are later states of an object already decided (its case is updated, nothing is
+    decided again). ``kinds`` counts what the source read: requests, executed refunds
+    (history), context and broken records (dead letters)."""
 
     outcomes: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(OUTCOMES, 0))
     dead_letters: int = 0
     skipped: int = 0
     duplicates: int = 0
+    updated: int = 0
+    delivered: int = 0
+    kinds: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(KINDS, 0))
     plugin_errors: list[str] = attrs.field(factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    terminated: bool = False
     out: str | None = None
     dead_letter: str | None = None
     journal: str | None = None
@@ -68,10 +84,16 @@ class Summary:
 
     @property
     def records(self) -> int:
-        return self.decided + self.dead_letters + self.skipped + self.duplicates
+        return sum(self.kinds.values())
+
+    @property
+    def processed(self) -> int:
+        """Records this run did something with (not skipped as done by an earlier run)."""
+        return self.records - self.skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {"outcomes": dict(self.outcomes), "decided": self.decided,
+                "kinds": dict(self.kinds), "updated": self.updated, "delivered": self.delivered,
                 "dead_letters": self.dead_letters, "skipped": self.skipped,
                 "duplicates": self.duplicates, "plugin_errors": list(self.plugin_errors),
                 "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
@@ -105,9 +127,10 @@ class PlainProgress(Progress):
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
-            n = summary.records
-            print(f"refundry run: {n} records, {n / max(now - self._t0, 1e-9):.0f}/s",
-                  file=self.stream, flush=True)
+            # The rate is of records this run processed: skipped ones cost nothing.
+            n = summary.processed
+            print(f"refundry run: {summary.records} records, "
+                  f"{n / max(now - self._t0, 1e-9):.0f}/s", file=self.stream, flush=True)
 
 
 class BarProgress(Progress):
@@ -129,9 +152,8 @@ class BarProgress(Progress):
         self._bar.start()
 
     def advance(self, summary: Summary) -> None:
-        n = summary.records
-        rate = n / max(time.monotonic() - self._t0, 1e-9)
-        self._bar.update(self._task, completed=n, rate=f"{rate:.0f}")
+        rate = summary.processed / max(time.monotonic() - self._t0, 1e-9)
+        self._bar.update(self._task, completed=summary.records, rate=f"{rate:.0f}")
 
     def stop(self) -> None:
         self._bar.stop()
@@ -161,9 +183,23 @@ def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
 _worker_engine: Engine | None = None
 
 
-def _worker_init(paths: list[str], backend: str) -> None:
+def _worker_init(paths: list[str], backend: str, parent: int) -> None:
     global _worker_engine
+    _die_with_parent(parent)
     _worker_engine = Engine.from_path(paths, backend=backend)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker never outlives the run: on Linux the kernel sends it SIGKILL when the parent
+    dies, however it dies (kill -9 included); a parent already gone ends the worker now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _worker_chunk(chunk: list[tuple[str, dict[str, Any]]]) -> list[_Result]:
@@ -171,25 +207,39 @@ def _worker_chunk(chunk: list[tuple[str, dict[str, Any]]]) -> list[_Result]:
     return [_evaluate_one(_worker_engine, ref, data) for ref, data in chunk]
 
 
-def journal_path(out: Path | None, input_path: Path) -> Path:
+def is_out_dir(out: Path | str | None) -> bool:
+    """``--out DIR``: an existing directory, or a path given with a trailing slash."""
+    if out in (None, "-"):
+        return False
+    return str(out).endswith(("/", os.sep)) or Path(str(out)).is_dir()
+
+
+def journal_path(out: Path | None, input_path: Path, *, out_dir: bool = False) -> Path:
     """The journal lives next to the output (or next to the input when writing to stdout)."""
+    if out is not None and out_dir:
+        return out / "progress.jsonl"
     base = out if out is not None else input_path
     return base.with_name(base.name + ".progress.jsonl")
 
 
-def sink_path(name: str, out: Path | None, options: Mapping[str, str], *,
-              several: bool) -> Path | None:
-    """Where sink ``name`` writes: ``--option out.NAME=PATH``, else ``--out`` when it is the only
-    sink, else ``OUT.NAME`` so that two sinks never write into one file."""
-    explicit = options.get(f"out.{name}")
+def sink_path(sink: Sink, out: Path | None, options: Mapping[str, str], *,
+              several: bool, out_dir: bool = False) -> Path | None:
+    """Where a sink writes: ``--option out.NAME=PATH``; with ``--out DIR`` one file per sink,
+    ``DIR/NAME.jsonl`` (``DIR/NAME/`` for a sink that writes a file per record); else
+    ``--out`` when it is the only sink, else ``OUT.NAME`` so two sinks never share a file."""
+    explicit = options.get(f"out.{sink.name}")
     if explicit:
         return Path(explicit)
+    if out is not None and out_dir:
+        return out / (sink.name if sink.output == "dir" else f"{sink.name}.jsonl")
     if out is None or not several:
         return out
-    return out.with_name(f"{out.name}.{name}")
+    return out.with_name(f"{out.name}.{sink.name}")
 
 
-def dead_letter_path(out: Path | None) -> Path:
+def dead_letter_path(out: Path | None, *, out_dir: bool = False) -> Path:
+    if out is not None and out_dir:
+        return out / "dead-letter.jsonl"
     return out.with_name(out.name + ".dead-letter.jsonl") if out is not None else Path("dead-letter.jsonl")
 
 
@@ -212,8 +262,11 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     options = dict(options or {})
     input_path = Path(input_path)
     out_path = Path(out) if out not in (None, "-") else None
-    dl_path = Path(dead_letter) if dead_letter else dead_letter_path(out_path)
-    jr_path = Path(journal) if journal else journal_path(out_path, input_path)
+    out_dir = is_out_dir(out)
+    if out_dir and out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+    dl_path = Path(dead_letter) if dead_letter else dead_letter_path(out_path, out_dir=out_dir)
+    jr_path = Path(journal) if journal else journal_path(out_path, input_path, out_dir=out_dir)
     if workers < 1:
         raise SourceError("--workers must be at least 1")
     if engine is None:
@@ -226,6 +279,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         raise SourceError("several workers need ruleset paths, not an engine object")
     src = plugins.source(source)
     chosen_sinks = [plugins.sink(name) for name in sinks]
+    plugins.check_options(options, src, chosen_sinks)
     if not input_path.exists():
         raise SourceError(f"cannot read `{input_path}`: no such file")
     # Pull the first record before creating any file: a source that cannot start (a missing
@@ -235,7 +289,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     try:
         for s in chosen_sinks:
             try:
-                path = sink_path(s.name, out_path, options, several=len(chosen_sinks) > 1)
+                path = sink_path(s, out_path, options, several=len(chosen_sinks) > 1,
+                                 out_dir=out_dir)
                 writers.append((s.name, s.plugin, s.open(path, options)))
             except RefundryError:
                 raise
@@ -249,9 +304,22 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
 
     summary = Summary(out=str(out_path) if out_path else None, dead_letter=str(dl_path),
                       journal=str(jr_path))
+    summary.plugin_errors.extend(str(e) for e in plugins.errors)
     progress = progress or Progress()
     jr = JsonLinesWriter(jr_path, "key")
     done = set(jr.seen)
+    states = _journal_states(jr_path)
+    decided_in: dict[str, str] = {}  # request_id -> the state of its object when decided
+    history = _History()
+    if src.history:
+        # Executed refunds anywhere in the input are history of every request, before or after
+        # them in the input: one reading pass collects them first.
+        for rec in _guarded(src.read(input_path, options), src.plugin, src.name):
+            if rec.executed is not None:
+                history.add(rec.executed)
+    on_executed = getattr(record, "executed", None)
+    on_update = getattr(record, "updated", None)
+    on_delivered = getattr(record, "delivered", None)
     dl = JsonLinesWriter(dl_path, "ref")
     pool: ProcessPoolExecutor | None = None
     t0 = time.monotonic()
@@ -266,8 +334,10 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             assert done_res.decision is not None
             if event is not None:
                 summary.plugin_errors.extend(str(e) for e in plugins.record_written(event))
-            jr.write({"key": done_res.decision.request_id, "ref": done_res.ref,
-                      "outcome": done_res.decision.outcome})
+            line = {"key": done_res.decision.request_id, "ref": done_res.ref,
+                    "outcome": done_res.decision.outcome}
+            state = decided_in.get(done_res.decision.request_id)
+            jr.write({**line, "state": state} if state else line)
         awaiting.clear()
 
     try:
@@ -282,13 +352,20 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
 
         def decided(res: _Result) -> None:
             assert res.decision is not None and res.request is not None
+            made: list[tuple[str, str]] = []
             for name, plugin, writer in writers:
                 try:
-                    writer.write(res.decision, res.request, res.ref)
+                    created = writer.write(res.decision, res.request, res.ref)
                 except Exception as exc:  # noqa: BLE001 - stop: the journal still says where
                     raise PluginError(plugin, f"sink `{name}` failed on `{res.ref}`: "
                                       f"{type(exc).__name__}: {exc}") from None
+                if isinstance(created, str) and created:
+                    made.append((name, created))  # a sink that delivered: the platform's id
             event = record(res.decision, res.request) if record is not None else None
+            summary.delivered += len(made)
+            for name, created in made:
+                if on_delivered is not None:
+                    on_delivered(res.decision.request_id, created, name)
             awaiting.append((res, event))
             if commit is None or len(awaiting) >= RECORD_BATCH:
                 settle()
@@ -304,33 +381,62 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                 decided(res)
             progress.advance(summary)
 
+        def executed(rec: SourceRecord) -> None:
+            assert rec.executed is not None
+            history.add(rec.executed)
+            if f"ref:{rec.ref}" in done:
+                summary.skipped += 1
+                return
+            if on_executed is not None:
+                on_executed(rec.executed, rec.ref)
+            jr.write({"key": f"ref:{rec.ref}", "ref": rec.ref, "outcome": "executed"})
+
+        def seen_before(rec: SourceRecord, key: str) -> bool:
+            """Skip, count as a duplicate, or (a state of a decided object not seen before)
+            update its case."""
+            earlier = key in done or f"ref:{rec.ref}" in done
+            if not earlier and key not in seen_now:
+                return False
+            known = states.get(key)
+            if rec.state and known and rec.state not in known:
+                known.add(rec.state)
+                if on_update is not None:
+                    on_update(key, rec.state, rec.ref)
+                jr.write({"key": f"{key}@{rec.state}", "ref": rec.ref, "outcome": "updated"})
+                summary.updated += 1
+            elif earlier:
+                summary.skipped += 1
+            else:
+                summary.duplicates += 1
+            return True
+
         def ready() -> Iterator[tuple[str, dict[str, Any]]]:
             for rec in records:
-                if rec.error is not None or rec.request is None:
+                summary.kinds[rec.kind] += 1
+                if rec.kind == "broken":
                     if f"ref:{rec.ref}" in done:
                         summary.skipped += 1
                     else:
                         dead(rec.ref, rec.error or "the source gave no request", None)
-                    progress.advance(summary)
-                    continue
-                rid = rec.request.get("request_id")
-                key = rid if isinstance(rid, str) and rid else f"ref:{rec.ref}"
-                if key in done or f"ref:{rec.ref}" in done:
-                    summary.skipped += 1
-                    progress.advance(summary)
-                    continue
-                if key in seen_now:
-                    summary.duplicates += 1
-                    progress.advance(summary)
-                    continue
-                seen_now.add(key)
-                try:
-                    data = plugins.enrich(rec.request, rec.ref, options)
-                except PluginError as exc:
-                    dead(rec.ref, str(exc), rid if isinstance(rid, str) else None)
-                    progress.advance(summary)
-                    continue
-                yield rec.ref, data
+                elif rec.kind == "executed":
+                    executed(rec)
+                elif rec.kind == "request":
+                    assert rec.request is not None
+                    rid = rec.request.get("request_id")
+                    key = rid if isinstance(rid, str) and rid else f"ref:{rec.ref}"
+                    if not seen_before(rec, key):
+                        seen_now.add(key)
+                        if rec.state:
+                            states[key] = {rec.state}
+                            decided_in[key] = rec.state
+                        try:
+                            data = plugins.enrich(history.merge(rec.request), rec.ref, options)
+                        except PluginError as exc:
+                            dead(rec.ref, str(exc), rid if isinstance(rid, str) else None)
+                        else:
+                            yield rec.ref, data
+                            continue
+                progress.advance(summary)
 
         progress.start()
         if workers == 1:
@@ -339,7 +445,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                 handle(_evaluate_one(engine, ref, data))
         else:
             pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                       initargs=([str(p) for p in rulesets or ()], backend))
+                                       initargs=([str(p) for p in rulesets or ()], backend,
+                                                 os.getpid()))
             pending: collections.deque[Future[list[_Result]]] = collections.deque()
             for chunk in _chunks(ready(), CHUNK):
                 pending.append(pool.submit(_worker_chunk, chunk))
@@ -349,8 +456,10 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             while pending:
                 for res in pending.popleft().result():
                     handle(res)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         summary.interrupted = True
+        # A subclass of KeyboardInterrupt raised by a SIGTERM handler (``refundry run``).
+        summary.terminated = type(exc) is not KeyboardInterrupt
     finally:
         try:
             settle()  # what was decided and recorded before a stop is not done again
@@ -364,6 +473,82 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         dl.close()
         summary.seconds = time.monotonic() - t0
     return summary
+
+
+class _History:
+    """Executed refunds read in this run, by transaction: each becomes a ``prior_refunds``
+    entry of every later request for that transaction."""
+
+    def __init__(self) -> None:
+        self._by_transaction: dict[str, list[dict[str, Any]]] = {}
+        self._seen: set[str] = set()
+
+    def add(self, refund: ExecutedRefund) -> None:
+        # One entry per refund: the same refund read twice (two exports) is counted once, two
+        # refunds of one case (a partial, then the rest) are two.
+        if refund.refund_id not in self._seen:
+            self._seen.add(refund.refund_id)
+            self._by_transaction.setdefault(refund.transaction_id, []).append(refund.prior_refund())
+
+    def merge(self, request: dict[str, Any]) -> dict[str, Any]:
+        tx = request.get("transaction")
+        entries = self._by_transaction.get(str(tx.get("id"))) if isinstance(tx, Mapping) else None
+        if not entries:
+            return request
+        return {**request, "prior_refunds": [*(request.get("prior_refunds") or []), *entries]}
+
+
+def _journal_states(path: Path) -> dict[str, set[str]]:
+    """request_id -> every state of its object that a run decided or updated its case with."""
+    states: dict[str, set[str]] = {}
+    if not path.exists():
+        return states
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line; the writer drops it
+            key = entry.get("key") if isinstance(entry, dict) else None
+            if not isinstance(key, str):
+                continue
+            if entry.get("outcome") == "updated" and "@" in key:
+                rid, _, state = key.rpartition("@")
+                states.setdefault(rid, set()).add(state)
+            elif isinstance(entry.get("state"), str):
+                states.setdefault(key, set()).add(entry["state"])
+    return states
+
+
+def preview(*, source: str, input_path: Path | str, count: int,
+            options: Mapping[str, str] | None = None,
+            plugins: Plugins | None = None) -> list[dict[str, Any]]:
+    """The first ``count`` records the source reads, each with its kind, as JSON-safe dicts:
+    nothing is enriched, decided, journalled or written."""
+    plugins = plugins or Plugins()
+    options = dict(options or {})
+    src = plugins.source(source)
+    plugins.check_options(options, src, [])
+    path = Path(input_path)
+    if not path.exists():
+        raise SourceError(f"cannot read `{path}`: no such file")
+    out: list[dict[str, Any]] = []
+    for rec in _guarded(src.read(path, options), src.plugin, src.name):
+        if len(out) >= count:
+            break
+        item: dict[str, Any] = {"ref": rec.ref, "kind": rec.kind}
+        if rec.request is not None:
+            item["request"] = rec.request
+        elif rec.executed is not None:
+            item["executed"] = attrs.asdict(rec.executed)
+        elif rec.context is not None:
+            item["context"] = rec.context
+        else:
+            item["error"] = rec.error
+        if rec.state:
+            item["state"] = rec.state
+        out.append(item)
+    return out
 
 
 def _guarded(records: Iterable[SourceRecord], plugin: str, name: str) -> Iterator[SourceRecord]:
@@ -411,7 +596,10 @@ def print_summary(summary: Summary, stream: TextIO, *, rich_table: bool) -> None
     rows += [("dead letters", str(summary.dead_letters)),
              ("skipped (done before)", str(summary.skipped)),
              ("duplicates", str(summary.duplicates)),
-             ("plugin errors", str(len(summary.plugin_errors))),
+             ("updated (later state)", str(summary.updated)),
+             ("delivered", str(summary.delivered))]
+    rows += [(f"read: {kind}", str(n)) for kind, n in summary.kinds.items()]
+    rows += [("plugin errors", str(len(summary.plugin_errors))),
              ("seconds", f"{summary.seconds:.2f}"),
              ("requests/s", f"{summary.decided / max(summary.seconds, 1e-9):.0f}")]
     for err in summary.plugin_errors[:20]:
@@ -453,6 +641,42 @@ class StoreRecorder:
             self._batch.__enter__()
         case, created = self.store.record(request, decision, engine=self.engine, actor=self.actor)
         return case.events[-1].to_dict() if created else None
+
+    def executed(self, refund: ExecutedRefund, ref: str) -> None:
+        """An executed refund of a case in the store: the money has moved, so an approved case
+        becomes processed and refunded (with the platform's refund id as reference); any other
+        case gets a note."""
+        if not refund.case:
+            return
+        try:
+            case = self.store.case(refund.case)
+        except RecordError:
+            return  # not a case of this store: it stays history of its transaction only
+        if any(e.details.get("reference") == refund.refund_id for e in case.events):
+            return  # the same refund read again (another export, a re-run): recorded once
+        if case.status in ("approved", "processed"):
+            if case.status == "approved":
+                self.store.mark(refund.case, "processed", actor=self.actor,
+                                reference=refund.refund_id)
+            self.store.mark(refund.case, "refunded", actor=self.actor, reference=refund.refund_id)
+        else:
+            self.store.note(refund.case, f"executed refund `{refund.refund_id}` of "
+                            f"{refund.amount} {refund.currency} read from `{ref}`", actor=self.actor)
+
+    def delivered(self, request_id: str, refund_id: str, sink: str) -> None:
+        """A sink delivered the case's refund and the platform made it: `processed`, with
+        the platform's refund id as the reference."""
+        case = self.store.case(request_id)
+        if case.status == "approved":
+            self.store.mark(request_id, "processed", actor=self.actor,
+                            reference=f"{sink}: {refund_id}")
+
+    def updated(self, request_id: str, state: str, ref: str) -> None:
+        """A later state of the object a case was decided for: a note on the case."""
+        # A case decided by an earlier run without a store has nothing to update.
+        with contextlib.suppress(RecordError):
+            self.store.note(request_id, f"the source object is now `{state}` (`{ref}`)",
+                            actor=self.actor)
 
     def commit(self) -> None:
         batch, self._batch = self._batch, None

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from refundry.plugins.manager import Plugins
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    print(json.dumps(Plugins().describe(), indent=2, ensure_ascii=False))
+    plugins = Plugins()
+    listed = plugins.describe()
+    # A broken plugin is one line on stderr (and an `error` in the listing); the rest work.
+    for error in plugins.errors:
+        print(f"refundry: {error}", file=sys.stderr)
+    print(json.dumps(listed, indent=2, ensure_ascii=False))
     return 0
 
 

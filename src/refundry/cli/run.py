@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from refundry.app.runner import BarProgress, PlainProgress, StoreRecorder, print_summary, run
+from refundry.app.runner import (
+    BarProgress,
+    PlainProgress,
+    StoreRecorder,
+    preview,
+    print_summary,
+    run,
+)
 from refundry.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -19,6 +28,7 @@ from refundry.cli.common import (
     default_rulesets,
 )
 from refundry.core.engine import Engine
+from refundry.core.models import json_default
 from refundry.plugins import SourceError
 from refundry.plugins.history import plugins_with_history
 from refundry.records.stores import open_store
@@ -34,8 +44,43 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is so that it stops like Ctrl-C: what was decided is
+    written and journalled (a clean checkpoint), then the summary is printed."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     options = parse_options(args.option or [])
+    if args.preview is not None:
+        return _preview(args, options)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args, options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _preview(args: argparse.Namespace, options: dict[str, str]) -> int:
+    if args.preview < 1:
+        raise UsageError("--preview needs a count of at least 1")
+    try:
+        items = preview(source=args.source, input_path=args.input, count=args.preview,
+                        options=options)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    for item in items:
+        print(json.dumps(item, ensure_ascii=False, default=json_default))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, options: dict[str, str]) -> int:
     tty = sys.stderr.isatty()
     rulesets = [str(args.rulesets or default_rulesets())]
     store = None
@@ -66,7 +111,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     print_summary(summary, sys.stderr, rich_table=tty)
-    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+    if summary.interrupted:
+        return EXIT_TERMINATED if summary.terminated else EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 def _new_sqlite_file(db: str | None) -> Path | None:
@@ -95,7 +142,12 @@ def register(sub: Any) -> None:
     p.add_argument("--input", required=True, metavar="PATH", help="the file the source reads")
     p.add_argument("--sink", action="append", metavar="NAME",
                    help="a sink name; repeat for several (default: jsonl)")
-    p.add_argument("--out", metavar="PATH", help="where the sinks write (default: stdout)")
+    p.add_argument("--out", metavar="PATH", help="where the sinks write (default: stdout); a "
+                   "directory (existing, or given with a trailing /) gets one file per sink, "
+                   "NAME.jsonl, with progress.jsonl and dead-letter.jsonl beside them")
+    p.add_argument("--preview", type=int, metavar="N", help="print the first N records the "
+                   "source reads (canonical requests and their kinds) as JSON lines; decide "
+                   "and write nothing")
     p.add_argument("--dead-letter", metavar="PATH", help="records that cannot be evaluated, "
                    "with the reason (default: OUT.dead-letter.jsonl or ./dead-letter.jsonl)")
     p.add_argument("--journal", metavar="PATH", help="the progress journal a re-run continues "

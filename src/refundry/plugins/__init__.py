@@ -9,6 +9,7 @@ An adapter imports what it needs from here::
 
 from refundry.plugins.helpers import (
     JsonLinesWriter,
+    already_executed,
     day_start,
     epoch_to_rfc3339,
     from_minor_units,
@@ -23,10 +24,22 @@ from refundry.plugins.helpers import (
 )
 from refundry.plugins.manager import Plugins, make_plugin_manager
 from refundry.plugins.spec import hookimpl
-from refundry.plugins.types import PluginError, Sink, SinkWriter, Source, SourceError, SourceRecord
+from refundry.plugins.types import (
+    KINDS,
+    ExecutedRefund,
+    Option,
+    PluginError,
+    Sink,
+    SinkWriter,
+    Source,
+    SourceError,
+    SourceRecord,
+    idempotency_key,
+)
 
 __all__ = [
-    "JsonLinesWriter", "PluginError", "Plugins", "Sink", "SinkWriter", "Source", "SourceError",
+    "KINDS", "ExecutedRefund", "Option", "idempotency_key",
+    "JsonLinesWriter", "already_executed", "PluginError", "Plugins", "Sink", "SinkWriter", "Source", "SourceError",
     "SourceRecord", "day_start", "epoch_to_rfc3339", "from_minor_units", "hookimpl",
     "iter_api_objects", "iter_json_documents", "make_plugin_manager", "money_text", "option",
     "record_error", "request_defaults", "to_minor_units", "zone_for",

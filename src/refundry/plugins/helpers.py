@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from refundry.core.models import json_default
+from refundry.core.models import RefundRequest, json_default
 from refundry.core.money import minor_units
 from refundry.plugins.types import SourceError
 
@@ -230,3 +230,10 @@ def _stdout() -> IO[str]:
     import sys
 
     return sys.stdout
+
+
+def already_executed(request: RefundRequest) -> bool:
+    """Whether the case's own refund is among its transaction's executed refunds (a
+    ``prior_refunds`` entry with its ``request_id``): a sink then writes no instruction, even
+    if a ruleset approved it."""
+    return any(p.request_id == request.request_id for p in request.prior_refunds)

@@ -8,6 +8,7 @@ one so that any failure is reported with the plugin's name.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import pluggy
 
 from refundry.core.models import Decision, RefundRequest
 from refundry.plugins import spec as hookspecs
-from refundry.plugins.types import PluginError, Sink, Source, SourceError
+from refundry.plugins.types import Option, PluginError, Sink, Source, SourceError, as_options
 
 ENTRY_POINT_GROUP = "refundry"
 BUILTIN = "refundry"
@@ -31,13 +32,21 @@ class PluginInfo:
 
 
 def make_plugin_manager(*, entry_points: bool = True,
-                        extra: Iterable[tuple[str, object]] = ()) -> pluggy.PluginManager:
+                        extra: Iterable[tuple[str, object]] = (),
+                        errors: list[PluginError] | None = None) -> pluggy.PluginManager:
     """A new plugin manager: entry-point plugins, then ``extra`` (name, plugin) pairs, then the
     built-ins; every hook implementation is checked against the specs.
 
-    Raises ``PluginError`` naming the plugin that cannot be imported or registered.
+    A plugin that cannot be imported or registered, or implements a misspelt hook, raises
+    ``PluginError`` naming it; given an ``errors`` list, the error is appended there instead,
+    the plugin is left out and every other plugin keeps working.
     """
     from refundry.plugins import builtin as builtin_plugins
+
+    def failed(error: PluginError) -> None:
+        if errors is None:
+            raise error
+        errors.append(error)
 
     pm = pluggy.PluginManager(hookspecs.NAME)
     pm.add_hookspecs(hookspecs)
@@ -48,18 +57,21 @@ def make_plugin_manager(*, entry_points: bool = True,
             try:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import error is the plugin's
-                raise PluginError(ep.name, f"cannot be loaded from `{ep.value}`: "
-                                  f"{type(exc).__name__}: {exc}") from None
-            _register(pm, plugin, ep.name)
+                failed(PluginError(ep.name, f"cannot be loaded from `{ep.value}`: "
+                                   f"{type(exc).__name__}: {exc}"))
+                continue
+            _register(pm, plugin, ep.name, failed)
     for name, plugin in extra:
-        _register(pm, plugin, name)
-    _register(pm, builtin_plugins, BUILTIN)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or "?"
-        raise PluginError(name, " ".join(str(exc).split())) from None
-    return pm
+        _register(pm, plugin, name, failed)
+    _register(pm, builtin_plugins, BUILTIN, failed)
+    while True:
+        try:
+            pm.check_pending()
+            return pm
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or "?"
+            failed(PluginError(name, " ".join(str(exc).split())))
+            pm.unregister(exc.plugin)
 
 
 def _distributions() -> dict[str, PluginInfo]:
@@ -72,11 +84,12 @@ def _distributions() -> dict[str, PluginInfo]:
     return infos
 
 
-def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+def _register(pm: pluggy.PluginManager, plugin: object, name: str,
+              failed: Callable[[PluginError], None]) -> None:
     try:
         pm.register(plugin, name=name)
     except (pluggy.PluginValidationError, ValueError) as exc:
-        raise PluginError(name, " ".join(str(exc).split())) from None
+        failed(PluginError(name, " ".join(str(exc).split())))
 
 
 def _own_version() -> str:
@@ -89,7 +102,10 @@ class Plugins:
     """The typed facade over ``pm.hook``: what the runner and the CLI call."""
 
     def __init__(self, pm: pluggy.PluginManager | None = None) -> None:
-        self.pm = pm if pm is not None else make_plugin_manager()
+        # Plugins that failed (to import, to register, or returned a wrong object): each is
+        # left out and reported in one line naming it; the others keep working.
+        self.errors: list[PluginError] = []
+        self.pm = pm if pm is not None else make_plugin_manager(errors=self.errors)
         self._sources: dict[str, Source] | None = None
         self._sinks: dict[str, Sink] | None = None
         # Looked up once: the per-record hooks would otherwise walk pluggy's lists every time.
@@ -106,16 +122,27 @@ class Plugins:
         return found
 
     def _collect(self, hook_name: str, kind: str) -> dict[str, Any]:
+        wanted = Source if kind == "source" else Sink
         found: dict[str, Any] = {}
         for plugin, fn in self._impls(hook_name):
             try:
                 items = list(fn() or ())
+                wrong = [i for i in items if not isinstance(i, wanted)]
+                if wrong:
+                    raise TypeError(f"returned a {type(wrong[0]).__name__}, not a "
+                                    f"refundry.plugins.{wanted.__name__}")
             except Exception as exc:  # noqa: BLE001 - name the plugin, whatever it raised
-                raise PluginError(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}") from None
+                self.errors.append(PluginError(plugin, f"{hook_name} raised "
+                                               f"{type(exc).__name__}: {exc}"
+                                               if not isinstance(exc, TypeError)
+                                               else f"{hook_name} {exc}"))
+                continue
             for item in items:
                 if item.name in found:
-                    raise PluginError(plugin, f"{kind} `{item.name}` is already provided by "
-                                      f"plugin `{found[item.name].plugin}`")
+                    self.errors.append(PluginError(plugin, f"{kind} `{item.name}` is already "
+                                                   f"provided by plugin `{found[item.name].plugin}`;"
+                                                   " this one is left out"))
+                    continue
                 found[item.name] = attrs.evolve(item, plugin=plugin)
         return found
 
@@ -136,14 +163,56 @@ class Plugins:
             return self.sources[name]
         except KeyError:
             raise SourceError(f"no source `{name}`; installed: "
-                              f"{', '.join(sorted(self.sources)) or 'none'}") from None
+                              f"{', '.join(sorted(self.sources)) or 'none'}"
+                              + self._failed_note()) from None
 
     def sink(self, name: str) -> Sink:
         try:
             return self.sinks[name]
         except KeyError:
             raise SourceError(f"no sink `{name}`; installed: "
-                              f"{', '.join(sorted(self.sinks)) or 'none'}") from None
+                              f"{', '.join(sorted(self.sinks)) or 'none'}"
+                              + self._failed_note()) from None
+
+    def _failed_note(self) -> str:
+        names = sorted({e.plugin for e in self.errors})
+        return f" (failed to load: {', '.join(f'`{n}`' for n in names)})" if names else ""
+
+    def plugin_options(self) -> list[tuple[str, Option]]:
+        """(plugin, option) for every option declared through ``refundry_options``."""
+        found = []
+        for plugin, fn in self._impls("refundry_options"):
+            try:
+                found += [(plugin, o) for o in as_options(fn() or ())]
+            except Exception as exc:  # noqa: BLE001 - name the plugin, whatever it raised
+                raise PluginError(plugin, f"refundry_options raised {type(exc).__name__}: {exc}") from None
+        return found
+
+    def check_options(self, options: Mapping[str, str], source: Source,
+                      sinks: Sequence[Sink]) -> None:
+        """Raise ``SourceError`` (one line) for an option nothing in this run declares, a value
+        of the wrong type, or a missing required source option; before any record is read."""
+        declared: dict[str, Option] = {}
+        items: list[Source | Sink] = [source, *sinks]
+        for item in items:
+            for opt in item.options:
+                declared.setdefault(opt.name, opt)
+        for _, opt in self.plugin_options():
+            declared.setdefault(opt.name, opt)
+        sink_names = {s.name for s in sinks}
+        for key, value in options.items():
+            if key.startswith("out.") and key[4:] in sink_names:
+                continue
+            found = declared.get(key)
+            if found is None:
+                raise SourceError(unknown_option(key, [*declared, *(f"out.{n}" for n in sink_names)],
+                                                 source.name))
+            problem = found.check(value)
+            if problem:
+                raise SourceError(problem)
+        for opt in source.options:
+            if opt.required and not str(options.get(opt.name, "")).strip():
+                raise SourceError(f"source `{source.name}` needs `--option {opt.name}=...`")
 
     def enrich(self, request: Mapping[str, Any], ref: str,
                options: Mapping[str, str]) -> dict[str, Any]:
@@ -194,6 +263,7 @@ class Plugins:
     def describe(self) -> list[dict[str, Any]]:
         """What ``refundry plugins`` prints: each plugin, its hooks, sources and sinks."""
         infos = _distributions()
+        sources, sinks = self.sources, self.sinks  # collected first: their errors are listed
         out = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda np: (np[0] == BUILTIN, np[0])):
             caller_names = sorted(c.name for c in self.pm.get_hookcallers(plugin) or ())
@@ -203,16 +273,36 @@ class Plugins:
                 "distribution": info.distribution,
                 "version": info.version,
                 "hooks": caller_names,
-                "sources": [_describe(s) for s in sorted(self.sources.values(), key=lambda s: s.name)
+                "sources": [_describe(s) for s in sorted(sources.values(), key=lambda s: s.name)
                             if s.plugin == name],
-                "sinks": [_describe(s) for s in sorted(self.sinks.values(), key=lambda s: s.name)
+                "sinks": [_describe(s) for s in sorted(sinks.values(), key=lambda s: s.name)
                           if s.plugin == name],
+                "options": [o.describe() for p, o in self.plugin_options() if p == name],
             })
+            errors = [str(e) for e in self.errors if e.plugin == name]
+            if errors:
+                out[-1]["errors"] = errors
+        listed = {p["name"] for p in out}
+        for error in self.errors:
+            if error.plugin not in listed:
+                listed.add(error.plugin)
+                info = infos.get(error.plugin, PluginInfo(error.plugin, None, None))
+                out.append({"name": error.plugin, "distribution": info.distribution,
+                            "version": info.version, "error": str(error)})
         return out
 
 
 def _describe(item: Source | Sink) -> dict[str, Any]:
-    return {"name": item.name, "description": item.description, "options": dict(item.options)}
+    return {"name": item.name, "description": item.description,
+            "options": [o.describe() for o in item.options]}
+
+
+def unknown_option(key: str, known: Sequence[str], source: str) -> str:
+    """One line for an option nothing declares, naming the nearest declared one."""
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean `{near[0]}`?" if near else \
+        f"; `refundry plugins` lists what source `{source}` and the sinks read"
+    return f"unknown option `{key}`{hint}"
 
 
 class _ReadOnly(Mapping[str, Any]):

@@ -17,7 +17,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from refundry.core.models import Decision, RefundRequest
-    from refundry.plugins.types import Sink, Source
+    from refundry.plugins.types import Option, Sink, Source
 
 NAME = "refundry"
 hookspec = pluggy.HookspecMarker(NAME)
@@ -44,6 +44,19 @@ def refundry_sinks() -> Sequence[Sink]:
     a refund to create on a payment platform; see ``refundry.plugins.Sink``.
 
     :return: the plugin's sinks; each ``name`` must be unique among all installed plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def refundry_options() -> Sequence[Option]:
+    """Declare the ``--option``s this plugin's enrichers and listeners read.
+
+    Sources and sinks declare theirs on ``Source.options`` / ``Sink.options``; this hook is for
+    the rest of a plugin. ``refundry plugins`` lists them, and ``refundry run`` refuses an
+    option that nothing declares (naming the nearest declared one) before it reads a record.
+
+    :return: the plugin's ``refundry.plugins.Option``s.
     """
     raise NotImplementedError
 

@@ -13,6 +13,7 @@ import refundry
 from refundry.plugins import Sink, SinkWriter, Source
 
 from . import shopify, stripe
+from .delivery import DELIVERY_OPTIONS
 
 
 def _shopify_sink(path: Path | None, options: Mapping[str, str]) -> SinkWriter:
@@ -28,17 +29,19 @@ def refundry_sources() -> Sequence[Source]:
     return [
         Source("shopify", shopify.read, "Shopify Admin REST refunds, refunds/calculate "
                "responses, refund transactions and return webhooks (JSON file, JSON lines or a "
-               "directory)", shopify.OPTIONS),
+               "directory)", shopify.OPTIONS, history=True),
         Source("stripe", stripe.read, "Stripe refund and charge objects (JSON file, list, "
-               "JSON lines or a directory)", stripe.OPTIONS),
+               "JSON lines or a directory)", stripe.OPTIONS, history=True),
     ]
 
 
 @refundry.hookimpl
 def refundry_sinks() -> Sequence[Sink]:
     return [
-        Sink("shopify-refund", _shopify_sink, "approved refunds as Shopify refund-create bodies "
-             "(JSON lines)", {"notify": "`true` asks Shopify to e-mail the customer"}),
+        Sink("shopify-refund", _shopify_sink, "approved refunds as Shopify refunds to create "
+             "(REST body and GraphQL refundCreate input, JSON lines); `deliver=true` sends them",
+             [*shopify.SINK_OPTIONS, *DELIVERY_OPTIONS]),
         Sink("stripe-refund", _stripe_sink, "approved refunds as Stripe refund-create params, "
-             "amount in minor units (JSON lines)"),
+             "amount in minor units (JSON lines); `deliver=true` POSTs them to /v1/refunds",
+             DELIVERY_OPTIONS),
     ]

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import refundry
-from refundry.plugins import Sink, SinkWriter, Source
+from refundry.plugins import Option, Sink, SinkWriter, Source
 
 from . import disputes, iso20022
 
@@ -26,7 +26,8 @@ def refundry_sources() -> Sequence[Source]:
         Source("stripe-dispute", disputes.read_stripe, "Stripe dispute and issuing.dispute "
                "objects (charges in the same input add amount and card)", disputes.DISPUTE_OPTIONS),
         Source("iso20022", iso20022.read, "ISO 20022 pacs.004 returns and camt.029 resolutions, "
-               "checked against pacs.008 originals; an XML file or a directory", iso20022.OPTIONS),
+               "checked against pacs.008 originals; an XML file or a directory", iso20022.OPTIONS,
+               history=True),
         Source("card-dispute-csv", disputes.read_csv, "a CSV of card disputes, one per row "
                "(columns in the README)", disputes.CSV_OPTIONS),
     ]
@@ -36,4 +37,5 @@ def refundry_sources() -> Sequence[Source]:
 def refundry_sinks() -> Sequence[Sink]:
     return [Sink("pacs004", _pacs004_sink, "approved refunds as ISO 20022 pacs.004.001.10 "
                  "PaymentReturn messages, one file each in the --out directory",
-                 {"settlement_method": "GrpHdr/SttlmInf/SttlmMtd (default `CLRG`)"})]
+                 [Option("settlement_method", default="CLRG", help="GrpHdr/SttlmInf/SttlmMtd")],
+                 output="dir")]

@@ -59,11 +59,18 @@ def read_stripe(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord
             continue
         kind = obj.get("object") if isinstance(obj, dict) else None
         if kind not in ("dispute", "issuing.dispute"):
-            yield SourceRecord(ref, error=f"{ref}: not a dispute: a `{kind}` object"
-                               + (" (read for its amount and card)" if kind == "charge" else ""))
+            if kind == "charge":
+                yield SourceRecord(ref, context=f"charge `{obj.get('id')}`: read for the amount "
+                                   "and card of its disputes")
+            else:
+                yield SourceRecord(ref, error=f"{ref}: not a dispute: a `{kind}` object")
             continue
         try:
-            yield SourceRecord(ref, request=_dispute(obj, charges, base, options))
+            # A dispute changes state (needs_response -> under_review, funds withdrawn then
+            # reinstated): the state makes a later copy of the same dispute an update of its
+            # case, not a duplicate.
+            state = f"{obj.get('status')}:{len(obj.get('balance_transactions') or [])}"
+            yield SourceRecord(ref, request=_dispute(obj, charges, base, options), state=state)
         except Exception as exc:  # noqa: BLE001 - a malformed record is a dead letter
             yield SourceRecord(ref, error=f"{ref}: {record_error(exc)}")
 

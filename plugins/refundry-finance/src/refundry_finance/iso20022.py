@@ -1,9 +1,17 @@
 """ISO 20022 payment returns and investigations -> canonical requests; pacs.004 out.
 
-Read: ``pacs.004`` PaymentReturn (each ``TxInf`` is a return to decide), ``camt.029``
-ResolutionOfInvestigation (``CNCL`` = return the whole original, ``PECR`` with "N%" in its
-text = return that share, ``RJCR`` = nothing to return: a dead letter), and ``pacs.008``
-credit transfers, which are not returns but the originals the others are checked against.
+Read: ``camt.029`` ResolutionOfInvestigation is the *request* (``CNCL`` = return the whole
+original, ``PECR`` with "N%" in its text = return that share); a received ``pacs.004``
+PaymentReturn is an *executed* refund (money already returned: history, never returned
+again); ``pacs.008`` credit transfers (the originals the others are checked against) and a
+``RJCR`` resolution (nothing to return) are *context*. A camt.029 and the pacs.004 that answers
+it are one case: both are keyed by the original's ``OrgnlMsgId`` and ``OrgnlEndToEndId``
+(``case_id``), so the return becomes a ``prior_refunds`` entry of the request with that very
+``request_id`` and the engine refuses to return the money twice.
+
+The customer is the party the money is returned to: the return chain's creditor
+(``RtrChain/Cdtr``, who was the original's debtor), or the original pacs.008's debtor.
+``OrgnlUETR`` is kept in ``facts.iso_original_uetr`` and written back by the sink.
 
 The originals come from the input directory itself or from ``--option originals=PATH``. A
 return is matched to its original by ``OrgnlEndToEndId`` (and ``OrgnlMsgId`` when that
@@ -32,8 +40,10 @@ from defusedxml import DefusedXmlException
 from refundry.core.models import Decision, RefundRequest
 from refundry.core.money import minor_units
 from refundry.plugins import (
+    ExecutedRefund,
     SourceError,
     SourceRecord,
+    already_executed,
     money_text,
     record_error,
     request_defaults,
@@ -63,6 +73,8 @@ class Original:
     currency: str
     created: str
     file: str
+    debtor: str = ""
+    uetr: str = ""
 
 
 def _local(tag: str) -> str:
@@ -123,7 +135,9 @@ def originals(path: Path) -> dict[str, list[Original]]:
             except Exception:  # noqa: BLE001 - an unusable original matches nothing
                 continue
             o = Original(msg_id, _text(tx, "PmtId/EndToEndId"), _text(tx, "PmtId/InstrId"),
-                         amount, cur, created, file.name)
+                         amount, cur, created, file.name,
+                         _text(tx, "DbtrAcct/Id/Othr/Id") or _text(tx, "Dbtr/Nm"),
+                         _text(tx, "PmtId/UETR"))
             found.setdefault(o.end_to_end, []).append(o)
     return found
 
@@ -158,8 +172,8 @@ def read(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]:
             elif kind == "camt.029":
                 yield from _camt029(ref, body, base, index, options)
             elif kind == "pacs.008":
-                yield SourceRecord(ref, error=f"{ref}: not a refund: pacs.008 credit transfer "
-                                   f"`{_text(body, 'GrpHdr/MsgId')}` is an original payment "
+                yield SourceRecord(ref, context=f"pacs.008 credit transfer "
+                                   f"`{_text(body, 'GrpHdr/MsgId')}`: an original payment "
                                    "(returns are checked against it)")
             else:
                 yield SourceRecord(ref, error=f"{ref}: not a refund: a `{kind}` message")
@@ -177,8 +191,14 @@ def _check(amount: Decimal, original: Original | None, exact: bool, facts: dict[
     facts["return_ratio"] = str((amount / original.amount).quantize(Decimal("0.0001")))
 
 
+def case_id(original_msg_id: str, end_to_end: str) -> str:
+    """The case a return belongs to: the original payment it returns money of."""
+    return f"iso20022:return:{original_msg_id}:{end_to_end}"
+
+
 def _pacs004(ref: str, body: Element, base: dict[str, Any], index: Mapping[str, list[Original]],
              options: Mapping[str, str]) -> Iterator[SourceRecord]:
+    """A received return: the money is back already, so it is history of its case."""
     msg_id, created = _text(body, "GrpHdr/MsgId"), _text(body, "GrpHdr/CreDtTm")
     txs = [c for c in body if _local(c.tag) == "TxInf"]
     if not txs:
@@ -187,32 +207,15 @@ def _pacs004(ref: str, body: Element, base: dict[str, Any], index: Mapping[str, 
         tref = f"{ref}#TxInf[{i}]" if len(txs) > 1 else ref
         amount, currency = _amount(tx, "RtrdIntrBkSttlmAmt")
         e2e, org_msg = _text(tx, "OrgnlEndToEndId"), _text(tx, "OrgnlGrpInf/OrgnlMsgId")
-        code = _text(tx, "RtrRsnInf/Rsn/Cd")
-        original, exact = _match(index, e2e, org_msg)
-        facts: dict[str, Any] = {
-            "iso_message": "pacs.004", "iso_msg_id": msg_id, "iso_reason_code": code,
-            "iso_original_msg_id": org_msg, "iso_original_end_to_end_id": e2e,
-            "iso_original_instr_id": _text(tx, "OrgnlInstrId"),
-            "iso_original_msg_name": _text(tx, "OrgnlGrpInf/OrgnlMsgNmId"),
-            "iso_settlement_date": _text(tx, "IntrBkSttlmDt"),
-        }
-        _check(amount, original, exact, facts)
-        debtor = _text(tx, "RtrChain/DbtrAcct/Id/Othr/Id") or _text(tx, "RtrChain/Dbtr/Pty/Nm")
-        finance: dict[str, Any] = {"account_type": "bank_account", "scheme": "fedwire"}
-        original_created = _text(tx, "OrgnlGrpInf/OrgnlCreDtTm") or (original.created if original else "")
-        if original_created:
-            finance["debited_at"] = original_created
-        yield SourceRecord(tref, request={
-            **base, "request_id": f"iso20022:pacs.004:{msg_id}:{e2e or i}",
-            "requested_at": created, "amount": str(amount), "currency": currency,
-            "reason": RETURN_REASONS.get(code, options.get("reason", "other")),
-            "customer": {"id": debtor or "unknown-debtor"},
-            "transaction": {"id": e2e or org_msg,
-                            "amount": str(original.amount if original else amount)},
-            "finance": finance,
-            "note": _text(tx, "RtrRsnInf/AddtlInf") or None,
-            "facts": {k: v for k, v in facts.items() if v not in ("", None)},
-        })
+        if not e2e or not org_msg:
+            raise ValueError("`OrgnlEndToEndId` and `OrgnlGrpInf/OrgnlMsgId` name the payment "
+                             "returned; one is missing")
+        info = _text(tx, "RtrRsnInf/AddtlInf")
+        own = info[len("refundry "):].split(" ", 1)[0] if info.startswith("refundry ") else ""
+        yield SourceRecord(tref, executed=ExecutedRefund(
+            refund_id=f"iso20022:pacs.004:{msg_id}:{e2e}", transaction_id=e2e,
+            amount=str(amount), currency=currency, refunded_at=created or None,
+            case=own or case_id(org_msg, e2e)))
 
 
 def _camt029(ref: str, body: Element, base: dict[str, Any], index: Mapping[str, list[Original]],
@@ -227,8 +230,8 @@ def _camt029(ref: str, body: Element, base: dict[str, Any], index: Mapping[str, 
     info = _text(tx, "CxlStsRsnInf/AddtlInf")
     e2e, org_msg = _text(tx, "OrgnlEndToEndId"), _text(tx, "OrgnlGrpInf/OrgnlMsgId")
     if status == "RJCR":
-        yield SourceRecord(ref, error=f"{ref}: not a refund: investigation `{case}` was rejected "
-                           f"(RJCR): {info or 'no reason given'}")
+        yield SourceRecord(ref, context=f"investigation `{case}` was rejected (RJCR), nothing "
+                           f"to return: {info or 'no reason given'}")
         return
     if status not in ("CNCL", "PECR"):
         yield SourceRecord(ref, error=f"{ref}: camt.029 status `{status}` is not a resolution "
@@ -258,13 +261,15 @@ def _camt029(ref: str, body: Element, base: dict[str, Any], index: Mapping[str, 
                              "iso_original_end_to_end_id": e2e,
                              "iso_original_instr_id": _text(tx, "OrgnlInstrId"),
                              "iso_original_msg_name": _text(tx, "OrgnlGrpInf/OrgnlMsgNmId"),
+                             "iso_original_uetr": _text(tx, "OrgnlUETR") or original.uetr,
                              "return_share": str(share)}
     _check(amount, original, exact, facts)
     yield SourceRecord(ref, request={
-        **base, "request_id": f"iso20022:camt.029:{case}",
+        **base, "request_id": case_id(org_msg or original.msg_id, e2e),
         "requested_at": created, "amount": str(amount), "currency": original.currency,
         "reason": "not_as_described" if status == "PECR" else options.get("reason", "other"),
-        "customer": {"id": f"original-debtor:{original.msg_id}"},
+        # The money goes back to who paid it: the original's debtor.
+        "customer": {"id": original.debtor or f"original-debtor:{original.msg_id}"},
         "transaction": {"id": e2e, "amount": str(original.amount)},
         "finance": {"account_type": "bank_account", "scheme": "fedwire",
                     "debited_at": _text(tx, "OrgnlGrpInf/OrgnlCreDtTm") or original.created},
@@ -297,7 +302,8 @@ def pacs004(decision: Decision, request: RefundRequest, options: Mapping[str, st
     instr = facts.get("iso_original_instr_id")
     org_msg = str(facts.get("iso_original_msg_id") or request.transaction.id)
     org_name = str(facts.get("iso_original_msg_name") or "pacs.008.001.08")
-    why = "; ".join(r.rule_id for r in decision.reasons)[:105]
+    why = "; ".join(r.rule_id for r in decision.reasons)
+    uetr = facts.get("iso_original_uetr")
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<Document xmlns="{PACS004_NS}">',
@@ -316,13 +322,14 @@ def pacs004(decision: Decision, request: RefundRequest, options: Mapping[str, st
         "\t\t\t</OrgnlGrpInf>",
         *([f"\t\t\t<OrgnlInstrId>{_esc(str(instr)[:35])}</OrgnlInstrId>"] if instr else []),
         f"\t\t\t<OrgnlEndToEndId>{_esc(e2e[:35])}</OrgnlEndToEndId>",
+        *([f"\t\t\t<OrgnlUETR>{_esc(str(uetr))}</OrgnlUETR>"] if uetr else []),
         f'\t\t\t<RtrdIntrBkSttlmAmt Ccy="{decision.currency}">{amount}</RtrdIntrBkSttlmAmt>',
         f"\t\t\t<IntrBkSttlmDt>{due.isoformat()}</IntrBkSttlmDt>",
         f'\t\t\t<RtrdInstdAmt Ccy="{decision.currency}">{amount}</RtrdInstdAmt>',
         "\t\t\t<ChrgBr>SLEV</ChrgBr>",
         "\t\t\t<RtrRsnInf>",
         f"\t\t\t\t<Rsn><Cd>{_esc(code[:4])}</Cd></Rsn>",
-        f"\t\t\t\t<AddtlInf>{_esc(('refundry ' + why).strip())}</AddtlInf>",
+        f"\t\t\t\t<AddtlInf>{_esc(f'refundry {request.request_id} {why}'.strip()[:105])}</AddtlInf>",
         "\t\t\t</RtrRsnInf>",
         "\t\t</TxInf>",
         "\t</PmtRtr>",
@@ -343,7 +350,8 @@ class Pacs004Writer:
         self.dir, self.options = path, dict(options)
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
-        if decision.outcome != "approve" or decision.amount <= 0:
+        if decision.outcome != "approve" or decision.amount <= 0 \
+                or already_executed(request):
             return
         name = hashlib.sha256(request.request_id.encode()).hexdigest()[:32] + ".xml"
         tmp = self.dir / (name + ".tmp")

@@ -24,7 +24,7 @@ def refundry_sources() -> Sequence[Source]:
     return [
         Source("fhir", fhir.read, "HL7 FHIR R4 PaymentReconciliation (negative/advance lines) "
                "and ClaimResponse (payment adjustments, paid above benefit); JSON, NDJSON, "
-               "Bundles or a directory", fhir.OPTIONS),
+               "Bundles or a directory", fhir.OPTIONS, history=True),
         Source("x12-835", x12.read, "ASC X12 835 remittance: claim reversals (CLP02 22) and "
                "PLB WO/72 adjustments, any delimiters; a file or a directory", x12.OPTIONS),
     ]

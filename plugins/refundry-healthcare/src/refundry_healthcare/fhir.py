@@ -24,8 +24,10 @@ from typing import Any
 
 from refundry.core.models import Decision, RefundRequest
 from refundry.plugins import (
+    ExecutedRefund,
     JsonLinesWriter,
     SourceRecord,
+    already_executed,
     day_start,
     iter_json_documents,
     money_text,
@@ -42,6 +44,7 @@ OPTIONS = {
     "provider_type": "optional: `physician`, `hospital`, ... copied to healthcare.provider_type",
 }
 PAYMENT_TYPE = "http://terminology.hl7.org/CodeSystem/payment-type"
+REQUEST_SYSTEM = "urn:refundry:request"  # the identifier system the sink names its case with
 
 
 class NotARefund(Exception):
@@ -75,6 +78,9 @@ def _read_resource(ref: str, res: Any, base: dict[str, Any]) -> Iterator[SourceR
     rtype = res["resourceType"]
     label = f"{rtype}/{res.get('id', '?')}"
     try:
+        if rtype == "PaymentReconciliation" and _own_case(res):
+            yield SourceRecord(ref, executed=_executed(res))
+            return
         if rtype == "PaymentReconciliation":
             requests = list(_payment_reconciliation(res, base))
         elif rtype == "ClaimResponse":
@@ -86,13 +92,32 @@ def _read_resource(ref: str, res: Any, base: dict[str, Any]) -> Iterator[SourceR
             raise NotARefund(f"the `{rtype}` resource is not a refund, overpayment or "
                             "recoupment")
     except NotARefund as exc:
-        yield SourceRecord(ref, error=f"{ref}: {label}: {exc}")
+        # Valid FHIR that moves no money back (claims, invoices, notices): context.
+        yield SourceRecord(ref, context=f"{label}: {exc}")
         return
     except Exception as exc:  # noqa: BLE001 - a malformed resource is a dead letter
         yield SourceRecord(ref, error=f"{ref}: {label}: {record_error(exc)}")
         return
     for key, request in requests:
         yield SourceRecord(f"{ref}#{key}" if key else ref, request=request)
+
+
+def _own_case(res: Mapping[str, Any]) -> str | None:
+    """The refundry case a PaymentReconciliation was written for (this package's sink)."""
+    for ident in res.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") == REQUEST_SYSTEM and ident.get("value"):
+            return str(ident["value"])
+    return None
+
+
+def _executed(res: dict[str, Any]) -> ExecutedRefund:
+    """A PaymentReconciliation this package's sink wrote, read back: that refund is made."""
+    value, currency = _money(res["paymentAmount"])
+    return ExecutedRefund(
+        refund_id=f"fhir:PaymentReconciliation/{res['id']}",
+        transaction_id=str((res.get("paymentIdentifier") or {}).get("value") or res["id"]),
+        amount=str(abs(value)), currency=currency, refunded_at=res.get("created"),
+        case=_own_case(res))
 
 
 def _money(m: Mapping[str, Any], fallback_currency: str | None = None) -> tuple[Decimal, str]:
@@ -228,12 +253,15 @@ def payment_reconciliation(decision: Decision, request: RefundRequest) -> dict[s
     request as identifier, the claim (when known) as the detail's request."""
     rid = hashlib.sha256(request.request_id.encode()).hexdigest()[:40]
     when = decision.as_of or request.requested_at
+    recoupment = str((request.facts or {}).get("fhir_detail_amount", "")).startswith("-")
     due = decision.deadline("refund_due_by") or decision.deadline("return_due_by") or when.date()
     detail: dict[str, Any] = {
-        "identifier": {"system": "urn:refundry:request", "value": request.request_id},
+        "identifier": {"system": REQUEST_SYSTEM, "value": request.request_id},
         "type": {"coding": [{"system": PAYMENT_TYPE, "code": "adjustment"}]},
         "date": due.isoformat(),
-        "amount": {"value": decision.amount, "currency": decision.currency},
+        # A recoupment (the payer takes money back) keeps the sign its detail line had.
+        "amount": {"value": -decision.amount if recoupment else decision.amount,
+                   "currency": decision.currency},
     }
     hc = request.healthcare
     if hc is not None and hc.claim_id:
@@ -242,7 +270,7 @@ def payment_reconciliation(decision: Decision, request: RefundRequest) -> dict[s
     return {
         "resourceType": "PaymentReconciliation",
         "id": f"refundry-{rid}",
-        "identifier": [{"system": "urn:refundry:request", "value": request.request_id}],
+        "identifier": [{"system": REQUEST_SYSTEM, "value": request.request_id}],
         "status": "active",
         "created": when.isoformat(),
         "requestor": {"identifier": {"value": request.customer.id}},
@@ -263,7 +291,8 @@ class PaymentReconciliationWriter:
         self._out = JsonLinesWriter(path, "id")
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
-        if decision.outcome != "approve" or decision.amount <= 0:
+        if decision.outcome != "approve" or decision.amount <= 0 \
+                or already_executed(request):
             return
         resource = payment_reconciliation(decision, request)
         self._out.write_line(resource["id"], dumps_fhir(resource))

@@ -3,7 +3,7 @@
 Becomes a request: a claim reversal (``CLP02 = 22``: the payer takes back an earlier payment)
 and a provider-level adjustment with reason ``WO`` (overpayment recovery) or ``72`` (authorized
 return). Every other claim and adjustment is ordinary payment; a transaction set (ST..SE) with
-nothing refundable is one dead letter saying what it held.
+nothing refundable is one *context* record saying what it held (a payment, not a dead letter).
 
 Delimiters are positional, read from the ISA segment: the element separator is the character
 after ``ISA``, the component separator is ISA16, the segment terminator is the character after
@@ -176,7 +176,7 @@ def _transaction_set(ref: str, tset: list[list[str]], d: Delimiters,
             continue
         reversed_amount = abs(_dec(_el(clp, 4) or "0", "CLP04"))
         if reversed_amount == 0:
-            yield SourceRecord(f"{ref}#CLP{n}", error=f"{ref}#CLP{n}: reversal moves no money (CLP04 0)")
+            yield SourceRecord(f"{ref}#CLP{n}", context="a claim reversal that moves no money (CLP04 0)")
             found += 1
             continue
         control = _el(clp, 7) or _el(clp, 1)
@@ -212,6 +212,7 @@ def _transaction_set(ref: str, tset: list[list[str]], d: Delimiters,
         statuses = sorted({_el(c, 2) for c in claims})
         held = ", ".join(f"CLP02 {s} ({STATUS.get(s, 'unknown')})" for s in statuses) or "no claims"
         plb = ", ".join(f"PLB {c} {_money(a)}" for _, c, _, a, _ in adjustments)
-        yield SourceRecord(ref, error=f"{ref}: not a refund: 835 `{trace}` has no claim reversal "
-                           f"(CLP02 22) and no PLB WO/72 adjustment; it holds {len(claims)} "
-                           f"claim(s): {held}" + (f"; {plb}" if plb else ""))
+        # Ordinary payments: context (counted, never a dead letter).
+        yield SourceRecord(ref, context=f"835 payment `{trace}` with no claim reversal (CLP02 22) "
+                           f"and no PLB WO/72 adjustment; it holds {len(claims)} claim(s): {held}"
+                           + (f"; {plb}" if plb else ""))
