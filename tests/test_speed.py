@@ -101,3 +101,33 @@ def test_memory_stays_flat_over_a_million_evaluations_from_dicts(bench, tmp_path
     for i in range(1_000_000):
         engine.evaluate(requests[i % len(requests)])
     assert bench.rss_mb() - warm < 5
+
+
+def test_every_command_module_is_a_command_the_cli_knows():
+    """`refundry NAME` imports only refundry.cli.NAME; a command module missing from the list
+    would be a command nobody can run."""
+    import refundry.cli as cli
+
+    modules = {p.stem for p in Path(cli.__file__).parent.glob("*.py")} - {"__init__", "__main__", "common"}
+    assert modules == set(cli.COMMANDS)
+
+
+@pytest.mark.parametrize("text", ["1 day", "14 days", "30 days", "2 weeks", "14 days + 1 week", "0 days"])
+def test_a_calendar_day_period_is_a_precomputed_offset_equal_to_counting(text):
+    import datetime as dt
+
+    from refundry.core.periods import Period, add_period
+
+    period = Period.parse(text)
+    assert period.offset is not None
+    start = dt.date(2023, 1, 1)
+    for n in range(800):  # every day of two years, leap day included
+        day = start + dt.timedelta(days=n)
+        assert day + period.offset == add_period(period, day, lambda d: d.weekday() < 5)
+
+
+@pytest.mark.parametrize("text", ["1 month", "10 business days", "14 days + 1 month", "1 billing cycle"])
+def test_a_period_that_needs_a_calendar_has_no_offset(text):
+    from refundry.core.periods import Period
+
+    assert Period.parse(text).offset is None

@@ -101,6 +101,8 @@ class Context:
     def period_end(self, period: Any, start: dt.date,
                    calendar: CalendarSpec | None = None) -> dt.date | None:
         spec = calendar or self.calendar
+        if period.offset is not None and spec.period_end != "next_working_day":
+            return start + period.offset  # plain calendar days: what add_period would count
         working = self.working_for(spec)
         end = add_period(period, start, working, self.closing_day)
         if end is not None and spec.period_end == "next_working_day":

@@ -35,6 +35,15 @@ class Period:
     """``14 days``, ``10 business days``, ``14 days + 12 months``: steps applied in order."""
 
     steps: tuple[tuple[int, str], ...]
+    # Days and weeks only: the period is a fixed number of calendar days, added without a
+    # working-day calendar (precomputed once, not per request).
+    offset: dt.timedelta | None = attrs.field(init=False, eq=False, repr=False)
+
+    @offset.default
+    def _offset(self) -> dt.timedelta | None:
+        if not self.steps or any(unit not in ("days", "weeks") for _, unit in self.steps):
+            return None
+        return dt.timedelta(days=sum(n * (7 if unit == "weeks" else 1) for n, unit in self.steps))
 
     @classmethod
     def parse(cls, text: str) -> Period:
