@@ -256,6 +256,7 @@ class _FastGen:
         self.code: list[str] = []
         self.names: dict[type, str] = {}
         self.env: dict[str, Any] = {"Decimal": Decimal, "_delegate": _delegate, "_money": _money,
+                                    "_fromisoformat": dt.datetime.fromisoformat,
                                     "MAX_DIGITS": MAX_DIGITS}
 
     def build(self, cls: type) -> Callable[[Any], Any]:
@@ -309,7 +310,13 @@ class _FastGen:
                     "    if raw is None:", "        return None"]
         leaf = f"_leaf_{kind}"
         self.env[leaf] = _LEAVES[kind]
-        return [f"raw = _delegate({leaf}, raw, {prefix!r}, {name!r})", "if raw is None:", "    return None"]
+        delegate = [f"raw = _delegate({leaf}, raw, {prefix!r}, {name!r})", "if raw is None:", "    return None"]
+        if kind == "instant":  # a full time with offset inline; a bare date (10 long) as before
+            return ["if type(raw) is str and 10 < len(raw) <= 40:", "    try:",
+                    "        raw = _fromisoformat(raw)", "    except ValueError:", "        return None",
+                    "    if raw.tzinfo is None or raw.utcoffset() is None:", "        return None",
+                    "else:"] + ["    " + line for line in delegate]
+        return delegate
 
     def element(self, meta: Mapping[str, Any], name: str) -> str:
         """A function that parses one list entry, or returns None."""
