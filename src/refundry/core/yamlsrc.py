@@ -58,6 +58,10 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
+class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The same constructors on libyaml's parser: a few times faster on large rulesets."""
+
+
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
     loader.flatten_mapping(node)
     out = LocDict()
@@ -106,15 +110,21 @@ def _timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
             None, None, f"`{node.value}` is not a real date", node.start_mark) from None
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
-_Loader.add_constructor("tag:yaml.org,2002:float", _decimal)
+for _cls in (_Loader, _FastLoader):
+    _cls.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+    _cls.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+    _cls.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+    _cls.add_constructor("tag:yaml.org,2002:float", _decimal)
 
 
 def load(text: str) -> Any:
     """Parse one YAML document. Raises ``yaml.YAMLError`` (with ``problem_mark``) on bad YAML."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    try:
+        return yaml.load(text, Loader=_FastLoader)  # noqa: S506 - a CSafeLoader
+    except yaml.YAMLError:
+        # libyaml words its errors (and places some) its own way: the pure-Python parser says
+        # what is wrong as the error messages and their tests expect. Only a bad file pays it.
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 def error_pos(exc: yaml.YAMLError) -> Pos:
