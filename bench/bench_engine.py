@@ -119,7 +119,7 @@ def write_policy(folder: Path, total_rules: int) -> None:
 
 # --- the same rules by hand, over the same dict -------------------------------------------------
 
-def hand_written(req: dict, zones={z: zoneinfo.ZoneInfo(z) for z in ZONES},  # noqa: B006
+def hand_written(req: dict, zones={z: zoneinfo.ZoneInfo(z) for z in ZONES},  # noqa: B006, B008 - bound once, read as locals
                  month=dt.timedelta(days=30), fortnight=dt.timedelta(days=14),
                  strict={"approve": 0, "manual_review": 1, "deny": 2},  # noqa: B006
                  effects={"r11": "adjust", "r16": "adjust"}, cent=Decimal("0.01")) -> tuple:  # noqa: B006

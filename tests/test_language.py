@@ -13,7 +13,6 @@ from refundry.core.language import (
     All,
     AnyOf,
     CodeGen,
-    required_values,
     Compare,
     FieldRef,
     Items,
@@ -21,6 +20,7 @@ from refundry.core.language import (
     Not,
     Percent,
     Window,
+    required_values,
 )
 
 NUMS = [Decimal("0"), Decimal("10"), Decimal("10.00"), Decimal("99.99"), Decimal("100"), 7]

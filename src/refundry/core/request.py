@@ -67,7 +67,7 @@ def _join(prefix: str, name: str) -> str:
 # the checks, building a field's dotted path only when there is an error to report. What it
 # accepts and every message it gives are those of the metadata walk it replaces.
 _Parse = Callable[[Any, str, str, "_Errors"], Any]
-_PARSERS: dict[type, Callable[[Mapping[str, Any], str, "_Errors"], Any]] = {}
+_PARSERS: dict[type, Callable[[Mapping[str, Any], str, _Errors], Any]] = {}
 
 
 def _parse_model(cls: type, data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
