@@ -599,11 +599,14 @@ def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool | str) 
     return Compare(path, op, operand, typed=typed)
 
 
-def _unknown_field(path: str, item: bool) -> str:
+def _unknown_field(path: str, item: bool | str) -> str:
     """The nearest known field first; the `facts.` hint only when nothing known is close, since
     a misspelt request field is far more common than a client fact written without `facts.`."""
-    known = fieldreg.item_fields() if item else fieldreg.request_fields()
-    scope = "an item" if item else "a request"
+    if item == ENTRIES:  # inside any_prior_refund / all_prior_refunds
+        known, scope = fieldreg.prior_refund_fields(), "a prior refund"
+    else:
+        known = fieldreg.item_fields() if item else fieldreg.request_fields()
+        scope = "an item" if item else "a request"
     hint = did_you_mean(path, known)
     if not hint and not item:
         hint = "; a client's own facts are written `facts.NAME`"
