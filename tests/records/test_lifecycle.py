@@ -27,7 +27,8 @@ def test_a_decision_opens_a_case_with_one_evaluated_event(store, record):
     assert case.status == "approved"
     assert [e.type for e in case.events] == ["evaluated"]
     event = case.events[0]
-    assert event.seq == 1 and event.prev == GENESIS and event.actor == "alice"
+    # Event 1 links to a commitment to the store's salt, not to zeros (issue 12).
+    assert event.seq == 1 and event.prev == store.genesis != GENESIS and event.actor == "alice"
     assert event.body["ruleset"]["id"] == "eu-consumer"
     assert event.body["ruleset"]["digest"].startswith("sha256:")
     assert event.decision["outcome"] == "approve" and event.decision["amount"] == "119.99"

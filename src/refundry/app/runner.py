@@ -18,6 +18,7 @@ import collections
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -44,6 +45,7 @@ from refundry.plugins import (
     SourceRecord,
 )
 from refundry.records.events import RecordError
+from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
 CHUNK = 200  # records per task sent to a worker process: big enough to amortise pickling
 
@@ -249,7 +251,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         workers: int = 1, rulesets: Sequence[str | Path] | None = None,
         engine: Engine | None = None, backend: str = "compiled",
         plugins: Plugins | None = None, record: Recorder | None = None,
-        progress: Progress | None = None) -> Summary:
+        progress: Progress | None = None, id_key: bytes | None = None) -> Summary:
     """Run one input through a source, the enrichers, the engine and the sinks.
 
     Give ``rulesets`` (paths; needed for ``workers > 1``, each worker loads them) or an
@@ -257,6 +259,11 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     and returns the event, which ``refundry_record_written`` listeners are then told of.
     Raises ``SourceError`` for a run that cannot start and ``PluginError`` naming the plugin
     that broke it; a ``KeyboardInterrupt`` returns the summary with ``interrupted`` set.
+
+    Every record is scrubbed of card data as it leaves the source (``masking.scrub_request``),
+    before an enricher, a sink, the journal, the dead-letter file or the store sees it. A
+    request id holding a card number is tagged with ``id_key`` (the records store's salt
+    under ``--db``; else a key kept beside the journal), so such ids stay distinct.
     """
     plugins = plugins or Plugins()
     options = dict(options or {})
@@ -310,11 +317,13 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     done = set(jr.seen)
     states = _journal_states(jr_path)
     decided_in: dict[str, str] = {}  # request_id -> the state of its object when decided
+    ids = _IdKey(jr_path, id_key)
     history = _History()
     if src.history:
         # Executed refunds anywhere in the input are history of every request, before or after
         # them in the input: one reading pass collects them first.
-        for rec in _guarded(src.read(input_path, options), src.plugin, src.name):
+        for rec in _scrubbed(_guarded(src.read(input_path, options), src.plugin, src.name),
+                             ids.get):
             if rec.executed is not None:
                 history.add(rec.executed)
     on_executed = getattr(record, "executed", None)
@@ -344,8 +353,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         seen_now: set[str] = set()
 
         def dead(ref: str, reason: str, rid: str | None, errors: Sequence[str] = ()) -> None:
-            dl.write({"ref": ref, "source": source, "request_id": rid, "reason": reason,
-                      "errors": list(errors)})
+            dl.write(scrub({"ref": ref, "source": source, "request_id": rid, "reason": reason,
+                            "errors": list(errors)}))
             jr.write({"key": f"ref:{ref}", "ref": ref, "outcome": "dead_letter"})
             summary.dead_letters += 1
             summary.plugin_errors.extend(str(e) for e in plugins.dead_letter_written(ref, reason, rid))
@@ -411,7 +420,7 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             return True
 
         def ready() -> Iterator[tuple[str, dict[str, Any]]]:
-            for rec in records:
+            for rec in _scrubbed(records, ids.get):
                 summary.kinds[rec.kind] += 1
                 if rec.kind == "broken":
                     if f"ref:{rec.ref}" in done:
@@ -475,6 +484,45 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     return summary
 
 
+class _IdKey:
+    """The key that tags request ids holding a card number (``masking.scrub_id``): the one
+    given, else a random key kept beside the journal, made only when an id first needs it, so
+    a resumed run tags ids as the first one did."""
+
+    def __init__(self, journal: Path, key: bytes | None) -> None:
+        self._path = journal.with_name(journal.name + ".key")
+        self._key = key
+
+    def get(self) -> bytes:
+        if self._key is None:
+            try:
+                fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                self._key = bytes.fromhex(self._path.read_text(encoding="ascii").strip())
+            else:
+                self._key = secrets.token_bytes(32)
+                with os.fdopen(fd, "w", encoding="ascii") as f:
+                    f.write(self._key.hex() + "\n")
+        return self._key
+
+
+def _scrubbed(records: Iterable[SourceRecord], key: Callable[[], bytes]) -> Iterator[SourceRecord]:
+    """The source's records with card data scrubbed out of every field and message."""
+    def text(value: str | None) -> str | None:
+        return None if value is None else mask_text(value)
+
+    for rec in records:
+        executed = rec.executed
+        if executed is not None:  # its amount is money; its ids and case key are not
+            executed = attrs.evolve(
+                executed, refund_id=mask_text(executed.refund_id),
+                transaction_id=mask_text(executed.transaction_id),
+                case=None if executed.case is None else scrub_id(executed.case, key))
+        yield attrs.evolve(rec, ref=mask_text(rec.ref), executed=executed,
+                           request=None if rec.request is None else scrub_request(rec.request, key),
+                           error=text(rec.error), context=text(rec.context), state=text(rec.state))
+
+
 class _History:
     """Executed refunds read in this run, by transaction: each becomes a ``prior_refunds``
     entry of every later request for that transaction."""
@@ -533,7 +581,9 @@ def preview(*, source: str, input_path: Path | str, count: int,
     if not path.exists():
         raise SourceError(f"cannot read `{path}`: no such file")
     out: list[dict[str, Any]] = []
-    for rec in _guarded(src.read(path, options), src.plugin, src.name):
+    # Scrubbed as a run would scrub them; a throw-away key, since the output is all it reaches.
+    for rec in _scrubbed(_guarded(src.read(path, options), src.plugin, src.name),
+                         lambda: secrets.token_bytes(32)):
         if len(out) >= count:
             break
         item: dict[str, Any] = {"ref": rec.ref, "kind": rec.kind}

@@ -21,6 +21,7 @@ from refundry.core.engine import Engine
 from refundry.core.errors import RefundryError
 from refundry.core.models import json_default
 from refundry.core.resources import data_dir
+from refundry.records.anchors import Signer, open_anchor
 from refundry.records.events import Case, RecordStore
 from refundry.records.stores import DEFAULT_PATH, open_store
 
@@ -117,8 +118,22 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
                              f"$REFUNDRY_DB or ./{DEFAULT_PATH})")
 
 
+def anchoring_from_env() -> dict[str, Any]:
+    """``$REFUNDRY_SIGNING_KEY`` (an Ed25519 PEM file: events are signed with it) and
+    ``$REFUNDRY_ANCHOR`` (a file or postgresql:// URL: signed checkpoints are written there),
+    as ``open_store`` keyword arguments; every command that writes to a store uses them."""
+    out: dict[str, Any] = {}
+    if os.environ.get("REFUNDRY_SIGNING_KEY"):
+        out["signer"] = Signer.from_file(os.environ["REFUNDRY_SIGNING_KEY"])
+    if os.environ.get("REFUNDRY_ANCHOR"):
+        if "signer" not in out:
+            raise UsageError("$REFUNDRY_ANCHOR needs $REFUNDRY_SIGNING_KEY to sign checkpoints")
+        out["anchor"] = open_anchor(os.environ["REFUNDRY_ANCHOR"])
+    return out
+
+
 def open_db(args: argparse.Namespace, *, create: bool = False) -> RecordStore:
-    return open_store(args.db or default_db(), create=create)
+    return open_store(args.db or default_db(), create=create, **anchoring_from_env())
 
 
 def case_line(case: Case) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import secrets
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -27,10 +28,11 @@ from refundry.core.errors import RefundryError
 from refundry.core.models import Decision
 from refundry.core.request import parse_request
 from refundry.records.history import enrich
+from refundry.records.masking import scrub_request
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    request = read_json(args.request)
+    request = _scrubbed(args, read_json(args.request))
     as_of = parse_as_of(args.as_of)
     request = _with_history(args, request)  # before evaluate, which does no I/O
     engine = engine_for(args)
@@ -50,6 +52,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     _record(args, request, decision, engine)
     return EXIT_OK
+
+
+def _scrubbed(args: argparse.Namespace, request: Any) -> Any:
+    """The request with card data scrubbed out before anything prints or records it (PCI DSS
+    3.3/3.4). An id holding a card number is tagged with the store's key under ``--record``
+    (as the store would tag it), else with a throw-away one: only this output shows it."""
+    def key() -> bytes:
+        if not args.record:
+            return secrets.token_bytes(32)
+        with open_db(args, create=True) as store:
+            return store.salt
+
+    return scrub_request(request, key)
 
 
 def _with_history(args: argparse.Namespace, request: Any) -> Any:

@@ -18,11 +18,14 @@ from refundry.cli.common import (
     ID_HELP,
     add_db_option,
     case_line,
+    default_db,
     open_db,
     print_cases,
     print_json,
 )
+from refundry.records.anchors import Signer, open_anchor
 from refundry.records.events import STATUSES, RecordError
+from refundry.records.stores import open_store
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -38,16 +41,48 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with open_db(args) as store:
-        result = store.verify(expect_head=args.expect_head)
+    target = args.anchor or os.environ.get("REFUNDRY_ANCHOR")
+    trusted = [k for k in (args.trusted_key or os.environ.get("REFUNDRY_TRUSTED_KEYS", "").split(","))
+               if k.strip()]
+    anchor = open_anchor(target) if target else None
+    try:
+        with open_store(args.db or default_db(), create=False) as store:
+            result = store.verify(expect_head=args.expect_head, anchor=anchor, trusted_keys=trusted)
+    finally:
+        if anchor is not None:
+            anchor.close()
     if args.json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "anchor": target})
     elif result.ok:
         print(f"ok: {result.count} events, {result.texts} ruleset texts, head {result.head}")
+        print(_anchor_line(result, target))
     else:
         where = f"event {result.broken_seq}: " if result.broken_seq else ""
         print(f"broken: {where}{result.problem} ({result.count} events verified before it)")
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _anchor_line(result: Any, target: str | None) -> str:
+    if target is None:
+        return ("not anchored: no anchor given (--anchor or $REFUNDRY_ANCHOR), so a cut at the "
+                "end or an older copy restored would not show")
+    if not result.anchored:
+        return f"not anchored: `{target}` holds no signed checkpoint of this store"
+    return (f"anchored: the signed checkpoint of {result.anchored_count} events in `{target}` "
+            f"holds; {result.count - result.anchored_count} events since")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    signer = Signer.generate(args.path)
+    print(signer.key_id)
+    return EXIT_OK
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    with open_db(args) as store:
+        cp = store.anchor_now()
+    print_json(cp.to_dict() if cp is not None else None)
+    return EXIT_OK
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
@@ -124,8 +159,21 @@ def register(sub: Any) -> None:
     p = rsub.add_parser("verify", help="recompute the hash chain; exit 2 when broken")
     p.add_argument("--expect-head", metavar="HASH",
                    help="a head from `records checkpoint`; a chain without it was truncated")
+    p.add_argument("--anchor", metavar="TARGET", help="a file or postgresql:// URL holding "
+                   "signed checkpoints (default: $REFUNDRY_ANCHOR); without one verify cannot "
+                   "tell a cut at the end")
+    p.add_argument("--trusted-key", action="append", metavar="KEY",
+                   help="ed25519:... key whose checkpoints count (default: $REFUNDRY_TRUSTED_KEYS; "
+                   "any key when none is given)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = rsub.add_parser("keygen", help="make an ed25519 signing key (PEM); prints its key id")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_keygen)
+
+    p = rsub.add_parser("anchor", help="write a signed checkpoint to $REFUNDRY_ANCHOR now")
+    p.set_defaults(func=cmd_anchor)
 
     p = rsub.add_parser("checkpoint", help="print the head hash and count to keep elsewhere")
     p.set_defaults(func=cmd_checkpoint)

@@ -25,6 +25,7 @@ from refundry.cli.common import (
     EXIT_OK,
     UsageError,
     add_backend_option,
+    anchoring_from_env,
     default_rulesets,
 )
 from refundry.core.engine import Engine
@@ -90,7 +91,7 @@ def _run(args: argparse.Namespace, options: dict[str, str]) -> int:
     new_file = _new_sqlite_file(args.db)
     if args.db:
         engine = Engine.from_path(rulesets, backend=args.backend)
-        store = open_store(args.db)
+        store = open_store(args.db, **anchoring_from_env())
         record = StoreRecorder(store, engine, args.by or getpass.getuser())
         plugins = plugins_with_history(store)
     try:
@@ -98,7 +99,9 @@ def _run(args: argparse.Namespace, options: dict[str, str]) -> int:
                       out=args.out, dead_letter=args.dead_letter, journal=args.journal,
                       options=options, workers=args.workers, rulesets=rulesets,
                       engine=engine, backend=args.backend, record=record, plugins=plugins,
-                      progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr))
+                      progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr),
+                      # Under --db the store's key: an id is tagged as the store tags it.
+                      id_key=store.salt if store is not None else None)
     except BaseException as exc:
         if store is not None:
             store.close()

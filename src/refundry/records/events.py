@@ -22,6 +22,7 @@ import json
 import secrets
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -32,7 +33,17 @@ import rfc8785
 
 from refundry.core.errors import RefundryError
 from refundry.core.models import Decision, RefundRequest
-from refundry.records.masking import mask_request, mask_text, mask_value
+from refundry.records.anchors import SignedCheckpoint, Signer, anchor_problem, check_event_signature
+from refundry.records.identity import IdentityError, canonical, same_person
+from refundry.records.index import COLUMNS, INDEXED_EVENTS, expected_rows, index_problem
+from refundry.records.masking import (
+    DECISION_MONEY,
+    DETAILS_MONEY,
+    mask_request,
+    mask_text,
+    mask_value,
+    scrub_id,
+)
 
 FORMAT = 1
 GENESIS = "sha256:" + "0" * 64
@@ -44,6 +55,8 @@ DEFAULT_FOUR_EYES_ABOVE = Decimal("500")
 FOUR_EYES_CODE = "four_eyes"  # a reason with this code demands two approvers at any amount
 STORE_CASE = ""  # the request_id of store-level events (settings), which belong to no case
 MAX_TEXT = 4_000
+ANCHOR_EVERY = 1_000  # a signed checkpoint at least every this many events ...
+ANCHOR_SECONDS = 60.0  # ... or this many seconds, and when the store is closed
 
 _OUTCOME_STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
 
@@ -86,10 +99,15 @@ def _text(value: str | None, what: str, *, required: bool = False) -> str:
 
 
 def _actor(actor: str | None) -> str:
+    """The actor as recorded: its RFC 8265 canonical form (``identity.canonical``), so
+    ``Bob`` and ``ｂｏｂ`` are recorded, and compared, as ``bob``."""
     actor = _text(actor, "the actor (`--by`)", required=True).strip()
     if len(actor) > 200 or any(ch in actor for ch in "\r\n\t"):
         raise RecordError(f"actor `{actor[:40]}` is not a plain name")
-    return mask_text(actor)
+    try:
+        return mask_text(canonical(actor))
+    except IdentityError as exc:
+        raise RecordError(f"actor {exc}") from None
 
 
 # --- events --------------------------------------------------------------------------------
@@ -148,6 +166,7 @@ class Draft:
     # Canonical bytes of members serialised before the writers' lock was taken: the decision
     # and request are most of an event, and the lock is held by one writer at a time.
     encoded: dict[str, bytes] = attrs.Factory(dict)
+    key: str | None = None  # the appender's signing key, when the store has one
 
 
 def encode(decision: dict[str, Any] | None, request: dict[str, Any] | None) -> dict[str, bytes]:
@@ -168,9 +187,12 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
         "actor": draft.actor,
         "ruleset": ({k: ruleset[k] for k in ("id", "version", "digest")} if ruleset else None),
         "decision": draft.decision, "request": draft.request,
-        # Masked once more here: a justification or note typed by a person may hold a card number.
-        "details": mask_value(draft.details),
+        # Masked once more here: a justification or note typed by a person may hold a card
+        # number. Amounts (a threshold, a resolution's amount) are money, never masked.
+        "details": mask_value(draft.details, DETAILS_MONEY),
     }
+    if draft.key is not None:  # who appended, bound into the hash (the signature is kept apart)
+        body["key"] = draft.key
     members = [rfc8785.dumps(key) + b":" + (draft.encoded.get(key) or rfc8785.dumps(body[key]))
                for key in sorted(body)]
     raw = b"{" + b",".join(members) + b"}"
@@ -325,10 +347,11 @@ def check_transition(case: Case | _Fold, event_type: str, actor: str) -> None:
             f"request `{case.request_id}` is {case.status}; `{event_type}` needs "
             f"{' or '.join(allowed)}")
     if event_type in ("reviewed", "approved", "denied", "dispute_resolved") \
-            and actor == case.submitter:
+            and same_person(actor, case.submitter):
         raise IllegalTransition(
             f"`{actor}` submitted request `{case.request_id}` and cannot review or resolve it")
-    if event_type in ("reviewed", "approved") and actor in case.approvals:
+    if event_type in ("reviewed", "approved") and any(same_person(actor, a)
+                                                       for a in case.approvals):
         raise IllegalTransition(
             f"`{actor}` already approved request `{case.request_id}`; a second, different "
             "reviewer must approve")
@@ -345,11 +368,14 @@ class Verification:
     broken_seq: int | None = None
     problem: str = ""
     texts: int = 0
+    anchored: bool = False  # an anchor held signed checkpoints of this store, all of which hold
+    anchored_count: int = 0  # the events the latest signed checkpoint covers
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "count": self.count, "head": self.head,
                 "broken_seq": self.broken_seq, "problem": self.problem,
-                "ruleset_texts": self.texts}
+                "ruleset_texts": self.texts, "anchored": self.anchored,
+                "anchored_count": self.anchored_count}
 
 
 @attrs.frozen
@@ -379,6 +405,41 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
+class _Anchoring:
+    """When to write a signed checkpoint: every ``every`` events or ``seconds`` seconds
+    (whichever comes first), checked after each commit, and at close."""
+
+    def __init__(self, anchor: Any, signer: Signer | None, every: int, seconds: float) -> None:
+        if anchor is not None and signer is None:
+            raise RecordError("an anchor needs a signing key to sign its checkpoints")
+        self.anchor, self.signer, self.every, self.seconds = anchor, signer, every, seconds
+        self._count: int | None = None  # what the anchor holds, read on first use
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def after(self, count: int, head: str, genesis: str, *, force: bool = False) -> SignedCheckpoint | None:
+        if self.anchor is None or self.signer is None:
+            return None
+        with self._lock:
+            if self._count is None:
+                self._count = max((c.count for c in self.anchor.checkpoints()), default=0)
+            due = count - self._count >= self.every or time.monotonic() - self._last >= self.seconds
+            if count <= self._count or not (due or force):
+                return None
+            at = _now().isoformat().replace("+00:00", "Z")
+            cp = SignedCheckpoint(count, head, genesis, at, self.signer.key_id).signed(self.signer)
+            self.anchor.write(cp)
+            self._count, self._last = count, time.monotonic()
+            return cp
+
+    def due_at_close(self) -> bool:
+        return self.anchor is not None and self._count is not None
+
+    def close(self) -> None:
+        if self.anchor is not None:
+            self.anchor.close()
+
+
 # --- the store -----------------------------------------------------------------------------
 
 
@@ -394,11 +455,17 @@ class RecordStore:
 
     url: str
 
-    def __init__(self, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(self, *, clock: Callable[[], dt.datetime] | None = None, anchor: Any = None,
+                 signer: Signer | None = None, anchor_every: int = ANCHOR_EVERY,
+                 anchor_seconds: float = ANCHOR_SECONDS) -> None:
         self._clock = clock or _now
         self._known_texts: set[str] = set()
         self._salt: bytes | None = None
         self._batch_owner: int | None = None  # the thread whose batch holds the transaction
+        self._anchoring = _Anchoring(anchor, signer, anchor_every, anchor_seconds)
+        self._signer = signer
+        # thread -> the newest head its open batch appended, anchored once the batch commits
+        self._pending: dict[int, tuple[int, str]] = {}
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -418,7 +485,28 @@ class RecordStore:
                     self._batch_owner = None
         except BaseException:
             self._known_texts = known  # texts written in a batch that did not commit are not kept
+            self._pending.pop(threading.get_ident(), None)
             raise
+        pending = self._pending.pop(threading.get_ident(), None)
+        if pending is not None:
+            self._committed(*pending)
+
+    def _committed(self, count: int, head: str) -> None:
+        """After a commit: anchor a signed checkpoint when one is due. Only ever a committed
+        head: a rolled-back batch would leave the anchor naming events that never were."""
+        self._anchoring.after(count, head, self.genesis)
+
+    def anchor_now(self) -> SignedCheckpoint | None:
+        """Write a signed checkpoint of the current head to the anchor, if one is set and the
+        head moved since the last; returns it."""
+        count, head = self._head()
+        return self._anchoring.after(count, head, self.genesis, force=True) if count else None
+
+    def _close_anchoring(self) -> None:
+        with contextlib.suppress(RecordError):
+            if self._anchoring.due_at_close():
+                self.anchor_now()
+        self._anchoring.close()
 
     def _in_batch(self) -> bool:
         return self._batch_owner == threading.get_ident()
@@ -476,9 +564,15 @@ class RecordStore:
 
     def events(self, request_id: str | None = None) -> Iterator[Event]:
         """Every event in chain order, or those of one case (``request_id`` as submitted)."""
-        key = None if request_id is None else mask_text(request_id)
+        key = None if request_id is None else self.case_key(request_id)
         for seq, _rid, _type, _at, _actor, body, hash_ in self._rows(key):
             yield Event.from_row(seq, body, hash_)
+
+    def case_key(self, request_id: str) -> str:
+        """The key a case is stored under: the request id itself, or, when it holds a card
+        number, its masked form plus a tag keyed with the store's salt (``scrub_id``), so two
+        ids that mask alike stay two cases. An id already in that form is its own key."""
+        return scrub_id(str(request_id), self.salt) if request_id else STORE_CASE
 
     def four_eyes_above(self) -> Decimal:
         """The amount above which two reviewers must approve: the latest store setting."""
@@ -508,12 +602,16 @@ class RecordStore:
         Returns the case as it is afterwards, and the new event."""
         with self._transaction() as tx:
             case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
+            if seq == 0:
+                prev = self.genesis
             events = [Event.from_row(r[0], r[5], r[6]) for r in case_rows]
             threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
             case = build_case(events, threshold) if events and request_id != STORE_CASE else None
             draft = make(case, threshold)
             if draft is None:
                 return case, None
+            if self._signer is not None:
+                draft = attrs.evolve(draft, key=self._signer.key_id)
             at = self._clock()
             body_text, hash_, body = seal(draft, seq + 1, prev, at)
             for digest, rid, version, text in draft.texts:
@@ -521,7 +619,13 @@ class RecordStore:
                     tx.put_text(digest, rid, version, text)
             tx.insert((seq + 1, draft.request_id, draft.type, body["at"], draft.actor,
                        body_text, hash_))
+            if self._signer is not None:
+                tx.put_signature(seq + 1, self._signer.key_id, self._signer.sign_event(hash_))
         self._known_texts.update(d for d, *_ in draft.texts)
+        if self._in_batch():
+            self._pending[threading.get_ident()] = (seq + 1, hash_)
+        else:
+            self._committed(seq + 1, hash_)
         event = Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
                       actor=draft.actor, hash=hash_, body=body)
         after = None if request_id == STORE_CASE else build_case([*events, event], threshold)
@@ -545,7 +649,8 @@ class RecordStore:
             raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
         masked = mask_request(raw, self.salt)
         request_id = masked["request_id"]
-        snapshot = mask_value(decision.to_dict())
+        snapshot = mask_value(decision.to_dict(), DECISION_MONEY)
+        snapshot["request_id"] = request_id
         if decision.request_id != raw["request_id"]:
             raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                               f"not `{request_id}`")
@@ -578,7 +683,7 @@ class RecordStore:
               texts: tuple[tuple[str, str, str, str], ...] = ()) -> Case:
         """Append one event to an existing case, if the state machine allows it."""
         actor = _actor(actor)
-        key = mask_text(request_id)
+        key = self.case_key(request_id)
         if not key:
             raise RecordError("a request id is needed")
         # A case's decision and request never change after `evaluated`, so they can be
@@ -643,7 +748,8 @@ class RecordStore:
             original = self.replay(request_id).replayed
         except RecordError as exc:
             original = {"error": str(exc)}
-        current = mask_value(now.to_dict())
+        current = mask_value(now.to_dict(), DECISION_MONEY)
+        current["request_id"] = case.request_id
         details = {"reason": reason, "as_of": when.isoformat(), "current": current,
                    "original": original,
                    # as_of always differs (today versus then); the rest is what the rules changed.
@@ -688,41 +794,93 @@ class RecordStore:
         up to it was removed, even from the end."""
         return Checkpoint(*self._head())
 
-    def verify(self, *, expect_head: str | None = None) -> Verification:
-        """Recompute the chain from the first event and replay the state machine over it;
-        report the first event that is wrong.
+    @property
+    def genesis(self) -> str:
+        """What the first event names as ``prev``: a commitment to the store's salt, so a
+        changed ``meta.salt`` (which would make every pseudonym and case key new, hiding a
+        customer's history) breaks the chain at event 1."""
+        return genesis_of(self.salt)
 
-        The chain proves that nothing was changed, removed or reordered (with ``expect_head``,
-        not even at the end). Whoever can write to the database can still append well-formed
-        events; the state machine check refuses those that break the rules (a self-approval,
-        an approval short of the approvers needed, a second opening of a case).
+    def _starts(self) -> tuple[str, ...]:
+        """The ``prev`` values event 1 may name: the salt commitment, and for a store made
+        before salts were chained (format 1) also the all-zero genesis."""
+        legacy = self._get_meta("format") == "1"
+        return (self.genesis, GENESIS) if legacy else (self.genesis,)
+
+    def verify(self, *, expect_head: str | None = None, anchor: Any = None,
+               trusted_keys: Sequence[str] = ()) -> Verification:
+        """Recompute the chain from the first event and replay the state machine over it;
+        check the kept ruleset texts and the derived history index; with an ``anchor``
+        (``anchors.open_anchor``), check every signed checkpoint it holds. Reports the first
+        thing that is wrong.
+
+        The chain proves that nothing was changed, removed or reordered; only a checkpoint
+        kept elsewhere (``expect_head``, or an anchor's signed ones) shows that the end was not
+        cut and the whole was not rewritten. Whoever can write to the database can still append
+        well-formed events; the state machine check refuses those that break the rules.
         """
-        expected_seq, prev = 1, GENESIS
-        seen_head = expect_head is None or expect_head == GENESIS
-        lifecycle = _Lifecycle()
-        for seq, rid, type_, at, actor, body_text, hash_ in self._rows():
-            problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_,
-                                       expected_seq, prev)
-            if not problem:
-                problem = lifecycle.check(Event(seq, rid, type_, at, actor, hash_, body))
-            if problem:
-                return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
-            if hash_ == expect_head:
-                seen_head = True
-            expected_seq, prev = seq + 1, hash_
-        count = expected_seq - 1
-        if not seen_head:
-            return Verification(False, count, prev, count + 1,
-                                f"the checkpoint head `{expect_head}` is not in the chain: events "
-                                "were removed from the end or rewritten")
-        texts = 0
+        if self._get_meta("salt") is None:
+            return Verification(False, 0, GENESIS, None, "`meta.salt` is missing: the store's "
+                                "pseudonym key was removed")
+        signed = anchor.checkpoints() if anchor is not None else []
+        walk = _ChainWalk(self._starts(), expect_head, {c.count for c in signed})
+        result = walk.run(self._rows(), self._signatures())
+        if not result.ok:
+            return result
+        # The anchor first: a cut or a restored copy explains whatever the other checks find.
+        problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
+        texts_problem, texts = self._check_texts(walk.digests)
+        problem = problem or texts_problem or self._check_history()
+        if problem:
+            return attrs.evolve(result, ok=False, problem=problem, texts=texts)
+        return attrs.evolve(result, texts=texts, anchored=bool(signed),
+                            anchored_count=max((c.count for c in signed), default=0))
+
+    def _check_texts(self, used: set[str]) -> tuple[str, int]:
+        """Every kept ruleset text matches its digest, and every one an event used is kept
+        (a deleted text would make that decision impossible to replay)."""
+        kept = set()
         for digest, rid, version, text in self._ruleset_texts():
-            texts += 1
+            kept.add(digest)
             if _hash(text.encode("utf-8")) != digest:
-                return Verification(False, count, prev, None,
-                                    f"the kept text of ruleset `{rid}` {version} does not match "
-                                    f"its digest `{digest}`")
-        return Verification(True, count, prev, texts=texts)
+                return (f"the kept text of ruleset `{rid}` {version} does not match its digest "
+                        f"`{digest}`"), len(kept)
+        missing = sorted(used - kept)
+        if missing:
+            return (f"the text of ruleset layer `{missing[0]}` is missing from `ruleset_texts` "
+                    f"({len(missing)} missing): decisions that used it cannot be replayed"), len(kept)
+        return "", len(kept)
+
+    def _signatures(self) -> dict[int, tuple[str, str]]:
+        """seq -> (key, signature) of events appended with a signing key."""
+        try:
+            rows = self._query("SELECT seq, key, signature FROM signatures")
+        except RecordError:  # a store that never had a signing key has no such table
+            return {}
+        return {int(seq): (key, sig) for seq, key, sig in rows}
+
+    def _check_history(self) -> str:
+        """The history index against the rows the chain makes up to its watermark ("" if they
+        agree, or if the store has no index)."""
+        p = self._param
+        try:
+            mark = self._query("SELECT value FROM history_meta WHERE key = 'seq'")
+        except RecordError:  # no index: nothing derived to check
+            return ""
+        watermark = int(mark[0][0]) if mark else 0
+        types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
+
+        def events() -> Iterator[tuple[int, str, str]]:
+            after = 0
+            while rows := self._query(f"SELECT seq, type, body FROM events WHERE seq > {p} AND "
+                                       f"seq <= {p} AND type IN ({types}) ORDER BY seq LIMIT 5000",
+                                       (after, watermark)):
+                yield from rows
+                after = int(rows[-1][0])
+
+        expected = expected_rows(events(), self.salt)
+        actual = self._query(f"SELECT {', '.join(COLUMNS)} FROM history_index")
+        return index_problem(expected, actual, watermark)
 
     def export(self, out: IO[str]) -> int:
         """Write every event as one JSON line (the hashed body plus its hash)."""
@@ -757,9 +915,74 @@ class RecordStore:
             engine = Engine.from_path(tmp)
             as_of = dt.datetime.fromisoformat(original["as_of"]) if original.get("as_of") else None
             again = engine.evaluate(case.request, as_of=as_of, ruleset=ruleset["id"])
-        replayed = mask_value(again.to_dict())
+        replayed = mask_value(again.to_dict(), DECISION_MONEY)
+        replayed["request_id"] = case.request_id
         diff = _differences(original, replayed)
         return Replay(case.request_id, not diff, original, replayed, diff)
+
+
+def genesis_of(salt: bytes) -> str:
+    return _hash(b"refundry-genesis:" + salt)
+
+
+def _layer_digests(body: Mapping[str, Any]) -> Iterator[str]:
+    """The ruleset layers an event's decisions used (the case's, and a dispute's re-run)."""
+    details = body.get("details")
+    details = details if isinstance(details, dict) else {}
+    for decision in (body.get("decision"), details.get("current")):
+        ruleset = decision.get("ruleset") if isinstance(decision, dict) else None
+        for layer in (ruleset or {}).get("layers") or ():
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
+                yield layer["digest"]
+
+
+class _ChainWalk:
+    """One pass over the events in ``seq`` order: links, hashes, columns, signatures and the
+    state machine; it keeps what the later checks need (the layer digests used, the hash at
+    each count a signed checkpoint names)."""
+
+    def __init__(self, starts: Sequence[str], expect_head: str | None, counts: set[int]) -> None:
+        self.starts, self.expect_head, self.counts = tuple(starts), expect_head, counts
+        self.digests: set[str] = set()
+        self.hash_at: dict[int, str] = {}
+        self.count, self.head, self.genesis = 0, GENESIS, self.starts[0]
+
+    def _start(self, body_text: str) -> str:
+        try:
+            named = json.loads(body_text).get("prev")
+        except (ValueError, AttributeError):
+            return self.starts[0]
+        return named if named in self.starts else self.starts[0]
+
+    def run(self, rows: Iterable[Row], signatures: Mapping[int, tuple[str, str]]) -> Verification:
+        expected_seq, prev = 1, self.starts[0]
+        seen_head = self.expect_head is None or self.expect_head in (GENESIS, *self.starts)
+        lifecycle = _Lifecycle()
+        for seq, rid, type_, at, actor, body_text, hash_ in rows:
+            if seq == 1 == expected_seq:
+                prev = self.genesis = self._start(body_text)
+            problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_,
+                                       expected_seq, prev)
+            if seq == 1 and problem.startswith("event 1 does not follow"):
+                problem = ("event 1 does not start from this store's genesis: `meta.salt` was "
+                           "changed, or the chain was replaced")
+            if not problem:
+                problem = (lifecycle.check(Event(seq, rid, type_, at, actor, hash_, body))
+                           or check_event_signature(seq, body, hash_, signatures.get(seq)))
+            if problem:
+                return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
+            self.digests.update(_layer_digests(body))
+            if seq in self.counts:
+                self.hash_at[seq] = hash_
+            seen_head = seen_head or hash_ == self.expect_head
+            expected_seq, prev = seq + 1, hash_
+        self.count = expected_seq - 1
+        self.head = prev if self.count else GENESIS
+        if not seen_head:
+            return Verification(False, self.count, self.head, self.count + 1,
+                                f"the checkpoint head `{self.expect_head}` is not in the chain: "
+                                "events were removed from the end or rewritten")
+        return Verification(True, self.count, self.head)
 
 
 def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str, hash_: str,

@@ -27,7 +27,16 @@ import attrs
 
 from refundry.core.errors import RefundryError
 from refundry.records.events import RecordStore
-from refundry.records.masking import mask_request, pseudonym
+from refundry.records.index import (
+    COLUMNS,
+    INDEXED_EVENTS,
+    Keys,
+    index_row,
+    keys_of,
+    status_update,
+    utc_text,
+)
+from refundry.records.masking import mask_request
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -38,7 +47,6 @@ DRIVER_Z = Decimal(3)  # a feature at or above this robust z is named as a drive
 MAD_SCALE = Decimal("1.4826")  # makes the MAD estimate a standard deviation for normal data
 MATCH_CAP = 1000  # rows read per lookup at most; counts above it read as 1,000 (+1)
 SYNC_PAGE = 5_000
-_INDEXED_EVENTS = ("evaluated", "approved", "denied", "processed", "refunded", "dispute_resolved")
 _PAID = ("approved", "processed", "refunded")
 
 _SCHEMA = (
@@ -58,57 +66,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_client ON history_index (client_id, currency, requested_at)",
 )
 
-COLUMNS = ("request_id", "seq", "client_id", "requested_at", "customer_key", "email_key",
-           "address_key", "card_key", "transaction_key", "amount", "currency",
-           "transaction_amount", "decided_amount", "outcome", "status")
-
-_STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
-
-
 class HistoryError(RefundryError):
     """The history index cannot be read or written."""
-
-
-def utc_text(when: dt.datetime) -> str:
-    """An instant as the sortable text the index keeps (UTC, seconds)."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@attrs.frozen
-class Keys:
-    """The pseudonymous attributes of one request, as the index keeps them."""
-
-    request_id: str
-    client_id: str
-    requested_at: str
-    customer: str
-    email: str | None
-    address: str | None
-    card: str | None
-    transaction: str
-    amount: Decimal
-    currency: str
-    transaction_amount: Decimal
-
-
-def keys_of(masked: Mapping[str, Any], salt: bytes) -> Keys:
-    """Keys from a request in its masked form (what ``events`` keep, or ``mask_request`` of a
-    new request): email and address are already pseudonyms there; the rest is hashed here."""
-    customer = masked.get("customer") or {}
-    txn = masked.get("transaction") or {}
-    method = txn.get("payment_method") or {}
-    card = None
-    if method.get("last4"):
-        card = pseudonym(f"{method.get('type', '')}:{method['last4']}", salt, "card-")
-    requested = dt.datetime.fromisoformat(str(masked["requested_at"]))
-    return Keys(
-        request_id=str(masked["request_id"]), client_id=str(masked["client_id"]),
-        requested_at=utc_text(requested),
-        customer=pseudonym(str(customer.get("id", "")), salt, "customer-"),
-        email=customer.get("email") or None, address=customer.get("address") or None,
-        card=card, transaction=pseudonym(str(txn.get("id", "")), salt, "txn-"),
-        amount=Decimal(str(masked["amount"])), currency=str(masked["currency"]),
-        transaction_amount=Decimal(str(txn.get("amount", "0"))))
 
 
 # --- robust statistics --------------------------------------------------------------------
@@ -241,7 +200,7 @@ class History:
         after = self.watermark()
         read = 0
         salt = self.store.salt
-        types = ", ".join(f"'{t}'" for t in _INDEXED_EVENTS)
+        types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
         while True:
             rows = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND type IN "
                               f"({types}) ORDER BY seq LIMIT {SYNC_PAGE}", (after,))
@@ -251,11 +210,11 @@ class History:
             for seq, type_, body_text in rows:
                 body = json.loads(body_text)
                 if type_ == "evaluated":
-                    row = _index_row(int(seq), body, salt)
+                    row = index_row(int(seq), body, salt)
                     if row is not None:
                         inserts.append(row)
                 else:
-                    update = _status_update(type_, body)
+                    update = status_update(type_, body)
                     if update is not None:
                         updates.append(update)
             last = int(rows[-1][0])
@@ -419,28 +378,6 @@ class History:
             "features": {n: str(z.quantize(Decimal("0.01"))) for n, z in features.items()},
             "baseline": base.size,
         }
-
-
-def _index_row(seq: int, body: Mapping[str, Any], salt: bytes) -> tuple[Any, ...] | None:
-    request = body.get("request") or {}
-    decision = body.get("decision") or {}
-    try:
-        k = keys_of(request, salt)
-    except (KeyError, ValueError, ArithmeticError):
-        return None  # not a request the index can key; the chain still has it
-    outcome = str(decision.get("outcome", "manual_review"))
-    return (k.request_id, seq, k.client_id, k.requested_at, k.customer, k.email, k.address,
-            k.card, k.transaction, str(k.amount), k.currency, str(k.transaction_amount),
-            str(decision.get("amount", "0")), outcome, _STATUS.get(outcome, "manual_review"))
-
-
-def _status_update(type_: str, body: Mapping[str, Any]) -> tuple[str, str | None, str] | None:
-    details = body.get("details") or {}
-    if type_ == "dispute_resolved":
-        if details.get("resolution") == "overturned":
-            return "approved", str(details.get("amount")), str(body["request_id"])
-        return None  # upheld: the status before the dispute, which the index still holds
-    return type_, None, str(body["request_id"])
 
 
 def enrich(store: RecordStore, request: Mapping[str, Any] | Any,

@@ -12,41 +12,59 @@ Everything here is a pure function of its input and a per-store ``salt``; nothin
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
+import attrs
+
 # Keys dropped in any mapping, wherever it is nested (``facts`` included). Compared after
-# lower-casing and removing ``_``, ``-`` and spaces, so ``Security-Code`` is caught too.
+# lower-casing and removing everything but letters and digits, so ``Security-Code`` is caught.
 SENSITIVE_KEYS = frozenset({
-    "cvv", "cvv2", "cvc", "cvc2", "cid", "csc", "cav2", "securitycode", "cardsecuritycode",
-    "cardverificationvalue", "cardverificationcode", "pin", "pinblock", "track", "track1",
-    "track2", "trackdata", "magstripe",
+    "cvv", "cvv2", "cvc", "cvc2", "cvn", "cvn2", "cvd", "cid", "csc", "cav2", "securitycode",
+    "cardsecuritycode", "cardverificationvalue", "cardverificationcode", "verificationcode",
+    "verificationvalue", "cardcode", "pin", "pinblock", "track", "track1", "track2",
+    "trackdata", "magstripe",
     "diagnosiscodes", "procedurecodes", "servicedate",
 })
+# Any key that contains one of these names a security code (``card_cvv``, ``cvcNumber``);
+# shorter names like ``cid`` or ``pin`` only as the whole key, since ``incident`` and
+# ``shipping`` contain them.
+_SENSITIVE_PARTS = ("cvv", "cvc", "cvn", "cvd", "cav2", "securitycode", "verificationcode",
+                    "verificationvalue")
 
-# At least 13 digits, each after the first optionally preceded by up to three spaces, dashes
-# or line breaks ("4111 1111-1111 1111", "4111  1111\n1111 1111": people copy numbers in every
-# shape); shorter runs, like dates, never reach the Python code below.
-_DIGIT_RUN = re.compile(r"\d(?:[\s\-]{0,3}\d){12,}")
-# A security code written next to its name in free text: "cvv 123", "CVC2: 1234", "cid#123".
+# A card number is 13-19 digits with anything between them that is neither a letter nor a
+# digit: people and systems write "4111.1111.1111.1111", "4111/1111/...", "(4111) 1111 ...",
+# runs of spaces, zero-width spaces. ``\d`` is any Unicode decimal digit (fullwidth too) and
+# ``[\W_]`` any separator; the two classes are disjoint, so matching cannot backtrack.
+_DIGIT_RUN = re.compile(r"\d(?:[\W_]*\d){12,}")
+# A security code written near its name in free text: "cvv 123", "CVC2: 1234", "cid#123",
+# "the security code is 123". Up to 20 characters of filler, no digits, between the two.
 _CODE_IN_TEXT = re.compile(
-    r"(?i)\b(cvv2?|cvc2?|cid|csc|cav2|security[\s_-]*code|card[\s_-]*verification[\s_-]*"
-    r"(?:value|code))(\W{0,4})(\d{3,4})\b")
+    r"(?i)\b(cvv2?|cvc2?|cvn2?|cvd|cid|csc|cav2|card[\s_-]*code|security[\s_-]*code|"
+    r"(?:card[\s_-]*)?verification[\s_-]*(?:value|code|number))"
+    r"([^\d\n]{0,20}?)(\d[\W_]?\d[\W_]?\d(?:[\W_]?\d)?)(?!\d)")
 _DIGIT = re.compile(r"\d")
 _MIN_PAN, _MAX_PAN = 13, 19
 _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above this
+# What a money field may hold (schemas/refund-request.schema.json): such a value is an amount,
+# never masked, so 1000000000009.00 stays an amount and four-eyes still counts it.
+_MONEY = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,12})?")  # ASCII digits only, as the schema
+_TAG_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 
 
 def _norm_key(key: str) -> str:
-    return re.sub(r"[\s_\-]", "", key).lower()
+    return "".join(ch for ch in key.lower() if ch.isalnum())
 
 
 def is_sensitive_key(key: str) -> bool:
-    return _norm_key(key) in SENSITIVE_KEYS
+    norm = _norm_key(key)
+    return norm in SENSITIVE_KEYS or any(part in norm for part in _SENSITIVE_PARTS)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -67,14 +85,13 @@ def _mask_run(run: str) -> str:
     Every stretch is tried, not only the whole run: a card number with a few more digits glued
     on ("4111 1111 1111 1111 123") would otherwise fail Luhn as a whole and be kept in full.
     """
-    positions = [i for i, ch in enumerate(run) if ch.isdigit()]
-    digits = "".join(run[i] for i in positions)
-    n = len(digits)
+    positions = [i for i, ch in enumerate(run) if ch.isdecimal()]
+    n = len(positions)
     if n < _MIN_PAN:
         return run
     # Luhn sums of every stretch in O(1) each, from prefix sums: the digit at j is doubled when
     # its distance from the stretch's last digit is odd, i.e. by the parity of j.
-    plain = [ord(c) - 48 for c in digits]
+    plain = [unicodedata.decimal(run[i]) for i in positions]
     doubled = [(2 * d - 9 if d > 4 else 2 * d) for d in plain]
     sums = ([0] * (n + 1), [0] * (n + 1))  # sums[p]: digits of parity p doubled
     for j in range(n):
@@ -96,12 +113,108 @@ def _mask_run(run: str) -> str:
     return "".join(chars)
 
 
+def _hide_code(m: re.Match[str]) -> str:
+    return m.group(1) + m.group(2) + _DIGIT.sub("*", m.group(3))
+
+
 def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
     if _DIGIT.search(text) is None:
         return text
-    text = _CODE_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + "*" * len(m.group(3)), text)
-    return _DIGIT_RUN.sub(lambda m: _mask_run(m.group(0)), text)
+    text = _CODE_IN_TEXT.sub(_hide_code, text)
+    # A masked ``*`` is a separator too, so the digits a pass leaves visible (a last four and
+    # the digits before a card number) can line up into a new Luhn-valid run; mask again
+    # until nothing changes. Each pass only hides digits, so this ends.
+    for _ in range(_MAX_PAN):
+        masked = _DIGIT_RUN.sub(lambda m: _mask_run(m.group(0)), text)
+        if masked == text:
+            return masked
+        text = masked
+    return _DIGIT.sub("*", text)
+
+
+def scrub_id(request_id: str, key: bytes | Callable[[], bytes]) -> str:
+    """A request id as it may be written anywhere: itself, or, when it holds a card number,
+    the masked form plus a keyed tag of the whole id (``**** **** **** 1111~kdmafpbc...``).
+
+    Masking alone maps different ids to one (``...1111`` for every card ending in 1111), and
+    the id is the case key and the journal key; the tag keeps them apart. It is letters only,
+    so it can never add digits to a run. The same id and key always give the same result, and
+    a result is its own scrub.
+    """
+    masked = mask_text(request_id)
+    if masked == request_id:
+        return request_id
+    secret = key() if callable(key) else key  # a callable is asked only when a tag is needed
+    tag = hmac.new(secret, request_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return f"{masked}~{tag[:16].translate(_TAG_LETTERS)}"
+
+
+@functools.cache
+def request_money_paths() -> frozenset[str]:
+    """The dotted paths (``[]`` for a list member) of every money field of a request."""
+    from refundry.core.models import RefundRequest
+
+    def walk(cls: type, prefix: str) -> Iterator[str]:
+        for f in attrs.fields(cls):
+            kind, model = f.metadata.get("kind"), f.metadata.get("model")
+            path = prefix + f.name + ("[]" if f.metadata.get("many") else "")
+            if kind == "money":
+                yield path
+            elif model is not None and attrs.has(model):
+                yield from walk(model, path + ".")
+
+    return frozenset(walk(RefundRequest, ""))
+
+
+DECISION_MONEY = frozenset({"amount"})
+DETAILS_MONEY = frozenset({"amount", "four_eyes_above", "value", "current.amount",
+                           "original.amount"})
+
+
+def _is_money(value: Any, path: str, money: frozenset[str]) -> bool:
+    if path not in money or isinstance(value, bool):
+        return False
+    if isinstance(value, Decimal):
+        return value.is_finite() and _MONEY.fullmatch(str(value)) is not None
+    return isinstance(value, (str, int)) and _MONEY.fullmatch(str(value)) is not None
+
+
+def _child(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def scrub(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> Any:
+    """``value`` as it came in (JSON types kept) with card numbers, security codes and
+    sensitive keys removed: what a request may be before anything writes it anywhere. Money
+    fields (``money``, dotted paths) holding an amount are left alone."""
+    if isinstance(value, Mapping):
+        return {mask_text(str(k)): scrub(v, money, _child(path, k)) for k, v in value.items()
+                if not is_sensitive_key(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, money, path + "[]") for v in value]
+    if isinstance(value, bool) or value is None or _is_money(value, path, money):
+        return value
+    if isinstance(value, str):
+        return mask_text(value)
+    try:
+        shown = repr(value) if isinstance(value, float) else str(value)
+    except ValueError:  # an integer too long to print: it can hold anything
+        return "(a number too long to keep)"
+    masked = mask_text(shown)
+    return value if masked == shown else masked
+
+
+def scrub_request(data: Any, key: bytes | Callable[[], bytes]) -> Any:
+    """A request as it arrives from a source, scrubbed before anything writes it: card data
+    out, money kept, and the request id scrubbed with ``key`` (``scrub_id``)."""
+    if not isinstance(data, Mapping):
+        return scrub(data)
+    out = scrub(data, request_money_paths())
+    rid = data.get("request_id")
+    if isinstance(rid, str):
+        out["request_id"] = scrub_id(rid, key)
+    return out
 
 
 def pseudonym(value: str, salt: bytes, prefix: str) -> str:
@@ -119,7 +232,9 @@ def mask_email(email: str, salt: bytes) -> str:
 
 def mask_request(data: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
     """The request as a record may keep it (``data`` in canonical JSON form, valid or not)."""
-    out = mask_value(data)
+    out = mask_value(data, request_money_paths())
+    if isinstance(data.get("request_id"), str):
+        out["request_id"] = scrub_id(data["request_id"], salt)
     customer = out.get("customer")
     if isinstance(customer, dict):
         if isinstance(customer.get("email"), str):
@@ -129,21 +244,28 @@ def mask_request(data: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
     return out
 
 
-def mask_value(value: Any) -> Any:
+def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> Any:
     """A JSON-safe copy of ``value`` with sensitive keys dropped and every string (keys
     included) masked. Decimals and dates become strings; integers a card number could hide in
-    are masked like text, and integers canonical JSON cannot carry exactly become strings."""
+    are masked like text, and integers canonical JSON cannot carry exactly become strings.
+    Amounts at the dotted paths in ``money`` are kept as they are (money is never masked)."""
     if isinstance(value, Mapping):
-        return {mask_text(str(k)): mask_value(v) for k, v in value.items()
-                if not is_sensitive_key(str(k))}
+        return {mask_text(str(k)): mask_value(v, money, _child(path, k))
+                for k, v in value.items() if not is_sensitive_key(str(k))}
     if isinstance(value, (list, tuple)):
-        return [mask_value(v) for v in value]
-    if isinstance(value, str):
-        return mask_text(value)
+        return [mask_value(v, money, path + "[]") for v in value]
     if isinstance(value, bool) or value is None:
         return value
+    if _is_money(value, path, money):
+        return value if isinstance(value, (str, int)) and abs(int(Decimal(value))) <= _SAFE_INT \
+            else str(value)
+    if isinstance(value, str):
+        return mask_text(value)
     if isinstance(value, int):
-        shown = mask_text(str(value))
+        try:
+            shown = mask_text(str(value))
+        except ValueError:  # an integer too long to print: it can hold anything
+            return "(a number too long to keep)"
         if shown != str(value) or abs(value) > _SAFE_INT:
             return shown
         return value

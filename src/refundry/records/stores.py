@@ -31,23 +31,27 @@ _COLUMNS = "seq, request_id, type, at, actor, body, hash"
 
 
 def open_store(url_or_path: str | Path | None = None, *, create: bool = True,
-               clock: Callable[[], dt.datetime] | None = None) -> RecordStore:
+               clock: Callable[[], dt.datetime] | None = None, **anchoring: Any) -> RecordStore:
     """Open the records store at a path or URL, creating it unless ``create`` is False.
 
     ``postgresql://user@host:port/db?schema=name`` is a PostgreSQL store in schema ``name``
     (default ``refundry``); ``sqlite:///path`` or a plain path is an SQLite file (default
     ``./refundry.db``). Readers pass ``create=False``: verifying a mistyped path must fail,
     not report an empty store as whole.
+
+    ``anchoring``: ``signer`` (an ``anchors.Signer``: each event then carries its key and a
+    signature), ``anchor`` (``anchors.open_anchor(...)``: signed checkpoints are written there
+    every ``anchor_every`` events or ``anchor_seconds`` seconds, and at close).
     """
     target = str(url_or_path) if url_or_path else DEFAULT_PATH
     if target.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(target, create=create, clock=clock)
+        return PostgresStore(target, create=create, clock=clock, **anchoring)
     if target.startswith("sqlite:///"):
         target = target[len("sqlite:///"):] or DEFAULT_PATH
     elif "://" in target:
         scheme = target.split("://", 1)[0][:20]
         raise RecordError(f"`{scheme}://` is not a records store; use a file path or postgresql://")
-    return SQLiteStore(target, create=create, clock=clock)
+    return SQLiteStore(target, create=create, clock=clock, **anchoring)
 
 
 # --- SQLite --------------------------------------------------------------------------------
@@ -67,6 +71,9 @@ CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
     BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
 """
+# Signatures of events appended with a signing key; the key itself is in the hashed body.
+_SIGNATURES = ("CREATE TABLE IF NOT EXISTS signatures (seq BIGINT PRIMARY KEY, "
+               "key TEXT NOT NULL, signature TEXT NOT NULL)")
 
 
 @contextlib.contextmanager
@@ -105,13 +112,16 @@ class _SQLiteTx:
     def insert(self, row: Row) -> None:
         self.conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
+    def put_signature(self, seq: int, key: str, signature: str) -> None:
+        self.conn.execute("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
+
 
 class SQLiteStore(RecordStore):
     """One SQLite file in WAL mode: readers never block the single writer."""
 
     def __init__(self, path: str | Path, *, create: bool = True,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
-        super().__init__(clock=clock)
+                 clock: Callable[[], dt.datetime] | None = None, **anchoring: Any) -> None:
+        super().__init__(clock=clock, **anchoring)
         self.path = Path(path)
         self.url = str(path)
         self._lock = threading.RLock()
@@ -137,7 +147,10 @@ class SQLiteStore(RecordStore):
                         self._conn.execute(statement)
                     self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)",
                                        (new_salt(),))
-                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', '1')")
+                    # 2: event 1 names the salt's commitment (records.genesis_of)
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', '2')")
+            if anchoring.get("signer") is not None:
+                self._conn.execute(_SIGNATURES)
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"cannot open records store `{self.url}`: {str(exc).lower()}") from None
 
@@ -214,6 +227,7 @@ class SQLiteStore(RecordStore):
 
 
     def close(self) -> None:
+        self._close_anchoring()
         with self._lock:
             self._conn.close()
 
@@ -251,7 +265,7 @@ CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
 DROP TRIGGER IF EXISTS events_no_truncate ON events;
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION refundry_append_only();
-INSERT INTO meta VALUES ('format', '1') ON CONFLICT DO NOTHING;
+INSERT INTO meta VALUES ('format', '2') ON CONFLICT DO NOTHING;
 """
 
 
@@ -309,6 +323,9 @@ class _PgTx:
         self.cur.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                          row)
 
+    def put_signature(self, seq: int, key: str, signature: str) -> None:
+        self.cur.execute("INSERT INTO signatures VALUES (%s, %s, %s)", (seq, key, signature))
+
 
 class PostgresStore(RecordStore):
     """A schema in a PostgreSQL database, shared by any number of processes and machines."""
@@ -316,8 +333,8 @@ class PostgresStore(RecordStore):
     _param = "%s"
 
     def __init__(self, url: str, *, create: bool = True,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:
-        super().__init__(clock=clock)
+                 clock: Callable[[], dt.datetime] | None = None, **anchoring: Any) -> None:
+        super().__init__(clock=clock, **anchoring)
         try:
             import psycopg
             from psycopg import sql
@@ -346,6 +363,8 @@ class PostgresStore(RecordStore):
                     cur.execute(_PG_SCHEMA)
                     cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
                                 (new_salt(),))
+                if anchoring.get("signer") is not None:
+                    cur.execute(_SIGNATURES)
         except RecordError:
             self._conn.close()
             raise
@@ -450,5 +469,6 @@ class PostgresStore(RecordStore):
 
 
     def close(self) -> None:
+        self._close_anchoring()
         with self._lock:
             self._conn.close()

@@ -1,0 +1,132 @@
+"""The history index's rows as the chain makes them: pure functions of the recorded events.
+
+``history.History.sync`` writes these rows into ``history_index``; ``verify`` rebuilds them from
+the chain and compares (``expected_rows``, ``index_problem``), so a deleted or edited row, which
+would make a customer's history facts undercount, cannot go unnoticed. Nothing here reads or
+writes a database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from refundry.records.masking import pseudonym
+
+INDEXED_EVENTS = ("evaluated", "approved", "denied", "processed", "refunded", "dispute_resolved")
+REBUILD = "; drop history_index and history_meta to rebuild them from the chain"
+
+COLUMNS = ("request_id", "seq", "client_id", "requested_at", "customer_key", "email_key",
+           "address_key", "card_key", "transaction_key", "amount", "currency",
+           "transaction_amount", "decided_amount", "outcome", "status")
+
+_STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
+
+
+def utc_text(when: dt.datetime) -> str:
+    """An instant as the sortable text the index keeps (UTC, seconds)."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.frozen
+class Keys:
+    """The pseudonymous attributes of one request, as the index keeps them."""
+
+    request_id: str
+    client_id: str
+    requested_at: str
+    customer: str
+    email: str | None
+    address: str | None
+    card: str | None
+    transaction: str
+    amount: Decimal
+    currency: str
+    transaction_amount: Decimal
+
+
+def keys_of(masked: Mapping[str, Any], salt: bytes) -> Keys:
+    """Keys from a request in its masked form (what ``events`` keep, or ``mask_request`` of a
+    new request): email and address are already pseudonyms there; the rest is hashed here."""
+    customer = masked.get("customer") or {}
+    txn = masked.get("transaction") or {}
+    method = txn.get("payment_method") or {}
+    card = None
+    if method.get("last4"):
+        card = pseudonym(f"{method.get('type', '')}:{method['last4']}", salt, "card-")
+    requested = dt.datetime.fromisoformat(str(masked["requested_at"]))
+    return Keys(
+        request_id=str(masked["request_id"]), client_id=str(masked["client_id"]),
+        requested_at=utc_text(requested),
+        customer=pseudonym(str(customer.get("id", "")), salt, "customer-"),
+        email=customer.get("email") or None, address=customer.get("address") or None,
+        card=card, transaction=pseudonym(str(txn.get("id", "")), salt, "txn-"),
+        amount=Decimal(str(masked["amount"])), currency=str(masked["currency"]),
+        transaction_amount=Decimal(str(txn.get("amount", "0"))))
+
+
+def index_row(seq: int, body: Mapping[str, Any], salt: bytes) -> tuple[Any, ...] | None:
+    request = body.get("request") or {}
+    decision = body.get("decision") or {}
+    try:
+        k = keys_of(request, salt)
+    except (KeyError, ValueError, ArithmeticError):
+        return None  # not a request the index can key; the chain still has it
+    outcome = str(decision.get("outcome", "manual_review"))
+    return (k.request_id, seq, k.client_id, k.requested_at, k.customer, k.email, k.address,
+            k.card, k.transaction, str(k.amount), k.currency, str(k.transaction_amount),
+            str(decision.get("amount", "0")), outcome, _STATUS.get(outcome, "manual_review"))
+
+
+def status_update(type_: str, body: Mapping[str, Any]) -> tuple[str, str | None, str] | None:
+    details = body.get("details") or {}
+    if type_ == "dispute_resolved":
+        if details.get("resolution") == "overturned":
+            return "approved", str(details.get("amount")), str(body["request_id"])
+        return None  # upheld: the status before the dispute, which the index still holds
+    return type_, None, str(body["request_id"])
+
+
+def expected_rows(events: Iterable[tuple[int, str, str]], salt: bytes) -> dict[str, list[Any]]:
+    """The index rows that ``(seq, type, body)`` events in chain order make, as ``sync``
+    writes them: ``evaluated`` opens a row, later events set its status and amount."""
+    out: dict[str, list[Any]] = {}
+    for seq, type_, body_text in events:
+        body = json.loads(body_text)
+        if type_ == "evaluated":
+            row = index_row(int(seq), body, salt)
+            if row is not None:
+                out.setdefault(str(row[0]), list(row))
+        elif (update := status_update(type_, body)) is not None and update[2] in out:
+            target = out[update[2]]
+            target[14] = update[0]
+            if update[1] is not None:
+                target[12] = update[1]
+    return out
+
+
+def _same(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def index_problem(expected: Mapping[str, list[Any]], actual: Iterable[tuple[Any, ...]],
+                  watermark: int) -> str:
+    """What differs between the rows the chain makes and those in the table ("" if nothing)."""
+    found = {str(r[0]): r for r in actual}
+    for rid, row in expected.items():
+        got = found.pop(rid, None)
+        if got is None:
+            return (f"history_index has no row for request `{rid}` (event {row[1]}): rows "
+                    f"were deleted, so history facts undercount{REBUILD}")
+        diff = [c for c, a, b in zip(COLUMNS, row, got, strict=True) if _same(a) != _same(b)]
+        if diff:
+            return f"history_index row for request `{rid}` differs from the chain in `{diff[0]}`{REBUILD}"
+    if found:
+        return (f"history_index has a row for request `{next(iter(found))}` that no event up "
+                f"to {watermark} made{REBUILD}")
+    return ""
