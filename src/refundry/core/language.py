@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -428,7 +429,7 @@ class CodeGen:
         condition (the part the index has not already decided)."""
         self._funcs += 1
         name = f"_group{self._funcs}"
-        lines = [f"def {name}(g, items, hits):"]
+        lines = []
         for index in indexes:
             cond = rest[index]
             if cond is None:
@@ -436,8 +437,15 @@ class CodeGen:
                 continue
             lines.append(f"    if {cond.source(self, 'g', 'items')}:")
             lines.append(f"        hits.append({index})")
-        self.prelude.append("\n".join(lines) + "\n")
+        # The rules of a group mostly read the same few facts: each is looked up once (a fact
+        # lookup is a pure dict.get, so reading it early changes nothing).
+        body = _LOOKUP.sub(lambda m: f"_g{m.group(1)}", "\n".join(lines))
+        reads = [f"    _g{n} = g(_c[{n}])" for n in sorted({int(n) for n in _LOOKUP.findall("\n".join(lines))})]
+        self.prelude.append("\n".join([f"def {name}(g, items, hits):", *reads, body]) + "\n")
         return name
+
+
+_LOOKUP = re.compile(r"\bg\(_c\[(\d+)\]\)")
 
 
 def _rest_of(cond: Node, path: str | None) -> Node | None:
