@@ -17,12 +17,12 @@ def test_explain_is_short_and_names_what_decided(cli, tmp_path, request_json):
     assert r.code == 0, r.err
     lines = r.out.strip().splitlines()
     assert len(lines) < 30
-    assert lines[0] == ("decision: manual_review 109.99 EUR (ruleset eu-consumer 1.0.0, as of "
+    assert lines[0] == ("decision: manual_review 119.99 EUR (ruleset eu-consumer 1.0.0, as of "
                         "2024-03-15T18:00:00+01:00)")
     assert lines[1] == "matched:"
     assert ("  crd-withdrawal-in-period (approve, eu-consumer, statutory floor): reason = "
             "changed_mind; disclosures.withdrawal_info_given = true; within withdrawal (last day "
-            "2024-03-15, notice 2024-03-15); not (any item: 0 of 1 item(s) matched)") in lines
+            "2024-03-15, notice 2024-03-15)") in lines
     withheld = next(line for line in lines if line.startswith("  crd-withhold-until-goods-back"))
     assert "not (evidence.goods_received_back = true (was false))" in withheld
     near = lines.index("nearly matched (one condition away):")
