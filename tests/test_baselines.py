@@ -18,7 +18,9 @@ ROW = re.compile(r"\b(C|E|U|US|A|H|F)(\d{1,2})\b")
 # request field. Each is explained in the industry page under "what a reviewer must check".
 NO_DEADLINE = {
     "acl-major-failure-refund", "acl-major-failure-replacement", "acl-minor-failure",
-    "rege-investigation-complete",
+    "acl-major-failure-rejection-period",  # the ACL counts no days (s262: a judgement)
+    # amount-only floors: their clocks are those of the Reg E rules whose amount they adjust
+    "rege-liability-timely-notice", "rege-liability-late-notice",
 }
 
 

@@ -47,7 +47,7 @@ def test_evaluate_prints_the_decision(cli, tmp_path):
     d = r.json()
     assert d["outcome"] == "approve" and d["amount"] == "119.99"
     assert {x["name"]: x["due"] for x in d["deadlines"]} == {
-        "period_ends": "2024-03-15", "refund_due_by": "2024-04-02"}
+        "period_ends": "2024-03-15", "refund_due_by": "2024-04-02", "goods_back_by": "2024-04-02"}
 
 
 def test_evaluate_as_of_and_explain(cli, tmp_path):

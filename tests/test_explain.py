@@ -22,7 +22,10 @@ def test_explain_is_short_and_names_what_decided(cli, tmp_path, request_json):
     assert lines[1] == "matched:"
     assert ("  crd-withdrawal-in-period (approve, eu-consumer, statutory floor): reason = "
             "changed_mind; disclosures.withdrawal_info_given = true; within withdrawal (last day "
-            "2024-03-15, notice 2024-03-15)") in lines
+            "2024-03-15, notice 2024-03-15); not (all items: 0 of 1 item(s) matched)") in lines
+    # ^ the last clause: the order is goods, not all digital content or services (E2)
+    # the excluded-goods test is per line now (`lines:`), shown with each line's outcome
+    assert "line: A x1 manual_review 119.99 (crd-withdrawal-in-period, crd-withhold-until-goods-back)" in lines
     withheld = next(line for line in lines if line.startswith("  crd-withhold-until-goods-back"))
     assert "not (evidence.goods_received_back = true (was false))" in withheld
     near = lines.index("nearly matched (one condition away):")

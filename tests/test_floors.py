@@ -451,3 +451,29 @@ def test_an_impossible_date_in_a_test_file_is_reported_with_its_place(tmp_path, 
     r = cli("test", tmp_path)
     assert r.code == 3 and "Traceback" not in r.err, r.err
     assert "eu-consumer.test.yaml:5:" in r.err and "`2024-02-30` is not a real date" in r.err
+
+
+def test_explain_shows_a_rules_line_condition_apart_from_its_when(engine):
+    req = copy.deepcopy(BASE_REQUEST)
+    req["items"].append({"sku": "MUG", "quantity": 1, "unit_price": "5.00", "personalized": True})
+    ex = engine.explain(req).to_dict()
+    rule = next(r for r in ex["rules"] if r["rule_id"] == "crd-excluded-goods")
+    assert rule["matched"] is True
+    assert rule["when"] == {"field": "reason", "op": "eq", "value": "changed_mind",
+                            "seen": "changed_mind", "result": True}
+    assert [item["result"] for item in rule["lines"]["any_item"]] == [False, True]
+    assert [line["outcome"] for line in ex["decision"]["lines"]] == ["approve", "deny"]
+
+
+def test_the_short_explanation_names_each_line_and_action(cli, tmp_path):
+    import json
+
+    req = copy.deepcopy(BASE_REQUEST)
+    req["items"].append({"sku": "MUG", "quantity": 1, "unit_price": "5.00", "personalized": True})
+    (tmp_path / "basket.json").write_text(json.dumps(req))
+    (tmp_path / "dispute.json").write_text(json.dumps(FIN_REQUEST))
+    out = cli("evaluate", tmp_path / "basket.json", "--explain").out
+    assert "line: A x1 approve 119.99 (crd-withdrawal-in-period)" in out, out
+    assert "line: MUG x1 deny 0.00 (crd-excluded-goods)" in out, out
+    out = cli("evaluate", tmp_path / "dispute.json", "--explain").out
+    assert "action: provisional_credit 250.00 USD by 2024-07-29" in out, out

@@ -39,6 +39,8 @@ EXPECTED = {
     "24-extends-cycle-two_bad": ("4:10", "extends forms a cycle: cyc-a -> cyc-b -> cyc-a"),
     "25-client-floor-rule.yaml": ("11:5", "rule `acme-no-returns`: a client ruleset cannot declare a statutory floor"),
     "26-client-floor-window.yaml": ("11:5", "window `goodwill`: a client ruleset cannot declare a statutory floor"),
+    "27-pause-not-a-date.yaml": ("11:59", "`customer.id` is not a time field of the request"),
+    "28-pause-bad-cap.yaml": ("14:198", "rule `r1`: `6 moons` is not a period"),
 }
 
 

@@ -33,6 +33,13 @@ def explain_text(explanation: Explanation) -> str:
         lines.append("nearly matched (one condition away):")
         for rule, miss in near:
             lines.append(f"  {_rule(rule)}: fails only on {_leaf(miss)}")
+    for line in d.lines:  # the order's outcome follows from these; say which rules decided each
+        lines.append(f"line: {line.sku or '(no sku)'} x{line.quantity} {line.outcome} "
+                     f"{line.amount if line.amount is not None else '?'} "
+                     f"({', '.join(line.rule_ids) or 'no rule'})")
+    for action in d.actions:
+        due = action.due.isoformat() if action.due else "?"
+        lines.append(f"action: {action.type} {action.amount} {d.currency} by {due} ({action.citation})")
     for deadline in d.deadlines:
         lines.append(f"deadline: {deadline.name} {deadline.due.isoformat()} ({deadline.citation})")
     for error in d.errors:

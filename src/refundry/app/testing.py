@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -195,9 +195,6 @@ def _check(expect: Mapping[str, Any], decision: Decision) -> list[str]:
     return failures
 
 
-_Case = tuple[int, str, str, dict[str, Any], Any, dict[str, Any]]
-
-
 def _check_lines(want: Any, decision: Decision) -> list[str]:
     """``lines: [{sku, outcome, amount}, ...]``, in the request's order; keys left out are not
     checked."""
@@ -233,6 +230,9 @@ def _check_actions(want: Any, decision: Decision) -> list[str]:
     return failures
 
 
+_Case = tuple[int, str, str, dict[str, Any], Any, dict[str, Any]]
+
+
 def _load_suite(path: Path, engine: Engine, report: Report) -> list[_Case]:
     read = read_yaml(path, report)
     if read is None:
@@ -255,7 +255,7 @@ def _load_suite(path: Path, engine: Engine, report: Report) -> list[_Case]:
         if not isinstance(case, Mapping) or not isinstance(case.get("expect"), Mapping):
             report.add("a case needs `name`, `request` and `expect`", shown, pos)
             continue
-        if not _case_ok(case, shown, report):
+        if not _case_ok(cast(LocDict, case), shown, report):
             continue
         request = _plain(deep_merge(defaults, case.get("request") or {}))
         cases.append((pos[0], str(case.get("name", f"case {i + 1}")), suite, request,

@@ -20,7 +20,7 @@ from refundry.core.errors import ErrorGroup, RefundryError
 # module: importing every command (records stores, the runner, reports) cost it a third of its
 # start-up.
 COMMANDS = ("validate", "test", "evaluate", "diff", "records", "review", "dispute", "plugins", "run",
-            "status", "receipt", "report")
+            "status", "receipt", "report", "serve", "worker", "publish")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,9 +16,9 @@ actions (documented in docs/ruleset-language.md, "Combining").
    transaction, never above the lines not denied; rounded once, half-up. Under a floor outcome,
    non-floor rules cannot lower the amount below what the floor rules alone give. A denial
    refunds nothing.
-7. Deadlines: one per name; business obligations take the earliest date, ``period_ends`` the
-   latest. Actions: one per type (the earliest due, the largest amount), unless the order is
-   denied.
+7. Deadlines: one per name; business obligations take the earliest date, the consumer's own
+   clocks (``period_ends``, ``goods_back_by``) the latest. Actions: one per type (the earliest
+   due, the largest amount), unless the order is denied.
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ import attrs
 
 from refundry.core.facts import Context, FactBuilder
 from refundry.core.loader import Rule
-from refundry.core.models import Action, Deadline, Item, Line, Reason, RefundRequest
+from refundry.core.models import (
+    CONSUMER_CLOCKS,
+    Action,
+    Deadline,
+    Item,
+    Line,
+    Reason,
+    RefundRequest,
+)
 from refundry.core.money import ZERO, round_money
 
 STRICTNESS = {"approve": 0, "manual_review": 1, "deny": 2}
@@ -249,7 +257,7 @@ def deadlines_of(matched: Sequence[Rule], facts: Mapping[str, Any], ctx: Context
             if due is None:
                 continue
             current = best.get(spec.name)
-            later_wins = spec.name == "period_ends"
+            later_wins = spec.name in CONSUMER_CLOCKS
             if current is None or (due > current.due if later_wins else due < current.due):
                 best[spec.name] = Deadline(spec.name, due, spec.citation or rule.reason.citation, rule.id)
     return tuple(sorted(best.values(), key=lambda d: (d.due, d.name)))

@@ -97,10 +97,11 @@ def _as_of(value: dt.datetime | str | None) -> tuple[dt.datetime | None, str | N
     if value is None:
         return None, None
     if isinstance(value, str):
+        text = value
         try:
-            value = dt.datetime.fromisoformat(value)
+            value = dt.datetime.fromisoformat(text)
         except ValueError:
-            return None, f"`{value[:60]}` is not an RFC 3339 time"
+            return None, f"`{text[:60]}` is not an RFC 3339 time"
     if not isinstance(value, dt.datetime) or value.utcoffset() is None:
         return None, "needs a UTC offset"
     return value, None
@@ -239,7 +240,7 @@ class Engine:
             return _error_decision(
                 rid if isinstance(rid, str) else "", cur if isinstance(cur, str) and is_currency(cur) else "XXX",
                 INVALID_REQUEST, "invalid_request", "the request is not valid; nothing was evaluated",
-                [str(e) for e in exc.errors], as_of), {}, []
+                [str(e) for e in exc.errors], as_of if isinstance(as_of, dt.datetime) else None), {}, []
         as_of, problem = _as_of(as_of)
         if problem:
             return _error_decision(req.request_id, req.currency, INVALID_REQUEST, "invalid_request",

@@ -18,7 +18,7 @@ import attrs
 from refundry.core import jurisdictions
 from refundry.core.fields import lookup
 from refundry.core.language import PRIOR_REFUNDS, item_paths
-from refundry.core.loader import CompiledRuleset, DeadlineDef
+from refundry.core.loader import CompiledRuleset, DeadlineDef, PauseDef
 from refundry.core.models import RefundRequest
 from refundry.core.money import ZERO
 from refundry.core.periods import (
@@ -98,14 +98,23 @@ class Context:
             return value.astimezone(self.tz).date()
         return value
 
-    def period_end(self, period: Any, start: dt.date,
-                   calendar: CalendarSpec | None = None) -> dt.date | None:
+    def period_end(self, period: Any, start: dt.date, calendar: CalendarSpec | None = None,
+                   pause: tuple[dt.date, int | None] | None = None) -> dt.date | None:
+        """The last day of ``period`` from ``start``, before any roll-forward lengthened by a
+        ``pause`` (its first day, its length) that began by that day: a pause that began later
+        stopped nothing (CRA s22(6): a repair asked for before the time limit expired). A pause
+        that has not ended leaves no last day yet."""
         spec = calendar or self.calendar
-        if period.offset is not None and spec.period_end != "next_working_day":
+        if period.offset is not None and pause is None and spec.period_end != "next_working_day":
             return start + period.offset  # plain calendar days: what add_period would count
         working = self.working_for(spec)
-        end = add_period(period, start, working, self.closing_day)
-        if end is not None and spec.period_end == "next_working_day":
+        rolls = spec.period_end == "next_working_day"
+        end = add_period(period, start, working, self.closing_day, roll=rolls)
+        if end is not None and pause is not None and pause[0] <= end:
+            if pause[1] is None:
+                return None
+            end += dt.timedelta(days=pause[1])
+        if end is not None and rolls:
             end = roll_forward(end, working)
         return end
 
@@ -203,7 +212,7 @@ class FactBuilder:
             notice = facts.get(w.notice)
             if start is None:
                 continue
-            end = ctx.period_end(w.period, start, w.calendar)
+            end = ctx.period_end(w.period, start, w.calendar, paused(w.pause, start, facts, ctx))
             if end is None:
                 continue
             facts[f"window.{w.name}.end"] = end
@@ -227,4 +236,21 @@ class FactBuilder:
         start = facts.get(spec.start) if spec.start else None
         if start is None or spec.period is None:
             return None
-        return ctx.period_end(spec.period, start, spec.calendar)
+        return ctx.period_end(spec.period, start, spec.calendar,
+                              paused(spec.pause, start, facts, ctx))
+
+
+def paused(pause: PauseDef | None, start: dt.date, facts: Mapping[str, Any],
+           ctx: Context) -> tuple[dt.date, int | None] | None:
+    """When a pause of a clock that starts on ``start`` began, and how many days it adds
+    (``None``: it has not ended, so the clock cannot be counted yet); ``None`` when nothing
+    was paused."""
+    if pause is None or facts.get(pause.start) is None:
+        return None
+    began, until = facts[pause.start], facts.get(pause.until)
+    if pause.at_most is not None:
+        cap = add_period(pause.at_most, start, ctx.working)
+        until = cap if until is None or (cap is not None and cap < until) else until
+    if until is None:
+        return began, None
+    return began, max(0, (until - began).days + (1 if pause.inclusive else 0))

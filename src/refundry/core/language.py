@@ -610,7 +610,7 @@ def _parse_compare(raw: Mapping[str, Any], ctx: ParseContext, item: bool | str) 
 def _unknown_field(path: str, item: bool | str) -> str:
     """The nearest known field first; the `facts.` hint only when nothing known is close, since
     a misspelt request field is far more common than a client fact written without `facts.`."""
-    if item == ENTRIES:  # inside any_prior_refund / all_prior_refunds
+    if item == ENTRIES:
         known, scope = fieldreg.prior_refund_fields(), "a prior refund"
     else:
         known = fieldreg.item_fields() if item else fieldreg.request_fields()

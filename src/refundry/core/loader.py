@@ -61,6 +61,17 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 
 
 @attrs.frozen
+class PauseDef:
+    """Days a clock does not count: from ``start`` to ``until``, capped ``at_most`` after the
+    clock's own start (CRA s22(7) repairs; 42 CFR 401.305(b)(2) investigations)."""
+
+    start: str
+    until: str
+    inclusive: bool = False
+    at_most: Period | None = None
+
+
+@attrs.frozen
 class WindowDef:
     name: str
     start: str
@@ -69,6 +80,7 @@ class WindowDef:
     floor: bool
     citation: str
     calendar: CalendarSpec | None = None  # the ruleset's calendar with this window's own keys
+    pause: PauseDef | None = None
 
 
 @attrs.frozen
@@ -79,6 +91,7 @@ class DeadlineDef:
     period: Period | None = None
     window: str | None = None
     calendar: CalendarSpec | None = None  # set when the deadline has calendar keys of its own
+    pause: PauseDef | None = None
 
 
 @attrs.frozen
@@ -178,8 +191,12 @@ class CompiledRuleset:
             for d in (*rule.deadlines, *(a.due for a in rule.actions)):
                 if d.start:
                     out.add(d.start)
+                if d.pause:
+                    out.update((d.pause.start, d.pause.until))
         for w in self.windows:
             out.update((w.start, w.notice))
+            if w.pause:
+                out.update((w.pause.start, w.pause.until))
         return frozenset(out)
 
 
@@ -503,7 +520,7 @@ def _windows(layers: Sequence[RulesetDoc], calendar: CalendarSpec, report: Repor
         for name, spec in (doc.data.get("windows") or {}).items():
             if name in floors:
                 floor_doc, _ = floors[name]
-                for key in ("from", "notice"):
+                for key in ("from", "notice", "pause"):
                     if key in spec and spec[key] != merged[name].get(key, "requested_at" if key == "notice" else None):
                         report.add(f"window `{name}` is a statutory floor of `{floor_doc.id}`; "
                                    f"its `{key}` cannot change", doc.path, spec.pos(key))
@@ -528,11 +545,12 @@ def _windows(layers: Sequence[RulesetDoc], calendar: CalendarSpec, report: Repor
         ok = _check_time_field(spec["from"], report, doc, raw, "from")
         notice = spec.get("notice", "requested_at")
         ok = _check_time_field(notice, report, doc, raw, "notice") and ok
-        if not ok:
+        pause_ok, pause = _pause(spec.get("pause"), report, doc)
+        if not ok or not pause_ok:
             continue
         out[name] = WindowDef(name, spec["from"], period, notice, bool(spec.get("floor")),
                               str(spec.get("citation", "")),
-                              _own_calendar(calendar, spec.get("calendar")))
+                              _own_calendar(calendar, spec.get("calendar")), pause)
     for name, (floor_doc, index) in floors.items():
         if name not in out or index == len(layers) - 1:
             continue
@@ -579,8 +597,9 @@ def _check_not_shorter(base: WindowDef, base_cal: CalendarSpec, mine: WindowDef,
 
 
 def _end(period: Period, start: dt.date, working: WorkingDays, cal: CalendarSpec) -> dt.date | None:
-    end = add_period(period, start, working, closing_day=15)
-    if end is not None and cal.period_end == "next_working_day":
+    rolls = cal.period_end == "next_working_day"
+    end = add_period(period, start, working, closing_day=15, roll=rolls)
+    if end is not None and rolls:
         end = roll_forward(end, working)
     return end
 
@@ -656,10 +675,43 @@ def _deadlines(raw: Any, doc: RulesetDoc, rule_id: str, windows: Mapping[str, Wi
             continue
         if not _check_time_field(spec["from"], report, doc, spec, "from", rule_id):
             continue
+        pause_ok, pause = _pause(spec.get("pause"), report, doc, rule_id)
+        if not pause_ok:
+            continue
         own = _own_calendar(calendar, spec["calendar"]) if spec.get("calendar") else None
         out.append(DeadlineDef(spec.get("name") or spec.get("type"), citation,
-                               start=spec["from"], period=period, calendar=own))
+                               start=spec["from"], period=period, calendar=own,
+                               pause=pause))
     return tuple(out)
+
+
+def _pause(raw: Any, report: Report, doc: RulesetDoc,
+           rule_id: str | None = None) -> tuple[bool, PauseDef | None]:
+    """A window's or deadline's ``pause``, and whether it is right (a wrong one is reported)."""
+    if raw is None:
+        return True, None
+    ok = all([_check_time_field(raw[key], report, doc, raw, key, rule_id)
+              for key in ("from", "until")])
+    at_most = None
+    if "at_most" in raw:
+        try:
+            at_most = Period.parse(raw["at_most"])
+        except ValueError as exc:
+            report.add(str(exc), doc.path, raw.vpos("at_most"), rule_id=rule_id)
+            ok = False
+    if not ok:
+        return False, None
+    return True, PauseDef(raw["from"], raw["until"], bool(raw.get("inclusive", False)), at_most)
+
+
+def _some_line(lines: ConditionNode) -> ConditionNode:
+    """A `lines:` rule matches when some line qualifies. A request without items is one line
+    whose item fields are all unknown: `not excluded` holds for it, `excluded` does not."""
+    some = Items("any_item", lines)
+    if not lines.evaluate({}, ()):
+        return some
+    no_items = Compare("items.count", "eq", Literal(0), typed=True)
+    return AnyOf((no_items, some))
 
 
 def _languages(layers: Sequence[RulesetDoc], doc: RulesetDoc) -> tuple[str, ...] | None:
@@ -700,16 +752,6 @@ def _defined_windows(*layers: RulesetDoc) -> set[str]:
     return {name for doc in layers for name in (doc.data.get("windows") or {})}
 
 
-def _some_line(lines: ConditionNode) -> ConditionNode:
-    """A `lines:` rule matches when some line qualifies. A request without items is one line
-    whose item fields are all unknown: `not excluded` holds for it, `excluded` does not."""
-    some = Items("any_item", lines)
-    if not lines.evaluate({}, ()):
-        return some
-    no_items = Compare("items.count", "eq", Literal(0), typed=True)
-    return AnyOf((no_items, some))
-
-
 def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
            report: Report, calendar: CalendarSpec = _STANDARD_CALENDAR) -> tuple[Rule, ...]:
     rules: dict[str, Rule] = {}
@@ -744,12 +786,12 @@ def _rules(layers: Sequence[RulesetDoc], windows: Mapping[str, WindowDef],
             ctx = ParseContext(report.at(doc.path), windows, rid,
                                _defined_windows(*layers) - set(windows))
             when = parse_condition(raw["when"], ctx, parent=raw, key="when") if "when" in raw else parse_condition({"all": [{"field": "request_id", "exists": True}]}, ctx)
-            text, texts = _customer_texts(raw, _languages(layers, doc), doc, rid, report)
             lines = None
             if "lines" in raw:
                 lines = parse_condition(raw["lines"], ctx, item=True, parent=raw, key="lines")
                 when = All((when, _some_line(lines)))
             amount_base, adjustments = _adjustments(raw.get("amount"), doc, rid, report)
+            text, texts = _customer_texts(raw, _languages(layers, doc), doc, rid, report)
             reason = Reason(
                 rule_id=rid, effect=effect, code=raw.get("code", rid.replace("-", "_").replace(".", "_")),
                 message=raw["message"], customer_message=text, customer_messages=texts,

@@ -28,8 +28,11 @@ EFFECTS = (*OUTCOMES, "adjust")
 ITEM_CONDITIONS = ("new", "unopened", "opened", "used", "damaged", "defective", "missing_parts")
 DEADLINE_NAMES = (
     "refund_due_by", "return_due_by", "provisional_credit_due_by", "investigation_due_by",
-    "acknowledge_by", "resolve_by", "period_ends",
+    "acknowledge_by", "resolve_by", "period_ends", "goods_back_by",
 )
+# The consumer's own last days: several rules giving one, the latest holds (the consumer keeps
+# the longest right); every other clock is a business obligation, where the earliest holds.
+CONSUMER_CLOCKS = ("period_ends", "goods_back_by")
 
 
 def json_default(value: Any) -> Any:
@@ -111,8 +114,16 @@ class Transaction:
     ship_by: Instant | None = instant(doc="the shipping date stated at sale")
     shipped_at: Instant | None = instant()
     delay_notice_sent: bool | None = flag()
+    credit_applied: bool | None = flag(
+        doc="the buyer applied to the seller for credit with the order (16 CFR 435.2(a)(1)(ii): "
+            "50 days to ship); an extension field")
     shipping_amount: Decimal | None = money()
     express_shipping_amount: Decimal | None = money(doc="only the surcharge above standard delivery")
+    repair_requested_at: Instant | None = instant(
+        doc="the consumer asked for or agreed to a repair or replacement (CRA s22(6)); an extension field")
+    repair_returned_at: Instant | None = instant(
+        doc="the consumer received the goods back repaired, or the replacement (CRA s22(7)); an "
+            "extension field")
     payment_method: PaymentMethod | None = section(PaymentMethod)
 
 
@@ -127,6 +138,18 @@ class Item:
     personalized: bool | None = flag()
     perishable: bool | None = flag()
     sealed_hygiene_opened: bool | None = flag()
+    kind: str | None = choice(
+        "goods", "digital_content", "service",
+        doc="what the line sells; absent means goods. digital_content: not on a tangible medium "
+            "(CRD Art 2(11)); its withdrawal period runs from the contract (Art 9(2)(a), (c))")
+    sealed_media_opened: bool | None = flag(
+        doc="sealed audio, video or software unsealed after delivery (CRD Art 16(i))")
+    dated_leisure: bool | None = flag(
+        doc="accommodation, transport, car rental, catering or leisure for a specific date (CRD Art 16(l))")
+    urgent_repair: bool | None = flag(
+        doc="a visit the consumer asked for to carry out urgent repairs (CRD Art 16(h))")
+    motor_vehicle: bool | None = flag(
+        doc="a motor vehicle: a use deduction applies from the start (CRA s24(10)(a))")
 
 
 @attrs.frozen
@@ -145,11 +168,16 @@ class Disclosures:
     refund_policy: str | None = choice(
         "full_refund", "exchange_only", "store_credit", "no_refunds", "no_cash_refunds")
     change_of_mind_policy: bool | None = flag(doc="the business offers change-of-mind returns")
+    digital_loss_acknowledged: bool | None = flag(
+        doc="the consumer acknowledged losing the right of withdrawal (CRD Art 16(m))")
 
 
 @attrs.frozen
 class Consents:
     other_refund_method: bool | None = flag()
+    digital_immediate_performance: bool | None = flag(
+        doc="the consumer asked for digital content or a service to start within the withdrawal "
+            "period (CRD Art 16(a), (m))")
 
 
 @attrs.frozen
@@ -169,12 +197,19 @@ class Healthcare:
     payment_received_at: Instant | None = instant()
     overpayment_identified_at: Instant | None = instant()
     investigation_started_at: Instant | None = instant()
+    investigation_concluded_at: Instant | None = instant(
+        doc="a timely good-faith investigation of related overpayments concluded (42 CFR "
+            "401.305(b)(2)); an extension field")
     cost_report_due_at: Instant | None = instant()
     amount_due: Decimal | None = money()
     gfe_amount: Decimal | None = money()
     billed_at: Instant | None = instant()
     sent_to_collections_at: Instant | None = instant()
     duplicate_payment_received_at: Instant | None = instant()
+    patient_notified_at: Instant | None = instant(
+        doc="when the provider told the patient of an overpayment (B&P §732(a)(2)); an extension field")
+    credit_balance_requested: bool | None = flag(
+        doc="the patient asked to keep an overpayment as a credit balance (B&P §732); an extension field")
     claim_id: str | None = text()
     claim_status_code: str | None = text()
     corrected_claim_received: bool | None = flag()
@@ -193,6 +228,17 @@ class Finance:
     notice_form: str | None = choice("written", "oral")
     new_account: bool | None = flag()
     investigation_complete: bool | None = flag()
+    loss_learned_at: Instant | None = instant(
+        doc="when the consumer learned of the loss or theft of the card or other access device "
+            "(12 CFR 1005.6(b)); an extension field")
+    written_confirmation_required: bool | None = flag(
+        doc="the institution required written confirmation of an oral notice (12 CFR "
+            "1005.11(b)(2)); an extension field")
+    written_confirmation_received_at: Instant | None = instant(
+        doc="when that written confirmation arrived; an extension field")
+    investigation_completed_at: Instant | None = instant(
+        doc="when the institution finished its Reg E investigation (12 CFR 1005.11(c)(1)); an "
+            "extension field")
     point_of_sale: bool | None = flag()
     foreign_initiated: bool | None = flag()
     billing_cycle_closing_day: int | None = count()

@@ -18,6 +18,7 @@ import attrs
 from dateutil.relativedelta import relativedelta
 
 UNITS = ("days", "weeks", "months", "business_days", "billing_cycles")
+ROLL = "end"  # the pseudo-step `then` leaves in a period: end the period so far here
 _UNIT_WORDS = {
     "day": "days", "days": "days", "calendar day": "days", "calendar days": "days",
     "week": "weeks", "weeks": "weeks", "month": "months", "months": "months",
@@ -49,6 +50,18 @@ class Period:
     def parse(cls, text: str) -> Period:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a period is text such as `14 days` or `10 business days`")
+        steps: list[tuple[int, str]] = []
+        # `A then B`: B counts from the *end* of A, after A's end-of-period convention (CRD Art
+        # 10(1): "12 months from the end of the initial withdrawal period", which Reg 1182/71
+        # Art 3(4) may have moved off a weekend). `+` keeps counting from A's unmoved last day.
+        for i, chunk in enumerate(re.split(r"\bthen\b", text)):
+            if i:
+                steps.append((0, ROLL))
+            steps.extend(cls._steps(chunk))
+        return cls(tuple(steps))
+
+    @staticmethod
+    def _steps(text: str) -> list[tuple[int, str]]:
         steps = []
         for part in text.split("+"):
             m = _STEP.match(part.lower())
@@ -61,14 +74,20 @@ class Period:
             if unit == "business_days" and n > MAX_BUSINESS_DAYS:
                 raise ValueError(f"`{part.strip()}` is longer than {MAX_BUSINESS_DAYS} business days")
             steps.append((n, unit))
-        return cls(tuple(steps))
+        return steps
 
     @property
     def units(self) -> frozenset[str]:
-        return frozenset(unit for _, unit in self.steps)
+        return frozenset(unit for _, unit in self.steps if unit != ROLL)
 
     def __str__(self) -> str:
-        return " + ".join(f"{n} {u.replace('_', ' ')}" for n, u in self.steps)
+        out = ""
+        for n, u in self.steps:
+            if u == ROLL:
+                out += " then "
+            else:
+                out += ("" if not out or out.endswith(" then ") else " + ") + f"{n} {u.replace('_', ' ')}"
+        return out
 
 
 @attrs.frozen
@@ -145,14 +164,17 @@ class HolidayCalendars:
 
 
 def add_period(period: Period, start: dt.date, working: Callable[[dt.date], bool],
-               closing_day: int | None = None) -> dt.date | None:
-    """The last day of ``period`` counted from ``start`` (excluded), before any roll-forward.
+               closing_day: int | None = None, roll: bool = False) -> dt.date | None:
+    """The last day of ``period`` counted from ``start`` (excluded), before any final roll-forward.
 
-    ``None`` when a billing-cycle period has no closing day to count by.
+    ``roll``: the convention rolls a period's end forward; it applies at each ``then`` inside
+    the period. ``None`` when a billing-cycle period has no closing day to count by.
     """
     day = start
     for n, unit in period.steps:
-        if unit == "days":
+        if unit == ROLL:
+            day = roll_forward(day, working) if roll else day
+        elif unit == "days":
             day = day + dt.timedelta(days=n)
         elif unit == "weeks":
             day = day + dt.timedelta(weeks=n)

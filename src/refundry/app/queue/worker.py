@@ -1,0 +1,219 @@
+"""``refundry worker``: decide requests from the JetStream work queue into the shared store.
+
+Each round fetches a batch from a durable pull consumer, decides it in a worker thread (history
+facts, evaluation, then every record appended in one store transaction) and only then, for
+each message, publishes the decision and acks. A worker killed anywhere before its ack leaves the
+message to be redelivered; the store's idempotency by ``request_id`` turns the second delivery
+into the case already recorded, and the decision's ``Nats-Msg-Id`` keeps it from reaching the
+sinks twice. So: exactly one case per request, whatever dies when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from refundry.app.queue.streams import (
+    ACK_WAIT_S,
+    DEFAULT_STREAMS,
+    MAX_DELIVER,
+    Streams,
+    connect,
+    dead_letter,
+    ensure_streams,
+)
+from refundry.app.submissions import recorded_as_submitted
+from refundry.core.engine import INVALID_REQUEST, Engine
+from refundry.core.errors import RefundryError
+from refundry.core.models import json_default
+from refundry.records.events import RecordError, RecordStore
+from refundry.records.history import History
+from refundry.records.masking import mask_text, mask_value
+from refundry.records.stores import open_store
+
+LOG = logging.getLogger("refundry.worker")
+
+
+@attrs.frozen
+class WorkerConfig:
+    nats_url: str
+    db: str
+    rulesets: tuple[str, ...]
+    streams: Streams = DEFAULT_STREAMS
+    batch: int = 50
+    ack_wait: float = ACK_WAIT_S
+    name: str = attrs.Factory(lambda: f"worker-{socket.gethostname()}-{os.getpid()}")
+
+
+@attrs.frozen
+class Outcome:
+    """What became of one message: ``decided`` (publish and ack), ``dead`` (dead-letter and
+    ack) or ``retry`` (not acked: the store could not be written)."""
+
+    kind: str
+    request_id: str = ""
+    decision: Mapping[str, Any] | None = None
+    reason: str = ""
+
+
+@attrs.define
+class Stats:
+    decided: int = 0
+    dead: int = 0
+    retried: int = 0
+
+
+def _masked_payload(payload: bytes) -> bytes:
+    """What a dead letter may keep: card data and codes scrubbed, like any record."""
+    try:
+        return json.dumps(mask_value(json.loads(payload, parse_float=Decimal))).encode()
+    except (ValueError, UnicodeDecodeError):
+        return mask_text(payload.decode("utf-8", "replace")).encode()
+
+
+class Decider:
+    """The synchronous part: history, evaluation, one store transaction per batch."""
+
+    def __init__(self, engine: Engine, store: RecordStore, actor: str) -> None:
+        self.engine, self.store, self.actor = engine, store, actor
+        self.history = History(store)
+
+    def _prepare(self, payload: bytes) -> tuple[dict[str, Any], Any] | Outcome:
+        try:
+            data = json.loads(payload, parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Outcome("dead", reason=f"not json: {str(exc).lower()[:200]}")
+        if not isinstance(data, dict):
+            return Outcome("dead", reason="not a json object (a refund request)")
+        facts = self.history.facts(data, sync=False)  # synced once per batch, in decide()
+        if facts:
+            data = {**data, "facts": {**facts, **dict(data.get("facts") or {})}}
+        decision = self.engine.evaluate(data)
+        if decision.rule_ids and decision.rule_ids[0] == INVALID_REQUEST:
+            return Outcome("dead", str(data.get("request_id", ""))[:200],
+                           reason="invalid request: " + "; ".join(decision.errors))
+        return data, decision
+
+    def decide(self, payloads: Sequence[bytes]) -> list[Outcome]:
+        out: list[Outcome | None] = []
+        ready: list[tuple[int, dict[str, Any], Any]] = []
+        for i, payload in enumerate(payloads):
+            got = self._prepare(payload)
+            if isinstance(got, Outcome):
+                out.append(got)
+            else:
+                out.append(None)
+                ready.append((i, *got))
+        # One transaction for the batch: a commit is a disk flush, which costs more here than
+        # the whole decision; the acks wait for it. The append lock is held meanwhile, so other
+        # workers evaluate their batches while this one records (docs/deployment.md).
+        try:
+            with self.store.batch():
+                for i, data, decision in ready:
+                    out[i] = self._record(data, decision)
+        except RefundryError as exc:
+            for i, data, _decision in ready:
+                out[i] = Outcome("retry", str(data.get("request_id")), reason=str(exc))
+        try:
+            self.history.sync()
+        except RefundryError as exc:
+            LOG.warning("history index not synced", extra={"fields": {"error": str(exc)[:300]}})
+        return [o if o is not None else Outcome("retry", reason="not decided") for o in out]
+
+    def _record(self, data: dict[str, Any], decision: Any) -> Outcome:
+        try:
+            case, created = self.store.record(data, decision, engine=self.engine,
+                                              actor=self.actor)
+        except RecordError as exc:
+            # Refused for good only when the case is there with another submission; the same
+            # one decided elsewhere at the same moment is that case, and a store that cannot be
+            # reached or written is tried again.
+            same = recorded_as_submitted(self.store, data)
+            if same is not None:
+                return Outcome("decided", same.request_id, same.decision)
+            try:
+                self.store.case(decision.request_id)
+            except RefundryError:
+                return Outcome("retry", decision.request_id, reason=str(exc))
+            return Outcome("dead", decision.request_id, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a driver error the store did not wrap
+            return Outcome("retry", decision.request_id, reason=f"{type(exc).__name__}: {exc}")
+        return Outcome("decided", case.request_id,
+                       decision.to_dict() if created else case.decision)
+
+
+async def _settle(js: Any, streams: Streams, msg: Any, outcome: Outcome, stats: Stats) -> None:
+    """Publish what became of ``msg``, then ack it (or leave it for redelivery)."""
+    delivered = msg.metadata.num_delivered
+    if outcome.kind == "retry" and delivered < MAX_DELIVER:
+        stats.retried += 1
+        await msg.nak(delay=1.0)
+        return
+    if outcome.kind == "decided":
+        body = json.dumps(outcome.decision, default=json_default).encode()
+        outcome_name = str((outcome.decision or {}).get("outcome", "unknown"))
+        await js.publish(streams.decision_subject(outcome_name), body,
+                         headers={"Nats-Msg-Id": outcome.request_id})
+        stats.decided += 1
+    else:
+        reason = outcome.reason if outcome.kind == "dead" else \
+            f"not recorded after {delivered} deliveries: {outcome.reason}"
+        await dead_letter(js, streams, _masked_payload(msg.data), reason,
+                          f"{outcome.request_id}:{msg.metadata.sequence.stream}")
+        LOG.warning("dead letter", extra={"fields": {"request_id": outcome.request_id,
+                                                     "reason": reason[:300]}})
+        stats.dead += 1
+    await msg.ack()
+
+
+async def run(config: WorkerConfig, stop: asyncio.Event, *, engine: Engine | None = None,
+              store: RecordStore | None = None) -> Stats:
+    """Consume until ``stop`` is set; the batch in hand is finished first."""
+    import nats.errors
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    engine = engine or Engine.from_path(config.rulesets)
+    own_store = store is None
+    store = store or open_store(config.db, create=True)
+    decider = Decider(engine, store, config.name)
+    nc = await connect(config.nats_url, config.name)
+    stats = Stats()
+    try:
+        js = nc.jetstream()
+        streams = config.streams
+        await ensure_streams(js, streams)
+        sub = await js.pull_subscribe(
+            streams.requests_subject, durable=streams.consumer, stream=streams.requests,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=config.ack_wait,
+                                  max_deliver=MAX_DELIVER, max_ack_pending=-1))
+        LOG.info("consuming", extra={"fields": {"stream": streams.requests, "name": config.name}})
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(config.batch, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - a broker restart: wait and fetch again
+                LOG.warning("fetch failed", extra={"fields": {"error": str(exc)[:300]}})
+                await asyncio.sleep(0.5)
+                continue
+            outcomes = await loop.run_in_executor(None, decider.decide, [m.data for m in msgs])
+            try:
+                for msg, outcome in zip(msgs, outcomes, strict=True):
+                    await _settle(js, streams, msg, outcome, stats)
+            except Exception as exc:  # noqa: BLE001 - unacked messages come back; idempotent
+                LOG.warning("settling failed", extra={"fields": {"error": str(exc)[:300]}})
+        return stats
+    finally:
+        LOG.info("stopping", extra={"fields": attrs.asdict(stats)})
+        await nc.close()
+        if own_store:
+            store.close()

@@ -1,0 +1,555 @@
+"""The Starlette application behind ``refundry serve``.
+
+Handlers are thin: they authenticate, parse, call the library (engine, store, customer
+messages) in the thread pool, and map its errors to HTTP statuses. The actor of every event is
+the authenticated identity's name, never a field of the body, so maker-checker holds against
+who actually called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import attrs
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from refundry.app import report
+from refundry.app.customer import CustomerError, communicate, status
+from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
+from refundry.app.service.identity import Identity, TokenError, Tokens
+from refundry.app.service.openapi import document
+from refundry.app.service.rulesets import Rulesets
+from refundry.app.submissions import recorded_as_submitted
+from refundry.core.engine import INVALID_REQUEST
+from refundry.core.errors import RefundryError
+from refundry.core.models import json_default
+from refundry.records.events import STATUSES, IllegalTransition, RecordError, RecordStore
+from refundry.records.history import History
+
+MAX_BODY = 1_000_000
+LOG = logging.getLogger("refundry.service")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, errors: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.status, self.message, self.errors = status, message, errors
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    # Sorted keys: the same data is the same bytes, however it was built (a retry, a read).
+    body = json.dumps(data, ensure_ascii=False, default=json_default, separators=(",", ":"),
+                      sort_keys=True)
+    return Response(body, status, headers=dict(headers or {}), media_type="application/json")
+
+
+def _error(status: int, message: str, errors: tuple[str, ...] = ()) -> Response:
+    data: dict[str, Any] = {"error": message}
+    if errors:
+        data["errors"] = list(errors)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return _json(data, status, headers)
+
+
+class Metrics:
+    """Prometheus metrics in a registry of this application's own (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("refundry_http_requests", "HTTP requests answered",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("refundry_http_request_seconds", "time to answer",
+                                 ["route"], registry=r,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, 1, 5))
+        self.decisions = Counter("refundry_decisions", "decisions made", ["outcome", "recorded"],
+                                 registry=r)
+        self.reloads = Counter("refundry_ruleset_reloads", "ruleset reloads", ["result"],
+                               registry=r)
+        self.in_flight = Gauge("refundry_http_in_flight", "requests being answered", registry=r)
+        self.generation = Gauge("refundry_ruleset_generation", "ruleset generation in force",
+                                registry=r)
+
+
+@attrs.define
+class Service:
+    """What the handlers share: built once per process, safe to use from many threads."""
+
+    rulesets: Rulesets
+    store: RecordStore
+    tokens: Tokens
+    metrics: Metrics = attrs.Factory(Metrics)
+    history: History | None = None
+    committer: GroupCommit | None = None
+    draining: bool = False
+    tokens_path: str | None = None  # read again when it changes: issued tokens work at once
+    tokens_seen: tuple[int, int] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.tokens_seen = self._tokens_stamp()
+        self.history = History(self.store)
+        self.history.sync()  # what is already recorded counts from the first request on
+        self.committer = GroupCommit(self.store, self.history)
+        self.metrics.generation.set(self.rulesets.current.generation)
+
+    def _tokens_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.tokens_path) if self.tokens_path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def reload_tokens(self) -> None:
+        """Read the token file again if it changed; a broken file keeps the tokens in force."""
+        stamp = self._tokens_stamp()
+        if stamp is None or stamp == self.tokens_seen or self.tokens_path is None:
+            return
+        self.tokens_seen = stamp
+        try:
+            self.tokens = Tokens.load(self.tokens_path)
+        except TokenError as exc:
+            LOG.warning("token file refused", extra={"fields": {"error": str(exc)[:300]}})
+            return
+        LOG.info("tokens reloaded", extra={"fields": {"tokens": len(self.tokens.by_digest)}})
+
+    def close(self) -> None:
+        if self.committer is not None:
+            self.committer.close()
+        self.store.close()
+
+    def reload(self) -> Any:
+        result = self.rulesets.reload()
+        self.metrics.reloads.labels("ok" if result.ok else "refused").inc()
+        self.metrics.generation.set(self.rulesets.current.generation)
+        LOG.info("rulesets reloaded" if result.ok else "ruleset reload refused",
+                 extra={"fields": result.to_dict()})
+        return result
+
+
+# --- authentication and request parsing -----------------------------------------------------
+
+
+def _identity(service: Service, request: Request, roles: tuple[str, ...]) -> Identity:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    who = service.tokens.identify(token.strip()) if scheme.lower() == "bearer" else None
+    if who is None:
+        raise ApiError(401, "a valid api token is needed (authorization: bearer ...)")
+    if not who.has(*roles):
+        raise ApiError(403, f"`{who.name}` may not do this; it needs the role "
+                            f"{' or '.join(f'`{r}`' for r in roles)}")
+    request.state.identity = who.name
+    return who
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(400, f"the body is larger than {MAX_BODY} bytes")
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not json: {str(exc).lower()[:200]}") from None
+
+
+async def _object(request: Request, required: tuple[str, ...] = (),
+                  optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    data = await _body(request)
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a json object")
+    unknown = sorted(set(data) - set(required) - set(optional))
+    missing = [k for k in required if k not in data]
+    if unknown or missing:
+        problems = [f"`{k}` is not a field here" for k in unknown]
+        problems += [f"`{k}` is required" for k in missing]
+        raise ApiError(400, "; ".join(problems))
+    bad = [k for k, v in data.items() if not isinstance(v, str)]
+    if bad:
+        raise ApiError(400, f"`{bad[0]}` must be a string")
+    return data
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ApiError(400, f"query `{name}` must be true or false")
+    return value in ("true", "1")
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"query `{name}` must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"query `{name}` must be between {low} and {high}")
+    return value
+
+
+# --- what the handlers do, in the thread pool --------------------------------------------------
+
+
+def _decide(service: Service, data: Any, record: bool, actor: str) -> tuple[dict[str, Any], str]:
+    """The decision for ``data``; with ``record``, enriched from and appended to the store.
+    Returns the decision and whether it was recorded now (``created``), before (``existing``)
+    or not at all (``none``)."""
+    engine = service.rulesets.engine  # taken once: one version decides the whole request
+    if record and isinstance(data, Mapping) and service.history is not None:
+        # The committer syncs the index after each group; reading it needs no write here.
+        facts = service.history.facts(data, sync=False)
+        if facts:
+            data = {**data, "facts": {**facts, **dict(data.get("facts") or {})}}
+    decision = engine.evaluate(data)
+    if decision.rule_ids and decision.rule_ids[0] == INVALID_REQUEST:
+        raise ApiError(422, "the request is not valid; nothing was evaluated or recorded",
+                       tuple(decision.errors))
+    if not record:
+        service.metrics.decisions.labels(decision.outcome, "false").inc()
+        return decision.to_dict(), "none"
+    assert service.committer is not None
+    try:
+        case, created = service.committer.record(data, decision, engine=engine, actor=actor)
+    except StoreUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    except RecordError as exc:
+        # Decided at the same moment elsewhere, with other history facts: the same submission.
+        existing = recorded_as_submitted(service.store, data)
+        if existing is None:
+            raise ApiError(409, str(exc)) from None
+        case, created = existing, False
+    if created:
+        service.metrics.decisions.labels(decision.outcome, "true").inc()
+    # The decision as recorded (masked like the record), byte for byte the same on a retry.
+    return case.decision, "created" if created else "existing"
+
+
+def _case(service: Service, request_id: str) -> Any:
+    try:
+        return service.store.case(request_id)
+    except RecordError:
+        raise ApiError(404, f"no case for request `{request_id[:100]}`") from None
+
+
+def _act(service: Service, request_id: str, action: Callable[[], Any]) -> dict[str, Any]:
+    """Run a state change on an existing case: 404 when there is none, 409 when the state
+    machine or maker-checker refuses it, 422 for anything else wrong with it."""
+    _case(service, request_id)
+    try:
+        case = action()
+    except IllegalTransition as exc:
+        raise ApiError(409, str(exc)) from None
+    except RefundryError as exc:
+        raise ApiError(422, str(exc)) from None
+    return dict(case.to_dict())
+
+
+def _page(service: Service, status_: str | None, limit: int, offset: int) -> dict[str, Any]:
+    cases = service.store.cases(status_)
+    return {"cases": [c.summary() for c in cases[offset:offset + limit]], "total": len(cases),
+            "limit": limit, "offset": offset}
+
+
+def _customer(service: Service, request_id: str, lang: str,
+              channel: str | None = None, actor: str = "") -> dict[str, Any]:
+    _case(service, request_id)
+    try:
+        msg = status(service.store, request_id, lang)
+        if channel is not None:
+            communicate(service.store, request_id, channel=channel, template=msg.template,
+                        language=msg.language, text=msg.plain(), actor=actor)
+    except CustomerError as exc:
+        raise ApiError(422, str(exc)) from None
+    return dict(msg.to_dict())
+
+
+def _ready(service: Service) -> bool:
+    service.store.checkpoint()  # one cheap read: the store answers
+    return True
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+Handler = Callable[[Request, Service], Awaitable[Response]]
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def post_decision(request: Request, service: Service) -> Response:
+    who = _identity(service, request, ("service",))
+    record = _flag(request, "record")
+    data = await _body(request)
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a json object (a refund request)")
+    decision, recorded = await run_in_threadpool(_decide, service, data, record, who.name)
+    return _json(decision, headers={"X-Refundry-Recorded": recorded})
+
+
+async def get_cases(request: Request, service: Service) -> Response:
+    _identity(service, request, ("reviewer", "auditor"))
+    status_ = request.query_params.get("status")
+    if status_ is not None and status_ not in STATUSES:
+        raise ApiError(400, f"query `status` must be one of {', '.join(STATUSES)}")
+    limit = _int(request, "limit", 100, 1, 1000)
+    offset = _int(request, "offset", 0, 0, 10**9)
+    return _json(await run_in_threadpool(_page, service, status_, limit, offset))
+
+
+async def get_case(request: Request, service: Service) -> Response:
+    _identity(service, request, ("reviewer", "auditor"))
+    case = await run_in_threadpool(_case, service, request.path_params["request_id"])
+    return _json(case.to_dict())
+
+
+async def post_review(request: Request, service: Service) -> Response:
+    who = _identity(service, request, ("reviewer",))
+    body = await _object(request, ("verdict",), ("justification",))
+    if body["verdict"] not in ("approve", "deny"):
+        raise ApiError(400, "`verdict` must be approve or deny")
+    rid = request.path_params["request_id"]
+    return _json(await run_in_threadpool(_act, service, rid, lambda: service.store.review(
+        rid, actor=who.name, approve=body["verdict"] == "approve",
+        reason=body.get("justification"))))
+
+
+async def post_dispute(request: Request, service: Service) -> Response:
+    who = _identity(service, request, ("reviewer",))
+    body = await _object(request, ("reason",))
+    rid = request.path_params["request_id"]
+    engine = service.rulesets.engine
+    return _json(await run_in_threadpool(_act, service, rid, lambda: service.store.open_dispute(
+        rid, actor=who.name, reason=body["reason"], engine=engine)))
+
+
+async def post_resolution(request: Request, service: Service) -> Response:
+    who = _identity(service, request, ("reviewer",))
+    body = await _object(request, ("resolution", "explanation"), ("amount",))
+    rid = request.path_params["request_id"]
+    return _json(await run_in_threadpool(_act, service, rid, lambda: service.store.resolve_dispute(
+        rid, actor=who.name, resolution=body["resolution"], explanation=body["explanation"],
+        amount=body.get("amount"))))
+
+
+def _lang(request: Request, given: str | None) -> str:
+    """``?lang=`` or the first language of ``Accept-Language`` that we speak, else English."""
+    if given:
+        return given
+    for part in request.headers.get("accept-language", "").split(","):
+        tag = part.split(";")[0].strip().lower().split("-")[0]
+        if tag in ("en", "de"):
+            return tag
+    return "en"
+
+
+async def get_status(request: Request, service: Service) -> Response:
+    _identity(service, request, ("service", "reviewer", "auditor"))
+    rid, lang = request.path_params["request_id"], _lang(request, request.query_params.get("lang"))
+    return _json(await run_in_threadpool(_customer, service, rid, lang))
+
+
+async def post_status(request: Request, service: Service) -> Response:
+    who = _identity(service, request, ("service", "reviewer"))
+    body = await _object(request, ("channel",), ("lang",))
+    rid, lang = request.path_params["request_id"], _lang(request, body.get("lang"))
+    if not 0 < len(body["channel"]) <= 40:
+        raise ApiError(400, "`channel` must be 1 to 40 characters")
+    return _json(await run_in_threadpool(_customer, service, rid, lang, body["channel"],
+                                         who.name))
+
+
+async def get_rulesets(request: Request, service: Service) -> Response:
+    _identity(service, request, ("analyst", "auditor", "service"))
+    return _json(service.rulesets.current.to_dict())
+
+
+async def post_reload(request: Request, service: Service) -> Response:
+    who = _identity(service, request, ("analyst",))
+    LOG.info("ruleset reload asked", extra={"fields": {"identity": who.name}})
+    result = await run_in_threadpool(service.reload)
+    return _json(result.to_dict(), 200 if result.ok else 422)
+
+
+def _day(request: Request, name: str) -> Any:
+    import datetime as dt
+
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"query `{name}` must be a date (yyyy-mm-dd)") from None
+
+
+async def get_report(request: Request, service: Service) -> Response:
+    _identity(service, request, ("analyst", "auditor"))
+    since, until = _day(request, "since"), _day(request, "until")
+    client = request.query_params.get("client") or None
+
+    def build() -> str:
+        figs, head = report.build(service.store, since=since, until=until, client=client)
+        return report.to_json(figs, head)
+
+    return Response(await run_in_threadpool(build), media_type="application/json")
+
+
+async def get_verify(request: Request, service: Service) -> Response:
+    _identity(service, request, ("auditor",))
+    result = await run_in_threadpool(service.store.verify)
+    return _json(result.to_dict(), 200 if result.ok else 409)
+
+
+async def healthz(request: Request, service: Service) -> Response:
+    return _json({"status": "alive"})
+
+
+async def readyz(request: Request, service: Service) -> Response:
+    if service.draining:
+        return _json({"status": "shutting down"}, 503)
+    try:
+        await run_in_threadpool(_ready, service)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means not ready
+        return _json({"status": "store unreachable", "detail": str(exc)[:300]}, 503)
+    return _json({"status": "ready", "generation": service.rulesets.current.generation})
+
+
+async def metrics(request: Request, service: Service) -> Response:
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request, service: Service) -> Response:
+    return _json(document())
+
+
+# --- the application --------------------------------------------------------------------------
+
+
+def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        service = _service(request)
+        service.metrics.in_flight.inc()
+        t0 = time.perf_counter()
+        try:
+            response = await handler(request, service)
+        except ApiError as exc:
+            response = _error(exc.status, exc.message, exc.errors)
+        except Exception:  # noqa: BLE001 - one broken request must not take the others down
+            LOG.exception("request failed", extra={"fields": {"route": route}})
+            response = _error(500, "internal error; the request was not completed")
+        finally:
+            service.metrics.in_flight.dec()
+        took = time.perf_counter() - t0
+        service.metrics.latency.labels(route).observe(took)
+        service.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        if response.status_code >= 400 or LOG.isEnabledFor(logging.DEBUG):
+            LOG.info("request", extra={"fields": {
+                "route": route, "method": request.method, "status": response.status_code,
+                "ms": round(took * 1000, 2),
+                "identity": getattr(request.state, "identity", None)}})
+        return response
+
+    return endpoint
+
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("/v1/decisions", "POST", post_decision),
+    ("/v1/cases", "GET", get_cases),
+    ("/v1/cases/{request_id}", "GET", get_case),
+    ("/v1/cases/{request_id}/review", "POST", post_review),
+    ("/v1/cases/{request_id}/dispute", "POST", post_dispute),
+    ("/v1/cases/{request_id}/dispute/resolution", "POST", post_resolution),
+    ("/v1/cases/{request_id}/status", "GET", get_status),
+    ("/v1/cases/{request_id}/status", "POST", post_status),
+    ("/v1/rulesets", "GET", get_rulesets),
+    ("/v1/rulesets/reload", "POST", post_reload),
+    ("/v1/report", "GET", get_report),
+    ("/v1/verify", "GET", get_verify),
+    ("/v1/openapi.json", "GET", openapi),
+    ("/healthz", "GET", healthz),
+    ("/readyz", "GET", readyz),
+    ("/metrics", "GET", metrics),
+)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    code = getattr(exc, "status_code", 404)
+    return _error(code, "no such route" if code == 404 else "method not allowed for this route")
+
+
+RULESET_CHECK_S = 2.0
+
+
+async def _watch_rulesets(service: Service) -> None:
+    """Reload when the ruleset or token files change (every process of the server does this)."""
+    while True:
+        await asyncio.sleep(RULESET_CHECK_S)
+        try:
+            await run_in_threadpool(service.reload_tokens)
+            if await run_in_threadpool(service.rulesets.changed):
+                await run_in_threadpool(service.reload)
+        except Exception:  # noqa: BLE001 - a failed look must not end the watching
+            LOG.exception("ruleset watch failed")
+
+
+def _reload_on_sighup(service: Service) -> None:
+    """``kill -HUP``: the systemd ``reload`` of the service (only where this is the main thread
+    of a process, as under uvicorn; an app inside a test thread reloads over HTTP)."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: loop.run_in_executor(None, service.reload))
+
+
+def create_app(service: Service) -> Starlette:
+    """The ASGI application over ``service``; closing the store when it shuts down."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        LOG.info("ready", extra={"fields": {"store": service.store.url,
+                                            "generation": service.rulesets.current.generation}})
+        _reload_on_sighup(service)
+        watcher = asyncio.create_task(_watch_rulesets(service))
+        yield
+        watcher.cancel()
+        service.draining = True
+        service.close()
+        LOG.info("stopped")
+
+    by_path: dict[str, list[tuple[str, Handler]]] = {}
+    for path, method, handler in ROUTES:
+        by_path.setdefault(path, []).append((method, handler))
+    routes = []
+    for path, handlers in by_path.items():
+        for method, handler in handlers:
+            routes.append(Route(path, _endpoint(path, handler), methods=[method],
+                                name=f"{method} {path}"))
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: _not_found, 405: _not_found})
+    app.state.service = service
+    return app

@@ -1,0 +1,101 @@
+"""A real ``refundry serve`` application on 127.0.0.1, one per test, on a free port.
+
+The server runs in a thread of the test process (uvicorn on a socket bound to port 0), with
+its own SQLite store, a copy of the shipped rulesets (so reload tests can edit them) and a
+token file with one identity per role plus a second reviewer and a submitter that also
+reviews (to prove maker-checker against authenticated identities).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from refundry.app.service.api import Service, create_app
+from refundry.app.service.identity import Tokens, issue
+from refundry.app.service.rulesets import Rulesets
+from refundry.records.stores import open_store
+
+from ..conftest import BASE_REQUEST, RULESETS
+
+IDENTITIES = {
+    "svc": ["service"], "rev1": ["reviewer"], "rev2": ["reviewer"], "ana": ["analyst"],
+    "aud": ["auditor"], "both": ["service", "reviewer"],
+}
+
+
+def make_request(request_id: str, **changes: Any) -> dict[str, Any]:
+    """A valid EU withdrawal; ``client_id="acme", amount="600"`` makes it a manual review
+    needing two approvers (acme-eu reviews refunds above 500)."""
+    req = copy.deepcopy(BASE_REQUEST)
+    req["request_id"] = request_id
+    req.update(changes)
+    if "amount" in changes:
+        req["transaction"]["amount"] = str(Decimal(str(changes["amount"])) + 10)
+        req["items"][0]["unit_price"] = changes["amount"]
+    return req
+
+
+class Running:
+    def __init__(self, url: str, tokens: dict[str, str], service: Service, rulesets: Path,
+                 db: Path) -> None:
+        self.url, self.tokens, self.service = url, tokens, service
+        self.rulesets, self.db = rulesets, db
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def call(self, method: str, path: str, who: str | None = None, **kw: Any) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}))
+        if who is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[who]}"
+        return self.http.request(method, path, headers=headers, **kw)
+
+
+def start_server(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def make_tokens(path: Path) -> dict[str, str]:
+    return {name: issue(path, name, roles) for name, roles in IDENTITIES.items()}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Running]:
+    rulesets = tmp_path / "rulesets"
+    shutil.copytree(RULESETS, rulesets)
+    tokens = make_tokens(tmp_path / "tokens.json")
+    db = tmp_path / "refundry.db"
+    service = Service(rulesets=Rulesets([rulesets]), store=open_store(db),
+                      tokens=Tokens.load(tmp_path / "tokens.json"),
+                      tokens_path=str(tmp_path / "tokens.json"))
+    server, thread, url = start_server(create_app(service))
+    running = Running(url, tokens, service, rulesets, db)
+    try:
+        yield running
+    finally:
+        running.http.close()
+        server.should_exit = True
+        thread.join(30)
