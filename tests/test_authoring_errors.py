@@ -59,6 +59,21 @@ def test_misspelt_field_suggests_the_known_field(cli, tmp_path):
                      "request; did you mean `disclosures.refund_policy_posted`?"]
 
 
+def test_misspelt_prior_refund_field_suggests_a_prior_refunds_field(cli, tmp_path):
+    """Inside any_prior_refund the known fields are a prior refund's, not an item's (the
+    suggestion used to come from the item fields)."""
+    lines = validate(cli, tmp_path, """\
+        rules:
+          - id: r1
+            when: {any_prior_refund: {field: amout, gt: 10}}
+            effect: manual_review
+            message: earlier refunds
+            customer_message: our team is checking your refund
+        """)
+    assert len(lines) == 1 and lines[0].endswith(
+        "rule `r1`: unknown field `amout` for a prior refund; did you mean `amount`?"), lines
+
+
 def test_unknown_field_far_from_any_known_one_hints_at_client_facts(cli, tmp_path):
     lines = validate(cli, tmp_path, """\
         rules:

@@ -20,6 +20,7 @@ from refundry.core.language import (
     Not,
     Percent,
     Window,
+    required_values,
 )
 
 NUMS = [Decimal("0"), Decimal("10"), Decimal("10.00"), Decimal("99.99"), Decimal("100"), 7]
@@ -96,6 +97,32 @@ def test_generated_code_agrees_with_the_interpreter(conditions, cases):
         assert match(facts.get, items) == expected
         for c in conditions:
             assert c.explain(facts, items)["result"] == c.evaluate(facts, items)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(trees(FIELDS), st.tuples(leaf({"t1": TEXT}), trees(FIELDS)).map(All)),
+                min_size=1, max_size=6),
+       st.lists(st.tuples(facts_strategy, st.lists(fact_maps(ITEM_FIELDS), max_size=3)), min_size=1, max_size=5))
+def test_rules_indexed_on_an_enum_field_match_as_the_interpreter_does(conditions, cases):
+    """The index on `t1` only skips rules whose condition needs another `t1`: the same rules
+    match, in rule order, whatever the request's `t1` (or none)."""
+    match = CodeGen().build(conditions, index_on="t1")
+    assert any(required_values(c, "t1") for c in conditions) or "_groups" not in match.__refundry_source__
+    for facts, items in cases:
+        expected = [i for i, c in enumerate(conditions) if c.evaluate(facts, items)]
+        assert match(facts.get, items) == expected
+
+
+def test_a_rule_indexed_on_reason_is_tested_only_for_its_reasons():
+    reason_is = Compare("t1", "in", Literal(frozenset({"a", "changed_mind"})), True)
+    rules = [All((reason_is, Compare("n1", "gt", Literal(Decimal(5)), True))),
+             Compare("t1", "eq", Literal("b"), True), Compare("n1", "exists", Literal(True), True)]
+    match = CodeGen().build(rules, index_on="t1")
+    assert match({"t1": "a", "n1": Decimal(6)}.get, ()) == [0, 2]
+    assert match({"t1": "b", "n1": Decimal(6)}.get, ()) == [1, 2]
+    assert match({"t1": "changed_mind", "n1": Decimal(5)}.get, ()) == [2]
+    assert match({}.get, ()) == []
+    assert "_groups.get" in match.__refundry_source__
 
 
 @settings(max_examples=150, deadline=None)

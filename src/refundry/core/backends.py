@@ -30,7 +30,7 @@ class CompiledBackend:
     name = "compiled"
 
     def compile(self, ruleset: CompiledRuleset) -> Matcher:
-        match = CodeGen().build([rule.when for rule in ruleset.rules])
+        match = CodeGen().build([rule.when for rule in ruleset.rules], index_on="reason")
 
         def matcher(facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> list[int]:
             return match(facts.get, items)

@@ -105,6 +105,8 @@ class Context:
         stopped nothing (CRA s22(6): a repair asked for before the time limit expired). A pause
         that has not ended leaves no last day yet."""
         spec = calendar or self.calendar
+        if period.offset is not None and pause is None and spec.period_end != "next_working_day":
+            return start + period.offset  # plain calendar days: what add_period would count
         working = self.working_for(spec)
         rolls = spec.period_end == "next_working_day"
         end = add_period(period, start, working, self.closing_day, roll=rolls)

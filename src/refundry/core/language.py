@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -393,19 +394,90 @@ class CodeGen:
         self.prelude.append(f"def {name}(g):\n    return {body}\n")
         return name
 
-    def build(self, conditions: Sequence[Node]) -> Callable[[Callable[[str], Any], Sequence[Any]], list[int]]:
+    def build(self, conditions: Sequence[Node], index_on: str | None = None,
+              ) -> Callable[[Callable[[str], Any], Sequence[Any]], list[int]]:
+        """``index_on``: an enum field (``reason``). A rule whose condition requires that field to
+        be one of some values is only tested for a request with one of them, so a request's cost
+        follows the rules that can match it, not every rule. The full condition is still tested."""
         body = ["def match(g, items):", "    hits = []"]
+        groups: dict[Any, list[int]] = {}
         for index, cond in enumerate(conditions):
+            values = required_values(cond, index_on) if index_on else None
+            if values is not None:
+                for value in values:
+                    groups.setdefault(value, []).append(index)
+                continue
             body.append(f"    if {cond.source(self, 'g', 'items')}:")
             body.append(f"        hits.append({index})")
+        if groups:
+            body += [f"    group = _groups.get(g({self.const(index_on)}))",
+                     "    if group is not None:", "        group(g, items, hits)", "        hits.sort()"]
         body.append("    return hits")
+        rest = {i: _rest_of(conditions[i], index_on) for ix in groups.values() for i in ix}
+        group_names = {value: self._group(rest, indexes) for value, indexes in groups.items()}
         code = "\n".join(self.prelude) + "\n" + "\n".join(body) + "\n"
         namespace: dict[str, Any] = {"_c": tuple(self.consts), "_any": _any, "_all": _all,
                                      "_pct": _pct, "_plus": _plus, "_cmp": _compare}
         exec(compile(code, "<refundry-compiled-ruleset>", "exec"), namespace)  # noqa: S102
         match = namespace["match"]
+        match.__globals__["_groups"] = {value: namespace[name] for value, name in group_names.items()}
         match.__refundry_source__ = code
         return match
+
+    def _group(self, rest: Mapping[int, Node | None], indexes: list[int]) -> str:
+        """The rules one value of the index field can match, each tested on the rest of its
+        condition (the part the index has not already decided)."""
+        self._funcs += 1
+        name = f"_group{self._funcs}"
+        lines = []
+        for index in indexes:
+            cond = rest[index]
+            if cond is None:
+                lines.append(f"    hits.append({index})")
+                continue
+            lines.append(f"    if {cond.source(self, 'g', 'items')}:")
+            lines.append(f"        hits.append({index})")
+        # The rules of a group mostly read the same few facts: each is looked up once (a fact
+        # lookup is a pure dict.get, so reading it early changes nothing).
+        body = _LOOKUP.sub(lambda m: f"_g{m.group(1)}", "\n".join(lines))
+        reads = [f"    _g{n} = g(_c[{n}])" for n in sorted({int(n) for n in _LOOKUP.findall("\n".join(lines))})]
+        self.prelude.append("\n".join([f"def {name}(g, items, hits):", *reads, body]) + "\n")
+        return name
+
+
+_LOOKUP = re.compile(r"\bg\(_c\[(\d+)\]\)")
+
+
+def _rest_of(cond: Node, path: str | None) -> Node | None:
+    """``cond`` without the conjunct ``required_values`` read (None: nothing else to test)."""
+    if isinstance(cond, Compare):
+        return None
+    assert isinstance(cond, All)
+    for i, child in enumerate(cond.children):
+        if required_values(child, path) is not None:
+            inner = _rest_of(child, path)
+            others = cond.children[:i] + ((inner,) if inner is not None else ()) + cond.children[i + 1:]
+            return All(others) if others else None
+    raise AssertionError("no indexed conjunct")  # pragma: no cover - required_values found one
+
+
+def required_values(cond: Node, path: str | None) -> frozenset[Any] | None:
+    """The values ``path`` must have for ``cond`` to hold, when an `eq`/`in` on a literal at the
+    top of the condition (or of one of its `all` children) says so; None when nothing does."""
+    if isinstance(cond, Compare) and cond.path == path and isinstance(cond.operand, Literal):
+        value = cond.operand.value
+        if cond.op == "eq" and isinstance(value, str):
+            return frozenset((value,))
+        if cond.op == "in" and isinstance(value, (tuple, list, frozenset, set)) and all(
+                isinstance(v, str) for v in value):
+            return frozenset(value)
+        return None
+    if isinstance(cond, All):
+        for child in cond.children:
+            found = required_values(child, path)
+            if found is not None:
+                return found
+    return None
 
 
 # --- parsing -------------------------------------------------------------------------------

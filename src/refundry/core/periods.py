@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterable
 
 import attrs
-import holidays as _holidays
 from dateutil.relativedelta import relativedelta
 
 UNITS = ("days", "weeks", "months", "business_days", "billing_cycles")
@@ -38,6 +37,15 @@ class Period:
     """``14 days``, ``10 business days``, ``14 days + 12 months``: steps applied in order."""
 
     steps: tuple[tuple[int, str], ...]
+    # Days and weeks only: the period is a fixed number of calendar days, added without a
+    # working-day calendar (precomputed once, not per request).
+    offset: dt.timedelta | None = attrs.field(init=False, eq=False, repr=False)
+
+    @offset.default
+    def _offset(self) -> dt.timedelta | None:
+        if not self.steps or any(unit not in ("days", "weeks") for _, unit in self.steps):
+            return None
+        return dt.timedelta(days=sum(n * (7 if unit == "weeks" else 1) for n, unit in self.steps))
 
     @classmethod
     def parse(cls, text: str) -> Period:
@@ -146,6 +154,8 @@ class HolidayCalendars:
     def _compute(country: str, subdivision: str | None, year: int) -> frozenset[dt.date]:
         if not 1900 <= year <= 2200:
             return frozenset()
+        import holidays as _holidays  # ~0.1 s to import: only a calendar that counts holidays pays it
+
         try:
             cal = _holidays.country_holidays(country, subdiv=subdivision, years=year)
         except NotImplementedError:  # the library has no calendar for this country
