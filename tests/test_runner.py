@@ -334,9 +334,12 @@ def test_sigterm_checkpoints_prints_the_summary_and_exits_143(tmp_path: Path) ->
     while _alive(workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _alive(workers) == set()
-    # A clean checkpoint: every decision written is journalled, and a re-run completes it.
+    # A checkpoint: every decision journalled was written. A stop that lands between a sink's
+    # write and its journal line can leave that one decision unjournalled (the sink's writer
+    # drops it as already written on the re-run), never more than the one in flight.
     journal = tmp_path / "out.jsonl.progress.jsonl"
-    assert len(journal.read_text().splitlines()) == len(ids(tmp_path / "out.jsonl"))
+    journalled = len(journal.read_text().splitlines())
+    assert journalled <= len(ids(tmp_path / "out.jsonl")) <= journalled + 1
     again = _cli(*args, cwd=tmp_path)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
