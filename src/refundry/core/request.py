@@ -416,12 +416,12 @@ SCHEMA_ID = "https://refundry.dev/schemas/refund-request/1.1.0/refund-request.sc
 # Patterns end with ``END`` (``$(?!\n)``), not a bare ``$``: JSON Schema patterns are ECMA-262,
 # where ``$`` is the end of the text, but Python's ``re`` (the ``jsonschema`` package) lets ``$``
 # match before a final newline, so ``"12.50\n"`` would pass one validator and not another.
-_MONEY = {"type": ["string", "integer"], "pattern": MONEY_PATTERN, "minimum": 0,
+_MONEY: dict[str, Any] = {"type": ["string", "integer"], "pattern": MONEY_PATTERN, "minimum": 0,
           "maximum": 999_999_999_999_999,
           "description": "a decimal string (never a float, never negative), e.g. \"12.50\""}
-_TIME = {"type": "string", "format": "date-time", "pattern": TIME_PATTERN}
-_DAY = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
-_INSTANT = {"anyOf": [_TIME, _DAY],
+_TIME_SCHEMA: dict[str, Any] = {"type": "string", "format": "date-time", "pattern": TIME_PATTERN}
+_DAY_SCHEMA: dict[str, Any] = {"type": "string", "format": "date", "pattern": DATE_PATTERN}
+_INSTANT: dict[str, Any] = {"anyOf": [_TIME_SCHEMA, _DAY_SCHEMA],
             "description": "RFC 3339 with offset, or a date read in the consumer's local time"}
 
 
@@ -444,10 +444,10 @@ def _schema_for(meta: Mapping[str, Any], name: str) -> dict[str, Any]:
         return {"type": "integer", "minimum": 0, "maximum": 1_000_000}
     if kind == "instant":
         if name == "requested_at":
-            return dict(_TIME)
+            return dict(_TIME_SCHEMA)
         return dict(_INSTANT)
     if kind == "date":
-        return dict(_DAY)
+        return dict(_DAY_SCHEMA)
     if kind == "facts":
         return {"type": "object", "maxProperties": MAX_FACTS_KEYS,
                 "description": "client-specific facts that client rules name as facts.NAME; at "
