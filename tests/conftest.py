@@ -47,6 +47,20 @@ BASE_REQUEST = {
 }
 
 
+def make_request(request_id: str, **changes: object) -> dict:
+    """A valid EU withdrawal request; ``client_id="acme", amount="600"`` makes it a manual
+    review needing two approvers under acme-eu (refunds above 500)."""
+    from decimal import Decimal
+
+    req = copy.deepcopy(BASE_REQUEST)
+    req["request_id"] = request_id
+    req.update(changes)
+    if "amount" in changes:
+        req["transaction"]["amount"] = str(Decimal(str(changes["amount"])) + 10)
+        req["items"][0]["unit_price"] = changes["amount"]
+    return req
+
+
 @pytest.fixture
 def request_json() -> dict:
     return copy.deepcopy(BASE_REQUEST)

@@ -6,13 +6,11 @@ dropped afterwards; without the variable they are skipped, saying how to enable 
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 
 import pytest
 
@@ -21,23 +19,14 @@ from refundry.records.events import RecordStore
 from refundry.records.stores import open_store
 
 # The engine tests' request and paths; the slow-test switch in ../conftest.py covers these too.
-from ..conftest import BASE_REQUEST, RULESETS
+# make_request is re-exported: the tests in this folder import it from here.
+from ..conftest import RULESETS, make_request  # noqa: F401
 
 PG_ENV = "REFUNDRY_TEST_POSTGRES_URL"
 PG_SKIP = (f"PostgreSQL tests are off: set {PG_ENV}=postgresql://postgres@127.0.0.1:5432/test "
            "to run them")
 
 
-def make_request(request_id: str, **changes: object) -> dict:
-    """A valid EU withdrawal request; ``client_id="acme", amount="600"`` makes it a manual
-    review under acme-eu (refunds above 500)."""
-    req = copy.deepcopy(BASE_REQUEST)
-    req["request_id"] = request_id
-    req.update(changes)
-    if "amount" in changes:
-        req["transaction"]["amount"] = str(Decimal(str(changes["amount"])) + 10)
-        req["items"][0]["unit_price"] = changes["amount"]
-    return req
 
 
 class StepClock:

@@ -8,13 +8,11 @@ reviews (to prove maker-checker against authenticated identities).
 
 from __future__ import annotations
 
-import copy
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,8 @@ from refundry.app.service.identity import Tokens, issue
 from refundry.app.service.rulesets import Rulesets
 from refundry.records.stores import open_store
 
-from ..conftest import BASE_REQUEST, RULESETS
+# make_request is re-exported: the tests in this folder import it from here.
+from ..conftest import RULESETS, make_request  # noqa: F401
 
 IDENTITIES = {
     "svc": ["service"], "rev1": ["reviewer"], "rev2": ["reviewer"], "ana": ["analyst"],
@@ -35,16 +34,6 @@ IDENTITIES = {
 }
 
 
-def make_request(request_id: str, **changes: Any) -> dict[str, Any]:
-    """A valid EU withdrawal; ``client_id="acme", amount="600"`` makes it a manual review
-    needing two approvers (acme-eu reviews refunds above 500)."""
-    req = copy.deepcopy(BASE_REQUEST)
-    req["request_id"] = request_id
-    req.update(changes)
-    if "amount" in changes:
-        req["transaction"]["amount"] = str(Decimal(str(changes["amount"])) + 10)
-        req["items"][0]["unit_price"] = changes["amount"]
-    return req
 
 
 class Running:
