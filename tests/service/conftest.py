@@ -68,7 +68,7 @@ def start_server(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
 
 
 def make_tokens(path: Path) -> dict[str, str]:
-    return {name: issue(path, name, roles) for name, roles in IDENTITIES.items()}
+    return {name: issue(path, name, [*roles, "admin"]) for name, roles in IDENTITIES.items()}
 
 
 @pytest.fixture

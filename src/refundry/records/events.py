@@ -23,7 +23,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
@@ -614,13 +614,20 @@ class RecordStore:
 
     def review_queue(self, *, after: int = 0, before: int | None = None, limit: int = 50,
                      client: str | None = None, industry: str | None = None,
-                     request_id: str | None = None) -> QueuePage:
+                     request_id: str | None = None,
+                     clients: Collection[str] | None = None) -> QueuePage:
         """One page of the cases waiting in manual review, oldest first (``after`` a cursor)
         or newest first (``before``), by SQL keyset on the ``evaluated`` event's position, so a
         page costs the same at 100,000 waiting cases as at ten; only the page's cases are
         folded. ``total`` counts the waiting cases that match the filters, up to
-        ``COUNT_CAP + 1`` (``capped`` then says there are more)."""
+        ``COUNT_CAP + 1`` (``capped`` then says there are more). ``clients``: only cases of
+        these clients (tenancy, ``records/access.py``), counted too."""
         where, args = self._queue_filter(client, industry, request_id)
+        if clients is not None:
+            p = self._param
+            where += (f" AND {self._json_text('request', 'client_id')} IN "
+                      f"({', '.join([p] * len(clients)) or 'NULL'})")
+            args = (*args, *sorted(clients))
         p = self._param
         # Counted only up to COUNT_CAP: an exact count reads every waiting case, which at
         # 100,000 of them costs more than the page itself ("1000+" is what a reviewer needs).
@@ -851,6 +858,15 @@ class RecordStore:
                     "amount": str(paid) if resolution == "overturned" else None}
 
         return self._step(request_id, "dispute_resolved", actor, details)
+
+    def store_note(self, details: Mapping[str, Any], *, actor: str) -> Event:
+        """A note that belongs to no case (an access decision, ``records/access.py``): in the
+        chain like any event, so it cannot be removed without verify noticing."""
+        actor = _actor(actor)
+        _case, event = self._append(STORE_CASE, lambda _c, _t: Draft(
+            STORE_CASE, "note", actor, None, None, dict(details)))
+        assert event is not None
+        return event
 
     def set_four_eyes_above(self, amount: Decimal | str, *, actor: str) -> Event:
         """Change the two-approver threshold; the change is itself an event in the chain."""

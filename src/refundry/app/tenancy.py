@@ -1,0 +1,42 @@
+"""Tenancy for the application: an identity's view of the store and of the rulesets.
+
+The API, the console and the CLI all scope through here (docs/security.md): cases through
+``records.access.ScopedStore``, rulesets by their ``client`` (a baseline has none: it is law,
+no client's data, so every identity may read it, but only an ``admin`` may change one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from refundry.app.service.identity import Identity
+from refundry.records.access import ScopedStore
+from refundry.records.events import RecordStore
+
+
+def scoped(store: RecordStore, who: Identity) -> ScopedStore:
+    return ScopedStore(store, who.name, who.clients)
+
+
+def visible_rulesets(who: Identity, rulesets: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """The loaded rulesets ``who`` may see: baselines, and overlays of its own clients."""
+    return [r for r in rulesets if r.get("client") is None or who.sees(str(r["client"]))]
+
+
+def change_problem(who: Identity, old: Iterable[Any], new: Iterable[Any]) -> str | None:
+    """Why ``who`` may not put the rulesets ``new`` in force in place of ``old`` (each
+    ``engine.rulesets``), or None. A layer counts as changed when a version of it is added,
+    removed or has other content."""
+    if who.has("admin"):
+        return None
+    before = {(r.id, r.version, r.digest): r for r in old}
+    after = {(r.id, r.version, r.digest): r for r in new}
+    for key in sorted(set(before) ^ set(after)):
+        layer = after.get(key) or before[key]
+        client = getattr(layer, "client", None)
+        if client is None:
+            return f"`{who.name}` may not change baseline `{key[0]}`; only an admin may"
+        if not who.sees(str(client)):
+            return f"`{who.name}` may not change ruleset `{key[0]}` of client `{client}`"
+    return None
