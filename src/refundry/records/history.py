@@ -64,6 +64,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_card ON history_index (client_id, card_key, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_transaction ON history_index (client_id, transaction_key, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_client ON history_index (client_id, currency, requested_at)",
+    # Across clients (other_clients_flag): the same card or address at another client.
+    "CREATE INDEX IF NOT EXISTS history_card_any ON history_index (card_key, requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_address_any ON history_index (address_key, requested_at)",
 )
 
 class HistoryError(RefundryError):
@@ -305,6 +308,8 @@ class History:
                 # COUNT(DISTINCT) saw only earlier rows; this request's customer adds one
                 # unless it was among them.
                 out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
+        if k.card is not None or k.address is not None:
+            out["other_clients_flag"] = self._other_clients(k, start, at)
         prior = self._read(
             "SELECT amount, currency, decided_amount, status FROM history_index WHERE "
             "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
@@ -329,6 +334,19 @@ class History:
             "prior_refunds_disagree": claimed != paid or paid_other_currency,
         })
         return out
+
+    def _other_clients(self, k: Keys, start: str, at: str) -> bool:
+        """Whether the same card or address (their keyed pseudonyms) was in a request to
+        another client in the window. Only this one bit crosses from one client to another:
+        no count, no id, nothing of the other client's case (docs/fraud.md)."""
+        parts, args = [], []
+        for name, value in (("card", k.card), ("address", k.address)):
+            if value is not None:
+                parts.append(f"SELECT 1 FROM (SELECT 1 AS hit FROM history_index WHERE "
+                             f"{name}_key = ? AND client_id <> ? AND requested_at >= ? AND "
+                             f"requested_at <= ? LIMIT 1) AS other_{name}")
+                args += [value, k.client_id, start, at]
+        return bool(self._read(" UNION ALL ".join(parts), args))
 
     def baseline(self, client_id: str, currency: str, day: str) -> Baseline:
         """The client's baseline for requests on ``day`` (UTC date), from the days before it
