@@ -10,13 +10,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from refundry.app.service.identity import Identity
+from refundry.app.service.identity import Identity, TokenError, Tokens
 from refundry.records.access import ScopedStore
 from refundry.records.events import RecordStore
 
 
 def scoped(store: RecordStore, who: Identity) -> ScopedStore:
     return ScopedStore(store, who.name, who.clients)
+
+
+def identity_named(tokens: str, name: str) -> Identity:
+    """The identity called ``name`` in the token file ``tokens`` (``refundry ... --as``)."""
+    found = [who for who in Tokens.load(tokens).by_digest.values() if who.name == name.strip()]
+    if not found:
+        raise TokenError(f"no identity `{name[:100]}` in `{tokens}`")
+    if len({(w.roles, w.clients) for w in found}) > 1:
+        raise TokenError(f"`{name[:100]}` has tokens with different roles or clients in "
+                         f"`{tokens}`; give each identity one")
+    return found[0]
 
 
 def visible_rulesets(who: Identity, rulesets: Iterable[Mapping[str, Any]]) -> list[Any]:

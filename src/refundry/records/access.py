@@ -75,6 +75,15 @@ class ScopedStore:
     def allows(self, client_id: str | None) -> bool:
         return self.all or (client_id is not None and client_id in self.clients)
 
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> ScopedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- recording access decisions -----------------------------------------------------------
 
     def refuse(self, action: str, client_id: str, request_id: str | None = None) -> Event:
@@ -223,6 +232,13 @@ class ScopedStore:
              reference: str | None = None) -> Case:
         self.case(request_id, event_type)
         return self.store.mark(request_id, event_type, actor=actor, reference=reference)
+
+    def set_four_eyes_above(self, amount: Any, *, actor: str) -> Event:
+        """A store setting binds every client: only an identity of every client changes it."""
+        if not self.all:
+            self.refuse("settings", ALL_CLIENTS)
+            raise AccessRefused(f"`{self.actor}` may not change a setting of every client")
+        return self.store.set_four_eyes_above(amount, actor=actor)
 
     def note(self, request_id: str, text: str, *, actor: str) -> Case:
         self.case(request_id, "note")
