@@ -71,3 +71,28 @@ def test_every_client_only_for_an_admin(shared):
     (tmp / "tokens.json").write_text(json.dumps(data))
     code, _, err = run("records", "list", "--as", "ann")
     assert code == 1 and "`*` (every client) needs the `admin` role" in err
+
+
+def test_an_analyst_validates_and_diffs_only_its_clients_overlays(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    issue(tmp_path / "tokens.json", "ana", ["analyst"], ["acme"])
+    issue(tmp_path / "tokens.json", "boss", ["analyst", "admin"])
+    acme, northwind = (RULESETS / "ecommerce" / f for f in ("acme-eu.yaml", "northwind-eu.yaml"))
+    baseline = RULESETS / "ecommerce" / "eu-consumer.yaml"
+
+    def run(*args: object) -> tuple[int, str]:
+        code = main([*(str(a) for a in args), "--tokens", str(tmp_path / "tokens.json")])
+        return code, capsys.readouterr().err
+
+    assert run("validate", acme, "--as", "ana")[0] == 0
+    code, err = run("validate", northwind, "--as", "ana")
+    assert code == 1 and "may not change ruleset `northwind-eu` of client `northwind`" in err
+    code, err = run("validate", baseline, "--as", "ana")
+    assert code == 1 and "may not change baseline `eu-consumer`; only an admin may" in err
+    assert run("validate", baseline, "--as", "boss")[0] == 0
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps(make_request("d-1", client_id="acme")) + "\n")
+    common = ["--requests", requests, "--with", RULESETS]
+    assert run("diff", acme, acme, *common, "--as", "ana")[0] == 0
+    code, err = run("diff", northwind, northwind, *common, "--as", "ana")
+    assert code == 1 and "`northwind`" in err

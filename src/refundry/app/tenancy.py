@@ -8,9 +8,11 @@ no client's data, so every identity may read it, but only an ``admin`` may chang
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from refundry.app.service.identity import Identity, TokenError, Tokens
+from refundry.core.loader import discover
 from refundry.records.access import ScopedStore
 from refundry.records.events import RecordStore
 
@@ -35,19 +37,37 @@ def visible_rulesets(who: Identity, rulesets: Iterable[Mapping[str, Any]]) -> li
     return [r for r in rulesets if r.get("client") is None or who.sees(str(r["client"]))]
 
 
+def _layer_problem(who: Identity, layer: Any) -> str | None:
+    if who.has("admin"):
+        return None
+    if layer.client is None:
+        return f"`{who.name}` may not change baseline `{layer.id}`; only an admin may"
+    if not who.sees(str(layer.client)):
+        return f"`{who.name}` may not change ruleset `{layer.id}` of client `{layer.client}`"
+    return None
+
+
 def change_problem(who: Identity, old: Iterable[Any], new: Iterable[Any]) -> str | None:
     """Why ``who`` may not put the rulesets ``new`` in force in place of ``old`` (each
     ``engine.rulesets``), or None. A layer counts as changed when a version of it is added,
     removed or has other content."""
-    if who.has("admin"):
-        return None
     before = {(r.id, r.version, r.digest): r for r in old}
     after = {(r.id, r.version, r.digest): r for r in new}
     for key in sorted(set(before) ^ set(after)):
-        layer = after.get(key) or before[key]
-        client = getattr(layer, "client", None)
-        if client is None:
-            return f"`{who.name}` may not change baseline `{key[0]}`; only an admin may"
-        if not who.sees(str(client)):
-            return f"`{who.name}` may not change ruleset `{key[0]}` of client `{client}`"
+        problem = _layer_problem(who, after.get(key) or before[key])
+        if problem:
+            return problem
+    return None
+
+
+def authoring_problem(who: Identity, loaded: Iterable[Any],
+                      paths: Iterable[str | Path]) -> str | None:
+    """Why ``who`` may not validate or diff the rulesets in the files under ``paths`` (of
+    ``loaded``, an engine's rulesets; the baselines merely added under them do not count)."""
+    files = {p.resolve() for p in discover(paths)}
+    for layer in loaded:
+        if layer.path and Path(layer.path).resolve() in files:
+            problem = _layer_problem(who, layer)
+            if problem:
+                return problem
     return None

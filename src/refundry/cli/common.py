@@ -184,18 +184,27 @@ def add_identity_option(parser: argparse.ArgumentParser) -> None:
                         f"$REFUNDRY_TOKENS or ./{TOKENS_DEFAULT})")
 
 
+def identity_of(args: argparse.Namespace) -> Any:
+    """The identity ``--as`` names in the token file, or None without ``--as``."""
+    name = getattr(args, "as_name", None)
+    if not name:
+        return None
+    from refundry.app.tenancy import identity_named
+
+    return identity_named(args.tokens or os.environ.get("REFUNDRY_TOKENS") or TOKENS_DEFAULT,
+                          name)
+
+
 def open_db(args: argparse.Namespace, *, create: bool = False) -> Any:
     """The store named by ``--db``; with ``--as NAME``, as that identity sees it (a
     ``ScopedStore``), with ``--by``, if given, required to be that name."""
     store = open_store(args.db or default_db(), create=create, **anchoring_from_env())
-    name = getattr(args, "as_name", None)
-    if not name:
+    if not getattr(args, "as_name", None):
         return store
-    from refundry.app.tenancy import identity_named, scoped
+    from refundry.app.tenancy import scoped
 
     try:
-        who = identity_named(args.tokens or os.environ.get("REFUNDRY_TOKENS") or TOKENS_DEFAULT,
-                             name)
+        who = identity_of(args)
         by = getattr(args, "by", None)
         if by and by.strip() != who.name:
             raise UsageError(f"`--by {shown(by)}` is not `--as {shown(who.name)}`: acting as an "
