@@ -113,7 +113,14 @@ class ScopedStore:
     def case(self, request_id: str, action: str = "read") -> Case:
         """The case, when it belongs to one of the clients; otherwise the store's own "no
         case" error, word for word, after recording the refusal."""
-        case = self.store.case(request_id)
+        try:
+            case = self.store.case(request_id)
+        except RecordError:
+            if not self.all:
+                # Recorded too (client "": no such case), so that a missing case costs what
+                # another client's does and the answer's timing does not tell them apart.
+                self.refuse(action, "", str(request_id)[:200])
+            raise
         if not self.allows(client_of(case)):
             self.refuse(action, client_of(case), case.request_id)
             raise RecordError(f"no case for request `{request_id}`")
