@@ -4,6 +4,10 @@ computed from pseudonyms, and nothing else of the other client's case reaches th
 from __future__ import annotations
 
 import json
+import os
+import uuid
+
+import pytest
 
 from refundry.core.engine import Engine
 from refundry.records.history import History
@@ -22,9 +26,25 @@ def _request(rid: str, client: str, customer: str, last4: str, address: str) -> 
     return request
 
 
-def test_the_same_card_or_address_at_another_client_is_only_a_flag(tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "x.db")
+        return
+    base = os.environ.get("REFUNDRY_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("set REFUNDRY_TEST_POSTGRES_URL to run this against PostgreSQL too")
+    import psycopg
+
+    schema = f"cross_{uuid.uuid4().hex[:10]}"
+    yield f"{base}{'&' if '?' in base else '?'}schema={schema}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_same_card_or_address_at_another_client_is_only_a_flag(store_url):
     engine = Engine.from_path(RULESETS)
-    with open_store(tmp_path / "x.db") as store:
+    with open_store(store_url) as store:
         first = _request("a-1", "acme", "alice", "4242", "1 Main St, Springfield")
         store.record(first, engine.evaluate(first), engine=engine, actor="svc")
         history = History(store)

@@ -296,8 +296,10 @@ class History:
                          f"requested_at <= ? AND request_id <> ? ORDER BY requested_at DESC "
                          f"LIMIT {MATCH_CAP}) AS recent_{name}")
             args += [short, k.customer, k.client_id, value, start, at, k.request_id]
+        other, other_args = self._other_clients(k, start, at)
         counts = {row[0]: tuple(int(v) for v in row[1:])
-                  for row in self._read(" UNION ALL ".join(parts), args)}
+                  for row in self._read(" UNION ALL ".join(parts + other), args + other_args)}
+        other_hit = counts.pop("other", None)
         # Counts include this request: "the 5th request in 30 days" reads as ge: 5.
         out: dict[str, Any] = {"window_days": WINDOW_DAYS}
         for name, (n, n_short, distinct, seen) in counts.items():
@@ -308,8 +310,8 @@ class History:
                 # COUNT(DISTINCT) saw only earlier rows; this request's customer adds one
                 # unless it was among them.
                 out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
-        if k.card is not None or k.address is not None:
-            out["other_clients_flag"] = self._other_clients(k, start, at)
+        if other_hit is not None:
+            out["other_clients_flag"] = other_hit[0] > 0
         prior = self._read(
             "SELECT amount, currency, decided_amount, status FROM history_index WHERE "
             "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
@@ -335,18 +337,22 @@ class History:
         })
         return out
 
-    def _other_clients(self, k: Keys, start: str, at: str) -> bool:
-        """Whether the same card or address (their keyed pseudonyms) was in a request to
-        another client in the window. Only this one bit crosses from one client to another:
-        no count, no id, nothing of the other client's case (docs/fraud.md)."""
-        parts, args = [], []
+    @staticmethod
+    def _other_clients(k: Keys, start: str, at: str) -> tuple[list[str], list[Any]]:
+        """The query part (one row, ``other``, in the lookups' round trip) saying whether the
+        same card or address (their keyed pseudonyms) was in a request to another client in
+        the window. Only this one bit crosses from one client to another: no count, no id,
+        nothing of the other client's case (docs/fraud.md)."""
+        hits, args = [], []
         for name, value in (("card", k.card), ("address", k.address)):
             if value is not None:
-                parts.append(f"SELECT 1 FROM (SELECT 1 AS hit FROM history_index WHERE "
-                             f"{name}_key = ? AND client_id <> ? AND requested_at >= ? AND "
-                             f"requested_at <= ? LIMIT 1) AS other_{name}")
+                hits.append(f"SELECT 1 AS hit FROM (SELECT 1 AS hit FROM history_index WHERE "
+                            f"{name}_key = ? AND client_id <> ? AND requested_at >= ? AND "
+                            f"requested_at <= ? LIMIT 1) AS other_{name}")
                 args += [value, k.client_id, start, at]
-        return bool(self._read(" UNION ALL ".join(parts), args))
+        if not hits:
+            return [], []
+        return [f"SELECT 'other', COUNT(*), 0, 0, 0 FROM ({' UNION ALL '.join(hits)}) AS other"], args
 
     def baseline(self, client_id: str, currency: str, day: str) -> Baseline:
         """The client's baseline for requests on ``day`` (UTC date), from the days before it
