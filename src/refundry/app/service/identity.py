@@ -43,7 +43,7 @@ def digest(token: str) -> str:
 class Identity:
     name: str
     roles: frozenset[str]
-    clients: frozenset[str] = frozenset({ALL_CLIENTS})
+    clients: frozenset[str] = frozenset()  # none unless given: `*` is for admins
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
