@@ -63,7 +63,9 @@ def _check_console(tenants: Tenants, who: str, mine: set[str], theirs: set[str])
     assert not any(f">{rid}<" in queue or f"/cases/{rid}\"" in queue for rid in theirs)
     for rid in sorted(theirs)[:2]:
         assert http.get(f"/console/cases/{rid}").status_code == 404
+    report = http.get("/console/report").text
     for client in set(CLIENTS) - set(who_clients(who)):
+        assert f">{client}" not in report and f"{client} EUR" not in report
         assert f"{client}-eu" not in http.get("/console/rulesets").text
         counted = http.get(f"/console/queue?client={client}").text
         assert not any(rid in counted for rid in theirs)
