@@ -194,18 +194,37 @@ def _compile_model(cls: type, *, root: bool) -> Callable[[Any, str, _Errors], An
     table = tuple((name, f.default is attrs.NOTHING, _compile_leaf(f.metadata, name, root))
                   for name, f in fields.items())
 
+    leaves = {name: leaf for name, _, leaf in table}
+    required = frozenset(name for name, needed, _ in table if needed)
+
     def parse(data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
+        # The usual request first: a dict of known keys, every required one given. Its fields
+        # are read in the caller's order; on the first error the walk starts over in field
+        # order, so the errors come out as they always have.
+        if type(data) is dict and known.issuperset(data) and required.issubset(data):
+            before = len(errors.items)
+            values = {name: leaves[name](raw, prefix, name, errors)
+                      for name, raw in data.items() if raw is not None}
+            if len(errors.items) == before:
+                try:
+                    return cls(**values)
+                except TypeError:
+                    pass
+            del errors.items[before:]
+        return ordered(data, prefix, errors)
+
+    def ordered(data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
         if not known.issuperset(data):
             for key in data:
                 if key not in known:
                     errors.add(_join(prefix, shown(key, 60)), "unknown field")
         plain = type(data) is dict
         values: dict[str, Any] = {}
-        for name, required, leaf in table:
+        for name, needed, leaf in table:
             # a caller's Mapping is read as the walker read it: `in`, then `[]`
             raw = data.get(name) if plain else (data[name] if name in data else None)  # noqa: SIM401
             if raw is None:
-                if required:
+                if needed:
                     errors.add(_join(prefix, name), "is required")
                 continue
             parsed = leaf(raw, prefix, name, errors)
