@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, BinaryIO
 
@@ -182,10 +182,14 @@ _MODELS: dict[tuple[type, bool], Callable[[Any, str, _Errors], Any]] = {}
 
 
 def _parse_model(cls: type, data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
-    parse = _MODELS.get((cls, prefix == ""))
+    return _model_parser(cls, root=prefix == "")(data, prefix, errors)
+
+
+def _model_parser(cls: type, *, root: bool = False) -> Callable[[Any, str, _Errors], Any]:
+    parse = _MODELS.get((cls, root))
     if parse is None:
-        parse = _MODELS.setdefault((cls, prefix == ""), _compile_model(cls, root=prefix == ""))
-    return parse(data, prefix, errors)
+        parse = _MODELS.setdefault((cls, root), _compile_model(cls, root=root))
+    return parse
 
 
 def _compile_model(cls: type, *, root: bool) -> Callable[[Any, str, _Errors], Any]:
@@ -193,25 +197,6 @@ def _compile_model(cls: type, *, root: bool) -> Callable[[Any, str, _Errors], An
     known = frozenset(fields)
     table = tuple((name, f.default is attrs.NOTHING, _compile_leaf(f.metadata, name, root))
                   for name, f in fields.items())
-
-    leaves = {name: leaf for name, _, leaf in table}
-    required = frozenset(name for name, needed, _ in table if needed)
-
-    def parse(data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
-        # The usual request first: a dict of known keys, every required one given. Its fields
-        # are read in the caller's order; on the first error the walk starts over in field
-        # order, so the errors come out as they always have.
-        if type(data) is dict and known.issuperset(data) and required.issubset(data):
-            before = len(errors.items)
-            values = {name: leaves[name](raw, prefix, name, errors)
-                      for name, raw in data.items() if raw is not None}
-            if len(errors.items) == before:
-                try:
-                    return cls(**values)
-                except TypeError:
-                    pass
-            del errors.items[before:]
-        return ordered(data, prefix, errors)
 
     def ordered(data: Mapping[str, Any], prefix: str, errors: _Errors) -> Any:
         if not known.issuperset(data):
@@ -235,7 +220,66 @@ def _compile_model(cls: type, *, root: bool) -> Callable[[Any, str, _Errors], An
         except TypeError:  # a required field failed to parse; the error is already recorded
             return None
 
-    return parse
+    return _generate_fast(cls, fields, table, root, ordered)
+
+
+def _generate_fast(cls: type, fields: Mapping[str, Any], table: Sequence[tuple[str, bool, _Leaf]],
+                   root: bool, ordered: Callable[[Any, str, _Errors], Any]) -> Callable[[Any, str, _Errors], Any]:
+    """The usual request, generated per model: a dict of known keys with every required one
+    given, each field read by name and, when it is a plain value that passes (a text within its
+    limit, an enum value, a flag, a count), taken without a call; anything else goes to the
+    field's leaf. On the first error the model is parsed again by ``ordered`` (the walk in field
+    order), so errors come out as they always have. A check here only ever accepts what the
+    leaf would return unchanged; tests/test_request_parser.py holds both to the oracle."""
+    names: dict[str, Any] = {"_cls": cls, "_ordered": ordered, "_known": frozenset(fields),
+                             "_required": frozenset(n for n, needed, _ in table if needed),
+                             "_sur": _SURROGATE.search}
+    body = ["def parse(data, prefix, errors):",
+            "    if type(data) is not dict or not _known.issuperset(data) or not _required.issubset(data):",
+            "        return _ordered(data, prefix, errors)",
+            "    n = len(errors.items)", "    v = {}"]
+    for i, (name, _, leaf) in enumerate(table):
+        names[f"_l{i}"] = leaf
+        meta = fields[name].metadata
+        body += [f"    x = data.get({name!r})", "    if x is not None:"]
+        if meta["kind"] == "object":
+            # a section (or a list of them) that is a dict goes straight to its model's parser
+            names[f"_m{i}"] = _model_parser(meta["model"])
+            path = f"(prefix + '.{name}' if prefix else {name!r})"
+            if meta.get("many"):
+                body += [f"        if type(x) is list and len(x) <= {MAX_ITEMS} and all(type(e) is dict for e in x):",
+                         f"            p = {path}",
+                         f"            x = tuple([_m{i}(e, f'{{p}}[{{k}}]', errors) for k, e in enumerate(x)])"]
+            else:
+                body += ["        if type(x) is dict:", f"            x = _m{i}(x, {path}, errors)"]
+            body += ["        else:", f"            x = _l{i}(x, prefix, {name!r}, errors)"]
+        else:
+            check = _fast_check(meta, name, root, f"_a{i}", names)
+            body += [f"        if not ({check}):", f"            x = _l{i}(x, prefix, {name!r}, errors)"]
+        body.append(f"        v[{name!r}] = x")
+    body += ["    if len(errors.items) == n:", "        try:", "            return _cls(**v)",
+             "        except TypeError:", "            pass",
+             "    del errors.items[n:]", "    return _ordered(data, prefix, errors)"]
+    exec(compile("\n".join(body) + "\n", f"<refundry-request-parser {cls.__name__}>", "exec"), names)  # noqa: S102
+    return names["parse"]
+
+
+def _fast_check(meta: Mapping[str, Any], name: str, root: bool, const: str,
+                names: dict[str, Any]) -> str:
+    kind = "many" if meta.get("many") else meta["kind"]
+    if kind == "text":
+        if root and name == "note":
+            return f"type(x) is str and len(x) <= {MAX_NOTE} and (x.isascii() or not _sur(x))"
+        return (f"type(x) is str and len(x) <= {MAX_TEXT} and x and not x.isspace() "
+                "and (x.isascii() or not _sur(x))")
+    if kind == "enum":
+        names[const] = frozenset(meta["values"])
+        return f"type(x) is str and x in {const}"
+    if kind == "flag":
+        return "x is True or x is False"
+    if kind == "count":
+        return "type(x) is int and 0 <= x <= 1000000"
+    return "False"
 
 
 def _compile_leaf(meta: Mapping[str, Any], name: str, root: bool) -> _Leaf:
