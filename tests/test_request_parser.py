@@ -111,7 +111,8 @@ def test_what_is_not_a_request_is_refused_as_the_oracle_does(data):
 
 EDGES = (*hostile_corpus.HOSTILE, "   ", "\u2003", "", "x" * 1_001, "x" * 65_537, "2024-03-01",
          "2024-03-01T10:00:00Z", "12.50", 12, 1_000_001, Decimal("12.5"), False, {"type": "card"},
-         [{"sku": "a"}], "card", "changed_mind", "DE")
+         [{"sku": "a"}], "card", "changed_mind", "DE", Decimal("0.0000000000001"), Decimal("1E+15"),
+         Decimal("-0"), Decimal("0E+20"), Decimal("999999999999999.999999999999"), 10**15)
 
 
 def test_every_field_of_a_full_request_given_each_edge_value_parses_as_the_oracle():

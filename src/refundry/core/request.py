@@ -20,7 +20,7 @@ import attrs
 from refundry.core import jurisdictions
 from refundry.core.errors import InvalidRequest, RequestError
 from refundry.core.models import RefundRequest
-from refundry.core.money import END, MONEY_PATTERN, is_currency, parse_money
+from refundry.core.money import END, MAX_DIGITS, MAX_PLACES, MONEY_PATTERN, is_currency, parse_money
 
 MAX_TEXT = 1_000
 MAX_NOTE = 65_536  # a longer note is hostile input, not a customer's message
@@ -279,6 +279,11 @@ def _fast_check(meta: Mapping[str, Any], name: str, root: bool, const: str,
         return "x is True or x is False"
     if kind == "count":
         return "type(x) is int and 0 <= x <= 1000000"
+    if kind == "money":
+        # what parse_money returns unchanged: finite, not signed, within its digits and places
+        names["_Decimal"] = Decimal
+        return (f"type(x) is _Decimal and x.is_finite() and not x.is_signed() "
+                f"and x.adjusted() < {MAX_DIGITS} and x.as_tuple().exponent >= -{MAX_PLACES}")
     return "False"
 
 
