@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from refundry.core.engine import Engine
 from refundry.records.access import ScopedStore
+from refundry.records.events import RecordError
 from refundry.records.history import History
 from refundry.records.rowsecurity import ReaderStore, install
 from refundry.records.stores import open_store
@@ -65,9 +66,10 @@ def test_the_database_hides_other_clients_even_from_a_wrong_application_filter(s
                                                                                 bug):
     url, role, client_of = secured
     mine = {r for r, c in client_of.items() if c in subset}
-    with ReaderStore(url, subset, role) as reader:
+    with ReaderStore(url, subset, role) as reader, open_store(url, create=False) as owner:
         # ``bug``: the application layer lets everything through; the database must not.
-        view = ScopedStore(reader, "someone", ["*"] if bug else subset)
+        # Reads go through the reader; refusals are recorded by the owner, who may append.
+        view = ScopedStore(reader, "someone", ["*"] if bug else subset, recorder=owner)
         assert {c.request_id for c in view.cases()} == mine
         rows = reader.query_rows("SELECT client_id FROM events")
         assert {c for (c,) in rows} <= {*subset, None}
@@ -78,7 +80,7 @@ def test_the_database_hides_other_clients_even_from_a_wrong_application_filter(s
         exported = [json.loads(line) for line in out.getvalue().splitlines()]
         assert {e["request_id"] for e in exported if e["request_id"]} == mine
         for rid in set(client_of) - mine:
-            with pytest.raises(Exception, match="no case"):
+            with pytest.raises(RecordError, match=f"^no case for request `{rid}`$"):
                 view.case(rid)
 
 

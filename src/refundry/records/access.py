@@ -61,12 +61,16 @@ def ruleset_client(text: str) -> str | None:
 class ScopedStore:
     """``store`` as seen by ``actor``, who may act on ``clients`` (``*``: every client).
 
-    Shares the store (and its connection): build one per request, it holds nothing else."""
+    Shares the store (and its connection): build one per request, it holds nothing else.
+    ``recorder``: where refusals are written, when ``store`` may only read (a PostgreSQL
+    ``rowsecurity.ReaderStore``; the owner's store then records them)."""
 
-    def __init__(self, store: RecordStore, actor: str, clients: Iterable[str]) -> None:
+    def __init__(self, store: RecordStore, actor: str, clients: Iterable[str], *,
+                 recorder: RecordStore | None = None) -> None:
         self.store = store
         self.actor = actor
         self.clients = frozenset(clients)
+        self.recorder = recorder or store
 
     @property
     def all(self) -> bool:
@@ -92,7 +96,7 @@ class ScopedStore:
                                    "client": client_id, "action": action}
         if request_id:
             details["request_id"] = request_id
-        return self.store.store_note(details, actor=self.actor)
+        return self.recorder.store_note(details, actor=self.actor)
 
     def check_client(self, client_id: str, action: str) -> None:
         """Refuse (and record) ``action`` for a client named by the caller itself."""
