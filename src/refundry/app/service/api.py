@@ -16,7 +16,6 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -39,16 +38,17 @@ from refundry.app import report
 from refundry.app.customer import CustomerError, communicate, status
 from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
 from refundry.app.service.identity import Identity, TokenError, Tokens
+from refundry.app.service.intake import problems, take
 from refundry.app.service.openapi import document
 from refundry.app.service.rulesets import Rulesets
 from refundry.app.submissions import recorded_as_submitted
-from refundry.core.engine import INVALID_REQUEST
-from refundry.core.errors import RefundryError
+from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import json_default
+from refundry.core.request import MAX_REQUEST_BYTES, JsonInputError, decode_json
 from refundry.records.events import STATUSES, IllegalTransition, RecordError, RecordStore
 from refundry.records.history import History
 
-MAX_BODY = 1_000_000
+MAX_BODY = MAX_REQUEST_BYTES
 LOG = logging.getLogger("refundry.service")
 
 
@@ -102,6 +102,9 @@ class Service:
     tokens: Tokens
     metrics: Metrics = attrs.Factory(Metrics)
     history: History | None = None
+    # A second connection for history lookups: on the store's own, every lookup would queue
+    # behind the committer's transaction and its flush (one connection serves one at a time).
+    reader: RecordStore | None = None
     committer: GroupCommit | None = None
     draining: bool = False
     tokens_path: str | None = None  # read again when it changes: issued tokens work at once
@@ -111,7 +114,7 @@ class Service:
 
     def __attrs_post_init__(self) -> None:
         self.tokens_seen = self._tokens_stamp()
-        self.history = History(self.store)
+        self.history = History(self.reader or self.store)
         self.history.sync()  # what is already recorded counts from the first request on
         self.committer = GroupCommit(self.store, self.history)
         self.metrics.generation.set(self.rulesets.current.generation)
@@ -139,6 +142,8 @@ class Service:
     def close(self) -> None:
         if self.committer is not None:
             self.committer.close()
+        if self.reader is not None:
+            self.reader.close()
         self.store.close()
 
     def reload(self) -> Any:
@@ -166,14 +171,28 @@ def _identity(service: Service, request: Request, roles: tuple[str, ...]) -> Ide
     return who
 
 
-async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
+async def _read(request: Request) -> bytes:
+    """The body, refused unread past ``MAX_BODY`` bytes (a stated length first, then as it
+    streams in), so a hostile client cannot make the server hold a gigabyte."""
+    stated = request.headers.get("content-length", "")
+    if stated.isdigit() and int(stated) > MAX_BODY:
         raise ApiError(400, f"the body is larger than {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(400, f"the body is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _body(request: Request) -> Any:
+    raw = await _read(request)
     try:
-        return json.loads(raw, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not json: {str(exc).lower()[:200]}") from None
+        return decode_json(raw, limit=MAX_BODY)
+    except JsonInputError as exc:
+        raise ApiError(400, f"the body is not json: {str(exc).removeprefix('invalid json: ')}"
+                       ) from None
 
 
 async def _object(request: Request, required: tuple[str, ...] = (),
@@ -216,31 +235,30 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 # --- what the handlers do, in the thread pool --------------------------------------------------
 
 
-def _decide(service: Service, data: Any, record: bool, actor: str) -> tuple[dict[str, Any], str]:
+def _decide(service: Service, data: dict[str, Any], record: bool,
+            actor: str) -> tuple[dict[str, Any], str]:
     """The decision for ``data``; with ``record``, enriched from and appended to the store.
     Returns the decision and whether it was recorded now (``created``), before (``existing``)
     or not at all (``none``)."""
     engine = service.rulesets.engine  # taken once: one version decides the whole request
-    if record and isinstance(data, Mapping) and service.history is not None:
-        # The committer syncs the index after each group; reading it needs no write here.
-        facts = service.history.facts(data, sync=False)
-        if facts:
-            data = {**data, "facts": {**facts, **dict(data.get("facts") or {})}}
-    decision = engine.evaluate(data)
-    if decision.rule_ids and decision.rule_ids[0] == INVALID_REQUEST:
+    try:
+        taken = take(data, service.history if record else None)
+    except InvalidRequest as exc:
         raise ApiError(422, "the request is not valid; nothing was evaluated or recorded",
-                       tuple(decision.errors))
+                       problems(exc)) from None
+    decision = engine.evaluate(taken.request)
     if not record:
         service.metrics.decisions.labels(decision.outcome, "false").inc()
         return decision.to_dict(), "none"
     assert service.committer is not None
     try:
-        case, created = service.committer.record(data, decision, engine=engine, actor=actor)
+        case, created = service.committer.record(taken.request, decision, engine=engine,
+                                                 actor=actor)
     except StoreUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     except RecordError as exc:
         # Decided at the same moment elsewhere, with other history facts: the same submission.
-        existing = recorded_as_submitted(service.store, data)
+        existing = recorded_as_submitted(service.store, taken.data)
         if existing is None:
             raise ApiError(409, str(exc)) from None
         case, created = existing, False

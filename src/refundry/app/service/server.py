@@ -45,8 +45,10 @@ class ServiceConfig:
 def build_service(config: ServiceConfig) -> Service:
     rulesets = Rulesets(config.rulesets, backend=config.backend)  # invalid rulesets stop here
     tokens = Tokens.load(config.tokens)
-    return Service(rulesets=rulesets, store=open_store(config.db, create=True), tokens=tokens,
-                   tokens_path=config.tokens, session_secret=session_secret(config.tokens))
+    store = open_store(config.db, create=True)
+    return Service(rulesets=rulesets, store=store, tokens=tokens,
+                   reader=open_store(config.db, create=False), tokens_path=config.tokens,
+                   session_secret=session_secret(config.tokens))
 
 
 def session_secret(tokens_path: str | Path) -> str:
