@@ -288,10 +288,13 @@ def _act(service: Service, request_id: str, action: Callable[[], Any]) -> dict[s
     return dict(case.to_dict())
 
 
-def _page(service: Service, status_: str | None, limit: int, offset: int) -> dict[str, Any]:
-    cases = service.store.cases(status_)
-    return {"cases": [c.summary() for c in cases[offset:offset + limit]], "total": len(cases),
-            "limit": limit, "offset": offset}
+def _page(service: Service, status_: str | None, limit: int, after: int) -> dict[str, Any]:
+    """One page of cases by keyset: ``next`` is the cursor for the page after (null at the
+    end). One case more than the page is read to know whether there is a next page."""
+    got = service.store.case_page(after=after, limit=limit + 1, status=status_)
+    page = got[:limit]
+    return {"cases": [c.summary() for _seq, c in page], "limit": limit, "after": after,
+            "next": page[-1][0] if len(got) > limit else None}
 
 
 def _customer(service: Service, request_id: str, lang: str,
@@ -337,8 +340,8 @@ async def get_cases(request: Request, service: Service) -> Response:
     if status_ is not None and status_ not in STATUSES:
         raise ApiError(400, f"query `status` must be one of {', '.join(STATUSES)}")
     limit = _int(request, "limit", 100, 1, 1000)
-    offset = _int(request, "offset", 0, 0, 10**9)
-    return _json(await run_in_threadpool(_page, service, status_, limit, offset))
+    after = _int(request, "after", 0, 0, 2**62)
+    return _json(await run_in_threadpool(_page, service, status_, limit, after))
 
 
 async def get_case(request: Request, service: Service) -> Response:

@@ -63,10 +63,11 @@ ENVELOPES: dict[str, Any] = {
     # Open to new members: the records layer may add to a case's summary; the API then
     # passes them on (the members listed here are promised).
     "CaseSummary": _obj(list(_SUMMARY_PROPS), _SUMMARY_PROPS, extra=True),
-    "CaseList": _obj(["cases", "total", "limit", "offset"], {
+    "CaseList": _obj(["cases", "limit", "after", "next"], {
         "cases": {"type": "array", "items": _ref("CaseSummary")},
-        "total": {"type": "integer", "minimum": 0}, "limit": {"type": "integer"},
-        "offset": {"type": "integer"}}),
+        "limit": {"type": "integer"}, "after": {"type": "integer"},
+        "next": {"type": ["integer", "null"],
+                 "description": "the `after` of the next page; null on the last"}}),
     "Case": _obj([*_SUMMARY_PROPS, "dispute", "events"], {
         **_SUMMARY_PROPS, "dispute": {"type": ["object", "null"]},
         "events": {"type": "array", "items": _ref("RecordEvent")}}, extra=True),
@@ -174,12 +175,14 @@ def _paths() -> dict[str, Any]:
             {"200": _json("Decision", "the decision"), **_errors(400, *_AUTH, 409, 422, 503)},
             params=[{"name": "record", "in": "query", "schema": {"type": "boolean"}}],
             body="RefundRequest")},
-        "/v1/cases": {"get": _op("Recorded cases, newest last", ("reviewer", "auditor"), {
+        "/v1/cases": {"get": _op("Recorded cases, oldest first, a page at a time (keyset: pass "
+                                 "the page's `next` as `after`)", ("reviewer", "auditor"), {
             "200": _json("CaseList", "a page of cases"), **_errors(400, *_AUTH)}, params=[
             {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                         "maximum": 1000}},
-            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}])},
+            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                        "maximum": 2**62}}])},
         **_case_paths(),
         "/v1/rulesets": {"get": _op("The ruleset versions loaded, with digests",
                                     ("analyst", "auditor", "service"),
