@@ -40,6 +40,7 @@ from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
 from refundry.app.service.identity import Identity, TokenError, Tokens
 from refundry.app.service.intake import problems, take
 from refundry.app.service.openapi import document
+from refundry.app.service.proposals import ProposalError, diff_proposal
 from refundry.app.service.rulesets import Rulesets
 from refundry.app.submissions import recorded_as_submitted
 from refundry.core.errors import InvalidRequest, RefundryError
@@ -438,6 +439,22 @@ async def post_reload(request: Request, service: Service) -> Response:
     return _json(result.to_dict(), 200 if result.ok else 422)
 
 
+async def post_diff(request: Request, service: Service) -> Response:
+    _identity(service, request, ("analyst",))
+    body = await _body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("rulesets"), dict) \
+            or not isinstance(body.get("requests"), list) \
+            or set(body) - {"rulesets", "requests", "as_of"}:
+        raise ApiError(400, "the body must be {`rulesets`: {file name: yaml text}, "
+                            "`requests`: [refund requests], `as_of`?}")
+    try:
+        report = await run_in_threadpool(diff_proposal, service.rulesets, body["rulesets"],
+                                         body["requests"], body.get("as_of"))
+    except ProposalError as exc:
+        raise ApiError(exc.status, str(exc), exc.errors) from None
+    return _json(report)
+
+
 def _day(request: Request, name: str) -> Any:
     import datetime as dt
 
@@ -531,6 +548,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("/v1/cases/{request_id}/status", "POST", post_status),
     ("/v1/rulesets", "GET", get_rulesets),
     ("/v1/rulesets/reload", "POST", post_reload),
+    ("/v1/rulesets/diff", "POST", post_diff),
     ("/v1/report", "GET", get_report),
     ("/v1/verify", "GET", get_verify),
     ("/v1/openapi.json", "GET", openapi),

@@ -93,6 +93,26 @@ ENVELOPES: dict[str, Any] = {
     "Reload": _obj(["ok", "generation", "errors"], {
         "ok": {"type": "boolean"}, "generation": {"type": "integer"},
         "errors": {"type": "array", "items": {"type": "string"}}}),
+    "RulesetDiff": _obj(["rulesets", "requests"], {
+        "rulesets": {"type": "object", "minProperties": 1, "maxProperties": 50,
+                     "description": "the proposed files: name (`name.yaml`) -> YAML text",
+                     "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml$"},
+                     "additionalProperties": {"type": "string"}},
+        "requests": {"type": "array", "minItems": 1, "maxItems": 1000,
+                     "items": {"type": "object"}, "description": "refund requests to decide "
+                     "under the rulesets in force and under the proposal"},
+        "as_of": {"type": "string", "format": "date-time",
+                  "description": "the time that picks the versions in force on both sides"}}),
+    "DiffReport": _obj(["requests", "changed", "unchanged", "changes", "decisions", "errors",
+                        "old", "new"], {
+        "requests": {"type": "integer", "minimum": 0}, "changed": {"type": "integer"},
+        "unchanged": {"type": "integer"},
+        "changes": {"type": "array", "items": {"type": "object", "required": [
+            "change", "count", "request_ids"]}},
+        "decisions": {"type": "array", "items": {"type": "object", "required": [
+            "request_id", "changes", "old", "new"]}},
+        "errors": {"type": "array", "items": {"type": "string"}},
+        "old": {"type": "object"}, "new": {"type": "object"}}),
     "Verification": {"type": "object", "required": ["ok", "count", "head"]},
     "Report": {"type": "object", "required": ["summary", "figures"],
                "properties": {"summary": {"type": "object"}, "figures": {"type": "object"}}},
@@ -193,6 +213,12 @@ def _paths() -> dict[str, Any]:
             "one in force keeps serving", ("analyst",),
             {"200": _json("Reload", "swapped in"), **_errors(*_AUTH),
              "422": _json("Reload", "refused; the old version keeps serving")})},
+        "/v1/rulesets/diff": {"post": _op(
+            "What a proposed ruleset change would change: each request decided under the "
+            "rulesets in force and under the proposal (as `refundry diff --json`); nothing is "
+            "loaded or recorded", ("analyst",),
+            {"200": _json("DiffReport", "the decisions that change, grouped by change"),
+             **_errors(400, *_AUTH, 422)}, body="RulesetDiff")},
         "/v1/report": {"get": _op(
             "The report's figures (as `refundry report --format json`)", ("analyst", "auditor"),
             {"200": _json("Report", "summary and figures"), **_errors(400, *_AUTH)}, params=[
