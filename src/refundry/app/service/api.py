@@ -74,11 +74,21 @@ def _error(status: int, message: str, errors: tuple[str, ...] = ()) -> Response:
     return _json(data, status, headers)
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class Metrics:
-    """Prometheus metrics in a registry of this application's own (no global state)."""
+    """Prometheus metrics in a registry of this application's own (no global state).
+
+    Under ``serve --workers N`` every process writes its figures to files in the directory
+    ``PROMETHEUS_MULTIPROC_DIR`` names (prometheus_client's multiprocess mode, chosen when the
+    library is imported, so the variable is set before the worker processes start: server.py),
+    and ``/metrics`` from any process reads all of them: counters and histograms summed over
+    the processes, gauges over the live ones."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
         self.requests = Counter("refundry_http_requests", "HTTP requests answered",
                                 ["route", "method", "status"], registry=r)
@@ -89,9 +99,27 @@ class Metrics:
                                  registry=r)
         self.reloads = Counter("refundry_ruleset_reloads", "ruleset reloads", ["result"],
                                registry=r)
-        self.in_flight = Gauge("refundry_http_in_flight", "requests being answered", registry=r)
+        self.in_flight = Gauge("refundry_http_in_flight", "requests being answered", registry=r,
+                               multiprocess_mode="livesum")
         self.generation = Gauge("refundry_ruleset_generation", "ruleset generation in force",
-                                registry=r)
+                                registry=r, multiprocess_mode="livemin")
+
+    def exposition(self) -> bytes:
+        """The Prometheus text: of every process of the server in multiprocess mode."""
+        if self.multiproc_dir is None:
+            return bytes(generate_latest(self.registry))
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiproc_dir)
+        return bytes(generate_latest(merged))
+
+    def process_ended(self) -> None:
+        """Drop this process's live gauges from the aggregate (its counters stay counted)."""
+        if self.multiproc_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
 
 
 @attrs.define
@@ -500,7 +528,8 @@ async def readyz(request: Request, service: Service) -> Response:
 
 
 async def metrics(request: Request, service: Service) -> Response:
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(await run_in_threadpool(service.metrics.exposition),
+                    media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request, service: Service) -> Response:
@@ -605,6 +634,7 @@ def create_app(service: Service, *, more_routes: Sequence[BaseRoute] = (),
         watcher.cancel()
         service.draining = True
         service.close()
+        service.metrics.process_ended()
         LOG.info("stopped")
 
     by_path: dict[str, list[tuple[str, Handler]]] = {}
