@@ -667,9 +667,10 @@ class RecordStore:
         only cases in that status. Keyset in SQL, status derived in SQL as the fold derives it
         (the last status event; a dispute resolved as upheld counts as never opened), so a page
         costs the same at any depth and only the page's cases are read."""
-        p = self._param
-        where = f"c.type = 'evaluated' AND c.seq > {p}"
-        args: list[Any] = [after]
+        if status is not None and status not in STATUSES:
+            raise RecordError(f"`{str(status)[:40]}` is not a case status")
+        # Integers and a known status only, so the SQL takes no parameters on any backend.
+        where = f"c.type = 'evaluated' AND c.seq > {int(after)}"
         if status is not None:
             outcome = self._json_text("decision", "outcome")
             resolution = self._json_text("details", "resolution")
@@ -681,10 +682,10 @@ class RecordStore:
                 "e.request_id AND r.type = 'dispute_resolved' AND r.seq > e.seq)) OR (e.type = "
                 f"'dispute_resolved' AND {resolution} = 'overturned')) ORDER BY e.seq DESC "
                 f"LIMIT 1), (SELECT CASE {outcome} WHEN 'approve' THEN 'approved' WHEN 'deny' "
-                f"THEN 'denied' ELSE 'manual_review' END FROM events e WHERE e.seq = c.seq)) = {p}")
-            args.append(status)
+                f"THEN 'denied' ELSE 'manual_review' END FROM events e WHERE e.seq = c.seq)) "
+                f"= '{status}'")
         rows = self._query(f"SELECT c.request_id, c.seq FROM events c WHERE {where} "
-                           f"ORDER BY c.seq LIMIT {p}", (*args, limit))
+                           f"ORDER BY c.seq LIMIT {int(limit)}")
         threshold = self.four_eyes_above()
         return [(int(seq), build_case(list(self._case_events(rid)), threshold))
                 for rid, seq in rows]
