@@ -41,6 +41,8 @@ CONDITIONS = ["new", "unopened", "opened", "used", "damaged", "defective", "miss
 ZONES = ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
 CLIENTS = [f"shop{i:02d}" for i in range(1, 13)]
 NO_RULE = "refundry.no-rule-matched"
+FILLER_PER_FILE = 400  # 5 filler layers at 2,000 rules: 8 layers in all, the loader's deepest
+FILLER_SCOPES = ["AQ", "BV", "HM", "TF", "UM"]  # places no bench request comes from
 
 
 class _Numbers(json.JSONEncoder):
@@ -102,10 +104,21 @@ def write_policy(folder: Path, total_rules: int) -> None:
         f"ruleset: bench-base\n{head}calendar: {{holidays: none, period_end: as_is}}\n"
         "windows:\n  returns: {from: transaction.delivered_at, period: 30 days}\nrules:\n"
         + pick("r01", "r02", "r03", "r04", "r05", "r06", "r07") + "\n")
+    # The loader refuses a file of over 10,000 values (about 450 such rules), so the filler goes
+    # into layers of FILLER_PER_FILE rules between the base and the ecommerce layer, as a client
+    # with that many rules would split them. Each declares a scope of its own that no request
+    # has (two layers may not claim the same one); the ecommerce layer on top declares `*`.
+    filler, under = _filler(total_rules - 20), "bench-base"
+    for k in range(0, len(filler), FILLER_PER_FILE):
+        name = f"bench-ecommerce-filler{k // FILLER_PER_FILE}"
+        scope = head.replace('"*"', f'"{FILLER_SCOPES[k // FILLER_PER_FILE]}"')
+        (folder / f"{name}.yaml").write_text(
+            f"ruleset: {name}\n{scope}industry: ecommerce\nextends: {under}\nrules:\n"
+            + "\n".join(filler[k:k + FILLER_PER_FILE]) + "\n")
+        under = name
     (folder / "ecommerce.yaml").write_text(
-        f"ruleset: bench-ecommerce\n{head}industry: ecommerce\nextends: bench-base\nrules:\n"
-        + pick("r08", "r09", "r10", "r11", "r12", "r13") + "\n"
-        + "\n".join(_filler(total_rules - 20)) + "\n")
+        f"ruleset: bench-ecommerce\n{head}industry: ecommerce\nextends: {under}\nrules:\n"
+        + pick("r08", "r09", "r10", "r11", "r12", "r13") + "\n")
     for industry in ("healthcare", "finance"):
         (folder / f"{industry}.yaml").write_text(
             f"ruleset: bench-{industry}\n{head}industry: {industry}\nextends: bench-base\nrules:\n"

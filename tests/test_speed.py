@@ -78,3 +78,26 @@ def test_a_period_that_needs_a_calendar_has_no_offset(text):
     from refundry.core.periods import Period
 
     assert Period.parse(text).offset is None
+
+
+def test_the_db_option_names_the_stores_default_file(capsys):
+    """cli/common.py writes the default out so a one-shot does not import the stores for it."""
+    from refundry.cli import main
+    from refundry.records.stores import DEFAULT_PATH
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert f"./{DEFAULT_PATH})" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_one_shot_evaluate_imports_neither_the_stores_nor_the_plugin_host(tmp_path):
+    import json
+    import subprocess
+
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"request_id": "x"}))
+    code = ("import sys; from refundry.cli import main\n"
+            f"try: main(['evaluate', {str(request)!r}])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('refundry.records.stores', 'pluggy'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

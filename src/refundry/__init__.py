@@ -6,6 +6,8 @@
     store = refundry.open_store("refundry.db")    # approval records (docs/records.md)
 """
 
+from typing import TYPE_CHECKING
+
 from refundry.core.engine import Engine, Explanation, RulesetInfo
 from refundry.core.errors import (
     EvaluationError,
@@ -17,8 +19,10 @@ from refundry.core.errors import (
 )
 from refundry.core.models import Deadline, Decision, Reason, RefundRequest, RulesetRef
 from refundry.core.request import parse_request, request_to_dict
-from refundry.plugins.spec import hookimpl
-from refundry.records.stores import open_store
+
+if TYPE_CHECKING:
+    from refundry.plugins.spec import hookimpl
+    from refundry.records.stores import open_store
 
 __version__ = "0.1.0"
 
@@ -28,3 +32,18 @@ __all__ = [
     "RulesetError", "RulesetInfo", "RulesetRef", "hookimpl", "open_store", "parse_request",
     "request_to_dict",
 ]
+
+# The records store and the plugin host load on first use: `import refundry` (and every
+# `refundry.cli` one-shot, which imports the package) would otherwise pay for the stores, the
+# identity tables and pluggy before it decides anything.
+_LAZY = {"open_store": "refundry.records.stores", "hookimpl": "refundry.plugins.spec"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'refundry' has no attribute {name!r}")

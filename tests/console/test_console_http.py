@@ -43,6 +43,18 @@ def test_security_headers_and_no_inline_script_or_style(console):
         assert not re.search(r"(src|href)=\"(https?:)?//", r.text), path  # nothing off-host
 
 
+def test_every_page_has_one_plain_text_title_and_one_of_each_id(console):
+    # a block left open in a template once put a whole form into the rulesets page's <title>,
+    # and twice into the page, with duplicate ids that screen readers and labels trip over
+    http = console.client("aud")
+    for path in (*PAGES, "/console/login"):
+        text = http.get(path).text
+        titles = re.findall(r"<title>(.*?)</title>", text, re.S)
+        assert len(titles) == 1 and "<" not in titles[0] and "\n" not in titles[0], (path, titles)
+        ids = re.findall(r"\sid=\"([^\"]+)\"", text)
+        assert len(ids) == len(set(ids)), (path, sorted(i for i in ids if ids.count(i) > 1))
+
+
 def test_the_session_cookie_is_strict_and_http_only(console):
     http = console.client()
     page = http.get("/console/login")

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refundry.core.engine import Engine
 from refundry.core.errors import RefundryError
@@ -31,9 +31,9 @@ from refundry.core.request import (
     shown,
 )
 from refundry.core.resources import data_dir
-from refundry.records.anchors import Signer, open_anchor
-from refundry.records.events import Case, RecordStore
-from refundry.records.stores import DEFAULT_PATH, open_store
+
+if TYPE_CHECKING:  # the records layer loads when a command opens a store, not per one-shot
+    from refundry.records.events import Case, RecordStore
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED, EXIT_INVALID = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -148,19 +148,25 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
 
 
 def default_db() -> str:
+    from refundry.records.stores import DEFAULT_PATH
+
     return os.environ.get("REFUNDRY_DB") or DEFAULT_PATH
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:
+    # records.stores.DEFAULT_PATH written out: importing the stores to build a help text cost
+    # every one-shot 0.15 s; tests/test_speed.py keeps the two equal.
     parser.add_argument("--db", default=None, metavar="URL",
-                        help=f"records store: a file path or postgresql://... (default: "
-                             f"$REFUNDRY_DB or ./{DEFAULT_PATH})")
+                        help="records store: a file path or postgresql://... (default: "
+                             "$REFUNDRY_DB or ./refundry.db)")
 
 
 def anchoring_from_env() -> dict[str, Any]:
     """``$REFUNDRY_SIGNING_KEY`` (an Ed25519 PEM file: events are signed with it) and
     ``$REFUNDRY_ANCHOR`` (a file or postgresql:// URL: signed checkpoints are written there),
     as ``open_store`` keyword arguments; every command that writes to a store uses them."""
+    from refundry.records.anchors import Signer, open_anchor
+
     out: dict[str, Any] = {}
     if os.environ.get("REFUNDRY_SIGNING_KEY"):
         out["signer"] = Signer.from_file(os.environ["REFUNDRY_SIGNING_KEY"])
@@ -172,6 +178,8 @@ def anchoring_from_env() -> dict[str, Any]:
 
 
 def open_db(args: argparse.Namespace, *, create: bool = False) -> RecordStore:
+    from refundry.records.stores import open_store
+
     return open_store(args.db or default_db(), create=create, **anchoring_from_env())
 
 

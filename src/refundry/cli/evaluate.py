@@ -27,7 +27,6 @@ from refundry.core.engine import INVALID_REQUEST, Engine
 from refundry.core.errors import RefundryError
 from refundry.core.models import Decision
 from refundry.core.request import parse_request
-from refundry.records.history import enrich
 from refundry.records.masking import scrub_request
 
 
@@ -75,6 +74,8 @@ def _with_history(args: argparse.Namespace, request: Any) -> Any:
         parse_request(request)
     except RefundryError:
         return request  # evaluate reports it and records nothing; no store is opened for it
+    from refundry.records.history import enrich
+
     with open_db(args, create=True) as store:
         return enrich(store, request)
 

@@ -1,0 +1,131 @@
+"""The compiled request parser (issue 14) answers exactly as the reflective walker it replaced
+(tests/reference_request.py): the same RefundRequest, or the same errors in the same order, on
+valid requests, on the hostile corpus and on Hypothesis' mutations of both; and the engine's
+Decision from a dict is the Decision from the oracle's parse, never `approve` for a bad one."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import refundry
+from refundry.core.errors import InvalidRequest
+from refundry.core.request import parse_request
+
+from . import hostile_corpus
+from .reference_request import reference_parse
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _answer(parse: Any, data: Any) -> tuple[str, Any]:
+    try:
+        return "ok", parse(data)
+    except InvalidRequest as exc:
+        return "invalid", [str(e) for e in exc.errors]
+
+
+def _bench_requests(n: int) -> list[dict]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_engine
+    finally:
+        sys.path.remove(str(BENCH))
+    return bench_engine.generate(n, seed=3)
+
+
+VALID = [json.loads(t, parse_float=Decimal) for t in hostile_corpus.shipped_requests()] + _bench_requests(40)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return refundry.Engine.from_path(hostile_corpus.RULESETS)
+
+
+def _same_decision(engine: refundry.Engine, data: Any) -> None:
+    kind, oracle = _answer(reference_parse, data)
+    decision = engine.evaluate(data)
+    if kind == "ok":
+        assert decision == engine.evaluate(oracle)
+    else:
+        assert decision.outcome == "manual_review"
+        assert list(decision.errors) == oracle
+
+
+def test_every_valid_request_parses_to_the_oracles_request():
+    for data in VALID:
+        assert _answer(parse_request, data) == _answer(reference_parse, data)
+
+
+def test_the_hostile_corpus_parses_and_decides_as_the_oracle(engine):
+    for data in hostile_corpus.corpus(1500, seed=14):
+        data = hostile_corpus.with_deep(data)
+        assert _answer(parse_request, data) == _answer(reference_parse, data)
+        _same_decision(engine, data)
+
+
+VALUES = st.one_of(
+    st.sampled_from(hostile_corpus.HOSTILE), st.none(), st.booleans(), st.integers(),
+    st.decimals(allow_nan=True), st.text(max_size=12), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.sampled_from(["note", "   ", "\u2003", "DE", "EUR", "card", "changed_mind", "2024-03-01",
+                     "2024-03-01T10:00:00Z", "12.50", "x" * 1_001]),
+)
+
+
+@st.composite
+def mutated(draw: Any) -> dict:
+    doc = copy.deepcopy(draw(st.sampled_from(VALID)))
+    paths = sorted(p for p in hostile_corpus._paths(doc) if p)
+    for _ in range(draw(st.integers(1, 4))):
+        path = draw(st.sampled_from(paths) | st.sampled_from(
+            ["note", "unknown_key", "customer.extra", "items.0.sku", "items.5.quantity",
+             "refund_to", "refund_to.type", "facts.n", "healthcare.amount_due", "finance.holidays.0"]))
+        if draw(st.booleans()) and draw(st.booleans()):
+            hostile_corpus._put(doc, path, None, delete=True)
+        else:
+            hostile_corpus._put(doc, path, draw(VALUES))
+    return doc
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_mutated_requests_parse_and_decide_as_the_oracle(engine, data):
+    data = hostile_corpus.with_deep(data)
+    assert _answer(parse_request, data) == _answer(reference_parse, data)
+    _same_decision(engine, data)
+
+
+@pytest.mark.parametrize("data", [None, [], "x", 5, {"refund_to": "store_credit"}, {1: 2}])
+def test_what_is_not_a_request_is_refused_as_the_oracle_does(data):
+    assert _answer(parse_request, data) == _answer(reference_parse, data)
+
+
+EDGES = (*hostile_corpus.HOSTILE, "   ", "\u2003", "", "x" * 1_001, "x" * 65_537, "2024-03-01",
+         "2024-03-01T10:00:00Z", "12.50", 12, 1_000_001, Decimal("12.5"), False, {"type": "card"},
+         [{"sku": "a"}], "card", "changed_mind", "DE", Decimal("0.0000000000001"), Decimal("1E+15"),
+         Decimal("-0"), Decimal("0E+20"), Decimal("999999999999999.999999999999"), 10**15)
+
+
+def test_every_field_of_a_full_request_given_each_edge_value_parses_as_the_oracle():
+    """One edit at a time: every path of the fullest shipped requests (and keys they lack)
+    given every edge value, so each kind of leaf meets each shape of bad input."""
+    fullest = sorted(VALID, key=lambda d: len(list(hostile_corpus._paths(d))))[-3:]
+    for base in fullest:
+        paths = {p for p in hostile_corpus._paths(base) if p} | {
+            "note", "timezone", "unknown", "customer.unknown", "items.0.unknown", "facts.x",
+            "refund_to", "finance.billing_cycle_closing_day", "healthcare.amount_due"}
+        for path in sorted(paths):
+            for value in EDGES:
+                data = copy.deepcopy(base)
+                hostile_corpus._put(data, path, copy.deepcopy(value))
+                data = hostile_corpus.with_deep(data)
+                assert _answer(parse_request, data) == _answer(reference_parse, data), (path, value)
