@@ -109,6 +109,19 @@ def _serve(tmp: Path, db: str, processes: int) -> tuple[subprocess.Popen, int, s
     raise SystemExit("refundry serve did not start")
 
 
+def _tree_cpu(pid: int) -> float | None:
+    """CPU seconds used so far by ``pid`` and its children (the uvicorn workers), from /proc:
+    on a shared machine, CPU per decision moves far less with the neighbours' load than
+    decisions per second. None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    own = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_tree_cpu(int(c)) or 0.0 for c in children)
+
+
 def bench_api(db_kind: str, seconds: float, concurrency: int, record: bool) -> None:
     for processes in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +129,9 @@ def bench_api(db_kind: str, seconds: float, concurrency: int, record: bool) -> N
             proc, port, token = _serve(Path(tmp), db, processes)
             try:
                 asyncio.run(_load(port, token, 2, concurrency, record))  # warm-up: caches
+                cpu0 = _tree_cpu(proc.pid)
                 lat, errors = asyncio.run(_load(port, token, seconds, concurrency, record))
+                cpu1 = _tree_cpu(proc.pid)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
@@ -126,7 +141,10 @@ def bench_api(db_kind: str, seconds: float, concurrency: int, record: bool) -> N
                           "concurrency": concurrency, "record": record,
                           "decisions_per_s": round(len(lat) / seconds),
                           "p50_ms": _quantile(lat, 0.50), "p99_ms": _quantile(lat, 0.99),
-                          "mean_ms": round(statistics.fmean(lat) * 1000, 1), "errors": errors}),
+                          "mean_ms": round(statistics.fmean(lat) * 1000, 1), "errors": errors,
+                          "server_cpu_ms_per_decision": None if cpu0 is None or cpu1 is None
+                          else round((cpu1 - cpu0) * 1000 / max(1, len(lat)), 2),
+                          "load_average": round(os.getloadavg()[0], 1)}),
               flush=True)
 
 
@@ -182,10 +200,11 @@ def bench_workers(n_requests: int, counts: list[int]) -> None:
             try:
                 while (first := _count(db)) == 0:
                     time.sleep(0.05)
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), [_tree_cpu(p.pid) or 0.0 for p in procs]
                 while (done := _count(db)) < n_requests:
                     time.sleep(0.05)
                 rate = (done - first) / (time.perf_counter() - t0)
+                cpu = sum(_tree_cpu(p.pid) or 0.0 for p in procs) - sum(cpu0)
             finally:
                 for p in procs:
                     p.send_signal(signal.SIGTERM)
@@ -195,7 +214,10 @@ def bench_workers(n_requests: int, counts: list[int]) -> None:
                 asyncio.run(_drop(nats, streams))
         base = base or rate
         print(json.dumps({"part": "workers", "workers": workers, "recorded_per_s": round(rate),
-                          "ratio_to_1": round(rate / base, 2)}), flush=True)
+                          "ratio_to_1": round(rate / base, 2),
+                          "worker_cpu_ms_per_decision": round(cpu * 1000 / max(1, done - first),
+                                                              2),
+                          "load_average": round(os.getloadavg()[0], 1)}), flush=True)
 
 
 async def _drop(url: str, streams) -> None:

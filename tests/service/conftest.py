@@ -8,10 +8,12 @@ reviews (to prove maker-checker against authenticated identities).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,20 +73,44 @@ def make_tokens(path: Path) -> dict[str, str]:
     return {name: issue(path, name, [*roles, "admin"]) for name, roles in IDENTITIES.items()}
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Running]:
+def running(tmp_path: Path, db: str | Path) -> Iterator[Running]:
+    """A server over the store at ``db`` (a path or a postgresql:// URL)."""
     rulesets = tmp_path / "rulesets"
     shutil.copytree(RULESETS, rulesets)
     tokens = make_tokens(tmp_path / "tokens.json")
-    db = tmp_path / "refundry.db"
     service = Service(rulesets=Rulesets([rulesets]), store=open_store(db),
                       tokens=Tokens.load(tmp_path / "tokens.json"),
                       tokens_path=str(tmp_path / "tokens.json"))
     server, thread, url = start_server(create_app(service))
-    running = Running(url, tokens, service, rulesets, db)
+    running = Running(url, tokens, service, rulesets, Path(str(db)))
     try:
         yield running
     finally:
         running.http.close()
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Running]:
+    yield from running(tmp_path, tmp_path / "refundry.db")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
+    """The server on SQLite, then on PostgreSQL in a schema of its own (skipped, saying so,
+    without ``REFUNDRY_TEST_POSTGRES_URL``)."""
+    if request.param == "sqlite":
+        yield from running(tmp_path, tmp_path / "refundry.db")
+        return
+    url = os.environ.get("REFUNDRY_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("PostgreSQL tests are off: set REFUNDRY_TEST_POSTGRES_URL to run them")
+    import psycopg
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    try:
+        yield from running(tmp_path, f"{url}?schema={schema}")
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

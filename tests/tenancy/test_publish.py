@@ -14,7 +14,7 @@ from refundry.app.service.rulesets import Rulesets
 from refundry.records.access import access_notes
 from refundry.records.stores import open_store
 
-from ..conftest import RULESETS
+from ..conftest import RULESETS, make_request
 from ..service.conftest import start_server
 from .conftest import add_overlays
 
@@ -53,8 +53,15 @@ def test_reload_publishes_only_what_the_identity_may_change(tmp_path, monkeypatc
         bump("eu-consumer.yaml")
         answer = reload("ana")
         assert answer.status_code == 403 and "baseline `eu-consumer`" in answer.text
+        proposal = {"requests": [make_request("p-1", client_id="acme")]}
+        for name, status in (("acme-eu.yaml", 200), ("beta-eu.yaml", 403),
+                             ("eu-consumer.yaml", 403)):
+            text = (rulesets / "ecommerce" / name).read_text()
+            answer = http.post("/v1/rulesets/diff", json={**proposal, "rulesets": {name: text}},
+                               headers={"Authorization": f"Bearer {tokens['ana']}"})
+            assert answer.status_code == status, answer.text
         notes = access_notes(service.store.events())
-        assert [n["action"] for n in notes] == ["publish"] * 3
+        assert [n["action"] for n in notes] == ["publish"] * 3 + ["diff"] * 2
     finally:
         server.should_exit = True
         thread.join(20)

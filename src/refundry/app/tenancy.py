@@ -13,7 +13,7 @@ from typing import Any
 
 from refundry.app.service.identity import Identity, TokenError, Tokens
 from refundry.core.loader import discover
-from refundry.records.access import ScopedStore
+from refundry.records.access import ScopedStore, ruleset_client
 from refundry.records.events import RecordStore
 
 
@@ -57,6 +57,22 @@ def change_problem(who: Identity, old: Iterable[Any], new: Iterable[Any]) -> str
         problem = _layer_problem(who, after.get(key) or before[key])
         if problem:
             return problem
+    return None
+
+
+def proposal_problem(who: Identity, texts: Iterable[Any]) -> str | None:
+    """Why ``who`` may not propose these ruleset texts (``POST /v1/rulesets/diff``): each is
+    read for the ``client`` it declares; none declared is a baseline."""
+    if who.has("admin"):
+        return None
+    for text in texts:
+        if not isinstance(text, str):
+            continue  # not a text: the proposal's own checks say so (400/422)
+        client = ruleset_client(text)
+        if client is None:
+            return f"`{who.name}` may not propose a baseline; only an admin may"
+        if not who.sees(client):
+            return f"`{who.name}` may not propose a ruleset of client `{client}`"
     return None
 
 

@@ -144,6 +144,11 @@ class ScopedStore:
                                        industry=industry, request_id=request_id,
                                        clients=None if self.all else self.clients)
 
+    def case_page(self, *, after: int = 0, limit: int = 100,
+                  status: str | None = None) -> list[tuple[int, Case]]:
+        return self.store.case_page(after=after, limit=limit, status=status,
+                                    clients=None if self.all else self.clients)
+
     def visible(self, event: Event, seen: set[str]) -> bool:
         """Whether ``event`` is the identity's to see, in chain order: ``seen`` collects the
         cases of its clients as their ``evaluated`` events go by."""

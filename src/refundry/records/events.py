@@ -667,6 +667,43 @@ class RecordStore:
             args.append(self.case_key(request_id))
         return " AND ".join(where), tuple(args)
 
+    def case_page(self, *, after: int = 0, limit: int = 100, status: str | None = None,
+                  clients: Collection[str] | None = None) -> list[tuple[int, Case]]:
+        """Up to ``limit`` cases opened after position ``after`` (the ``seq`` of a case's
+        ``evaluated`` event: the cursor), oldest first, with their positions; with ``status``,
+        only cases in that status. Keyset in SQL, status derived in SQL as the fold derives it
+        (the last status event; a dispute resolved as upheld counts as never opened), so a page
+        costs the same at any depth and only the page's cases are read. ``clients``: only
+        cases of these clients (tenancy, ``records/access.py``)."""
+        if status is not None and status not in STATUSES:
+            raise RecordError(f"`{str(status)[:40]}` is not a case status")
+        # Integers and a known status only, so the SQL takes no parameters on any backend.
+        where = f"c.type = 'evaluated' AND c.seq > {int(after)}"
+        if status is not None:
+            outcome = self._json_text("decision", "outcome")
+            resolution = self._json_text("details", "resolution")
+            where += (
+                " AND COALESCE((SELECT CASE WHEN e.type = 'dispute_resolved' THEN 'approved' "
+                "ELSE e.type END FROM events e WHERE e.request_id = c.request_id AND "
+                "(e.type IN ('approved', 'denied', 'processed', 'refunded') OR (e.type = "
+                "'disputed' AND NOT EXISTS (SELECT 1 FROM events r WHERE r.request_id = "
+                "e.request_id AND r.type = 'dispute_resolved' AND r.seq > e.seq)) OR (e.type = "
+                f"'dispute_resolved' AND {resolution} = 'overturned')) ORDER BY e.seq DESC "
+                f"LIMIT 1), (SELECT CASE {outcome} WHEN 'approve' THEN 'approved' WHEN 'deny' "
+                f"THEN 'denied' ELSE 'manual_review' END FROM events e WHERE e.seq = c.seq)) "
+                f"= '{status}'")
+        args: tuple[str, ...] = ()
+        if clients is not None:  # client ids are caller text: parameters, never inlined
+            where += (" AND EXISTS (SELECT 1 FROM events e WHERE e.seq = c.seq AND "
+                      f"{self._json_text('request', 'client_id')} IN "
+                      f"({', '.join([self._param] * len(clients)) or 'NULL'}))")
+            args = tuple(sorted(clients))
+        rows = self._query(f"SELECT c.request_id, c.seq FROM events c WHERE {where} "
+                           f"ORDER BY c.seq LIMIT {int(limit)}", args)
+        threshold = self.four_eyes_above()
+        return [(int(seq), build_case(list(self._case_events(rid)), threshold))
+                for rid, seq in rows]
+
     def _case_events(self, masked_id: str) -> Iterator[Event]:
         for seq, _rid, _type, _at, _actor, body, hash_ in self._rows(masked_id):
             yield Event.from_row(seq, body, hash_)

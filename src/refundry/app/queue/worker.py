@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -30,10 +29,12 @@ from refundry.app.queue.streams import (
     dead_letter,
     ensure_streams,
 )
+from refundry.app.service.intake import Intake, problems, take
 from refundry.app.submissions import recorded_as_submitted
-from refundry.core.engine import INVALID_REQUEST, Engine
-from refundry.core.errors import RefundryError
+from refundry.core.engine import Engine
+from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import json_default
+from refundry.core.request import MAX_REQUEST_BYTES, JsonInputError, decode_json
 from refundry.records.events import RecordError, RecordStore
 from refundry.records.history import History
 from refundry.records.masking import mask_text, mask_value
@@ -74,8 +75,9 @@ class Stats:
 def _masked_payload(payload: bytes) -> bytes:
     """What a dead letter may keep: card data and codes scrubbed, like any record."""
     try:
-        return json.dumps(mask_value(json.loads(payload, parse_float=Decimal))).encode()
-    except (ValueError, UnicodeDecodeError):
+        value = decode_json(payload, limit=MAX_REQUEST_BYTES)
+        return json.dumps(mask_value(value), default=json_default).encode()
+    except JsonInputError:
         return mask_text(payload.decode("utf-8", "replace")).encode()
 
 
@@ -86,25 +88,23 @@ class Decider:
         self.engine, self.store, self.actor = engine, store, actor
         self.history = History(store)
 
-    def _prepare(self, payload: bytes) -> tuple[dict[str, Any], Any] | Outcome:
+    def _prepare(self, payload: bytes) -> tuple[Intake, Any] | Outcome:
         try:
-            data = json.loads(payload, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return Outcome("dead", reason=f"not json: {str(exc).lower()[:200]}")
+            data = decode_json(payload, limit=MAX_REQUEST_BYTES)
+        except JsonInputError as exc:
+            return Outcome("dead", reason=f"not json: the message {exc}")
         if not isinstance(data, dict):
             return Outcome("dead", reason="not a json object (a refund request)")
-        facts = self.history.facts(data, sync=False)  # synced once per batch, in decide()
-        if facts:
-            data = {**data, "facts": {**facts, **dict(data.get("facts") or {})}}
-        decision = self.engine.evaluate(data)
-        if decision.rule_ids and decision.rule_ids[0] == INVALID_REQUEST:
+        try:
+            taken = take(data, self.history)  # the index is synced once per batch, in decide()
+        except InvalidRequest as exc:
             return Outcome("dead", str(data.get("request_id", ""))[:200],
-                           reason="invalid request: " + "; ".join(decision.errors))
-        return data, decision
+                           reason="invalid request: " + "; ".join(problems(exc)))
+        return taken, self.engine.evaluate(taken.request)
 
     def decide(self, payloads: Sequence[bytes]) -> list[Outcome]:
         out: list[Outcome | None] = []
-        ready: list[tuple[int, dict[str, Any], Any]] = []
+        ready: list[tuple[int, Intake, Any]] = []
         for i, payload in enumerate(payloads):
             got = self._prepare(payload)
             if isinstance(got, Outcome):
@@ -117,26 +117,26 @@ class Decider:
         # workers evaluate their batches while this one records (docs/deployment.md).
         try:
             with self.store.batch():
-                for i, data, decision in ready:
-                    out[i] = self._record(data, decision)
+                for i, taken, decision in ready:
+                    out[i] = self._record(taken, decision)
         except RefundryError as exc:
-            for i, data, _decision in ready:
-                out[i] = Outcome("retry", str(data.get("request_id")), reason=str(exc))
+            for i, taken, _decision in ready:
+                out[i] = Outcome("retry", taken.request.request_id, reason=str(exc))
         try:
             self.history.sync()
         except RefundryError as exc:
             LOG.warning("history index not synced", extra={"fields": {"error": str(exc)[:300]}})
         return [o if o is not None else Outcome("retry", reason="not decided") for o in out]
 
-    def _record(self, data: dict[str, Any], decision: Any) -> Outcome:
+    def _record(self, taken: Intake, decision: Any) -> Outcome:
         try:
-            case, created = self.store.record(data, decision, engine=self.engine,
+            case, created = self.store.record(taken.request, decision, engine=self.engine,
                                               actor=self.actor)
         except RecordError as exc:
             # Refused for good only when the case is there with another submission; the same
             # one decided elsewhere at the same moment is that case, and a store that cannot be
             # reached or written is tried again.
-            same = recorded_as_submitted(self.store, data)
+            same = recorded_as_submitted(self.store, taken.data)
             if same is not None:
                 return Outcome("decided", same.request_id, same.decision)
             try:

@@ -16,7 +16,6 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -39,18 +38,21 @@ from refundry.app import report
 from refundry.app.customer import CustomerError, communicate, status
 from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
 from refundry.app.service.identity import Identity, TokenError, Tokens
+from refundry.app.service.intake import problems, take
 from refundry.app.service.openapi import document
+from refundry.app.service.proposals import ProposalError, diff_proposal
 from refundry.app.service.rulesets import Rulesets
 from refundry.app.submissions import recorded_as_submitted
-from refundry.app.tenancy import change_problem, scoped, visible_rulesets
-from refundry.core.engine import INVALID_REQUEST, Engine
-from refundry.core.errors import RefundryError
+from refundry.app.tenancy import change_problem, proposal_problem, scoped, visible_rulesets
+from refundry.core.engine import Engine
+from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import json_default
+from refundry.core.request import MAX_REQUEST_BYTES, JsonInputError, decode_json
 from refundry.records.access import AccessRefused
 from refundry.records.events import STATUSES, IllegalTransition, RecordError, RecordStore
 from refundry.records.history import History
 
-MAX_BODY = 1_000_000
+MAX_BODY = MAX_REQUEST_BYTES
 LOG = logging.getLogger("refundry.service")
 
 
@@ -75,11 +77,21 @@ def _error(status: int, message: str, errors: tuple[str, ...] = ()) -> Response:
     return _json(data, status, headers)
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class Metrics:
-    """Prometheus metrics in a registry of this application's own (no global state)."""
+    """Prometheus metrics in a registry of this application's own (no global state).
+
+    Under ``serve --workers N`` every process writes its figures to files in the directory
+    ``PROMETHEUS_MULTIPROC_DIR`` names (prometheus_client's multiprocess mode, chosen when the
+    library is imported, so the variable is set before the worker processes start: server.py),
+    and ``/metrics`` from any process reads all of them: counters and histograms summed over
+    the processes, gauges over the live ones."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
         self.requests = Counter("refundry_http_requests", "HTTP requests answered",
                                 ["route", "method", "status"], registry=r)
@@ -90,9 +102,27 @@ class Metrics:
                                  registry=r)
         self.reloads = Counter("refundry_ruleset_reloads", "ruleset reloads", ["result"],
                                registry=r)
-        self.in_flight = Gauge("refundry_http_in_flight", "requests being answered", registry=r)
+        self.in_flight = Gauge("refundry_http_in_flight", "requests being answered", registry=r,
+                               multiprocess_mode="livesum")
         self.generation = Gauge("refundry_ruleset_generation", "ruleset generation in force",
-                                registry=r)
+                                registry=r, multiprocess_mode="livemin")
+
+    def exposition(self) -> bytes:
+        """The Prometheus text: of every process of the server in multiprocess mode."""
+        if self.multiproc_dir is None:
+            return bytes(generate_latest(self.registry))
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiproc_dir)
+        return bytes(generate_latest(merged))
+
+    def process_ended(self) -> None:
+        """Drop this process's live gauges from the aggregate (its counters stay counted)."""
+        if self.multiproc_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
 
 
 @attrs.define
@@ -104,6 +134,11 @@ class Service:
     tokens: Tokens
     metrics: Metrics = attrs.Factory(Metrics)
     history: History | None = None
+    # A second connection for history lookups: on the store's own, every lookup would queue
+    # behind the committer's transaction and its flush (one connection serves one at a time).
+    reader: RecordStore | None = None
+    # A third for the group commit's history index sync, which then never waits for either.
+    indexer: RecordStore | None = None
     committer: GroupCommit | None = None
     draining: bool = False
     tokens_path: str | None = None  # read again when it changes: issued tokens work at once
@@ -113,9 +148,10 @@ class Service:
 
     def __attrs_post_init__(self) -> None:
         self.tokens_seen = self._tokens_stamp()
-        self.history = History(self.store)
+        self.history = History(self.reader or self.store)
         self.history.sync()  # what is already recorded counts from the first request on
-        self.committer = GroupCommit(self.store, self.history)
+        indexing = History(self.indexer) if self.indexer is not None else self.history
+        self.committer = GroupCommit(self.store, indexing)
         self.metrics.generation.set(self.rulesets.current.generation)
 
     def _tokens_stamp(self) -> tuple[int, int] | None:
@@ -141,6 +177,9 @@ class Service:
     def close(self) -> None:
         if self.committer is not None:
             self.committer.close()
+        for extra in (self.reader, self.indexer):
+            if extra is not None:
+                extra.close()
         self.store.close()
 
     def reload(self) -> Any:
@@ -168,14 +207,28 @@ def _identity(service: Service, request: Request, roles: tuple[str, ...]) -> Ide
     return who
 
 
-async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
+async def _read(request: Request) -> bytes:
+    """The body, refused unread past ``MAX_BODY`` bytes (a stated length first, then as it
+    streams in), so a hostile client cannot make the server hold a gigabyte."""
+    stated = request.headers.get("content-length", "")
+    if stated.isdigit() and int(stated) > MAX_BODY:
         raise ApiError(400, f"the body is larger than {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(400, f"the body is larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _body(request: Request) -> Any:
+    raw = await _read(request)
     try:
-        return json.loads(raw, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not json: {str(exc).lower()[:200]}") from None
+        return decode_json(raw, limit=MAX_BODY)
+    except JsonInputError as exc:
+        raise ApiError(400, f"the body is not json: {str(exc).removeprefix('invalid json: ')}"
+                       ) from None
 
 
 async def _object(request: Request, required: tuple[str, ...] = (),
@@ -218,31 +271,30 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 # --- what the handlers do, in the thread pool --------------------------------------------------
 
 
-def _decide(service: Service, data: Any, record: bool, actor: str) -> tuple[dict[str, Any], str]:
+def _decide(service: Service, data: dict[str, Any], record: bool,
+            actor: str) -> tuple[dict[str, Any], str]:
     """The decision for ``data``; with ``record``, enriched from and appended to the store.
     Returns the decision and whether it was recorded now (``created``), before (``existing``)
     or not at all (``none``)."""
     engine = service.rulesets.engine  # taken once: one version decides the whole request
-    if record and isinstance(data, Mapping) and service.history is not None:
-        # The committer syncs the index after each group; reading it needs no write here.
-        facts = service.history.facts(data, sync=False)
-        if facts:
-            data = {**data, "facts": {**facts, **dict(data.get("facts") or {})}}
-    decision = engine.evaluate(data)
-    if decision.rule_ids and decision.rule_ids[0] == INVALID_REQUEST:
+    try:
+        taken = take(data, service.history if record else None)
+    except InvalidRequest as exc:
         raise ApiError(422, "the request is not valid; nothing was evaluated or recorded",
-                       tuple(decision.errors))
+                       problems(exc)) from None
+    decision = engine.evaluate(taken.request)
     if not record:
         service.metrics.decisions.labels(decision.outcome, "false").inc()
         return decision.to_dict(), "none"
     assert service.committer is not None
     try:
-        case, created = service.committer.record(data, decision, engine=engine, actor=actor)
+        case, created = service.committer.record(taken.request, decision, engine=engine,
+                                                 actor=actor)
     except StoreUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     except RecordError as exc:
         # Decided at the same moment elsewhere, with other history facts: the same submission.
-        existing = recorded_as_submitted(service.store, data)
+        existing = recorded_as_submitted(service.store, taken.data)
         if existing is None:
             raise ApiError(409, str(exc)) from None
         case, created = existing, False
@@ -275,11 +327,15 @@ def _act(service: Service, request_id: str, action: Callable[[], Any], who: Iden
     return dict(case.to_dict())
 
 
-def _page(service: Service, status_: str | None, limit: int, offset: int,
+def _page(service: Service, status_: str | None, limit: int, after: int,
           who: Identity) -> dict[str, Any]:
-    cases = scoped(service.store, who).cases(status_)
-    return {"cases": [c.summary() for c in cases[offset:offset + limit]], "total": len(cases),
-            "limit": limit, "offset": offset}
+    """One page of ``who``'s clients' cases by keyset: ``next`` is the cursor for the page
+    after (null at the end). One case more than the page is read to know whether there is a
+    next page."""
+    got = scoped(service.store, who).case_page(after=after, limit=limit + 1, status=status_)
+    page = got[:limit]
+    return {"cases": [c.summary() for _seq, c in page], "limit": limit, "after": after,
+            "next": page[-1][0] if len(got) > limit else None}
 
 
 def _customer(service: Service, who: Identity, request_id: str, lang: str,
@@ -332,8 +388,8 @@ async def get_cases(request: Request, service: Service) -> Response:
     if status_ is not None and status_ not in STATUSES:
         raise ApiError(400, f"query `status` must be one of {', '.join(STATUSES)}")
     limit = _int(request, "limit", 100, 1, 1000)
-    offset = _int(request, "offset", 0, 0, 10**9)
-    return _json(await run_in_threadpool(_page, service, status_, limit, offset, who))
+    after = _int(request, "after", 0, 0, 2**62)
+    return _json(await run_in_threadpool(_page, service, status_, limit, after, who))
 
 
 async def get_case(request: Request, service: Service) -> Response:
@@ -448,6 +504,26 @@ def _may_publish(service: Service, who: Identity) -> None:
         raise ApiError(403, problem)
 
 
+async def post_diff(request: Request, service: Service) -> Response:
+    who = _identity(service, request, ("analyst",))
+    body = await _body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("rulesets"), dict) \
+            or not isinstance(body.get("requests"), list) \
+            or set(body) - {"rulesets", "requests", "as_of"}:
+        raise ApiError(400, "the body must be {`rulesets`: {file name: yaml text}, "
+                            "`requests`: [refund requests], `as_of`?}")
+    problem = proposal_problem(who, body["rulesets"].values())
+    if problem:
+        await run_in_threadpool(scoped(service.store, who).refuse, "diff", "*")
+        raise ApiError(403, problem)
+    try:
+        report = await run_in_threadpool(diff_proposal, service.rulesets, body["rulesets"],
+                                         body["requests"], body.get("as_of"))
+    except ProposalError as exc:
+        raise ApiError(exc.status, str(exc), exc.errors) from None
+    return _json(report)
+
+
 def _day(request: Request, name: str) -> Any:
     import datetime as dt
 
@@ -499,7 +575,8 @@ async def readyz(request: Request, service: Service) -> Response:
 
 
 async def metrics(request: Request, service: Service) -> Response:
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(await run_in_threadpool(service.metrics.exposition),
+                    media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request, service: Service) -> Response:
@@ -547,6 +624,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("/v1/cases/{request_id}/status", "POST", post_status),
     ("/v1/rulesets", "GET", get_rulesets),
     ("/v1/rulesets/reload", "POST", post_reload),
+    ("/v1/rulesets/diff", "POST", post_diff),
     ("/v1/report", "GET", get_report),
     ("/v1/verify", "GET", get_verify),
     ("/v1/openapi.json", "GET", openapi),
@@ -603,6 +681,7 @@ def create_app(service: Service, *, more_routes: Sequence[BaseRoute] = (),
         watcher.cancel()
         service.draining = True
         service.close()
+        service.metrics.process_ended()
         LOG.info("stopped")
 
     by_path: dict[str, list[tuple[str, Handler]]] = {}

@@ -63,10 +63,11 @@ ENVELOPES: dict[str, Any] = {
     # Open to new members: the records layer may add to a case's summary; the API then
     # passes them on (the members listed here are promised).
     "CaseSummary": _obj(list(_SUMMARY_PROPS), _SUMMARY_PROPS, extra=True),
-    "CaseList": _obj(["cases", "total", "limit", "offset"], {
+    "CaseList": _obj(["cases", "limit", "after", "next"], {
         "cases": {"type": "array", "items": _ref("CaseSummary")},
-        "total": {"type": "integer", "minimum": 0}, "limit": {"type": "integer"},
-        "offset": {"type": "integer"}}),
+        "limit": {"type": "integer"}, "after": {"type": "integer"},
+        "next": {"type": ["integer", "null"],
+                 "description": "the `after` of the next page; null on the last"}}),
     "Case": _obj([*_SUMMARY_PROPS, "dispute", "events"], {
         **_SUMMARY_PROPS, "dispute": {"type": ["object", "null"]},
         "events": {"type": "array", "items": _ref("RecordEvent")}}, extra=True),
@@ -92,6 +93,26 @@ ENVELOPES: dict[str, Any] = {
     "Reload": _obj(["ok", "generation", "errors"], {
         "ok": {"type": "boolean"}, "generation": {"type": "integer"},
         "errors": {"type": "array", "items": {"type": "string"}}}),
+    "RulesetDiff": _obj(["rulesets", "requests"], {
+        "rulesets": {"type": "object", "minProperties": 1, "maxProperties": 50,
+                     "description": "the proposed files: name (`name.yaml`) -> YAML text",
+                     "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml$"},
+                     "additionalProperties": {"type": "string"}},
+        "requests": {"type": "array", "minItems": 1, "maxItems": 1000,
+                     "items": {"type": "object"}, "description": "refund requests to decide "
+                     "under the rulesets in force and under the proposal"},
+        "as_of": {"type": "string", "format": "date-time",
+                  "description": "the time that picks the versions in force on both sides"}}),
+    "DiffReport": _obj(["requests", "changed", "unchanged", "changes", "decisions", "errors",
+                        "old", "new"], {
+        "requests": {"type": "integer", "minimum": 0}, "changed": {"type": "integer"},
+        "unchanged": {"type": "integer"},
+        "changes": {"type": "array", "items": {"type": "object", "required": [
+            "change", "count", "request_ids"]}},
+        "decisions": {"type": "array", "items": {"type": "object", "required": [
+            "request_id", "changes", "old", "new"]}},
+        "errors": {"type": "array", "items": {"type": "string"}},
+        "old": {"type": "object"}, "new": {"type": "object"}}),
     "Verification": {"type": "object", "required": ["ok", "count", "head"]},
     "Report": {"type": "object", "required": ["summary", "figures"],
                "properties": {"summary": {"type": "object"}, "figures": {"type": "object"}}},
@@ -176,12 +197,14 @@ def _paths() -> dict[str, Any]:
             {"200": _json("Decision", "the decision"), **_errors(400, *_AUTH, 409, 422, 503)},
             params=[{"name": "record", "in": "query", "schema": {"type": "boolean"}}],
             body="RefundRequest")},
-        "/v1/cases": {"get": _op("Recorded cases, newest last", ("reviewer", "auditor"), {
+        "/v1/cases": {"get": _op("Recorded cases, oldest first, a page at a time (keyset: pass "
+                                 "the page's `next` as `after`)", ("reviewer", "auditor"), {
             "200": _json("CaseList", "a page of cases"), **_errors(400, *_AUTH)}, params=[
             {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                         "maximum": 1000}},
-            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}])},
+            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                        "maximum": 2**62}}])},
         **_case_paths(),
         "/v1/rulesets": {"get": _op("The ruleset versions loaded, with digests",
                                     ("analyst", "auditor", "service"),
@@ -192,6 +215,12 @@ def _paths() -> dict[str, Any]:
             "one in force keeps serving", ("analyst",),
             {"200": _json("Reload", "swapped in"), **_errors(*_AUTH),
              "422": _json("Reload", "refused; the old version keeps serving")})},
+        "/v1/rulesets/diff": {"post": _op(
+            "What a proposed ruleset change would change: each request decided under the "
+            "rulesets in force and under the proposal (as `refundry diff --json`); nothing is "
+            "loaded or recorded", ("analyst",),
+            {"200": _json("DiffReport", "the decisions that change, grouped by change"),
+             **_errors(400, *_AUTH, 422)}, body="RulesetDiff")},
         "/v1/report": {"get": _op(
             "The report's figures (as `refundry report --format json`)", ("analyst", "auditor"),
             {"200": _json("Report", "summary and figures"), **_errors(400, *_AUTH)}, params=[

@@ -7,17 +7,21 @@ runs the application's shutdown, which closes the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from refundry.app.logs import json_log_config
-from refundry.app.service.api import Service
+from refundry.app.service.api import MULTIPROC_ENV, Service
 from refundry.app.service.identity import ROLES, Tokens, issue
 from refundry.app.service.rulesets import Rulesets
 from refundry.records.stores import open_store
@@ -45,8 +49,11 @@ class ServiceConfig:
 def build_service(config: ServiceConfig) -> Service:
     rulesets = Rulesets(config.rulesets, backend=config.backend)  # invalid rulesets stop here
     tokens = Tokens.load(config.tokens)
-    return Service(rulesets=rulesets, store=open_store(config.db, create=True), tokens=tokens,
-                   tokens_path=config.tokens, session_secret=session_secret(config.tokens))
+    store = open_store(config.db, create=True)
+    return Service(rulesets=rulesets, store=store, tokens=tokens,
+                   reader=open_store(config.db, create=False),
+                   indexer=open_store(config.db, create=False), tokens_path=config.tokens,
+                   session_secret=session_secret(config.tokens))
 
 
 def session_secret(tokens_path: str | Path) -> str:
@@ -79,10 +86,32 @@ def first_tokens(path: str | Path) -> dict[str, str] | None:
 
 def serve(config: ServiceConfig, *, host: str, port: int, workers: int = 1,
           log_level: str = "info") -> None:
-    import uvicorn
-
     build_service(config).close()  # fail now, with one line, on bad rulesets or tokens
     os.environ[CONFIG_ENV] = config.to_env()
+    with _shared_metrics(workers):
+        _run(config, host=host, port=port, workers=workers, log_level=log_level)
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several processes, a fresh directory for their metric files (api.Metrics), named
+    to them by the environment they start with; removed at the end. One the operator named in
+    ``PROMETHEUS_MULTIPROC_DIR`` is used as it is and kept."""
+    if workers < 2 or os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="refundry-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _run(config: ServiceConfig, *, host: str, port: int, workers: int, log_level: str) -> None:
+    import uvicorn
+
     print(json.dumps({"level": "info", "logger": "refundry.service", "message": "serving",
                       "url": f"http://{host}:{port}/v1/", "workers": workers,
                       "openapi": f"http://{host}:{port}/v1/openapi.json"}),
