@@ -695,12 +695,12 @@ class StoreRecorder:
 
     def __init__(self, store: Any, engine: Engine | None, actor: str) -> None:
         self.store, self.engine, self.actor = store, engine, actor
-        self._batch: Any = None
+        self._batch: contextlib.ExitStack | None = None  # holds the open store.batch()
 
     def __call__(self, decision: Decision, request: RefundRequest) -> Mapping[str, Any] | None:
         if self._batch is None:
-            self._batch = self.store.batch()
-            self._batch.__enter__()
+            self._batch = contextlib.ExitStack()
+            self._batch.enter_context(self.store.batch())
         case, created = self.store.record(request, decision, engine=self.engine, actor=self.actor)
         return case.events[-1].to_dict() if created else None
 
@@ -743,6 +743,6 @@ class StoreRecorder:
     def commit(self) -> None:
         batch, self._batch = self._batch, None
         if batch is not None:
-            batch.__exit__(None, None, None)
+            batch.close()  # the batch's transaction commits
 
 

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import re
 import secrets
 import tempfile
 import threading
@@ -29,13 +30,14 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import attrs
+import msgspec
 import rfc8785
 
 from refundry.core.errors import RefundryError
 from refundry.core.models import Decision, RefundRequest
 from refundry.records.anchors import SignedCheckpoint, Signer, anchor_problem, check_event_signature
 from refundry.records.identity import IdentityError, canonical, same_person
-from refundry.records.index import COLUMNS, INDEXED_EVENTS, expected_rows, index_problem
+from refundry.records.index import COLUMNS, INDEXED_EVENTS, expected_rows, index_problem, load_json
 from refundry.records.masking import (
     DECISION_MONEY,
     DETAILS_MONEY,
@@ -144,7 +146,7 @@ class Event:
     @classmethod
     def from_row(cls, seq: int, body_text: str, hash_: str) -> Event:
         try:
-            body = json.loads(body_text)
+            body = load_json(body_text)
             return cls(seq=seq, request_id=body["request_id"], type=body["type"], at=body["at"],
                        actor=body["actor"], hash=hash_, body=body)
         except (ValueError, KeyError, TypeError):
@@ -170,15 +172,38 @@ class Draft:
     key: str | None = None  # the appender's signing key, when the store has one
 
 
+_JSON = msgspec.json.Encoder(order="sorted")
+_FOUR_BYTE_UTF8 = re.compile(rb"[\xf0-\xf4]")
+
+
+def canonical_json(value: Any) -> bytes:
+    """``rfc8785.dumps(value)``, byte for byte, for what an event holds: JSON made by
+    ``masking.mask_value`` and the store (text, booleans, null, integers up to 2**53, objects,
+    arrays; no floats). msgspec writes that in C with RFC 8785's escaping; its key order is by
+    code point, RFC 8785's by UTF-16 unit, and the two differ only for characters beyond
+    U+FFFF (4-byte UTF-8), so such a document is left to ``rfc8785`` itself."""
+    raw = _JSON.encode(value)
+    return rfc8785.dumps(_decoded(value)) if _FOUR_BYTE_UTF8.search(raw) else raw
+
+
+def _decoded(value: Any) -> Any:
+    """``value`` with pre-encoded members (``msgspec.Raw``) read back, for ``rfc8785``."""
+    if isinstance(value, msgspec.Raw):
+        return json.loads(bytes(value))
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    return value
+
+
 def encode(decision: dict[str, Any] | None, request: dict[str, Any] | None) -> dict[str, bytes]:
-    return {"decision": rfc8785.dumps(decision), "request": rfc8785.dumps(request)}
+    return {"decision": canonical_json(decision), "request": canonical_json(request)}
 
 
 def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, dict[str, Any]]:
     """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``.
 
-    Built member by member so that pre-encoded members are reused; the result is exactly
-    ``rfc8785.dumps(body)`` (all keys are ASCII, so code-point order is RFC 8785's order).
+    Members serialised before the lock (``draft.encoded``) are spliced in as they are; the
+    result is exactly ``rfc8785.dumps(body)``.
     """
     ruleset = (draft.decision or {}).get("ruleset")
     body = {
@@ -194,9 +219,8 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
     }
     if draft.key is not None:  # who appended, bound into the hash (the signature is kept apart)
         body["key"] = draft.key
-    members = [rfc8785.dumps(key) + b":" + (draft.encoded.get(key) or rfc8785.dumps(body[key]))
-               for key in sorted(body)]
-    raw = b"{" + b",".join(members) + b"}"
+    raw = canonical_json({k: msgspec.Raw(draft.encoded[k]) if k in draft.encoded else v
+                          for k, v in body.items()})
     return raw.decode("utf-8"), _hash(raw), body
 
 
@@ -497,6 +521,10 @@ class RecordStore:
         self._signer = signer
         # thread -> the newest head its open batch appended, anchored once the batch commits
         self._pending: dict[int, tuple[int, str]] = {}
+        # While a batch holds the writers' lock no one else can append, so the head and the
+        # two-approver threshold it last saw are still true: kept here, an append in a batch
+        # reads only its own case. Set after an append succeeds, cleared when the batch ends.
+        self._held: tuple[int, str, Decimal] | None = None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -509,11 +537,11 @@ class RecordStore:
         known = set(self._known_texts)
         try:
             with self._transaction():
-                self._batch_owner = threading.get_ident()
+                self._batch_owner, self._held = threading.get_ident(), None
                 try:
                     yield
                 finally:
-                    self._batch_owner = None
+                    self._batch_owner, self._held = None, None
         except BaseException:
             self._known_texts = known  # texts written in a batch that did not commit are not kept
             self._pending.pop(threading.get_ident(), None)
@@ -715,11 +743,15 @@ class RecordStore:
         case as it is now (or None) and raises to refuse; returning None appends nothing.
         Returns the case as it is afterwards, and the new event."""
         with self._transaction() as tx:
-            case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
-            if seq == 0:
-                prev = self.genesis
+            held = self._held if self._in_batch() and request_id != STORE_CASE else None
+            if held is not None:
+                case_rows = tx.case_rows(request_id)
+                seq, prev, threshold = held
+            else:
+                case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
+                prev = prev if seq else self.genesis
+                threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
             events = [Event.from_row(r[0], r[5], r[6]) for r in case_rows]
-            threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
             case = build_case(events, threshold) if events and request_id != STORE_CASE else None
             draft = make(case, threshold)
             if draft is None:
@@ -738,6 +770,8 @@ class RecordStore:
         self._known_texts.update(d for d, *_ in draft.texts)
         if self._in_batch():
             self._pending[threading.get_ident()] = (seq + 1, hash_)
+            # A store-level event may be a new threshold: the next append reads it again.
+            self._held = None if request_id == STORE_CASE else (seq + 1, hash_, threshold)
         else:
             self._committed(seq + 1, hash_)
         event = Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
@@ -776,8 +810,9 @@ class RecordStore:
                                   "content; a new request needs a new request_id")
             return case
 
-        # A retry (a resumed batch, a client resending) is answered without the writers' lock.
-        known = list(self.events(raw["request_id"]))
+        # A retry (a resumed batch, a client resending) is answered without the writers' lock;
+        # a batch holds the lock already, and the append below reads the case anyway.
+        known = [] if self._in_batch() else list(self.events(raw["request_id"]))
         if known:
             return same(build_case(known, self.four_eyes_above())), False
         encoded = encode(snapshot, masked)
@@ -1096,7 +1131,7 @@ class _ChainWalk:
 
     def _start(self, body_text: str) -> str:
         try:
-            named = json.loads(body_text).get("prev")
+            named = load_json(body_text).get("prev")
         except (ValueError, AttributeError):
             return self.starts[0]
         return named if named in self.starts else self.starts[0]
@@ -1143,7 +1178,7 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
     if _hash(body_text.encode("utf-8")) != hash_:
         return f"event {seq} does not match its hash: it was changed", {}
     try:
-        body = json.loads(body_text)
+        body = load_json(body_text)
     except ValueError:
         return f"event {seq} is not valid json", {}
     if not isinstance(body, dict):

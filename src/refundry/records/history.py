@@ -17,7 +17,6 @@ change to the recording path, and a damaged index can be dropped and rebuilt fro
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -29,9 +28,11 @@ from refundry.records.events import RecordError, RecordStore
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
+    KEY_FIELDS,
     Keys,
     index_row,
     keys_of,
+    load_json,
     status_update,
     utc_text,
 )
@@ -177,7 +178,7 @@ class History:
                 return read
             inserts, updates = [], []
             for seq, type_, body_text in rows:
-                body = json.loads(body_text)
+                body = load_json(body_text)
                 if type_ == "evaluated":
                     row = index_row(int(seq), body, salt)
                     if row is not None:
@@ -227,7 +228,9 @@ class History:
         else:
             self.ensure()
         salt = self.store.salt
-        keys = keys_of(mask_request(raw, salt), salt)
+        # Only the fields a key is made of are masked: the same keys, without masking the
+        # items, notes and evidence twice per request (the store masks the whole at record).
+        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt)
         if self._read("SELECT 1 FROM history_index WHERE request_id = ?", (keys.request_id,)):
             # Already recorded: the same request again must be the same case (request_id is
             # the idempotency key), so it gets the facts it was recorded with, not today's.

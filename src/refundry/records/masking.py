@@ -62,6 +62,9 @@ def _norm_key(key: str) -> str:
     return "".join(ch for ch in key.lower() if ch.isalnum())
 
 
+# Cached: a request's few dozen keys recur in every request, and masking asks about each key
+# of every request twice or three times. Bounded, so a source inventing keys costs no memory.
+@functools.lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
     norm = _norm_key(key)
     return norm in SENSITIVE_KEYS or any(part in norm for part in _SENSITIVE_PARTS)
