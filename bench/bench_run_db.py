@@ -11,7 +11,7 @@ for review. Each (tree, store, workers) runs the CLI as a user would on a fresh 
 prints the runner's requests/s (its own clock: reading, enriching, evaluating, recording,
 writing, journalling), then `records verify` on that store as events/s (wall time of the
 command, start-up included, so a small N understates it). ``--baseline REV`` runs the same
-on `git archive REV src` first; PostgreSQL needs ``--postgres`` or REFUNDRY_TEST_POSTGRES_URL.
+on `git archive REV src schemas` first; PostgreSQL needs ``--postgres`` or REFUNDRY_TEST_POSTGRES_URL.
 Timing lives here, never in the test suite.
 """
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,7 @@ def tree_of(rev: str, tmp: Path) -> Path:
     """The ``src`` of revision ``rev``, unpacked under ``tmp`` (put first on PYTHONPATH)."""
     dest = tmp / f"rev-{rev.replace('/', '_')}"
     dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src", "schemas"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest / "src"
@@ -75,12 +76,14 @@ def one(label: str, src: Path, kind: str, workers: int, data: Path, n: int, pg: 
         tmp: Path) -> dict[str, object]:
     db = store_url(kind, pg, tmp)
     out = tmp / f"out-{uuid.uuid4().hex[:8]}.jsonl"
+    cpu0 = _children_cpu()
     done = cli(src, ["run", "--source", "jsonl", "--input", str(data), "--out", str(out),
                      "--rulesets", str(ROOT / "rulesets"), "--workers", str(workers),
                      "--db", db, "--by", "bench"])
     if done.returncode != 0:
         sys.exit(f"{label} {kind} x{workers}: {done.stderr[-2000:]}")
     seconds = float(re.search(r"seconds (\d+\.\d+)", done.stderr).group(1))  # type: ignore[union-attr]
+    cpu = _children_cpu() - cpu0
     t0 = time.perf_counter()
     verified = cli(src, ["records", "verify", "--db", db])
     verify_s = time.perf_counter() - t0
@@ -88,7 +91,15 @@ def one(label: str, src: Path, kind: str, workers: int, data: Path, n: int, pg: 
         sys.exit(f"{label} {kind} verify: {verified.stdout[-500:]} {verified.stderr[-2000:]}")
     return {"tree": label, "store": kind, "workers": workers, "requests": n,
             "run_seconds": seconds, "requests_per_second": round(n / seconds),
+            # CPU of the run's own process and its workers (not the database server's): on a
+            # machine others load, the rate per CPU second is what compares between trees.
+            "cpu_seconds": round(cpu, 2), "requests_per_cpu_second": round(n / cpu),
             "verify_seconds": round(verify_s, 2), "events_per_second": round(n / verify_s)}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
