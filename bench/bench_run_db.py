@@ -9,8 +9,8 @@ Generates N requests (default 5,000) from 1,000 customers (each with an email an
 its own) over 60 transactions a customer may repeat, so the history lookups find matches; a third approved, a third denied, a third held
 for review. Each (tree, store, workers) runs the CLI as a user would on a fresh store, and
 prints the runner's requests/s (its own clock: reading, enriching, evaluating, recording,
-writing, journalling), then `records verify` on that store as events/s (wall time of the
-command, start-up included, so a small N understates it). ``--baseline REV`` runs the same
+writing, journalling) and per CPU second of the run, then `store.verify()` of that store as
+events/s (timed in its process, start-up excluded). ``--baseline REV`` runs the same
 on `git archive REV src schemas` first; PostgreSQL needs ``--postgres`` or REFUNDRY_TEST_POSTGRES_URL.
 Timing lives here, never in the test suite.
 """
@@ -25,7 +25,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -58,6 +57,19 @@ def tree_of(rev: str, tmp: Path) -> Path:
     return dest / "src"
 
 
+# `store.verify()` timed inside the process: the CLI's start-up (about a second) would be most
+# of a verify of a few thousand events.
+VERIFY = """
+import sys, time
+from refundry.records.stores import open_store
+store = open_store(sys.argv[1], create=False)
+t0 = time.perf_counter()
+result = store.verify()
+print(time.perf_counter() - t0, result.ok)
+sys.exit(0 if result.ok else 1)
+"""
+
+
 def store_url(kind: str, pg: str | None, tmp: Path) -> str:
     if kind == "sqlite":
         return str(tmp / f"bench-{uuid.uuid4().hex[:8]}.db")
@@ -84,17 +96,17 @@ def one(label: str, src: Path, kind: str, workers: int, data: Path, n: int, pg: 
         sys.exit(f"{label} {kind} x{workers}: {done.stderr[-2000:]}")
     seconds = float(re.search(r"seconds (\d+\.\d+)", done.stderr).group(1))  # type: ignore[union-attr]
     cpu = _children_cpu() - cpu0
-    t0 = time.perf_counter()
-    verified = cli(src, ["records", "verify", "--db", db])
-    verify_s = time.perf_counter() - t0
+    verified = subprocess.run([sys.executable, "-c", VERIFY, db], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(src)})
     if verified.returncode != 0:
         sys.exit(f"{label} {kind} verify: {verified.stdout[-500:]} {verified.stderr[-2000:]}")
+    verify_s = float(verified.stdout.split()[0])
     return {"tree": label, "store": kind, "workers": workers, "requests": n,
             "run_seconds": seconds, "requests_per_second": round(n / seconds),
             # CPU of the run's own process and its workers (not the database server's): on a
             # machine others load, the rate per CPU second is what compares between trees.
             "cpu_seconds": round(cpu, 2), "requests_per_cpu_second": round(n / cpu),
-            "verify_seconds": round(verify_s, 2), "events_per_second": round(n / verify_s)}
+            "verify_seconds": round(verify_s, 3), "events_per_second": round(n / verify_s)}
 
 
 def _children_cpu() -> float:
