@@ -71,9 +71,9 @@ def test_the_database_hides_other_clients_even_from_a_wrong_application_filter(s
         # Reads go through the reader; refusals are recorded by the owner, who may append.
         view = ScopedStore(reader, "someone", ["*"] if bug else subset, recorder=owner)
         assert {c.request_id for c in view.cases()} == mine
-        rows = reader.query_rows("SELECT client_id FROM events")
+        rows = reader.query("SELECT client_id FROM events")
         assert {c for (c,) in rows} <= {*subset, None}
-        history = reader.query_rows("SELECT client_id FROM history_index")
+        history = reader.query("SELECT client_id FROM history_index")
         assert {c for (c,) in history} == set(subset)
         out = io.StringIO()
         view.export(out)
@@ -88,7 +88,7 @@ def test_without_a_client_setting_nothing_of_any_client_is_read(secured):
     url, role, _ = secured
     with ReaderStore(url, [], role) as reader:
         assert reader.cases() == []
-        assert reader.query_rows("SELECT count(*) FROM history_index") == [(0,)]
+        assert reader.query("SELECT count(*) FROM history_index") == [(0,)]
 
 
 def test_the_reader_role_cannot_append(secured):

@@ -103,7 +103,3 @@ class ReaderStore(PostgresStore):
             raise RecordError(f"cannot read `{self.url}` as `{role}`: "
                               f"{' '.join(str(exc).split()).lower()}") from None
         return conn
-
-    def query_rows(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        """A read of the caller's own, under the policies (audits and tests)."""
-        return self._query(query, args)
