@@ -282,6 +282,12 @@ class History:
                 # COUNT(DISTINCT) saw only earlier rows; this request's customer adds one
                 # unless it was among them.
                 out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
+        out.update(self._transaction_facts(k, at, claimed))
+        return out
+
+    def _transaction_facts(self, k: Keys, at: str, claimed: Decimal) -> dict[str, Any]:
+        """What the store holds for the request's transaction: earlier requests, what was paid
+        and is pending on it, and whether the request's own ``prior_refunds`` claim agrees."""
         prior = self._read(
             "SELECT amount, currency, decided_amount, status FROM history_index WHERE "
             "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
@@ -293,7 +299,7 @@ class History:
         # transaction. Any difference (a refund the caller left out, or one made elsewhere)
         # is for a person to look at (the engine holds such a request for review).
         paid_other_currency = any(r[3] in _PAID and r[1] != k.currency for r in prior)
-        out.update({
+        return {
             "requests_for_transaction": len(prior),
             "same_amount_requests": sum(1 for r in prior if Decimal(r[0]) == k.amount),
             # Money as text: a recorded request keeps facts as JSON, and a rule compares the
@@ -304,8 +310,7 @@ class History:
             "currency_differs": any(r[1] != k.currency for r in prior),
             "prior_refunds_claimed": str(claimed),
             "prior_refunds_disagree": claimed != paid or paid_other_currency,
-        })
-        return out
+        }
 
     def baseline(self, client_id: str, currency: str, day: str) -> Baseline:
         """The client's baseline for requests on ``day`` (UTC date), from the days before it
