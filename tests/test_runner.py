@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from refundry.app.runner import PlainProgress, run
+from refundry.app.runner import PlainProgress, Shield, run
 from refundry.plugins import JsonLinesWriter, SourceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -334,12 +334,11 @@ def test_sigterm_checkpoints_prints_the_summary_and_exits_143(tmp_path: Path) ->
     while _alive(workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _alive(workers) == set()
-    # A checkpoint: every decision journalled was written. A stop that lands between a sink's
-    # write and its journal line can leave that one decision unjournalled (the sink's writer
-    # drops it as already written on the re-run), never more than the one in flight.
+    # A checkpoint: every decision written was journalled and every one journalled written.
+    # A stop that lands between a sink's write and its journal line waits for the line.
     journal = tmp_path / "out.jsonl.progress.jsonl"
     journalled = len(journal.read_text().splitlines())
-    assert journalled <= len(ids(tmp_path / "out.jsonl")) <= journalled + 1
+    assert len(ids(tmp_path / "out.jsonl")) == journalled
     again = _cli(*args, cwd=tmp_path)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
@@ -415,3 +414,15 @@ def test_a_run_that_cannot_start_leaves_no_store_behind(tmp_path, capsys):
     open_store(db).close()  # an existing store stays, even empty
     assert main(argv) == 1
     assert db.exists()
+
+
+def test_a_stop_asked_for_while_a_decision_is_written_waits_for_it_to_be_whole() -> None:
+    shield, done = Shield(), []
+    with pytest.raises(KeyboardInterrupt), shield.held():
+        with shield.held():
+            shield.stop(KeyboardInterrupt())  # as a SIGTERM handler does, mid-write
+            done.append("sink")
+        done.append("journal")
+    assert done == ["sink", "journal"]
+    with pytest.raises(KeyboardInterrupt):
+        shield.stop(KeyboardInterrupt())  # between decisions: at once

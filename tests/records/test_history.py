@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sqlite3
 from collections.abc import Iterable
 from decimal import Decimal
@@ -103,6 +104,9 @@ def test_the_index_keeps_pseudonyms_not_emails_or_addresses(store, engine, store
     rows = history._read("SELECT * FROM history_index")
     text = json.dumps([list(map(str, r)) for r in rows])
     assert len(rows) == len(fraudgen.planted())
+    # A pseudonym is random hex under the store's salt and holds "1111" about one store in
+    # seven; what must not be there is the clear value, so the pseudonyms' hex is left out.
+    text = re.sub(r"\b(customer|email|address|card|txn)-[0-9a-f]{24}", r"\1-", text)
     # the email pseudonym keeps the domain (docs/records.md, Masking), never the local part
     for clear in ("cust-serial@", "Packstation", "Street", "cust-serial", "order-dup", "1111"):
         assert clear not in text

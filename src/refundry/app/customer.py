@@ -226,7 +226,7 @@ def communicate(store: RecordStore, request_id: str, *, channel: str, template: 
     """Record on the case that ``text`` was given to the customer."""
     details = {"communicated": {"channel": channel, "template": template,
                                 "language": language, "text": text}}
-    return store._step(request_id, "note", actor, details)  # noqa: SLF001 - a note with details
+    return store.note(request_id, actor=actor, details=details)
 
 
 # --- receipts ---------------------------------------------------------------------------------

@@ -161,6 +161,33 @@ class BarProgress(Progress):
         self._bar.stop()
 
 
+class Shield:
+    """Holds back a stop that a signal handler asks for (``stop``) while a decision is being
+    written to the sinks and journalled (``held``), and raises it once that is done; outside
+    such a stretch it is raised at once. ``held`` nests; one thread (the main one) uses it."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: BaseException | None = None
+
+    def stop(self, exc: BaseException) -> None:
+        if self.depth:
+            self.pending = exc
+            return
+        raise exc
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
+            exc, self.pending = self.pending, None
+            raise exc
+
+
 @attrs.frozen
 class _Result:
     ref: str
@@ -251,7 +278,8 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
         workers: int = 1, rulesets: Sequence[str | Path] | None = None,
         engine: Engine | None = None, backend: str = "compiled",
         plugins: Plugins | None = None, record: Recorder | None = None,
-        progress: Progress | None = None, id_key: bytes | None = None) -> Summary:
+        progress: Progress | None = None, id_key: bytes | None = None,
+        shield: Shield | None = None) -> Summary:
     """Run one input through a source, the enrichers, the engine and the sinks.
 
     Give ``rulesets`` (paths; needed for ``workers > 1``, each worker loads them) or an
@@ -264,7 +292,11 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     before an enricher, a sink, the journal, the dead-letter file or the store sees it. A
     request id holding a card number is tagged with ``id_key`` (the records store's salt
     under ``--db``; else a key kept beside the journal), so such ids stay distinct.
+
+    ``shield``: the ``Shield`` a signal handler stops the run through; a stop is then held
+    back while a decision is written to the sinks and journalled.
     """
+    shield = shield or Shield()
     plugins = plugins or Plugins()
     options = dict(options or {})
     input_path = Path(input_path)
@@ -383,11 +415,12 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
                 res.decision, res.request, res.ref, [n for n, _, _ in writers]))
 
         def handle(res: _Result) -> None:
-            if res.decision is None:
-                first = res.errors[0] if res.errors else "invalid request"
-                dead(res.ref, f"invalid request: {first}", res.request_id, res.errors)
-            else:
-                decided(res)
+            with shield.held():  # the sinks, the dead letter and the journal line, whole
+                if res.decision is None:
+                    first = res.errors[0] if res.errors else "invalid request"
+                    dead(res.ref, f"invalid request: {first}", res.request_id, res.errors)
+                else:
+                    decided(res)
             progress.advance(summary)
 
         def executed(rec: SourceRecord) -> None:
@@ -695,12 +728,12 @@ class StoreRecorder:
 
     def __init__(self, store: Any, engine: Engine | None, actor: str) -> None:
         self.store, self.engine, self.actor = store, engine, actor
-        self._batch: Any = None
+        self._batch: contextlib.ExitStack | None = None  # holds the open store.batch()
 
     def __call__(self, decision: Decision, request: RefundRequest) -> Mapping[str, Any] | None:
         if self._batch is None:
-            self._batch = self.store.batch()
-            self._batch.__enter__()
+            self._batch = contextlib.ExitStack()
+            self._batch.enter_context(self.store.batch())
         case, created = self.store.record(request, decision, engine=self.engine, actor=self.actor)
         return case.events[-1].to_dict() if created else None
 
@@ -743,6 +776,6 @@ class StoreRecorder:
     def commit(self) -> None:
         batch, self._batch = self._batch, None
         if batch is not None:
-            batch.__exit__(None, None, None)
+            batch.close()  # the batch's transaction commits
 
 

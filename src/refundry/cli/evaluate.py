@@ -30,10 +30,36 @@ from refundry.core.request import parse_request
 from refundry.records.masking import scrub_request
 
 
+class _Store:
+    """``--record``'s store, opened on first use and then once for the whole command (for the
+    id tag's key, the history facts and the append); never for a request that is invalid."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.store: Any = None
+
+    def get(self) -> Any:
+        if self.store is None:
+            self.store = open_db(self.args, create=True)
+        return self.store
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    request = _scrubbed(args, read_json(args.request))
+    store = _Store(args)
+    try:
+        return _evaluate(args, store)
+    finally:
+        store.close()
+
+
+def _evaluate(args: argparse.Namespace, store: _Store) -> int:
+    request = _scrubbed(args, read_json(args.request), store)
     as_of = parse_as_of(args.as_of)
-    request = _with_history(args, request)  # before evaluate, which does no I/O
+    request = _with_history(args, request, store)  # before evaluate, which does no I/O
     engine = engine_for(args)
     if args.explain:
         explanation = engine.explain(request, as_of=as_of)
@@ -49,24 +75,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for err in decision.errors:
             print(f"{args.request}: {err}", file=sys.stderr)
         return EXIT_INVALID
-    _record(args, request, decision, engine)
+    _record(args, request, decision, engine, store)
     return EXIT_OK
 
 
-def _scrubbed(args: argparse.Namespace, request: Any) -> Any:
+def _scrubbed(args: argparse.Namespace, request: Any, store: _Store) -> Any:
     """The request with card data scrubbed out before anything prints or records it (PCI DSS
     3.3/3.4). An id holding a card number is tagged with the store's key under ``--record``
     (as the store would tag it), else with a throw-away one: only this output shows it."""
     def key() -> bytes:
-        if not args.record:
-            return secrets.token_bytes(32)
-        with open_db(args, create=True) as store:
-            return store.salt
+        return store.get().salt if args.record else secrets.token_bytes(32)
 
     return scrub_request(request, key)
 
 
-def _with_history(args: argparse.Namespace, request: Any) -> Any:
+def _with_history(args: argparse.Namespace, request: Any, store: _Store) -> Any:
     """``--record``: history facts from the store the decision goes to."""
     if not args.record or not isinstance(request, Mapping):
         return request
@@ -76,16 +99,15 @@ def _with_history(args: argparse.Namespace, request: Any) -> Any:
         return request  # evaluate reports it and records nothing; no store is opened for it
     from refundry.records.history import enrich
 
-    with open_db(args, create=True) as store:
-        return enrich(store, request)
+    return enrich(store.get(), request)
 
 
-def _record(args: argparse.Namespace, request: Any, decision: Decision, engine: Engine) -> None:
+def _record(args: argparse.Namespace, request: Any, decision: Decision, engine: Engine,
+            store: _Store) -> None:
     if not args.record:
         return
     actor = args.by or getpass.getuser()
-    with open_db(args, create=True) as store:
-        case, created = store.record(request, decision, engine=engine, actor=actor)
+    case, created = store.get().record(request, decision, engine=engine, actor=actor)
     if created:
         print(f"recorded: request `{case.request_id}` is {case.status}", file=sys.stderr)
     else:

@@ -15,6 +15,7 @@ from typing import Any
 from refundry.app.runner import (
     BarProgress,
     PlainProgress,
+    Shield,
     StoreRecorder,
     preview,
     print_summary,
@@ -53,17 +54,20 @@ class Terminated(KeyboardInterrupt):
     written and journalled (a clean checkpoint), then the summary is printed."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     options = parse_options(args.option or [])
     if args.preview is not None:
         return _preview(args, options)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    shield = Shield()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # Raised now, or (mid-way through a decision's sink writes and journal line) as soon
+        # as that decision is whole: a stop never leaves a written decision unjournalled.
+        shield.stop(Terminated())
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return _run(args, options)
+        return _run(args, options, shield)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -81,7 +85,7 @@ def _preview(args: argparse.Namespace, options: dict[str, str]) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace, options: dict[str, str]) -> int:
+def _run(args: argparse.Namespace, options: dict[str, str], shield: Shield) -> int:
     tty = sys.stderr.isatty()
     rulesets = [str(args.rulesets or default_rulesets())]
     store = None
@@ -101,7 +105,7 @@ def _run(args: argparse.Namespace, options: dict[str, str]) -> int:
                       engine=engine, backend=args.backend, record=record, plugins=plugins,
                       progress=BarProgress(sys.stderr) if tty else PlainProgress(sys.stderr),
                       # Under --db the store's key: an id is tagged as the store tags it.
-                      id_key=store.salt if store is not None else None)
+                      id_key=store.salt if store is not None else None, shield=shield)
     except BaseException as exc:
         if store is not None:
             store.close()

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import re
 import secrets
 import tempfile
 import threading
@@ -26,16 +27,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import attrs
+import msgspec
 import rfc8785
 
 from refundry.core.errors import RefundryError
 from refundry.core.models import Decision, RefundRequest
 from refundry.records.anchors import SignedCheckpoint, Signer, anchor_problem, check_event_signature
 from refundry.records.identity import IdentityError, canonical, same_person
-from refundry.records.index import COLUMNS, INDEXED_EVENTS, expected_rows, index_problem
+from refundry.records.index import COLUMNS, INDEXED_EVENTS, expected_rows, index_problem, load_json
 from refundry.records.masking import (
     DECISION_MONEY,
     DETAILS_MONEY,
@@ -144,7 +146,7 @@ class Event:
     @classmethod
     def from_row(cls, seq: int, body_text: str, hash_: str) -> Event:
         try:
-            body = json.loads(body_text)
+            body = load_json(body_text)
             return cls(seq=seq, request_id=body["request_id"], type=body["type"], at=body["at"],
                        actor=body["actor"], hash=hash_, body=body)
         except (ValueError, KeyError, TypeError):
@@ -170,15 +172,38 @@ class Draft:
     key: str | None = None  # the appender's signing key, when the store has one
 
 
+_JSON = msgspec.json.Encoder(order="sorted")
+_FOUR_BYTE_UTF8 = re.compile(rb"[\xf0-\xf4]")
+
+
+def canonical_json(value: Any) -> bytes:
+    """``rfc8785.dumps(value)``, byte for byte, for what an event holds: JSON made by
+    ``masking.mask_value`` and the store (text, booleans, null, integers up to 2**53, objects,
+    arrays; no floats). msgspec writes that in C with RFC 8785's escaping; its key order is by
+    code point, RFC 8785's by UTF-16 unit, and the two differ only for characters beyond
+    U+FFFF (4-byte UTF-8), so such a document is left to ``rfc8785`` itself."""
+    raw = _JSON.encode(value)
+    return rfc8785.dumps(_decoded(value)) if _FOUR_BYTE_UTF8.search(raw) else raw
+
+
+def _decoded(value: Any) -> Any:
+    """``value`` with pre-encoded members (``msgspec.Raw``) read back, for ``rfc8785``."""
+    if isinstance(value, msgspec.Raw):
+        return json.loads(bytes(value))
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    return value
+
+
 def encode(decision: dict[str, Any] | None, request: dict[str, Any] | None) -> dict[str, bytes]:
-    return {"decision": rfc8785.dumps(decision), "request": rfc8785.dumps(request)}
+    return {"decision": canonical_json(decision), "request": canonical_json(request)}
 
 
 def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, dict[str, Any]]:
     """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``.
 
-    Built member by member so that pre-encoded members are reused; the result is exactly
-    ``rfc8785.dumps(body)`` (all keys are ASCII, so code-point order is RFC 8785's order).
+    Members serialised before the lock (``draft.encoded``) are spliced in as they are; the
+    result is exactly ``rfc8785.dumps(body)``.
     """
     ruleset = (draft.decision or {}).get("ruleset")
     body = {
@@ -194,9 +219,8 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
     }
     if draft.key is not None:  # who appended, bound into the hash (the signature is kept apart)
         body["key"] = draft.key
-    members = [rfc8785.dumps(key) + b":" + (draft.encoded.get(key) or rfc8785.dumps(body[key]))
-               for key in sorted(body)]
-    raw = b"{" + b",".join(members) + b"}"
+    raw = canonical_json({k: msgspec.Raw(draft.encoded[k]) if k in draft.encoded else v
+                          for k, v in body.items()})
     return raw.decode("utf-8"), _hash(raw), body
 
 
@@ -457,6 +481,19 @@ class _Anchoring:
 
 
 Row = tuple[int, str, str, str, str, str, str]  # seq, request_id, type, at, actor, body, hash
+EVENT_COLUMNS = "seq, request_id, type, at, actor, body, hash"  # a Row's columns
+PAGE = 2_000  # rows read per query: verify streams a store of any size in bounded memory
+
+
+class Transaction(Protocol):
+    """What ``RecordStore.transaction()`` yields: SQL with ``?`` placeholders on any backend;
+    a failing statement raises ``RecordError`` (and the transaction is rolled back)."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Run one statement; the rows it returns (none for a write)."""
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per row of arguments."""
 
 
 class RecordStore:
@@ -464,9 +501,14 @@ class RecordStore:
 
     A subclass provides ``_transaction`` (serialised against every other writer, in any
     process), ``_rows`` and the few queries below. Instances are safe to share between threads.
+
+    Derived data kept beside the chain (the history index) uses the public ``query``,
+    ``transaction`` and ``batch``; their SQL names parameters ``?`` on every backend, and
+    ``dialect`` says which backend it runs on where the SQL itself must differ.
     """
 
     url: str
+    dialect = "sqlite"  # or "postgresql"
 
     def __init__(self, *, clock: Callable[[], dt.datetime] | None = None, anchor: Any = None,
                  signer: Signer | None = None, anchor_every: int = ANCHOR_EVERY,
@@ -479,6 +521,10 @@ class RecordStore:
         self._signer = signer
         # thread -> the newest head its open batch appended, anchored once the batch commits
         self._pending: dict[int, tuple[int, str]] = {}
+        # While a batch holds the writers' lock no one else can append, so the head and the
+        # two-approver threshold it last saw are still true: kept here, an append in a batch
+        # reads only its own case. Set after an append succeeds, cleared when the batch ends.
+        self._held: tuple[int, str, Decimal] | None = None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -491,11 +537,11 @@ class RecordStore:
         known = set(self._known_texts)
         try:
             with self._transaction():
-                self._batch_owner = threading.get_ident()
+                self._batch_owner, self._held = threading.get_ident(), None
                 try:
                     yield
                 finally:
-                    self._batch_owner = None
+                    self._batch_owner, self._held = None, None
         except BaseException:
             self._known_texts = known  # texts written in a batch that did not commit are not kept
             self._pending.pop(threading.get_ident(), None)
@@ -524,40 +570,63 @@ class RecordStore:
     def _in_batch(self) -> bool:
         return self._batch_owner == threading.get_ident()
 
+    # -- the public SQL surface -------------------------------------------------------------
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one read (``?`` placeholders), outside any transaction of this thread's
+        unless a ``batch`` holds one. A failing query raises ``RecordError``."""
+        return self._query(sql, tuple(args))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A read-write transaction serialised against every other writer, in any process;
+        inside this thread's ``batch``, a savepoint of the batch's transaction (so it sees,
+        and commits with, the batch's uncommitted events). Committed when the block ends,
+        rolled back if it raises."""
+        with self._transaction() as tx:
+            yield tx
+
     # -- what a backend implements --------------------------------------------------------
 
-    def _transaction(self) -> Any:  # a context manager yielding a Tx
+    def _transaction(self) -> Any:  # a context manager yielding a Transaction
         raise NotImplementedError
 
     def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
-        raise NotImplementedError
-
-    _param = "?"  # the driver's query placeholder: sqlite3 `?`, psycopg `%s`
+        where = "" if request_id is None else "AND request_id = ?"
+        while True:
+            args: tuple[Any, ...] = (after,) if request_id is None else (after, request_id)
+            page = self.query(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? {where} "
+                              f"ORDER BY seq LIMIT {PAGE}", args)
+            yield from page
+            if len(page) < PAGE:
+                return
+            after = page[-1][0]
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         raise NotImplementedError
 
     def _get_meta(self, key: str) -> str | None:
-        rows = self._query(f"SELECT value FROM meta WHERE key = {self._param}", (key,))
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
     def _head(self) -> tuple[int, str]:
-        raise NotImplementedError
+        rows = self.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else (0, GENESIS)
 
     def _ruleset_texts(self) -> Iterator[tuple[str, str, str, str]]:
-        yield from self._query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
+        yield from self.query("SELECT digest, ruleset_id, version, text FROM ruleset_texts "
                                "ORDER BY digest")
 
     def ruleset_versions(self) -> list[tuple[str, str, str]]:
         """(ruleset id, version, digest) of every ruleset text the store keeps."""
-        rows = self._query("SELECT ruleset_id, version, digest FROM ruleset_texts "
+        rows = self.query("SELECT ruleset_id, version, digest FROM ruleset_texts "
                            "ORDER BY ruleset_id, version, digest")
         return [(str(a), str(b), str(c)) for a, b, c in rows]
 
     def ruleset_text(self, digest: str) -> tuple[str, str, str] | None:
         """(ruleset id, version, text) kept for a layer digest."""
-        rows = self._query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = "
-                           f"{self._param}", (digest,))
+        rows = self.query("SELECT ruleset_id, version, text FROM ruleset_texts WHERE digest = ?",
+                          (digest,))
         return tuple(rows[0]) if rows else None
 
     def close(self) -> None:
@@ -621,18 +690,17 @@ class RecordStore:
         folded. ``total`` counts the waiting cases that match the filters, up to
         ``COUNT_CAP + 1`` (``capped`` then says there are more)."""
         where, args = self._queue_filter(client, industry, request_id)
-        p = self._param
         # Counted only up to COUNT_CAP: an exact count reads every waiting case, which at
         # 100,000 of them costs more than the page itself ("1000+" is what a reviewer needs).
-        total = int(self._query(f"SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {where} "
+        total = int(self.query(f"SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {where} "
                                 f"LIMIT {COUNT_CAP + 1}) AS capped", args)[0][0])
         if before is not None:
-            sql = f"{where} AND e.seq < {p} ORDER BY e.seq DESC"
+            sql = f"{where} AND e.seq < ? ORDER BY e.seq DESC"
             cursor_args: tuple[Any, ...] = (before,)
         else:
-            sql = f"{where} AND e.seq > {p} ORDER BY e.seq"
+            sql = f"{where} AND e.seq > ? ORDER BY e.seq"
             cursor_args = (after,)
-        rows = self._query(f"SELECT e.request_id, e.seq FROM events e WHERE {sql} LIMIT {p}",
+        rows = self.query(f"SELECT e.request_id, e.seq FROM events e WHERE {sql} LIMIT ?",
                            (*args, *cursor_args, limit + 1))
         threshold = self.four_eyes_above()
         cases = tuple(build_case(list(self._case_events(rid)), threshold)
@@ -645,7 +713,6 @@ class RecordStore:
 
     def _queue_filter(self, client: str | None, industry: str | None,
                       request_id: str | None) -> tuple[str, tuple[Any, ...]]:
-        p = self._param
         where = ["e.type = 'evaluated'", f"{self._json_text('decision', 'outcome')} = 'manual_review'",
                  "NOT EXISTS (SELECT 1 FROM events d WHERE d.request_id = e.request_id "
                  "AND d.type IN ('approved', 'denied'))"]
@@ -653,10 +720,10 @@ class RecordStore:
         for value, path in ((client, ("request", "client_id")),
                             (industry, ("request", "industry"))):
             if value:
-                where.append(f"{self._json_text(*path)} = {p}")
+                where.append(f"{self._json_text(*path)} = ?")
                 args.append(value)
         if request_id:
-            where.append(f"e.request_id = {p}")
+            where.append("e.request_id = ?")
             args.append(self.case_key(request_id))
         return " AND ".join(where), tuple(args)
 
@@ -706,11 +773,15 @@ class RecordStore:
         case as it is now (or None) and raises to refuse; returning None appends nothing.
         Returns the case as it is afterwards, and the new event."""
         with self._transaction() as tx:
-            case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
-            if seq == 0:
-                prev = self.genesis
+            held = self._held if self._in_batch() and request_id != STORE_CASE else None
+            if held is not None:
+                case_rows = tx.case_rows(request_id)
+                seq, prev, threshold = held
+            else:
+                case_rows, store_rows, (seq, prev) = tx.snapshot(request_id, STORE_CASE)
+                prev = prev if seq else self.genesis
+                threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
             events = [Event.from_row(r[0], r[5], r[6]) for r in case_rows]
-            threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
             case = build_case(events, threshold) if events and request_id != STORE_CASE else None
             draft = make(case, threshold)
             if draft is None:
@@ -729,6 +800,8 @@ class RecordStore:
         self._known_texts.update(d for d, *_ in draft.texts)
         if self._in_batch():
             self._pending[threading.get_ident()] = (seq + 1, hash_)
+            # A store-level event may be a new threshold: the next append reads it again.
+            self._held = None if request_id == STORE_CASE else (seq + 1, hash_, threshold)
         else:
             self._committed(seq + 1, hash_)
         event = Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
@@ -767,8 +840,9 @@ class RecordStore:
                                   "content; a new request needs a new request_id")
             return case
 
-        # A retry (a resumed batch, a client resending) is answered without the writers' lock.
-        known = list(self.events(raw["request_id"]))
+        # A retry (a resumed batch, a client resending) is answered without the writers' lock;
+        # a batch holds the lock already, and the append below reads the case anyway.
+        known = [] if self._in_batch() else list(self.events(raw["request_id"]))
         if known:
             return same(build_case(known, self.four_eyes_above())), False
         encoded = encode(snapshot, masked)
@@ -837,8 +911,14 @@ class RecordStore:
         return self._step(request_id, event_type, actor,
                           {"reference": _text(reference, "the reference")})
 
-    def note(self, request_id: str, text: str, *, actor: str) -> Case:
-        return self._step(request_id, "note", actor, {"text": _text(text, "the note", required=True)})
+    def note(self, request_id: str, text: str | None = None, *, actor: str,
+             details: Mapping[str, Any] | None = None) -> Case:
+        """A note on a case: ``text`` typed by a person, and/or structured ``details`` (what
+        a customer was told, for one); either is masked like every note."""
+        body = dict(details or {})
+        if text is not None or not body:
+            body["text"] = _text(text, "the note", required=True)
+        return self._step(request_id, "note", actor, body)
 
     def open_dispute(self, request_id: str, *, actor: str, reason: str, engine: Any,
                      as_of: dt.datetime | None = None) -> Case:
@@ -959,7 +1039,7 @@ class RecordStore:
     def _signatures(self) -> dict[int, tuple[str, str]]:
         """seq -> (key, signature) of events appended with a signing key."""
         try:
-            rows = self._query("SELECT seq, key, signature FROM signatures")
+            rows = self.query("SELECT seq, key, signature FROM signatures")
         except RecordError:  # a store that never had a signing key has no such table
             return {}
         return {int(seq): (key, sig) for seq, key, sig in rows}
@@ -967,9 +1047,8 @@ class RecordStore:
     def _check_history(self) -> str:
         """The history index against the rows the chain makes up to its watermark ("" if they
         agree, or if the store has no index)."""
-        p = self._param
         try:
-            mark = self._query("SELECT value FROM history_meta WHERE key = 'seq'")
+            mark = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
         except RecordError:  # no index: nothing derived to check
             return ""
         watermark = int(mark[0][0]) if mark else 0
@@ -977,14 +1056,14 @@ class RecordStore:
 
         def events() -> Iterator[tuple[int, str, str]]:
             after = 0
-            while rows := self._query(f"SELECT seq, type, body FROM events WHERE seq > {p} AND "
-                                       f"seq <= {p} AND type IN ({types}) ORDER BY seq LIMIT 5000",
+            while rows := self.query(f"SELECT seq, type, body FROM events WHERE seq > ? AND "
+                                      f"seq <= ? AND type IN ({types}) ORDER BY seq LIMIT 5000",
                                        (after, watermark)):
                 yield from rows
                 after = int(rows[-1][0])
 
         expected = expected_rows(events(), self.salt)
-        actual = self._query(f"SELECT {', '.join(COLUMNS)} FROM history_index")
+        actual = self.query(f"SELECT {', '.join(COLUMNS)} FROM history_index")
         return index_problem(expected, actual, watermark)
 
     def export(self, out: IO[str]) -> int:
@@ -1047,9 +1126,8 @@ class RecordStore:
 
     def cases_decided_with(self, digest: str, limit: int) -> list[Case]:
         """Up to ``limit`` cases (oldest first) whose decision used the ruleset text ``digest``."""
-        p = self._param
-        rows = self._query(f"SELECT e.request_id FROM events e WHERE e.type = 'evaluated' AND "
-                           f"e.body LIKE {p} ORDER BY e.seq LIMIT {p}",
+        rows = self.query("SELECT e.request_id FROM events e WHERE e.type = 'evaluated' AND "
+                           "e.body LIKE ? ORDER BY e.seq LIMIT ?",
                            (f'%"digest":"{digest}"%', limit))
         threshold = self.four_eyes_above()
         return [build_case(list(self._case_events(rid)), threshold) for (rid,) in rows]
@@ -1083,7 +1161,7 @@ class _ChainWalk:
 
     def _start(self, body_text: str) -> str:
         try:
-            named = json.loads(body_text).get("prev")
+            named = load_json(body_text).get("prev")
         except (ValueError, AttributeError):
             return self.starts[0]
         return named if named in self.starts else self.starts[0]
@@ -1130,7 +1208,7 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
     if _hash(body_text.encode("utf-8")) != hash_:
         return f"event {seq} does not match its hash: it was changed", {}
     try:
-        body = json.loads(body_text)
+        body = load_json(body_text)
     except ValueError:
         return f"event {seq} is not valid json", {}
     if not isinstance(body, dict):

@@ -17,8 +17,6 @@ change to the recording path, and a damaged index can be dropped and rebuilt fro
 from __future__ import annotations
 
 import datetime as dt
-import json
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -26,13 +24,15 @@ from typing import Any
 import attrs
 
 from refundry.core.errors import RefundryError
-from refundry.records.events import RecordStore
+from refundry.records.events import RecordError, RecordStore
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
+    KEY_FIELDS,
     Keys,
     index_row,
     keys_of,
+    load_json,
     status_update,
     utc_text,
 )
@@ -123,63 +123,33 @@ class History:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        from refundry.records.stores import SQLiteStore
-
-        self._pg = not isinstance(store, SQLiteStore)
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
 
-    # -- database access (the store's own connection and lock) ------------------------------
-
-    def _sql(self, text: str) -> str:
-        return text.replace("?", "%s") if self._pg else text
+    # -- database access (the store's public query and transaction) --------------------------
 
     def _read(self, text: str, args: Sequence[Any] = ()) -> list[Any]:
-        store: Any = self.store  # both stores have _query; the base class does not declare it
-        return list(store._query(self._sql(text), tuple(args)))  # noqa: SLF001
+        return self.store.query(text, args)
 
     def _write(self, statements: Iterable[tuple[str, Sequence[Any] | Sequence[Sequence[Any]], bool]],
                *, watermark: int | None = None) -> bool:
         """Run (sql, args, many) statements in one transaction; with ``watermark``, only if
         the index's watermark is still that (else nothing, and False)."""
-        check = "SELECT value FROM history_meta WHERE key = 'seq'"
-        store: Any = self.store
-        with store._lock:  # noqa: SLF001 - the store's connection is not shared otherwise
-            if self._pg:
-                try:
-                    with store._conn.transaction(), store._conn.cursor() as cur:  # noqa: SLF001
-                        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                    ("refundry-history:" + store.schema,))
-                        if watermark is not None:
-                            cur.execute(check)
-                            if int(cur.fetchone()[0]) != watermark:
-                                return False
-                        for text, args, many in statements:
-                            if many:
-                                if args:
-                                    cur.executemany(self._sql(text), args)
-                            else:
-                                cur.execute(self._sql(text), args)
-                except store._psycopg.Error as exc:  # noqa: SLF001
-                    raise HistoryError(f"history index: {' '.join(str(exc).split()).lower()}") from None
-                return True
-            conn = store._conn  # noqa: SLF001
-            try:
-                # The store's own transaction: BEGIN IMMEDIATE, or a savepoint inside the batch
-                # `refundry run --db` holds, whose uncommitted events the index then sees.
-                with store._transaction():  # noqa: SLF001
-                    if watermark is not None and \
-                            int(conn.execute(check).fetchone()[0]) != watermark:
-                        return False  # nothing written yet: the empty transaction ends
-                    for text, args, many in statements:
-                        if many:
-                            if args:
-                                conn.executemany(text, args)
-                        else:
-                            conn.execute(text, args)
-            except sqlite3.DatabaseError as exc:
-                raise HistoryError(f"history index: {str(exc).lower()}") from None
-            return True
+        try:
+            # The store's writers' transaction, or a savepoint inside the batch
+            # `refundry run --db` holds, whose uncommitted events the index then sees.
+            with self.store.transaction() as tx:
+                if watermark is not None and int(tx.execute(
+                        "SELECT value FROM history_meta WHERE key = 'seq'")[0][0]) != watermark:
+                    return False  # nothing written yet: the empty transaction ends
+                for text, args, many in statements:
+                    if many:
+                        tx.executemany(text, args)
+                    else:
+                        tx.execute(text, args)
+        except RecordError as exc:
+            raise HistoryError(f"history index: {exc}") from None
+        return True
 
     def ensure(self) -> None:
         """Create the index tables in the store if they are not there yet."""
@@ -208,7 +178,7 @@ class History:
                 return read
             inserts, updates = [], []
             for seq, type_, body_text in rows:
-                body = json.loads(body_text)
+                body = load_json(body_text)
                 if type_ == "evaluated":
                     row = index_row(int(seq), body, salt)
                     if row is not None:
@@ -258,7 +228,9 @@ class History:
         else:
             self.ensure()
         salt = self.store.salt
-        keys = keys_of(mask_request(raw, salt), salt)
+        # Only the fields a key is made of are masked: the same keys, without masking the
+        # items, notes and evidence twice per request (the store masks the whole at record).
+        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt)
         if self._read("SELECT 1 FROM history_index WHERE request_id = ?", (keys.request_id,)):
             # Already recorded: the same request again must be the same case (request_id is
             # the idempotency key), so it gets the facts it was recorded with, not today's.

@@ -9,12 +9,12 @@ writes a database.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
 import attrs
+import msgspec
 
 from refundry.records.masking import pseudonym
 
@@ -26,6 +26,15 @@ COLUMNS = ("request_id", "seq", "client_id", "requested_at", "customer_key", "em
            "transaction_amount", "decided_amount", "outcome", "status")
 
 _STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
+
+
+_DECODER = msgspec.json.Decoder()
+
+
+def load_json(text: str | bytes) -> Any:
+    """A stored event body, decoded (``ValueError`` if it is not JSON): msgspec reads one in
+    half the time ``json.loads`` takes, and verify and the index read every body."""
+    return _DECODER.decode(text)
 
 
 def utc_text(when: dt.datetime) -> str:
@@ -48,6 +57,11 @@ class Keys:
     amount: Decimal
     currency: str
     transaction_amount: Decimal
+
+
+# The top-level request fields ``keys_of`` reads (whole: masking works by path within them).
+KEY_FIELDS = ("request_id", "client_id", "requested_at", "customer", "transaction", "amount",
+              "currency")
 
 
 def keys_of(masked: Mapping[str, Any], salt: bytes) -> Keys:
@@ -97,7 +111,7 @@ def expected_rows(events: Iterable[tuple[int, str, str]], salt: bytes) -> dict[s
     writes them: ``evaluated`` opens a row, later events set its status and amount."""
     out: dict[str, list[Any]] = {}
     for seq, type_, body_text in events:
-        body = json.loads(body_text)
+        body = load_json(body_text)
         if type_ == "evaluated":
             row = index_row(int(seq), body, salt)
             if row is not None:

@@ -62,9 +62,19 @@ def _norm_key(key: str) -> str:
     return "".join(ch for ch in key.lower() if ch.isalnum())
 
 
+# Cached: a request's few dozen keys recur in every request, and masking asks about each key
+# of every request twice or three times. Bounded, so a source inventing keys costs no memory.
+@functools.lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
     norm = _norm_key(key)
     return norm in SENSITIVE_KEYS or any(part in norm for part in _SENSITIVE_PARTS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kept_key(key: str) -> str | None:
+    """A mapping key as masking keeps it (masked like text), or None for a sensitive key that
+    is dropped with its value. Cached like ``is_sensitive_key``: keys recur, values do not."""
+    return None if is_sensitive_key(key) else mask_text(key)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -189,8 +199,8 @@ def scrub(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> An
     sensitive keys removed: what a request may be before anything writes it anywhere. Money
     fields (``money``, dotted paths) holding an amount are left alone."""
     if isinstance(value, Mapping):
-        return {mask_text(str(k)): scrub(v, money, _child(path, k)) for k, v in value.items()
-                if not is_sensitive_key(str(k))}
+        return {kept: scrub(v, money, _child(path, k)) for k, v in value.items()
+                if (kept := _kept_key(str(k))) is not None}
     if isinstance(value, (list, tuple)):
         return [scrub(v, money, path + "[]") for v in value]
     if isinstance(value, bool) or value is None or _is_money(value, path, money):
@@ -253,8 +263,8 @@ def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") 
     are masked like text, and integers canonical JSON cannot carry exactly become strings.
     Amounts at the dotted paths in ``money`` are kept as they are (money is never masked)."""
     if isinstance(value, Mapping):
-        return {mask_text(str(k)): mask_value(v, money, _child(path, k))
-                for k, v in value.items() if not is_sensitive_key(str(k))}
+        return {kept: mask_value(v, money, _child(path, k))
+                for k, v in value.items() if (kept := _kept_key(str(k))) is not None}
     if isinstance(value, (list, tuple)):
         return [mask_value(v, money, path + "[]") for v in value]
     if isinstance(value, bool) or value is None:

@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from refundry.records.events import GENESIS, RecordError, RecordStore, Row, new_salt
+from refundry.records.events import (
+    EVENT_COLUMNS,
+    GENESIS,
+    RecordError,
+    RecordStore,
+    Row,
+    new_salt,
+)
 
 DEFAULT_PATH = "refundry.db"
-PAGE = 2_000  # rows read per query: verify streams a store of any size in bounded memory
 BUSY_TIMEOUT_S = 120
-
-_COLUMNS = "seq, request_id, type, at, actor, body, hash"
 
 
 def open_store(url_or_path: str | Path | None = None, *, create: bool = True,
@@ -54,29 +59,76 @@ def open_store(url_or_path: str | Path | None = None, *, create: bool = True,
     return SQLiteStore(target, create=create, clock=clock, **anchoring)
 
 
-# --- SQLite --------------------------------------------------------------------------------
+# --- the schema, one text for both backends ------------------------------------------------
 
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, request_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL,
-    actor TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_case ON events (request_id, seq);
-CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
-    WHERE type = 'evaluated';
-CREATE TABLE IF NOT EXISTS ruleset_texts (
-    digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_review_queue ON events (seq) WHERE type = 'evaluated'
-    AND CASE WHEN json_valid(body) THEN json_extract(body, '$.decision.outcome') END
-        = 'manual_review';
-CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'records are append-only'); END;
-"""
+# {seq}: SQLite's INTEGER PRIMARY KEY is the rowid itself; PostgreSQL wants a 64-bit integer.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS events (
+        seq {seq} PRIMARY KEY, request_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL,
+        actor TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_case ON events (request_id, seq)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id) "
+    "WHERE type = 'evaluated'",
+    "CREATE TABLE IF NOT EXISTS ruleset_texts (digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, "
+    "version TEXT NOT NULL, text TEXT NOT NULL)",
+    "{functions}",
+    "CREATE INDEX IF NOT EXISTS events_review_queue ON events (seq) WHERE type = 'evaluated' "
+    "AND {outcome} = 'manual_review'",
+    "{append_only}",
+    "INSERT INTO meta VALUES ('format', '2') ON CONFLICT DO NOTHING",
+)
+# What differs: how a damaged (tampered) body reads as NULL rather than as an error, and how
+# UPDATE, DELETE (and on PostgreSQL TRUNCATE) are refused.
+_DIALECT = {
+    "sqlite": {
+        "seq": "INTEGER", "functions": (),
+        "outcome": "CASE WHEN json_valid(body) THEN json_extract(body, '$.decision.outcome') END",
+        "append_only": (
+            "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events "
+            "BEGIN SELECT RAISE(ABORT, 'records are append-only'); END",
+            "CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events "
+            "BEGIN SELECT RAISE(ABORT, 'records are append-only'); END"),
+    },
+    "postgresql": {
+        "seq": "BIGINT",
+        "functions": (
+            "CREATE OR REPLACE FUNCTION refundry_json_text(body TEXT, path TEXT[]) RETURNS TEXT "
+            "LANGUAGE plpgsql IMMUTABLE AS "
+            "$$ BEGIN RETURN body::jsonb #>> path; EXCEPTION WHEN others THEN RETURN NULL; END $$",
+            "CREATE OR REPLACE FUNCTION refundry_append_only() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN RAISE EXCEPTION 'records are append-only'; END $$"),
+        "outcome": "refundry_json_text(body, '{decision,outcome}')",
+        "append_only": (
+            "DROP TRIGGER IF EXISTS events_append_only ON events",
+            "CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events "
+            "FOR EACH ROW EXECUTE FUNCTION refundry_append_only()",
+            "DROP TRIGGER IF EXISTS events_no_truncate ON events",
+            "CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events "
+            "FOR EACH STATEMENT EXECUTE FUNCTION refundry_append_only()"),
+    },
+}
 # Signatures of events appended with a signing key; the key itself is in the hashed body.
 _SIGNATURES = ("CREATE TABLE IF NOT EXISTS signatures (seq BIGINT PRIMARY KEY, "
                "key TEXT NOT NULL, signature TEXT NOT NULL)")
+
+
+def schema(dialect: str) -> list[str]:
+    """The statements that create a store's tables on ``dialect``, in order."""
+    parts: dict[str, Any] = _DIALECT[dialect]
+    out: list[str] = []
+    for statement in _SCHEMA:
+        if statement in ("{functions}", "{append_only}"):
+            out.extend(parts[statement[1:-1]])
+        else:
+            out.append(statement.format_map(parts))
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def pg_sql(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` escaped)."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 @contextlib.contextmanager
@@ -92,31 +144,72 @@ def _savepoint(conn: Any) -> Iterator[None]:
     conn.execute("RELEASE SAVEPOINT refundry_append")
 
 
-class _SQLiteTx:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+class _Tx:
+    """One writer's transaction over a DB-API cursor: the reads an append decides on, its
+    writes, and the public ``execute``/``executemany`` (``events.Transaction``)."""
+
+    def __init__(self, cur: Any, store: SQLiteStore | PostgresStore) -> None:
+        self.cur, self.store = cur, store
+        self.native: Callable[[str], str] = pg_sql if store.dialect == "postgresql" else str
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._run(sql, args)
+        except self.store.driver_error as exc:
+            raise RecordError(f"records store `{self.store.url}`: {one_line(exc)}") from None
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """``execute`` with the driver's own errors: an append's store turns them into what
+        it says about the event (not written, or unknown after a lost connection)."""
+        self.cur.execute(self.native(sql), tuple(args))
+        return self.cur.fetchall() if self.cur.description else []
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        try:
+            self.cur.executemany(self.native(sql), rows)
+        except self.store.driver_error as exc:
+            raise RecordError(f"records store `{self.store.url}`: {one_line(exc)}") from None
 
     def head(self) -> tuple[int, str]:
-        row = self.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        return (row[0], row[1]) if row else (0, GENESIS)
+        rows = self._run("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0][0]), rows[0][1]) if rows else (0, GENESIS)
 
     def case_rows(self, request_id: str) -> list[Row]:
-        return self.conn.execute(f"SELECT {_COLUMNS} FROM events WHERE request_id = ? ORDER BY seq",
-                                 (request_id,)).fetchall()
+        return [(int(r[0]), *r[1:]) for r in self._run(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id = ? ORDER BY seq", (request_id,))]
 
     def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
         """What an append decides on: the case's rows, the store-level rows, and the head."""
-        return self.case_rows(request_id), self.case_rows(store_case), self.head()
+        if self.store.dialect == "sqlite":  # in-process: three reads cost less than a union
+            return self.case_rows(request_id), self.case_rows(store_case), self.head()
+        # One round trip on a server: the lock is held for every round trip an append makes.
+        parts: tuple[list[Row], list[Row], list[Row]] = ([], [], [])
+        for part, *row in self._run(
+                f"SELECT 0, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
+                f"UNION ALL SELECT 1, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
+                f"UNION ALL (SELECT 2, {EVENT_COLUMNS} FROM events ORDER BY seq DESC LIMIT 1) "
+                "ORDER BY 1, 2", (request_id, store_case)):
+            parts[part].append((int(row[0]), *row[1:]))
+        head = (parts[2][0][0], parts[2][0][6]) if parts[2] else (0, GENESIS)
+        return parts[0], parts[1], head
 
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO ruleset_texts VALUES (?, ?, ?, ?)",
-                          (digest, rid, version, text))
+        self._run("INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (digest) DO NOTHING", (digest, rid, version, text))
 
     def insert(self, row: Row) -> None:
-        self.conn.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        self._run(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
     def put_signature(self, seq: int, key: str, signature: str) -> None:
-        self.conn.execute("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
+        self._run("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's message as one lower-case line."""
+    return " ".join(str(exc).split()).lower()
 
 
 class SQLiteStore(RecordStore):
@@ -128,6 +221,7 @@ class SQLiteStore(RecordStore):
         self.path = Path(path)
         self.url = str(path)
         self._lock = threading.RLock()
+        self.driver_error = sqlite3.DatabaseError
         self._jitter = random.Random()
         if not create and not self.path.is_file():
             raise RecordError(f"no records store at `{self.url}`")
@@ -145,28 +239,26 @@ class SQLiteStore(RecordStore):
                 if not create:
                     self._conn.close()
                     raise RecordError(f"`{self.url}` is not a refundry records store")
-                with self._transaction():
-                    for statement in _statements(_SQLITE_SCHEMA):
-                        self._conn.execute(statement)
-                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)",
-                                       (new_salt(),))
-                    # 2: event 1 names the salt's commitment (records.genesis_of)
-                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', '2')")
+                with self._transaction() as tx:
+                    for statement in schema(self.dialect):
+                        tx.execute(statement)
+                    tx.execute("INSERT INTO meta VALUES ('salt', ?) ON CONFLICT DO NOTHING",
+                               (new_salt(),))
             if anchoring.get("signer") is not None:
                 self._conn.execute(_SIGNATURES)
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"cannot open records store `{self.url}`: {str(exc).lower()}") from None
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[_SQLiteTx]:
+    def _transaction(self) -> Iterator[_Tx]:
         with self._lock:
             if self._in_batch():
                 with _savepoint(self._conn):
-                    yield _SQLiteTx(self._conn)
+                    yield _Tx(self._conn.cursor(), self)
                 return
             self._begin_immediate()
             try:
-                yield _SQLiteTx(self._conn)
+                yield _Tx(self._conn.cursor(), self)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -210,29 +302,12 @@ class SQLiteStore(RecordStore):
             try:
                 return self._conn.execute(sql, args).fetchall()
             except sqlite3.DatabaseError as exc:
-                raise RecordError(f"records store `{self.url}`: {str(exc).lower()}") from None
-
-    def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
-        where = "" if request_id is None else "AND request_id = ?"
-        while True:
-            args: tuple[Any, ...] = (after,) if request_id is None else (after, request_id)
-            page = self._query(f"SELECT {_COLUMNS} FROM events WHERE seq > ? {where} "
-                               f"ORDER BY seq LIMIT {PAGE}", args)
-            yield from page
-            if len(page) < PAGE:
-                return
-            after = page[-1][0]
-
+                raise RecordError(f"records store `{self.url}`: {one_line(exc)}") from None
 
     def _json_text(self, *path: str) -> str:
         # Guarded: a damaged (tampered) body reads as NULL here; `records verify` reports it.
         return (f"CASE WHEN json_valid(e.body) THEN json_extract(e.body, '$.{'.'.join(path)}') "
                 "END")
-
-    def _head(self) -> tuple[int, str]:
-        with self._lock:
-            return _SQLiteTx(self._conn).head()
-
 
     def close(self) -> None:
         self._close_anchoring()
@@ -240,47 +315,7 @@ class SQLiteStore(RecordStore):
             self._conn.close()
 
 
-def _statements(script: str) -> list[str]:
-    """Split the schema script; a trigger body holds a ``;`` of its own."""
-    out, buf = [], []
-    for line in script.strip().splitlines():
-        buf.append(line)
-        joined = "\n".join(buf).strip()
-        if joined.endswith(";") and (not joined.upper().startswith("CREATE TRIGGER")
-                                     or joined.upper().endswith("END;")):
-            out.append(joined)
-            buf = []
-    return out
-
-
 # --- PostgreSQL ----------------------------------------------------------------------------
-
-_PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq BIGINT PRIMARY KEY, request_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL,
-    actor TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_case ON events (request_id, seq);
-CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id)
-    WHERE type = 'evaluated';
-CREATE TABLE IF NOT EXISTS ruleset_texts (
-    digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, version TEXT NOT NULL, text TEXT NOT NULL);
-CREATE OR REPLACE FUNCTION refundry_json_text(body TEXT, path TEXT[]) RETURNS TEXT
-    LANGUAGE plpgsql IMMUTABLE AS
-    $$ BEGIN RETURN body::jsonb #>> path; EXCEPTION WHEN others THEN RETURN NULL; END $$;
-CREATE INDEX IF NOT EXISTS events_review_queue ON events (seq) WHERE type = 'evaluated'
-    AND refundry_json_text(body, '{decision,outcome}') = 'manual_review';
-CREATE OR REPLACE FUNCTION refundry_append_only() RETURNS trigger LANGUAGE plpgsql AS
-    $$ BEGIN RAISE EXCEPTION 'records are append-only'; END $$;
-DROP TRIGGER IF EXISTS events_append_only ON events;
-CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
-    FOR EACH ROW EXECUTE FUNCTION refundry_append_only();
-DROP TRIGGER IF EXISTS events_no_truncate ON events;
-CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION refundry_append_only();
-INSERT INTO meta VALUES ('format', '2') ON CONFLICT DO NOTHING;
-"""
-
 
 def _split_pg_url(url: str) -> tuple[str, str]:
     """The connection URL without our ``schema`` parameter, and the schema."""
@@ -300,50 +335,10 @@ def _shown(url: str) -> str:
     return url
 
 
-class _PgTx:
-    def __init__(self, cur: Any) -> None:
-        self.cur = cur
-
-    def head(self) -> tuple[int, str]:
-        self.cur.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        row = self.cur.fetchone()
-        return (int(row[0]), row[1]) if row else (0, GENESIS)
-
-    def case_rows(self, request_id: str) -> list[Row]:
-        self.cur.execute(f"SELECT {_COLUMNS} FROM events WHERE request_id = %s ORDER BY seq",
-                         (request_id,))
-        return self.cur.fetchall()
-
-    def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
-        """The case's rows, the store-level rows and the head in one round trip: the lock is
-        held for every round trip an append makes."""
-        self.cur.execute(
-            f"SELECT 0, {_COLUMNS} FROM events WHERE request_id = %s "
-            f"UNION ALL SELECT 1, {_COLUMNS} FROM events WHERE request_id = %s "
-            f"UNION ALL (SELECT 2, {_COLUMNS} FROM events ORDER BY seq DESC LIMIT 1) "
-            "ORDER BY 1, 2", (request_id, store_case))
-        parts: tuple[list[Row], list[Row], list[Row]] = ([], [], [])
-        for part, *row in self.cur.fetchall():
-            parts[part].append((int(row[0]), *row[1:]))
-        head = (parts[2][0][0], parts[2][0][6]) if parts[2] else (0, GENESIS)
-        return parts[0], parts[1], head
-
-    def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
-        self.cur.execute("INSERT INTO ruleset_texts VALUES (%s, %s, %s, %s) "
-                         "ON CONFLICT (digest) DO NOTHING", (digest, rid, version, text))
-
-    def insert(self, row: Row) -> None:
-        self.cur.execute(f"INSERT INTO events ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                         row)
-
-    def put_signature(self, seq: int, key: str, signature: str) -> None:
-        self.cur.execute("INSERT INTO signatures VALUES (%s, %s, %s)", (seq, key, signature))
-
-
 class PostgresStore(RecordStore):
     """A schema in a PostgreSQL database, shared by any number of processes and machines."""
 
-    _param = "%s"
+    dialect = "postgresql"
 
     def __init__(self, url: str, *, create: bool = True,
                  clock: Callable[[], dt.datetime] | None = None, **anchoring: Any) -> None:
@@ -354,6 +349,7 @@ class PostgresStore(RecordStore):
         except ImportError:
             raise RecordError("a postgresql store needs psycopg: pip install 'refundry[postgres]'") from None
         self._psycopg = psycopg
+        self.driver_error = psycopg.Error
         self._conninfo, self.schema = _split_pg_url(url)
         self.url = _shown(url)
         self._lock = threading.RLock()
@@ -373,7 +369,8 @@ class PostgresStore(RecordStore):
                     if not create:
                         raise RecordError(f"no records store in schema `{self.schema}` of "
                                           f"`{self.url}`")
-                    cur.execute(_PG_SCHEMA)
+                    for statement in schema(self.dialect):
+                        cur.execute(statement)
                     cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
                                 (new_salt(),))
                 if anchoring.get("signer") is not None:
@@ -384,7 +381,7 @@ class PostgresStore(RecordStore):
         except psycopg.Error as exc:
             self._conn.close()
             raise RecordError(f"cannot open records store `{self.url}`: "
-                              f"{' '.join(str(exc).split()).lower()}") from None
+                              f"{one_line(exc)}") from None
 
     def _connect(self) -> Any:
         psycopg = self._psycopg
@@ -393,7 +390,7 @@ class PostgresStore(RecordStore):
             conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise RecordError(f"cannot connect to `{self.url}`: "
-                              f"{' '.join(str(exc).split()).lower()}") from None
+                              f"{one_line(exc)}") from None
         if getattr(self, "_conn", None) is not None:  # a reconnect: the schema exists
             conn.execute(self._psycopg.sql.SQL("SET search_path TO {}").format(
                 self._psycopg.sql.Identifier(self.schema)))
@@ -407,17 +404,17 @@ class PostgresStore(RecordStore):
         return self._conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[_PgTx]:
+    def _transaction(self) -> Iterator[_Tx]:
         psycopg = self._psycopg
         with self._lock:
             if self._in_batch():
                 with _savepoint(self._conn), self._conn.cursor() as cur:
-                    yield _PgTx(cur)
+                    yield _Tx(cur, self)
                 return
             conn = self._lock_events_table()
             try:
                 with conn.cursor() as cur:
-                    yield _PgTx(cur)
+                    yield _Tx(cur, self)
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
                 if not conn.broken:
@@ -426,7 +423,7 @@ class PostgresStore(RecordStore):
                 outcome = ("the connection was lost: check with `refundry records show` whether "
                            "the event was written" if conn.broken else "the event was not written")
                 raise RecordError(f"records store `{self.url}`: {outcome}: "
-                                  f"{' '.join(str(exc).split()).lower()}") from None
+                                  f"{one_line(exc)}") from None
             except BaseException:
                 if not conn.broken:
                     conn.execute("ROLLBACK")
@@ -446,7 +443,7 @@ class PostgresStore(RecordStore):
                     conn.execute("ROLLBACK")
                 if attempt == 2 or not conn.broken:
                     raise RecordError(f"records store `{self.url}`: the event was not written: "
-                                      f"{' '.join(str(exc).split()).lower()}") from None
+                                      f"{one_line(exc)}") from None
         raise AssertionError("unreachable")
 
     def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -455,35 +452,18 @@ class PostgresStore(RecordStore):
                 conn = self._live()
                 try:
                     with conn.cursor() as cur:
-                        cur.execute(query, args)
+                        cur.execute(pg_sql(query), args)
                         return cur.fetchall()
                 except self._psycopg.Error as exc:
                     # A read is safe to repeat on a fresh connection, once.
                     if attempt == 2 or not conn.broken:
                         raise RecordError(f"records store `{self.url}`: "
-                                          f"{' '.join(str(exc).split()).lower()}") from None
+                                          f"{one_line(exc)}") from None
             raise AssertionError("unreachable")
-
-    def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
-        where = "" if request_id is None else "AND request_id = %s"
-        while True:
-            args: tuple[Any, ...] = (after,) if request_id is None else (after, request_id)
-            page = self._query(f"SELECT {_COLUMNS} FROM events WHERE seq > %s {where} "
-                               f"ORDER BY seq LIMIT {PAGE}", args)
-            yield from ((int(r[0]), *r[1:]) for r in page)
-            if len(page) < PAGE:
-                return
-            after = int(page[-1][0])
-
 
     def _json_text(self, *path: str) -> str:
         # The schema's function: a damaged (tampered) body reads as NULL, not as an error.
         return f"refundry_json_text(e.body, '{{{','.join(path)}}}')"
-
-    def _head(self) -> tuple[int, str]:
-        rows = self._query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        return (int(rows[0][0]), rows[0][1]) if rows else (0, GENESIS)
-
 
     def close(self) -> None:
         self._close_anchoring()
