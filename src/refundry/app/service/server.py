@@ -50,11 +50,9 @@ def build_service(config: ServiceConfig) -> Service:
     rulesets = Rulesets(config.rulesets, backend=config.backend)  # invalid rulesets stop here
     tokens = Tokens.load(config.tokens)
     store = open_store(config.db, create=True)
-    shared = config.db.startswith(("postgresql://", "postgres://"))
     return Service(rulesets=rulesets, store=store, tokens=tokens,
-                   reader=open_store(config.db, create=False),
-                   indexer=open_store(config.db, create=False) if shared else None,
-                   tokens_path=config.tokens, session_secret=session_secret(config.tokens))
+                   reader=open_store(config.db, create=False), tokens_path=config.tokens,
+                   session_secret=session_secret(config.tokens))
 
 
 def session_secret(tokens_path: str | Path) -> str:
