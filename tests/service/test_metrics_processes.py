@@ -33,7 +33,7 @@ def _unauthorised_calls(url: str) -> None:
 
 
 def test_metrics_add_up_every_process(tmp_path):
-    subprocess.run([EXE, "serve", "--tokens", "t.json", "--issue", "svc"], cwd=tmp_path,
+    subprocess.run([EXE, "serve", "--tokens", "t.json", "--issue", "svc", "--client", "any-shop"], cwd=tmp_path,
                    capture_output=True, check=True)
     proc, url = start(tmp_path, "--tokens", "t.json", "--db", "m.db", "--workers", "2")
     answered_by: set[int] = set()  # the processes that logged a 401 (every error is logged)

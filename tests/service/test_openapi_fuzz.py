@@ -44,7 +44,7 @@ schema = schemathesis.openapi.from_dict(document())
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     shutil.copytree(RULESETS, tmp / "rulesets")
-    token = issue(tmp / "tokens.json", "root", ["service", "reviewer", "analyst", "auditor"])
+    token = issue(tmp / "tokens.json", "root", ["service", "reviewer", "analyst", "auditor", "admin"])
     service = Service(rulesets=Rulesets([tmp / "rulesets"]), store=open_store(tmp / "f.db"),
                       tokens=Tokens.load(tmp / "tokens.json"))
     server, thread, url = start_server(create_app(service))

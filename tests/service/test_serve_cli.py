@@ -78,20 +78,21 @@ def test_first_start_shows_tokens_once_and_keeps_only_digests(tmp_path):
 
 def test_issue_adds_a_token_with_its_roles(tmp_path):
     out = subprocess.run([EXE, "serve", "--tokens", "t.json", "--issue", "carol", "--role",
-                          "reviewer", "--role", "auditor"], cwd=tmp_path, capture_output=True,
+                          "reviewer", "--role", "auditor", "--client", "acme"], cwd=tmp_path, capture_output=True,
                          text=True, check=True)
     token = out.stdout.strip()
     assert token.startswith("rf_") and "only its digest is kept" in out.stderr
     entry = json.loads((tmp_path / "t.json").read_text())["tokens"][0]
     assert entry["name"] == "carol" and entry["roles"] == ["auditor", "reviewer"]
+    assert entry["clients"] == ["acme"]
     assert token not in (tmp_path / "t.json").read_text()
 
 
 def test_sigterm_finishes_requests_in_flight(tmp_path):
-    subprocess.run([EXE, "serve", "--tokens", "t.json", "--issue", "svc"], cwd=tmp_path,
+    subprocess.run([EXE, "serve", "--tokens", "t.json", "--issue", "svc", "--client", "any-shop"], cwd=tmp_path,
                    capture_output=True, check=True)
     token = next(ln for ln in subprocess.run(
-        [EXE, "serve", "--tokens", "t.json", "--issue", "svc2"], cwd=tmp_path,
+        [EXE, "serve", "--tokens", "t.json", "--issue", "svc2", "--client", "any-shop"], cwd=tmp_path,
         capture_output=True, text=True, check=True).stdout.splitlines())
     proc, url = start(tmp_path, "--tokens", "t.json", "--db", "s.db")
     answered: list[str] = []

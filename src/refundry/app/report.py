@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from refundry.core import jurisdictions
+from refundry.records.access import ScopedStore
 from refundry.records.events import STORE_CASE, RecordStore
 
 FRAUD_PREFIX = "fraud-"  # the rule id prefix that marks a fraud signal (docs/fraud.md)
@@ -81,7 +82,7 @@ def _instant(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
 
 
-def case_rows(store: RecordStore, *, since: dt.date | None = None,
+def case_rows(store: RecordStore | ScopedStore, *, since: dt.date | None = None,
               until: dt.date | None = None, client: str | None = None,
               upto: int | None = None) -> list[CaseRow]:
     """A row per case whose request date (the consumer's, as written) is in [since, until],
@@ -475,7 +476,7 @@ svg.chart {{ display: block; max-width: 60em; }}
 """
 
 
-def build(store: RecordStore, *, since: dt.date | None = None, until: dt.date | None = None,
+def build(store: RecordStore | ScopedStore, *, since: dt.date | None = None, until: dt.date | None = None,
           client: str | None = None,
           now: dt.datetime | None = None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """The figures and the headline, tied to the records: the chain head the report was made

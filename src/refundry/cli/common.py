@@ -177,10 +177,61 @@ def anchoring_from_env() -> dict[str, Any]:
     return out
 
 
-def open_db(args: argparse.Namespace, *, create: bool = False) -> RecordStore:
+TOKENS_DEFAULT = "refundry-tokens.json"  # as `refundry serve`
+
+
+def add_identity_option(parser: argparse.ArgumentParser) -> None:
+    """``--as NAME``: a shared store seen as one identity of the token file, which reads and
+    changes only its clients' cases (docs/security.md)."""
+    parser.add_argument("--as", dest="as_name", metavar="NAME", help="act as this identity of "
+                        "the token file: only its clients' cases are shown or changed, and it "
+                        "is the actor")
+    parser.add_argument("--tokens", metavar="FILE", help="the token file for --as (default: "
+                        f"$REFUNDRY_TOKENS or ./{TOKENS_DEFAULT})")
+
+
+def identity_of(args: argparse.Namespace) -> Any:
+    """The identity ``--as`` names in the token file, or None without ``--as``."""
+    name = getattr(args, "as_name", None)
+    if not name:
+        return None
+    from refundry.app.tenancy import identity_named
+
+    return identity_named(args.tokens or os.environ.get("REFUNDRY_TOKENS") or TOKENS_DEFAULT,
+                          name)
+
+
+def open_db(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The store named by ``--db``; with ``--as NAME``, as that identity sees it (a
+    ``ScopedStore``), with ``--by``, if given, required to be that name."""
     from refundry.records.stores import open_store
 
-    return open_store(args.db or default_db(), create=create, **anchoring_from_env())
+    store = open_store(args.db or default_db(), create=create, **anchoring_from_env())
+    if not getattr(args, "as_name", None):
+        return store
+    from refundry.app.tenancy import scoped
+
+    try:
+        who = identity_of(args)
+        by = getattr(args, "by", None)
+        if by and by.strip() != who.name:
+            raise UsageError(f"`--by {shown(by)}` is not `--as {shown(who.name)}`: acting as an "
+                             "identity, its name is the actor")
+    except RefundryError:
+        store.close()
+        raise
+    if getattr(args, "by", "") is None:
+        args.by = who.name
+    return scoped(store, who)
+
+
+def unscoped(store: Any) -> RecordStore:
+    """The store under an identity's view, for a step the view has already allowed."""
+    from refundry.records.events import RecordStore
+
+    inner = getattr(store, "store", store)
+    assert isinstance(inner, RecordStore)
+    return inner
 
 
 def case_line(case: Case) -> str:

@@ -6,7 +6,15 @@ import argparse
 from typing import Any
 
 from refundry.app.diffing import diff_decisions, engine_side, read_requests
-from refundry.cli.common import EXIT_OK, add_backend_option, parse_as_of, print_json
+from refundry.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_backend_option,
+    add_identity_option,
+    identity_of,
+    parse_as_of,
+    print_json,
+)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -14,6 +22,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     shared = list(args.with_ or [])
     old = engine_side(args.old, shared, args.backend)
     new = engine_side(args.new, shared, args.backend)
+    from refundry.app.tenancy import authoring_problem  # only here: the CLI starts lean
+
+    who = identity_of(args)
+    for side, path in ((old, args.old), (new, args.new)):
+        problem = authoring_problem(who, side.rulesets, [path]) if who else None
+        if problem:
+            raise UsageError(problem)
     errors: list[str] = []
     report = diff_decisions(old, new, read_requests(args.requests, errors), as_of=as_of,
                             ruleset=args.ruleset)
@@ -39,5 +54,6 @@ def register(sub: Any) -> None:
                    "sides (default: each request's requested_at)")
     p.add_argument("--ruleset", help="decide every request with this ruleset id on both sides")
     add_backend_option(p)
+    add_identity_option(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_diff)

@@ -9,6 +9,7 @@ from refundry.cli.common import (
     EXIT_OK,
     ID_HELP,
     add_db_option,
+    add_identity_option,
     default_rulesets,
     open_db,
     print_json,
@@ -54,3 +55,4 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_dispute_resolve)
     for parser in dsub.choices.values():
         add_db_option(parser)
+        add_identity_option(parser)

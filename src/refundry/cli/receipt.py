@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from refundry.app.customer import communicate, receipt, receipt_html, receipt_text
-from refundry.cli.common import EXIT_OK, open_db, write_file
+from refundry.cli.common import EXIT_OK, open_db, unscoped, write_file
 from refundry.cli.status import add_customer_options
 
 
@@ -24,7 +24,7 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(out)
         if not args.preview:
-            communicate(store, args.request_id, channel=args.channel,
+            communicate(unscoped(store), args.request_id, channel=args.channel,
                         template=f"receipt.{args.format}", language=data["language"],
                         text=receipt_text(data), actor=args.by or getpass.getuser())
     return EXIT_OK

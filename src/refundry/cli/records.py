@@ -17,6 +17,7 @@ from refundry.cli.common import (
     EXIT_OK,
     ID_HELP,
     add_db_option,
+    add_identity_option,
     case_line,
     default_db,
     open_db,
@@ -205,5 +206,7 @@ def register(sub: Any) -> None:
     p.add_argument("--by", metavar="WHO")
     p.set_defaults(func=cmd_settings)
 
-    for parser in rsub.choices.values():
+    for name, parser in rsub.choices.items():
         add_db_option(parser)
+        if name in ("list", "show", "export", "replay", "note", "mark", "settings", "checkpoint"):
+            add_identity_option(parser)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from refundry.cli.common import EXIT_OK, ID_HELP, add_db_option, case_line, open_db, print_cases
+from refundry.cli.common import (
+    EXIT_OK,
+    ID_HELP,
+    add_db_option,
+    add_identity_option,
+    case_line,
+    open_db,
+    print_cases,
+)
 
 
 def cmd_review_list(args: argparse.Namespace) -> int:
@@ -36,3 +44,4 @@ def register(sub: Any) -> None:
         p.set_defaults(func=cmd_review, approve=approve)
     for parser in vsub.choices.values():
         add_db_option(parser)
+        add_identity_option(parser)

@@ -30,7 +30,7 @@ def _demo(db: str, tokens: str, rulesets: tuple[str, ...]) -> None:
         print(f"demo: sign in at /console/ with one of these tokens (shown this once; only "
               f"their digests are kept in `{tokens}`):", file=sys.stderr)
         for name, role in DEMO_IDENTITIES:
-            print(f"  {name:11} {issue(tokens, name, [role])}", file=sys.stderr)
+            print(f"  {name:11} {issue(tokens, name, [role, 'admin'])}", file=sys.stderr)
     with open_store(db, create=True) as store:
         made = seed(store, Rulesets(rulesets).engine)
     if made:
@@ -79,7 +79,8 @@ def register(sub: Any) -> None:
     p.add_argument("--role", action="append", choices=ROLES, help="with --issue, repeatable "
                    "(default: service)")
     p.add_argument("--client", action="append", metavar="CLIENT_ID", help="with --issue: "
-                   "the clients the token may act on, repeatable (default: all)")
+                   "the clients the token may act on, repeatable (default `*`, every client: "
+                   "only with --role admin)")
     p.add_argument("--demo", action="store_true", help="try the console: a store "
                    f"(default ./{DEMO_DB}) with example cases and tokens for two reviewers, "
                    "an auditor and an analyst, printed once")

@@ -9,14 +9,21 @@ import json
 from typing import Any
 
 from refundry.app.customer import LANGUAGES, communicate, status
-from refundry.cli.common import EXIT_OK, ID_HELP, add_db_option, open_db
+from refundry.cli.common import (
+    EXIT_OK,
+    ID_HELP,
+    add_db_option,
+    add_identity_option,
+    open_db,
+    unscoped,
+)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with open_db(args) as store:
         msg = status(store, args.request_id, args.lang)
         if not args.preview:
-            communicate(store, args.request_id, channel=args.channel, template=msg.template,
+            communicate(unscoped(store), args.request_id, channel=args.channel, template=msg.template,
                         language=msg.language, text=msg.plain(), actor=args.by or getpass.getuser())
     if args.json:
         print(json.dumps(msg.to_dict(), indent=2, ensure_ascii=False))
@@ -30,6 +37,7 @@ def add_customer_options(p: argparse.ArgumentParser) -> None:
     """The options ``status`` and ``receipt`` share: the case, language, channel and giver."""
     p.add_argument("request_id", metavar="ID", help=ID_HELP)
     add_db_option(p)
+    add_identity_option(p)
     p.add_argument("--lang", default="en", choices=LANGUAGES)
     p.add_argument("--channel", default="cli", help="how it reaches the customer "
                    "(email, portal, letter, ...), as recorded on the case")

@@ -6,7 +6,14 @@ import argparse
 from typing import Any
 
 from refundry.app.gaps import find_gaps
-from refundry.cli.common import EXIT_OK, add_baselines_option, baselines_for
+from refundry.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_baselines_option,
+    add_identity_option,
+    baselines_for,
+    identity_of,
+)
 from refundry.core.engine import Engine
 from refundry.core.loader import discover
 
@@ -16,6 +23,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     # and `evaluate --rulesets` add.
     engine = Engine.from_path(args.paths, baselines=baselines_for(args, args.rulesets))
     versions = engine.rulesets
+    from refundry.app.tenancy import authoring_problem  # only here: the CLI starts lean
+
+    who = identity_of(args)
+    problem = authoring_problem(who, versions, args.paths) if who else None
+    if problem:
+        raise UsageError(problem)
     ids = {r.id for r in versions}
     print(f"ok: {len(ids)} ruleset{'s' if len(ids) != 1 else ''}, {len(versions)} "
           f"version{'s' if len(versions) != 1 else ''}, {len(engine.library.composites)} layered "
@@ -34,6 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--rulesets", help="where the baselines added under the rulesets given come "
                    "from (default: ./rulesets or the shipped ones)")
     add_baselines_option(p)
+    add_identity_option(p)
     p.add_argument("--gaps", action="store_true",
                    help="also list values of the fields the rules test (a reason, a policy) "
                         "that no rule decides")

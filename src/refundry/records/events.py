@@ -24,7 +24,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -683,13 +683,19 @@ class RecordStore:
 
     def review_queue(self, *, after: int = 0, before: int | None = None, limit: int = 50,
                      client: str | None = None, industry: str | None = None,
-                     request_id: str | None = None) -> QueuePage:
+                     request_id: str | None = None,
+                     clients: Collection[str] | None = None) -> QueuePage:
         """One page of the cases waiting in manual review, oldest first (``after`` a cursor)
         or newest first (``before``), by SQL keyset on the ``evaluated`` event's position, so a
         page costs the same at 100,000 waiting cases as at ten; only the page's cases are
         folded. ``total`` counts the waiting cases that match the filters, up to
-        ``COUNT_CAP + 1`` (``capped`` then says there are more)."""
+        ``COUNT_CAP + 1`` (``capped`` then says there are more). ``clients``: only cases of
+        these clients (tenancy, ``records/access.py``), counted too."""
         where, args = self._queue_filter(client, industry, request_id)
+        if clients is not None:
+            where += (f" AND {self._json_text('request', 'client_id')} IN "
+                      f"({', '.join(['?'] * len(clients)) or 'NULL'})")
+            args = (*args, *sorted(clients))
         # Counted only up to COUNT_CAP: an exact count reads every waiting case, which at
         # 100,000 of them costs more than the page itself ("1000+" is what a reviewer needs).
         total = int(self.query(f"SELECT COUNT(*) FROM (SELECT 1 FROM events e WHERE {where} "
@@ -727,16 +733,17 @@ class RecordStore:
             args.append(self.case_key(request_id))
         return " AND ".join(where), tuple(args)
 
-    def case_page(self, *, after: int = 0, limit: int = 100,
-                  status: str | None = None) -> list[tuple[int, Case]]:
+    def case_page(self, *, after: int = 0, limit: int = 100, status: str | None = None,
+                  clients: Collection[str] | None = None) -> list[tuple[int, Case]]:
         """Up to ``limit`` cases opened after position ``after`` (the ``seq`` of a case's
         ``evaluated`` event: the cursor), oldest first, with their positions; with ``status``,
         only cases in that status. Keyset in SQL, status derived in SQL as the fold derives it
         (the last status event; a dispute resolved as upheld counts as never opened), so a page
-        costs the same at any depth and only the page's cases are read."""
+        costs the same at any depth and only the page's cases are read. ``clients``: only
+        cases of these clients (tenancy, ``records/access.py``)."""
         if status is not None and status not in STATUSES:
             raise RecordError(f"`{str(status)[:40]}` is not a case status")
-        # Integers and a known status only, so the SQL takes no parameters on any backend.
+        # Integers and a known status inlined; client ids (caller text) as parameters.
         where = f"c.type = 'evaluated' AND c.seq > {int(after)}"
         if status is not None:
             outcome = self._json_text("decision", "outcome")
@@ -751,8 +758,14 @@ class RecordStore:
                 f"LIMIT 1), (SELECT CASE {outcome} WHEN 'approve' THEN 'approved' WHEN 'deny' "
                 f"THEN 'denied' ELSE 'manual_review' END FROM events e WHERE e.seq = c.seq)) "
                 f"= '{status}'")
-        rows = self._query(f"SELECT c.request_id, c.seq FROM events c WHERE {where} "
-                           f"ORDER BY c.seq LIMIT {int(limit)}")
+        args: tuple[str, ...] = ()
+        if clients is not None:  # client ids are caller text: parameters, never inlined
+            where += (" AND EXISTS (SELECT 1 FROM events e WHERE e.seq = c.seq AND "
+                      f"{self._json_text('request', 'client_id')} IN "
+                      f"({', '.join(['?'] * len(clients)) or 'NULL'}))")
+            args = tuple(sorted(clients))
+        rows = self.query(f"SELECT c.request_id, c.seq FROM events c WHERE {where} "
+                          f"ORDER BY c.seq LIMIT {int(limit)}", args)
         threshold = self.four_eyes_above()
         return [(int(seq), build_case(list(self._case_events(rid)), threshold))
                 for rid, seq in rows]
@@ -961,6 +974,15 @@ class RecordStore:
                     "amount": str(paid) if resolution == "overturned" else None}
 
         return self._step(request_id, "dispute_resolved", actor, details)
+
+    def store_note(self, details: Mapping[str, Any], *, actor: str) -> Event:
+        """A note that belongs to no case (an access decision, ``records/access.py``): in the
+        chain like any event, so it cannot be removed without verify noticing."""
+        actor = _actor(actor)
+        _case, event = self._append(STORE_CASE, lambda _c, _t: Draft(
+            STORE_CASE, "note", actor, None, None, dict(details)))
+        assert event is not None
+        return event
 
     def set_four_eyes_above(self, amount: Decimal | str, *, actor: str) -> Event:
         """Change the two-approver threshold; the change is itself an event in the chain."""

@@ -64,6 +64,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_card ON history_index (client_id, card_key, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_transaction ON history_index (client_id, transaction_key, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_client ON history_index (client_id, currency, requested_at)",
+    # Across clients (other_clients_flag): the same card or address at another client.
+    "CREATE INDEX IF NOT EXISTS history_card_any ON history_index (card_key, requested_at)",
+    "CREATE INDEX IF NOT EXISTS history_address_any ON history_index (address_key, requested_at)",
 )
 
 class HistoryError(RefundryError):
@@ -265,8 +268,10 @@ class History:
                          f"requested_at <= ? AND request_id <> ? ORDER BY requested_at DESC "
                          f"LIMIT {MATCH_CAP}) AS recent_{name}")
             args += [short, k.customer, k.client_id, value, start, at, k.request_id]
+        other, other_args = self._other_clients(k, start, at)
         counts = {row[0]: tuple(int(v) for v in row[1:])
-                  for row in self._read(" UNION ALL ".join(parts), args)}
+                  for row in self._read(" UNION ALL ".join(parts + other), args + other_args)}
+        other_hit = counts.pop("other", None)
         # Counts include this request: "the 5th request in 30 days" reads as ge: 5.
         out: dict[str, Any] = {"window_days": WINDOW_DAYS}
         for name, (n, n_short, distinct, seen) in counts.items():
@@ -277,6 +282,8 @@ class History:
                 # COUNT(DISTINCT) saw only earlier rows; this request's customer adds one
                 # unless it was among them.
                 out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
+        if other_hit is not None:
+            out["other_clients_flag"] = other_hit[0] > 0
         prior = self._read(
             "SELECT amount, currency, decided_amount, status FROM history_index WHERE "
             "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
@@ -301,6 +308,23 @@ class History:
             "prior_refunds_disagree": claimed != paid or paid_other_currency,
         })
         return out
+
+    @staticmethod
+    def _other_clients(k: Keys, start: str, at: str) -> tuple[list[str], list[Any]]:
+        """The query part (one row, ``other``, in the lookups' round trip) saying whether the
+        same card or address (their keyed pseudonyms) was in a request to another client in
+        the window. Only this one bit crosses from one client to another: no count, no id,
+        nothing of the other client's case (docs/fraud.md)."""
+        hits, args = [], []
+        for name, value in (("card", k.card), ("address", k.address)):
+            if value is not None:
+                hits.append(f"SELECT 1 AS hit FROM (SELECT 1 AS hit FROM history_index WHERE "
+                            f"{name}_key = ? AND client_id <> ? AND requested_at >= ? AND "
+                            f"requested_at <= ? LIMIT 1) AS other_{name}")
+                args += [value, k.client_id, start, at]
+        if not hits:
+            return [], []
+        return [f"SELECT 'other', COUNT(*), 0, 0, 0 FROM ({' UNION ALL '.join(hits)}) AS other"], args
 
     def baseline(self, client_id: str, currency: str, day: str) -> Baseline:
         """The client's baseline for requests on ``day`` (UTC date), from the days before it

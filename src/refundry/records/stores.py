@@ -429,6 +429,13 @@ class PostgresStore(RecordStore):
                     conn.execute("ROLLBACK")
                 raise
 
+    @contextlib.contextmanager
+    def setup_cursor(self) -> Iterator[Any]:
+        """A cursor in one transaction of the owner's connection, for schema changes made
+        beside the store's own (``records/rowsecurity.py``)."""
+        with self._lock, self._live().transaction(), self._conn.cursor() as cur:
+            yield cur
+
     def _lock_events_table(self) -> Any:
         """Begin a transaction holding the appenders' lock. A connection the server dropped
         while idle is replaced once: nothing has been written yet, so trying again is safe."""

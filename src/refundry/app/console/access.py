@@ -2,7 +2,9 @@
 
 Every page goes through an ``Access``: it checks the identity's roles and then calls the same
 functions the HTTP API calls (``refundry.app.service.api``) or the store's queries, so there is
-one logic path. Tenancy (issue 19) will filter by ``identity.clients`` here, in one place.
+one logic path. Tenancy (docs/security.md) filters here, in one place: cases, the queue,
+reports and kept ruleset texts through the identity's ``ScopedStore``, loaded rulesets by
+their client.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from refundry.app.service.api import (
     review_case,
 )
 from refundry.app.service.identity import Identity
+from refundry.app.tenancy import scoped, visible_rulesets
 from refundry.core.errors import RefundryError
+from refundry.records.access import ScopedStore
 from refundry.records.events import Case, QueuePage
 
 READ_CASES = ("reviewer", "auditor")
@@ -40,6 +44,10 @@ class Access:
     def may(self, *roles: str) -> bool:
         return self.identity.has(*roles)
 
+    @property
+    def store(self) -> ScopedStore:
+        return scoped(self.service.store, self.identity)
+
     def _require(self, roles: tuple[str, ...]) -> None:
         if not self.identity.has(*roles):
             raise ApiError(403, f"`{self.identity.name}` may not do this; it needs the role "
@@ -48,22 +56,22 @@ class Access:
     def queue(self, *, after: int = 0, before: int | None = None, client: str | None = None,
               industry: str | None = None, request_id: str | None = None) -> QueuePage:
         self._require(READ_CASES)
-        return self.service.store.review_queue(after=after, before=before, limit=PAGE_SIZE,
+        return self.store.review_queue(after=after, before=before, limit=PAGE_SIZE,
                                                client=client, industry=industry,
                                                request_id=request_id)
 
     def case(self, request_id: str) -> Case:
         self._require(READ_CASES)
-        case: Case = find_case(self.service, request_id)
+        case: Case = find_case(self.service, request_id, self.identity)
         return case
 
     def explain(self, request_id: str) -> dict[str, Any] | str:
         """Every rule and the values it saw, from the ruleset texts recorded with the case; a
         one-line reason instead when the store cannot rebuild them."""
         self._require(READ_CASES)
-        find_case(self.service, request_id)
+        find_case(self.service, request_id, self.identity)
         try:
-            explained: dict[str, Any] = self.service.store.explain(request_id).to_dict()
+            explained: dict[str, Any] = self.store.explain(request_id).to_dict()
         except RefundryError as exc:
             return str(exc)
         return explained
@@ -83,15 +91,16 @@ class Access:
 
     def rulesets(self) -> dict[str, Any]:
         self._require(READ_RULES)
-        return dict(self.service.rulesets.current.to_dict())
+        loaded = dict(self.service.rulesets.current.to_dict())
+        return {**loaded, "rulesets": visible_rulesets(self.identity, loaded["rulesets"])}
 
     def ruleset_versions(self) -> list[tuple[str, str, str]]:
         self._require(READ_RULES)
-        return self.service.store.ruleset_versions()
+        return self.store.ruleset_versions()
 
     def ruleset_text(self, digest: str) -> tuple[str, str, str]:
         self._require(READ_RULES)
-        kept = self.service.store.ruleset_text(digest)
+        kept = self.store.ruleset_text(digest)
         if kept is None:
             raise ApiError(404, f"no ruleset version `{digest[:80]}` is kept in the store")
         return kept
@@ -103,7 +112,7 @@ class Access:
         if self.ruleset_text(old)[0] != self.ruleset_text(new)[0]:
             return None, False
         try:
-            report, more = impact(self.service.store, old, new)
+            report, more = impact(self.store, old, new)
         except RefundryError as exc:
             raise ApiError(422, str(exc)) from None
         return report.to_dict(), more
@@ -113,6 +122,8 @@ class Access:
         self._require(READ_RULES)
         import json
 
-        figs, head = report.build(self.service.store, since=since, until=until, client=client)
+        store = self.store
+        store.ask(client, "report")  # outside its clients: recorded, and the report is empty
+        figs, head = report.build(store, since=since, until=until, client=client)
         data: dict[str, Any] = json.loads(report.to_json(figs, head))
         return data

@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from refundry.app.diffing import DiffReport, diff_decisions
+from refundry.records.access import ScopedStore
 from refundry.records.events import Case, RecordStore
 
 LIMIT = 2_000  # recorded cases read per comparison; the page says when there were more
@@ -26,7 +27,7 @@ def _merge(into: DiffReport, part: DiffReport) -> None:
     into.details.update(part.details)
 
 
-def impact(store: RecordStore, old: str, new: str, limit: int = LIMIT) -> tuple[DiffReport, bool]:
+def impact(store: RecordStore | ScopedStore, old: str, new: str, limit: int = LIMIT) -> tuple[DiffReport, bool]:
     """What swapping ruleset text ``old`` for ``new`` changes on the cases decided with ``old``;
     and whether more than ``limit`` cases were decided with it."""
     cases = store.cases_decided_with(old, limit + 1)

@@ -43,9 +43,12 @@ from refundry.app.service.openapi import document
 from refundry.app.service.proposals import ProposalError, diff_proposal
 from refundry.app.service.rulesets import Rulesets
 from refundry.app.submissions import recorded_as_submitted
+from refundry.app.tenancy import change_problem, proposal_problem, scoped, visible_rulesets
+from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import json_default
 from refundry.core.request import MAX_REQUEST_BYTES, JsonInputError, decode_json
+from refundry.records.access import AccessRefused
 from refundry.records.events import STATUSES, IllegalTransition, RecordError, RecordStore
 from refundry.records.history import History
 
@@ -298,17 +301,20 @@ def _decide(service: Service, data: dict[str, Any], record: bool,
     return case.decision, "created" if created else "existing"
 
 
-def _case(service: Service, request_id: str) -> Any:
+def _case(service: Service, request_id: str, who: Identity, action: str = "read") -> Any:
+    """The case, if ``who``'s clients include its client; else a 404 exactly like a missing
+    case (ids of other clients do not leak), and the attempt is recorded."""
     try:
-        return service.store.case(request_id)
+        return scoped(service.store, who).case(request_id, action)
     except RecordError:
         raise ApiError(404, f"no case for request `{request_id[:100]}`") from None
 
 
-def _act(service: Service, request_id: str, action: Callable[[], Any]) -> dict[str, Any]:
-    """Run a state change on an existing case: 404 when there is none, 409 when the state
-    machine or maker-checker refuses it, 422 for anything else wrong with it."""
-    _case(service, request_id)
+def _act(service: Service, request_id: str, action: Callable[[], Any], who: Identity,
+         what: str) -> dict[str, Any]:
+    """Run a state change on an existing case: 404 when there is none (or it is another
+    client's), 409 when the state machine or maker-checker refuses it, 422 for anything else."""
+    _case(service, request_id, who, what)
     try:
         case = action()
     except IllegalTransition as exc:
@@ -318,18 +324,21 @@ def _act(service: Service, request_id: str, action: Callable[[], Any]) -> dict[s
     return dict(case.to_dict())
 
 
-def _page(service: Service, status_: str | None, limit: int, after: int) -> dict[str, Any]:
-    """One page of cases by keyset: ``next`` is the cursor for the page after (null at the
-    end). One case more than the page is read to know whether there is a next page."""
-    got = service.store.case_page(after=after, limit=limit + 1, status=status_)
+def _page(service: Service, status_: str | None, limit: int, after: int,
+          who: Identity) -> dict[str, Any]:
+    """One page of ``who``'s clients' cases by keyset: ``next`` is the cursor for the page
+    after (null at the end). One case more than the page is read to know whether there is a
+    next page."""
+    got = scoped(service.store, who).case_page(after=after, limit=limit + 1, status=status_)
     page = got[:limit]
     return {"cases": [c.summary() for _seq, c in page], "limit": limit, "after": after,
             "next": page[-1][0] if len(got) > limit else None}
 
 
-def _customer(service: Service, request_id: str, lang: str,
-              channel: str | None = None, actor: str = "") -> dict[str, Any]:
-    _case(service, request_id)
+def _customer(service: Service, who: Identity, request_id: str, lang: str,
+              channel: str | None = None) -> dict[str, Any]:
+    actor = who.name
+    _case(service, request_id, who, "status")
     try:
         msg = status(service.store, request_id, lang)
         if channel is not None:
@@ -360,23 +369,29 @@ async def post_decision(request: Request, service: Service) -> Response:
     data = await _body(request)
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a json object (a refund request)")
+    client = data.get("client_id")
+    if isinstance(client, str):
+        try:
+            await run_in_threadpool(scoped(service.store, who).check_client, client, "decide")
+        except AccessRefused as exc:
+            raise ApiError(403, str(exc)) from None
     decision, recorded = await run_in_threadpool(_decide, service, data, record, who.name)
     return _json(decision, headers={"X-Refundry-Recorded": recorded})
 
 
 async def get_cases(request: Request, service: Service) -> Response:
-    _identity(service, request, ("reviewer", "auditor"))
+    who = _identity(service, request, ("reviewer", "auditor"))
     status_ = request.query_params.get("status")
     if status_ is not None and status_ not in STATUSES:
         raise ApiError(400, f"query `status` must be one of {', '.join(STATUSES)}")
     limit = _int(request, "limit", 100, 1, 1000)
     after = _int(request, "after", 0, 0, 2**62)
-    return _json(await run_in_threadpool(_page, service, status_, limit, after))
+    return _json(await run_in_threadpool(_page, service, status_, limit, after, who))
 
 
 async def get_case(request: Request, service: Service) -> Response:
-    _identity(service, request, ("reviewer", "auditor"))
-    case = await run_in_threadpool(_case, service, request.path_params["request_id"])
+    who = _identity(service, request, ("reviewer", "auditor"))
+    case = await run_in_threadpool(_case, service, request.path_params["request_id"], who)
     return _json(case.to_dict())
 
 
@@ -386,24 +401,25 @@ def review_case(service: Service, who: Identity, rid: str, verdict: str,
     if verdict not in ("approve", "deny"):
         raise ApiError(400, "`verdict` must be approve or deny")
     return _act(service, rid, lambda: service.store.review(
-        rid, actor=who.name, approve=verdict == "approve", reason=justification))
+        rid, actor=who.name, approve=verdict == "approve", reason=justification), who, verdict)
 
 
 def dispute_case(service: Service, who: Identity, rid: str, reason: str) -> dict[str, Any]:
     engine = service.rulesets.engine
     return _act(service, rid, lambda: service.store.open_dispute(
-        rid, actor=who.name, reason=reason, engine=engine))
+        rid, actor=who.name, reason=reason, engine=engine), who, "dispute")
 
 
 def resolve_case(service: Service, who: Identity, rid: str, resolution: str, explanation: str,
                  amount: str | None) -> dict[str, Any]:
     return _act(service, rid, lambda: service.store.resolve_dispute(
-        rid, actor=who.name, resolution=resolution, explanation=explanation, amount=amount))
+        rid, actor=who.name, resolution=resolution, explanation=explanation, amount=amount),
+        who, "resolve")
 
 
-def find_case(service: Service, request_id: str) -> Any:
-    """The case recorded for ``request_id``, or a 404."""
-    return _case(service, request_id)
+def find_case(service: Service, request_id: str, who: Identity) -> Any:
+    """The case recorded for ``request_id``, or a 404 (also when it is another client's)."""
+    return _case(service, request_id, who)
 
 
 async def post_review(request: Request, service: Service) -> Response:
@@ -441,9 +457,9 @@ def _lang(request: Request, given: str | None) -> str:
 
 
 async def get_status(request: Request, service: Service) -> Response:
-    _identity(service, request, ("service", "reviewer", "auditor"))
+    who = _identity(service, request, ("service", "reviewer", "auditor"))
     rid, lang = request.path_params["request_id"], _lang(request, request.query_params.get("lang"))
-    return _json(await run_in_threadpool(_customer, service, rid, lang))
+    return _json(await run_in_threadpool(_customer, service, who, rid, lang))
 
 
 async def post_status(request: Request, service: Service) -> Response:
@@ -452,30 +468,51 @@ async def post_status(request: Request, service: Service) -> Response:
     rid, lang = request.path_params["request_id"], _lang(request, body.get("lang"))
     if not 0 < len(body["channel"]) <= 40:
         raise ApiError(400, "`channel` must be 1 to 40 characters")
-    return _json(await run_in_threadpool(_customer, service, rid, lang, body["channel"],
-                                         who.name))
+    return _json(await run_in_threadpool(_customer, service, who, rid, lang, body["channel"]))
 
 
 async def get_rulesets(request: Request, service: Service) -> Response:
-    _identity(service, request, ("analyst", "auditor", "service"))
-    return _json(service.rulesets.current.to_dict())
+    who = _identity(service, request, ("analyst", "auditor", "service"))
+    loaded = service.rulesets.current.to_dict()
+    return _json({**loaded, "rulesets": visible_rulesets(who, loaded["rulesets"])})
 
 
 async def post_reload(request: Request, service: Service) -> Response:
     who = _identity(service, request, ("analyst",))
     LOG.info("ruleset reload asked", extra={"fields": {"identity": who.name}})
+    await run_in_threadpool(_may_publish, service, who)
     result = await run_in_threadpool(service.reload)
     return _json(result.to_dict(), 200 if result.ok else 422)
 
 
+def _may_publish(service: Service, who: Identity) -> None:
+    """An analyst puts in force only its clients' overlays; baselines only an admin. Checked
+    on a trial load of the files (the reload loads them again, to swap them in)."""
+    if who.has("admin"):
+        return
+    rulesets = service.rulesets
+    try:
+        trial = Engine.from_path(rulesets.paths, backend=rulesets.backend)
+    except RefundryError:
+        return  # the reload itself refuses it, with every error
+    problem = change_problem(who, rulesets.engine.rulesets, trial.rulesets)
+    if problem:
+        scoped(service.store, who).refuse("publish", "*")
+        raise ApiError(403, problem)
+
+
 async def post_diff(request: Request, service: Service) -> Response:
-    _identity(service, request, ("analyst",))
+    who = _identity(service, request, ("analyst",))
     body = await _body(request)
     if not isinstance(body, dict) or not isinstance(body.get("rulesets"), dict) \
             or not isinstance(body.get("requests"), list) \
             or set(body) - {"rulesets", "requests", "as_of"}:
         raise ApiError(400, "the body must be {`rulesets`: {file name: yaml text}, "
                             "`requests`: [refund requests], `as_of`?}")
+    problem = proposal_problem(who, body["rulesets"].values())
+    if problem:
+        await run_in_threadpool(scoped(service.store, who).refuse, "diff", "*")
+        raise ApiError(403, problem)
     try:
         report = await run_in_threadpool(diff_proposal, service.rulesets, body["rulesets"],
                                          body["requests"], body.get("as_of"))
@@ -497,19 +534,25 @@ def _day(request: Request, name: str) -> Any:
 
 
 async def get_report(request: Request, service: Service) -> Response:
-    _identity(service, request, ("analyst", "auditor"))
+    who = _identity(service, request, ("analyst", "auditor"))
     since, until = _day(request, "since"), _day(request, "until")
     client = request.query_params.get("client") or None
 
     def build() -> str:
-        figs, head = report.build(service.store, since=since, until=until, client=client)
+        store = scoped(service.store, who)
+        store.ask(client, "report")  # outside its clients: recorded, and the report is empty
+        figs, head = report.build(store, since=since, until=until, client=client)
         return report.to_json(figs, head)
 
     return Response(await run_in_threadpool(build), media_type="application/json")
 
 
 async def get_verify(request: Request, service: Service) -> Response:
-    _identity(service, request, ("auditor",))
+    who = _identity(service, request, ("auditor",))
+    if not who.all_clients:
+        # The chain is one for every client: checking it reads, and its problems name, them all.
+        raise ApiError(403, f"`{who.name}` may not verify the whole chain; it needs every "
+                            "client (`*`, an admin)")
     result = await run_in_threadpool(service.store.verify)
     return _json(result.to_dict(), 200 if result.ok else 409)
 

@@ -5,9 +5,9 @@ brute-forced and needs no slow password hash; the file that holds the digests ca
 anyone who runs the service without exposing a usable token. The identity's name is the actor
 of every event it causes, which is how maker-checker works against authenticated callers.
 
-Each identity also carries the set of ``client_id``s it may act on (``*``: all). The service
-does not filter by it yet (issue 19 will); it is here so that tokens issued now keep their
-meaning when it does.
+Each identity also carries the set of ``client_id``s it may act on (docs/security.md). ``*``
+(every client) is only for an identity with the ``admin`` role: a token file that gives it to
+anyone else is refused at load, so a forgotten ``clients`` entry never means "everything".
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import attrs
 
 from refundry.core.errors import RefundryError
 
-ROLES = ("service", "reviewer", "analyst", "auditor")
+ROLES = ("service", "reviewer", "analyst", "auditor", "admin")
 ALL_CLIENTS = "*"
 TOKEN_PREFIX = "rf_"
 FORMAT = 1
@@ -43,10 +43,18 @@ def digest(token: str) -> str:
 class Identity:
     name: str
     roles: frozenset[str]
-    clients: frozenset[str] = frozenset({ALL_CLIENTS})
+    clients: frozenset[str] = frozenset()  # none unless given: `*` is for admins
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
+
+    @property
+    def all_clients(self) -> bool:
+        return ALL_CLIENTS in self.clients
+
+    def sees(self, client_id: str | None) -> bool:
+        """Whether this identity may see and act on cases and rulesets of ``client_id``."""
+        return self.all_clients or (client_id is not None and client_id in self.clients)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "roles": sorted(self.roles), "clients": sorted(self.clients)}
@@ -63,7 +71,14 @@ def _identity(entry: Mapping[str, Any], where: str) -> tuple[str, Identity]:
         raise TokenError(f"{where}: `sha256` must be a token digest")
     if not isinstance(clients, list) or not all(isinstance(c, str) and c for c in clients):
         raise TokenError(f"{where}: `clients` must be a list of client ids")
+    _check_all_clients(roles, clients, where)
     return hashed, Identity(name.strip(), frozenset(roles), frozenset(clients))
+
+
+def _check_all_clients(roles: Iterable[str], clients: Iterable[str], where: str) -> None:
+    if ALL_CLIENTS in clients and "admin" not in roles:
+        raise TokenError(f"{where}: `*` (every client) needs the `admin` role; list the "
+                         "client ids it may act on")
 
 
 @attrs.frozen
@@ -104,13 +119,17 @@ def issue(path: str | Path, name: str, roles: Iterable[str],
         raise TokenError(f"roles must be among {', '.join(ROLES)}, not `{','.join(roles)}`")
     if not name.strip() or len(name) > 100:
         raise TokenError("a token needs a name (at most 100 characters)")
+    clients = sorted(set(clients))
+    if not clients:
+        raise TokenError("a token needs at least one client id (`*` for an admin)")
+    _check_all_clients(roles, clients, f"token `{name.strip()[:40]}`")
     path = Path(path)
     data: dict[str, Any] = {"format": FORMAT, "tokens": []}
     if path.exists():
         Tokens.load(path)  # refuse to extend a broken file
         data = json.loads(path.read_text(encoding="utf-8"))
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    data["tokens"].append({"name": name.strip(), "roles": roles, "clients": sorted(set(clients)),
+    data["tokens"].append({"name": name.strip(), "roles": roles, "clients": clients,
                            "sha256": digest(token),
                            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     tmp = path.with_name(path.name + ".tmp")

@@ -130,7 +130,8 @@ def _json(name: str, text: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "the body is not JSON of the right shape", 401: "no valid token",
-             403: "the token's roles do not allow this", 404: "no such case",
+             403: "the token's roles or clients do not allow this",
+             404: "no such case, or one of a client the token does not act for",
              409: "the case's state or maker-checker does not allow this",
              422: "the request or action is invalid",
              503: "the records store did not commit; nothing was recorded"}
@@ -147,7 +148,8 @@ def _op(summary: str, roles: tuple[str, ...], responses: dict[str, Any], *,
         auth: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if roles:
-        op["description"] = "Roles: " + ", ".join(f"`{r}`" for r in roles) + "."
+        op["description"] = ("Roles: " + ", ".join(f"`{r}`" for r in roles) + ". Only the "
+                             "clients of the token are seen or changed (docs/security.md).")
     if params:
         op["parameters"] = params
     if body:

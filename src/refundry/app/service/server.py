@@ -76,10 +76,11 @@ def app_from_env() -> Any:
 
 def first_tokens(path: str | Path) -> dict[str, str] | None:
     """A new token file with one identity per role (``<role>-1``), for a first start; the
-    tokens are returned to be shown once. None when the file exists."""
+    tokens are returned to be shown once. None when the file exists. They act for every
+    client (``admin``): issue client-scoped tokens with ``--issue NAME --client ID``."""
     if Path(path).exists():
         return None
-    return {role: issue(path, f"{role}-1", [role]) for role in ROLES}
+    return {role: issue(path, f"{role}-1", sorted({role, "admin"})) for role in ROLES}
 
 
 def serve(config: ServiceConfig, *, host: str, port: int, workers: int = 1,
