@@ -32,6 +32,11 @@ class LocDict(dict):
     _keys: tuple[Any, ...]
     _marks: array[int]
 
+    def place(self, marks: array[int]) -> None:
+        """Where it stands, once its keys are in: its start, then each key's and value's."""
+        self._keys = tuple(self)
+        self._marks = marks
+
     def _at(self, key: Any) -> int | None:
         try:
             return 2 + 4 * getattr(self, "_keys", ()).index(key)
@@ -61,6 +66,10 @@ class LocList(list):
 
     __slots__ = ("_marks",)
     _marks: array[int]
+
+    def place(self, marks: array[int]) -> None:
+        """Where it stands: its start, then each item's."""
+        self._marks = marks
 
     @property
     def start(self) -> Pos:
@@ -126,8 +135,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
             raise DuplicateKey(key, key_node.start_mark)
         out[key] = loader.construct_object(value_node, deep=True)
         marks.extend(_pos(key_node.start_mark) + _pos(value_node.start_mark))
-    out._keys = tuple(out)
-    out._marks = marks
+    out.place(marks)
     return out
 
 
@@ -136,7 +144,7 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LocList:
     marks = array("I", _pos(node.start_mark))
     for child in node.value:
         marks.extend(_pos(child.start_mark))
-    out._marks = marks
+    out.place(marks)
     return out
 
 
