@@ -16,7 +16,7 @@ import difflib
 import functools
 import hashlib
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,13 +295,16 @@ def read_yaml(path: Path, report: Report) -> tuple[str, Any] | None:
     return text, data
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, decimal: Callable[[Decimal], Any] | None = None) -> Any:
+    """The document as JSON Schema reads it: dates as text; ``decimal`` maps each ``Decimal``."""
     if isinstance(value, Mapping):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: _jsonable(v, decimal) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, decimal) for v in value]
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
+    if decimal is not None and isinstance(value, Decimal):
+        return decimal(value)
     return value
 
 
@@ -309,22 +312,14 @@ class _NotPlain(Exception):
     """A value the fast check could read differently from ``jsonschema``."""
 
 
-def _plain(value: Any) -> Any:
-    """A document as ``jsonschema_rs`` reads it exactly as ``jsonschema`` reads ``_jsonable``'s:
-    a decimal is sent as the float equal to it, and one no float equals, or an integral one
-    (``3.0``: an integer to the Rust checker, not to ``jsonschema``), is not sent at all."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        as_float = float(value)
-        if value == value.to_integral_value() or Decimal(as_float) != value:
-            raise _NotPlain
-        return as_float
-    return value
+def _exact_float(value: Decimal) -> float:
+    """A decimal as ``jsonschema_rs`` reads it as ``jsonschema`` reads the ``Decimal``: the
+    float equal to it; one no float equals, or an integral one (``3.0``: an integer to the
+    Rust checker, not to ``jsonschema``), is not sent at all."""
+    as_float = float(value)
+    if value == value.to_integral_value() or Decimal(as_float) != value:
+        raise _NotPlain
+    return as_float
 
 
 @functools.cache
@@ -342,7 +337,7 @@ def _known_valid(data: Any) -> bool:
     ``jsonschema``, whose import a valid document then never pays (a third of a one-shot's
     imports)."""
     try:
-        return bool(_fast_validator().is_valid(_plain(data)))
+        return bool(_fast_validator().is_valid(_jsonable(data, _exact_float)))
     except Exception:  # noqa: BLE001 - _NotPlain, or a key or value the Rust side refuses
         return False
 
