@@ -8,6 +8,10 @@ only match; so the ``compiled`` and ``durable`` backends cannot disagree on date
 from __future__ import annotations
 
 import datetime as dt
+import importlib.resources
+import io
+import os
+import threading
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
@@ -33,13 +37,36 @@ MAX_CONTEXTS = 4096
 
 
 class Zones:
-    """IANA zones loaded once per engine, so ``evaluate`` reads no time zone file later."""
+    """IANA zones of one engine. Every zone file is read when the engine is built, so
+    ``evaluate`` reads no file; each is parsed from those bytes the first time a request names
+    it (parsing was two thirds of reading all 600, and a one-shot needs one), under a lock."""
 
     def __init__(self) -> None:
-        self._zones = {name: zoneinfo.ZoneInfo(name) for name in jurisdictions.timezones()}
+        self._files = {name: _zone_file(name) for name in jurisdictions.timezones()}
+        self._zones: dict[str, zoneinfo.ZoneInfo] = {}
+        self._lock = threading.Lock()
 
     def get(self, name: str) -> zoneinfo.ZoneInfo:
-        return self._zones[name]
+        found = self._zones.get(name)
+        if found is None:
+            data = self._files[name]  # an unknown name is a KeyError, as it always was
+            with self._lock:
+                found = self._zones.get(name)
+                if found is None:
+                    found = zoneinfo.ZoneInfo.from_file(io.BytesIO(data), key=name)
+                    self._zones[name] = found
+        return found
+
+
+def _zone_file(name: str) -> bytes:
+    """The zone's TZif file where ``zoneinfo.ZoneInfo(name)`` finds it: the first of
+    ``zoneinfo.TZPATH`` that has it, else the ``tzdata`` package."""
+    for root in zoneinfo.TZPATH:
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                return f.read()
+    return importlib.resources.files("tzdata").joinpath("zoneinfo", *name.split("/")).read_bytes()
 
 
 def consumer_timezone(req: RefundRequest) -> str:
