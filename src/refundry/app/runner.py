@@ -41,6 +41,7 @@ from refundry.plugins import (
     Plugins,
     Sink,
     SinkWriter,
+    Source,
     SourceError,
     SourceRecord,
 )
@@ -272,6 +273,30 @@ def dead_letter_path(out: Path | None, *, out_dir: bool = False) -> Path:
     return out.with_name(out.name + ".dead-letter.jsonl") if out is not None else Path("dead-letter.jsonl")
 
 
+@attrs.define
+class _Paths:
+    """Where a run reads and writes: the input, the output (a file, a directory, or None for
+    stdout), the dead-letter file and the progress journal."""
+
+    input: Path
+    out: Path | None
+    out_dir: bool
+    dead_letter: Path
+    journal: Path
+
+    @classmethod
+    def of(cls, input_path: Path | str, out: Path | str | None, dead_letter: Path | str | None,
+           journal: Path | str | None) -> _Paths:
+        inp = Path(input_path)
+        out_path = Path(out) if out not in (None, "-") else None
+        out_dir = is_out_dir(out)
+        if out_dir and out_path is not None:
+            out_path.mkdir(parents=True, exist_ok=True)
+        dl = Path(dead_letter) if dead_letter else dead_letter_path(out_path, out_dir=out_dir)
+        jr = Path(journal) if journal else journal_path(out_path, inp, out_dir=out_dir)
+        return cls(inp, out_path, out_dir, dl, jr)
+
+
 def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",),
         out: Path | str | None = None, dead_letter: Path | str | None = None,
         journal: Path | str | None = None, options: Mapping[str, str] | None = None,
@@ -296,16 +321,29 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
     ``shield``: the ``Shield`` a signal handler stops the run through; a stop is then held
     back while a decision is written to the sinks and journalled.
     """
-    shield = shield or Shield()
     plugins = plugins or Plugins()
     options = dict(options or {})
-    input_path = Path(input_path)
-    out_path = Path(out) if out not in (None, "-") else None
-    out_dir = is_out_dir(out)
-    if out_dir and out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
-    dl_path = Path(dead_letter) if dead_letter else dead_letter_path(out_path, out_dir=out_dir)
-    jr_path = Path(journal) if journal else journal_path(out_path, input_path, out_dir=out_dir)
+    paths = _Paths.of(input_path, out, dead_letter, journal)
+    engine = _engine(engine, workers, rulesets, backend)
+    src = plugins.source(source)
+    chosen_sinks = [plugins.sink(name) for name in sinks]
+    plugins.check_options(options, src, chosen_sinks)
+    if not paths.input.exists():
+        raise SourceError(f"cannot read `{paths.input}`: no such file")
+    # Pull the first record before creating any file: a source that cannot start (a missing
+    # option) or a sink that cannot open leaves no journal or dead-letter file behind.
+    records = _primed(_guarded(src.read(paths.input, options), src.plugin, src.name))
+    with contextlib.ExitStack() as closing:
+        writers = _open_writers(chosen_sinks, paths, options, closing)
+        batch = Batch(source=src, paths=paths, options=options, plugins=plugins, engine=engine,
+                      writers=writers, recorder=record, progress=progress or Progress(),
+                      shield=shield or Shield(), ids=_IdKey(paths.journal, id_key),
+                      closing=closing)
+        return batch.run(records, workers=workers, rulesets=rulesets or (), backend=backend)
+
+
+def _engine(engine: Engine | None, workers: int, rulesets: Sequence[str | Path] | None,
+            backend: str) -> Engine:
     if workers < 1:
         raise SourceError("--workers must be at least 1")
     if engine is None:
@@ -313,208 +351,252 @@ def run(*, source: str, input_path: Path | str, sinks: Sequence[str] = ("jsonl",
             raise SourceError("give rulesets or an engine")
         # Loaded here even for several workers: invalid rulesets fail now, with every error,
         # not as a broken process pool.
-        engine = Engine.from_path([str(p) for p in rulesets], backend=backend)
-    elif workers > 1 and not rulesets:
+        return Engine.from_path([str(p) for p in rulesets], backend=backend)
+    if workers > 1 and not rulesets:
         raise SourceError("several workers need ruleset paths, not an engine object")
-    src = plugins.source(source)
-    chosen_sinks = [plugins.sink(name) for name in sinks]
-    plugins.check_options(options, src, chosen_sinks)
-    if not input_path.exists():
-        raise SourceError(f"cannot read `{input_path}`: no such file")
-    # Pull the first record before creating any file: a source that cannot start (a missing
-    # option) or a sink that cannot open leaves no journal or dead-letter file behind.
-    records = _primed(_guarded(src.read(input_path, options), src.plugin, src.name))
-    writers: list[tuple[str, str, SinkWriter]] = []
-    try:
-        for s in chosen_sinks:
-            try:
-                path = sink_path(s, out_path, options, several=len(chosen_sinks) > 1,
-                                 out_dir=out_dir)
-                writers.append((s.name, s.plugin, s.open(path, options)))
-            except RefundryError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise PluginError(s.plugin, f"sink `{s.name}` cannot open: "
-                                  f"{type(exc).__name__}: {exc}") from None
-    except BaseException:
-        for _, _, writer in writers:
-            writer.close()
-        raise
+    return engine
 
-    summary = Summary(out=str(out_path) if out_path else None, dead_letter=str(dl_path),
-                      journal=str(jr_path))
-    summary.plugin_errors.extend(str(e) for e in plugins.errors)
-    progress = progress or Progress()
-    jr = JsonLinesWriter(jr_path, "key")
-    done = set(jr.seen)
-    states = _journal_states(jr_path)
-    decided_in: dict[str, str] = {}  # request_id -> the state of its object when decided
-    ids = _IdKey(jr_path, id_key)
-    history = _History()
-    if src.history:
+
+@attrs.frozen
+class _Writer:
+    name: str
+    plugin: str
+    writer: SinkWriter
+
+
+def _open_writers(sinks: Sequence[Sink], paths: _Paths, options: Mapping[str, str],
+                  closing: contextlib.ExitStack) -> list[_Writer]:
+    """Each sink's writer, closed by ``closing``; a sink that cannot open names its plugin."""
+    writers = []
+    for s in sinks:
+        try:
+            path = sink_path(s, paths.out, options, several=len(sinks) > 1,
+                             out_dir=paths.out_dir)
+            writer = s.open(path, options)
+        except RefundryError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise PluginError(s.plugin, f"sink `{s.name}` cannot open: "
+                              f"{type(exc).__name__}: {exc}") from None
+        closing.callback(writer.close)
+        writers.append(_Writer(s.name, s.plugin, writer))
+    return writers
+
+
+class Batch:
+    """One run of an input: its source, the enrichers (``plugins``), the engine, the sinks'
+    writers, the records store's recorder, the progress journal and dead-letter file, the
+    counters (``summary``) and the shield a stop waits behind.
+
+    What it remembers as it goes: ``done`` (keys an earlier run journalled), ``states`` (the
+    object states each decided request was seen in), ``decided_in`` (the state a request was
+    decided in, for its journal line), ``seen_now`` (keys read in this run) and ``awaiting``
+    (decisions the store holds but has not committed, journalled once it has).
+    """
+
+    def __init__(self, *, source: Source, paths: _Paths, options: dict[str, str],
+                 plugins: Plugins, engine: Engine, writers: list[_Writer],
+                 recorder: Recorder | None, progress: Progress, shield: Shield, ids: _IdKey,
+                 closing: contextlib.ExitStack) -> None:
+        self.source, self.paths, self.options = source, paths, options
+        self.plugins, self.engine, self.writers = plugins, engine, writers
+        self.recorder, self.progress, self.shield, self.ids = recorder, progress, shield, ids
+        # What the recorder can do beyond recording a decision (``StoreRecorder``'s methods).
+        self.on_executed = getattr(recorder, "executed", None)
+        self.on_update = getattr(recorder, "updated", None)
+        self.on_delivered = getattr(recorder, "delivered", None)
+        self.commit = getattr(recorder, "commit", None)
+        self.summary = Summary(out=str(paths.out) if paths.out else None,
+                               dead_letter=str(paths.dead_letter), journal=str(paths.journal))
+        self.summary.plugin_errors.extend(str(e) for e in plugins.errors)
+        self.journal = JsonLinesWriter(paths.journal, "key")
+        closing.callback(self.journal.close)
+        self.done = set(self.journal.seen)
+        self.states = _journal_states(paths.journal)
+        self.decided_in: dict[str, str] = {}
+        self.seen_now: set[str] = set()
+        self.awaiting: list[tuple[_Result, Mapping[str, Any] | None]] = []
+        self.history = _History()
+        if source.history:
+            self._read_history()
+        self.dead_letters = JsonLinesWriter(paths.dead_letter, "ref")
+        closing.callback(self.dead_letters.close)
+
+    def _read_history(self) -> None:
         # Executed refunds anywhere in the input are history of every request, before or after
         # them in the input: one reading pass collects them first.
-        for rec in _scrubbed(_guarded(src.read(input_path, options), src.plugin, src.name),
-                             ids.get):
+        src = self.source
+        for rec in _scrubbed(_guarded(src.read(self.paths.input, self.options), src.plugin,
+                                      src.name), self.ids.get):
             if rec.executed is not None:
-                history.add(rec.executed)
-    on_executed = getattr(record, "executed", None)
-    on_update = getattr(record, "updated", None)
-    on_delivered = getattr(record, "delivered", None)
-    dl = JsonLinesWriter(dl_path, "ref")
-    pool: ProcessPoolExecutor | None = None
-    t0 = time.monotonic()
-    commit = getattr(record, "commit", None)
-    awaiting: list[tuple[_Result, Mapping[str, Any] | None]] = []
+                self.history.add(rec.executed)
 
-    def settle() -> None:
-        """Journal what the records store now holds for good, and tell its listeners."""
-        if commit is not None:
-            commit()
-        for done_res, event in awaiting:
-            assert done_res.decision is not None
-            if event is not None:
-                summary.plugin_errors.extend(str(e) for e in plugins.record_written(event))
-            line = {"key": journal_key(done_res.decision.request_id), "ref": done_res.ref,
-                    "outcome": done_res.decision.outcome}
-            state = decided_in.get(journal_key(done_res.decision.request_id))
-            jr.write({**line, "state": state} if state else line)
-        awaiting.clear()
-
-    try:
-        seen_now: set[str] = set()
-
-        def dead(ref: str, reason: str, rid: str | None, errors: Sequence[str] = ()) -> None:
-            dl.write(scrub({"ref": ref, "source": source, "request_id": rid, "reason": reason,
-                            "errors": list(errors)}))
-            jr.write({"key": f"ref:{ref}", "ref": ref, "outcome": "dead_letter"})
-            summary.dead_letters += 1
-            summary.plugin_errors.extend(str(e) for e in plugins.dead_letter_written(ref, reason, rid))
-
-        def decided(res: _Result) -> None:
-            assert res.decision is not None and res.request is not None
-            made: list[tuple[str, str]] = []
-            for name, plugin, writer in writers:
-                try:
-                    created = writer.write(res.decision, res.request, res.ref)
-                except Exception as exc:  # noqa: BLE001 - stop: the journal still says where
-                    raise PluginError(plugin, f"sink `{name}` failed on `{res.ref}`: "
-                                      f"{type(exc).__name__}: {exc}") from None
-                if isinstance(created, str) and created:
-                    made.append((name, created))  # a sink that delivered: the platform's id
-            event = record(res.decision, res.request) if record is not None else None
-            summary.delivered += len(made)
-            for name, created in made:
-                if on_delivered is not None:
-                    on_delivered(res.decision.request_id, created, name)
-            awaiting.append((res, event))
-            if commit is None or len(awaiting) >= RECORD_BATCH:
-                settle()
-            summary.outcomes[res.decision.outcome] += 1
-            summary.plugin_errors.extend(str(e) for e in plugins.decision_written(
-                res.decision, res.request, res.ref, [n for n, _, _ in writers]))
-
-        def handle(res: _Result) -> None:
-            with shield.held():  # the sinks, the dead letter and the journal line, whole
-                if res.decision is None:
-                    first = res.errors[0] if res.errors else "invalid request"
-                    dead(res.ref, f"invalid request: {first}", res.request_id, res.errors)
-                else:
-                    decided(res)
-            progress.advance(summary)
-
-        def executed(rec: SourceRecord) -> None:
-            assert rec.executed is not None
-            history.add(rec.executed)
-            if f"ref:{rec.ref}" in done:
-                summary.skipped += 1
-                return
-            if on_executed is not None:
-                on_executed(rec.executed, rec.ref)
-            jr.write({"key": f"ref:{rec.ref}", "ref": rec.ref, "outcome": "executed"})
-
-        def seen_before(rec: SourceRecord, key: str) -> bool:
-            """Skip, count as a duplicate, or (a state of a decided object not seen before)
-            update its case."""
-            earlier = key in done or f"ref:{rec.ref}" in done
-            if not earlier and key not in seen_now:
-                return False
-            known = states.get(key)
-            if rec.state and known and rec.state not in known:
-                known.add(rec.state)
-                if on_update is not None:
-                    on_update(request_id_of(key), rec.state, rec.ref)
-                jr.write({"key": f"{key}@{rec.state}", "ref": rec.ref, "outcome": "updated"})
-                summary.updated += 1
-            elif earlier:
-                summary.skipped += 1
+    def run(self, records: Iterator[SourceRecord], *, workers: int = 1,
+            rulesets: Sequence[str | Path] = (), backend: str = "compiled") -> Summary:
+        """Decide every record; a stop (Ctrl-C, SIGTERM) returns the summary so far."""
+        t0 = time.monotonic()
+        try:
+            self.progress.start()
+            if workers == 1:
+                for ref, data in self._ready(records):
+                    self._handle(_evaluate_one(self.engine, ref, data))
             else:
-                summary.duplicates += 1
-            return True
+                self._in_pool(records, workers, rulesets, backend)
+        except KeyboardInterrupt as exc:
+            self.summary.interrupted = True
+            # A subclass of KeyboardInterrupt raised by a SIGTERM handler (``refundry run``).
+            self.summary.terminated = type(exc) is not KeyboardInterrupt
+        finally:
+            try:
+                self._settle()  # what was decided and recorded before a stop is not done again
+            finally:
+                self.progress.stop()
+                self.summary.seconds = time.monotonic() - t0
+        return self.summary
 
-        def ready() -> Iterator[tuple[str, dict[str, Any]]]:
-            for rec in _scrubbed(records, ids.get):
-                summary.kinds[rec.kind] += 1
-                if rec.kind == "broken":
-                    if f"ref:{rec.ref}" in done:
-                        summary.skipped += 1
-                    else:
-                        dead(rec.ref, rec.error or "the source gave no request", None)
-                elif rec.kind == "executed":
-                    executed(rec)
-                elif rec.kind == "request":
-                    assert rec.request is not None
-                    rid = rec.request.get("request_id")
-                    key = journal_key(rid) if isinstance(rid, str) and rid else f"ref:{rec.ref}"
-                    if not seen_before(rec, key):
-                        seen_now.add(key)
-                        if rec.state:
-                            states[key] = {rec.state}
-                            decided_in[key] = rec.state
-                        try:
-                            data = plugins.enrich(history.merge(rec.request), rec.ref, options)
-                        except PluginError as exc:
-                            dead(rec.ref, str(exc), rid if isinstance(rid, str) else None)
-                        else:
-                            yield rec.ref, data
-                            continue
-                progress.advance(summary)
-
-        progress.start()
-        if workers == 1:
-            assert engine is not None
-            for ref, data in ready():
-                handle(_evaluate_one(engine, ref, data))
-        else:
-            pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                       initargs=([str(p) for p in rulesets or ()], backend,
-                                                 os.getpid()))
+    def _in_pool(self, records: Iterator[SourceRecord], workers: int,
+                 rulesets: Sequence[str | Path], backend: str) -> None:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                   initargs=([str(p) for p in rulesets], backend, os.getpid()))
+        try:
             pending: collections.deque[Future[list[_Result]]] = collections.deque()
-            for chunk in _chunks(ready(), CHUNK):
+            for chunk in _chunks(self._ready(records), CHUNK):
                 pending.append(pool.submit(_worker_chunk, chunk))
                 while len(pending) >= workers * 3:
                     for res in pending.popleft().result():
-                        handle(res)
+                        self._handle(res)
             while pending:
                 for res in pending.popleft().result():
-                    handle(res)
-    except KeyboardInterrupt as exc:
-        summary.interrupted = True
-        # A subclass of KeyboardInterrupt raised by a SIGTERM handler (``refundry run``).
-        summary.terminated = type(exc) is not KeyboardInterrupt
-    finally:
-        try:
-            settle()  # what was decided and recorded before a stop is not done again
+                    self._handle(res)
         finally:
-            progress.stop()
-        if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-        for _, _, writer in writers:
-            writer.close()
-        jr.close()
-        dl.close()
-        summary.seconds = time.monotonic() - t0
-    return summary
+
+    def _ready(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The requests to decide, enriched, as (ref, data); every other record is dealt with
+        here (dead letters, executed refunds, skips, duplicates and case updates)."""
+        for rec in _scrubbed(records, self.ids.get):
+            self.summary.kinds[rec.kind] += 1
+            if rec.kind == "broken":
+                if f"ref:{rec.ref}" in self.done:
+                    self.summary.skipped += 1
+                else:
+                    self._dead(rec.ref, rec.error or "the source gave no request", None)
+            elif rec.kind == "executed":
+                self._executed(rec)
+            elif rec.kind == "request":
+                data = self._request(rec)
+                if data is not None:
+                    yield rec.ref, data
+                    continue
+            self.progress.advance(self.summary)
+
+    def _request(self, rec: SourceRecord) -> dict[str, Any] | None:
+        """A request read for the first time, enriched; None when it is not to be decided."""
+        assert rec.request is not None
+        rid = rec.request.get("request_id")
+        key = journal_key(rid) if isinstance(rid, str) and rid else f"ref:{rec.ref}"
+        if self._seen_before(rec, key):
+            return None
+        self.seen_now.add(key)
+        if rec.state:
+            self.states[key] = {rec.state}
+            self.decided_in[key] = rec.state
+        try:
+            return self.plugins.enrich(self.history.merge(rec.request), rec.ref, self.options)
+        except PluginError as exc:
+            self._dead(rec.ref, str(exc), rid if isinstance(rid, str) else None)
+            return None
+
+    def _seen_before(self, rec: SourceRecord, key: str) -> bool:
+        """Skip, count as a duplicate, or (a state of a decided object not seen before)
+        update its case."""
+        earlier = key in self.done or f"ref:{rec.ref}" in self.done
+        if not earlier and key not in self.seen_now:
+            return False
+        known = self.states.get(key)
+        if rec.state and known and rec.state not in known:
+            known.add(rec.state)
+            if self.on_update is not None:
+                self.on_update(request_id_of(key), rec.state, rec.ref)
+            self.journal.write({"key": f"{key}@{rec.state}", "ref": rec.ref,
+                                "outcome": "updated"})
+            self.summary.updated += 1
+        elif earlier:
+            self.summary.skipped += 1
+        else:
+            self.summary.duplicates += 1
+        return True
+
+    def _executed(self, rec: SourceRecord) -> None:
+        assert rec.executed is not None
+        self.history.add(rec.executed)
+        if f"ref:{rec.ref}" in self.done:
+            self.summary.skipped += 1
+            return
+        if self.on_executed is not None:
+            self.on_executed(rec.executed, rec.ref)
+        self.journal.write({"key": f"ref:{rec.ref}", "ref": rec.ref, "outcome": "executed"})
+
+    def _handle(self, res: _Result) -> None:
+        with self.shield.held():  # the sinks, the dead letter and the journal line, whole
+            if res.decision is None:
+                first = res.errors[0] if res.errors else "invalid request"
+                self._dead(res.ref, f"invalid request: {first}", res.request_id, res.errors)
+            else:
+                self._decided(res)
+        self.progress.advance(self.summary)
+
+    def _dead(self, ref: str, reason: str, rid: str | None, errors: Sequence[str] = ()) -> None:
+        self.dead_letters.write(scrub({"ref": ref, "source": self.source.name,
+                                       "request_id": rid, "reason": reason,
+                                       "errors": list(errors)}))
+        self.journal.write({"key": f"ref:{ref}", "ref": ref, "outcome": "dead_letter"})
+        self.summary.dead_letters += 1
+        self.summary.plugin_errors.extend(
+            str(e) for e in self.plugins.dead_letter_written(ref, reason, rid))
+
+    def _decided(self, res: _Result) -> None:
+        assert res.decision is not None and res.request is not None
+        made = self._write(res)
+        event = self.recorder(res.decision, res.request) if self.recorder is not None else None
+        self.summary.delivered += len(made)
+        for name, created in made:
+            if self.on_delivered is not None:
+                self.on_delivered(res.decision.request_id, created, name)
+        self.awaiting.append((res, event))
+        if self.commit is None or len(self.awaiting) >= RECORD_BATCH:
+            self._settle()
+        self.summary.outcomes[res.decision.outcome] += 1
+        self.summary.plugin_errors.extend(str(e) for e in self.plugins.decision_written(
+            res.decision, res.request, res.ref, [w.name for w in self.writers]))
+
+    def _write(self, res: _Result) -> list[tuple[str, str]]:
+        """The decision to every sink; (sink, the platform's id) for each that delivered."""
+        assert res.decision is not None and res.request is not None
+        made: list[tuple[str, str]] = []
+        for w in self.writers:
+            try:
+                created = w.writer.write(res.decision, res.request, res.ref)
+            except Exception as exc:  # noqa: BLE001 - stop: the journal still says where
+                raise PluginError(w.plugin, f"sink `{w.name}` failed on `{res.ref}`: "
+                                  f"{type(exc).__name__}: {exc}") from None
+            if isinstance(created, str) and created:
+                made.append((w.name, created))
+        return made
+
+    def _settle(self) -> None:
+        """Journal what the records store now holds for good, and tell its listeners."""
+        if self.commit is not None:
+            self.commit()
+        for res, event in self.awaiting:
+            assert res.decision is not None
+            if event is not None:
+                self.summary.plugin_errors.extend(str(e) for e in self.plugins.record_written(event))
+            key = journal_key(res.decision.request_id)
+            line = {"key": key, "ref": res.ref, "outcome": res.decision.outcome}
+            state = self.decided_in.get(key)
+            self.journal.write({**line, "state": state} if state else line)
+        self.awaiting.clear()
 
 
 class _IdKey:
