@@ -140,36 +140,34 @@ class Encoder:
     def encode(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]
                ) -> tuple[dict[str, int], list[dict[str, int]]]:
         coded: dict[str, int] = {ITEMS_KEY: len(items)}
-        for path, book in self.books.items():
-            value = facts.get(path)
-            if book.ordered:
-                if value is None:
-                    coded[book.key + "l"], coded[book.key + "h"] = MISSING_LO, MISSING_HI
-                else:
-                    coded[book.key + "l"] = coded[book.key + "h"] = book.code(value)
-            else:
-                coded[book.key] = MISSING_LO if value is None else book.code(value)
+        _encode(self.books, facts, coded)
         for key, node in self.pre:
             coded[key] = 1 if node.evaluate(facts, items) else 0
         coded_items = []
         if self.item_books or self.item_pre:
             for it in items:
                 ci: dict[str, int] = {}
-                for path, book in self.item_books.items():
-                    value = it.get(path)
-                    if book.ordered:
-                        if value is None:
-                            ci[book.key + "l"], ci[book.key + "h"] = MISSING_LO, MISSING_HI
-                        else:
-                            ci[book.key + "l"] = ci[book.key + "h"] = book.code(value)
-                    else:
-                        ci[book.key] = MISSING_LO if value is None else book.code(value)
+                _encode(self.item_books, it, ci)
                 for key, node in self.item_pre:
                     ci[key] = 1 if node.evaluate(it, ()) else 0
                 coded_items.append(ci)
         else:
             coded_items = [{} for _ in items]
         return coded, coded_items
+
+
+def _encode(books: Mapping[str, Codebook], values: Mapping[str, Any], out: dict[str, int]) -> None:
+    """Each book's code for its value into ``out``; an ordered book has a low and a high key,
+    both ``MISSING_*`` when the value is absent (no comparison can then match)."""
+    for path, book in books.items():
+        value = values.get(path)
+        if book.ordered:
+            if value is None:
+                out[book.key + "l"], out[book.key + "h"] = MISSING_LO, MISSING_HI
+            else:
+                out[book.key + "l"] = out[book.key + "h"] = book.code(value)
+        else:
+            out[book.key] = MISSING_LO if value is None else book.code(value)
 
 
 def _native(node: Compare) -> bool:
