@@ -123,12 +123,23 @@ class ScopedStore:
             if not self.all:
                 # Recorded too (client "": no such case), so that a missing case costs what
                 # another client's does and the answer's timing does not tell them apart.
-                self.refuse(action, "", str(request_id)[:200])
+                self.refuse(action, self.hidden_client(request_id), str(request_id)[:200])
             raise
         if not self.allows(client_of(case)):
             self.refuse(action, client_of(case), case.request_id)
             raise RecordError(f"no case for request `{request_id}`")
         return case
+
+    def hidden_client(self, request_id: str) -> str:
+        """The client of a case the read store did not show ("" when there is none): a
+        ``ReaderStore`` hides other clients' cases, yet the refusal is that client's record.
+        Asked of the recorder (the owner) for the note only; the case is never returned."""
+        if self.recorder is self.store:
+            return ""
+        try:
+            return client_of(self.recorder.case(request_id))
+        except RecordError:
+            return ""
 
     def cases(self, status: str | None = None) -> list[Case]:
         return [c for c in self.store.cases(status) if self.allows(client_of(c))]
