@@ -26,6 +26,9 @@ class Readers:
                  limit: int = MAX_READERS) -> None:
         install(store, role)
         self.url, self.role, self.limit = store.connect_url, role, limit
+        # A login that may not take the role (docs/deployment.md) fails the start, in one
+        # line, rather than every scoped read later.
+        ReaderStore(self.url, (), role).close()
         self.lock = threading.Lock()
         self.open: OrderedDict[frozenset[str], ReaderStore] = OrderedDict()
 
