@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from ..conftest import ROOT
-from .test_serve_cli import start
+from .test_serve_cli import shown_tokens, start
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -31,13 +31,7 @@ def test_the_readme_start_and_curl_example_work(tmp_path):
     assert start_command == ".venv/bin/refundry serve"
     proc, url = start(tmp_path)  # the same command, on a free port instead of 8080
     try:
-        shown = {}
-        for line in proc.stderr:  # type: ignore[union-attr]
-            parts = line.split()
-            if len(parts) == 2 and parts[1].startswith("rf_"):
-                shown[parts[0]] = parts[1]
-            if len(shown) == 4:
-                break
+        shown = shown_tokens(proc)
         example = _readme_block("In a second\nterminal")
         curl = " ".join(ln.rstrip("\\").strip() for ln in example.splitlines()
                         if not ln.startswith("SERVICE_TOKEN="))

@@ -47,16 +47,22 @@ def start(tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
                                                                     if proc.stderr else ""))
 
 
+def shown_tokens(proc: subprocess.Popen[str]) -> dict[str, str]:
+    """The token per role that a first start prints on stderr, read as they come."""
+    shown: dict[str, str] = {}
+    for line in proc.stderr:  # type: ignore[union-attr]
+        parts = line.split()
+        if len(parts) == 2 and parts[1].startswith("rf_"):
+            shown[parts[0]] = parts[1]
+        if len(shown) == 4:
+            break
+    return shown
+
+
 def test_first_start_shows_tokens_once_and_keeps_only_digests(tmp_path):
     proc, url = start(tmp_path)
     try:
-        shown = {}
-        for line in proc.stderr:  # type: ignore[union-attr]
-            parts = line.split()
-            if len(parts) == 2 and parts[1].startswith("rf_"):
-                shown[parts[0]] = parts[1]
-            if len(shown) == 4:
-                break
+        shown = shown_tokens(proc)
         assert set(shown) == {"service", "reviewer", "analyst", "auditor"}
         kept = (tmp_path / "refundry-tokens.json").read_text()
         assert not any(token in kept for token in shown.values())

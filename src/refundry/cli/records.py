@@ -156,7 +156,16 @@ def register(sub: Any) -> None:
     p = rsub.add_parser("show", help="a case: its status and every event (JSON)")
     p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.set_defaults(func=cmd_show)
+    _register_audit(rsub)
+    _register_steps(rsub)
+    for name, parser in rsub.choices.items():
+        add_db_option(parser)
+        if name in ("list", "show", "export", "replay", "note", "mark", "settings", "checkpoint"):
+            add_identity_option(parser)
 
+
+def _register_audit(rsub: Any) -> None:
+    """The actions that check, sign and copy out the chain."""
     p = rsub.add_parser("verify", help="recompute the hash chain; exit 2 when broken")
     p.add_argument("--expect-head", metavar="HASH",
                    help="a head from `records checkpoint`; a chain without it was truncated")
@@ -187,6 +196,9 @@ def register(sub: Any) -> None:
     p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.set_defaults(func=cmd_replay)
 
+
+def _register_steps(rsub: Any) -> None:
+    """The actions that append to a case or change the store's settings."""
     p = rsub.add_parser("note", help="add a note to a case")
     p.add_argument("request_id", metavar="ID", help=ID_HELP)
     p.add_argument("--by", required=True, metavar="WHO")
@@ -205,8 +217,3 @@ def register(sub: Any) -> None:
                    help="above this amount two different reviewers must approve")
     p.add_argument("--by", metavar="WHO")
     p.set_defaults(func=cmd_settings)
-
-    for name, parser in rsub.choices.items():
-        add_db_option(parser)
-        if name in ("list", "show", "export", "replay", "note", "mark", "settings", "checkpoint"):
-            add_identity_option(parser)

@@ -8,6 +8,7 @@ are shared, so a differential test of two backends tests only the matching.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import CodeType
 from typing import Any, Protocol
 
 from refundry.core.errors import RefundryError
@@ -29,8 +30,13 @@ class CompiledBackend:
 
     name = "compiled"
 
+    def __init__(self) -> None:
+        # code objects by their source's digest: rulesets with the same rules share one compile
+        self._codes: dict[bytes, tuple[str, CodeType]] = {}
+
     def compile(self, ruleset: CompiledRuleset) -> Matcher:
-        match = CodeGen().build([rule.when for rule in ruleset.rules], index_on="reason")
+        match = CodeGen().build([rule.when for rule in ruleset.rules], index_on="reason",
+                                codes=self._codes)
 
         def matcher(facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> list[int]:
             return match(facts.get, items)

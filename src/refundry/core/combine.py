@@ -43,6 +43,7 @@ from refundry.core.models import (
 from refundry.core.money import ZERO, round_money
 
 STRICTNESS = {"approve": 0, "manual_review": 1, "deny": 2}
+OUTCOME_OF = tuple(STRICTNESS)
 
 NO_RULE_MATCHED = Reason(
     rule_id="refundry.no-rule-matched", effect="manual_review", code="no_rule_matched",
@@ -59,15 +60,19 @@ FLOOR_HELD = Reason(
 
 def outcome_of(matched: Sequence[Rule]) -> tuple[str, tuple[Reason, ...], bool]:
     """The outcome, the synthetic reasons to add, and whether floor rules decided it."""
-    floor = [r.effect for r in matched if r.floor and r.effect in STRICTNESS]
-    other = [r.effect for r in matched if not r.floor and r.effect in STRICTNESS]
-    if floor:
-        outcome = max(floor, key=STRICTNESS.__getitem__)
-        if outcome == "approve" and other and max(STRICTNESS[e] for e in other) > 0:
+    floor = other = -1  # the strictest of each kind, -1 while none matched
+    for rule in matched:
+        rank = STRICTNESS.get(rule.effect, -1)
+        if rule.floor:
+            floor = max(floor, rank)
+        else:
+            other = max(other, rank)
+    if floor >= 0:
+        if floor == 0 and other > 0:
             return "manual_review", (FLOOR_HELD,), True
-        return outcome, (), True
-    if other:
-        return max(other, key=STRICTNESS.__getitem__), (), False
+        return OUTCOME_OF[floor], (), True
+    if other >= 0:
+        return OUTCOME_OF[other], (), False
     return "manual_review", (NO_RULE_MATCHED,), False
 
 
@@ -212,9 +217,9 @@ def _same_for_every_line(req: RefundRequest, matched: Sequence[Rule], facts: Map
     every = list(range(len(req.items))) if outcome != "deny" else []
     covered = {r.id: every for r in matched if r.base or r.actions}
     amount = amount_of(outcome, floor, money, matched, facts, req.currency, covered, None)
-    ids = tuple(r.id for r in matched)
-    lines = tuple(_line(it, outcome, ids, value, req.currency)
-                  for it, value in zip(req.items, money.line_values, strict=True))
+    ids = tuple([r.id for r in matched])
+    lines = tuple([_line(it, outcome, ids, value, req.currency)
+                   for it, value in zip(req.items, money.line_values, strict=True)])
     actions = actions_of(outcome, matched, money, facts, ctx, builder, req.currency, covered)
     return Combined(outcome, synthetic, amount, lines, actions)
 

@@ -111,6 +111,8 @@ def _id_and_currency(request: object) -> tuple[str, str]:
 def _prior_refunds_disputed(req: RefundRequest) -> bool:
     """The records store's history enricher found that the request's ``prior_refunds`` differ
     from what the store paid (docs/fraud.md); an approval then waits for a person."""
+    if req.facts is None:  # the usual request: no ABC isinstance check on the way
+        return False
     history = req.facts.get("history") if isinstance(req.facts, Mapping) else None
     return isinstance(history, Mapping) and history.get("prior_refunds_disagree") is True
 
@@ -310,7 +312,7 @@ class Engine:
         decision = Decision(
             outcome=outcome, amount=got.amount, currency=req.currency,
             request_id=req.request_id, as_of=when,
-            reasons=tuple(r.reason for r in matched) + synthetic,
+            reasons=tuple([r.reason for r in matched]) + synthetic,
             deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref,
             lines=got.lines, actions=got.actions)
         trace: list[dict[str, Any]] = []

@@ -8,6 +8,10 @@ only match; so the ``compiled`` and ``durable`` backends cannot disagree on date
 from __future__ import annotations
 
 import datetime as dt
+import importlib.resources
+import io
+import os
+import threading
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
@@ -29,15 +33,40 @@ from refundry.core.periods import (
     roll_forward,
 )
 
+MAX_CONTEXTS = 4096
+
 
 class Zones:
-    """IANA zones loaded once per engine, so ``evaluate`` reads no time zone file later."""
+    """IANA zones of one engine. Every zone file is read when the engine is built, so
+    ``evaluate`` reads no file; each is parsed from those bytes the first time a request names
+    it (parsing was two thirds of reading all 600, and a one-shot needs one), under a lock."""
 
     def __init__(self) -> None:
-        self._zones = {name: zoneinfo.ZoneInfo(name) for name in jurisdictions.timezones()}
+        self._files = {name: _zone_file(name) for name in jurisdictions.timezones()}
+        self._zones: dict[str, zoneinfo.ZoneInfo] = {}
+        self._lock = threading.Lock()
 
     def get(self, name: str) -> zoneinfo.ZoneInfo:
-        return self._zones[name]
+        found = self._zones.get(name)
+        if found is None:
+            data = self._files[name]  # an unknown name is a KeyError, as it always was
+            with self._lock:
+                found = self._zones.get(name)
+                if found is None:
+                    found = zoneinfo.ZoneInfo.from_file(io.BytesIO(data), key=name)
+                    self._zones[name] = found
+        return found
+
+
+def _zone_file(name: str) -> bytes:
+    """The zone's TZif file where ``zoneinfo.ZoneInfo(name)`` finds it: the first of
+    ``zoneinfo.TZPATH`` that has it, else the ``tzdata`` package."""
+    for root in zoneinfo.TZPATH:
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                return f.read()
+    return importlib.resources.files("tzdata").joinpath("zoneinfo", *name.split("/")).read_bytes()
 
 
 def consumer_timezone(req: RefundRequest) -> str:
@@ -192,33 +221,48 @@ class FactBuilder:
         item_names = sorted(set().union(*(item_paths(r.when) for r in ruleset.rules)))
         self._extract = _extractor(paths, item_names)
         self.windows = ruleset.windows
+        # The fact names a window writes, made once here rather than formatted per request.
+        self._window_keys = tuple((w, f"window.{w.name}.end", f"window.{w.name}.notice",
+                                   f"window.{w.name}.within") for w in ruleset.windows)
+        # Contexts without a finance section depend on the zone and jurisdiction only, so they
+        # are made once per pair; the bound keeps a stream of odd pairs from growing it.
+        self._contexts: dict[tuple[zoneinfo.ZoneInfo, str], Context] = {}
 
     def context(self, req: RefundRequest, tz: zoneinfo.ZoneInfo | None = None) -> Context:
         """``tz``: the consumer's zone when the caller has it already (the engine does)."""
-        country, sub = jurisdictions.split(req.jurisdiction)
+        tz = tz or self.zones.get(consumer_timezone(req))
         fin = req.finance
-        return Context(
-            tz=tz or self.zones.get(consumer_timezone(req)),
-            calendar=self.ruleset.calendar, country=country, subdivision=sub,
+        if fin is None:
+            found = self._contexts.get((tz, req.jurisdiction))
+            if found is not None:
+                return found
+        country, sub = jurisdictions.split(req.jurisdiction)
+        ctx = Context(
+            tz=tz, calendar=self.ruleset.calendar, country=country, subdivision=sub,
             extra_holidays=fin.holidays if fin else (), holidays=self.holidays,
             closing_day=fin.billing_cycle_closing_day if fin else None)
+        if fin is None and len(self._contexts) < MAX_CONTEXTS:
+            # Shared between threads: its lazily made working days are the same whoever makes them.
+            self._contexts[(tz, req.jurisdiction)] = ctx
+        return ctx
 
     def build(self, req: RefundRequest, ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         facts, items = self._extract(req, ctx.tz, dt.datetime)
         if self._prior:
             facts[PRIOR_REFUNDS] = self._prior_entries(req, facts, ctx)
-        for w in self.windows:
+        for w, end_key, notice_key, within_key in self._window_keys:
             start = facts.get(w.start)
-            notice = facts.get(w.notice)
             if start is None:
                 continue
-            end = ctx.period_end(w.period, start, w.calendar, paused(w.pause, start, facts, ctx))
+            end = ctx.period_end(w.period, start, w.calendar,
+                                 None if w.pause is None else paused(w.pause, start, facts, ctx))
             if end is None:
                 continue
-            facts[f"window.{w.name}.end"] = end
+            facts[end_key] = end
+            notice = facts.get(w.notice)
             if notice is not None:
-                facts[f"window.{w.name}.notice"] = notice
-                facts[f"window.{w.name}.within"] = notice <= end
+                facts[notice_key] = notice
+                facts[within_key] = notice <= end
         return facts, items
 
     @staticmethod

@@ -112,7 +112,8 @@ class CalendarSpec:
 
 
 class WorkingDays:
-    """Whether a date is a working day for one calendar and one consumer; built per request."""
+    """Whether a date is a working day for one calendar and one consumer; immutable, so a
+    context shared by requests shares it."""
 
     __slots__ = ("_weekend", "_holidays", "_extra")
 

@@ -119,14 +119,18 @@ class Decider:
             with self.store.batch():
                 for i, taken, decision in ready:
                     out[i] = self._record(taken, decision)
+                # Inside the batch: the index rows commit with their events, under one lock.
+                self._sync_history()
         except RefundryError as exc:
             for i, taken, _decision in ready:
                 out[i] = Outcome("retry", taken.request.request_id, reason=str(exc))
+        return [o if o is not None else Outcome("retry", reason="not decided") for o in out]
+
+    def _sync_history(self) -> None:
         try:
             self.history.sync()
-        except RefundryError as exc:
+        except RefundryError as exc:  # its savepoint is undone; the next batch catches up
             LOG.warning("history index not synced", extra={"fields": {"error": str(exc)[:300]}})
-        return [o if o is not None else Outcome("retry", reason="not decided") for o in out]
 
     def _record(self, taken: Intake, decision: Any) -> Outcome:
         try:

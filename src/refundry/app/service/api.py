@@ -139,8 +139,6 @@ class Service:
     # A second connection for history lookups: on the store's own, every lookup would queue
     # behind the committer's transaction and its flush (one connection serves one at a time).
     reader: RecordStore | None = None
-    # A third for the group commit's history index sync, which then never waits for either.
-    indexer: RecordStore | None = None
     committer: GroupCommit | None = None
     draining: bool = False
     tokens_path: str | None = None  # read again when it changes: issued tokens work at once
@@ -156,8 +154,8 @@ class Service:
             self.readers = Readers(self.store)
         self.history = History(self.reader or self.store)
         self.history.sync()  # what is already recorded counts from the first request on
-        indexing = History(self.indexer) if self.indexer is not None else self.history
-        self.committer = GroupCommit(self.store, indexing)
+        # On the committer's own store: the index is synced inside the group's transaction.
+        self.committer = GroupCommit(self.store, History(self.store))
         self.metrics.generation.set(self.rulesets.current.generation)
 
     def _tokens_stamp(self) -> tuple[int, int] | None:
@@ -183,7 +181,7 @@ class Service:
     def close(self) -> None:
         if self.committer is not None:
             self.committer.close()
-        for extra in (self.reader, self.indexer, self.readers):
+        for extra in (self.reader, self.readers):
             if extra is not None:
                 extra.close()
         self.store.close()

@@ -51,8 +51,7 @@ def build_service(config: ServiceConfig) -> Service:
     tokens = Tokens.load(config.tokens)
     store = open_store(config.db, create=True)
     return Service(rulesets=rulesets, store=store, tokens=tokens,
-                   reader=open_store(config.db, create=False),
-                   indexer=open_store(config.db, create=False), tokens_path=config.tokens,
+                   reader=open_store(config.db, create=False), tokens_path=config.tokens,
                    session_secret=session_secret(config.tokens))
 
 
