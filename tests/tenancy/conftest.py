@@ -3,8 +3,11 @@ clients, none of them an admin: what each may see is what tenancy decides."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,9 +73,38 @@ class Tenants:
         return self._consoles[who]
 
 
-@pytest.fixture(scope="module")
-def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """The URL of a schema of its own in the test PostgreSQL, dropped afterwards (skipped,
+    saying so, without ``REFUNDRY_TEST_POSTGRES_URL``)."""
+    base = os.environ.get("REFUNDRY_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("PostgreSQL tests are off: set REFUNDRY_TEST_POSTGRES_URL="
+                    "postgresql://postgres@127.0.0.1:5432/test to run them")
+    import psycopg
+
+    schema = f"tenants_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}schema={schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def tenants(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+    """The tenants' server on SQLite (the application filter alone), then on PostgreSQL
+    (that filter and row-level security under it)."""
     tmp = tmp_path_factory.mktemp("tenancy")
+    if request.param == "sqlite":
+        yield from serve_tenants(tmp, str(tmp / "t.db"))
+    else:
+        with postgres_schema() as url:
+            yield from serve_tenants(tmp, url)
+
+
+def serve_tenants(tmp: Path, db: str) -> Iterator[Tenants]:
     shutil.copytree(RULESETS, tmp / "rulesets")
     add_overlays(tmp / "rulesets")
     path = tmp / "tokens.json"
@@ -80,7 +112,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
     for n in range(1, len(CLIENTS) + 1):
         for subset in itertools.combinations(CLIENTS, n):
             tokens[identity_name(subset)] = issue(path, identity_name(subset), ROLES, subset)
-    service = Service(rulesets=Rulesets([tmp / "rulesets"]), store=open_store(tmp / "t.db"),
+    service = Service(rulesets=Rulesets([tmp / "rulesets"]), store=open_store(db),
                       tokens=Tokens.load(path))
     server, thread, url = start_server(create_app_with_console(service))
     try:

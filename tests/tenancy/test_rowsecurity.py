@@ -95,3 +95,17 @@ def test_the_reader_role_cannot_append(secured):
     url, role, _ = secured
     with ReaderStore(url, ["acme"], role) as reader, pytest.raises(Exception, match="denied"):
         reader.note("pg-0", "let me in", actor="someone")
+
+
+def test_a_reader_view_changes_its_clients_cases_through_the_owner_and_no_other(secured):
+    url, role, client_of = secured
+    mine = next(r for r, c in client_of.items() if c == "acme")
+    theirs = next(r for r, c in client_of.items() if c == "beta")
+    with ReaderStore(url, ["acme"], role) as reader, open_store(url, create=False) as owner:
+        view = ScopedStore(reader, "someone", ["acme"], recorder=owner)
+        assert view.note(mine, "called the customer", actor="someone").events[-1].type == "note"
+        with pytest.raises(RecordError, match=f"^no case for request `{theirs}`$"):
+            view.note(theirs, "let me in", actor="someone")
+        assert [e.type for e in owner.case(theirs).events][-1] != "note"
+        refused = [e.details for e in owner.events() if e.details.get("request_id") == theirs]
+        assert refused[-1]["client"] == "beta"

@@ -62,8 +62,9 @@ class ScopedStore:
     """``store`` as seen by ``actor``, who may act on ``clients`` (``*``: every client).
 
     Shares the store (and its connection): build one per request, it holds nothing else.
-    ``recorder``: where refusals are written, when ``store`` may only read (a PostgreSQL
-    ``rowsecurity.ReaderStore``; the owner's store then records them)."""
+    ``recorder``: where refusals and state changes are appended, when ``store`` may only read
+    (a PostgreSQL ``rowsecurity.ReaderStore``; the owner's store then appends them, each
+    change after the case was found through ``store``)."""
 
     def __init__(self, store: RecordStore, actor: str, clients: Iterable[str], *,
                  recorder: RecordStore | None = None) -> None:
@@ -123,12 +124,23 @@ class ScopedStore:
             if not self.all:
                 # Recorded too (client "": no such case), so that a missing case costs what
                 # another client's does and the answer's timing does not tell them apart.
-                self.refuse(action, "", str(request_id)[:200])
+                self.refuse(action, self.hidden_client(request_id), str(request_id)[:200])
             raise
         if not self.allows(client_of(case)):
             self.refuse(action, client_of(case), case.request_id)
             raise RecordError(f"no case for request `{request_id}`")
         return case
+
+    def hidden_client(self, request_id: str) -> str:
+        """The client of a case the read store did not show ("" when there is none): a
+        ``ReaderStore`` hides other clients' cases, yet the refusal is that client's record.
+        Asked of the recorder (the owner) for the note only; the case is never returned."""
+        if self.recorder is self.store:
+            return ""
+        try:
+            return client_of(self.recorder.case(request_id))
+        except RecordError:
+            return ""
 
     def cases(self, status: str | None = None) -> list[Case]:
         return [c for c in self.store.cases(status) if self.allows(client_of(c))]
@@ -230,35 +242,35 @@ class ScopedStore:
     def review(self, request_id: str, *, actor: str, approve: bool,
                reason: str | None = None) -> Case:
         self.case(request_id, "approve" if approve else "deny")
-        return self.store.review(request_id, actor=actor, approve=approve, reason=reason)
+        return self.recorder.review(request_id, actor=actor, approve=approve, reason=reason)
 
     def open_dispute(self, request_id: str, *, actor: str, reason: str, engine: Any,
                      **kw: Any) -> Case:
         self.case(request_id, "dispute")
-        return self.store.open_dispute(request_id, actor=actor, reason=reason, engine=engine,
+        return self.recorder.open_dispute(request_id, actor=actor, reason=reason, engine=engine,
                                        **kw)
 
     def resolve_dispute(self, request_id: str, *, actor: str, resolution: str,
                         explanation: str, amount: Any = None) -> Case:
         self.case(request_id, "resolve")
-        return self.store.resolve_dispute(request_id, actor=actor, resolution=resolution,
+        return self.recorder.resolve_dispute(request_id, actor=actor, resolution=resolution,
                                           explanation=explanation, amount=amount)
 
     def mark(self, request_id: str, event_type: str, *, actor: str,
              reference: str | None = None) -> Case:
         self.case(request_id, event_type)
-        return self.store.mark(request_id, event_type, actor=actor, reference=reference)
+        return self.recorder.mark(request_id, event_type, actor=actor, reference=reference)
 
     def set_four_eyes_above(self, amount: Any, *, actor: str) -> Event:
         """A store setting binds every client: only an identity of every client changes it."""
         if not self.all:
             self.refuse("settings", ALL_CLIENTS)
             raise AccessRefused(f"`{self.actor}` may not change a setting of every client")
-        return self.store.set_four_eyes_above(amount, actor=actor)
+        return self.recorder.set_four_eyes_above(amount, actor=actor)
 
     def note(self, request_id: str, text: str, *, actor: str) -> Case:
         self.case(request_id, "note")
-        return self.store.note(request_id, text, actor=actor)
+        return self.recorder.note(request_id, text, actor=actor)
 
 
 def access_notes(events: Iterable[Event]) -> list[Mapping[str, Any]]:

@@ -64,8 +64,10 @@ def install(store: PostgresStore, role: str = READER_ROLE) -> None:
     History(store).ensure()  # the index table must exist to carry its policy
     ident, schema = sql.Identifier(role), sql.Identifier(store.schema)
     statements = [
-        sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object THEN "
-                "NULL; END $$").format(ident),
+        # unique_violation: another schema's install created the role at the same moment
+        # (the advisory lock below is per schema; roles are per cluster).
+        sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object OR "
+                "unique_violation THEN NULL; END $$").format(ident),
         sql.SQL(_INSTALL),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, ident),
         sql.SQL("GRANT SELECT ON events, meta, ruleset_texts, history_index, history_meta "

@@ -352,6 +352,9 @@ class PostgresStore(RecordStore):
         self.driver_error = psycopg.Error
         self._conninfo, self.schema = _split_pg_url(url)
         self.url = _shown(url)
+        # The URL as given (password too), for a second connection beside this one under
+        # another role (rowsecurity.ReaderStore); ``url`` is the one shown in messages.
+        self.connect_url = url
         self._lock = threading.RLock()
         self._conn = self._connect()
         schema_id = sql.Identifier(self.schema)

@@ -25,7 +25,7 @@ from refundry.app.service.api import (
     review_case,
 )
 from refundry.app.service.identity import Identity
-from refundry.app.tenancy import scoped, visible_rulesets
+from refundry.app.tenancy import visible_rulesets
 from refundry.core.errors import RefundryError
 from refundry.records.access import ScopedStore
 from refundry.records.events import Case, QueuePage
@@ -46,7 +46,7 @@ class Access:
 
     @property
     def store(self) -> ScopedStore:
-        return scoped(self.service.store, self.identity)
+        return self.service.scoped(self.identity)
 
     def _require(self, roles: tuple[str, ...]) -> None:
         if not self.identity.has(*roles):

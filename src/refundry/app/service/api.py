@@ -41,6 +41,7 @@ from refundry.app.service.identity import Identity, TokenError, Tokens
 from refundry.app.service.intake import problems, take
 from refundry.app.service.openapi import document
 from refundry.app.service.proposals import ProposalError, diff_proposal
+from refundry.app.service.readers import Readers
 from refundry.app.service.rulesets import Rulesets
 from refundry.app.submissions import recorded_as_submitted
 from refundry.app.tenancy import change_problem, proposal_problem, scoped, visible_rulesets
@@ -48,9 +49,10 @@ from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import json_default
 from refundry.core.request import MAX_REQUEST_BYTES, JsonInputError, decode_json
-from refundry.records.access import AccessRefused
+from refundry.records.access import AccessRefused, ScopedStore
 from refundry.records.events import STATUSES, IllegalTransition, RecordError, RecordStore
 from refundry.records.history import History
+from refundry.records.stores import PostgresStore
 
 MAX_BODY = MAX_REQUEST_BYTES
 LOG = logging.getLogger("refundry.service")
@@ -143,9 +145,13 @@ class Service:
     tokens_seen: tuple[int, int] | None = None
     # Signs console session cookies; every process of one server must share it (server.py).
     session_secret: str = attrs.Factory(lambda: secrets.token_urlsafe(32))
+    # PostgreSQL: client-scoped reads go through row-level security (readers.py).
+    readers: Readers | None = None
 
     def __attrs_post_init__(self) -> None:
         self.tokens_seen = self._tokens_stamp()
+        if self.readers is None and isinstance(self.store, PostgresStore):
+            self.readers = Readers(self.store)
         self.history = History(self.reader or self.store)
         self.history.sync()  # what is already recorded counts from the first request on
         # On the committer's own store: the index is synced inside the group's transaction.
@@ -175,9 +181,20 @@ class Service:
     def close(self) -> None:
         if self.committer is not None:
             self.committer.close()
-        if self.reader is not None:
-            self.reader.close()
+        for extra in (self.reader, self.readers):
+            if extra is not None:
+                extra.close()
         self.store.close()
+
+    def scoped(self, who: Identity) -> ScopedStore:
+        """The store as ``who`` sees it. In PostgreSQL an identity of some clients reads
+        through row-level security for them, while refusals (and, after this view's check,
+        state changes) are appended by the owner's store; one of every client reads as the
+        owner. SQLite has only the application filter."""
+        if self.readers is None or who.all_clients:
+            return scoped(self.store, who)
+        return ScopedStore(self.readers.get(who.clients), who.name, who.clients,
+                           recorder=self.store)
 
     def reload(self) -> Any:
         result = self.rulesets.reload()
@@ -305,7 +322,7 @@ def _case(service: Service, request_id: str, who: Identity, action: str = "read"
     """The case, if ``who``'s clients include its client; else a 404 exactly like a missing
     case (ids of other clients do not leak), and the attempt is recorded."""
     try:
-        return scoped(service.store, who).case(request_id, action)
+        return service.scoped(who).case(request_id, action)
     except RecordError:
         raise ApiError(404, f"no case for request `{request_id[:100]}`") from None
 
@@ -329,7 +346,7 @@ def _page(service: Service, status_: str | None, limit: int, after: int,
     """One page of ``who``'s clients' cases by keyset: ``next`` is the cursor for the page
     after (null at the end). One case more than the page is read to know whether there is a
     next page."""
-    got = scoped(service.store, who).case_page(after=after, limit=limit + 1, status=status_)
+    got = service.scoped(who).case_page(after=after, limit=limit + 1, status=status_)
     page = got[:limit]
     return {"cases": [c.summary() for _seq, c in page], "limit": limit, "after": after,
             "next": page[-1][0] if len(got) > limit else None}
@@ -340,7 +357,9 @@ def _customer(service: Service, who: Identity, request_id: str, lang: str,
     actor = who.name
     _case(service, request_id, who, "status")
     try:
-        msg = status(service.store, request_id, lang)
+        # Read through row-level security like every scoped read; the note below is a state
+        # change, appended by the owner.
+        msg = status(service.scoped(who).store, request_id, lang)
         if channel is not None:
             communicate(service.store, request_id, channel=channel, template=msg.template,
                         language=msg.language, text=msg.plain(), actor=actor)
@@ -372,7 +391,7 @@ async def post_decision(request: Request, service: Service) -> Response:
     client = data.get("client_id")
     if isinstance(client, str):
         try:
-            await run_in_threadpool(scoped(service.store, who).check_client, client, "decide")
+            await run_in_threadpool(service.scoped(who).check_client, client, "decide")
         except AccessRefused as exc:
             raise ApiError(403, str(exc)) from None
     decision, recorded = await run_in_threadpool(_decide, service, data, record, who.name)
@@ -497,7 +516,7 @@ def _may_publish(service: Service, who: Identity) -> None:
         return  # the reload itself refuses it, with every error
     problem = change_problem(who, rulesets.engine.rulesets, trial.rulesets)
     if problem:
-        scoped(service.store, who).refuse("publish", "*")
+        service.scoped(who).refuse("publish", "*")
         raise ApiError(403, problem)
 
 
@@ -511,7 +530,7 @@ async def post_diff(request: Request, service: Service) -> Response:
                             "`requests`: [refund requests], `as_of`?}")
     problem = proposal_problem(who, body["rulesets"].values())
     if problem:
-        await run_in_threadpool(scoped(service.store, who).refuse, "diff", "*")
+        await run_in_threadpool(service.scoped(who).refuse, "diff", "*")
         raise ApiError(403, problem)
     try:
         report = await run_in_threadpool(diff_proposal, service.rulesets, body["rulesets"],
@@ -539,7 +558,7 @@ async def get_report(request: Request, service: Service) -> Response:
     client = request.query_params.get("client") or None
 
     def build() -> str:
-        store = scoped(service.store, who)
+        store = service.scoped(who)
         store.ask(client, "report")  # outside its clients: recorded, and the report is empty
         figs, head = report.build(store, since=since, until=until, client=client)
         return report.to_json(figs, head)
