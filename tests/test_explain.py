@@ -44,6 +44,27 @@ def test_explain_json_keeps_the_full_trace(cli, tmp_path, request_json):
     assert len(full.out.splitlines()) > 5 * len(cli("evaluate", path, "--explain").out.splitlines())
 
 
+def test_explain_may_come_before_the_request_file(cli, tmp_path, request_json):
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps(request_json))
+    after = cli("evaluate", path, "--explain")
+    before = cli("evaluate", "--explain", path)
+    assert before.code == 0, before.err
+    assert before.out == after.out and before.out.startswith("decision: ")
+    as_json = cli("evaluate", "--explain", "json", path)
+    assert as_json.code == 0 and as_json.json()["decision"] == cli("evaluate", path).json()
+
+
+def test_explain_with_a_word_other_than_text_or_json_is_a_usage_error(cli, tmp_path, request_json):
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps(request_json))
+    r = cli("evaluate", path, "--explain", "yaml")
+    assert r.code == 1 and r.out == ""
+    assert "--explain takes `text` or `json`, not `yaml`" in r.err
+    missing = cli("evaluate", "--explain")
+    assert missing.code == 1 and "evaluate needs a request" in missing.err
+
+
 def test_evaluate_accepts_an_rfc3339_as_of(engine, request_json):
     by_string = engine.evaluate(request_json, as_of="2024-08-05T10:00:00-07:00")
     by_datetime = engine.evaluate(request_json, as_of=dt.datetime.fromisoformat("2024-08-05T10:00:00-07:00"))

@@ -63,6 +63,19 @@ def test_the_session_cookie_is_strict_and_http_only(console):
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
     assert console.tokens["rev1"].lower() not in cookie  # only the token's digest, signed
+    # over plain HTTP a Secure cookie would never come back, so it is not set here
+    assert "secure" not in cookie and "strict-transport-security" not in r.headers
+
+
+def test_over_https_the_session_cookie_is_secure_and_hsts_is_sent(console):
+    # TLS ends at a proxy in front of the service; uvicorn trusts its X-Forwarded-Proto
+    http = console.client()
+    http.headers["x-forwarded-proto"] = "https"
+    page = http.get("/console/login")  # the sign-in form's CSRF token opens the session
+    assert page.headers["strict-transport-security"] == "max-age=31536000"
+    cookies = page.headers.get_list("set-cookie")
+    assert cookies and all("; secure" in c.lower() for c in cookies), cookies
+    assert all("refundry_console=" in c and "httponly" in c.lower() for c in cookies), cookies
 
 
 @pytest.mark.parametrize("csrf", [None, "", "forged"])

@@ -14,6 +14,7 @@ from refundry.app.explain import explain_text
 from refundry.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
+    UsageError,
     add_backend_option,
     add_baselines_option,
     add_db_option,
@@ -49,6 +50,7 @@ class _Store:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    args.request = _request_path(args)
     store = _Store(args)
     try:
         return _evaluate(args, store)
@@ -115,13 +117,35 @@ def _record(args: argparse.Namespace, request: Any, decision: Decision, engine: 
               file=sys.stderr)
 
 
+class _Explain(argparse.Action):
+    """``--explain [text|json]``. Any other word after it is the request file (``evaluate
+    --explain req.json`` reads as a person means it, where argparse would take the file for the
+    format and then miss the request)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values not in (None, "text", "json"):
+            namespace.request_after_explain = values
+        setattr(namespace, self.dest, values if values in ("text", "json") else "text")
+
+
+def _request_path(args: argparse.Namespace) -> str:
+    after = getattr(args, "request_after_explain", None)
+    if args.request is not None and after is not None:
+        raise UsageError(f"--explain takes `text` or `json`, not `{after}`")
+    if args.request is None and after is None:
+        raise UsageError("evaluate needs a request: refundry evaluate REQUEST.json")
+    return str(args.request if args.request is not None else after)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="decide one request and print the decision as JSON")
-    p.add_argument("request", metavar="REQUEST.json", help="a canonical request; - for stdin")
+    p.add_argument("request", metavar="REQUEST.json", nargs="?",
+                   help="a canonical request; - for stdin")
     p.add_argument("--rulesets", help="a ruleset file or directory (default: ./rulesets or the "
                    "shipped baselines)")
     p.add_argument("--as-of", help="RFC 3339 time that chooses the ruleset versions in force")
-    p.add_argument("--explain", nargs="?", const="text", choices=("text", "json"),
+    p.add_argument("--explain", nargs="?", action=_Explain, metavar="text|json",
                    help="instead of the decision: a short explanation (which rules matched, on "
                         "which values, and which nearly matched); --explain=json: every rule "
                         "and every value it saw")

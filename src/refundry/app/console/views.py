@@ -59,16 +59,29 @@ class SecurityHeaders:
                 message["headers"] = [*message["headers"], *HEADERS]
                 if not scope["path"].startswith("/console/static"):
                     message["headers"].append((b"cache-control", b"no-store"))
+                if scope.get("scheme") == "https":
+                    message["headers"] = _over_tls(message["headers"])
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
 
+def _over_tls(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Reached over HTTPS (directly, or through a proxy uvicorn trusts to say so with
+    ``X-Forwarded-Proto``): the session cookie is ``Secure``, so a browser never sends it over
+    plain HTTP, and browsers are told to keep to HTTPS. Over plain HTTP (a laptop, the demo) a
+    ``Secure`` cookie would never come back, so it is set only here."""
+    out = [(k, v + b"; secure") if k == b"set-cookie" and b"secure" not in v.lower() else (k, v)
+           for k, v in headers]
+    return [*out, (b"strict-transport-security", b"max-age=31536000")]
+
+
 def console_middleware(service: Service) -> list[Middleware]:
-    return [Middleware(SessionMiddleware, secret_key=service.session_secret,
+    # SecurityHeaders outermost: it must see the Set-Cookie the session middleware adds
+    return [Middleware(SecurityHeaders),
+            Middleware(SessionMiddleware, secret_key=service.session_secret,
                        session_cookie="refundry_console", max_age=SESSION_S, path="/console",
-                       same_site="strict", https_only=False),
-            Middleware(SecurityHeaders)]
+                       same_site="strict", https_only=False)]
 
 
 # --- sessions ------------------------------------------------------------------------------
