@@ -362,6 +362,27 @@ def test_reg_e_orders_provisional_credit_while_the_outcome_stays_open(backend):
     engine.close()
 
 
+@pytest.mark.parametrize("backend", ["compiled", "durable"])
+def test_reg_e_late_required_confirmation_drops_the_credit_not_the_investigation(backend):
+    # 12 CFR 1005.11(c)(2)(i)(A): the 10th business day after 15 July 2024 is 29 July
+    engine = refundry.Engine.from_path(RULESETS, backend=backend)
+
+    def decide(received: str, required: bool = True) -> refundry.Decision:
+        finance = {**FIN_REQUEST["finance"], "notice_form": "oral",
+                   "written_confirmation_required": required,
+                   "written_confirmation_received_at": received}
+        return engine.evaluate({**FIN_REQUEST, "finance": finance})
+
+    in_time, late = decide("2024-07-29T12:00:00-04:00"), decide("2024-07-30T12:00:00-04:00")
+    assert [a.due.isoformat() for a in in_time.actions] == ["2024-07-29"]
+    assert late.actions == () and late.deadline("provisional_credit_due_by") is None
+    assert late.outcome == "manual_review"
+    assert late.deadline("investigation_due_by") == in_time.deadline("investigation_due_by")
+    assert "rege-written-confirmation-late" in late.rule_ids
+    assert len(decide("2024-07-30T12:00:00-04:00", required=False).actions) == 1
+    engine.close()
+
+
 # --- duplicates: the engine invariant and the language ---------------------------------------
 
 
