@@ -430,3 +430,27 @@ TestShopifyContract = contract_tests(refundry_ecommerce, name="ecommerce", sourc
                                      input=SHOPIFY, options=OPTS, sink="shopify-refund")
 TestStripeContract = contract_tests(refundry_ecommerce, name="ecommerce", source="stripe",
                                     input=STRIPE, options=OPTS, sink="stripe-refund")
+
+
+def _with_currency(doc: Any, currency: str) -> Any:
+    if isinstance(doc, dict):
+        return {k: currency if k == "currency" else _with_currency(v, currency) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_with_currency(v, currency) for v in doc]
+    return doc
+
+
+@pytest.mark.parametrize("currency", ["\n", "us\nd", "\u2028", "\x1b[31m"])
+def test_a_control_character_in_a_payload_never_breaks_a_dead_letter_line(
+        plugins: Plugins, tmp_path: Path, currency: str) -> None:
+    # found by the fuzzer above: a Stripe refund whose currency was "\n" put a newline into
+    # the dead letter's reason, which must be one line whatever the payload holds
+    reasons = []
+    for file in sorted(STRIPE.glob("*.json")):
+        f = tmp_path / file.name
+        f.write_text(json.dumps(_with_currency(json.loads(file.read_text()), currency)))
+        reasons += [r.error for r in read(plugins, "stripe", f, allow_placeholder_time="true",
+                                          requested_at="2024-04-03T09:00:00-05:00")
+                    if r.error is not None]
+    assert reasons
+    assert all(r.isprintable() for r in reasons), [r for r in reasons if not r.isprintable()]

@@ -62,6 +62,15 @@ class ExecutedRefund:
         return out
 
 
+def _single_line(error: str | None) -> str | None:
+    """A dead letter's reason is one line whatever the payload put in it: a control or line
+    separator character (a `\\n` currency, a U+2028 in a name) is shown escaped, not obeyed."""
+    if error is None or error.isprintable():
+        return error
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+                   for c in error)
+
+
 def _one_kind(inst: SourceRecord, _attr: Any, _value: Any) -> None:
     given = [k for k, v in (("request", inst.request), ("executed", inst.executed),
                             ("context", inst.context), ("error", inst.error)) if v is not None]
@@ -87,7 +96,7 @@ class SourceRecord:
 
     ref: str
     request: dict[str, Any] | None = None
-    error: str | None = attrs.field(default=None, validator=_one_kind)
+    error: str | None = attrs.field(default=None, converter=_single_line, validator=_one_kind)
     executed: ExecutedRefund | None = None
     context: str | None = None
     state: str | None = None
