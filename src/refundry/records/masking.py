@@ -50,6 +50,14 @@ _CODE_IN_TEXT = re.compile(
     r"(?:card[\s_-]*)?verification[\s_-]*(?:value|code|number))"
     r"([^\d\n]{0,20}?)(\d[\W_]?\d[\W_]?\d(?:[\W_]?\d)?)(?!\d)")
 _DIGIT = re.compile(r"\d")
+# Cheap necessary conditions for the two patterns above, checked first because most text with
+# digits (every date, every id) matches neither, and the patterns cost several times more to
+# fail. Every ``_CODE_IN_TEXT`` match holds one of these words under the same ``(?i)`` (which
+# also folds ``ſ`` and ``K``, so ``str.lower`` would not do); a ``_DIGIT_RUN`` match lies
+# between two letters (``\w`` that is neither a digit nor ``_``), so a text whose letter-free
+# stretches all hold fewer than 13 digits has none.
+_CODE_WORD = re.compile(r"(?i)cv|cid|csc|cav2|code|verification")
+_LETTERS = re.compile(r"[^\W\d_]+")
 _MIN_PAN, _MAX_PAN = 13, 19
 _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above this
 # What a money field may hold (schemas/refund-request.schema.json): such a value is an amount,
@@ -123,6 +131,11 @@ def _mask_run(run: str) -> str:
     return "".join(chars)
 
 
+def _may_hold_card(text: str) -> bool:
+    return any(len(part) >= _MIN_PAN and len(_DIGIT.findall(part)) >= _MIN_PAN
+               for part in _LETTERS.split(text))
+
+
 def _hide_code(m: re.Match[str]) -> str:
     return m.group(1) + m.group(2) + _DIGIT.sub("*", m.group(3))
 
@@ -131,7 +144,10 @@ def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
     if _DIGIT.search(text) is None:
         return text
-    text = _CODE_IN_TEXT.sub(_hide_code, text)
+    if _CODE_WORD.search(text) is not None:
+        text = _CODE_IN_TEXT.sub(_hide_code, text)
+    if len(text) < _MIN_PAN or not _may_hold_card(text):
+        return text
     # A masked ``*`` is a separator too, so the digits a pass leaves visible (a last four and
     # the digits before a card number) can line up into a new Luhn-valid run; mask again
     # until nothing changes. Each pass only hides digits, so this ends.
