@@ -214,6 +214,8 @@ def scrub(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> An
     """``value`` as it came in (JSON types kept) with card numbers, security codes and
     sensitive keys removed: what a request may be before anything writes it anywhere. Money
     fields (``money``, dotted paths) holding an amount are left alone."""
+    if type(value) is str:  # most values: checked before the slower ``Mapping`` check
+        return value if _is_money(value, path, money) else mask_text(value)
     if isinstance(value, Mapping):
         return {kept: scrub(v, money, _child(path, k)) for k, v in value.items()
                 if (kept := _kept_key(str(k))) is not None}
@@ -278,6 +280,8 @@ def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") 
     included) masked. Decimals and dates become strings; integers a card number could hide in
     are masked like text, and integers canonical JSON cannot carry exactly become strings.
     Amounts at the dotted paths in ``money`` are kept as they are (money is never masked)."""
+    if type(value) is str:  # most values: checked before the slower ``Mapping`` check
+        return value if _is_money(value, path, money) else mask_text(value)
     if isinstance(value, Mapping):
         return {kept: mask_value(v, money, _child(path, k))
                 for k, v in value.items() if (kept := _kept_key(str(k))) is not None}
