@@ -50,6 +50,14 @@ _CODE_IN_TEXT = re.compile(
     r"(?:card[\s_-]*)?verification[\s_-]*(?:value|code|number))"
     r"([^\d\n]{0,20}?)(\d[\W_]?\d[\W_]?\d(?:[\W_]?\d)?)(?!\d)")
 _DIGIT = re.compile(r"\d")
+# Cheap necessary conditions for the two patterns above, checked first because most text with
+# digits (every date, every id) matches neither, and the patterns cost several times more to
+# fail. Every ``_CODE_IN_TEXT`` match holds one of these words under the same ``(?i)`` (which
+# also folds ``ſ`` and ``K``, so ``str.lower`` would not do); a ``_DIGIT_RUN`` match lies
+# between two letters (``\w`` that is neither a digit nor ``_``), so a text whose letter-free
+# stretches all hold fewer than 13 digits has none.
+_CODE_WORD = re.compile(r"(?i)cv|cid|csc|cav2|code|verification")
+_LETTERS = re.compile(r"[^\W\d_]+")
 _MIN_PAN, _MAX_PAN = 13, 19
 _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above this
 # What a money field may hold (schemas/refund-request.schema.json): such a value is an amount,
@@ -123,15 +131,40 @@ def _mask_run(run: str) -> str:
     return "".join(chars)
 
 
+def _may_hold_card(text: str) -> bool:
+    return any(len(part) >= _MIN_PAN and len(_DIGIT.findall(part)) >= _MIN_PAN
+               for part in _LETTERS.split(text))
+
+
 def _hide_code(m: re.Match[str]) -> str:
     return m.group(1) + m.group(2) + _DIGIT.sub("*", m.group(3))
 
 
+# Text with digits that masking leaves as it is, remembered: a decision repeats its ruleset's
+# citations, messages and digests in every request, and those cost the most to check. Only
+# unchanged text is kept (nothing masking would remove), short text only, and at most
+# ``_CLEAN_MAX`` of it; a dict's get, set and clear are atomic, so threads may share it.
+_CLEAN: dict[str, None] = {}
+_CLEAN_MAX, _CLEAN_LEN = 4096, 512
+
+
 def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
-    if _DIGIT.search(text) is None:
+    if _DIGIT.search(text) is None or text in _CLEAN:
         return text
-    text = _CODE_IN_TEXT.sub(_hide_code, text)
+    masked = _mask_digits(text)
+    if masked == text and len(text) <= _CLEAN_LEN:
+        if len(_CLEAN) >= _CLEAN_MAX:
+            _CLEAN.clear()
+        _CLEAN[text] = None
+    return masked
+
+
+def _mask_digits(text: str) -> str:
+    if _CODE_WORD.search(text) is not None:
+        text = _CODE_IN_TEXT.sub(_hide_code, text)
+    if len(text) < _MIN_PAN or not _may_hold_card(text):
+        return text
     # A masked ``*`` is a separator too, so the digits a pass leaves visible (a last four and
     # the digits before a card number) can line up into a new Luhn-valid run; mask again
     # until nothing changes. Each pass only hides digits, so this ends.
@@ -198,6 +231,8 @@ def scrub(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> An
     """``value`` as it came in (JSON types kept) with card numbers, security codes and
     sensitive keys removed: what a request may be before anything writes it anywhere. Money
     fields (``money``, dotted paths) holding an amount are left alone."""
+    if type(value) is str:  # most values: checked before the slower ``Mapping`` check
+        return value if _is_money(value, path, money) else mask_text(value)
     if isinstance(value, Mapping):
         return {kept: scrub(v, money, _child(path, k)) for k, v in value.items()
                 if (kept := _kept_key(str(k))) is not None}
@@ -262,6 +297,8 @@ def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") 
     included) masked. Decimals and dates become strings; integers a card number could hide in
     are masked like text, and integers canonical JSON cannot carry exactly become strings.
     Amounts at the dotted paths in ``money`` are kept as they are (money is never masked)."""
+    if type(value) is str:  # most values: checked before the slower ``Mapping`` check
+        return value if _is_money(value, path, money) else mask_text(value)
     if isinstance(value, Mapping):
         return {kept: mask_value(v, money, _child(path, k))
                 for k, v in value.items() if (kept := _kept_key(str(k))) is not None}
