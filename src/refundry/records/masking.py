@@ -140,27 +140,10 @@ def _hide_code(m: re.Match[str]) -> str:
     return m.group(1) + m.group(2) + _DIGIT.sub("*", m.group(3))
 
 
-# Text with digits that masking leaves as it is, remembered: a decision repeats its ruleset's
-# citations, messages and digests in every request, and those cost the most to check. Only
-# unchanged text is kept (nothing masking would remove), short text only, and at most
-# ``_CLEAN_MAX`` of it; a dict's get, set and clear are atomic, so threads may share it.
-_CLEAN: dict[str, None] = {}
-_CLEAN_MAX, _CLEAN_LEN = 4096, 512
-
-
 def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
-    if _DIGIT.search(text) is None or text in _CLEAN:
+    if _DIGIT.search(text) is None:
         return text
-    masked = _mask_digits(text)
-    if masked == text and len(text) <= _CLEAN_LEN:
-        if len(_CLEAN) >= _CLEAN_MAX:
-            _CLEAN.clear()
-        _CLEAN[text] = None
-    return masked
-
-
-def _mask_digits(text: str) -> str:
     if _CODE_WORD.search(text) is not None:
         text = _CODE_IN_TEXT.sub(_hide_code, text)
     if len(text) < _MIN_PAN or not _may_hold_card(text):
