@@ -6,7 +6,10 @@ requests of the hostile corpus), is recorded both as a service records it (as se
 ``refundry run`` does (scrubbed at the source first), in a store with a fixed salt and clock.
 Every stored event, hash included, must equal the golden copy made with the code before the
 change (``data/golden_bodies.json``; ``python -m tests.records.test_golden_bodies`` rewrites it,
-only ever from a revision known to be right).
+only ever from a revision known to be right). The hostile corpus is drawn from the shipped test
+cases and the decisions come from the shipped rulesets, so a change to either changes the copy:
+rewrite it from the revision before the change with the new cases, and check that only the
+decisions and the corpus moved, never what masking stored.
 """
 
 from __future__ import annotations
