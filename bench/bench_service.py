@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,12 @@ def _request(rid: str) -> dict:
     req = copy.deepcopy(REQUEST)
     req["request_id"] = rid
     req["customer"] = {**req.get("customer", {}), "id": "c-" + rid}
+    # Its own order too, as real traffic has: with one order id for every request, each history
+    # lookup read the 1,000 newest rows of that order (the cap), and the bench measured a
+    # flood on one transaction rather than a store deciding many customers' refunds.
+    # and its own card (last four digits spread as real cards' are)
+    method = {**req["transaction"]["payment_method"], "last4": f"{zlib.crc32(rid.encode()) % 10_000:04d}"}
+    req["transaction"] = {**req["transaction"], "id": "ord-" + rid, "payment_method": method}
     return req
 
 
