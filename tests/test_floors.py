@@ -96,15 +96,23 @@ CA_REQUEST = {
 }
 
 
-def _us_tree(tmp_path: Path) -> Path:
-    for name in ("us-ftc.yaml", "us-ca-consumer.yaml"):
-        shutil.copy(RULESETS / "ecommerce" / name, tmp_path / name)
-    (tmp_path / "megastore-us.yaml").write_text(yaml.safe_dump({
-        "ruleset": "megastore-us", "version": "1.0.0", "effective_from": "2024-01-01",
-        "client": "megastore", "extends": "us-ftc", "rules": [{
-            "id": "megastore-big", "when": {"field": "amount", "gt": 1000},
+def _client_tree(tmp_path: Path, folder: str, baselines: tuple[str, ...], client: str,
+                 effective_from: str, above: int) -> Path:
+    """``baselines`` of ``folder`` and a country-level overlay of ``client`` on the first, with
+    one rule that sends a request above ``above`` to a person."""
+    for name in baselines:
+        shutil.copy(RULESETS / folder / name, tmp_path / name)
+    (tmp_path / f"{client}-us.yaml").write_text(yaml.safe_dump({
+        "ruleset": f"{client}-us", "version": "1.0.0", "effective_from": effective_from,
+        "client": client, "extends": baselines[0].removesuffix(".yaml"), "rules": [{
+            "id": f"{client}-big", "when": {"field": "amount", "gt": above},
             "effect": "manual_review", "message": "m", "customer_message": "c"}]}))
     return tmp_path
+
+
+def _us_tree(tmp_path: Path) -> Path:
+    return _client_tree(tmp_path, "ecommerce", ("us-ftc.yaml", "us-ca-consumer.yaml"),
+                        "megastore", "2024-01-01", 1000)
 
 
 def test_promise_2_a_country_level_client_keeps_the_state_law(tmp_path):
@@ -122,14 +130,9 @@ def test_promise_2_a_country_level_client_keeps_the_state_law(tmp_path):
 
 
 def test_promise_2_a_country_level_healthcare_client_keeps_california_law(tmp_path):
-    for name in ("us-health.yaml", "us-ca-health.yaml"):
-        shutil.copy(RULESETS / "healthcare" / name, tmp_path / name)
-    (tmp_path / "medgroup-us.yaml").write_text(yaml.safe_dump({
-        "ruleset": "medgroup-us", "version": "1.0.0", "effective_from": "2025-01-01",
-        "client": "medgroup", "extends": "us-health", "rules": [{
-            "id": "medgroup-big", "when": {"field": "amount", "gt": 10000},
-            "effect": "manual_review", "message": "m", "customer_message": "c"}]}))
-    engine = refundry.Engine.from_path(tmp_path)
+    engine = refundry.Engine.from_path(_client_tree(
+        tmp_path, "healthcare", ("us-health.yaml", "us-ca-health.yaml"), "medgroup",
+        "2025-01-01", 10000))
     d = engine.evaluate({
         "request_id": "hc-1", "client_id": "medgroup", "industry": "healthcare",
         "jurisdiction": "US-CA", "requested_at": "2025-08-01T10:00:00-07:00", "amount": "505.00",

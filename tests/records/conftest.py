@@ -99,3 +99,15 @@ def record(store, engine) -> Callable[..., object]:
         case, _created = store.record(request, decision, engine=engine, actor=actor)
         return case
     return run
+
+
+def after_the_reviews(store: RecordStore, engine: refundry.Engine) -> None:
+    """The rest of the lifecycle the chain tests work through once ``r-0`` .. ``r-3`` are
+    recorded and reviewed: a denial, processing and refund, a note, a dispute opened and
+    overturned; every event type the chain holds is then there to tamper with."""
+    store.review("r-3", actor="bob", approve=False, reason="used")
+    store.mark("r-0", "processed", actor="ops")
+    store.mark("r-0", "refunded", actor="ops")
+    store.note("r-2", "called the customer", actor="dave")
+    store.open_dispute("r-3", actor="cs", reason="unopened", engine=engine)
+    store.resolve_dispute("r-3", actor="lead", resolution="overturned", explanation="sorry")

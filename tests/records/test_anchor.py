@@ -28,7 +28,7 @@ from refundry.records.events import genesis_of
 from refundry.records.history import History
 from refundry.records.stores import open_store
 
-from .conftest import PG_ENV, StepClock, drop_pg_schema, make_request
+from .conftest import PG_ENV, StepClock, after_the_reviews, drop_pg_schema, make_request
 
 LARGE = {"client_id": "acme", "amount": "600"}
 TABLES = ("events", "meta", "ruleset_texts", "history_index", "history_meta", "signatures")
@@ -99,12 +99,7 @@ def _fill(store: Any, opened: Callable[[], Any], url: str, engine: Any) -> None:
         raw(f"CREATE TABLE bk_{table} AS SELECT * FROM {table}")
     raw.close()
     store = opened()
-    store.review("r-3", actor="bob", approve=False, reason="used")
-    store.mark("r-0", "processed", actor="ops")
-    store.mark("r-0", "refunded", actor="ops")
-    store.note("r-2", "called the customer", actor="dave")
-    store.open_dispute("r-3", actor="cs", reason="unopened", engine=engine)
-    store.resolve_dispute("r-3", actor="lead", resolution="overturned", explanation="sorry")
+    after_the_reviews(store, engine)
     for i in range(6, 9):
         req = make_request(f"r-{i}")
         store.record(req, engine.evaluate(req), engine=engine, actor="alice")

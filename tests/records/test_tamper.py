@@ -21,7 +21,7 @@ import rfc8785
 
 from refundry.records.stores import open_store
 
-from .conftest import StepClock, make_request
+from .conftest import StepClock, after_the_reviews, make_request
 
 MUTATIONS = int(os.environ.get("REFUNDRY_TAMPER_MUTATIONS", "1000"))
 COLUMNS = ("request_id", "type", "at", "actor", "body", "hash")
@@ -37,12 +37,7 @@ def original(tmp_path_factory, engine) -> tuple[Path, str, int]:
         store.record(req, engine.evaluate(req), engine=engine, actor="alice")
     store.review("r-1", actor="bob", approve=True, reason="ok")
     store.review("r-1", actor="carol", approve=True, reason="ok too")
-    store.review("r-3", actor="bob", approve=False, reason="used")
-    store.mark("r-0", "processed", actor="ops")
-    store.mark("r-0", "refunded", actor="ops")
-    store.note("r-2", "called the customer", actor="dave")
-    store.open_dispute("r-3", actor="cs", reason="unopened", engine=engine)
-    store.resolve_dispute("r-3", actor="lead", resolution="overturned", explanation="sorry")
+    after_the_reviews(store, engine)
     head = store.checkpoint()
     assert store.verify(expect_head=head.head).ok
     store.close()
