@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -438,6 +439,8 @@ class Batch:
         try:
             self.progress.start()
             if workers == 1:
+                # ``_ready`` enriches a request only once the one before it is handled here
+                # (decided, written and recorded), as its history lookups expect.
                 for ref, data in self._ready(records):
                     self._handle(_evaluate_one(self.engine, ref, data))
             else:
@@ -472,9 +475,39 @@ class Batch:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _ready(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The requests to decide, enriched, as (ref, data); every other record is dealt with
-        here (dead letters, executed refunds, skips, duplicates and case updates)."""
-        for rec in _scrubbed(records, self.ids.get):
+        """The requests to decide, enriched, as (ref, data). The enrichers look up a group
+        together (``Plugins.prefetch``): a prefix of it whose answers cannot depend on each
+        other's records, then the rest."""
+        group: list[tuple[str, Any, dict[str, Any]]] = []
+        for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
+            if item is not None:
+                group.append(item)
+                if len(group) < CHUNK:
+                    continue
+            while group:
+                n = self.plugins.prefetch([data for _ref, _rid, data in group])
+                for ref, rid, data in group[:n]:
+                    self.summary.kinds["request"] += 1
+                    enriched = self._enrich(ref, rid, data)
+                    if enriched is not None:
+                        yield ref, enriched
+                del group[:n]
+
+    def _pending(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, Any, dict[str, Any]] | None]:
+        """The requests to decide, not yet enriched, as (ref, request id, data); every other
+        record is dealt with here (dead letters, executed refunds, skips, duplicates and case
+        updates), after a None that tells the caller to decide what it holds first, so the
+        records store sees everything in the order the source gave it."""
+        for rec in _flushing(_scrubbed(records, self.ids.get)):
+            if rec is None:
+                yield None
+                continue
+            if rec.kind == "request":
+                fresh = self._request(rec)
+                if fresh is not None:
+                    yield fresh  # counted when its turn comes, so progress counts what is done
+                    continue
+            yield None
             self.summary.kinds[rec.kind] += 1
             if rec.kind == "broken":
                 if f"ref:{rec.ref}" in self.done:
@@ -484,35 +517,44 @@ class Batch:
             elif rec.kind == "executed":
                 self._executed(rec)
             elif rec.kind == "request":
-                data = self._request(rec)
-                if data is not None:
-                    yield rec.ref, data
-                    continue
+                self._seen_before(rec, self._key(rec))
             self.progress.advance(self.summary)
 
-    def _request(self, rec: SourceRecord) -> dict[str, Any] | None:
-        """A request read for the first time, enriched; None when it is not to be decided."""
+    @staticmethod
+    def _key(rec: SourceRecord) -> str:
         assert rec.request is not None
         rid = rec.request.get("request_id")
-        key = journal_key(rid) if isinstance(rid, str) and rid else f"ref:{rec.ref}"
-        if self._seen_before(rec, key):
+        return journal_key(rid) if isinstance(rid, str) and rid else f"ref:{rec.ref}"
+
+    def _request(self, rec: SourceRecord) -> tuple[str, Any, dict[str, Any]] | None:
+        """A request read for the first time, as (ref, request id, data with the run's
+        history); None when it was seen before (``_seen_before`` then deals with it)."""
+        assert rec.request is not None
+        key = self._key(rec)
+        if self._known(rec, key):
             return None
         self.seen_now.add(key)
         if rec.state:
             self.states[key] = {rec.state}
             self.decided_in[key] = rec.state
+        return rec.ref, rec.request.get("request_id"), self.history.merge(rec.request)
+
+    def _enrich(self, ref: str, rid: Any, data: dict[str, Any]) -> dict[str, Any] | None:
+        """``data`` enriched; None (and a dead letter) when an enricher broke on it."""
         try:
-            return self.plugins.enrich(self.history.merge(rec.request), rec.ref, self.options)
+            return self.plugins.enrich(data, ref, self.options)
         except PluginError as exc:
-            self._dead(rec.ref, str(exc), rid if isinstance(rid, str) else None)
+            self._dead(ref, str(exc), rid if isinstance(rid, str) else None)
+            self.progress.advance(self.summary)
             return None
 
-    def _seen_before(self, rec: SourceRecord, key: str) -> bool:
+    def _known(self, rec: SourceRecord, key: str) -> bool:
+        return key in self.done or f"ref:{rec.ref}" in self.done or key in self.seen_now
+
+    def _seen_before(self, rec: SourceRecord, key: str) -> None:
         """Skip, count as a duplicate, or (a state of a decided object not seen before)
         update its case."""
         earlier = key in self.done or f"ref:{rec.ref}" in self.done
-        if not earlier and key not in self.seen_now:
-            return False
         known = self.states.get(key)
         if rec.state and known and rec.state not in known:
             known.add(rec.state)
@@ -525,7 +567,6 @@ class Batch:
             self.summary.skipped += 1
         else:
             self.summary.duplicates += 1
-        return True
 
     def _executed(self, rec: SourceRecord) -> None:
         assert rec.executed is not None
@@ -597,6 +638,20 @@ class Batch:
             state = self.decided_in.get(key)
             self.journal.write({**line, "state": state} if state else line)
         self.awaiting.clear()
+
+
+def _flushing(records: Iterator[SourceRecord]) -> Iterator[SourceRecord | None]:
+    """``records``; when reading them fails, a None first, so the requests read before the
+    failure are decided before it stops the run (as when each was decided as it was read)."""
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except Exception:
+            yield None
+            raise
+        yield rec
 
 
 class _IdKey:
