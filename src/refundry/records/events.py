@@ -224,6 +224,40 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
     return raw.decode("utf-8"), _hash(raw), body
 
 
+@attrs.frozen
+class Prepared:
+    """A decision and its request as an ``evaluated`` event keeps them (masked with a store's
+    salt) and, when asked for, their canonical JSON: what ``record`` works out before it needs
+    the store, so a worker process can do it while the appender appends."""
+
+    submitted_id: str  # the request id as submitted
+    request_id: str  # the case key: the id as masked
+    request: dict[str, Any]
+    decision: dict[str, Any]
+    encoded: dict[str, bytes] = attrs.Factory(dict)
+
+
+def prepare(request: Mapping[str, Any] | RefundRequest, decision: Decision, salt: bytes, *,
+            encoded: bool = False) -> Prepared:
+    """``request`` and ``decision`` masked as a record keeps them (``encoded``: and their
+    canonical JSON too); ``RecordError`` for an invalid request or a decision of another."""
+    from refundry.core.request import parse_request, request_to_dict
+
+    try:
+        raw = request_to_dict(parse_request(request))
+    except RefundryError:
+        raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
+    masked = mask_request(raw, salt)
+    request_id = masked["request_id"]
+    snapshot = mask_value(decision.to_dict(), DECISION_MONEY)
+    snapshot["request_id"] = request_id
+    if decision.request_id != raw["request_id"]:
+        raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
+                          f"not `{request_id}`")
+    return Prepared(raw["request_id"], request_id, masked, snapshot,
+                    encode(snapshot, masked) if encoded else {})
+
+
 # --- the state machine ---------------------------------------------------------------------
 
 
@@ -525,6 +559,7 @@ class RecordStore:
         # two-approver threshold it last saw are still true: kept here, an append in a batch
         # reads only its own case. Set after an append succeeds, cleared when the batch ends.
         self._held: tuple[int, str, Decimal] | None = None
+        self._actors: dict[str, str] = {}  # actor as given -> as recorded (``_actor``)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -566,6 +601,16 @@ class RecordStore:
             if self._anchoring.due_at_close():
                 self.anchor_now()
         self._anchoring.close()
+
+    def _actor(self, actor: str) -> str:
+        """``_actor(actor)``, kept for the few names a store's appenders use: a batch records
+        every decision under one name, and its canonical form costs more than masking."""
+        found = self._actors.get(actor)
+        if found is None:
+            found = _actor(actor)
+            if len(self._actors) < 64:
+                self._actors[actor] = found
+        return found
 
     def _in_batch(self) -> bool:
         return self._batch_owner == threading.get_ident()
@@ -823,28 +868,19 @@ class RecordStore:
         return after, event
 
     def record(self, request: Mapping[str, Any] | RefundRequest, decision: Decision, *,
-               engine: Any = None, actor: str) -> tuple[Case, bool]:
+               engine: Any = None, actor: str, prepared: Prepared | None = None) -> tuple[Case, bool]:
         """Record a decision as the ``evaluated`` event that opens its case.
 
         ``request_id`` is the idempotency key: the same request again returns the existing case
         and appends nothing (the bool says whether a case was created); a different request
         under a known ``request_id`` is refused. ``engine`` (the one that decided) supplies the
-        ruleset texts kept for replay.
+        ruleset texts kept for replay. ``prepared``: ``prepare(request, decision, salt)`` of
+        this request and decision with this store's ``salt``, made ahead (in a worker process).
         """
-        from refundry.core.request import parse_request, request_to_dict
-
-        actor = _actor(actor)
-        try:
-            raw = request_to_dict(parse_request(request))
-        except RefundryError:
-            raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
-        masked = mask_request(raw, self.salt)
-        request_id = masked["request_id"]
-        snapshot = mask_value(decision.to_dict(), DECISION_MONEY)
-        snapshot["request_id"] = request_id
-        if decision.request_id != raw["request_id"]:
-            raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
-                              f"not `{request_id}`")
+        actor = self._actor(actor)
+        if prepared is None:
+            prepared = prepare(request, decision, self.salt)
+        masked, snapshot, request_id = prepared.request, prepared.decision, prepared.request_id
         texts = _texts_of(decision, engine)
 
         def same(case: Case) -> Case:
@@ -855,10 +891,10 @@ class RecordStore:
 
         # A retry (a resumed batch, a client resending) is answered without the writers' lock;
         # a batch holds the lock already, and the append below reads the case anyway.
-        known = [] if self._in_batch() else list(self.events(raw["request_id"]))
+        known = [] if self._in_batch() else list(self.events(prepared.submitted_id))
         if known:
             return same(build_case(known, self.four_eyes_above())), False
-        encoded = encode(snapshot, masked)
+        encoded = prepared.encoded or encode(snapshot, masked)
 
         def make(case: Case | None, _threshold: Decimal) -> Draft | None:
             if case is not None:  # another writer opened it since the look above

@@ -256,12 +256,15 @@ class History:
         from refundry.core.request import parse_request, request_to_dict
 
         try:
-            raw = request_to_dict(parse_request(request))
+            raw = request_to_dict(parse_request(request), _LOOKUP_FIELDS)
         except RefundryError:
             return None
         salt = self.store.salt
-        # Only the fields a key is made of are masked: the same keys, without masking the
-        # items, notes and evidence twice per request (the store masks the whole at record).
+        # Only what a key is made of is masked: the same keys (masking is value by value),
+        # without masking dates, items, notes and evidence twice per request (the store masks
+        # the whole request when it records it).
+        txn = raw["transaction"]
+        raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
         keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt)
         at = utc_text(as_of) if as_of is not None else keys.requested_at
         claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
@@ -391,6 +394,7 @@ class _Lookup:
                                  k.transaction) if v is not None)
 
 
+_LOOKUP_FIELDS = (*KEY_FIELDS, "prior_refunds")
 # Requests per statement: each adds up to six SELECTs to a UNION ALL, and SQLite allows 500.
 _PER_QUERY = 50
 
