@@ -404,11 +404,14 @@ def _count_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]
     per key the requests in the window. Rows are (lookup number, name, four counts)."""
     parts: list[str] = []
     args: list[Any] = []
+    windows: dict[str, tuple[str, str]] = {}  # requests of a batch often share their instant
     for n, lookup in enumerate(lookups, first):
         k, at = lookup.keys, lookup.at
-        end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-        start = utc_text(end - dt.timedelta(days=WINDOW_DAYS))
-        short = utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS))
+        if at not in windows:
+            end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+            windows[at] = (utc_text(end - dt.timedelta(days=WINDOW_DAYS)),
+                           utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS)))
+        start, short = windows[at]
         parts.append(f"SELECT {n}, 'recorded', COUNT(*), 0, 0, 0 FROM history_index "
                      "WHERE request_id = ?")
         args.append(k.request_id)
