@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -30,6 +31,7 @@ from refundry.app.queue.streams import (
     ensure_streams,
 )
 from refundry.app.service.intake import Intake, problems, take
+from refundry.app.service.lookups import Lookups
 from refundry.app.submissions import recorded_as_submitted
 from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
@@ -82,11 +84,22 @@ def _masked_payload(payload: bytes) -> bytes:
 
 
 class Decider:
-    """The synchronous part: history, evaluation, one store transaction per batch."""
+    """The synchronous part: history, evaluation, one store transaction per batch.
 
-    def __init__(self, engine: Engine, store: RecordStore, actor: str) -> None:
+    A batch's messages are looked up and evaluated on ``lookups.size`` threads, each with a
+    connection of its own, so their lookups' round trips overlap; the batch is then recorded
+    by one transaction on ``store``."""
+
+    def __init__(self, engine: Engine, store: RecordStore, actor: str,
+                 lookups: Lookups | None = None) -> None:
         self.engine, self.store, self.actor = engine, store, actor
-        self.history = History(store)
+        self.history = History(store)  # synced inside the batch's transaction
+        self.lookups = lookups or Lookups.shared(store)
+        self._pool = ThreadPoolExecutor(self.lookups.size, thread_name_prefix="refundry-lookup")
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.lookups.close()
 
     def _prepare(self, payload: bytes) -> tuple[Intake, Any] | Outcome:
         try:
@@ -96,7 +109,9 @@ class Decider:
         if not isinstance(data, dict):
             return Outcome("dead", reason="not a json object (a refund request)")
         try:
-            taken = take(data, self.history)  # the index is synced once per batch, in decide()
+            # The index is synced once per batch, in decide(), inside its transaction.
+            with self.lookups.history() as history:
+                taken = take(data, history)
         except InvalidRequest as exc:
             return Outcome("dead", str(data.get("request_id", ""))[:200],
                            reason="invalid request: " + "; ".join(problems(exc)))
@@ -105,8 +120,7 @@ class Decider:
     def decide(self, payloads: Sequence[bytes]) -> list[Outcome]:
         out: list[Outcome | None] = []
         ready: list[tuple[int, Intake, Any, Prepared]] = []
-        for i, payload in enumerate(payloads):
-            got = self._prepare(payload)
+        for i, got in enumerate(self._pool.map(self._prepare, payloads)):
             if isinstance(got, Outcome):
                 out.append(got)
                 continue
@@ -201,7 +215,8 @@ async def run(config: WorkerConfig, stop: asyncio.Event, *, engine: Engine | Non
     engine = engine or Engine.from_path(config.rulesets)
     own_store = store is None
     store = store or open_store(config.db, create=True)
-    decider = Decider(engine, store, config.name)
+    decider = Decider(engine, store, config.name,
+                      Lookups(lambda: open_store(config.db, create=False)))
     nc = await connect(config.nats_url, config.name)
     stats = Stats()
     try:
@@ -233,5 +248,6 @@ async def run(config: WorkerConfig, stop: asyncio.Event, *, engine: Engine | Non
     finally:
         LOG.info("stopping", extra={"fields": attrs.asdict(stats)})
         await nc.close()
+        decider.close()
         if own_store:
             store.close()
