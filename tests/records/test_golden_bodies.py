@@ -25,7 +25,7 @@ import pytest
 import refundry
 from refundry.core.errors import RefundryError
 from refundry.records import stores
-from refundry.records.events import prepare
+from refundry.records.events import prepare_event
 from refundry.records.masking import scrub_request
 from refundry.records.stores import open_store
 
@@ -56,7 +56,7 @@ def requests() -> list[dict[str, Any]]:
 
 def record_all(path: Path, monkeypatch: pytest.MonkeyPatch,
                ahead: bool = False) -> list[dict[str, Any]]:
-    """Every request recorded; ``ahead``: masked and encoded first (``events.prepare``), as a
+    """Every request recorded; ``ahead``: masked and encoded first (``events.prepare_event``), as a
     worker process of ``refundry run --db --workers N`` does."""
     monkeypatch.setattr(stores, "new_salt", lambda: SALT)
     engine = refundry.Engine.from_path(RULESETS)
@@ -73,8 +73,8 @@ def record_all(path: Path, monkeypatch: pytest.MonkeyPatch,
                     sent = scrub_request(sent, bytes.fromhex(SALT))
                 try:
                     decision = engine.evaluate(sent)
-                    prepared = prepare(sent, decision, bytes.fromhex(SALT), encoded=True) \
-                        if ahead else None
+                    prepared = prepare_event(sent, decision, bytes.fromhex(SALT), texts=(),
+                                             actor=store.recorded_actor("golden")) if ahead else None
                     store.record(sent, decision, engine=engine, actor="golden", prepared=prepared)
                 except (RefundryError, ValueError, TypeError):
                     continue  # a request the engine or the store refuses is not in the chain

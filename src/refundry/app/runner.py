@@ -47,7 +47,7 @@ from refundry.plugins import (
     SourceError,
     SourceRecord,
 )
-from refundry.records.events import Prepared, RecordError, prepare
+from refundry.records.events import Prepared, RecordError, prepare_event
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
 CHUNK = 200  # records per task sent to a worker process: big enough to amortise pickling
@@ -214,17 +214,18 @@ def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
 # A worker process gets its engine once, in the pool initializer (a copy of the parent's when
 # forked, else loaded from the paths); this is that process's only copy.
 _worker_engine: Engine | None = None
-# The records store's salt when the run records: a worker then masks and encodes each decision
-# as the store keeps it, so the appender in the parent only places it in the chain.
-_worker_salt: bytes | None = None
+# The records store's salt and the actor as recorded, when the run records: a worker then masks
+# and encodes each decision as the store keeps it, so the appender in the parent only places it
+# in the chain.
+_worker_recording: tuple[bytes, str] | None = None
 
 
 def _worker_init(engine: Engine | list[str], backend: str, parent: int,
-                 salt: bytes | None) -> None:
-    global _worker_engine, _worker_salt
+                 recording: tuple[bytes, str] | None) -> None:
+    global _worker_engine, _worker_recording
     _die_with_parent(parent)
     _worker_engine = engine if isinstance(engine, Engine) else Engine.from_path(engine, backend=backend)
-    _worker_salt = salt
+    _worker_recording = recording
 
 
 def _die_with_parent(parent: int) -> None:
@@ -243,16 +244,18 @@ def _die_with_parent(parent: int) -> None:
 def _worker_chunk(chunk: list[tuple[str, dict[str, Any]]]) -> list[_Result]:
     assert _worker_engine is not None
     results = [_evaluate_one(_worker_engine, ref, data) for ref, data in chunk]
-    if _worker_salt is None:
+    if _worker_recording is None:
         return results
-    return [attrs.evolve(res, prepared=_prepared(res, _worker_salt)) for res in results]
+    return [attrs.evolve(res, prepared=_prepared(res, *_worker_recording)) for res in results]
 
 
-def _prepared(res: _Result, salt: bytes) -> Prepared | None:
+def _prepared(res: _Result, salt: bytes, actor: str) -> Prepared | None:
     if res.request is None or res.decision is None:
         return None
     try:
-        return prepare(res.request, res.decision, salt, encoded=True)
+        # The ruleset texts are left to the parent's engine: shipping them back per decision
+        # would cost more than looking them up.
+        return prepare_event(res.request, res.decision, salt, actor=actor, texts=())
     except RecordError:
         return None  # the parent's append says why
 
@@ -487,7 +490,7 @@ class Batch:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                    initializer=_worker_init,
                                    initargs=(engine, backend, os.getpid(),
-                                             getattr(self.recorder, "salt", None)))
+                                             getattr(self.recorder, "recording", None)))
         try:
             pending: collections.deque[Future[list[_Result]]] = collections.deque()
             for chunk in _chunks(self._ready(records), CHUNK):
@@ -628,7 +631,7 @@ class Batch:
         made = self._write(res)
         if self.recorder is None:
             event = None
-        elif res.prepared is not None:  # only made for a recorder with a salt: a StoreRecorder
+        elif res.prepared is not None:  # only made for a recorder with `recording`
             event = self.recorder(res.decision, res.request, res.prepared)  # type: ignore[call-arg]
         else:
             event = self.recorder(res.decision, res.request)
@@ -900,9 +903,10 @@ class StoreRecorder:
         self._batch: contextlib.ExitStack | None = None  # holds the open store.batch()
 
     @property
-    def salt(self) -> bytes:
-        """The store's salt, for worker processes to prepare decisions with (``prepare``)."""
-        return bytes(self.store.salt)
+    def recording(self) -> tuple[bytes, str]:
+        """The store's salt and the actor as recorded, for worker processes to prepare
+        decisions with (``events.prepare_event``)."""
+        return bytes(self.store.salt), self.store.recorded_actor(self.actor)
 
     def __call__(self, decision: Decision, request: RefundRequest,
                  prepared: Prepared | None = None) -> Mapping[str, Any] | None:

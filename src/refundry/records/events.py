@@ -172,6 +172,23 @@ class Draft:
     key: str | None = None  # the appender's signing key, when the store has one
 
 
+@attrs.frozen
+class Prepared:
+    """A decision made ready to record (``RecordStore.prepare``): its ``evaluated`` event
+    without a place in the chain, and the request id as submitted (``events`` takes it)."""
+
+    submitted_id: str
+    draft: Draft
+
+
+def _same_submission(case: Case, draft: Draft) -> Case:
+    """``case`` when it holds the request ``draft`` would open it with; refused otherwise."""
+    if case.request != draft.request:
+        raise RecordError(f"request `{draft.request_id}` is already recorded with different "
+                          "content; a new request needs a new request_id")
+    return case
+
+
 _JSON = msgspec.json.Encoder(order="sorted")
 _FOUR_BYTE_UTF8 = re.compile(rb"[\xf0-\xf4]")
 
@@ -224,23 +241,12 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
     return raw.decode("utf-8"), _hash(raw), body
 
 
-@attrs.frozen
-class Prepared:
-    """A decision and its request as an ``evaluated`` event keeps them (masked with a store's
-    salt) and, when asked for, their canonical JSON: what ``record`` works out before it needs
-    the store, so a worker process can do it while the appender appends."""
-
-    submitted_id: str  # the request id as submitted
-    request_id: str  # the case key: the id as masked
-    request: dict[str, Any]
-    decision: dict[str, Any]
-    encoded: dict[str, bytes] = attrs.Factory(dict)
-
-
-def prepare(request: Mapping[str, Any] | RefundRequest, decision: Decision, salt: bytes, *,
-            encoded: bool = False) -> Prepared:
-    """``request`` and ``decision`` masked as a record keeps them (``encoded``: and their
-    canonical JSON too); ``RecordError`` for an invalid request or a decision of another."""
+def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision, salt: bytes, *,
+                  actor: str, texts: tuple[tuple[str, str, str, str], ...]) -> Prepared:
+    """``RecordStore.prepare`` with a store's ``salt``, where there is no store (a worker
+    process of ``refundry run --db``). ``actor``: as recorded (``RecordStore.recorded_actor``);
+    ``texts``: the ruleset texts to keep (``()`` leaves them to ``record``, which looks them
+    up in its engine)."""
     from refundry.core.request import parse_request, request_to_dict
 
     try:
@@ -254,8 +260,9 @@ def prepare(request: Mapping[str, Any] | RefundRequest, decision: Decision, salt
     if decision.request_id != raw["request_id"]:
         raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                           f"not `{request_id}`")
-    return Prepared(raw["request_id"], request_id, masked, snapshot,
-                    encode(snapshot, masked) if encoded else {})
+    draft = Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts,
+                  encode(snapshot, masked))
+    return Prepared(raw["request_id"], draft)
 
 
 # --- the state machine ---------------------------------------------------------------------
@@ -516,6 +523,7 @@ class _Anchoring:
 
 Row = tuple[int, str, str, str, str, str, str]  # seq, request_id, type, at, actor, body, hash
 EVENT_COLUMNS = "seq, request_id, type, at, actor, body, hash"  # a Row's columns
+MANY_KEYS = 500  # request ids per query of record_many (SQLite allows 32,766 parameters)
 PAGE = 2_000  # rows read per query: verify streams a store of any size in bounded memory
 
 
@@ -603,9 +611,10 @@ class RecordStore:
                 self.anchor_now()
         self._anchoring.close()
 
-    def _actor(self, actor: str) -> str:
-        """``_actor(actor)``, kept for the few names a store's appenders use: a batch records
-        every decision under one name, and its canonical form costs more than masking."""
+    def recorded_actor(self, actor: str) -> str:
+        """``actor`` as events record it (RFC 8265 canonical, masked); ``RecordError`` if it is
+        not a plain name. Kept for the few names a store's appenders use: a batch records every
+        decision under one name, and its canonical form costs more than masking."""
         found = self._actors.get(actor)
         if found is None:
             found = _actor(actor)
@@ -878,38 +887,118 @@ class RecordStore:
         ruleset texts kept for replay. ``prepared``: ``prepare(request, decision, salt)`` of
         this request and decision with this store's ``salt``, made ahead (in a worker process).
         """
-        actor = self._actor(actor)
         if prepared is None:
-            prepared = prepare(request, decision, self.salt)
-        masked, snapshot, request_id = prepared.request, prepared.decision, prepared.request_id
-        texts = _texts_of(decision, engine)
-
-        def same(case: Case) -> Case:
-            if case.request != masked:
-                raise RecordError(f"request `{request_id}` is already recorded with different "
-                                  "content; a new request needs a new request_id")
-            return case
-
+            prepared = self.prepare(request, decision, engine=engine, actor=actor)
+        elif not prepared.draft.texts:  # made where the engine's texts were not at hand
+            prepared = attrs.evolve(prepared, draft=attrs.evolve(
+                prepared.draft, texts=_texts_of(decision, engine)))
+        draft = prepared.draft
         # A retry (a resumed batch, a client resending) is answered without the writers' lock;
         # a batch holds the lock already, and the append below reads the case anyway.
         known = [] if self._in_batch() else list(self.events(prepared.submitted_id))
         if known:
-            return same(build_case(known, self.four_eyes_above())), False
-        encoded = prepared.encoded or encode(snapshot, masked)
-        draft = Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts, encoded)
+            return _same_submission(build_case(known, self.four_eyes_above()), draft), False
         opened = self._append_opening(draft)
         if opened is not None:
             return opened, True
 
         def make(case: Case | None, _threshold: Decimal) -> Draft | None:
             if case is not None:  # another writer opened it since the look above
-                same(case)
+                _same_submission(case, draft)
                 return None
             return draft
 
-        case, event = self._append(request_id, make)
+        case, event = self._append(draft.request_id, make)
         assert case is not None
         return case, event is not None
+
+    def prepare(self, request: Mapping[str, Any] | RefundRequest, decision: Decision, *,
+                engine: Any = None, actor: str) -> Prepared:
+        """Everything ``record`` does before it needs the writers' lock: the request parsed
+        and masked, the decision's snapshot masked, both encoded, the ruleset texts found.
+        Raises ``RecordError`` for what ``record`` would refuse before looking at the store."""
+        return prepare_event(request, decision, self.salt, actor=self.recorded_actor(actor),
+                             texts=_texts_of(decision, engine))
+
+    def record_many(self, items: Sequence[Prepared]) -> list[tuple[Case, bool] | RecordError]:
+        """``record`` for many prepared decisions under one hold of the writers' lock, in
+        order: their existing cases read in one query and their events inserted in one
+        statement, so a server store's lock is held for a few round trips, not a few per
+        decision. Each is answered on its own, as ``record`` answers (a refused one is its
+        ``RecordError`` in the list); a store that fails raises, and then nothing is written.
+        """
+        out: list[tuple[Case, bool] | RecordError] = []
+        if not items:
+            return out
+        with self._transaction() as tx:
+            seq, prev, threshold = self._held_head(tx)
+            cases = self._cases_in(tx, {p.draft.request_id for p in items}, threshold)
+            rows: list[Row] = []
+            for item in items:
+                draft = item.draft
+                case = cases.get(draft.request_id)
+                if case is not None:
+                    try:
+                        out.append((_same_submission(case, draft), False))
+                    except RecordError as exc:
+                        out.append(exc)
+                    continue
+                if self._signer is not None:
+                    draft = attrs.evolve(draft, key=self._signer.key_id)
+                body_text, prev, body = seal(draft, seq + 1, prev, self._clock())
+                seq += 1
+                rows.append((seq, draft.request_id, draft.type, body["at"], draft.actor,
+                             body_text, prev))
+                event = Event(seq=seq, request_id=draft.request_id, type=draft.type,
+                              at=body["at"], actor=draft.actor, hash=prev, body=body)
+                cases[draft.request_id] = build_case([event], threshold)
+                out.append((cases[draft.request_id], True))
+            texts = self._write_rows(tx, rows, [i.draft for i in items])
+        if rows:
+            self._known_texts.update(texts)
+            if self._in_batch():
+                self._pending[threading.get_ident()] = (seq, prev)
+                self._held = (seq, prev, threshold)
+            else:
+                self._committed(seq, prev)
+        return out
+
+    def _held_head(self, tx: Any) -> tuple[int, str, Decimal]:
+        """The head and the two-approver threshold, from the batch that holds the lock when
+        it has them, else read."""
+        if self._in_batch() and self._held is not None:
+            return self._held
+        store_rows, _same_rows, (seq, prev) = tx.snapshot(STORE_CASE, STORE_CASE)
+        threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
+        return seq, prev if seq else self.genesis, threshold
+
+    @staticmethod
+    def _cases_in(tx: Any, keys: Collection[str], threshold: Decimal) -> dict[str, Case]:
+        """The cases already recorded under any of ``keys``, read in one query per
+        ``MANY_KEYS`` keys."""
+        events: dict[str, list[Event]] = {}
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), MANY_KEYS):
+            part = ordered[start:start + MANY_KEYS]
+            for r in tx.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id IN "
+                                f"({', '.join('?' * len(part))}) ORDER BY seq", part):
+                events.setdefault(r[1], []).append(Event.from_row(int(r[0]), r[5], r[6]))
+        return {key: build_case(found, threshold) for key, found in events.items()}
+
+    def _write_rows(self, tx: Any, rows: list[Row], drafts: Iterable[Draft]) -> set[str]:
+        """Insert ``rows`` (and their signatures) and the ruleset texts of ``drafts`` not yet
+        kept; returns the digests of those texts."""
+        if not rows:
+            return set()
+        texts = {t[0]: t for d in drafts for t in d.texts if t[0] not in self._known_texts}
+        tx.executemany("INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) ON CONFLICT (digest) "
+                       "DO NOTHING", list(texts.values()))
+        tx.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        if self._signer is not None:
+            tx.executemany("INSERT INTO signatures VALUES (?, ?, ?)",
+                           [(r[0], self._signer.key_id, self._signer.sign_event(r[6]))
+                            for r in rows])
+        return set(texts)
 
     def _append_opening(self, draft: Draft) -> Case | None:
         """In a batch that holds the head: append ``draft``, the event that opens a case,
