@@ -256,6 +256,16 @@ def _generate_fast(cls: type, fields: Mapping[str, Any], table: Sequence[tuple[s
     return names["parse"]
 
 
+def _when_first_used(cls: type, name: str, names: dict[str, Any]) -> Callable[[Any, str, _Errors], Any]:
+    """A section's parser, generated when a request first has that section: a one-shot
+    `refundry evaluate` of a shop's request then never generates the healthcare and finance
+    parsers (the largest). It puts the parser in its place, so later calls go straight to it."""
+    def first(data: Any, prefix: str, errors: _Errors) -> Any:
+        parse = names[name] = _model_parser(cls)
+        return parse(data, prefix, errors)
+    return first
+
+
 def _construct(cls: type, fields: Sequence[str], names: dict[str, Any]) -> list[str]:
     """The generated lines that return the model made of the locals ``x0``, ``x1``, ... in field
     order. A model whose ``__init__`` only stores its arguments (no validator, converter or
@@ -282,7 +292,7 @@ def _fast_field(meta: Mapping[str, Any], name: str, root: bool, i: int, call: st
     x = f"x{i}"
     if meta["kind"] == "object":
         # a section (or a list of them) that is a dict goes straight to its model's parser
-        names[f"_m{i}"] = _model_parser(meta["model"])
+        names[f"_m{i}"] = _when_first_used(meta["model"], f"_m{i}", names)
         path = f"(prefix + '.{name}' if prefix else {name!r})"
         if meta.get("many"):
             return [f"if type({x}) is list and len({x}) <= {MAX_ITEMS} and all(type(e) is dict for e in {x}):",
