@@ -310,10 +310,11 @@ def _fast_field(meta: Mapping[str, Any], name: str, root: bool, i: int, call: st
     if meta["kind"] == "money" and not meta.get("many"):
         names["_Decimal"] = Decimal
         # an integer is what parse_money makes a Decimal of; a Decimal without an exponent in
-        # its text has -exponent digits after the point (`str` is cheaper than `as_tuple`)
+        # its text (`e` where the caller's decimal context has capitals=0) has -exponent digits
+        # after the point (`str` is cheaper than `as_tuple`)
         return [f"if type({x}) is _Decimal and {x}.is_finite() and not {x}.is_signed() and "
-                f"{x}.adjusted() < {MAX_DIGITS} and 'E' not in (s := str({x})) and "
-                f"len(s) - s.find('.') <= {MAX_PLACES + 1}:", "    pass",
+                f"{x}.adjusted() < {MAX_DIGITS} and 'E' not in (s := str({x})) and 'e' not in s "
+                f"and len(s) - s.find('.') <= {MAX_PLACES + 1}:", "    pass",
                 f"elif type({x}) is int and 0 <= {x} < {10 ** MAX_DIGITS}:", f"    {x} = _Decimal({x})",
                 "else:", f"    {x} = {call}"]
     return [f"if not ({_fast_check(meta, name, root, x, f'_a{i}', names)}):",
