@@ -12,7 +12,7 @@ import json
 import math
 import re
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, BinaryIO
 
@@ -574,9 +574,17 @@ def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
         errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
 
 
-def request_to_dict(req: RefundRequest) -> dict[str, Any]:
-    """The canonical JSON form of a request (the inverse of ``parse_request``)."""
-    return _dump(req)
+def request_to_dict(req: RefundRequest, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """The canonical JSON form of a request (the inverse of ``parse_request``); with
+    ``fields``, only those top-level fields of it."""
+    if fields is None:
+        return _dump(req)
+    out = {}
+    for name in fields:
+        v = getattr(req, name)
+        if v is not None and v != ():
+            out[name] = _dump(v)
+    return out
 
 
 def _dump(value: Any) -> Any:
