@@ -6,6 +6,7 @@ throughput into PostgreSQL at 1, 2 and 4 workers as a ratio to one.
     .venv/bin/python bench/bench_service.py --part api --seconds 10 --concurrency 32 --db sqlite
     .venv/bin/python bench/bench_service.py --part workers --requests 4000
     .venv/bin/python bench/bench_service.py --part api --baseline main   # main first, then this tree
+    .venv/bin/python bench/bench_service.py --part hold --db postgres    # the chain's lock per group
 
 ``--baseline REV`` runs every configuration on ``git archive REV src schemas`` (put first on
 PYTHONPATH, as bench_run_db.py does) right before this tree's, so both are measured in one run.
@@ -282,6 +283,46 @@ def _workers_once(n_requests: int, workers: int, src: Path | None) -> dict[str, 
     return {"recorded_per_s": rate, "cpu_ms": cpu * 1000 / max(1, done - first)}
 
 
+def bench_hold(db_kind: str, groups: int = 30, size: int = 16) -> None:
+    """How long a group of ``size`` recorded decisions holds the chain's lock (the group
+    commit's batch: appends, index sync, commit), appended one ``record`` at a time as before
+    and prepared outside the lock then placed by ``record_many``; medians over ``groups``."""
+    import refundry
+    from refundry.records.history import History
+    from refundry.records.stores import open_store
+
+    engine = refundry.Engine.from_path(RULESETS)
+    with tempfile.TemporaryDirectory() as tmp:
+        db, cleanup = _db(db_kind, Path(tmp))
+        store = open_store(db)
+        history = History(store)
+        held: dict[str, list[float]] = {"record": [], "record_many": []}
+        try:
+            for g in range(groups):
+                for way in held:
+                    reqs = [_request(f"{way}{g}-{i}") for i in range(size)]
+                    decided = [(r, engine.evaluate(r)) for r in reqs]
+                    prepared = [store.prepare(r, d, engine=engine, actor="bench")
+                                for r, d in decided] if way == "record_many" else []
+                    t0 = time.perf_counter()
+                    with store.batch():
+                        if prepared:
+                            store.record_many(prepared)
+                        else:
+                            for r, d in decided:
+                                store.record(r, d, engine=engine, actor="bench")
+                        history.sync()
+                    held[way].append(time.perf_counter() - t0)
+            assert store.verify().ok
+        finally:
+            store.close()
+            cleanup()
+    print(json.dumps({"part": "hold", "store": db_kind, "group": size,
+                      **{f"{way}_ms": round(statistics.median(v) * 1000, 1)
+                         for way, v in held.items()},
+                      "load_average": round(os.getloadavg()[0], 1)}), flush=True)
+
+
 async def _drop(url: str, streams) -> None:
     import nats
 
@@ -295,7 +336,7 @@ async def _drop(url: str, streams) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=("api", "workers", "all"), default="all")
+    ap.add_argument("--part", choices=("api", "workers", "hold", "all"), default="all")
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--db", default="sqlite", help="sqlite or postgres (the API part)")
@@ -315,6 +356,8 @@ def main() -> None:
             bench_api(args.db, args.seconds, args.concurrency, not args.no_record, trees)
         if args.part in ("workers", "all"):
             bench_workers(args.requests, [int(x) for x in args.workers.split(",")], trees)
+        if args.part in ("hold", "all"):
+            bench_hold(args.db)
     print(f"cpus: {os.cpu_count()}, load average {os.getloadavg()}", flush=True)
 
 

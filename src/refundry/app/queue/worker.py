@@ -239,11 +239,16 @@ async def run(config: WorkerConfig, stop: asyncio.Event, *, engine: Engine | Non
                 await asyncio.sleep(0.5)
                 continue
             outcomes = await loop.run_in_executor(None, decider.decide, [m.data for m in msgs])
-            try:
-                for msg, outcome in zip(msgs, outcomes, strict=True):
-                    await _settle(js, streams, msg, outcome, stats)
-            except Exception as exc:  # noqa: BLE001 - unacked messages come back; idempotent
-                LOG.warning("settling failed", extra={"fields": {"error": str(exc)[:300]}})
+            # All at once: each publish waits for the broker's ack, and one after another they
+            # kept the worker from its next batch for a round trip per message. Each message is
+            # still acked only after its own decision (or dead letter) is published.
+            settled = await asyncio.gather(
+                *(_settle(js, streams, msg, outcome, stats)
+                  for msg, outcome in zip(msgs, outcomes, strict=True)), return_exceptions=True)
+            failed = [r for r in settled if isinstance(r, BaseException)]
+            if failed:  # unacked messages come back; idempotent
+                LOG.warning("settling failed", extra={"fields": {"error": str(failed[0])[:300],
+                                                                 "messages": len(failed)}})
         return stats
     finally:
         LOG.info("stopping", extra={"fields": attrs.asdict(stats)})
