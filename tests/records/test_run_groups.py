@@ -7,6 +7,7 @@ group loses nothing and half-writes nothing; a request the store refuses stops t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,34 @@ def test_a_refused_request_stops_the_run_after_the_ones_before_it(store, engine,
         assert sorted(c.request_id for c in store.cases()) == [*before, "g-0005"]
         assert len(list(store.events())) == 6
     assert store.verify().ok
+
+
+def test_two_workers_give_every_request_the_history_one_worker_gives_it(
+        store_url, engine, tmp_path, monkeypatch) -> None:
+    """A group is recorded before the next is looked up, with worker processes too: before,
+    groups in flight in the pool were looked up without the records of those before them."""
+    from refundry.plugins.history import plugins_with_history
+    from refundry.records import stores
+
+    from .conftest import PG_ENV, RULESETS, drop_pg_schema
+    from .test_history_batched import SALT, requests, second_url
+
+    monkeypatch.setattr(stores, "new_salt", lambda: SALT)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in requests()))
+    facts = []
+    try:
+        for workers, url in ((1, store_url), (2, second_url(store_url))):
+            with stores.open_store(url) as store:
+                summary = run(source="jsonl", input_path=src, out=tmp_path / f"o{workers}.jsonl",
+                              rulesets=[RULESETS], workers=workers,
+                              plugins=plugins_with_history(store), id_key=store.salt,
+                              record=StoreRecorder(store, engine, "batch"))
+                assert summary.decided == len(requests())
+                facts.append({c.request_id: c.request["facts"]["history"]
+                              for c in store.cases()})
+    finally:
+        if store_url.startswith("postgresql://"):
+            drop_pg_schema(os.environ[PG_ENV], store_url.rsplit("schema=", 1)[1] + "b")
+    assert facts[0] == facts[1]
+    assert facts[1]["again"]["requests_by_customer_30d"] >= 2  # an earlier group's record counted
