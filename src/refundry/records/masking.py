@@ -252,7 +252,8 @@ def pseudonym(value: str, salt: bytes, prefix: str) -> str:
     """A stable stand-in for ``value``: equal inputs give equal outputs within one store, and
     the salt keeps two stores' pseudonyms from being matched against each other."""
     normal = " ".join(value.split()).lower()
-    return prefix + hmac.new(salt, normal.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+    # hmac.digest: the one-shot HMAC in C, a sixth of building an hmac.HMAC object
+    return prefix + hmac.digest(salt, normal.encode("utf-8"), "sha256").hex()[:24]
 
 
 def mask_email(email: str, salt: bytes) -> str:
