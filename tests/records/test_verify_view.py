@@ -10,6 +10,7 @@ edited, so the index check's answer is compared as well."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import random
@@ -26,6 +27,7 @@ import rfc8785
 from refundry.records import events
 from refundry.records.anchors import Signer
 from refundry.records.history import History
+from refundry.records.index import utc_text
 from refundry.records.stores import open_store
 
 from .conftest import StepClock, after_the_reviews, make_request
@@ -146,6 +148,7 @@ def test_verify_says_what_it_says_on_whole_bodies(original, tmp_path, monkeypatc
         seen = _verdict(copy)
         with monkeypatch.context() as whole:
             whole.setattr(events, "_BODY", msgspec.json.Decoder())
+            whole.setattr(events, "_STEP", msgspec.json.Decoder())
             assert _verdict(copy) == seen, what
         if isinstance(seen, dict) and not seen["ok"]:
             problems.add(re.sub(r"\d+", "N", seen["problem"].split("`")[0]))
@@ -158,4 +161,20 @@ def test_the_untouched_store_reads_the_same(original, monkeypatch):
     seen = _verdict(path)
     assert seen["ok"] and seen["count"] == 15
     monkeypatch.setattr(events, "_BODY", msgspec.json.Decoder())
+    monkeypatch.setattr(events, "_STEP", msgspec.json.Decoder())
     assert _verdict(path) == seen
+
+
+def test_index_times_read_as_strftime_wrote_them():
+    """``utc_text`` skips strftime where its text is the same; the index keeps what it kept."""
+    rng = random.Random(7)
+    for _ in range(2000):
+        year = rng.choice((1, 999, 1000, 1970, 2024, 9999, rng.randint(1, 9999)))
+        when = dt.datetime(year, rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23),
+                           rng.randint(0, 59), rng.randint(0, 59), rng.randint(0, 999_999),
+                           tzinfo=dt.timezone(dt.timedelta(minutes=rng.randint(-900, 900))))
+        try:
+            expected = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except OverflowError:  # an offset that moves it out of years 1-9999
+            continue
+        assert utc_text(when) == expected, when

@@ -1253,7 +1253,7 @@ class _Details(TypedDict, total=False):
     current: _Decision | None
 
 
-class _Body(TypedDict, total=False):
+class _Step(TypedDict, total=False):
     seq: Any
     prev: Any
     type: Any
@@ -1262,17 +1262,23 @@ class _Body(TypedDict, total=False):
     actor: Any
     key: Any
     decision: _Decision | None
-    request: _Request | None
     details: _Details | None
 
 
+class _Body(_Step, total=False):
+    request: _Request | None  # read only from the `evaluated` event that opens a case
+
+
 _BODY = msgspec.json.Decoder(_Body)
+_STEP = msgspec.json.Decoder(_Step)
 
 
-def _read_body(text: str) -> Any:
-    """An event body as verify reads it (``_Body``); ``ValueError`` if it is not JSON."""
+def _read_body(text: str, type_: str) -> Any:
+    """An event body as verify reads it (``_Body``; without the request, a copy of the
+    case's, for the events after `evaluated`, whose type column ``type_`` must then be the
+    body's); ``ValueError`` if it is not JSON."""
     try:
-        return _BODY.decode(text)
+        return (_BODY if type_ == "evaluated" else _STEP).decode(text)
     except ValueError:  # another shape, or not JSON: read whole, as every check expects
         return load_json(text)
 
@@ -1343,7 +1349,7 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
     if _hash(body_text.encode("utf-8")) != hash_:
         return f"event {seq} does not match its hash: it was changed", {}
     try:
-        body = _read_body(body_text)
+        body = _read_body(body_text, type_)
     except ValueError:
         return f"event {seq} is not valid json", {}
     if not isinstance(body, dict):
