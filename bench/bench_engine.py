@@ -13,8 +13,12 @@ match (20 still do), to show whether cost follows the matching rules or all of t
     python bench/bench_engine.py                         # 20, 200 and 2,000 rules, 7 runs each
     python bench/bench_engine.py --rules 20 --oneshot    # plus `refundry evaluate` wall time
     python bench/bench_engine.py --rules 20 --memory 1000000   # plus RSS over many evaluations
+    python bench/bench_engine.py --baseline main         # each size on `main` first, then here
 
 Ratios are medians of ``--runs`` runs in this one process; absolute µs depend on the machine.
+``--baseline REV`` runs this same script over ``git archive REV src schemas`` in a child process
+before each size (and the one-shot) here, so before and after come from one run on one machine
+under the same load.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import random
 import resource
 import statistics
@@ -34,6 +39,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_run_db import tree_of  # noqa: E402 - a sibling script, found by its folder
+
 REASONS = ["changed_mind", "defective", "not_as_described", "not_received", "damaged_in_transit",
            "wrong_item", "billing_error", "duplicate_charge", "unauthorized", "overpayment",
            "service_cancelled", "other"]
@@ -285,6 +293,19 @@ def oneshot(raw: list[dict], runs: int = 5) -> None:
           f"(min {min(cpus):.3f}), wall {statistics.median(walls):.3f} s (min {min(walls):.3f})")
 
 
+def on_baseline(src: Path, args, rules: str, *, oneshot_only: bool = False) -> None:
+    """This script's figures for ``rules`` (or only its one-shot) over the baseline tree."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rules", rules, "--runs", str(args.runs),
+           "--requests", str(args.requests), "--backend", args.backend]
+    if oneshot_only:
+        cmd += ["--oneshot", "--runs", "1"]
+    out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(src)}, check=True,
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("one-shot" if oneshot_only else " "):
+            print(f"  [{args.baseline}] {line.strip()}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000)
@@ -293,20 +314,30 @@ def main() -> int:
     ap.add_argument("--memory", type=int, default=0, help="evaluations for the RSS check (first size)")
     ap.add_argument("--oneshot", action="store_true", help="also time a one-shot `refundry evaluate`")
     ap.add_argument("--backend", default="compiled")
+    ap.add_argument("--baseline", help="a git revision to measure too, in a child process, e.g. main")
     args = ap.parse_args()
 
     import refundry  # after argument parsing so --help stays instant
 
     raw = generate(args.requests)
     print(f"{len(raw)} requests as json.loads(parse_float=Decimal) dicts, backend {args.backend}, "
-          f"{args.runs} runs")
-    results = [bench_size(refundry, int(n), raw, args) for n in args.rules.split(",")]
-    if len(results) > 1:
-        print(f"largest vs smallest policy: {results[-1]['us'] / results[0]['us']:.2f}x the time per evaluate")
-    if args.memory:
-        memory(results[0]["engine"], raw, args.memory)
-    if args.oneshot:
-        oneshot(raw)
+          f"{args.runs} runs; load average {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = tree_of(args.baseline, Path(tmp)) if args.baseline else None
+        results = []
+        for n in args.rules.split(","):
+            if base is not None:
+                on_baseline(base, args, n)
+            results.append(bench_size(refundry, int(n), raw, args))
+        if len(results) > 1:
+            print(f"largest vs smallest policy: {results[-1]['us'] / results[0]['us']:.2f}x the time per evaluate")
+        if args.memory:
+            memory(results[0]["engine"], raw, args.memory)
+        if args.oneshot:
+            if base is not None:
+                on_baseline(base, args, "20", oneshot_only=True)
+            oneshot(raw)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
 

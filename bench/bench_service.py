@@ -5,10 +5,15 @@ throughput into PostgreSQL at 1, 2 and 4 workers as a ratio to one.
                                                               # REFUNDRY_TEST_POSTGRES_URL
     .venv/bin/python bench/bench_service.py --part api --seconds 10 --concurrency 32 --db sqlite
     .venv/bin/python bench/bench_service.py --part workers --requests 4000
+    .venv/bin/python bench/bench_service.py --part api --baseline main   # main first, then this tree
+
+``--baseline REV`` runs every configuration on ``git archive REV src schemas`` (put first on
+PYTHONPATH, as bench_run_db.py does) right before this tree's, so both are measured in one run.
 
 API: ``refundry serve --workers P`` as a user starts it, loaded over loopback by a small
-keep-alive HTTP/1.1 client in one process (asyncio, raw sockets: cheap enough to leave most of
-the two cores to the server). Every request has a new id and ``record=true``, so each one is
+keep-alive HTTP/1.1 client in one process (asyncio, raw sockets, each body made from one
+pre-encoded template by a byte replace: cheap enough to leave most of the two cores to the
+server; its own CPU per request and share of the machine are printed beside every figure). Every request has a new id and ``record=true``, so each one is
 evaluated with history facts and appended to the store. Workers: the requests are published
 first; the rate is counted from the first recorded case to the last, so start-up is left out.
 Timing lives here, never in the test suite; stores and streams are temporary.
@@ -22,6 +27,7 @@ import contextlib
 import copy
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -34,7 +40,7 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXE = str(Path(sys.executable).parent / "refundry")
+EXE = [str(Path(sys.executable).parent / "refundry")]
 REQUEST = json.loads((ROOT / "examples" / "request.json").read_text(encoding="utf-8"))
 RULESETS = str(ROOT / "rulesets")
 
@@ -58,18 +64,33 @@ def _request(rid: str) -> dict:
     return req
 
 
-async def _client(port: int, token: str, prefix: str, until: float, lat: list[float],
-                  errors: list[int], record: bool) -> None:
+_ID, _LAST4 = "@@request@@", "@@l4@@"
+
+
+def _template(record: bool, token: str) -> bytes:
+    """One POST with placeholders for the request id and the card's last four digits: made
+    per request by two byte replaces, so the client spends its CPU on the connection, not on
+    building JSON (the id's length is fixed per client, so Content-Length is too)."""
+    req = _request(_ID)
+    req["transaction"]["payment_method"]["last4"] = _LAST4
+    body = json.dumps(req)
+    return (f"POST /v1/decisions?record={str(record).lower()} HTTP/1.1\r\nHost: bench\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: @@length@@\r\n\r\n{body}").encode()
+
+
+async def _client(port: int, template: bytes, prefix: str, until: float, lat: list[float],
+                  errors: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     n = 0
+    head, body = template.split(b"\r\n\r\n", 1)
     while time.perf_counter() < until:
-        body = json.dumps(_request(f"{prefix}-{n}")).encode()
+        rid = f"{prefix}-{n:09d}".encode()
         n += 1
-        head = (f"POST /v1/decisions?record={str(record).lower()} HTTP/1.1\r\nHost: bench\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        one = body.replace(_ID.encode(), rid).replace(
+            _LAST4.encode(), b"%04d" % (zlib.crc32(rid) % 10_000))
         t0 = time.perf_counter()
-        writer.write(head + body)
+        writer.write(head.replace(b"@@length@@", b"%d" % len(one)) + b"\r\n\r\n" + one)
         status_line = await reader.readline()
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -88,21 +109,31 @@ async def _load(port: int, token: str, seconds: float, concurrency: int,
     errors: list[int] = []
     until = time.perf_counter() + seconds
     run = uuid.uuid4().hex[:6]
-    await asyncio.gather(*(_client(port, token, f"b{run}-{c}", until, lat, errors, record)
+    template = _template(record, token)
+    await asyncio.gather(*(_client(port, template, f"b{run}-{c:03d}", until, lat, errors)
                            for c in range(concurrency)))
     return lat, len(errors)
 
 
-def _serve(tmp: Path, db: str, processes: int) -> tuple[subprocess.Popen, int, str]:
+def _command(src: Path | None) -> tuple[list[str], dict[str, str]]:
+    """How to start refundry from ``src`` (a baseline's tree) or, without one, as installed."""
+    if src is None:
+        return EXE, dict(os.environ)
+    return [sys.executable, "-m", "refundry.cli"], {**os.environ, "PYTHONPATH": str(src)}
+
+
+def _serve(tmp: Path, db: str, processes: int,
+           src: Path | None = None) -> tuple[subprocess.Popen, int, str]:
     tokens = tmp / "tokens.json"
+    exe, env = _command(src)
     # A token for the request's client only: `*` is for admins (docs/security.md).
-    token = subprocess.run([EXE, "serve", "--tokens", str(tokens), "--issue", "bench",
-                            "--client", REQUEST["client_id"]],
+    token = subprocess.run([*exe, "serve", "--tokens", str(tokens), "--issue", "bench",
+                            "--client", REQUEST["client_id"]], env=env,
                            capture_output=True, text=True, check=True).stdout.strip()
     port = _free_port()
-    proc = subprocess.Popen([EXE, "serve", "--port", str(port), "--workers", str(processes),
+    proc = subprocess.Popen([*exe, "serve", "--port", str(port), "--workers", str(processes),
                              "--db", db, "--tokens", str(tokens), "--rulesets", RULESETS,
-                             "--log-level", "warning"], stderr=subprocess.DEVNULL)
+                             "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
     import urllib.request
 
     deadline = time.monotonic() + 60
@@ -129,30 +160,46 @@ def _tree_cpu(pid: int) -> float | None:
     return own + sum(_tree_cpu(int(c)) or 0.0 for c in children)
 
 
-def bench_api(db_kind: str, seconds: float, concurrency: int, record: bool) -> None:
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_api(db_kind: str, seconds: float, concurrency: int, record: bool,
+              trees: list[tuple[str, Path | None]]) -> None:
     for processes in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            db, cleanup = _db(db_kind, Path(tmp))
-            proc, port, token = _serve(Path(tmp), db, processes)
-            try:
-                asyncio.run(_load(port, token, 2, concurrency, record))  # warm-up: caches
-                cpu0 = _tree_cpu(proc.pid)
-                lat, errors = asyncio.run(_load(port, token, seconds, concurrency, record))
-                cpu1 = _tree_cpu(proc.pid)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
-                cleanup()
-        lat.sort()
-        print(json.dumps({"part": "api", "store": db_kind, "processes": processes,
-                          "concurrency": concurrency, "record": record,
-                          "decisions_per_s": round(len(lat) / seconds),
-                          "p50_ms": _quantile(lat, 0.50), "p99_ms": _quantile(lat, 0.99),
-                          "mean_ms": round(statistics.fmean(lat) * 1000, 1), "errors": errors,
-                          "server_cpu_ms_per_decision": None if cpu0 is None or cpu1 is None
-                          else round((cpu1 - cpu0) * 1000 / max(1, len(lat)), 2),
-                          "load_average": round(os.getloadavg()[0], 1)}),
-              flush=True)
+        for label, src in trees:
+            print(json.dumps({"tree": label, **_api_once(db_kind, seconds, concurrency, record,
+                                                         processes, src)}), flush=True)
+
+
+def _api_once(db_kind: str, seconds: float, concurrency: int, record: bool, processes: int,
+              src: Path | None) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db, cleanup = _db(db_kind, Path(tmp))
+        proc, port, token = _serve(Path(tmp), db, processes, src)
+        try:
+            asyncio.run(_load(port, token, 2, concurrency, record))  # warm-up: caches
+            cpu0, own0 = _tree_cpu(proc.pid), _own_cpu()
+            lat, errors = asyncio.run(_load(port, token, seconds, concurrency, record))
+            cpu1, own1 = _tree_cpu(proc.pid), _own_cpu()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            cleanup()
+    lat.sort()
+    n = max(1, len(lat))
+    return {"part": "api", "store": db_kind, "processes": processes,
+            "concurrency": concurrency, "record": record,
+            "decisions_per_s": round(len(lat) / seconds),
+            "p50_ms": _quantile(lat, 0.50), "p99_ms": _quantile(lat, 0.99),
+            "mean_ms": round(statistics.fmean(lat) * 1000, 1), "errors": errors,
+            "server_cpu_ms_per_decision": None if cpu0 is None or cpu1 is None
+            else round((cpu1 - cpu0) * 1000 / n, 2),
+            # The load generator runs on the same two cores: what it took of them.
+            "client_cpu_ms_per_decision": round((own1 - own0) * 1000 / n, 3),
+            "client_share_of_cores": round((own1 - own0) / (seconds * (os.cpu_count() or 1)), 3),
+            "load_average": round(os.getloadavg()[0], 1)}
 
 
 def _quantile(sorted_s: list[float], q: float) -> float:
@@ -187,44 +234,52 @@ def _count(db: str) -> int:
         return 0
 
 
-def bench_workers(n_requests: int, counts: list[int]) -> None:
+def bench_workers(n_requests: int, counts: list[int], trees: list[tuple[str, Path | None]]) -> None:
+    for label, src in trees:
+        base = None
+        for workers in counts:
+            row = _workers_once(n_requests, workers, src)
+            base = base or row["recorded_per_s"]
+            print(json.dumps({"tree": label, "part": "workers", "workers": workers,
+                              "recorded_per_s": round(row["recorded_per_s"]),
+                              "ratio_to_1": round(row["recorded_per_s"] / base, 2),
+                              "worker_cpu_ms_per_decision": round(row["cpu_ms"], 2),
+                              "load_average": round(os.getloadavg()[0], 1)}), flush=True)
+
+
+def _workers_once(n_requests: int, workers: int, src: Path | None) -> dict[str, float]:
     from refundry.app.queue.publisher import publish
     from refundry.app.queue.streams import Streams
 
     nats = os.environ.get("REFUNDRY_TEST_NATS_URL", "nats://127.0.0.1:4222")
-    base = None
-    for workers in counts:
-        with tempfile.TemporaryDirectory() as tmp:
-            db, cleanup = _db("postgres", Path(tmp))
-            streams = Streams("BENCH" + uuid.uuid4().hex[:8].upper())
-            path = Path(tmp) / "in.jsonl"
-            path.write_text("\n".join(json.dumps(_request(f"w{i}")) for i in range(n_requests)))
-            asyncio.run(publish(nats, "jsonl", path, streams=streams))
-            procs = [subprocess.Popen([EXE, "worker", "--nats", nats, "--db", db, "--prefix",
-                                       streams.prefix, "--rulesets", RULESETS, "--log-level",
-                                       "warning", "--name", f"w{k}"], stderr=subprocess.DEVNULL)
-                     for k in range(workers)]
-            try:
-                while (first := _count(db)) == 0:
-                    time.sleep(0.05)
-                t0, cpu0 = time.perf_counter(), [_tree_cpu(p.pid) or 0.0 for p in procs]
-                while (done := _count(db)) < n_requests:
-                    time.sleep(0.05)
-                rate = (done - first) / (time.perf_counter() - t0)
-                cpu = sum(_tree_cpu(p.pid) or 0.0 for p in procs) - sum(cpu0)
-            finally:
-                for p in procs:
-                    p.send_signal(signal.SIGTERM)
-                for p in procs:
-                    p.wait(60)
-                cleanup()
-                asyncio.run(_drop(nats, streams))
-        base = base or rate
-        print(json.dumps({"part": "workers", "workers": workers, "recorded_per_s": round(rate),
-                          "ratio_to_1": round(rate / base, 2),
-                          "worker_cpu_ms_per_decision": round(cpu * 1000 / max(1, done - first),
-                                                              2),
-                          "load_average": round(os.getloadavg()[0], 1)}), flush=True)
+    exe, env = _command(src)
+    with tempfile.TemporaryDirectory() as tmp:
+        db, cleanup = _db("postgres", Path(tmp))
+        streams = Streams("BENCH" + uuid.uuid4().hex[:8].upper())
+        path = Path(tmp) / "in.jsonl"
+        path.write_text("\n".join(json.dumps(_request(f"w{i}")) for i in range(n_requests)))
+        asyncio.run(publish(nats, "jsonl", path, streams=streams))
+        procs = [subprocess.Popen([*exe, "worker", "--nats", nats, "--db", db, "--prefix",
+                                   streams.prefix, "--rulesets", RULESETS, "--log-level",
+                                   "warning", "--name", f"w{k}"], env=env,
+                                  stderr=subprocess.DEVNULL)
+                 for k in range(workers)]
+        try:
+            while (first := _count(db)) == 0:
+                time.sleep(0.05)
+            t0, cpu0 = time.perf_counter(), [_tree_cpu(p.pid) or 0.0 for p in procs]
+            while (done := _count(db)) < n_requests:
+                time.sleep(0.05)
+            rate = (done - first) / (time.perf_counter() - t0)
+            cpu = sum(_tree_cpu(p.pid) or 0.0 for p in procs) - sum(cpu0)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(60)
+            cleanup()
+            asyncio.run(_drop(nats, streams))
+    return {"recorded_per_s": rate, "cpu_ms": cpu * 1000 / max(1, done - first)}
 
 
 async def _drop(url: str, streams) -> None:
@@ -247,11 +302,20 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true", help="API part: evaluate only")
     ap.add_argument("--requests", type=int, default=3000, help="requests for the worker part")
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--baseline", help="a git revision measured first in the same run, e.g. main")
     args = ap.parse_args()
-    if args.part in ("api", "all"):
-        bench_api(args.db, args.seconds, args.concurrency, not args.no_record)
-    if args.part in ("workers", "all"):
-        bench_workers(args.requests, [int(x) for x in args.workers.split(",")])
+    with tempfile.TemporaryDirectory() as tmp:
+        trees: list[tuple[str, Path | None]] = []
+        if args.baseline:
+            from bench_run_db import tree_of  # the same unpacking as the run --db bench
+
+            trees.append((args.baseline, tree_of(args.baseline, Path(tmp))))
+        trees.append(("this tree", None))
+        if args.part in ("api", "all"):
+            bench_api(args.db, args.seconds, args.concurrency, not args.no_record, trees)
+        if args.part in ("workers", "all"):
+            bench_workers(args.requests, [int(x) for x in args.workers.split(",")], trees)
+    print(f"cpus: {os.cpu_count()}, load average {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,43 @@ def test_a_rule_indexed_on_reason_is_tested_only_for_its_reasons():
     assert "_groups.get" in match.__refundry_source__
 
 
+
+THRESHOLDS = [Decimal("5"), 7, Decimal("10.00"), Decimal("10"), Decimal("99.99"), 100, Decimal("0")]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["lt", "le", "gt", "ge"]),
+       st.lists(st.tuples(st.sampled_from(["a", "a", "a", "b"]), st.sampled_from(THRESHOLDS)),
+                min_size=10, max_size=40),
+       st.lists(fact_maps({"t1": ["a", "b", "c"], "n1": NUMS + THRESHOLDS}).map(dict),
+                min_size=1, max_size=6))
+def test_many_threshold_rules_on_one_field_match_as_the_interpreter_does(op, specs, cases):
+    """Rules that only compare a number with a threshold (a large client's `amount > N`, per
+    reason) are found by bisection: the same rules match, in rule order, at, below and above
+    every threshold, with ties, integers and decimals, and none when the field is missing;
+    a rule with a second condition is still tested whole."""
+    conditions: list = [All((Compare("t1", "eq", Literal(t1), True), Compare("n1", op, Literal(limit), True)))
+                        for t1, limit in specs]
+    conditions.append(All((Compare("t1", "eq", Literal("a"), True), Compare("n1", op, Literal(7), True),
+                           Compare("n2", "exists", Literal(True), True))))
+    match = CodeGen().build(conditions, index_on="t1")
+    bisected = max(sum(t1 == t for t1, _ in specs) for t in "ab") >= 8
+    assert ("_bl(" in match.__refundry_source__ or "_br(" in match.__refundry_source__) == bisected
+    for facts in cases:
+        assert match(facts.get, ()) == [i for i, c in enumerate(conditions) if c.evaluate(facts, ())]
+
+
+def test_threshold_rules_are_bisected_only_when_there_are_many():
+    rules = [All((Compare("t1", "eq", Literal("a"), True), Compare("n1", "gt", Literal(Decimal(k)), True)))
+             for k in range(8)]
+    many = CodeGen().build(rules, index_on="t1")
+    assert "_bl(" in many.__refundry_source__
+    assert many({"t1": "a", "n1": Decimal("3")}.get, ()) == [0, 1, 2]
+    assert many({"t1": "a", "n1": Decimal("0")}.get, ()) == []
+    few = CodeGen().build(rules[:7], index_on="t1")
+    assert "_bl(" not in few.__refundry_source__
+    assert few({"t1": "a", "n1": Decimal("3")}.get, ()) == [0, 1, 2]
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(leaf({"x": ["a", 1, Decimal("2"), True, dt.date(2024, 1, 1)]}, typed=False), min_size=1, max_size=4),
        st.lists(st.fixed_dictionaries({}, optional={"x": st.sampled_from(["a", 3, Decimal("1.5"), False, (1, 2), None])}), min_size=1, max_size=4))

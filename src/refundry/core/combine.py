@@ -76,6 +76,42 @@ def outcome_of(matched: Sequence[Rule]) -> tuple[str, tuple[Reason, ...], bool]:
     return "manual_review", (NO_RULE_MATCHED,), False
 
 
+def _amount_rules(rules: Sequence[Rule], floor: bool) -> tuple[tuple[Rule, ...], tuple[Rule, ...] | None]:
+    """The rules that can move an amount (a base or an adjustment; a denial moves none), and
+    those of them that are floors when floor rules decided the outcome (else ``None``)."""
+    moving = tuple([r for r in rules if r.effect != "deny" and (r.base or r.adjustments)])
+    return moving, (tuple([r for r in moving if r.floor]) if floor else None)
+
+
+@attrs.frozen
+class Plan:
+    """Everything that follows from which rules matched alone, worked out once per set of
+    matches of a composed ruleset (the engine keeps them), so a request pays only for what
+    depends on its own values: amounts, dates, lines."""
+
+    matched: tuple[Rule, ...]
+    outcome: str
+    synthetic: tuple[Reason, ...]
+    per_line: bool  # some matched rule decides only some lines (`lines:`)
+    ids: tuple[str, ...]
+    reasons: tuple[Reason, ...]  # of the matched rules; the combined synthetic ones follow
+    moving: tuple[Rule, ...]
+    floor_moving: tuple[Rule, ...] | None
+    priced: tuple[str, ...]  # ids of the rules whose base or actions read the lines they cover
+    acting: tuple[Rule, ...]
+    dated: tuple[Rule, ...]
+
+    @classmethod
+    def of(cls, matched: tuple[Rule, ...]) -> Plan:
+        outcome, synthetic, floor = outcome_of(matched)
+        moving, floor_moving = _amount_rules(matched, floor)
+        return cls(matched, outcome, synthetic, any(r.lines is not None for r in matched),
+                   tuple([r.id for r in matched]), tuple([r.reason for r in matched]), moving,
+                   floor_moving, tuple([r.id for r in matched if r.base or r.actions]),
+                   tuple([r for r in matched if r.actions and r.effect != "deny"]),
+                   tuple([r for r in matched if r.deadlines]))
+
+
 @attrs.frozen
 class Money:
     """What the amount bases of one request come to, computed once."""
@@ -142,16 +178,15 @@ def _adjust(money: Money, rules: Sequence[Rule], facts: Mapping[str, Any],
     return amount
 
 
-def amount_of(outcome: str, floor_decided: bool, money: Money, matched: Sequence[Rule],
-              facts: Mapping[str, Any], currency: str,
+def amount_of(outcome: str, money: Money, moving: Sequence[Rule],
+              floor_moving: Sequence[Rule] | None, facts: Mapping[str, Any], currency: str,
               covered: Mapping[str, Sequence[int] | None], ceiling: Decimal | None) -> Decimal:
+    """``moving``, ``floor_moving``: as ``_amount_rules`` gives them."""
     if outcome == "deny":
         return round_money(ZERO, currency)
-    contributing = [r for r in matched if r.effect != "deny"]
-    amount = _adjust(money, contributing, facts, covered)
-    if floor_decided:
-        floor_only = _adjust(money, [r for r in contributing if r.floor], facts, covered)
-        amount = max(amount, floor_only)
+    amount = _adjust(money, moving, facts, covered)
+    if floor_moving is not None:
+        amount = max(amount, _adjust(money, floor_moving, facts, covered))
     amount = min(amount, money.refundable)
     if ceiling is not None:
         amount = min(amount, ceiling)
@@ -171,17 +206,18 @@ def _applies(rule: Rule, item: Mapping[str, Any]) -> bool:
     return rule.lines is None or rule.lines.evaluate(item, ())
 
 
-def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any],
+def combine(req: RefundRequest, plan: Plan, facts: Mapping[str, Any],
             items: Sequence[Mapping[str, Any]], money: Money, ctx: Context,
             builder: FactBuilder) -> Combined:
     currency = req.currency
     if not req.items:
-        outcome, synthetic, floor = outcome_of(matched)
-        amount = amount_of(outcome, floor, money, matched, facts, currency, {}, None)
-        return Combined(outcome, synthetic, amount, (),
-                        actions_of(outcome, matched, money, facts, ctx, builder, currency, {}))
-    if not any(r.lines is not None for r in matched):
-        return _same_for_every_line(req, matched, facts, money, ctx, builder)
+        outcome = plan.outcome
+        amount = amount_of(outcome, money, plan.moving, plan.floor_moving, facts, currency, {}, None)
+        return Combined(outcome, plan.synthetic, amount, (),
+                        actions_of(outcome, plan.acting, money, facts, ctx, builder, currency, {}))
+    if not plan.per_line:
+        return _same_for_every_line(req, plan, facts, money, ctx, builder)
+    matched = plan.matched
     if len(items) != len(req.items):  # defensive: a `lines:` rule always reads item fields
         items = [{} for _ in req.items]
     per_line = [tuple(r for r in matched if _applies(r, it)) for it in items]
@@ -201,7 +237,8 @@ def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any
     known = [money.line_values[i] for i in open_lines]
     ceiling = (sum((v for v in known if v is not None), ZERO)
                if len(open_lines) < len(req.items) else None)
-    amount = amount_of(outcome, floor, money, contributing, facts, currency, covered, ceiling)
+    amount = amount_of(outcome, money, *_amount_rules(contributing, floor), facts, currency,
+                       covered, ceiling)
     rule_ids = {id(rules): tuple(r.id for r in rules) for rules in per_line}
     lines = tuple(_line(req.items[i], decided[i][0], rule_ids[id(per_line[i])],
                         money.line_values[i], currency) for i in range(len(req.items)))
@@ -209,19 +246,20 @@ def combine(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any
     return Combined(outcome, tuple(held.values()), amount, lines, actions)
 
 
-def _same_for_every_line(req: RefundRequest, matched: Sequence[Rule], facts: Mapping[str, Any],
+def _same_for_every_line(req: RefundRequest, plan: Plan, facts: Mapping[str, Any],
                          money: Money, ctx: Context, builder: FactBuilder) -> Combined:
     """The common case, kept cheap: no matched rule has `lines:`, so each decides every line
     and every line gets the order's outcome."""
-    outcome, synthetic, floor = outcome_of(matched)
+    outcome = plan.outcome
     every = list(range(len(req.items))) if outcome != "deny" else []
-    covered = {r.id: every for r in matched if r.base or r.actions}
-    amount = amount_of(outcome, floor, money, matched, facts, req.currency, covered, None)
-    ids = tuple([r.id for r in matched])
+    covered = {rid: every for rid in plan.priced}
+    amount = amount_of(outcome, money, plan.moving, plan.floor_moving, facts, req.currency,
+                       covered, None)
+    ids = plan.ids
     lines = tuple([_line(it, outcome, ids, value, req.currency)
                    for it, value in zip(req.items, money.line_values, strict=True)])
-    actions = actions_of(outcome, matched, money, facts, ctx, builder, req.currency, covered)
-    return Combined(outcome, synthetic, amount, lines, actions)
+    actions = actions_of(outcome, plan.acting, money, facts, ctx, builder, req.currency, covered)
+    return Combined(outcome, plan.synthetic, amount, lines, actions)
 
 
 def _line(item: Item, outcome: str, rule_ids: tuple[str, ...], value: Decimal | None,

@@ -18,11 +18,11 @@ import attrs
 
 from refundry.core import jurisdictions
 from refundry.core.backends import Backend, Matcher, get_backend
-from refundry.core.combine import Money, combine, deadlines_of
+from refundry.core.combine import Money, Plan, combine, deadlines_of
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.facts import Context, FactBuilder, Zones, consumer_timezone
 from refundry.core.language import All
-from refundry.core.loader import CompiledRuleset, Library, Rule, load_library
+from refundry.core.loader import CompiledRuleset, Library, load_library
 from refundry.core.models import Decision, Reason, RefundRequest
 from refundry.core.money import ZERO, is_currency, round_money
 from refundry.core.periods import HolidayCalendars
@@ -64,11 +64,27 @@ class RulesetInfo:
                 "jurisdictions": list(self.jurisdictions or ()), "extends": self.extends}
 
 
+MAX_PLANS = 1024  # per composed ruleset; a stream of odd combinations of matches cannot grow it
+
+
 @attrs.frozen
 class _Prepared:
     ruleset: CompiledRuleset
     matcher: Matcher
     facts: FactBuilder
+    # The combining plan of each set of matches seen, shared between threads: a plan is
+    # immutable and the same whoever makes it, so a race only makes one twice.
+    plans: dict[tuple[int, ...], Plan] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def plan(self, hits: list[int]) -> Plan:
+        key = tuple(hits)
+        found = self.plans.get(key)
+        if found is None:
+            rules = self.ruleset.rules
+            found = Plan.of(tuple([rules[i] for i in key]))
+            if len(self.plans) < MAX_PLANS:
+                self.plans[key] = found
+        return found
 
 
 @attrs.frozen
@@ -300,20 +316,18 @@ class Engine:
         builder = prepared.facts
         ctx: Context = builder.context(req, tz)
         facts, items = builder.build(req, ctx)
-        hits = prepared.matcher(facts, items)
-        matched: list[Rule] = [comp.rules[i] for i in hits]
+        plan = prepared.plan(prepared.matcher(facts, items))
         refundable = facts.get("transaction.refundable")
         if refundable is None:
             refundable = req.transaction.amount - sum((p.amount for p in req.prior_refunds), ZERO)
-        got = combine(req, matched, facts, items, Money.of(req, refundable), ctx, builder)
+        got = combine(req, plan, facts, items, Money.of(req, refundable), ctx, builder)
         outcome, synthetic = got.outcome, got.synthetic
         if outcome == "approve" and _prior_refunds_disputed(req):
             outcome, synthetic = "manual_review", (*synthetic, PRIOR_REFUNDS_DISAGREE)
         decision = Decision(
             outcome=outcome, amount=got.amount, currency=req.currency,
-            request_id=req.request_id, as_of=when,
-            reasons=tuple([r.reason for r in matched]) + synthetic,
-            deadlines=deadlines_of(matched, facts, ctx, builder), ruleset=comp.ref,
+            request_id=req.request_id, as_of=when, reasons=plan.reasons + synthetic,
+            deadlines=deadlines_of(plan.dated, facts, ctx, builder), ruleset=comp.ref,
             lines=got.lines, actions=got.actions)
         trace: list[dict[str, Any]] = []
         if explain:

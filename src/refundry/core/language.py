@@ -19,6 +19,7 @@ text, so no ruleset content is ever executed.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import operator
@@ -421,7 +422,8 @@ class CodeGen:
         group_names = {value: self._group(rest, indexes) for value, indexes in groups.items()}
         code = "\n".join(self.prelude) + "\n" + "\n".join(body) + "\n"
         namespace: dict[str, Any] = {"_c": tuple(self.consts), "_any": _any, "_all": _all,
-                                     "_pct": _pct, "_plus": _plus, "_cmp": _compare}
+                                     "_pct": _pct, "_plus": _plus, "_cmp": _compare,
+                                     "_bl": bisect.bisect_left, "_br": bisect.bisect_right}
         code, compiled = _compiled(code, codes)
         exec(compiled, namespace)  # noqa: S102
         match = namespace["match"]
@@ -434,20 +436,54 @@ class CodeGen:
         condition (the part the index has not already decided)."""
         self._funcs += 1
         name = f"_group{self._funcs}"
+        ranged = _thresholds(rest, indexes)
         lines = []
         for index in indexes:
             cond = rest[index]
             if cond is None:
                 lines.append(f"    hits.append({index})")
-                continue
-            lines.append(f"    if {cond.source(self, 'g', 'items')}:")
-            lines.append(f"        hits.append({index})")
+            elif not any(index in rules for rules in ranged.values()):
+                lines.append(f"    if {cond.source(self, 'g', 'items')}:")
+                lines.append(f"        hits.append({index})")
+        lines += [self._range(path, op, rules) for (path, op), rules in ranged.items()]
         # The rules of a group mostly read the same few facts: each is looked up once (a fact
         # lookup is a pure dict.get, so reading it early changes nothing).
         body = _LOOKUP.sub(lambda m: f"_g{m.group(1)}", "\n".join(lines))
         reads = [f"    _g{n} = g(_c[{n}])" for n in sorted({int(n) for n in _LOOKUP.findall("\n".join(lines))})]
         self.prelude.append("\n".join([f"def {name}(g, items, hits):", *reads, body]) + "\n")
         return name
+
+    def _range(self, path: str, op: str, rules: Mapping[int, Any]) -> str:
+        """Many rules that compare one numeric field with a number each (`amount > 1000`): the
+        numbers sorted, so one bisection finds every rule that holds (those below the value for
+        `gt`/`ge`, above it for `lt`/`le`), whatever their count. Matches appended out of order
+        are sorted after the group, as any group's are."""
+        order = sorted(rules, key=lambda i: (rules[i], i))
+        limits, ids = self.const(tuple(rules[i] for i in order)), self.const(tuple(order))
+        var = self.var()
+        cut = {"gt": f"[:_bl({limits}, {var})]", "ge": f"[:_br({limits}, {var})]",
+               "lt": f"[_br({limits}, {var}):]", "le": f"[_bl({limits}, {var}):]"}[op]
+        return (f"    if ({var} := g({self.const(path)})) is not None:\n"
+                f"        hits.extend({ids}{cut})")
+
+
+MIN_RANGE = 8  # fewer threshold rules on one field are tested one by one
+
+
+def _thresholds(rest: Mapping[int, Node | None], indexes: Sequence[int]) -> dict[tuple[str, str], dict[int, Any]]:
+    """The rules of a group whose whole remaining condition is a typed comparison of one field
+    with a number by `gt`, `ge`, `lt` or `le`, by field and operator, where there are at least
+    ``MIN_RANGE`` of one kind: typed means the loader checked the field holds numbers, so the
+    comparisons a bisection makes are the ones the rule would."""
+    found: dict[tuple[str, str], dict[int, Any]] = {}
+    for index in indexes:
+        cond = rest[index]
+        if isinstance(cond, All) and len(cond.children) == 1:
+            cond = cond.children[0]
+        if (isinstance(cond, Compare) and cond.typed and cond.op in ("gt", "ge", "lt", "le")
+                and isinstance(cond.operand, Literal) and type(cond.operand.value) in (int, Decimal)):
+            found.setdefault((cond.path, cond.op), {})[index] = cond.operand.value
+    return {key: rules for key, rules in found.items() if len(rules) >= MIN_RANGE}
 
 
 _LOOKUP = re.compile(r"\bg\(_c\[(\d+)\]\)")

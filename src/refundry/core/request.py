@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import re
+import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, BinaryIO
@@ -226,64 +227,106 @@ def _compile_model(cls: type, *, root: bool) -> Callable[[Any, str, _Errors], An
 def _generate_fast(cls: type, fields: Mapping[str, Any], table: Sequence[tuple[str, bool, _Leaf]],
                    root: bool, ordered: Callable[[Any, str, _Errors], Any]) -> Callable[[Any, str, _Errors], Any]:
     """The usual request, generated per model: a dict of known keys with every required one
-    given, each field read by name and, when it is a plain value that passes (a text within its
-    limit, an enum value, a flag, a count), taken without a call; anything else goes to the
-    field's leaf. On the first error the model is parsed again by ``ordered`` (the walk in field
-    order), so errors come out as they always have. A check here only ever accepts what the
-    leaf would return unchanged; tests/test_request_parser.py holds both to the oracle."""
+    given, each field read by name into a local and, when it is a plain value that passes (a
+    text within its limit, an enum value, a flag, a count, a money amount, an RFC 3339 time), taken
+    without a call; anything else goes to the field's leaf. The model is built from the locals
+    by position, so no dict of keyword arguments is made per object. On the first error the
+    model is parsed again by ``ordered`` (the walk in field order), so errors come out as they
+    always have. A check here only ever accepts what the leaf would return (a money integer as
+    its ``Decimal``, a time as ``parse_time`` reads it); tests/test_request_parser.py holds both
+    to the oracle."""
     names: dict[str, Any] = {"_cls": cls, "_ordered": ordered, "_known": frozenset(fields),
-                             "_required": frozenset(n for n, needed, _ in table if needed),
-                             "_sur": _SURROGATE.search}
+                             "_required": frozenset(n for n, needed, _ in table if needed)}
     body = ["def parse(data, prefix, errors):",
             "    if type(data) is not dict or not _known.issuperset(data) or not _required.issubset(data):",
             "        return _ordered(data, prefix, errors)",
-            "    n = len(errors.items)", "    v = {}"]
-    for i, (name, _, leaf) in enumerate(table):
+            "    n = len(errors.items)", "    g = data.get"]
+    for i, (name, needed, leaf) in enumerate(table):
         names[f"_l{i}"] = leaf
-        meta = fields[name].metadata
-        body += [f"    x = data.get({name!r})", "    if x is not None:"]
-        if meta["kind"] == "object":
-            # a section (or a list of them) that is a dict goes straight to its model's parser
-            names[f"_m{i}"] = _model_parser(meta["model"])
-            path = f"(prefix + '.{name}' if prefix else {name!r})"
-            if meta.get("many"):
-                body += [f"        if type(x) is list and len(x) <= {MAX_ITEMS} and all(type(e) is dict for e in x):",
-                         f"            p = {path}",
-                         f"            x = tuple([_m{i}(e, f'{{p}}[{{k}}]', errors) for k, e in enumerate(x)])"]
-            else:
-                body += ["        if type(x) is dict:", f"            x = _m{i}(x, {path}, errors)"]
-            body += ["        else:", f"            x = _l{i}(x, prefix, {name!r}, errors)"]
+        call = f"_l{i}(x{i}, prefix, {name!r}, errors)"
+        body += [f"    x{i} = g({name!r})", f"    if x{i} is None:"]
+        if needed:  # null for a required field: the walk reports it, after what came before
+            body += ["        del errors.items[n:]", "        return _ordered(data, prefix, errors)"]
         else:
-            check = _fast_check(meta, name, root, f"_a{i}", names)
-            body += [f"        if not ({check}):", f"            x = _l{i}(x, prefix, {name!r}, errors)"]
-        body.append(f"        v[{name!r}] = x")
-    body += ["    if len(errors.items) == n:", "        try:", "            return _cls(**v)",
-             "        except TypeError:", "            pass",
+            body.append(f"        x{i} = {fields[name].default!r}")
+        body += ["    else:", *(f"        {line}" for line in _fast_field(fields[name].metadata, name, root, i, call, names))]
+    body += ["    if len(errors.items) == n:", *_construct(cls, [name for name, _, _ in table], names),
              "    del errors.items[n:]", "    return _ordered(data, prefix, errors)"]
     exec(compile("\n".join(body) + "\n", f"<refundry-request-parser {cls.__name__}>", "exec"), names)  # noqa: S102
     return names["parse"]
 
 
-def _fast_check(meta: Mapping[str, Any], name: str, root: bool, const: str,
+def _construct(cls: type, fields: Sequence[str], names: dict[str, Any]) -> list[str]:
+    """The generated lines that return the model made of the locals ``x0``, ``x1``, ... in field
+    order. A model whose ``__init__`` only stores its arguments (no validator, converter or
+    hook: every request model) gets its slots set directly, which is a quarter cheaper than the
+    frozen ``__init__`` (a name lookup per field) and is most of a section's cost; anything more
+    goes through ``__init__``."""
+    slots = [cls.__dict__.get(name) for name in fields]
+    plain = all(isinstance(s, types.MemberDescriptorType) for s in slots) and not any(
+        f.validator or f.converter or f.on_setattr not in (None, attrs.setters.NO_OP, attrs.setters.frozen)
+        for f in attrs.fields(cls)) and not any(
+        hasattr(cls, hook) for hook in ("__attrs_pre_init__", "__attrs_post_init__", "__attrs_init__"))
+    if not plain:
+        return [f"        return _cls({', '.join(f'x{i}' for i in range(len(fields)))})"]
+    names["_new"] = object.__new__
+    for i, slot in enumerate(slots):
+        names[f"_s{i}"] = slot.__set__  # type: ignore[union-attr]
+    return ["        o = _new(_cls)", *(f"        _s{i}(o, x{i})" for i in range(len(fields))),
+            "        return o"]
+
+
+def _fast_field(meta: Mapping[str, Any], name: str, root: bool, i: int, call: str,
+                names: dict[str, Any]) -> list[str]:
+    """The generated lines that turn ``x{i}``, a value given for ``name``, into the field's value."""
+    x = f"x{i}"
+    if meta["kind"] == "object":
+        # a section (or a list of them) that is a dict goes straight to its model's parser
+        names[f"_m{i}"] = _model_parser(meta["model"])
+        path = f"(prefix + '.{name}' if prefix else {name!r})"
+        if meta.get("many"):
+            return [f"if type({x}) is list and len({x}) <= {MAX_ITEMS} and all(type(e) is dict for e in {x}):",
+                    f"    p = {path}",
+                    f"    {x} = tuple([_m{i}(e, f'{{p}}[{{k}}]', errors) for k, e in enumerate({x})])",
+                    "else:", f"    {x} = {call}"]
+        return [f"if type({x}) is dict:", f"    {x} = _m{i}({x}, {path}, errors)", "else:", f"    {x} = {call}"]
+    if meta["kind"] == "instant" and not meta.get("many"):
+        # an RFC 3339 time is neither a date nor a time without offset, so `parse_time` would
+        # read it with `fromisoformat` straight away; an impossible one (Feb 30) goes to the leaf
+        names["_time"], names["_iso"] = _TIME_RE.match, dt.datetime.fromisoformat
+        return [f"if type({x}) is str and _time({x}) is not None:", "    try:",
+                f"        {x} = _iso({x}.upper())", "    except ValueError:", f"        {x} = {call}",
+                "else:", f"    {x} = {call}"]
+    if meta["kind"] == "money" and not meta.get("many"):
+        names["_Decimal"] = Decimal
+        # an integer is what parse_money makes a Decimal of; a Decimal without an exponent in
+        # its text has -exponent digits after the point (`str` is cheaper than `as_tuple`)
+        return [f"if type({x}) is _Decimal and {x}.is_finite() and not {x}.is_signed() and "
+                f"{x}.adjusted() < {MAX_DIGITS} and 'E' not in (s := str({x})) and "
+                f"len(s) - s.find('.') <= {MAX_PLACES + 1}:", "    pass",
+                f"elif type({x}) is int and 0 <= {x} < {10 ** MAX_DIGITS}:", f"    {x} = _Decimal({x})",
+                "else:", f"    {x} = {call}"]
+    return [f"if not ({_fast_check(meta, name, root, x, f'_a{i}', names)}):",
+            f"    {x} = {call}"]
+
+
+def _fast_check(meta: Mapping[str, Any], name: str, root: bool, x: str, const: str,
                 names: dict[str, Any]) -> str:
+    """A test of ``x`` that holds only for a value the field's leaf returns unchanged."""
     kind = "many" if meta.get("many") else meta["kind"]
+    names["_sur"] = _SURROGATE.search
     if kind == "text":
         if root and name == "note":
-            return f"type(x) is str and len(x) <= {MAX_NOTE} and (x.isascii() or not _sur(x))"
-        return (f"type(x) is str and len(x) <= {MAX_TEXT} and x and not x.isspace() "
-                "and (x.isascii() or not _sur(x))")
+            return f"type({x}) is str and len({x}) <= {MAX_NOTE} and ({x}.isascii() or not _sur({x}))"
+        return (f"type({x}) is str and len({x}) <= {MAX_TEXT} and {x} and not {x}.isspace() "
+                f"and ({x}.isascii() or not _sur({x}))")
     if kind == "enum":
         names[const] = frozenset(meta["values"])
-        return f"type(x) is str and x in {const}"
+        return f"type({x}) is str and {x} in {const}"
     if kind == "flag":
-        return "x is True or x is False"
+        return f"{x} is True or {x} is False"
     if kind == "count":
-        return "type(x) is int and 0 <= x <= 1000000"
-    if kind == "money":
-        # what parse_money returns unchanged: finite, not signed, within its digits and places
-        names["_Decimal"] = Decimal
-        return (f"type(x) is _Decimal and x.is_finite() and not x.is_signed() "
-                f"and x.adjusted() < {MAX_DIGITS} and x.as_tuple().exponent >= -{MAX_PLACES}")
+        return f"type({x}) is int and 0 <= {x} <= 1000000"
     return "False"
 
 

@@ -179,6 +179,23 @@ class Draft:
     key: str | None = None  # the appender's signing key, when the store has one
 
 
+@attrs.frozen
+class Prepared:
+    """A decision made ready to record (``RecordStore.prepare``): its ``evaluated`` event
+    without a place in the chain, and the request id as submitted (``events`` takes it)."""
+
+    submitted_id: str
+    draft: Draft
+
+
+def _same_submission(case: Case, draft: Draft) -> Case:
+    """``case`` when it holds the request ``draft`` would open it with; refused otherwise."""
+    if case.request != draft.request:
+        raise RecordError(f"request `{draft.request_id}` is already recorded with different "
+                          "content; a new request needs a new request_id")
+    return case
+
+
 _JSON = msgspec.json.Encoder(order="sorted")
 _FOUR_BYTE_UTF8 = re.compile(rb"[\xf0-\xf4]")
 
@@ -489,6 +506,7 @@ class _Anchoring:
 
 Row = tuple[int, str, str, str, str, str, str]  # seq, request_id, type, at, actor, body, hash
 EVENT_COLUMNS = "seq, request_id, type, at, actor, body, hash"  # a Row's columns
+MANY_KEYS = 500  # request ids per query of record_many (SQLite allows 32,766 parameters)
 PAGE = 2_000  # rows read per query: verify streams a store of any size in bounded memory
 
 
@@ -838,6 +856,29 @@ class RecordStore:
         under a known ``request_id`` is refused. ``engine`` (the one that decided) supplies the
         ruleset texts kept for replay.
         """
+        prepared = self.prepare(request, decision, engine=engine, actor=actor)
+        draft = prepared.draft
+        # A retry (a resumed batch, a client resending) is answered without the writers' lock;
+        # a batch holds the lock already, and the append below reads the case anyway.
+        known = [] if self._in_batch() else list(self.events(prepared.submitted_id))
+        if known:
+            return _same_submission(build_case(known, self.four_eyes_above()), draft), False
+
+        def make(case: Case | None, _threshold: Decimal) -> Draft | None:
+            if case is not None:  # another writer opened it since the look above
+                _same_submission(case, draft)
+                return None
+            return draft
+
+        case, event = self._append(draft.request_id, make)
+        assert case is not None
+        return case, event is not None
+
+    def prepare(self, request: Mapping[str, Any] | RefundRequest, decision: Decision, *,
+                engine: Any = None, actor: str) -> Prepared:
+        """Everything ``record`` does before it needs the writers' lock: the request parsed
+        and masked, the decision's snapshot masked, both encoded, the ruleset texts found.
+        Raises ``RecordError`` for what ``record`` would refuse before looking at the store."""
         from refundry.core.request import parse_request, request_to_dict
 
         actor = _actor(actor)
@@ -852,30 +893,89 @@ class RecordStore:
         if decision.request_id != raw["request_id"]:
             raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                               f"not `{request_id}`")
-        texts = _texts_of(decision, engine)
+        draft = Draft(request_id, "evaluated", actor, snapshot, masked, {},
+                      _texts_of(decision, engine), encode(snapshot, masked))
+        return Prepared(raw["request_id"], draft)
 
-        def same(case: Case) -> Case:
-            if case.request != masked:
-                raise RecordError(f"request `{request_id}` is already recorded with different "
-                                  "content; a new request needs a new request_id")
-            return case
+    def record_many(self, items: Sequence[Prepared]) -> list[tuple[Case, bool] | RecordError]:
+        """``record`` for many prepared decisions under one hold of the writers' lock, in
+        order: their existing cases read in one query and their events inserted in one
+        statement, so a server store's lock is held for a few round trips, not a few per
+        decision. Each is answered on its own, as ``record`` answers (a refused one is its
+        ``RecordError`` in the list); a store that fails raises, and then nothing is written.
+        """
+        out: list[tuple[Case, bool] | RecordError] = []
+        if not items:
+            return out
+        with self._transaction() as tx:
+            seq, prev, threshold = self._held_head(tx)
+            cases = self._cases_in(tx, {p.draft.request_id for p in items}, threshold)
+            rows: list[Row] = []
+            for item in items:
+                draft = item.draft
+                case = cases.get(draft.request_id)
+                if case is not None:
+                    try:
+                        out.append((_same_submission(case, draft), False))
+                    except RecordError as exc:
+                        out.append(exc)
+                    continue
+                if self._signer is not None:
+                    draft = attrs.evolve(draft, key=self._signer.key_id)
+                body_text, prev, body = seal(draft, seq + 1, prev, self._clock())
+                seq += 1
+                rows.append((seq, draft.request_id, draft.type, body["at"], draft.actor,
+                             body_text, prev))
+                event = Event(seq=seq, request_id=draft.request_id, type=draft.type,
+                              at=body["at"], actor=draft.actor, hash=prev, body=body)
+                cases[draft.request_id] = build_case([event], threshold)
+                out.append((cases[draft.request_id], True))
+            texts = self._write_rows(tx, rows, [i.draft for i in items])
+        if rows:
+            self._known_texts.update(texts)
+            if self._in_batch():
+                self._pending[threading.get_ident()] = (seq, prev)
+                self._held = (seq, prev, threshold)
+            else:
+                self._committed(seq, prev)
+        return out
 
-        # A retry (a resumed batch, a client resending) is answered without the writers' lock;
-        # a batch holds the lock already, and the append below reads the case anyway.
-        known = [] if self._in_batch() else list(self.events(raw["request_id"]))
-        if known:
-            return same(build_case(known, self.four_eyes_above())), False
-        encoded = encode(snapshot, masked)
+    def _held_head(self, tx: Any) -> tuple[int, str, Decimal]:
+        """The head and the two-approver threshold, from the batch that holds the lock when
+        it has them, else read."""
+        if self._in_batch() and self._held is not None:
+            return self._held
+        store_rows, _same_rows, (seq, prev) = tx.snapshot(STORE_CASE, STORE_CASE)
+        threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
+        return seq, prev if seq else self.genesis, threshold
 
-        def make(case: Case | None, _threshold: Decimal) -> Draft | None:
-            if case is not None:  # another writer opened it since the look above
-                same(case)
-                return None
-            return Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts, encoded)
+    @staticmethod
+    def _cases_in(tx: Any, keys: Collection[str], threshold: Decimal) -> dict[str, Case]:
+        """The cases already recorded under any of ``keys``, read in one query per
+        ``MANY_KEYS`` keys."""
+        events: dict[str, list[Event]] = {}
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), MANY_KEYS):
+            part = ordered[start:start + MANY_KEYS]
+            for r in tx.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id IN "
+                                f"({', '.join('?' * len(part))}) ORDER BY seq", part):
+                events.setdefault(r[1], []).append(Event.from_row(int(r[0]), r[5], r[6]))
+        return {key: build_case(found, threshold) for key, found in events.items()}
 
-        case, event = self._append(request_id, make)
-        assert case is not None
-        return case, event is not None
+    def _write_rows(self, tx: Any, rows: list[Row], drafts: Iterable[Draft]) -> set[str]:
+        """Insert ``rows`` (and their signatures) and the ruleset texts of ``drafts`` not yet
+        kept; returns the digests of those texts."""
+        if not rows:
+            return set()
+        texts = {t[0]: t for d in drafts for t in d.texts if t[0] not in self._known_texts}
+        tx.executemany("INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) ON CONFLICT (digest) "
+                       "DO NOTHING", list(texts.values()))
+        tx.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        if self._signer is not None:
+            tx.executemany("INSERT INTO signatures VALUES (?, ?, ?)",
+                           [(r[0], self._signer.key_id, self._signer.sign_event(r[6]))
+                            for r in rows])
+        return set(texts)
 
     def _step(self, request_id: str, event_type: str | Callable[[Case], str], actor: str,
               details: Callable[[Case, Decimal], dict[str, Any]] | dict[str, Any],

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from refundry.records.events import RecordError
-from refundry.records.stores import PostgresStore
+from refundry.records.stores import PostgresStore, one_line
 
 SETTING = "refundry.clients"
 READER_ROLE = "refundry_reader"
@@ -57,6 +57,7 @@ CREATE POLICY refundry_clients ON history_index FOR SELECT USING (refundry_may_s
 def install(store: PostgresStore, role: str = READER_ROLE) -> None:
     """Turn row-level security on in ``store``'s schema (run as its owner; idempotent) and
     let ``role`` (created if missing, without login) read under it."""
+    import psycopg
     from psycopg import sql
 
     from refundry.records.history import History
@@ -64,19 +65,31 @@ def install(store: PostgresStore, role: str = READER_ROLE) -> None:
     History(store).ensure()  # the index table must exist to carry its policy
     ident, schema = sql.Identifier(role), sql.Identifier(store.schema)
     statements = [
-        # unique_violation: another schema's install created the role at the same moment
-        # (the advisory lock below is per schema; roles are per cluster).
-        sql.SQL("DO $$ BEGIN CREATE ROLE {} NOLOGIN; EXCEPTION WHEN duplicate_object OR "
-                "unique_violation THEN NULL; END $$").format(ident),
+        # Created only when missing: PostgreSQL checks CREATEROLE before it looks for the
+        # name, so a login that a superuser set up as docs/deployment.md says (the role made
+        # for it, no CREATEROLE) would otherwise be refused here. unique_violation: another
+        # schema's install created the role at the same moment (the advisory lock below is
+        # per schema; roles are per cluster).
+        sql.SQL("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) THEN "
+                "CREATE ROLE {} NOLOGIN; END IF; EXCEPTION WHEN duplicate_object OR "
+                "unique_violation THEN NULL; END $$").format(sql.Literal(role), ident),
         sql.SQL(_INSTALL),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, ident),
         sql.SQL("GRANT SELECT ON events, meta, ruleset_texts, history_index, history_meta "
                 "TO {}").format(ident),
     ]
-    with store.setup_cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("refundry:" + store.schema,))
-        for statement in statements:
-            cur.execute(statement)
+    try:
+        with store.setup_cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                        ("refundry:" + store.schema,))
+            for statement in statements:
+                cur.execute(statement)
+    except psycopg.Error as exc:
+        # The first line only: PostgreSQL's CONTEXT lines quote our own SQL back.
+        reason = (str(exc).strip().splitlines() or ["refused"])[0].lower()
+        raise RecordError(f"cannot turn on row-level security in `{store.url}` for role "
+                          f"`{role}`: {reason} (docs/deployment.md says what the login "
+                          "needs)") from None
 
 
 def setting(clients: Iterable[str]) -> str:
@@ -103,5 +116,5 @@ class ReaderStore(PostgresStore):
         except self._psycopg.Error as exc:
             conn.close()
             raise RecordError(f"cannot read `{self.url}` as `{role}`: "
-                              f"{' '.join(str(exc).split()).lower()}") from None
+                              f"{one_line(exc)}") from None
         return conn

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -30,12 +31,13 @@ from refundry.app.queue.streams import (
     ensure_streams,
 )
 from refundry.app.service.intake import Intake, problems, take
+from refundry.app.service.lookups import Lookups
 from refundry.app.submissions import recorded_as_submitted
 from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import json_default
 from refundry.core.request import MAX_REQUEST_BYTES, JsonInputError, decode_json
-from refundry.records.events import RecordError, RecordStore
+from refundry.records.events import Prepared, RecordError, RecordStore
 from refundry.records.history import History
 from refundry.records.masking import mask_text, mask_value
 from refundry.records.stores import open_store
@@ -82,11 +84,22 @@ def _masked_payload(payload: bytes) -> bytes:
 
 
 class Decider:
-    """The synchronous part: history, evaluation, one store transaction per batch."""
+    """The synchronous part: history, evaluation, one store transaction per batch.
 
-    def __init__(self, engine: Engine, store: RecordStore, actor: str) -> None:
+    A batch's messages are looked up and evaluated on ``lookups.size`` threads, each with a
+    connection of its own, so their lookups' round trips overlap; the batch is then recorded
+    by one transaction on ``store``."""
+
+    def __init__(self, engine: Engine, store: RecordStore, actor: str,
+                 lookups: Lookups | None = None) -> None:
         self.engine, self.store, self.actor = engine, store, actor
-        self.history = History(store)
+        self.history = History(store)  # synced inside the batch's transaction
+        self.lookups = lookups or Lookups.shared(store)
+        self._pool = ThreadPoolExecutor(self.lookups.size, thread_name_prefix="refundry-lookup")
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.lookups.close()
 
     def _prepare(self, payload: bytes) -> tuple[Intake, Any] | Outcome:
         try:
@@ -96,7 +109,9 @@ class Decider:
         if not isinstance(data, dict):
             return Outcome("dead", reason="not a json object (a refund request)")
         try:
-            taken = take(data, self.history)  # the index is synced once per batch, in decide()
+            # The index is synced once per batch, in decide(), inside its transaction.
+            with self.lookups.history() as history:
+                taken = take(data, history)
         except InvalidRequest as exc:
             return Outcome("dead", str(data.get("request_id", ""))[:200],
                            reason="invalid request: " + "; ".join(problems(exc)))
@@ -104,27 +119,48 @@ class Decider:
 
     def decide(self, payloads: Sequence[bytes]) -> list[Outcome]:
         out: list[Outcome | None] = []
-        ready: list[tuple[int, Intake, Any]] = []
-        for i, payload in enumerate(payloads):
-            got = self._prepare(payload)
+        ready: list[tuple[int, Intake, Any, Prepared]] = []
+        for i, got in enumerate(self._pool.map(self._prepare, payloads)):
             if isinstance(got, Outcome):
                 out.append(got)
-            else:
-                out.append(None)
-                ready.append((i, *got))
-        # One transaction for the batch: a commit is a disk flush, which costs more here than
-        # the whole decision; the acks wait for it. The append lock is held meanwhile, so other
-        # workers evaluate their batches while this one records (docs/deployment.md).
+                continue
+            taken, decision = got
+            try:
+                # Masked and encoded here, before the batch takes the chain's lock.
+                prepared = self.store.prepare(taken.request, decision, engine=self.engine,
+                                              actor=self.actor)
+            except RecordError as exc:
+                out.append(self._refused(taken, decision, exc))
+                continue
+            out.append(None)
+            ready.append((i, taken, decision, prepared))
+        for i, outcome in self._record(ready).items():
+            out[i] = outcome
+        return [o if o is not None else Outcome("retry", reason="not decided") for o in out]
+
+    def _record(self, ready: Sequence[tuple[int, Intake, Any, Prepared]]) -> dict[int, Outcome]:
+        """Every prepared decision of the batch appended in one transaction: a commit is a
+        disk flush, which costs more here than the whole decision, and the acks wait for it.
+        The chain's lock is held meanwhile, for a few round trips (``record_many``), so other
+        workers decide their batches while this one records (docs/deployment.md)."""
         try:
             with self.store.batch():
-                for i, taken, decision in ready:
-                    out[i] = self._record(taken, decision)
+                results = self.store.record_many([p for *_rest, p in ready])
                 # Inside the batch: the index rows commit with their events, under one lock.
                 self._sync_history()
-        except RefundryError as exc:
-            for i, taken, _decision in ready:
-                out[i] = Outcome("retry", taken.request.request_id, reason=str(exc))
-        return [o if o is not None else Outcome("retry", reason="not decided") for o in out]
+        except Exception as exc:  # noqa: BLE001 - nothing was written; every one comes back
+            return {i: Outcome("retry", taken.request.request_id,
+                               reason=f"{type(exc).__name__}: {exc}")
+                    for i, taken, _decision, _p in ready}
+        out = {}
+        for (i, taken, decision, _p), got in zip(ready, results, strict=True):
+            if isinstance(got, RecordError):
+                out[i] = self._refused(taken, decision, got)
+            else:
+                case, created = got
+                out[i] = Outcome("decided", case.request_id,
+                                 decision.to_dict() if created else case.decision)
+        return out
 
     def _sync_history(self) -> None:
         try:
@@ -132,26 +168,18 @@ class Decider:
         except RefundryError as exc:  # its savepoint is undone; the next batch catches up
             LOG.warning("history index not synced", extra={"fields": {"error": str(exc)[:300]}})
 
-    def _record(self, taken: Intake, decision: Any) -> Outcome:
+    def _refused(self, taken: Intake, decision: Any, exc: RecordError) -> Outcome:
+        """Refused for good only when the case is there with another submission; the same
+        one decided elsewhere at the same moment is that case, and a store that cannot be
+        reached or written is tried again."""
+        same = recorded_as_submitted(self.store, taken.data)
+        if same is not None:
+            return Outcome("decided", same.request_id, same.decision)
         try:
-            case, created = self.store.record(taken.request, decision, engine=self.engine,
-                                              actor=self.actor)
-        except RecordError as exc:
-            # Refused for good only when the case is there with another submission; the same
-            # one decided elsewhere at the same moment is that case, and a store that cannot be
-            # reached or written is tried again.
-            same = recorded_as_submitted(self.store, taken.data)
-            if same is not None:
-                return Outcome("decided", same.request_id, same.decision)
-            try:
-                self.store.case(decision.request_id)
-            except RefundryError:
-                return Outcome("retry", decision.request_id, reason=str(exc))
-            return Outcome("dead", decision.request_id, reason=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a driver error the store did not wrap
-            return Outcome("retry", decision.request_id, reason=f"{type(exc).__name__}: {exc}")
-        return Outcome("decided", case.request_id,
-                       decision.to_dict() if created else case.decision)
+            self.store.case(decision.request_id)
+        except RefundryError:
+            return Outcome("retry", decision.request_id, reason=str(exc))
+        return Outcome("dead", decision.request_id, reason=str(exc))
 
 
 async def _settle(js: Any, streams: Streams, msg: Any, outcome: Outcome, stats: Stats) -> None:
@@ -187,7 +215,8 @@ async def run(config: WorkerConfig, stop: asyncio.Event, *, engine: Engine | Non
     engine = engine or Engine.from_path(config.rulesets)
     own_store = store is None
     store = store or open_store(config.db, create=True)
-    decider = Decider(engine, store, config.name)
+    decider = Decider(engine, store, config.name,
+                      Lookups(lambda: open_store(config.db, create=False)))
     nc = await connect(config.nats_url, config.name)
     stats = Stats()
     try:
@@ -219,5 +248,6 @@ async def run(config: WorkerConfig, stop: asyncio.Event, *, engine: Engine | Non
     finally:
         LOG.info("stopping", extra={"fields": attrs.asdict(stats)})
         await nc.close()
+        decider.close()
         if own_store:
             store.close()

@@ -39,6 +39,7 @@ from refundry.app.customer import CustomerError, communicate, status
 from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
 from refundry.app.service.identity import Identity, TokenError, Tokens
 from refundry.app.service.intake import problems, take
+from refundry.app.service.lookups import Lookups
 from refundry.app.service.openapi import document
 from refundry.app.service.proposals import ProposalError, diff_proposal
 from refundry.app.service.readers import Readers
@@ -135,10 +136,10 @@ class Service:
     store: RecordStore
     tokens: Tokens
     metrics: Metrics = attrs.Factory(Metrics)
-    history: History | None = None
-    # A second connection for history lookups: on the store's own, every lookup would queue
-    # behind the committer's transaction and its flush (one connection serves one at a time).
-    reader: RecordStore | None = None
+    # History lookups on connections of their own (lookups.py): on the store's own, every
+    # lookup would queue behind the committer's transaction and its flush. Without it (tests),
+    # lookups share the owner's store.
+    lookups: Lookups | None = None
     committer: GroupCommit | None = None
     draining: bool = False
     tokens_path: str | None = None  # read again when it changes: issued tokens work at once
@@ -152,8 +153,10 @@ class Service:
         self.tokens_seen = self._tokens_stamp()
         if self.readers is None and isinstance(self.store, PostgresStore):
             self.readers = Readers(self.store)
-        self.history = History(self.reader or self.store)
-        self.history.sync()  # what is already recorded counts from the first request on
+        if self.lookups is None:
+            self.lookups = Lookups.shared(self.store)
+        with self.lookups.history() as history:
+            history.sync()  # what is already recorded counts from the first request on
         # On the committer's own store: the index is synced inside the group's transaction.
         self.committer = GroupCommit(self.store, History(self.store))
         self.metrics.generation.set(self.rulesets.current.generation)
@@ -181,7 +184,7 @@ class Service:
     def close(self) -> None:
         if self.committer is not None:
             self.committer.close()
-        for extra in (self.reader, self.readers):
+        for extra in (self.lookups, self.readers):
             if extra is not None:
                 extra.close()
         self.store.close()
@@ -291,8 +294,13 @@ def _decide(service: Service, data: dict[str, Any], record: bool,
     Returns the decision and whether it was recorded now (``created``), before (``existing``)
     or not at all (``none``)."""
     engine = service.rulesets.engine  # taken once: one version decides the whole request
+    assert service.lookups is not None
     try:
-        taken = take(data, service.history if record else None)
+        if record:
+            with service.lookups.history() as history:
+                taken = take(data, history)
+        else:
+            taken = take(data, None)
     except InvalidRequest as exc:
         raise ApiError(422, "the request is not valid; nothing was evaluated or recorded",
                        problems(exc)) from None
@@ -388,14 +396,21 @@ async def post_decision(request: Request, service: Service) -> Response:
     data = await _body(request)
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a json object (a refund request)")
+    # One trip to the thread pool for the client check and the decision: each trip is a
+    # hand-over between the event loop and a thread, paid in GIL switches on every request.
+    decision, recorded = await run_in_threadpool(_checked_decide, service, data, record, who)
+    return _json(decision, headers={"X-Refundry-Recorded": recorded})
+
+
+def _checked_decide(service: Service, data: dict[str, Any], record: bool,
+                    who: Identity) -> tuple[dict[str, Any], str]:
     client = data.get("client_id")
     if isinstance(client, str):
         try:
-            await run_in_threadpool(service.scoped(who).check_client, client, "decide")
+            service.scoped(who).check_client(client, "decide")
         except AccessRefused as exc:
             raise ApiError(403, str(exc)) from None
-    decision, recorded = await run_in_threadpool(_decide, service, data, record, who.name)
-    return _json(decision, headers={"X-Refundry-Recorded": recorded})
+    return _decide(service, data, record, who.name)
 
 
 async def get_cases(request: Request, service: Service) -> Response:

@@ -23,6 +23,7 @@ import attrs
 from refundry.app.logs import json_log_config
 from refundry.app.service.api import MULTIPROC_ENV, Service
 from refundry.app.service.identity import ROLES, Tokens, issue
+from refundry.app.service.lookups import Lookups
 from refundry.app.service.rulesets import Rulesets
 from refundry.records.stores import open_store
 
@@ -51,7 +52,8 @@ def build_service(config: ServiceConfig) -> Service:
     tokens = Tokens.load(config.tokens)
     store = open_store(config.db, create=True)
     return Service(rulesets=rulesets, store=store, tokens=tokens,
-                   reader=open_store(config.db, create=False), tokens_path=config.tokens,
+                   lookups=Lookups(lambda: open_store(config.db, create=False)),
+                   tokens_path=config.tokens,
                    session_secret=session_secret(config.tokens))
 
 

@@ -1,0 +1,55 @@
+"""``record_many``: a group of prepared decisions appended under one hold of the writers'
+lock (the service's group commit, the worker's batch) answers each one as ``record`` would."""
+
+from __future__ import annotations
+
+import pytest
+
+from refundry.records.events import RecordError
+
+from .conftest import make_request
+
+
+def _prepared(store, engine, request, actor="svc"):
+    return store.prepare(request, engine.evaluate(request), engine=engine, actor=actor)
+
+
+def test_each_decision_of_a_group_is_answered_as_record_answers_it(store, engine):
+    store.record(make_request("old"), engine.evaluate(make_request("old")), engine=engine,
+                 actor="svc")
+    group = [_prepared(store, engine, make_request("new-1")),
+             _prepared(store, engine, make_request("old")),  # a retry: the case there
+             _prepared(store, engine, make_request("new-2")),
+             _prepared(store, engine, make_request("new-1")),  # twice in one group
+             _prepared(store, engine, make_request("old", amount="20"))]  # other content
+    with store.batch():
+        got = store.record_many(group)
+    created = [g[1] if isinstance(g, tuple) else g for g in got]
+    assert created[:4] == [True, False, True, False]
+    assert isinstance(created[4], RecordError) and "different content" in str(created[4])
+    assert got[3][0].events == got[0][0].events  # the one case, not a second
+    assert [c.request_id for c in store.cases()] == ["old", "new-1", "new-2"]
+    result = store.verify()
+    assert result.ok and result.count == 3
+
+
+def test_a_group_outside_a_batch_commits_by_itself_and_links_to_the_head(store, engine):
+    first = store.record_many([_prepared(store, engine, make_request(f"a-{i}"))
+                               for i in range(3)])
+    store.note("a-0", "seen", actor="rev")  # appended between the groups, by record's path
+    second = store.record_many([_prepared(store, engine, make_request(f"b-{i}"))
+                                for i in range(2)])
+    assert all(isinstance(g, tuple) and g[1] for g in first + second)
+    seqs = [e.seq for e in store.events()]
+    assert seqs == list(range(1, 7))
+    assert store.verify().ok
+    assert store.record_many([]) == []
+
+
+def test_prepare_refuses_what_record_refuses(store, engine):
+    request = make_request("x")
+    decision = engine.evaluate(make_request("y"))
+    with pytest.raises(RecordError, match="the decision is for request"):
+        store.prepare(request, decision, engine=engine, actor="svc")
+    with pytest.raises(RecordError, match="invalid request"):
+        store.prepare({"request_id": "z"}, decision, engine=engine, actor="svc")
