@@ -120,7 +120,9 @@ class Rebuild:
 
     def __init__(self, salt: bytes) -> None:
         self.salt = salt
-        self.rows: dict[str, list[Any]] = {}
+        # Tuples: the collector stops walking a tuple of text, not a list (a row per case
+        # lives until the rebuild ends).
+        self.rows: dict[str, tuple[Any, ...]] = {}
         # Customers, cards and orders come back (that is what the index is for): each
         # pseudonym is an HMAC, worth remembering for the length of one rebuild.
         self._names: dict[tuple[str, str], str] = {}
@@ -138,15 +140,14 @@ class Rebuild:
         if type_ == "evaluated":
             row = index_row(seq, body, self.salt, self._name)
             if row is not None:
-                self.rows.setdefault(str(row[0]), list(row))
+                self.rows.setdefault(str(row[0]), row)
         elif (update := status_update(type_, body)) is not None and update[2] in self.rows:
-            target = self.rows[update[2]]
-            target[14] = update[0]
-            if update[1] is not None:
-                target[12] = update[1]
+            row = self.rows[update[2]]
+            amount = row[12] if update[1] is None else update[1]
+            self.rows[update[2]] = (*row[:12], amount, row[13], update[0])
 
 
-def expected_rows(events: Iterable[tuple[int, str, str]], salt: bytes) -> dict[str, list[Any]]:
+def expected_rows(events: Iterable[tuple[int, str, str]], salt: bytes) -> dict[str, tuple[Any, ...]]:
     """The index rows that ``(seq, type, body)`` events in chain order make (``Rebuild``)."""
     rebuild = Rebuild(salt)
     for seq, type_, body_text in events:
@@ -158,14 +159,14 @@ def _same(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _same_row(expected: list[Any], got: tuple[Any, ...]) -> bool:
+def _same_row(expected: tuple[Any, ...], got: tuple[Any, ...]) -> bool:
     """Whether each column reads the same as text (``_same``), without a call per column:
     values equal as read are equal as text, unless a number equals one of another type (5 and
     5.0, 1 and True); of the expected values only seq, email and address can be numbers."""
-    return tuple(expected) == got and all(type(expected[i]) is type(got[i]) for i in (1, 5, 6))
+    return expected == tuple(got) and all(type(expected[i]) is type(got[i]) for i in (1, 5, 6))
 
 
-def index_problem(expected: Mapping[str, list[Any]], actual: Iterable[tuple[Any, ...]],
+def index_problem(expected: Mapping[str, tuple[Any, ...]], actual: Iterable[tuple[Any, ...]],
                   watermark: int) -> str:
     """What differs between the rows the chain makes and those in the table ("" if nothing)."""
     found = {str(r[0]): r for r in actual}
