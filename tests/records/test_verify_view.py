@@ -178,3 +178,21 @@ def test_index_times_read_as_strftime_wrote_them():
         except OverflowError:  # an offset that moves it out of years 1-9999
             continue
         assert utc_text(when) == expected, when
+
+
+def test_a_request_of_another_shape_is_read_only_where_it_was(engine, tmp_path):
+    """A case's request is read by the state machine at its approvals only: a forged request
+    that is a list, on a case nobody reviews, is no business of verify's (and no crash)."""
+    path = tmp_path / "odd.db"
+    signer = Signer.generate(tmp_path / "key.pem")
+    store = open_store(path, clock=StepClock(), signer=signer)
+    req = make_request("r-0")
+    store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    body = json.loads(conn.execute("SELECT body FROM events WHERE seq = 1").fetchone()[0])
+    body["request"] = [1]
+    _forge(conn, signer, 1, body)
+    conn.close()
+    assert _verdict(path)["ok"]

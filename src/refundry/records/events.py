@@ -1498,7 +1498,8 @@ class _Lifecycle:
                 # of both was kept).
                 fold.decision = {"amount": fold.decision.get("amount"),
                                  "reasons": fold.decision.get("reasons")}
-                fold.request = {"amount": fold.request.get("amount")}
+                if isinstance(fold.request, dict):  # else left for the approval to trip on
+                    fold.request = {"amount": fold.request.get("amount")}
                 return ""
             if fold is None:
                 return f"{where}: request `{event.request_id}` has no `evaluated` event before it"
