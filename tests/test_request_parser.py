@@ -129,3 +129,16 @@ def test_every_field_of_a_full_request_given_each_edge_value_parses_as_the_oracl
                 hostile_corpus._put(data, path, copy.deepcopy(value))
                 data = hostile_corpus.with_deep(data)
                 assert _answer(parse_request, data) == _answer(reference_parse, data), (path, value)
+
+
+def test_money_places_are_read_whatever_the_callers_decimal_context_prints():
+    """A caller whose decimal context prints exponents in lower case (`1e-13`) gets the same
+    answer for every amount as the oracle: too many places refused, the rest taken."""
+    import decimal
+
+    with decimal.localcontext() as ctx:
+        ctx.capitals = 0
+        for amount in ["1E-13", "1.0000000000000", "0.000000000001", "12.5", "1E+3"]:
+            data = {**VALID[0], "amount": Decimal(amount)}
+            assert _answer(parse_request, data) == _answer(reference_parse, data)
+        assert _answer(parse_request, {**VALID[0], "amount": Decimal("1E-13")})[0] == "invalid"

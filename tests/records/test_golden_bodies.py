@@ -25,6 +25,7 @@ import pytest
 import refundry
 from refundry.core.errors import RefundryError
 from refundry.records import stores
+from refundry.records.events import prepare_event
 from refundry.records.masking import scrub_request
 from refundry.records.stores import open_store
 
@@ -53,7 +54,10 @@ def requests() -> list[dict[str, Any]]:
     return out
 
 
-def record_all(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+def record_all(path: Path, monkeypatch: pytest.MonkeyPatch,
+               ahead: bool = False) -> list[dict[str, Any]]:
+    """Every request recorded; ``ahead``: masked and encoded first (``events.prepare_event``), as a
+    worker process of ``refundry run --db --workers N`` does."""
     monkeypatch.setattr(stores, "new_salt", lambda: SALT)
     engine = refundry.Engine.from_path(RULESETS)
     clock = iter(dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=i)
@@ -69,7 +73,9 @@ def record_all(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, An
                     sent = scrub_request(sent, bytes.fromhex(SALT))
                 try:
                     decision = engine.evaluate(sent)
-                    store.record(sent, decision, engine=engine, actor="golden")
+                    prepared = prepare_event(sent, decision, bytes.fromhex(SALT), texts=(),
+                                             actor=store.recorded_actor("golden")) if ahead else None
+                    store.record(sent, decision, engine=engine, actor="golden", prepared=prepared)
                 except (RefundryError, ValueError, TypeError):
                     continue  # a request the engine or the store refuses is not in the chain
         assert store.verify().ok
@@ -78,8 +84,10 @@ def record_all(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, An
         store.close()
 
 
-def test_stored_events_equal_the_golden_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    got = json.loads(json.dumps(record_all(tmp_path / "g.db", monkeypatch), sort_keys=True))
+@pytest.mark.parametrize("ahead", [False, True], ids=["in-record", "prepared-ahead"])
+def test_stored_events_equal_the_golden_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             ahead: bool) -> None:
+    got = json.loads(json.dumps(record_all(tmp_path / "g.db", monkeypatch, ahead), sort_keys=True))
     want = json.loads(GOLDEN.read_text())
     assert len(got) == len(want) and len(want) > 20
     for g, w in zip(got, want, strict=True):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
+import multiprocessing
 import os
 import secrets
 import signal
@@ -45,7 +47,7 @@ from refundry.plugins import (
     SourceError,
     SourceRecord,
 )
-from refundry.records.events import RecordError
+from refundry.records.events import Prepared, RecordError, prepare_event
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
 CHUNK = 200  # records per task sent to a worker process: big enough to amortise pickling
@@ -196,6 +198,7 @@ class _Result:
     request: RefundRequest | None
     decision: Decision | None
     errors: tuple[str, ...] = ()
+    prepared: Prepared | None = None  # the decision as the records store keeps it, if made
 
 
 def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
@@ -208,15 +211,21 @@ def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
     return _Result(ref, rid, req, engine.evaluate(req))
 
 
-# A worker process builds its engine once, in the pool initializer; this is that process's only
-# copy, never touched by the parent.
+# A worker process gets its engine once, in the pool initializer (a copy of the parent's when
+# forked, else loaded from the paths); this is that process's only copy.
 _worker_engine: Engine | None = None
+# The records store's salt and the actor as recorded, when the run records: a worker then masks
+# and encodes each decision as the store keeps it, so the appender in the parent only places it
+# in the chain.
+_worker_recording: tuple[bytes, str] | None = None
 
 
-def _worker_init(paths: list[str], backend: str, parent: int) -> None:
-    global _worker_engine
+def _worker_init(engine: Engine | list[str], backend: str, parent: int,
+                 recording: tuple[bytes, str] | None) -> None:
+    global _worker_engine, _worker_recording
     _die_with_parent(parent)
-    _worker_engine = Engine.from_path(paths, backend=backend)
+    _worker_engine = engine if isinstance(engine, Engine) else Engine.from_path(engine, backend=backend)
+    _worker_recording = recording
 
 
 def _die_with_parent(parent: int) -> None:
@@ -234,7 +243,21 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker_chunk(chunk: list[tuple[str, dict[str, Any]]]) -> list[_Result]:
     assert _worker_engine is not None
-    return [_evaluate_one(_worker_engine, ref, data) for ref, data in chunk]
+    results = [_evaluate_one(_worker_engine, ref, data) for ref, data in chunk]
+    if _worker_recording is None:
+        return results
+    return [attrs.evolve(res, prepared=_prepared(res, *_worker_recording)) for res in results]
+
+
+def _prepared(res: _Result, salt: bytes, actor: str) -> Prepared | None:
+    if res.request is None or res.decision is None:
+        return None
+    try:
+        # The ruleset texts are left to the parent's engine: shipping them back per decision
+        # would cost more than looking them up.
+        return prepare_event(res.request, res.decision, salt, actor=actor, texts=())
+    except RecordError:
+        return None  # the parent's append says why
 
 
 def is_out_dir(out: Path | str | None) -> bool:
@@ -438,6 +461,8 @@ class Batch:
         try:
             self.progress.start()
             if workers == 1:
+                # ``_ready`` enriches a request only once the one before it is handled here
+                # (decided, written and recorded), as its history lookups expect.
                 for ref, data in self._ready(records):
                     self._handle(_evaluate_one(self.engine, ref, data))
             else:
@@ -456,8 +481,16 @@ class Batch:
 
     def _in_pool(self, records: Iterator[SourceRecord], workers: int,
                  rulesets: Sequence[str | Path], backend: str) -> None:
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                   initargs=([str(p) for p in rulesets], backend, os.getpid()))
+        context = multiprocessing.get_context()
+        # A forked worker is handed this process's engine (initargs are not pickled then):
+        # loading the rulesets again cost each worker about a second of CPU, most of what two
+        # workers saved on a run of a few thousand requests. Spawned ones load the paths.
+        engine: Engine | list[str] = self.engine if context.get_start_method() == "fork" \
+            else [str(p) for p in rulesets]
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                   initializer=_worker_init,
+                                   initargs=(engine, backend, os.getpid(),
+                                             getattr(self.recorder, "recording", None)))
         try:
             pending: collections.deque[Future[list[_Result]]] = collections.deque()
             for chunk in _chunks(self._ready(records), CHUNK):
@@ -472,9 +505,39 @@ class Batch:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _ready(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The requests to decide, enriched, as (ref, data); every other record is dealt with
-        here (dead letters, executed refunds, skips, duplicates and case updates)."""
-        for rec in _scrubbed(records, self.ids.get):
+        """The requests to decide, enriched, as (ref, data). The enrichers look up a group
+        together (``Plugins.prefetch``): a prefix of it whose answers cannot depend on each
+        other's records, then the rest."""
+        group: list[tuple[str, Any, dict[str, Any]]] = []
+        for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
+            if item is not None:
+                group.append(item)
+                if len(group) < CHUNK:
+                    continue
+            while group:
+                n = self.plugins.prefetch([data for _ref, _rid, data in group])
+                for ref, rid, data in group[:n]:
+                    self.summary.kinds["request"] += 1
+                    enriched = self._enrich(ref, rid, data)
+                    if enriched is not None:
+                        yield ref, enriched
+                del group[:n]
+
+    def _pending(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, Any, dict[str, Any]] | None]:
+        """The requests to decide, not yet enriched, as (ref, request id, data); every other
+        record is dealt with here (dead letters, executed refunds, skips, duplicates and case
+        updates), after a None that tells the caller to decide what it holds first, so the
+        records store sees everything in the order the source gave it."""
+        for rec in _flushing(_scrubbed(records, self.ids.get)):
+            if rec is None:
+                yield None
+                continue
+            if rec.kind == "request":
+                fresh = self._request(rec)
+                if fresh is not None:
+                    yield fresh  # counted when its turn comes, so progress counts what is done
+                    continue
+            yield None
             self.summary.kinds[rec.kind] += 1
             if rec.kind == "broken":
                 if f"ref:{rec.ref}" in self.done:
@@ -484,35 +547,44 @@ class Batch:
             elif rec.kind == "executed":
                 self._executed(rec)
             elif rec.kind == "request":
-                data = self._request(rec)
-                if data is not None:
-                    yield rec.ref, data
-                    continue
+                self._seen_before(rec, self._key(rec))
             self.progress.advance(self.summary)
 
-    def _request(self, rec: SourceRecord) -> dict[str, Any] | None:
-        """A request read for the first time, enriched; None when it is not to be decided."""
+    @staticmethod
+    def _key(rec: SourceRecord) -> str:
         assert rec.request is not None
         rid = rec.request.get("request_id")
-        key = journal_key(rid) if isinstance(rid, str) and rid else f"ref:{rec.ref}"
-        if self._seen_before(rec, key):
+        return journal_key(rid) if isinstance(rid, str) and rid else f"ref:{rec.ref}"
+
+    def _request(self, rec: SourceRecord) -> tuple[str, Any, dict[str, Any]] | None:
+        """A request read for the first time, as (ref, request id, data with the run's
+        history); None when it was seen before (``_seen_before`` then deals with it)."""
+        assert rec.request is not None
+        key = self._key(rec)
+        if self._known(rec, key):
             return None
         self.seen_now.add(key)
         if rec.state:
             self.states[key] = {rec.state}
             self.decided_in[key] = rec.state
+        return rec.ref, rec.request.get("request_id"), self.history.merge(rec.request)
+
+    def _enrich(self, ref: str, rid: Any, data: dict[str, Any]) -> dict[str, Any] | None:
+        """``data`` enriched; None (and a dead letter) when an enricher broke on it."""
         try:
-            return self.plugins.enrich(self.history.merge(rec.request), rec.ref, self.options)
+            return self.plugins.enrich(data, ref, self.options)
         except PluginError as exc:
-            self._dead(rec.ref, str(exc), rid if isinstance(rid, str) else None)
+            self._dead(ref, str(exc), rid if isinstance(rid, str) else None)
+            self.progress.advance(self.summary)
             return None
 
-    def _seen_before(self, rec: SourceRecord, key: str) -> bool:
+    def _known(self, rec: SourceRecord, key: str) -> bool:
+        return key in self.done or f"ref:{rec.ref}" in self.done or key in self.seen_now
+
+    def _seen_before(self, rec: SourceRecord, key: str) -> None:
         """Skip, count as a duplicate, or (a state of a decided object not seen before)
         update its case."""
         earlier = key in self.done or f"ref:{rec.ref}" in self.done
-        if not earlier and key not in self.seen_now:
-            return False
         known = self.states.get(key)
         if rec.state and known and rec.state not in known:
             known.add(rec.state)
@@ -525,7 +597,6 @@ class Batch:
             self.summary.skipped += 1
         else:
             self.summary.duplicates += 1
-        return True
 
     def _executed(self, rec: SourceRecord) -> None:
         assert rec.executed is not None
@@ -558,7 +629,12 @@ class Batch:
     def _decided(self, res: _Result) -> None:
         assert res.decision is not None and res.request is not None
         made = self._write(res)
-        event = self.recorder(res.decision, res.request) if self.recorder is not None else None
+        if self.recorder is None:
+            event = None
+        elif res.prepared is not None:  # only made for a recorder with `recording`
+            event = self.recorder(res.decision, res.request, res.prepared)  # type: ignore[call-arg]
+        else:
+            event = self.recorder(res.decision, res.request)
         self.summary.delivered += len(made)
         for name, created in made:
             if self.on_delivered is not None:
@@ -597,6 +673,20 @@ class Batch:
             state = self.decided_in.get(key)
             self.journal.write({**line, "state": state} if state else line)
         self.awaiting.clear()
+
+
+def _flushing(records: Iterator[SourceRecord]) -> Iterator[SourceRecord | None]:
+    """``records``; when reading them fails, a None first, so the requests read before the
+    failure are decided before it stops the run (as when each was decided as it was read)."""
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except Exception:
+            yield None
+            raise
+        yield rec
 
 
 class _IdKey:
@@ -812,11 +902,19 @@ class StoreRecorder:
         self.store, self.engine, self.actor = store, engine, actor
         self._batch: contextlib.ExitStack | None = None  # holds the open store.batch()
 
-    def __call__(self, decision: Decision, request: RefundRequest) -> Mapping[str, Any] | None:
+    @property
+    def recording(self) -> tuple[bytes, str]:
+        """The store's salt and the actor as recorded, for worker processes to prepare
+        decisions with (``events.prepare_event``)."""
+        return bytes(self.store.salt), self.store.recorded_actor(self.actor)
+
+    def __call__(self, decision: Decision, request: RefundRequest,
+                 prepared: Prepared | None = None) -> Mapping[str, Any] | None:
         if self._batch is None:
             self._batch = contextlib.ExitStack()
             self._batch.enter_context(self.store.batch())
-        case, created = self.store.record(request, decision, engine=self.engine, actor=self.actor)
+        case, created = self.store.record(request, decision, engine=self.engine, actor=self.actor,
+                                          prepared=prepared)
         return case.events[-1].to_dict() if created else None
 
     def executed(self, refund: ExecutedRefund, ref: str) -> None:

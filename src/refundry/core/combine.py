@@ -271,7 +271,7 @@ def _line(item: Item, outcome: str, rule_ids: tuple[str, ...], value: Decimal | 
 def actions_of(outcome: str, matched: Sequence[Rule], money: Money, facts: Mapping[str, Any],
                ctx: Context, builder: FactBuilder, currency: str,
                covered: Mapping[str, Sequence[int] | None]) -> tuple[Action, ...]:
-    if outcome == "deny":
+    if outcome == "deny" or not matched:  # most requests: no rule with an action matched
         return ()
     best: dict[str, Action] = {}
     for rule in matched:
@@ -293,6 +293,8 @@ def actions_of(outcome: str, matched: Sequence[Rule], money: Money, facts: Mappi
 
 def deadlines_of(matched: Sequence[Rule], facts: Mapping[str, Any], ctx: Context,
                  builder: FactBuilder) -> tuple[Deadline, ...]:
+    if not matched:  # most requests: no rule with a deadline matched
+        return ()
     best: dict[str, Deadline] = {}
     for rule in matched:
         for spec in rule.deadlines:

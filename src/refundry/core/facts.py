@@ -149,7 +149,7 @@ class Context:
 
 
 def _prior_total(req: RefundRequest) -> Decimal:
-    return sum((p.amount for p in req.prior_refunds), ZERO)
+    return sum([p.amount for p in req.prior_refunds], ZERO) if req.prior_refunds else ZERO
 
 
 _DERIVED: dict[str, Callable[[RefundRequest], Any]] = {

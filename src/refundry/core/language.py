@@ -266,11 +266,10 @@ class Items(Node):
         return bool(entries) and all(self.child.evaluate(it, ()) for it in entries)
 
     def source(self, gen: CodeGen, getter: str, items: str) -> str:
-        name = gen.item_function(self.child)
-        helper = "_any" if self.quantifier.startswith("any") else "_all"
+        name = gen.item_function(self.child, every=not self.quantifier.startswith("any"))
         entries = items if self.collection == "items" else (
             f"({getter}({gen.const(PRIOR_REFUNDS)}) or ())")
-        return f"{helper}({name}, {entries})"
+        return f"{name}({entries})"
 
     def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         per_item = [self.child.explain(it, ()) for it in self._entries(facts, items)]
@@ -344,22 +343,6 @@ def _plus(base: Any, plus: Decimal) -> Any:
     return base + plus
 
 
-def _any(pred: Callable[[Any], bool], items: Sequence[Any]) -> bool:
-    for it in items:
-        if pred(it.get):
-            return True
-    return False
-
-
-def _all(pred: Callable[[Any], bool], items: Sequence[Any]) -> bool:
-    if not items:
-        return False
-    for it in items:
-        if not pred(it.get):
-            return False
-    return True
-
-
 class CodeGen:
     """Turns condition trees into one Python function that returns the indexes of the rules
     whose conditions hold: ``match(get, items) -> list[int]``."""
@@ -390,11 +373,21 @@ class CodeGen:
         self._vars += 1
         return f"_v{self._vars}"
 
-    def item_function(self, node: Node) -> str:
+    def item_function(self, node: Node, every: bool) -> str:
+        """A function of the entries (item lines, prior refunds) that says whether ``node``
+        holds for any of them (for every one, and there is one, when ``every``): the loop is
+        generated with the condition inline, not a call per entry."""
         self._funcs += 1
         name = f"_item{self._funcs}"
         body = node.source(self, "g", "()")
-        self.prelude.append(f"def {name}(g):\n    return {body}\n")
+        if every:
+            loop = ["    if not entries:", "        return False", "    for it in entries:",
+                    "        g = it.get", f"        if not {body}:", "            return False",
+                    "    return True"]
+        else:
+            loop = ["    for it in entries:", "        g = it.get", f"        if {body}:",
+                    "            return True", "    return False"]
+        self.prelude.append("\n".join([f"def {name}(entries):", *loop]) + "\n")
         return name
 
     def build(self, conditions: Sequence[Node], index_on: str | None = None,
@@ -421,9 +414,9 @@ class CodeGen:
         rest = {i: _rest_of(conditions[i], index_on) for ix in groups.values() for i in ix}
         group_names = {value: self._group(rest, indexes) for value, indexes in groups.items()}
         code = "\n".join(self.prelude) + "\n" + "\n".join(body) + "\n"
-        namespace: dict[str, Any] = {"_c": tuple(self.consts), "_any": _any, "_all": _all,
-                                     "_pct": _pct, "_plus": _plus, "_cmp": _compare,
-                                     "_bl": bisect.bisect_left, "_br": bisect.bisect_right}
+        namespace: dict[str, Any] = {"_c": tuple(self.consts), "_pct": _pct, "_plus": _plus,
+                                     "_cmp": _compare, "_bl": bisect.bisect_left,
+                                     "_br": bisect.bisect_right}
         code, compiled = _compiled(code, codes)
         exec(compiled, namespace)  # noqa: S102
         match = namespace["match"]

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, BinaryIO
 
@@ -256,6 +256,16 @@ def _generate_fast(cls: type, fields: Mapping[str, Any], table: Sequence[tuple[s
     return names["parse"]
 
 
+def _when_first_used(cls: type, name: str, names: dict[str, Any]) -> Callable[[Any, str, _Errors], Any]:
+    """A section's parser, generated when a request first has that section: a one-shot
+    `refundry evaluate` of a shop's request then never generates the healthcare and finance
+    parsers (the largest). It puts the parser in its place, so later calls go straight to it."""
+    def first(data: Any, prefix: str, errors: _Errors) -> Any:
+        parse = names[name] = _model_parser(cls)
+        return parse(data, prefix, errors)
+    return first
+
+
 def _construct(cls: type, fields: Sequence[str], names: dict[str, Any]) -> list[str]:
     """The generated lines that return the model made of the locals ``x0``, ``x1``, ... in field
     order. A model whose ``__init__`` only stores its arguments (no validator, converter or
@@ -282,7 +292,7 @@ def _fast_field(meta: Mapping[str, Any], name: str, root: bool, i: int, call: st
     x = f"x{i}"
     if meta["kind"] == "object":
         # a section (or a list of them) that is a dict goes straight to its model's parser
-        names[f"_m{i}"] = _model_parser(meta["model"])
+        names[f"_m{i}"] = _when_first_used(meta["model"], f"_m{i}", names)
         path = f"(prefix + '.{name}' if prefix else {name!r})"
         if meta.get("many"):
             return [f"if type({x}) is list and len({x}) <= {MAX_ITEMS} and all(type(e) is dict for e in {x}):",
@@ -300,10 +310,11 @@ def _fast_field(meta: Mapping[str, Any], name: str, root: bool, i: int, call: st
     if meta["kind"] == "money" and not meta.get("many"):
         names["_Decimal"] = Decimal
         # an integer is what parse_money makes a Decimal of; a Decimal without an exponent in
-        # its text has -exponent digits after the point (`str` is cheaper than `as_tuple`)
+        # its text (`e` where the caller's decimal context has capitals=0) has -exponent digits
+        # after the point (`str` is cheaper than `as_tuple`)
         return [f"if type({x}) is _Decimal and {x}.is_finite() and not {x}.is_signed() and "
-                f"{x}.adjusted() < {MAX_DIGITS} and 'E' not in (s := str({x})) and "
-                f"len(s) - s.find('.') <= {MAX_PLACES + 1}:", "    pass",
+                f"{x}.adjusted() < {MAX_DIGITS} and 'E' not in (s := str({x})) and 'e' not in s "
+                f"and len(s) - s.find('.') <= {MAX_PLACES + 1}:", "    pass",
                 f"elif type({x}) is int and 0 <= {x} < {10 ** MAX_DIGITS}:", f"    {x} = _Decimal({x})",
                 "else:", f"    {x} = {call}"]
     return [f"if not ({_fast_check(meta, name, root, x, f'_a{i}', names)}):",
@@ -563,9 +574,17 @@ def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
         errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
 
 
-def request_to_dict(req: RefundRequest) -> dict[str, Any]:
-    """The canonical JSON form of a request (the inverse of ``parse_request``)."""
-    return _dump(req)
+def request_to_dict(req: RefundRequest, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """The canonical JSON form of a request (the inverse of ``parse_request``); with
+    ``fields``, only those top-level fields of it."""
+    if fields is None:
+        return _dump(req)
+    out = {}
+    for name in fields:
+        v = getattr(req, name)
+        if v is not None and v != ():
+            out[name] = _dump(v)
+    return out
 
 
 def _dump(value: Any) -> Any:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refundry.plugins.manager import Plugins, make_plugin_manager
@@ -21,6 +21,8 @@ class Enricher:
 
     def __init__(self, store: RecordStore) -> None:
         self.history = History(store)
+        # request_id -> (the request as it was looked up, its facts), from ``prefetch``
+        self._ready: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
 
     # Fields this enricher's answer replaces rather than fills in: history is what the store
     # witnessed, so a source cannot send its own facts.history or understate prior_refunds.
@@ -30,7 +32,23 @@ class Enricher:
     def refundry_enrich_request(self, request: Mapping[str, Any], ref: str,
                                 options: Mapping[str, str]) -> Mapping[str, Any] | None:
         data = dict(request)
-        return store_additions(data, self.history.facts(data)) or None
+        rid = data.get("request_id")
+        ready = self._ready.pop(rid, None) if isinstance(rid, str) else None
+        # A prefetched answer only for the very request it was looked up for.
+        facts = ready[1] if ready is not None and ready[0] == data else self.history.facts(data)
+        return store_additions(data, facts) or None
+
+    def prefetch(self, requests: Sequence[Mapping[str, Any]]) -> int:
+        """Look up the facts of a prefix of ``requests`` together (``History.facts_many``),
+        for the hook to answer from; returns its length. Each answer holds only while the
+        requests before it in the prefix are all that is recorded meanwhile."""
+        self._ready.clear()
+        answers = self.history.facts_many(requests)
+        for request, facts in zip(requests, answers, strict=False):
+            rid = request.get("request_id")
+            if isinstance(rid, str):
+                self._ready[rid] = (dict(request), facts)
+        return len(answers)
 
 
 def plugins_with_history(store: RecordStore) -> Plugins:

@@ -248,6 +248,23 @@ class Plugins:
             merged["facts"] = facts
         return merged
 
+    def prefetch(self, requests: Sequence[Mapping[str, Any]]) -> int:
+        """Let enrichers that can (a ``prefetch`` method, as refundry's history has) look up a
+        prefix of ``requests`` together before ``enrich`` is called for each; returns how many
+        (at least one) may be enriched before asking again for the rest, each only after the
+        ones before it are decided and recorded. An enricher whose prefetch fails answers
+        each request in ``enrich`` instead, where a failure is that request's dead letter."""
+        n = len(requests)
+        for _plugin, fn in self._impls("refundry_enrich_request"):
+            prefetch = getattr(getattr(fn, "__self__", None), "prefetch", None)
+            if prefetch is None or n <= 1:
+                continue
+            try:
+                n = min(n, int(prefetch(requests[:n])))
+            except Exception:  # noqa: BLE001 - enrich() reports it, request by request
+                n = 1
+        return max(n, 1)
+
     def _notify(self, hook_name: str, **kwargs: Any) -> list[PluginError]:
         errors = []
         for plugin, fn in self._impls(hook_name):

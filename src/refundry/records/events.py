@@ -248,6 +248,30 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
     return raw.decode("utf-8"), _hash(raw), body
 
 
+def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision, salt: bytes, *,
+                  actor: str, texts: tuple[tuple[str, str, str, str], ...]) -> Prepared:
+    """``RecordStore.prepare`` with a store's ``salt``, where there is no store (a worker
+    process of ``refundry run --db``). ``actor``: as recorded (``RecordStore.recorded_actor``);
+    ``texts``: the ruleset texts to keep (``()`` leaves them to ``record``, which looks them
+    up in its engine)."""
+    from refundry.core.request import parse_request, request_to_dict
+
+    try:
+        raw = request_to_dict(parse_request(request))
+    except RefundryError:
+        raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
+    masked = mask_request(raw, salt)
+    request_id = masked["request_id"]
+    snapshot = mask_value(decision.to_dict(), DECISION_MONEY)
+    snapshot["request_id"] = request_id
+    if decision.request_id != raw["request_id"]:
+        raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
+                          f"not `{request_id}`")
+    draft = Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts,
+                  encode(snapshot, masked))
+    return Prepared(raw["request_id"], draft)
+
+
 # --- the state machine ---------------------------------------------------------------------
 
 
@@ -550,6 +574,8 @@ class RecordStore:
         # two-approver threshold it last saw are still true: kept here, an append in a batch
         # reads only its own case. Set after an append succeeds, cleared when the batch ends.
         self._held: tuple[int, str, Decimal] | None = None
+        self._actors: dict[str, str] = {}  # actor as given -> as recorded (``_actor``)
+        self._opening_guard: bool | None = None  # the store refuses a case's second opening
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -591,6 +617,17 @@ class RecordStore:
             if self._anchoring.due_at_close():
                 self.anchor_now()
         self._anchoring.close()
+
+    def recorded_actor(self, actor: str) -> str:
+        """``actor`` as events record it (RFC 8265 canonical, masked); ``RecordError`` if it is
+        not a plain name. Kept for the few names a store's appenders use: a batch records every
+        decision under one name, and its canonical form costs more than masking."""
+        found = self._actors.get(actor)
+        if found is None:
+            found = _actor(actor)
+            if len(self._actors) < 64:
+                self._actors[actor] = found
+        return found
 
     def _in_batch(self) -> bool:
         return self._batch_owner == threading.get_ident()
@@ -848,21 +885,29 @@ class RecordStore:
         return after, event
 
     def record(self, request: Mapping[str, Any] | RefundRequest, decision: Decision, *,
-               engine: Any = None, actor: str) -> tuple[Case, bool]:
+               engine: Any = None, actor: str, prepared: Prepared | None = None) -> tuple[Case, bool]:
         """Record a decision as the ``evaluated`` event that opens its case.
 
         ``request_id`` is the idempotency key: the same request again returns the existing case
         and appends nothing (the bool says whether a case was created); a different request
         under a known ``request_id`` is refused. ``engine`` (the one that decided) supplies the
-        ruleset texts kept for replay.
+        ruleset texts kept for replay. ``prepared``: ``prepare(request, decision, salt)`` of
+        this request and decision with this store's ``salt``, made ahead (in a worker process).
         """
-        prepared = self.prepare(request, decision, engine=engine, actor=actor)
+        if prepared is None:
+            prepared = self.prepare(request, decision, engine=engine, actor=actor)
+        elif not prepared.draft.texts:  # made where the engine's texts were not at hand
+            prepared = attrs.evolve(prepared, draft=attrs.evolve(
+                prepared.draft, texts=_texts_of(decision, engine)))
         draft = prepared.draft
         # A retry (a resumed batch, a client resending) is answered without the writers' lock;
         # a batch holds the lock already, and the append below reads the case anyway.
         known = [] if self._in_batch() else list(self.events(prepared.submitted_id))
         if known:
             return _same_submission(build_case(known, self.four_eyes_above()), draft), False
+        opened = self._append_opening(draft)
+        if opened is not None:
+            return opened, True
 
         def make(case: Case | None, _threshold: Decimal) -> Draft | None:
             if case is not None:  # another writer opened it since the look above
@@ -879,23 +924,8 @@ class RecordStore:
         """Everything ``record`` does before it needs the writers' lock: the request parsed
         and masked, the decision's snapshot masked, both encoded, the ruleset texts found.
         Raises ``RecordError`` for what ``record`` would refuse before looking at the store."""
-        from refundry.core.request import parse_request, request_to_dict
-
-        actor = _actor(actor)
-        try:
-            raw = request_to_dict(parse_request(request))
-        except RefundryError:
-            raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
-        masked = mask_request(raw, self.salt)
-        request_id = masked["request_id"]
-        snapshot = mask_value(decision.to_dict(), DECISION_MONEY)
-        snapshot["request_id"] = request_id
-        if decision.request_id != raw["request_id"]:
-            raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
-                              f"not `{request_id}`")
-        draft = Draft(request_id, "evaluated", actor, snapshot, masked, {},
-                      _texts_of(decision, engine), encode(snapshot, masked))
-        return Prepared(raw["request_id"], draft)
+        return prepare_event(request, decision, self.salt, actor=self.recorded_actor(actor),
+                             texts=_texts_of(decision, engine))
 
     def record_many(self, items: Sequence[Prepared]) -> list[tuple[Case, bool] | RecordError]:
         """``record`` for many prepared decisions under one hold of the writers' lock, in
@@ -976,6 +1006,38 @@ class RecordStore:
                            [(r[0], self._signer.key_id, self._signer.sign_event(r[6]))
                             for r in rows])
         return set(texts)
+
+    def _append_opening(self, draft: Draft) -> Case | None:
+        """In a batch that holds the head: append ``draft``, the event that opens a case,
+        without first reading the case, since the store's index of one evaluation per case
+        refuses it if the case exists (then nothing is written and None is returned, and the
+        checked ``_append`` decides). Saves a read per decision; on a server, the round trips."""
+        if not self._in_batch() or self._held is None or self._signer is not None:
+            return None
+        if self._opening_guard is None:  # a store made before the index, or one it was dropped from
+            self._opening_guard = self._has_index("events_one_evaluation")
+        if not self._opening_guard:
+            return None
+        seq, prev, threshold = self._held
+        body_text, hash_, body = seal(draft, seq + 1, prev, self._clock())
+        texts = [t for t in draft.texts if t[0] not in self._known_texts]
+        if not self._open_case((seq + 1, draft.request_id, draft.type, body["at"], draft.actor,
+                                body_text, hash_), texts):
+            return None
+        self._known_texts.update(d for d, *_ in texts)
+        self._pending[threading.get_ident()] = (seq + 1, hash_)
+        self._held = (seq + 1, hash_, threshold)
+        event = Event(seq=seq + 1, request_id=draft.request_id, type=draft.type, at=body["at"],
+                      actor=draft.actor, hash=hash_, body=body)
+        return build_case([event], threshold)
+
+    def _open_case(self, row: Row, texts: Sequence[tuple[str, str, str, str]]) -> bool:
+        """Insert a case's opening event and the ruleset texts it needs, all or nothing, in the
+        batch's transaction; False (nothing written) if the store refuses it."""
+        return False
+
+    def _has_index(self, name: str) -> bool:
+        return False
 
     def _step(self, request_id: str, event_type: str | Callable[[Case], str], actor: str,
               details: Callable[[Case, Decimal], dict[str, Any]] | dict[str, Any],

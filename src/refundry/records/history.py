@@ -45,6 +45,7 @@ MIN_BASELINE = 20  # fewer recorded requests than this and no anomaly score is g
 BASELINE_ROWS = 20_000  # the most recent rows a baseline reads, so its cost has a ceiling
 DRIVER_Z = Decimal(3)  # a feature at or above this robust z is named as a driver
 MAD_SCALE = Decimal("1.4826")  # makes the MAD estimate a standard deviation for normal data
+BASELINES_KEPT = 1_000  # baselines kept per History; past this the cache starts over
 MATCH_CAP = 1000  # rows read per lookup at most; counts above it read as 1,000 (+1)
 SYNC_PAGE = 5_000
 _PAID = ("approved", "processed", "refunded")
@@ -220,126 +221,104 @@ class History:
               *, sync: bool = True) -> dict[str, Any] | None:
         """``{"history": {...}, "anomaly": {...}}`` for a request (mapping or RefundRequest),
         or None when the request is not valid (the engine then says why)."""
-        from refundry.core.request import parse_request, request_to_dict
-
-        try:
-            raw = request_to_dict(parse_request(request))
-        except RefundryError:
+        lookup = self._lookup(request, as_of)
+        if lookup is None:
             return None
         if sync:
             self.sync()
         else:
             self.ensure()
+        return self._answers([lookup])[0]
+
+    def facts_many(self, requests: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any] | None]:
+        """``facts`` of the longest prefix of ``requests`` that can be looked up together, one
+        answer per request of that prefix (at least the first), in a few round trips.
+
+        Request k's answer is what ``facts`` gives it once requests[:k] are recorded: no request
+        of the prefix shares a key (request id, customer, email, address, card, transaction)
+        with an earlier one, nor needs a client baseline not yet computed whose window holds an
+        earlier one, so recording those could not change it. The caller records the prefix and
+        asks again for the rest (``refundry run --db``).
+        """
+        self.sync()
+        taken: set[str] = set()
+        lookups: list[_Lookup | None] = []
+        for request in requests:
+            lookup = self._lookup(request, None)
+            if lookup is not None:
+                if lookups and self._depends(lookup, taken, lookups):
+                    break
+                taken.update(lookup.claims)
+            lookups.append(lookup)
+        return self._answers(lookups)
+
+    def _lookup(self, request: Mapping[str, Any] | Any, as_of: dt.datetime | None) -> _Lookup | None:
+        from refundry.core.request import parse_request, request_to_dict
+
+        try:
+            raw = request_to_dict(parse_request(request), _LOOKUP_FIELDS)
+        except RefundryError:
+            return None
         salt = self.store.salt
-        # Only the fields a key is made of are masked: the same keys, without masking the
-        # items, notes and evidence twice per request (the store masks the whole at record).
+        # Only what a key is made of is masked: the same keys (masking is value by value),
+        # without masking dates, items, notes and evidence twice per request (the store masks
+        # the whole request when it records it).
+        txn = raw["transaction"]
+        raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
         keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt)
         at = utc_text(as_of) if as_of is not None else keys.requested_at
         claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
-        history = self._history(keys, at, claimed)
-        if history is None:
+        return _Lookup(keys, at, claimed)
+
+    def _depends(self, lookup: _Lookup, taken: set[str], earlier: Sequence[_Lookup | None]) -> bool:
+        """Whether recording ``earlier`` requests could change ``lookup``'s answer: a shared
+        key, or a baseline not computed yet whose window holds one of them."""
+        if not taken.isdisjoint(lookup.claims):
+            return True
+        k = lookup.keys
+        day = lookup.at[:10]
+        # A kept baseline answers the same whenever it is read, unless the cache may be emptied
+        # (it is, past BASELINES_KEPT) before this request's turn.
+        if ((k.client_id, k.currency, day) in self._baselines
+                and len(self._baselines) + len(earlier) < BASELINES_KEPT):
+            return False
+        start = utc_text(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+                         - dt.timedelta(days=BASELINE_DAYS))
+        return any(e is not None and e.keys.client_id == k.client_id
+                   and e.keys.currency == k.currency and start <= e.keys.requested_at < day
+                   for e in earlier)
+
+    def _answers(self, lookups: Sequence[_Lookup | None]) -> list[dict[str, Any] | None]:
+        """The facts of each looked-up request (None for an invalid one), in request order."""
+        found = [x for x in lookups if x is not None]
+        counts: list[dict[str, tuple[int, ...]]] = [{} for _ in found]
+        prior: list[list[Any]] = [[] for _ in found]
+        for first in range(0, len(found), _PER_QUERY):
+            part = found[first:first + _PER_QUERY]
+            text, args = _count_query(part, first)
+            for i, name, *values in self._read(text, args):
+                counts[int(i)][name] = tuple(int(v) for v in values)
+            text, args = _prior_query(part, first)
+            for i, *row in self._read(text, args):
+                prior[int(i)].append(row)
+        answers = iter(self._facts_of(x, c, p) for x, c, p in zip(found, counts, prior, strict=True))
+        return [None if x is None else next(answers) for x in lookups]
+
+    def _facts_of(self, lookup: _Lookup, counts: dict[str, tuple[int, ...]],
+                  prior: list[Any]) -> dict[str, Any]:
+        k, at = lookup.keys, lookup.at
+        if counts.pop("recorded")[0]:
             # Already recorded: the same request again must be the same case (request_id is
             # the idempotency key), so it gets the facts it was recorded with, not today's.
-            recorded = self.store.case(keys.request_id).request.get("facts") or {}
-            return {k: recorded[k] for k in ("history", "anomaly") if k in recorded}
+            recorded = self.store.case(k.request_id).request.get("facts") or {}
+            return {n: recorded[n] for n in ("history", "anomaly") if n in recorded}
+        history = _history_facts(counts)
+        history.update(_transaction_facts(k, prior, lookup.claimed))
         out: dict[str, Any] = {"history": history}
-        anomaly = self._anomaly(keys, at, history)
+        anomaly = self._anomaly(k, at, history)
         if anomaly is not None:
             out["anomaly"] = anomaly
         return out
-
-    def _history(self, k: Keys, at: str, claimed: Decimal = Decimal(0)) -> dict[str, Any] | None:
-        """The history facts of a request keyed ``k``, or None when it is recorded already."""
-        end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-        start = utc_text(end - dt.timedelta(days=WINDOW_DAYS))
-        short = utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS))
-        # Whether the request is recorded already rides along: one round trip fewer.
-        parts = ["SELECT 'recorded', COUNT(*), 0, 0, 0 FROM history_index WHERE request_id = ?"]
-        args: list[Any] = [k.request_id]
-        for name, value in (("customer", k.customer), ("email", k.email),
-                            ("address", k.address), ("card", k.card)):
-            if value is None:
-                continue
-            # Each branch is a range on its own index; one round trip for all four.
-            # The newest MATCH_CAP rows only: counts saturate there, so one flooding customer
-            # costs every later lookup a bounded read, not a scan of everything it sent.
-            parts.append(f"SELECT '{name}', COUNT(*), COALESCE(SUM(CASE WHEN requested_at >= ? "
-                         f"THEN 1 ELSE 0 END), 0), COUNT(DISTINCT customer_key), "
-                         f"COALESCE(MAX(CASE WHEN customer_key = ? THEN 1 ELSE 0 END), 0) FROM "
-                         f"(SELECT requested_at, customer_key FROM history_index WHERE "
-                         f"client_id = ? AND {name}_key = ? AND requested_at >= ? AND "
-                         f"requested_at <= ? AND request_id <> ? ORDER BY requested_at DESC "
-                         f"LIMIT {MATCH_CAP}) AS recent_{name}")
-            args += [short, k.customer, k.client_id, value, start, at, k.request_id]
-        other, other_args = self._other_clients(k, start, at)
-        counts = {row[0]: tuple(int(v) for v in row[1:])
-                  for row in self._read(" UNION ALL ".join(parts + other), args + other_args)}
-        if counts.pop("recorded")[0]:
-            return None
-        other_hit = counts.pop("other", None)
-        # Counts include this request: "the 5th request in 30 days" reads as ge: 5.
-        out: dict[str, Any] = {"window_days": WINDOW_DAYS}
-        for name, (n, n_short, distinct, seen) in counts.items():
-            out[f"requests_by_{name}_30d"] = n + 1
-            if name == "customer":
-                out["requests_by_customer_7d"] = n_short + 1
-            else:
-                # COUNT(DISTINCT) saw only earlier rows; this request's customer adds one
-                # unless it was among them.
-                out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
-        if other_hit is not None:
-            out["other_clients_flag"] = other_hit[0] > 0
-        out.update(self._transaction_facts(k, at, claimed))
-        return out
-
-    def _transaction_facts(self, k: Keys, at: str, claimed: Decimal) -> dict[str, Any]:
-        """What the store holds for the request's transaction: earlier requests, what was paid
-        and is pending on it, and whether the request's own ``prior_refunds`` claim agrees."""
-        prior = self._read(
-            "SELECT amount, currency, decided_amount, status FROM history_index WHERE "
-            "client_id = ? AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
-            f"ORDER BY requested_at DESC LIMIT {MATCH_CAP}",
-            (k.client_id, k.transaction, at, k.request_id))
-        paid = sum((Decimal(r[2]) for r in prior if r[3] in _PAID), Decimal(0))
-        pending = sum((Decimal(r[2]) for r in prior if r[3] == "manual_review"), Decimal(0))
-        # The caller's prior_refunds are a claim; the store knows what it paid on this
-        # transaction. Any difference (a refund the caller left out, or one made elsewhere)
-        # is for a person to look at (the engine holds such a request for review).
-        paid_other_currency = any(r[3] in _PAID and r[1] != k.currency for r in prior)
-        return {
-            "requests_for_transaction": len(prior),
-            "same_amount_requests": sum(1 for r in prior if Decimal(r[0]) == k.amount),
-            # Money as text: a recorded request keeps facts as JSON, and a rule compares the
-            # flag below, never a float.
-            "refunded_for_transaction": str(paid),
-            "pending_for_transaction": str(pending),
-            "refunds_exceed_original": paid + pending + k.amount > k.transaction_amount,
-            "currency_differs": any(r[1] != k.currency for r in prior),
-            "prior_refunds_claimed": str(claimed),
-            "prior_refunds_disagree": claimed != paid or paid_other_currency,
-        }
-
-    @staticmethod
-    def _other_clients(k: Keys, start: str, at: str) -> tuple[list[str], list[Any]]:
-        """The query part (one row, ``other``, in the lookups' round trip) saying whether the
-        same card or address (their keyed pseudonyms) was in a request to another client in
-        the window. Only this one bit crosses from one client to another: no count, no id,
-        nothing of the other client's case (docs/fraud.md)."""
-        hits, args = [], []
-        for name, value in (("card", k.card), ("address", k.address)):
-            if value is None:
-                continue
-            # Two ranges of the (key, client) index, below and above this client: `<>` made
-            # the database walk every row of this client's own with the key (a card key is
-            # type and last four digits, shared by many of a large client's customers).
-            for side, op in (("lo", "<"), ("hi", ">")):
-                hits.append(f"SELECT 1 AS hit FROM (SELECT 1 AS hit FROM history_index WHERE "
-                            f"{name}_key = ? AND client_id {op} ? AND requested_at >= ? AND "
-                            f"requested_at <= ? LIMIT 1) AS other_{name}_{side}")
-                args += [value, k.client_id, start, at]
-        if not hits:
-            return [], []
-        return [f"SELECT 'other', COUNT(*), 0, 0, 0 FROM ({' UNION ALL '.join(hits)}) AS other"], args
 
     def baseline(self, client_id: str, currency: str, day: str) -> Baseline:
         """The client's baseline for requests on ``day`` (UTC date), from the days before it
@@ -367,7 +346,7 @@ class History:
         found = Baseline(len(rows), spread([Decimal(r[0]) for r in rows]),
                          spread([Decimal(v) for v in per_customer.values()]),
                          spread([Decimal(len(v)) for v in per_address.values()]))
-        if len(self._baselines) > 1_000:
+        if len(self._baselines) > BASELINES_KEPT:
             self._baselines.clear()
         self._baselines[key] = found
         return found
@@ -396,6 +375,146 @@ class History:
             "features": {n: str(z.quantize(Decimal("0.01"))) for n, z in features.items()},
             "baseline": base.size,
         }
+
+
+@attrs.frozen
+class _Lookup:
+    """One request as the lookups need it: its keys, the instant its windows end at, and
+    what its own ``prior_refunds`` claim."""
+
+    keys: Keys
+    at: str
+    claimed: Decimal
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """The keys whose rows this request's answer reads, and its own row adds to."""
+        k = self.keys
+        return tuple(v for v in (k.request_id, k.customer, k.email, k.address, k.card,
+                                 k.transaction) if v is not None)
+
+
+_LOOKUP_FIELDS = (*KEY_FIELDS, "prior_refunds")
+# Requests per statement: each adds up to six SELECTs to a UNION ALL, and SQLite allows 500.
+_PER_QUERY = 50
+
+
+def _count_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]]:
+    """One statement with the counts of every lookup: whether its request is recorded, and
+    per key the requests in the window. Rows are (lookup number, name, four counts)."""
+    parts: list[str] = []
+    args: list[Any] = []
+    windows: dict[str, tuple[str, str]] = {}  # requests of a batch often share their instant
+    for n, lookup in enumerate(lookups, first):
+        k, at = lookup.keys, lookup.at
+        if at not in windows:
+            end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+            windows[at] = (utc_text(end - dt.timedelta(days=WINDOW_DAYS)),
+                           utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS)))
+        start, short = windows[at]
+        parts.append(f"SELECT {n}, 'recorded', COUNT(*), 0, 0, 0 FROM history_index "
+                     "WHERE request_id = ?")
+        args.append(k.request_id)
+        for name, value in (("customer", k.customer), ("email", k.email),
+                            ("address", k.address), ("card", k.card)):
+            if value is None:
+                continue
+            # Each branch is a range on its own index.
+            # The newest MATCH_CAP rows only: counts saturate there, so one flooding customer
+            # costs every later lookup a bounded read, not a scan of everything it sent.
+            parts.append(f"SELECT {n}, '{name}', COUNT(*), COALESCE(SUM(CASE WHEN requested_at "
+                         f">= ? THEN 1 ELSE 0 END), 0), COUNT(DISTINCT customer_key), "
+                         f"COALESCE(MAX(CASE WHEN customer_key = ? THEN 1 ELSE 0 END), 0) FROM "
+                         f"(SELECT requested_at, customer_key FROM history_index WHERE "
+                         f"client_id = ? AND {name}_key = ? AND requested_at >= ? AND "
+                         f"requested_at <= ? AND request_id <> ? ORDER BY requested_at DESC "
+                         f"LIMIT {MATCH_CAP}) AS recent_{name}_{n}")
+            args += [short, k.customer, k.client_id, value, start, at, k.request_id]
+        other = _other_clients(k, start, at, n)
+        if other is not None:
+            parts.append(other[0])
+            args += other[1]
+    return " UNION ALL ".join(parts), args
+
+
+def _other_clients(k: Keys, start: str, at: str, n: int) -> tuple[str, list[Any]] | None:
+    """The query part (one row, ``other``) saying whether the same card or address (their
+    keyed pseudonyms) was in a request to another client in the window. Only this one bit
+    crosses from one client to another: no count, no id, nothing of the other client's case
+    (docs/fraud.md)."""
+    hits, args = [], []
+    for name, value in (("card", k.card), ("address", k.address)):
+        if value is None:
+            continue
+        # Two ranges of the (key, client) index, below and above this client: `<>` made
+        # the database walk every row of this client's own with the key (a card key is
+        # type and last four digits, shared by many of a large client's customers).
+        for side, op in (("lo", "<"), ("hi", ">")):
+            hits.append(f"SELECT 1 AS hit FROM (SELECT 1 AS hit FROM history_index WHERE "
+                        f"{name}_key = ? AND client_id {op} ? AND requested_at >= ? AND "
+                        f"requested_at <= ? LIMIT 1) AS other_{name}_{side}")
+            args += [value, k.client_id, start, at]
+    if not hits:
+        return None
+    return (f"SELECT {n}, 'other', COUNT(*), 0, 0, 0 FROM ({' UNION ALL '.join(hits)}) "
+            f"AS other_{n}"), args
+
+
+def _prior_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]]:
+    """One statement with the earlier requests for each lookup's transaction: rows of (lookup
+    number, amount, currency, decided amount, status), the newest MATCH_CAP per lookup."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for n, lookup in enumerate(lookups, first):
+        k = lookup.keys
+        parts.append(f"SELECT {n}, amount, currency, decided_amount, status FROM (SELECT amount, "
+                     "currency, decided_amount, status FROM history_index WHERE client_id = ? "
+                     "AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
+                     f"ORDER BY requested_at DESC LIMIT {MATCH_CAP}) AS prior_{n}")
+        args += [k.client_id, k.transaction, lookup.at, k.request_id]
+    return " UNION ALL ".join(parts), args
+
+
+def _history_facts(counts: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The counting facts from the rows of ``_count_query`` for one request."""
+    # Counts include this request: "the 5th request in 30 days" reads as ge: 5.
+    out: dict[str, Any] = {"window_days": WINDOW_DAYS}
+    for name, (n, n_short, distinct, seen) in counts.items():
+        if name == "other":
+            continue
+        out[f"requests_by_{name}_30d"] = n + 1
+        if name == "customer":
+            out["requests_by_customer_7d"] = n_short + 1
+        else:
+            # COUNT(DISTINCT) saw only earlier rows; this request's customer adds one
+            # unless it was among them.
+            out[f"customers_by_{name}_30d"] = distinct + (0 if seen else 1)
+    if "other" in counts:
+        out["other_clients_flag"] = counts["other"][0] > 0
+    return out
+
+
+def _transaction_facts(k: Keys, prior: Sequence[Any], claimed: Decimal) -> dict[str, Any]:
+    """What the store holds for the request's transaction: earlier requests, what was paid
+    and is pending on it, and whether the request's own ``prior_refunds`` claim agrees."""
+    paid = sum((Decimal(r[2]) for r in prior if r[3] in _PAID), Decimal(0))
+    pending = sum((Decimal(r[2]) for r in prior if r[3] == "manual_review"), Decimal(0))
+    # The caller's prior_refunds are a claim; the store knows what it paid on this
+    # transaction. Any difference (a refund the caller left out, or one made elsewhere)
+    # is for a person to look at (the engine holds such a request for review).
+    paid_other_currency = any(r[3] in _PAID and r[1] != k.currency for r in prior)
+    return {
+        "requests_for_transaction": len(prior),
+        "same_amount_requests": sum(1 for r in prior if Decimal(r[0]) == k.amount),
+        # Money as text: a recorded request keeps facts as JSON, and a rule compares the
+        # flag below, never a float.
+        "refunded_for_transaction": str(paid),
+        "pending_for_transaction": str(pending),
+        "refunds_exceed_original": paid + pending + k.amount > k.transaction_amount,
+        "currency_differs": any(r[1] != k.currency for r in prior),
+        "prior_refunds_claimed": str(claimed),
+        "prior_refunds_disagree": claimed != paid or paid_other_currency,
+    }
 
 
 def enrich(store: RecordStore, request: Mapping[str, Any] | Any,

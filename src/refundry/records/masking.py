@@ -252,7 +252,7 @@ def pseudonym(value: str, salt: bytes, prefix: str) -> str:
     """A stable stand-in for ``value``: equal inputs give equal outputs within one store, and
     the salt keeps two stores' pseudonyms from being matched against each other."""
     normal = " ".join(value.split()).lower()
-    # hmac.digest: the one-shot HMAC in C, a sixth of building an hmac.HMAC object
+    # hmac.digest: the same HMAC in one C call (several keys per request, every request).
     return prefix + hmac.digest(salt, normal.encode("utf-8"), "sha256").hex()[:24]
 
 

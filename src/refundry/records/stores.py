@@ -144,6 +144,16 @@ def _savepoint(conn: Any) -> Iterator[None]:
     conn.execute("RELEASE SAVEPOINT refundry_append")
 
 
+_INSERT_TEXT = "INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
+_INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def _new_case_statements(row: Row, texts: Sequence[tuple[str, str, str, str]]) -> list[tuple[str, Sequence[Any]]]:
+    """What appending the event that opens a case writes: the ruleset texts not kept yet, the
+    event."""
+    return [*((_INSERT_TEXT, t) for t in texts), (_INSERT_EVENT, row)]
+
+
 class _Tx:
     """One writer's transaction over a DB-API cursor: the reads an append decides on, its
     writes, and the public ``execute``/``executemany`` (``events.Transaction``)."""
@@ -197,11 +207,10 @@ class _Tx:
         return parts[0], parts[1], head
 
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
-        self._run("INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) "
-                     "ON CONFLICT (digest) DO NOTHING", (digest, rid, version, text))
+        self._run(_INSERT_TEXT, (digest, rid, version, text))
 
     def insert(self, row: Row) -> None:
-        self._run(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        self._run(_INSERT_EVENT, row)
 
     def put_signature(self, seq: int, key: str, signature: str) -> None:
         self._run("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
@@ -269,6 +278,20 @@ class SQLiteStore(RecordStore):
                     self._conn.execute("ROLLBACK")
                 raise RecordError(f"records store `{self.url}`: the event was not written: "
                                   f"{str(exc).lower()}") from None
+
+    def _has_index(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                                (name,)))
+
+    def _open_case(self, row: Row, texts: Sequence[tuple[str, str, str, str]]) -> bool:
+        with self._lock:
+            try:
+                with _savepoint(self._conn):
+                    for sql, args in _new_case_statements(row, texts):
+                        self._conn.execute(sql, tuple(args))
+            except sqlite3.DatabaseError:
+                return False  # rolled back to the savepoint: the checked append says why
+            return True
 
     def _begin_immediate(self) -> None:
         """Take the write lock, waiting for other processes with short, jittered sleeps.
@@ -431,6 +454,33 @@ class PostgresStore(RecordStore):
                 if not conn.broken:
                     conn.execute("ROLLBACK")
                 raise
+
+    def _has_index(self, name: str) -> bool:
+        return bool(self._query("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])
+
+    def _open_case(self, row: Row, texts: Sequence[tuple[str, str, str, str]]) -> bool:
+        psycopg = self._psycopg
+        if not psycopg.Pipeline.is_supported():
+            return False
+        statements = [("SAVEPOINT refundry_append", ()),
+                      *_new_case_statements(row, texts), ("RELEASE SAVEPOINT refundry_append", ())]
+        with self._lock:
+            conn = self._conn
+            try:
+                # One round trip for the savepoint, the inserts and the release: each append
+                # of a batch otherwise waits for four.
+                with conn.pipeline(), conn.cursor() as cur:
+                    for sql, args in statements:
+                        # Not prepared: a statement prepared in a pipeline that then fails is
+                        # never made, yet psycopg would go on using it by name.
+                        cur.execute(pg_sql(sql), tuple(args), prepare=False)
+            except psycopg.Error:
+                if not conn.broken:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK TO SAVEPOINT refundry_append")
+                        conn.execute("RELEASE SAVEPOINT refundry_append")
+                return False  # the checked append tries again and says why
+            return True
 
     @contextlib.contextmanager
     def setup_cursor(self) -> Iterator[Any]:

@@ -1,0 +1,107 @@
+"""`refundry run --db` looks up the history of a group of requests together (``facts_many``):
+every request must get the facts, and so the decision, that looking it up alone would give it
+once the requests before it are recorded. Checked on a history with shared keys: the planted
+abuse of tests/fraudgen.py (a card's type and last four digits shared by many customers, an
+address by six, duplicates, a serial returner), a second client with the same card and address,
+and one customer and one order asked about twice in a row, so groups must be cut.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from refundry.app.runner import StoreRecorder, run
+from refundry.plugins.history import Enricher, plugins_with_history
+from refundry.records import stores
+from refundry.records.events import RecordStore
+from refundry.records.history import History
+from refundry.records.stores import open_store
+from tests import fraudgen
+
+from .conftest import PG_ENV, drop_pg_schema
+
+SALT = "3c" * 32
+
+
+def requests() -> list[dict[str, Any]]:
+    out = fraudgen.abusive(300)
+    # Customers of their own whose cards end alike: one card key.
+    day = fraudgen.START + dt.timedelta(days=40)
+    out += [fraudgen.request(f"card-{i}", day + dt.timedelta(minutes=i), f"holder-{i}",
+                             amount=Decimal("20"), last4="1234") for i in range(12)]
+    shared = out[-1]
+    other = copy.deepcopy(shared)  # the same card and address at another client
+    other.update(request_id="other-client", client_id="southwind")
+    twice = copy.deepcopy(shared)  # the same customer and order again, right after
+    twice.update(request_id="again", amount="1.00")
+    return [*out, other, twice]
+
+
+def second_url(url: str) -> str:
+    return url + "b"  # a file beside it, or a schema beside it
+
+
+@pytest.fixture
+def urls(store_url: str) -> Iterator[tuple[str, str]]:
+    yield store_url, second_url(store_url)
+    if store_url.startswith("postgresql://"):
+        drop_pg_schema(os.environ[PG_ENV], store_url.rsplit("schema=", 1)[1] + "b")
+
+
+def run_into(url: str, tmp: Path, parts: list[list[dict[str, Any]]], engine: Any) -> RecordStore:
+    store = open_store(url)
+    plugins = plugins_with_history(store)
+    for i, part in enumerate(parts):
+        src = tmp / f"in-{i}.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in part))
+        summary = run(source="jsonl", input_path=src, out=tmp / f"out-{i}.jsonl", engine=engine,
+                      record=StoreRecorder(store, engine, "batch"), plugins=plugins,
+                      id_key=store.salt)
+        assert summary.decided == len(part)
+    return store
+
+
+def test_batched_lookups_give_the_facts_of_one_at_a_time(urls, tmp_path, engine,
+                                                        monkeypatch) -> None:
+    monkeypatch.setattr(stores, "new_salt", lambda: SALT)
+    reqs = requests()
+    # A history already in the store, then a run on top of it.
+    parts = [reqs[:120], reqs[120:]]
+    sizes: list[int] = []
+    facts_many = History.facts_many
+
+    def counted(self: History, group: Any) -> Any:
+        answers = facts_many(self, group)
+        sizes.append(len(answers))
+        return answers
+
+    monkeypatch.setattr(History, "facts_many", counted)
+    (tmp_path / "a").mkdir()
+    batched = run_into(urls[0], tmp_path / "a", parts, engine)
+    monkeypatch.setattr(Enricher, "prefetch", None)  # one request at a time, as before
+    (tmp_path / "b").mkdir()
+    alone = run_into(urls[1], tmp_path / "b", parts, engine)
+    try:
+        got = {c.request_id: (c.request, c.decision) for c in batched.cases()}
+        want = {c.request_id: (c.request, c.decision) for c in alone.cases()}
+        assert got == want and len(got) == len(reqs)
+    finally:
+        batched.close()
+        alone.close()
+    # Groups were looked up together, and cut where a request depends on an earlier one.
+    assert max(sizes) > 5 and len(parts) < len(sizes) < len(reqs) / 3
+    history = {rid: req["facts"]["history"] for rid, (req, _d) in got.items()}
+    assert history["card-11"]["customers_by_card_30d"] == 12
+    assert max(h["customers_by_address_30d"] for h in history.values()) >= 6
+    assert history["other-client"]["other_clients_flag"] is True
+    assert history["again"]["requests_for_transaction"] >= 1
+    assert history["again"]["requests_by_customer_30d"] >= 2
