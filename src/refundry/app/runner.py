@@ -14,7 +14,6 @@ plugin named; everything written before it stays consistent and a re-run continu
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import json
@@ -25,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,15 +46,17 @@ from refundry.plugins import (
     SourceError,
     SourceRecord,
 )
-from refundry.records.events import Prepared, RecordError, prepare_event
+from refundry.records.events import Prepared, RecordError, prepare_event, with_texts
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
-CHUNK = 200  # records per task sent to a worker process: big enough to amortise pickling
+CHUNK = 200  # requests looked up and recorded together (split between worker processes)
 
 Recorder = Callable[[Decision, RefundRequest], Mapping[str, Any] | None]
 """Appends a decision to the approval-records store and returns the event it appended. A
 recorder with a ``commit()`` method batches: what it appended is durable only once ``commit``
-returns, so the runner journals those requests only then."""
+returns, so the runner journals those requests only then. One with a ``many`` method
+(``StoreRecorder.many``) records a whole group of decisions, committed, before any of them
+is written to a sink."""
 
 RECORD_BATCH = 200  # decisions per records transaction: one fsync instead of 200
 
@@ -429,6 +430,9 @@ class Batch:
         self.on_update = getattr(recorder, "updated", None)
         self.on_delivered = getattr(recorder, "delivered", None)
         self.commit = getattr(recorder, "commit", None)
+        self.record_many: Callable[[Sequence[tuple[Any, Any, Prepared | None]]],
+                                   list[Mapping[str, Any] | RecordError | None]] | None = \
+            getattr(recorder, "many", None)
         self.summary = Summary(out=str(paths.out) if paths.out else None,
                                dead_letter=str(paths.dead_letter), journal=str(paths.journal))
         self.summary.plugin_errors.extend(str(e) for e in plugins.errors)
@@ -463,8 +467,9 @@ class Batch:
             if workers == 1:
                 # ``_ready`` enriches a request only once the one before it is handled here
                 # (decided, written and recorded), as its history lookups expect.
-                for ref, data in self._ready(records):
-                    self._handle(_evaluate_one(self.engine, ref, data))
+                for group in self._ready(records):
+                    self._handle_group([_evaluate_one(self.engine, ref, data)
+                                        for ref, data in group])
             else:
                 self._in_pool(records, workers, rulesets, backend)
         except KeyboardInterrupt as exc:
@@ -492,22 +497,22 @@ class Batch:
                                    initargs=(engine, backend, os.getpid(),
                                              getattr(self.recorder, "recording", None)))
         try:
-            pending: collections.deque[Future[list[_Result]]] = collections.deque()
-            for chunk in _chunks(self._ready(records), CHUNK):
-                pending.append(pool.submit(_worker_chunk, chunk))
-                while len(pending) >= workers * 3:
-                    for res in pending.popleft().result():
-                        self._handle(res)
-            while pending:
-                for res in pending.popleft().result():
-                    self._handle(res)
+            for group in self._ready(records):
+                # A group is split between the workers and recorded whole before the next is
+                # looked up: with groups in flight, a request's history missed the records of
+                # requests before it still in the pool (64 of tests/fraudgen's 314 differed).
+                size = -(-len(group) // workers)
+                parts = [pool.submit(_worker_chunk, group[i:i + size])
+                         for i in range(0, len(group), size)]
+                self._handle_group([res for part in parts for res in part.result()])
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _ready(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The requests to decide, enriched, as (ref, data). The enrichers look up a group
-        together (``Plugins.prefetch``): a prefix of it whose answers cannot depend on each
-        other's records, then the rest."""
+    def _ready(self, records: Iterable[SourceRecord]) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        """The requests to decide, enriched, as lists of (ref, data). The enrichers look up a
+        group together (``Plugins.prefetch``): a prefix of it whose answers cannot depend on
+        each other's records (one list), then the rest; the next list is looked up only when
+        the caller asks for it, so a caller that records each list first keeps them true."""
         group: list[tuple[str, Any, dict[str, Any]]] = []
         for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
             if item is not None:
@@ -516,12 +521,14 @@ class Batch:
                     continue
             while group:
                 n = self.plugins.prefetch([data for _ref, _rid, data in group])
+                ready = []
                 for ref, rid, data in group[:n]:
-                    self.summary.kinds["request"] += 1
                     enriched = self._enrich(ref, rid, data)
                     if enriched is not None:
-                        yield ref, enriched
+                        ready.append((ref, enriched))
                 del group[:n]
+                if ready:
+                    yield ready
 
     def _pending(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, Any, dict[str, Any]] | None]:
         """The requests to decide, not yet enriched, as (ref, request id, data); every other
@@ -574,6 +581,7 @@ class Batch:
         try:
             return self.plugins.enrich(data, ref, self.options)
         except PluginError as exc:
+            self.summary.kinds["request"] += 1  # an enriched one is counted once handled
             self._dead(ref, str(exc), rid if isinstance(rid, str) else None)
             self.progress.advance(self.summary)
             return None
@@ -608,14 +616,47 @@ class Batch:
             self.on_executed(rec.executed, rec.ref)
         self.journal.write({"key": f"ref:{rec.ref}", "ref": rec.ref, "outcome": "executed"})
 
+    def _handle_group(self, results: Sequence[_Result]) -> None:
+        """Decisions and dead letters in input order. With a recorder that records groups
+        (``many``) the group's decisions are recorded and committed first, then each is
+        written to the sinks and journalled: a journal line never names a decision the store
+        might still lose. A store that fails raises before anything of the group is written
+        (its transaction rolled back), so a re-run decides the whole group again; a decision
+        the store refuses stops the run as ``record`` does, after the ones before it."""
+        if self.record_many is None:
+            for res in results:
+                self._handle(res)
+            return
+        with self.shield.held():
+            decided = [res for res in results if res.decision is not None]
+            answers = iter(self.record_many([(res.decision, res.request, res.prepared)
+                                             for res in decided]))
+            for res in results:
+                if res.decision is None:
+                    self._dead_result(res)
+                else:
+                    event = next(answers)
+                    if isinstance(event, RecordError):
+                        raise event
+                    self._written(res, event)
+                self._advance()
+
     def _handle(self, res: _Result) -> None:
         with self.shield.held():  # the sinks, the dead letter and the journal line, whole
             if res.decision is None:
-                first = res.errors[0] if res.errors else "invalid request"
-                self._dead(res.ref, f"invalid request: {first}", res.request_id, res.errors)
+                self._dead_result(res)
             else:
                 self._decided(res)
+        self._advance()
+
+    def _advance(self) -> None:
+        """One request handled: counted now, so progress counts what is done."""
+        self.summary.kinds["request"] += 1
         self.progress.advance(self.summary)
+
+    def _dead_result(self, res: _Result) -> None:
+        first = res.errors[0] if res.errors else "invalid request"
+        self._dead(res.ref, f"invalid request: {first}", res.request_id, res.errors)
 
     def _dead(self, ref: str, reason: str, rid: str | None, errors: Sequence[str] = ()) -> None:
         self.dead_letters.write(scrub({"ref": ref, "source": self.source.name,
@@ -635,13 +676,28 @@ class Batch:
             event = self.recorder(res.decision, res.request, res.prepared)  # type: ignore[call-arg]
         else:
             event = self.recorder(res.decision, res.request)
+        self._delivered(res, made)
+        self.awaiting.append((res, event))
+        if self.commit is None or len(self.awaiting) >= RECORD_BATCH:
+            self._settle()
+        self._counted(res)
+
+    def _written(self, res: _Result, event: Mapping[str, Any] | None) -> None:
+        """A decision the store has committed (``event``: what it appended, None if the case
+        was there before): to the sinks, then the journal."""
+        self._delivered(res, self._write(res))
+        self._journalled(res, event)
+        self._counted(res)
+
+    def _delivered(self, res: _Result, made: list[tuple[str, str]]) -> None:
+        assert res.decision is not None
         self.summary.delivered += len(made)
         for name, created in made:
             if self.on_delivered is not None:
                 self.on_delivered(res.decision.request_id, created, name)
-        self.awaiting.append((res, event))
-        if self.commit is None or len(self.awaiting) >= RECORD_BATCH:
-            self._settle()
+
+    def _counted(self, res: _Result) -> None:
+        assert res.decision is not None and res.request is not None
         self.summary.outcomes[res.decision.outcome] += 1
         self.summary.plugin_errors.extend(str(e) for e in self.plugins.decision_written(
             res.decision, res.request, res.ref, [w.name for w in self.writers]))
@@ -665,14 +721,18 @@ class Batch:
         if self.commit is not None:
             self.commit()
         for res, event in self.awaiting:
-            assert res.decision is not None
-            if event is not None:
-                self.summary.plugin_errors.extend(str(e) for e in self.plugins.record_written(event))
-            key = journal_key(res.decision.request_id)
-            line = {"key": key, "ref": res.ref, "outcome": res.decision.outcome}
-            state = self.decided_in.get(key)
-            self.journal.write({**line, "state": state} if state else line)
+            self._journalled(res, event)
         self.awaiting.clear()
+
+    def _journalled(self, res: _Result, event: Mapping[str, Any] | None) -> None:
+        """Tell the store's listeners of ``event`` (committed) and journal the decision."""
+        assert res.decision is not None
+        if event is not None:
+            self.summary.plugin_errors.extend(str(e) for e in self.plugins.record_written(event))
+        key = journal_key(res.decision.request_id)
+        line = {"key": key, "ref": res.ref, "outcome": res.decision.outcome}
+        state = self.decided_in.get(key)
+        self.journal.write({**line, "state": state} if state else line)
 
 
 def _flushing(records: Iterator[SourceRecord]) -> Iterator[SourceRecord | None]:
@@ -847,17 +907,6 @@ def _primed(records: Iterator[SourceRecord]) -> Iterator[SourceRecord]:
     return chain()
 
 
-def _chunks(items: Iterable[tuple[str, dict[str, Any]]], size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    chunk: list[tuple[str, dict[str, Any]]] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def print_summary(summary: Summary, stream: TextIO, *, rich_table: bool) -> None:
     rows = [(outcome, str(n)) for outcome, n in summary.outcomes.items()]
     rows += [("dead letters", str(summary.dead_letters)),
@@ -891,6 +940,14 @@ def print_summary(summary: Summary, stream: TextIO, *, rich_table: bool) -> None
 # --- `refundry run` ---------------------------------------------------------------------------
 
 
+class _Refused(Exception):
+    """Raised inside a records batch to roll it back: decision ``at`` of the group was refused."""
+
+    def __init__(self, at: int, error: RecordError) -> None:
+        super().__init__(at)
+        self.at, self.error = at, error
+
+
 class StoreRecorder:
     """Records each decision in an approval-records store, a batch per transaction.
 
@@ -916,6 +973,43 @@ class StoreRecorder:
         case, created = self.store.record(request, decision, engine=self.engine, actor=self.actor,
                                           prepared=prepared)
         return case.events[-1].to_dict() if created else None
+
+    def many(self, decisions: Sequence[tuple[Decision, RefundRequest, Prepared | None]]
+             ) -> list[Mapping[str, Any] | RecordError | None]:
+        """Record a group of decisions in one transaction (``RecordStore.record_many``: a few
+        round trips for the group, not a few per decision), committed when this returns. One
+        answer per decision, in order: the event appended, or None when its case was recorded
+        before. A decision the store refuses is answered with the ``RecordError`` ``record``
+        raises and ends the list: the group is rolled back and the decisions before it recorded
+        alone, so nothing after a refusal is recorded, as when each was recorded in turn. A
+        store that fails raises, and nothing of the group is written."""
+        ready: list[Prepared] = []
+        refused: list[RecordError] = []
+        for decision, request, prepared in decisions:
+            try:
+                ready.append(with_texts(prepared, decision, self.engine) if prepared is not None
+                             else self.store.prepare(request, decision, engine=self.engine,
+                                                     actor=self.actor))
+            except RecordError as exc:
+                refused.append(exc)
+                break
+        got = self._committed(ready)
+        if refused and not any(isinstance(g, RecordError) for g in got):
+            got.append(refused[0])
+        return [g if isinstance(g, RecordError) else g[0].events[-1].to_dict() if g[1] else None
+                for g in got]
+
+    def _committed(self, items: list[Prepared]) -> list[Any]:
+        """``record_many(items)`` committed, cut after its first refusal (see ``many``)."""
+        try:
+            with self.store.batch():
+                got = self.store.record_many(items)
+                cut = next((i for i, g in enumerate(got) if isinstance(g, RecordError)), None)
+                if cut is not None:
+                    raise _Refused(cut, got[cut])  # rolls the whole group back
+        except _Refused as refused:
+            return [*self._committed(items[:refused.at]), refused.error]
+        return list(got)
 
     def executed(self, refund: ExecutedRefund, ref: str) -> None:
         """An executed refund of a case in the store: the money has moved, so an approved case

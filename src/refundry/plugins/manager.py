@@ -251,13 +251,17 @@ class Plugins:
     def prefetch(self, requests: Sequence[Mapping[str, Any]]) -> int:
         """Let enrichers that can (a ``prefetch`` method, as refundry's history has) look up a
         prefix of ``requests`` together before ``enrich`` is called for each; returns how many
-        (at least one) may be enriched before asking again for the rest, each only after the
-        ones before it are decided and recorded. An enricher whose prefetch fails answers
+        (at least one) may be enriched and decided together, before any of them is recorded,
+        and the rest only after they are; one when an enricher cannot look ahead. An enricher whose prefetch fails answers
         each request in ``enrich`` instead, where a failure is that request's dead letter."""
         n = len(requests)
         for _plugin, fn in self._impls("refundry_enrich_request"):
             prefetch = getattr(getattr(fn, "__self__", None), "prefetch", None)
-            if prefetch is None or n <= 1:
+            if prefetch is None:
+                # It answers when asked, maybe from what was recorded just before: the caller
+                # decides and records up to here before that request is enriched.
+                return 1
+            if n <= 1:
                 continue
             try:
                 n = min(n, int(prefetch(requests[:n])))

@@ -273,6 +273,16 @@ def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision
     return Prepared(raw["request_id"], draft)
 
 
+def with_texts(prepared: Prepared, decision: Decision, engine: Any) -> Prepared:
+    """``prepared`` with the ruleset texts of ``decision`` from ``engine`` (the one that made
+    it), when it was made where they were not at hand (``prepare_event`` with ``texts=()``):
+    a case is replayable only if the store keeps the exact text that decided it."""
+    if prepared.draft.texts:
+        return prepared
+    return attrs.evolve(prepared, draft=attrs.evolve(prepared.draft,
+                                                     texts=_texts_of(decision, engine)))
+
+
 # --- the state machine ---------------------------------------------------------------------
 
 
@@ -897,9 +907,8 @@ class RecordStore:
         """
         if prepared is None:
             prepared = self.prepare(request, decision, engine=engine, actor=actor)
-        elif not prepared.draft.texts:  # made where the engine's texts were not at hand
-            prepared = attrs.evolve(prepared, draft=attrs.evolve(
-                prepared.draft, texts=_texts_of(decision, engine)))
+        else:
+            prepared = with_texts(prepared, decision, engine)
         draft = prepared.draft
         # A retry (a resumed batch, a client resending) is answered without the writers' lock;
         # a batch holds the lock already, and the append below reads the case anyway.

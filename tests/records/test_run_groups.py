@@ -1,0 +1,120 @@
+"""`refundry run --db` records a group of decisions in one transaction (``record_many``)
+before it writes any of them to a sink or the journal. A store that fails partway through a
+group loses nothing and half-writes nothing; a request the store refuses stops the run as
+``record`` did, after the requests before it, with nothing after it recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from refundry.app.runner import StoreRecorder, run
+from refundry.records.events import RecordError, RecordStore
+
+from .conftest import make_request
+
+
+def write_input(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps(make_request(f"g-{i:04d}")) + "\n" for i in range(n)))
+    return path
+
+
+def journalled(tmp: Path) -> list[str]:
+    path = tmp / "out.jsonl.progress.jsonl"
+    return [json.loads(line)["key"] for line in path.read_text().splitlines()] \
+        if path.exists() else []
+
+
+def written(tmp: Path) -> list[str]:
+    return [json.loads(line)["request_id"]
+            for line in (tmp / "out.jsonl").read_text().splitlines()]
+
+
+def run_into(store: RecordStore, engine: Any, src: Path, tmp: Path) -> Any:
+    return run(source="jsonl", input_path=src, out=tmp / "out.jsonl", engine=engine,
+               record=StoreRecorder(store, engine, "batch"), id_key=store.salt)
+
+
+def test_a_store_failing_in_a_group_writes_nothing_of_it_and_a_rerun_completes(
+        store, engine, tmp_path, monkeypatch) -> None:
+    src = write_input(tmp_path / "in.jsonl", 500)
+    real = store.record_many
+    calls: list[int] = []
+
+    def failing(items):
+        calls.append(len(items))
+        got = real(items)  # the group's events are inserted, then the store fails
+        if len(calls) == 2:
+            raise RecordError("records store: the event was not written: disk full")
+        return got
+
+    monkeypatch.setattr(store, "record_many", failing)
+    with pytest.raises(RecordError, match="disk full"):
+        run_into(store, engine, src, tmp_path)
+    recorded = sorted(c.request_id for c in store.cases())
+    # The first group is whole everywhere; of the second nothing reached the store, the sinks
+    # or the journal.
+    assert recorded and len(recorded) == calls[0] < 500
+    assert sorted(journalled(tmp_path)) == recorded == sorted(written(tmp_path))
+    assert store.verify().ok
+
+    monkeypatch.setattr(store, "record_many", real)
+    summary = run_into(store, engine, src, tmp_path)
+    assert summary.decided == 500 - len(recorded) and summary.skipped == len(recorded)
+    assert len(store.cases()) == 500 == len(list(store.events()))  # one event per request
+    assert sorted(journalled(tmp_path)) == sorted(written(tmp_path)) == \
+        sorted(c.request_id for c in store.cases())
+    assert store.verify().ok
+
+
+def test_a_refused_request_stops_the_run_after_the_ones_before_it(store, engine,
+                                                                  tmp_path) -> None:
+    other = make_request("g-0005", amount="12.00")  # the same id with other content
+    store.record(other, engine.evaluate(other), engine=engine, actor="earlier")
+    src = write_input(tmp_path / "in.jsonl", 20)
+    for attempt in range(2):  # a re-run stops at the same request and records nothing twice
+        with pytest.raises(RecordError, match="`g-0005` is already recorded with different"):
+            run_into(store, engine, src, tmp_path)
+        before = [f"g-{i:04d}" for i in range(5)]
+        assert journalled(tmp_path) == before == written(tmp_path)[:5] and \
+            len(written(tmp_path)) == 5, attempt
+        # Nothing after the refused one was recorded, as when each was recorded in turn.
+        assert sorted(c.request_id for c in store.cases()) == [*before, "g-0005"]
+        assert len(list(store.events())) == 6
+    assert store.verify().ok
+
+
+def test_two_workers_give_every_request_the_history_one_worker_gives_it(
+        store_url, engine, tmp_path, monkeypatch) -> None:
+    """A group is recorded before the next is looked up, with worker processes too: before,
+    groups in flight in the pool were looked up without the records of those before them."""
+    from refundry.plugins.history import plugins_with_history
+    from refundry.records import stores
+
+    from .conftest import PG_ENV, RULESETS, drop_pg_schema
+    from .test_history_batched import SALT, requests, second_url
+
+    monkeypatch.setattr(stores, "new_salt", lambda: SALT)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in requests()))
+    facts = []
+    try:
+        for workers, url in ((1, store_url), (2, second_url(store_url))):
+            with stores.open_store(url) as store:
+                summary = run(source="jsonl", input_path=src, out=tmp_path / f"o{workers}.jsonl",
+                              rulesets=[RULESETS], workers=workers,
+                              plugins=plugins_with_history(store), id_key=store.salt,
+                              record=StoreRecorder(store, engine, "batch"))
+                assert summary.decided == len(requests())
+                facts.append({c.request_id: c.request["facts"]["history"]
+                              for c in store.cases()})
+    finally:
+        if store_url.startswith("postgresql://"):
+            drop_pg_schema(os.environ[PG_ENV], store_url.rsplit("schema=", 1)[1] + "b")
+    assert facts[0] == facts[1]
+    assert facts[1]["again"]["requests_by_customer_30d"] >= 2  # an earlier group's record counted
