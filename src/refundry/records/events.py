@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypedDict
 
 import attrs
 import msgspec
@@ -37,7 +37,14 @@ from refundry.core.errors import RefundryError
 from refundry.core.models import Decision, RefundRequest
 from refundry.records.anchors import SignedCheckpoint, Signer, anchor_problem, check_event_signature
 from refundry.records.identity import IdentityError, canonical, same_person
-from refundry.records.index import COLUMNS, INDEXED_EVENTS, expected_rows, index_problem, load_json
+from refundry.records.index import (
+    COLUMNS,
+    INDEXED_EVENTS,
+    Rebuild,
+    expected_rows,
+    index_problem,
+    load_json,
+)
 from refundry.records.masking import (
     DECISION_MONEY,
     DETAILS_MONEY,
@@ -1192,14 +1199,16 @@ class RecordStore:
             return Verification(False, 0, GENESIS, None, "`meta.salt` is missing: the store's "
                                 "pseudonym key was removed")
         signed = anchor.checkpoints() if anchor is not None else []
-        walk = _ChainWalk(self._starts(), expect_head, {c.count for c in signed})
+        mark = self._index_mark()
+        walk = _ChainWalk(self._starts(), expect_head, {c.count for c in signed},
+                          None if mark is None else (Rebuild(self.salt), mark))
         result = walk.run(self._rows(), self._signatures())
         if not result.ok:
             return result
         # The anchor first: a cut or a restored copy explains whatever the other checks find.
         problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
         texts_problem, texts = self._check_texts(walk.digests)
-        problem = problem or texts_problem or self._check_history()
+        problem = problem or texts_problem or self._check_history(walk.rebuild, mark)
         if problem:
             return attrs.evolve(result, ok=False, problem=problem, texts=texts)
         return attrs.evolve(result, texts=texts, anchored=bool(signed),
@@ -1228,27 +1237,38 @@ class RecordStore:
             return {}
         return {int(seq): (key, sig) for seq, key, sig in rows}
 
-    def _check_history(self) -> str:
-        """The history index against the rows the chain makes up to its watermark ("" if they
-        agree, or if the store has no index)."""
+    def _index_mark(self) -> int | None:
+        """The history index's watermark before the chain is read (None: no index, or one
+        that does not read as a number, which ``_check_history`` then meets as before)."""
         try:
             mark = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
+            return int(mark[0][0]) if mark else 0
+        except (RecordError, ValueError):
+            return None
+
+    def _check_history(self, rebuild: Rebuild | None = None, mark: int | None = None) -> str:
+        """The history index against the rows the chain makes up to its watermark ("" if they
+        agree, or if the store has no index). ``rebuild``: those rows, made by the chain walk
+        up to ``mark``; read again if the index has moved since (a writer synced it)."""
+        try:
+            mark_now = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
         except RecordError:  # no index: nothing derived to check
             return ""
-        watermark = int(mark[0][0]) if mark else 0
-        types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
-
-        def events() -> Iterator[tuple[int, str, str]]:
-            after = 0
-            while rows := self.query(f"SELECT seq, type, body FROM events WHERE seq > ? AND "
-                                      f"seq <= ? AND type IN ({types}) ORDER BY seq LIMIT 5000",
-                                       (after, watermark)):
-                yield from rows
-                after = int(rows[-1][0])
-
-        expected = expected_rows(events(), self.salt)
+        watermark = int(mark_now[0][0]) if mark_now else 0
+        expected = (rebuild.rows if rebuild is not None and watermark == mark
+                    else expected_rows(self._indexed(watermark), self.salt))
         actual = self.query(f"SELECT {', '.join(COLUMNS)} FROM history_index")
         return index_problem(expected, actual, watermark)
+
+    def _indexed(self, watermark: int) -> Iterator[tuple[int, str, str]]:
+        """(seq, type, body) of the events up to ``watermark`` the history index is made of."""
+        types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
+        after = 0
+        while rows := self.query(f"SELECT seq, type, body FROM events WHERE seq > ? AND "
+                                  f"seq <= ? AND type IN ({types}) ORDER BY seq LIMIT 5000",
+                                   (after, watermark)):
+            yield from rows
+            after = int(rows[-1][0])
 
     def export(self, out: IO[str]) -> int:
         """Write every event as one JSON line (the hashed body plus its hash)."""
@@ -1332,13 +1352,110 @@ def _layer_digests(body: Mapping[str, Any]) -> Iterator[str]:
                 yield layer["digest"]
 
 
+# What verify reads of an event body, and nothing else: decoding a body to these typed dicts
+# skips the rest of it (the decision's reasons, lines and messages, the request's items and
+# facts) in C, about half of a whole decode. Every value is `Any`, so what is kept is exactly
+# what a whole decode gives; a body of another shape (a tampered one: a decision that is a
+# list, say) is decoded whole instead, so every check sees what it saw before. Readers: the
+# checks below (`_check_row`, `_Lifecycle`, `_Fold`, `required_approvals`, `_layer_digests`,
+# `check_event_signature`) and the history index's (`index_row`, `keys_of`, `status_update`);
+# tests/records/test_verify_view.py holds verify on these to verify on whole bodies.
+class _Digest(TypedDict, total=False):
+    digest: Any
+
+
+class _Ruleset(TypedDict, total=False):
+    layers: list[_Digest] | None
+
+
+class _Code(TypedDict, total=False):
+    code: Any
+
+
+class _Decision(TypedDict, total=False):
+    outcome: Any
+    amount: Any
+    reasons: list[_Code] | None
+    ruleset: _Ruleset | None
+
+
+class _Method(TypedDict, total=False):
+    type: Any
+    last4: Any
+
+
+class _Transaction(TypedDict, total=False):
+    id: Any
+    amount: Any
+    payment_method: _Method | None
+
+
+class _Customer(TypedDict, total=False):
+    id: Any
+    email: Any
+    address: Any
+
+
+class _Request(TypedDict, total=False):
+    request_id: Any
+    client_id: Any
+    requested_at: Any
+    amount: Any
+    currency: Any
+    customer: _Customer | None
+    transaction: _Transaction | None
+
+
+class _Details(TypedDict, total=False):
+    setting: Any
+    value: Any
+    resolution: Any
+    explanation: Any
+    amount: Any
+    current: _Decision | None
+
+
+class _Step(TypedDict, total=False):
+    seq: Any
+    prev: Any
+    type: Any
+    request_id: Any
+    at: Any
+    actor: Any
+    key: Any
+    decision: _Decision | None
+    details: _Details | None
+
+
+class _Body(_Step, total=False):
+    request: _Request | None  # read only from the `evaluated` event that opens a case
+
+
+_BODY = msgspec.json.Decoder(_Body)
+_STEP = msgspec.json.Decoder(_Step)
+
+
+def _read_body(text: str, type_: str) -> Any:
+    """An event body as verify reads it (``_Body``; without the request, a copy of the
+    case's, for the events after `evaluated`, whose type column ``type_`` must then be the
+    body's); ``ValueError`` if it is not JSON."""
+    try:
+        return (_BODY if type_ == "evaluated" else _STEP).decode(text)
+    except ValueError:  # another shape, or not JSON: read whole, as every check expects
+        return load_json(text)
+
+
 class _ChainWalk:
     """One pass over the events in ``seq`` order: links, hashes, columns, signatures and the
     state machine; it keeps what the later checks need (the layer digests used, the hash at
     each count a signed checkpoint names)."""
 
-    def __init__(self, starts: Sequence[str], expect_head: str | None, counts: set[int]) -> None:
+    def __init__(self, starts: Sequence[str], expect_head: str | None, counts: set[int],
+                 index: tuple[Rebuild, int] | None = None) -> None:
         self.starts, self.expect_head, self.counts = tuple(starts), expect_head, counts
+        # The history index's rows rebuilt from the bodies this pass reads, up to a watermark.
+        self.rebuild: Rebuild | None = index[0] if index is not None else None
+        self.watermark = index[1] if index is not None else 0
         self.digests: set[str] = set()
         self.hash_at: dict[int, str] = {}
         self.count, self.head, self.genesis = 0, GENESIS, self.starts[0]
@@ -1368,6 +1485,8 @@ class _ChainWalk:
             if problem:
                 return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
             self.digests.update(_layer_digests(body))
+            if self.rebuild is not None and seq <= self.watermark and type_ in INDEXED_EVENTS:
+                self.rebuild.add(seq, type_, body)
             if seq in self.counts:
                 self.hash_at[seq] = hash_
             seen_head = seen_head or hash_ == self.expect_head
@@ -1392,7 +1511,7 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
     if _hash(body_text.encode("utf-8")) != hash_:
         return f"event {seq} does not match its hash: it was changed", {}
     try:
-        body = load_json(body_text)
+        body = _read_body(body_text, type_)
     except ValueError:
         return f"event {seq} is not valid json", {}
     if not isinstance(body, dict):
@@ -1434,7 +1553,15 @@ class _Lifecycle:
             if event.type == "evaluated":
                 if fold is not None:
                     return f"{where} opens request `{event.request_id}` a second time"
-                self.cases[event.request_id] = _Fold.open(event)
+                fold = self.cases[event.request_id] = _Fold.open(event)
+                # Kept of the decision and request: what `required_approvals` reads, no more.
+                # A case's state lives to the end of the walk, and the collector walks every
+                # object that does, again and again (a third of verify's time when the whole
+                # of both was kept).
+                fold.decision = {"amount": fold.decision.get("amount"),
+                                 "reasons": fold.decision.get("reasons")}
+                if isinstance(fold.request, dict):  # else left for the approval to trip on
+                    fold.request = {"amount": fold.request.get("amount")}
                 return ""
             if fold is None:
                 return f"{where}: request `{event.request_id}` has no `evaluated` event before it"

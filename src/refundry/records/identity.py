@@ -86,6 +86,7 @@ def same_person(a: str, b: str) -> bool:
     return skeleton(_loose(a)) == skeleton(_loose(b))
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and verify asks it for every reviewer of every case
 def _loose(name: str) -> str:
     try:
         return canonical(name)
