@@ -16,7 +16,6 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import attrs
@@ -289,20 +288,11 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 # --- what the handlers do, in the thread pool --------------------------------------------------
 
 
-@attrs.frozen
-class _Queued:
-    """A decision handed to the group committer, answered when its group is durable."""
-
-    done: Future[Any]
-    outcome: str
-    data: dict[str, Any]  # as enriched, for a retry's comparison
-
-
 def _decide(service: Service, data: dict[str, Any], record: bool,
-            actor: str) -> tuple[dict[str, Any], str] | _Queued:
-    """The decision for ``data``; with ``record``, enriched from the store and queued for it
-    (``_recorded`` has the answer). Returns the decision and whether it was recorded now
-    (``created``), before (``existing``) or not at all (``none``)."""
+            actor: str) -> tuple[dict[str, Any], str]:
+    """The decision for ``data``; with ``record``, enriched from and appended to the store.
+    Returns the decision and whether it was recorded now (``created``), before (``existing``)
+    or not at all (``none``)."""
     engine = service.rulesets.engine  # taken once: one version decides the whole request
     assert service.lookups is not None
     try:
@@ -320,35 +310,20 @@ def _decide(service: Service, data: dict[str, Any], record: bool,
         return decision.to_dict(), "none"
     assert service.committer is not None
     try:
-        done = service.committer.submit(taken.request, decision, engine=engine, actor=actor)
-    except RecordError as exc:
-        return _as_submitted(service, taken.data, exc)
-    return _Queued(done, decision.outcome, taken.data)
-
-
-async def _recorded(service: Service, queued: _Queued) -> tuple[dict[str, Any], str]:
-    """The answer to a queued decision, awaited on the event loop: a request thread kept
-    waiting for the group's commit cost every decision one more thread wake-up and GIL
-    hand-over (the committer waking it, before it woke the loop)."""
-    try:
-        case, created = await asyncio.wrap_future(queued.done)
+        case, created = service.committer.record(taken.request, decision, engine=engine,
+                                                 actor=actor)
     except StoreUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     except RecordError as exc:
-        return await run_in_threadpool(_as_submitted, service, queued.data, exc)
+        # Decided at the same moment elsewhere, with other history facts: the same submission.
+        existing = recorded_as_submitted(service.store, taken.data)
+        if existing is None:
+            raise ApiError(409, str(exc)) from None
+        case, created = existing, False
     if created:
-        service.metrics.decisions.labels(queued.outcome, "true").inc()
+        service.metrics.decisions.labels(decision.outcome, "true").inc()
     # The decision as recorded (masked like the record), byte for byte the same on a retry.
     return case.decision, "created" if created else "existing"
-
-
-def _as_submitted(service: Service, data: dict[str, Any],
-                  exc: RecordError) -> tuple[dict[str, Any], str]:
-    # Decided at the same moment elsewhere, with other history facts: the same submission.
-    existing = recorded_as_submitted(service.store, data)
-    if existing is None:
-        raise ApiError(409, str(exc)) from None
-    return existing.decision, "existing"
 
 
 def _case(service: Service, request_id: str, who: Identity, action: str = "read") -> Any:
@@ -423,13 +398,12 @@ async def post_decision(request: Request, service: Service) -> Response:
         raise ApiError(400, "the body must be a json object (a refund request)")
     # One trip to the thread pool for the client check and the decision: each trip is a
     # hand-over between the event loop and a thread, paid in GIL switches on every request.
-    got = await run_in_threadpool(_checked_decide, service, data, record, who)
-    decision, recorded = await _recorded(service, got) if isinstance(got, _Queued) else got
+    decision, recorded = await run_in_threadpool(_checked_decide, service, data, record, who)
     return _json(decision, headers={"X-Refundry-Recorded": recorded})
 
 
 def _checked_decide(service: Service, data: dict[str, Any], record: bool,
-                    who: Identity) -> tuple[dict[str, Any], str] | _Queued:
+                    who: Identity) -> tuple[dict[str, Any], str]:
     client = data.get("client_id")
     if isinstance(client, str):
         try:

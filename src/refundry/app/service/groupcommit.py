@@ -51,20 +51,10 @@ class GroupCommit:
 
     def record(self, request: Any, decision: Any, *, engine: Any, actor: str) -> Any:
         """``store.record``, committed with whatever else is waiting; blocks until durable."""
-        return self.submit(request, decision, engine=engine, actor=actor).result()
-
-    def submit(self, request: Any, decision: Any, *, engine: Any, actor: str) -> Future[Any]:
-        """``record`` without the wait: prepared here (``RecordError`` for what the store
-        refuses before looking), then queued; the future has ``store.record``'s answer once
-        the group is durable, or its error. An event loop awaits it without keeping a thread
-        blocked on it (api.py)."""
         prepared = self.store.prepare(request, decision, engine=engine, actor=actor)
         done: Future[Any] = Future()
-        # Running from now on: a waiter that gives up cannot cancel it, so the committer's
-        # answer always has a future to go to.
-        done.set_running_or_notify_cancel()
         self._queue.put((prepared, done))
-        return done
+        return done.result()
 
     def close(self) -> None:
         self._queue.put(None)
