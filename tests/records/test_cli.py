@@ -191,3 +191,17 @@ def test_records_list_shows_the_amount_of_an_overturned_denial(cli, tmp_path):
     assert r.out.startswith("late  approved  109.99 EUR"), r.out
     listed = cli("records", "list", "--json").json()[0]
     assert listed["amount"] == "109.99" and listed["decided_amount"] == "0.00"
+
+
+def test_verify_reports_a_watermark_that_is_not_a_number_in_one_line(cli, tmp_path):
+    for i in range(2):
+        cli("evaluate", write(tmp_path, f"r{i}.json", make_request(f"r-{i}")), "--rulesets",
+            RULESETS, "--record", "--by", "alice")
+    assert cli("records", "verify").code == 0  # the index exists and is in step
+    conn = sqlite3.connect(tmp_path / "refundry.db", isolation_level=None)
+    conn.execute("UPDATE history_meta SET value = '2\nx' WHERE key = 'seq'")
+    conn.close()
+    r = cli("records", "verify")
+    assert r.code == 2 and r.out.startswith("broken:"), (r.out, r.err)
+    assert "watermark `2\\nx` is not an event number" in r.out
+    assert len(r.out.strip().splitlines()) == 1 and "Traceback" not in r.err

@@ -40,6 +40,7 @@ from refundry.records.identity import IdentityError, canonical, same_person
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
+    REBUILD,
     Rebuild,
     expected_rows,
     index_problem,
@@ -1254,7 +1255,11 @@ class RecordStore:
             mark_now = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
         except RecordError:  # no index: nothing derived to check
             return ""
-        watermark = int(mark_now[0][0]) if mark_now else 0
+        text = str(mark_now[0][0]) if mark_now else "0"
+        if not text.isdigit():  # digits only: int() would also take " 7", "+7" and "7_0"
+            seen = text[:40].encode("unicode_escape").decode("ascii")  # one line, always
+            return f"the history index's watermark `{seen}` is not an event number{REBUILD}"
+        watermark = int(text)
         expected = (rebuild.rows if rebuild is not None and watermark == mark
                     else expected_rows(self._indexed(watermark), self.salt))
         actual = self.query(f"SELECT {', '.join(COLUMNS)} FROM history_index")

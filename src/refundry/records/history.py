@@ -74,6 +74,17 @@ class HistoryError(RefundryError):
     """The history index cannot be read or written."""
 
 
+def _mark(value: object) -> int:
+    """The index's watermark as stored; a corrupted one stops the lookup in one line (a
+    history fact counted from a wrong point would be wrong, not merely missing)."""
+    text = str(value)
+    if not text.isdigit():
+        seen = text[:40].encode("unicode_escape").decode("ascii")
+        raise HistoryError(f"history index: the watermark `{seen}` is not an event number; "
+                           "drop history_index and history_meta to rebuild them from the chain")
+    return int(text)
+
+
 # --- robust statistics --------------------------------------------------------------------
 
 
@@ -143,7 +154,7 @@ class History:
             # The store's writers' transaction, or a savepoint inside the batch
             # `refundry run --db` holds, whose uncommitted events the index then sees.
             with self.store.transaction() as tx:
-                if watermark is not None and int(tx.execute(
+                if watermark is not None and _mark(tx.execute(
                         "SELECT value FROM history_meta WHERE key = 'seq'")[0][0]) != watermark:
                     return False  # nothing written yet: the empty transaction ends
                 for text, args, many in statements:
@@ -166,7 +177,7 @@ class History:
 
     def watermark(self) -> int:
         rows = self._read("SELECT value FROM history_meta WHERE key = 'seq'")
-        return int(rows[0][0]) if rows else 0
+        return _mark(rows[0][0]) if rows else 0
 
     def sync(self) -> int:
         """Bring the index up to the head of the chain; returns the events read."""
