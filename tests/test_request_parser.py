@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import refundry
 from refundry.core.errors import InvalidRequest
-from refundry.core.request import parse_request
+from refundry.core.request import parse_request, replace_fields
 
 from . import hostile_corpus
 from .reference_request import reference_parse
@@ -142,3 +142,38 @@ def test_money_places_are_read_whatever_the_callers_decimal_context_prints():
             data = {**VALID[0], "amount": Decimal(amount)}
             assert _answer(parse_request, data) == _answer(reference_parse, data)
         assert _answer(parse_request, {**VALID[0], "amount": Decimal("1E-13")})[0] == "invalid"
+
+
+EXAMPLE = json.loads((BENCH.parent / "examples" / "request.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("changes", [
+    {"facts": {"history": {"refunds_90d": 3, "flag": True}, "anomaly": {"score": "0.9"}}},
+    {"facts": {"tier": "gold"}, "prior_refunds": [{"amount": "20.00"}]},
+    {"prior_refunds": [{"amount": "5", "refunded_at": "2024-03-02T10:00:00+01:00"}]},
+    {"refund_to": "store_credit", "note": None},
+    {"items": None},
+])
+def test_replacing_fields_of_a_parsed_request_is_parsing_the_replaced_request(changes):
+    # The service adds the store's facts to a request it parsed once; the result must be the
+    # parse of the whole enriched request, field for field.
+    whole = parse_request({**EXAMPLE, **changes})
+    replaced = replace_fields(parse_request(EXAMPLE), changes)
+    assert replaced == whole
+    assert replaced != parse_request(EXAMPLE)
+
+
+@pytest.mark.parametrize("changes", [
+    {"prior_refunds": [{"amount": "-5"}]},
+    {"prior_refunds": "20.00"},
+    {"facts": ["not", "a", "map"]},
+    {"customer": None},
+    {"currency": "XXQ"},
+    {"nonsense": 1},
+])
+def test_an_invalid_replacement_is_refused_as_the_whole_request_would_be(changes):
+    with pytest.raises(InvalidRequest) as whole:
+        parse_request({**EXAMPLE, **changes})
+    with pytest.raises(InvalidRequest) as replaced:
+        replace_fields(parse_request(EXAMPLE), changes)
+    assert [e.field for e in replaced.value.errors] == [e.field for e in whole.value.errors]

@@ -574,6 +574,53 @@ def _check_semantics(req: RefundRequest, errors: _Errors) -> None:
         errors.add("finance.billing_cycle_closing_day", "must be a day of the month, 1 to 31")
 
 
+def replace_fields(req: RefundRequest, changes: Mapping[str, Any]) -> RefundRequest:
+    """``req`` with the top-level fields in ``changes`` (canonical JSON) replaced, each parsed
+    as ``parse_request`` parses it in a whole request, and the whole checked again as it checks
+    one: ``parse_request({**data, **changes})`` for a ``req`` parsed from ``data``, without
+    parsing the unchanged fields a second time (the service adds history facts to a request it
+    has already parsed). ``InvalidRequest`` when a change is not valid."""
+    if not changes:
+        return req
+    errors = _Errors(None)
+    values: dict[str, Any] = {}
+    for name, raw in changes.items():
+        found = _root_field(name)
+        if found is None:
+            errors.add(shown(name, 60), "unknown field")
+            continue
+        field, leaf = found
+        if raw is None:  # null is absent, as in parse_request
+            if field.default is attrs.NOTHING:
+                errors.add(name, "is required")
+            else:
+                values[name] = field.default
+            continue
+        if name == "refund_to" and isinstance(raw, str):
+            raw = {"type": raw}  # the bare type, as parse_request takes it
+        values[name] = leaf(raw, "", name, errors)
+    if not errors.items:
+        req = attrs.evolve(req, **values)
+        _check_semantics(req, errors)
+    if errors.items:
+        raise InvalidRequest(errors.items)
+    return req
+
+
+_ROOT_FIELDS: dict[str, tuple[Any, _Leaf]] = {}
+
+
+def _root_field(name: object) -> tuple[Any, _Leaf] | None:
+    found = _ROOT_FIELDS.get(name) if isinstance(name, str) else None
+    if found is None and isinstance(name, str):
+        field = attrs.fields_dict(RefundRequest).get(name)
+        if field is None:
+            return None
+        found = _ROOT_FIELDS.setdefault(
+            name, (field, _compile_leaf(field.metadata, name, True)))
+    return found
+
+
 def request_to_dict(req: RefundRequest, fields: Collection[str] | None = None) -> dict[str, Any]:
     """The canonical JSON form of a request (the inverse of ``parse_request``); with
     ``fields``, only those top-level fields of it."""

@@ -76,12 +76,29 @@ def _over_tls(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [*out, (b"strict-transport-security", b"max-age=31536000")]
 
 
+class ConsoleOnly:
+    """The console's sessions and headers around ``/console`` only; every other path goes
+    straight to the application. The session middleware reads cookies and wraps ``send`` for
+    every request it sees, and the API's routes, called by services with bearer tokens, have
+    no session to load: that was CPU on every decision for nothing. Its cookie is scoped to
+    ``/console`` anyway, so a browser never sends it anywhere else."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        self.app = app
+        # SecurityHeaders outermost: it must see the Set-Cookie the session middleware adds
+        self.console = SecurityHeaders(SessionMiddleware(
+            app, secret_key=secret, session_cookie="refundry_console", max_age=SESSION_S,
+            path="/console", same_site="strict", https_only=False))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/console"):
+            await self.console(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def console_middleware(service: Service) -> list[Middleware]:
-    # SecurityHeaders outermost: it must see the Set-Cookie the session middleware adds
-    return [Middleware(SecurityHeaders),
-            Middleware(SessionMiddleware, secret_key=service.session_secret,
-                       session_cookie="refundry_console", max_age=SESSION_S, path="/console",
-                       same_site="strict", https_only=False)]
+    return [Middleware(ConsoleOnly, secret=service.session_secret)]
 
 
 # --- sessions ------------------------------------------------------------------------------
