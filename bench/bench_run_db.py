@@ -87,6 +87,19 @@ def cli(src: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
 def one(label: str, src: Path, kind: str, workers: int, data: Path, n: int, pg: str | None,
         tmp: Path) -> dict[str, object]:
     db = store_url(kind, pg, tmp)
+    try:
+        return measure(label, src, kind, workers, data, n, tmp, db)
+    finally:
+        if kind == "postgresql":  # a run's schema is its alone: never left behind
+            import psycopg
+
+            schema = db.rsplit("schema=", 1)[1]
+            with psycopg.connect(str(pg), autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def measure(label: str, src: Path, kind: str, workers: int, data: Path, n: int, tmp: Path,
+            db: str) -> dict[str, object]:
     out = tmp / f"out-{uuid.uuid4().hex[:8]}.jsonl"
     cpu0 = _children_cpu()
     done = cli(src, ["run", "--source", "jsonl", "--input", str(data), "--out", str(out),
