@@ -205,3 +205,13 @@ def test_verify_reports_a_watermark_that_is_not_a_number_in_one_line(cli, tmp_pa
     assert r.code == 2 and r.out.startswith("broken:"), (r.out, r.err)
     assert "watermark `2\\nx` is not an event number" in r.out
     assert len(r.out.strip().splitlines()) == 1 and "Traceback" not in r.err
+
+
+def test_verify_reports_a_watermark_of_non_ascii_digits_in_one_line(cli, tmp_path):
+    cli("evaluate", write(tmp_path, "r.json", make_request("r-0")), "--rulesets", RULESETS,
+        "--record", "--by", "alice")
+    conn = sqlite3.connect(tmp_path / "refundry.db", isolation_level=None)
+    conn.execute("UPDATE history_meta SET value = '\u00b2' WHERE key = 'seq'")  # isdigit(), not int()
+    conn.close()
+    r = cli("records", "verify")
+    assert r.code == 2 and "is not an event number" in r.out and "Traceback" not in r.err

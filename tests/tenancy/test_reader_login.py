@@ -20,6 +20,7 @@ from refundry.records.events import RecordError
 from refundry.records.rowsecurity import READER_ROLE, install
 from refundry.records.stores import open_store
 
+from ..conftest import make_request
 from ..service.test_serve_cli import EXE, start
 
 PG_ENV = "REFUNDRY_TEST_POSTGRES_URL"
@@ -76,8 +77,7 @@ def test_a_login_set_up_as_the_docs_say_starts_and_reads_through_the_reader_role
                         (("svc", "service"), ("aud", "auditor")))
     proc, http = start(tmp_path, "--db", url, "--tokens", "t.json")
     try:
-        request = {**_example(), "request_id": "login-1"}
-        made = httpx.post(http + "/v1/decisions?record=true", json=request,
+        made = httpx.post(http + "/v1/decisions?record=true", json=make_request("login-1"),
                           headers={"Authorization": f"Bearer {service}"})
         assert made.status_code == 200, made.text
         # A client-scoped identity's read: the server switches to the reader role for it.
@@ -107,8 +107,3 @@ def _issue(folder: Path, who: str, role: str) -> str:
                          text=True)
     return out.stdout.strip()
 
-
-def _example() -> dict:
-    import json
-
-    return json.loads((Path(__file__).parents[2] / "examples" / "request.json").read_text())

@@ -40,11 +40,11 @@ from refundry.records.identity import IdentityError, canonical, same_person
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
-    REBUILD,
     Rebuild,
     expected_rows,
     index_problem,
     load_json,
+    parse_watermark,
 )
 from refundry.records.masking import (
     DECISION_MONEY,
@@ -1252,7 +1252,7 @@ class RecordStore:
         that does not read as a number, which ``_check_history`` then meets as before)."""
         try:
             mark = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
-            return int(mark[0][0]) if mark else 0
+            return parse_watermark(mark[0][0]) if mark else 0
         except (RecordError, ValueError):
             return None
 
@@ -1264,11 +1264,10 @@ class RecordStore:
             mark_now = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
         except RecordError:  # no index: nothing derived to check
             return ""
-        text = str(mark_now[0][0]) if mark_now else "0"
-        if not text.isdigit():  # digits only: int() would also take " 7", "+7" and "7_0"
-            seen = text[:40].encode("unicode_escape").decode("ascii")  # one line, always
-            return f"the history index's watermark `{seen}` is not an event number{REBUILD}"
-        watermark = int(text)
+        try:
+            watermark = parse_watermark(mark_now[0][0]) if mark_now else 0
+        except ValueError as exc:
+            return str(exc)
         expected = (rebuild.rows if rebuild is not None and watermark == mark
                     else expected_rows(self._indexed(watermark), self.salt))
         actual = self.query(f"SELECT {', '.join(COLUMNS)} FROM history_index")

@@ -33,6 +33,7 @@ from refundry.records.index import (
     index_row,
     keys_of,
     load_json,
+    parse_watermark,
     status_update,
     utc_text,
 )
@@ -77,12 +78,10 @@ class HistoryError(RefundryError):
 def _mark(value: object) -> int:
     """The index's watermark as stored; a corrupted one stops the lookup in one line (a
     history fact counted from a wrong point would be wrong, not merely missing)."""
-    text = str(value)
-    if not text.isdigit():
-        seen = text[:40].encode("unicode_escape").decode("ascii")
-        raise HistoryError(f"history index: the watermark `{seen}` is not an event number; "
-                           "drop history_index and history_meta to rebuild them from the chain")
-    return int(text)
+    try:
+        return parse_watermark(value)
+    except ValueError as exc:
+        raise HistoryError(str(exc)) from None
 
 
 # --- robust statistics --------------------------------------------------------------------

@@ -22,6 +22,18 @@ INDEXED_EVENTS = ("evaluated", "approved", "denied", "processed", "refunded", "d
 NAMES_KEPT = 100_000  # pseudonyms a Rebuild remembers (about 20 MB at most)
 REBUILD = "; drop history_index and history_meta to rebuild them from the chain"
 
+
+def parse_watermark(value: object) -> int:
+    """The history index's watermark as ``history_meta`` stores it (ASCII digits: ``int``
+    would also take " 7", "+7", "7_0" and "²"); ``ValueError`` with a one-line message when
+    it was corrupted."""
+    text = str(value)
+    if not (text.isascii() and text.isdigit()):
+        seen = text[:40].encode("unicode_escape").decode("ascii")  # one line, always
+        raise ValueError(f"the history index's watermark `{seen}` is not an event number"
+                         f"{REBUILD}")
+    return int(text)
+
 COLUMNS = ("request_id", "seq", "client_id", "requested_at", "customer_key", "email_key",
            "address_key", "card_key", "transaction_key", "amount", "currency",
            "transaction_amount", "decided_amount", "outcome", "status")
