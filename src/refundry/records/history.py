@@ -240,6 +240,15 @@ class History:
             self.ensure()
         return self._answers([lookup])[0]
 
+    def facts_each(self, requests: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any] | None]:
+        """``facts(request, sync=False)`` of every request, looked up together in a few round
+        trips. Each answer is the one that request would get asked alone at this moment, not
+        seeing the others: for requests decided at the same time (the API's group of
+        concurrent requests), where a request recorded earlier is seen once whoever commits
+        it has synced the index."""
+        self.ensure()
+        return self._answers([self._lookup(request, None) for request in requests])
+
     def facts_many(self, requests: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any] | None]:
         """``facts`` of the longest prefix of ``requests`` that can be looked up together, one
         answer per request of that prefix (at least the first), in a few round trips.
