@@ -36,7 +36,7 @@ from refundry.app.service.lookups import Lookups
 from refundry.app.submissions import recorded_as_submitted
 from refundry.core.engine import Engine
 from refundry.core.models import Decision
-from refundry.records.events import RecordError, RecordStore, canonical_json
+from refundry.records.events import Prepared, RecordError, RecordStore, canonical_json
 
 MAX_GROUP = 32
 LOG = logging.getLogger("refundry.service")
@@ -116,38 +116,42 @@ class Decider:
         with self._lookups.history() as history:
             taken = take_many([ask.data for ask in group], history)
         answers: list[Recorded | BaseException | None] = [None] * len(group)
-        waiting: list[tuple[int, Intake, Decision]] = []
-        prepared = []
+        waiting: list[tuple[int, Intake, Decision, Prepared]] = []
         for i, (ask, got) in enumerate(zip(group, taken, strict=True)):
             if isinstance(got, BaseException):
                 answers[i] = got
                 continue
             try:
                 decision = engine.evaluate(got.request)
-                prepared.append(self._store.prepare(got.request, decision, engine=engine,
-                                                    actor=ask.actor))
+                prepared = self._store.prepare(got.request, decision, engine=engine,
+                                               actor=ask.actor)
             except Exception as exc:  # noqa: BLE001 - answered to this request alone
                 answers[i] = self._refused(got, exc)
                 continue
-            waiting.append((i, got, decision))
-        if not prepared:
+            waiting.append((i, got, decision, prepared))
+        if not waiting:
             _settle(group, answers)
             return
 
         def done(results: list[Result]) -> None:
-            for (i, got, decision), result in zip(waiting, results, strict=True):
-                answers[i] = self._answer(got, decision, result)
+            for (i, got, decision, prepared), result in zip(waiting, results, strict=True):
+                answers[i] = self._answer(got, decision, prepared, result)
             _settle(group, answers)
 
-        self._committer.submit(prepared, done)
+        self._committer.submit([item[3] for item in waiting], done)
 
-    def _answer(self, got: Intake, decision: Decision, result: Result) -> Recorded | BaseException:
+    def _answer(self, got: Intake, decision: Decision, prepared: Prepared,
+                result: Result) -> Recorded | BaseException:
         if isinstance(result, BaseException):
             return self._refused(got, result)
         case, created = result
-        if created:
-            self._counted(decision.outcome)
-        return Recorded(canonical_json(case.decision), created)
+        if not created:
+            return Recorded(canonical_json(case.decision), False)
+        self._counted(decision.outcome)
+        # The bytes the event holds for its decision, encoded once when it was prepared (the
+        # same canonical JSON a retry's answer encodes from the stored case).
+        encoded = prepared.draft.encoded.get("decision")
+        return Recorded(encoded or canonical_json(case.decision), True)
 
     def _refused(self, got: Intake, exc: BaseException) -> Recorded | BaseException:
         """A refused record that is the same submission decided at the same moment elsewhere

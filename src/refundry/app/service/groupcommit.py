@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from refundry.core.errors import RefundryError
-from refundry.records.events import Prepared, RecordStore
+from refundry.records.events import Event, Prepared, RecordStore
 from refundry.records.history import History
 
 MAX_GROUP = 256
@@ -48,7 +48,7 @@ Done = Callable[[list[Result]], None]
 class GroupCommit:
     def __init__(self, store: RecordStore, history: History | None = None) -> None:
         self.store, self.history = store, history
-        self._queue: queue.Queue[tuple[list[Prepared], Done] | None] = queue.Queue()
+        self._queue: queue.SimpleQueue[tuple[list[Prepared], Done] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="refundry-group-commit",
                                         daemon=True)
         self._thread.start()
@@ -97,17 +97,19 @@ class GroupCommit:
         try:
             with self.store.batch():
                 results: list[Result] = list(self.store.record_many(prepared))
-                self._sync_history()
+                # A created case's one event is the group's append, in chain order.
+                self._sync_history([got[0].events[-1] for got in results
+                                    if not isinstance(got, BaseException) and got[1]])
         except Exception as exc:  # noqa: BLE001 - the whole group is lost: say so to each
             failed = StoreUnavailable(f"the records store did not commit: {exc}")
             return [failed] * len(prepared)
         return results
 
-    def _sync_history(self) -> None:
+    def _sync_history(self, appended: list[Event]) -> None:
         if self.history is None:
             return
         try:
-            self.history.sync()
+            self.history.sync(appended)
         except Exception as exc:  # noqa: BLE001 - its savepoint is undone and the events
             # still commit; the next group's sync catches the index up
             LOG.warning("history index not synced", extra={"fields": {"error": str(exc)[:300]}})
