@@ -5,13 +5,17 @@ metrics."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import jsonschema
 
-from refundry.app.service.api import ROUTES
+from refundry.app.service.api import ROUTES, Service, create_app
+from refundry.app.service.identity import Tokens
+from refundry.app.service.rulesets import Rulesets
 from refundry.core.resources import schema
+from refundry.records.stores import open_store
 
-from .conftest import make_request
+from .conftest import RULESETS, make_request
 
 DECISION = schema("decision.schema.json")
 EVENT = schema("record-event.schema.json")
@@ -316,6 +320,37 @@ def test_requests_decided_in_one_group_are_each_answered_on_their_own(api):
         "x-refundry-recorded"]} == {"created", "existing"}
     assert answers[0].content == answers[22].content
     assert api.call("GET", "/v1/verify", "aud").json()["count"] == 21
+
+
+def test_a_store_that_cannot_be_read_for_history_answers_503_and_records_nothing(tmp_path):
+    """The history lookups' connection fails (the database is gone): the group is refused as
+    the store being unavailable, not as a conflict, and nothing is recorded."""
+    from refundry.app.service.lookups import Lookups
+    from refundry.records.events import RecordError
+
+    from .conftest import Running, make_tokens, start_server
+
+    tokens = make_tokens(tmp_path / "tokens.json")
+    looked_up = open_store(tmp_path / "r.db")
+    service = Service(rulesets=Rulesets([RULESETS]), store=open_store(tmp_path / "r.db"),
+                      tokens=Tokens.load(tmp_path / "tokens.json"),
+                      lookups=Lookups(lambda: looked_up, 1))
+
+    def gone(*_args: Any) -> Any:
+        raise RecordError(f"records store `{looked_up.url}`: connection refused")
+
+    looked_up.query = gone  # type: ignore[method-assign]
+    server, thread, url = start_server(create_app(service))
+    api = Running(url, tokens, service, tmp_path, tmp_path / "r.db")
+    try:
+        r = decide(api, make_request("gone-1"))
+        assert r.status_code == 503 and "did not answer" in r.json()["error"], r.text
+        assert decide(api, make_request("gone-2"), record=False).status_code == 200
+        assert api.call("GET", "/v1/cases", "aud").json()["cases"] == []
+    finally:
+        api.http.close()
+        server.should_exit = True
+        thread.join(30)
 
 
 def _in_flight(api) -> float:

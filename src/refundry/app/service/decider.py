@@ -30,11 +30,12 @@ from typing import Any
 
 import attrs
 
-from refundry.app.service.groupcommit import GroupCommit, Result
+from refundry.app.service.groupcommit import GroupCommit, Result, StoreUnavailable
 from refundry.app.service.intake import Intake, take_many
 from refundry.app.service.lookups import Lookups
 from refundry.app.submissions import recorded_as_submitted
 from refundry.core.engine import Engine
+from refundry.core.errors import RefundryError
 from refundry.core.models import Decision
 from refundry.records.events import Prepared, RecordError, RecordStore, canonical_json
 
@@ -107,6 +108,10 @@ class Decider:
         while (group := self._take()) is not None:
             try:
                 self._decide(group)
+            except RefundryError as exc:  # the lookups' store: nothing was decided or written
+                LOG.warning("history lookup failed", extra={"fields": {"error": str(exc)[:300]}})
+                _settle(group, [StoreUnavailable(f"the records store did not answer: {exc}")]
+                        * len(group))
             except Exception as exc:  # noqa: BLE001 - a fault here must not end the thread
                 LOG.exception("a group of decisions failed")
                 _settle(group, [exc] * len(group))
