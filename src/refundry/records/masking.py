@@ -140,8 +140,31 @@ def _hide_code(m: re.Match[str]) -> str:
     return m.group(1) + m.group(2) + _DIGIT.sub("*", m.group(3))
 
 
+# Texts with digits that mask to themselves: mostly rule texts (messages, citations, rule
+# ids, deadline names) that every decision snapshot repeats and whose digits would otherwise
+# send each through the slow path every time. Only such texts go in: keeping in memory a
+# string the store writes unchanged anyway reveals nothing, and a text masking changes is
+# never kept. Shared by all threads without a lock: ``in``, ``add`` and ``clear`` on a set
+# are each one atomic step under the GIL, so a race can only drop entries (a miss costs one
+# slow masking) and never yield a wrong answer. Cleared when full, so it stays bounded.
+_UNCHANGED: set[str] = set()
+_UNCHANGED_MAX = 4_096
+
+
 def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
+    if _DIGIT.search(text) is None or text in _UNCHANGED:
+        return text
+    masked = mask_text_plain(text)
+    if masked == text:
+        if len(_UNCHANGED) >= _UNCHANGED_MAX:
+            _UNCHANGED.clear()
+        _UNCHANGED.add(text)
+    return masked
+
+
+def mask_text_plain(text: str) -> str:
+    """``mask_text`` without its cache: the reference it is tested against."""
     if _DIGIT.search(text) is None:
         return text
     if _CODE_WORD.search(text) is not None:
@@ -213,14 +236,22 @@ def _child(path: str, key: Any) -> str:
 def scrub(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> Any:
     """``value`` as it came in (JSON types kept) with card numbers, security codes and
     sensitive keys removed: what a request may be before anything writes it anywhere. Money
-    fields (``money``, dotted paths) holding an amount are left alone."""
+    fields (``money``, dotted paths) holding an amount are left alone.
+
+    The same as ``scrub_plain``, walked faster (``_walk``)."""
+    return _walk(value, money, path, scrub_plain)
+
+
+def scrub_plain(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> Any:
+    """``scrub`` as plainly written: the reference the fast walk is tested against, and what
+    that walk hands every value other than text, dicts, lists, booleans and null."""
     if type(value) is str:  # most values: checked before the slower ``Mapping`` check
         return value if _is_money(value, path, money) else mask_text(value)
     if isinstance(value, Mapping):
-        return {kept: scrub(v, money, _child(path, k)) for k, v in value.items()
+        return {kept: scrub_plain(v, money, _child(path, k)) for k, v in value.items()
                 if (kept := _kept_key(str(k))) is not None}
     if isinstance(value, (list, tuple)):
-        return [scrub(v, money, path + "[]") for v in value]
+        return [scrub_plain(v, money, path + "[]") for v in value]
     if isinstance(value, bool) or value is None or _is_money(value, path, money):
         return value
     if isinstance(value, str):
@@ -280,14 +311,22 @@ def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") 
     """A JSON-safe copy of ``value`` with sensitive keys dropped and every string (keys
     included) masked. Decimals and dates become strings; integers a card number could hide in
     are masked like text, and integers canonical JSON cannot carry exactly become strings.
-    Amounts at the dotted paths in ``money`` are kept as they are (money is never masked)."""
+    Amounts at the dotted paths in ``money`` are kept as they are (money is never masked).
+
+    The same as ``mask_value_plain``, walked faster (``_walk``)."""
+    return _walk(value, money, path, mask_value_plain)
+
+
+def mask_value_plain(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> Any:
+    """``mask_value`` as plainly written: the reference the fast walk is tested against, and
+    what that walk hands every value other than text, dicts, lists, booleans and null."""
     if type(value) is str:  # most values: checked before the slower ``Mapping`` check
         return value if _is_money(value, path, money) else mask_text(value)
     if isinstance(value, Mapping):
-        return {kept: mask_value(v, money, _child(path, k))
+        return {kept: mask_value_plain(v, money, _child(path, k))
                 for k, v in value.items() if (kept := _kept_key(str(k))) is not None}
     if isinstance(value, (list, tuple)):
-        return [mask_value(v, money, path + "[]") for v in value]
+        return [mask_value_plain(v, money, path + "[]") for v in value]
     if isinstance(value, bool) or value is None:
         return value
     if _is_money(value, path, money):
@@ -310,3 +349,67 @@ def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") 
     if isinstance(value, float):
         return mask_text(repr(value))
     return mask_text(str(value))
+
+
+Leaf = Callable[..., Any]
+
+
+@functools.lru_cache(maxsize=64)
+def _money_prefixes(money: frozenset[str]) -> frozenset[str]:
+    """Every string prefix of a money path: a value whose path is none of these has no money
+    path at or below it (a child's path always starts with its parent's), so its subtree is
+    walked without building paths at all."""
+    return frozenset(m[:i] for m in money for i in range(len(m) + 1))
+
+
+def _walk(value: Any, money: frozenset[str], path: str, leaf: Leaf) -> Any:
+    prefixes = _money_prefixes(money)
+    if path in prefixes:
+        return _walk_money(value, money, prefixes, path, leaf)
+    return _walk_free(value, leaf)
+
+
+def _walk_free(value: Any, leaf: Leaf) -> Any:
+    """``leaf(value)`` for a value with no money at or below it, for the common JSON shapes
+    without ``leaf``'s chain of ``isinstance`` checks (a ``Mapping`` check is slow) and
+    without the dotted paths nothing below will look at. Exactly what ``leaf`` gives: anything
+    else (other mappings, numbers, dates) goes to ``leaf`` itself."""
+    kind = type(value)
+    if kind is str:
+        return mask_text(value)
+    if kind is dict:
+        return {kept: _walk_free(v, leaf) for k, v in value.items()
+                if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
+    if kind is list or kind is tuple:
+        return [_walk_free(v, leaf) for v in value]
+    if value is None or kind is bool:
+        return value
+    return leaf(value)
+
+
+def _walk_money(value: Any, money: frozenset[str], prefixes: frozenset[str], path: str,
+                leaf: Leaf) -> Any:
+    """``_walk_free`` for a value at ``path``, a prefix of a money path: paths are built
+    (as ``leaf`` builds them) while they may still lead to money."""
+    kind = type(value)
+    if kind is str:
+        if path in money and _MONEY.fullmatch(value) is not None:
+            return value
+        return mask_text(value)
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            kept = _kept_key(k if type(k) is str else str(k))
+            if kept is not None:
+                sub = _child(path, k)
+                out[kept] = (_walk_money(v, money, prefixes, sub, leaf) if sub in prefixes
+                             else _walk_free(v, leaf))
+        return out
+    if kind is list or kind is tuple:
+        sub = path + "[]"
+        if sub in prefixes:
+            return [_walk_money(v, money, prefixes, sub, leaf) for v in value]
+        return [_walk_free(v, leaf) for v in value]
+    if value is None or kind is bool:
+        return value
+    return leaf(value, money, path)
