@@ -140,23 +140,31 @@ def _hide_code(m: re.Match[str]) -> str:
     return m.group(1) + m.group(2) + _DIGIT.sub("*", m.group(3))
 
 
-# Texts with digits that mask to themselves: mostly rule texts (messages, citations, rule
-# ids, deadline names) that every decision snapshot repeats and whose digits would otherwise
-# send each through the slow path every time. Only such texts go in: keeping in memory a
-# string the store writes unchanged anyway reveals nothing, and a text masking changes is
-# never kept. Shared by all threads without a lock: ``in``, ``add`` and ``clear`` on a set
-# are each one atomic step under the GIL, so a race can only drop entries (a miss costs one
-# slow masking) and never yield a wrong answer. Cleared when full, so it stays bounded.
+# Texts that mask to themselves: mostly rule texts (messages, citations, rule ids, deadline
+# names) that every decision snapshot repeats. Those with digits would each take the slow
+# path every time, and even a digit-free one costs a Unicode ``\d`` scan of its whole length
+# (a microsecond and more for a message), against a hash computed once per string object
+# and one lookup. Only such texts go in: keeping in memory a string the store writes
+# unchanged anyway reveals nothing, and a text masking changes is never kept. Texts unique to
+# a request (ids, times) pass through too: at a few per request the set fills and is cleared
+# every few hundred requests, and refilling costs one plain masking per rule text. Long texts
+# are left out, which bounds the memory too. Shared by all threads without a lock:
+# ``in``, ``add`` and ``clear`` on a set are each one atomic step under the GIL, so a race
+# can only drop entries (a miss costs one plain masking) and never give a wrong answer.
+# Cleared when full, so it stays bounded whatever the input.
 _UNCHANGED: set[str] = set()
 _UNCHANGED_MAX = 4_096
+_UNCHANGED_LONGEST = 1_024
 
 
 def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
-    if _DIGIT.search(text) is None or text in _UNCHANGED:
+    # Only exact ``str``: a subclass could hash and compare as it likes.
+    exact = type(text) is str
+    if exact and text in _UNCHANGED:
         return text
     masked = mask_text_plain(text)
-    if masked == text:
+    if exact and masked == text and len(text) <= _UNCHANGED_LONGEST:
         if len(_UNCHANGED) >= _UNCHANGED_MAX:
             _UNCHANGED.clear()
         _UNCHANGED.add(text)
@@ -377,11 +385,12 @@ def _walk_free(value: Any, leaf: Leaf) -> Any:
     kind = type(value)
     if kind is str:
         return mask_text(value)
-    if kind is dict:
-        return {kept: _walk_free(v, leaf) for k, v in value.items()
+    if kind is dict:  # text, most members, masked here rather than a call deeper
+        return {kept: mask_text(v) if type(v) is str else _walk_free(v, leaf)
+                for k, v in value.items()
                 if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
     if kind is list or kind is tuple:
-        return [_walk_free(v, leaf) for v in value]
+        return [mask_text(v) if type(v) is str else _walk_free(v, leaf) for v in value]
     if value is None or kind is bool:
         return value
     return leaf(value)
@@ -400,10 +409,13 @@ def _walk_money(value: Any, money: frozenset[str], prefixes: frozenset[str], pat
         out = {}
         for k, v in value.items():
             kept = _kept_key(k if type(k) is str else str(k))
-            if kept is not None:
-                sub = _child(path, k)
-                out[kept] = (_walk_money(v, money, prefixes, sub, leaf) if sub in prefixes
-                             else _walk_free(v, leaf))
+            if kept is None:
+                continue
+            sub = f"{path}.{k}" if path else str(k)  # ``_child``, without the call
+            if sub in prefixes:
+                out[kept] = _walk_money(v, money, prefixes, sub, leaf)
+            else:
+                out[kept] = mask_text(v) if type(v) is str else _walk_free(v, leaf)
         return out
     if kind is list or kind is tuple:
         sub = path + "[]"
