@@ -191,3 +191,13 @@ def test_money_is_kept_at_its_paths_and_masked_elsewhere():
     assert got["transaction"]["amount"] == pan[:15]
     assert got["items"][0]["sku"] == "************1111"
     assert got["note"] == "************1111"
+
+
+def test_an_integer_too_long_to_print_at_a_money_path_is_kept_out_not_a_crash():
+    # Python refuses to print an integer of over 4,300 digits; at a money path the amount
+    # check printed it, and the ValueError took the whole batch down with it.
+    huge = 10**5000
+    assert mask_value({"amount": huge}, DECISION_MONEY) == {"amount": "(a number too long to keep)"}
+    assert scrub({"amount": huge}, frozenset({"amount"})) == {
+        "amount": ["(a number too long to keep)"]}
+    assert mask_value({"amount": 10**15 - 1}, DECISION_MONEY) == {"amount": 10**15 - 1}

@@ -63,6 +63,7 @@ _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above t
 # What a money field may hold (schemas/refund-request.schema.json): such a value is an amount,
 # never masked, so 1000000000009.00 stays an amount and four-eyes still counts it.
 _MONEY = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,12})?")  # ASCII digits only, as the schema
+_MONEY_BITS = (10**15).bit_length()  # no integer of more bits has 15 digits or fewer
 _TAG_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
 
 
@@ -234,7 +235,11 @@ def _is_money(value: Any, path: str, money: frozenset[str]) -> bool:
         return False
     if isinstance(value, Decimal):
         return value.is_finite() and _MONEY.fullmatch(str(value)) is not None
-    return isinstance(value, (str, int)) and _MONEY.fullmatch(str(value)) is not None
+    if isinstance(value, int):
+        # An integer too long to print (over 4,300 digits) is no amount: the callers' integer
+        # branches keep it out whole, where ``str`` here would have crashed the whole batch.
+        return value.bit_length() <= _MONEY_BITS and _MONEY.fullmatch(str(value)) is not None
+    return isinstance(value, str) and _MONEY.fullmatch(value) is not None
 
 
 def _child(path: str, key: Any) -> str:
@@ -412,10 +417,13 @@ def _walk_money(value: Any, money: frozenset[str], prefixes: frozenset[str], pat
             if kept is None:
                 continue
             sub = f"{path}.{k}" if path else str(k)  # ``_child``, without the call
-            if sub in prefixes:
-                out[kept] = _walk_money(v, money, prefixes, sub, leaf)
-            else:
+            if sub not in prefixes:
                 out[kept] = mask_text(v) if type(v) is str else _walk_free(v, leaf)
+            elif type(v) is str:  # an amount as text, most often: no call deeper
+                out[kept] = (v if sub in money and _MONEY.fullmatch(v) is not None
+                             else mask_text(v))
+            else:
+                out[kept] = _walk_money(v, money, prefixes, sub, leaf)
         return out
     if kind is list or kind is tuple:
         sub = path + "[]"
