@@ -1,11 +1,13 @@
-"""The fast masking paths against their plain references: ``mask_text`` (with its cache of texts
-that mask to themselves) against ``mask_text_plain``, and the fast walks of ``mask_value`` and
-``scrub`` against ``mask_value_plain`` and ``scrub_plain``, on random JSON-ish values. Equal
-results are what keeps every record's bytes as they were."""
+"""The fast masking paths against their plain references: ``mask_rule_text`` (with its cache of
+texts that mask to themselves) against ``mask_text``, ``mask_snapshot`` against
+``mask_value_plain(..., DECISION_MONEY)``, and the fast walks of ``mask_value`` and ``scrub``
+against ``mask_value_plain`` and ``scrub_plain``, on random JSON-ish values. Equal results are
+what keeps every record's bytes as they were."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import types
 from collections.abc import Callable
 from decimal import Decimal
@@ -16,14 +18,17 @@ from hypothesis import strategies as st
 from refundry.records.events import DECISION_MONEY, DETAILS_MONEY
 from refundry.records.masking import (
     luhn_ok,
+    mask_rule_text,
+    mask_snapshot,
     mask_text,
-    mask_text_plain,
     mask_value,
     mask_value_plain,
     request_money_paths,
     scrub,
     scrub_plain,
 )
+
+from .. import hostile_corpus
 
 
 def _luhn_complete(prefix: str) -> str:
@@ -77,8 +82,12 @@ KEYS = st.one_of(
     st.sampled_from(["amount", "transaction", "items", "unit_price", "value", "current",
                      "original", "four_eyes_above", "express_shipping_amount", "cvv",
                      "Security-Code", "card_cvv", "pin", "shipping", "note", "request_id",
-                     "amount.value", "items[]", "1", ""]),
+                     "amount.value", "items[]", "1", "", "reasons", "ruleset", "deadlines"]),
     TEXTS, st.integers(-3, 3))
+
+SNAPSHOT_KEYS = st.sampled_from(["request_id", "outcome", "amount", "currency", "reasons",
+                                 "deadlines", "lines", "actions", "ruleset", "as_of", "errors",
+                                 "cvv", "amount.x"])
 
 
 def _containers(children: st.SearchStrategy) -> st.SearchStrategy:
@@ -163,10 +172,18 @@ def test_the_fast_walks_keep_money_where_the_plain_ones_do(shaped):
 
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(TEXTS, st.text()))
-def test_mask_text_and_its_cache_equal_the_plain_masking(text):
-    expected = mask_text_plain(text)
-    assert mask_text(text) == expected
-    assert mask_text(text) == expected  # a second time, from the cache when it was kept
+def test_rule_text_masking_and_its_cache_equal_the_plain_masking(text):
+    expected = mask_text(text)
+    assert mask_rule_text(text) == expected
+    assert mask_rule_text(text) == expected  # a second time, from the cache when it was kept
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(VALUES, st.dictionaries(SNAPSHOT_KEYS, VALUES, max_size=6)))
+def test_the_snapshot_masking_equals_the_plain_one(value):
+    expected = _result(mask_value_plain, value, DECISION_MONEY)
+    assert _same(_result(mask_snapshot, value), expected)
+    assert _same(_result(mask_snapshot, value), expected)  # again, with rule texts remembered
 
 
 @settings(max_examples=400, deadline=None)
@@ -201,3 +218,11 @@ def test_an_integer_too_long_to_print_at_a_money_path_is_kept_out_not_a_crash():
     assert scrub({"amount": huge}, frozenset({"amount"})) == {
         "amount": ["(a number too long to keep)"]}
     assert mask_value({"amount": 10**15 - 1}, DECISION_MONEY) == {"amount": 10**15 - 1}
+
+
+def test_snapshots_of_real_decisions_equal_the_plain_masking(engine):
+    for text in hostile_corpus.shipped_requests():
+        snapshot = engine.evaluate(json.loads(text, parse_float=Decimal)).to_dict()
+        expected = mask_value_plain(snapshot, DECISION_MONEY)
+        assert _same(mask_snapshot(snapshot), expected)
+        assert _same(mask_snapshot(snapshot), expected)  # again, with rule texts remembered

@@ -50,6 +50,7 @@ from refundry.records.masking import (
     DECISION_MONEY,
     DETAILS_MONEY,
     mask_request,
+    mask_snapshot,
     mask_text,
     mask_value,
     scrub_id,
@@ -265,7 +266,7 @@ def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision
         raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
     masked = mask_request(raw, salt)
     request_id = masked["request_id"]
-    snapshot = mask_value(decision.to_dict(), DECISION_MONEY)
+    snapshot = mask_snapshot(decision.to_dict())
     snapshot["request_id"] = request_id
     if decision.request_id != raw["request_id"]:
         raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "

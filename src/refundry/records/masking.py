@@ -141,39 +141,8 @@ def _hide_code(m: re.Match[str]) -> str:
     return m.group(1) + m.group(2) + _DIGIT.sub("*", m.group(3))
 
 
-# Texts that mask to themselves: mostly rule texts (messages, citations, rule ids, deadline
-# names) that every decision snapshot repeats. Those with digits would each take the slow
-# path every time, and even a digit-free one costs a Unicode ``\d`` scan of its whole length
-# (a microsecond and more for a message), against a hash computed once per string object
-# and one lookup. Only such texts go in: keeping in memory a string the store writes
-# unchanged anyway reveals nothing, and a text masking changes is never kept. Texts unique to
-# a request (ids, times) pass through too: at a few per request the set fills and is cleared
-# every few hundred requests, and refilling costs one plain masking per rule text. Long texts
-# are left out, which bounds the memory too. Shared by all threads without a lock:
-# ``in``, ``add`` and ``clear`` on a set are each one atomic step under the GIL, so a race
-# can only drop entries (a miss costs one plain masking) and never give a wrong answer.
-# Cleared when full, so it stays bounded whatever the input.
-_UNCHANGED: set[str] = set()
-_UNCHANGED_MAX = 4_096
-_UNCHANGED_LONGEST = 1_024
-
-
 def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
-    # Only exact ``str``: a subclass could hash and compare as it likes.
-    exact = type(text) is str
-    if exact and text in _UNCHANGED:
-        return text
-    masked = mask_text_plain(text)
-    if exact and masked == text and len(text) <= _UNCHANGED_LONGEST:
-        if len(_UNCHANGED) >= _UNCHANGED_MAX:
-            _UNCHANGED.clear()
-        _UNCHANGED.add(text)
-    return masked
-
-
-def mask_text_plain(text: str) -> str:
-    """``mask_text`` without its cache: the reference it is tested against."""
     if _DIGIT.search(text) is None:
         return text
     if _CODE_WORD.search(text) is not None:
@@ -433,3 +402,69 @@ def _walk_money(value: Any, money: frozenset[str], prefixes: frozenset[str], pat
     if value is None or kind is bool:
         return value
     return leaf(value, money, path)
+
+
+# The ruleset's own texts, as masking leaves them: rule ids, codes, messages, citations,
+# deadline names, layer digests, which every decision snapshot repeats and which hold digits
+# (citations, digests) or are long (a Unicode ``\d`` scan of a message costs a microsecond
+# and more), against a hash computed once per string object and one lookup. Only texts that
+# mask to themselves go in (the store writes them as they are; a text masking changes is
+# never kept), and only through ``mask_snapshot``'s rule parts: request text (ids, SKUs,
+# notes, addresses, emails) never enters, so nothing of a customer's outlives its request
+# here or is shared between clients. Shared by all threads without a lock: ``in``, ``add``
+# and ``clear`` on a set are each one atomic step under the GIL, so a race can only drop
+# entries (a miss costs one plain masking), never give a wrong answer. Cleared when full and
+# long texts left out, so it stays bounded whatever a ruleset holds.
+_RULE_TEXTS: set[str] = set()
+_RULE_TEXTS_MAX = 4_096
+_RULE_TEXT_LONGEST = 2_048
+# The members of a decision snapshot (``Decision.to_dict``) made of the ruleset's texts and
+# what the rules computed (dates, amounts), never of the request's text.
+_RULE_PARTS = frozenset({"reasons", "deadlines", "actions", "ruleset"})
+
+
+def mask_rule_text(text: str) -> str:
+    """``mask_text(text)`` for a text of the ruleset's, remembered when masking keeps it."""
+    exact = type(text) is str  # a subclass could hash and compare as it likes
+    if exact and text in _RULE_TEXTS:
+        return text
+    masked = mask_text(text)
+    if exact and masked == text and len(text) <= _RULE_TEXT_LONGEST:
+        if len(_RULE_TEXTS) >= _RULE_TEXTS_MAX:
+            _RULE_TEXTS.clear()
+        _RULE_TEXTS.add(text)
+    return masked
+
+
+def mask_snapshot(snapshot: Any) -> Any:
+    """``mask_value(snapshot, DECISION_MONEY)``: a decision as a record keeps it, with the
+    texts of its rule parts (reasons, deadlines, actions, ruleset) through ``mask_rule_text``."""
+    if type(snapshot) is not dict:
+        return mask_value(snapshot, DECISION_MONEY)
+    prefixes = _money_prefixes(DECISION_MONEY)
+    out = {}
+    for k, v in snapshot.items():
+        kept = _kept_key(k if type(k) is str else str(k))
+        if kept is None:
+            continue
+        sub = str(k)  # ``_child("", k)``
+        if k in _RULE_PARTS and type(k) is str:
+            out[kept] = _walk_rules(v)
+        elif sub in prefixes:
+            out[kept] = _walk_money(v, DECISION_MONEY, prefixes, sub, mask_value_plain)
+        else:
+            out[kept] = _walk_free(v, mask_value_plain)
+    return out
+
+
+def _walk_rules(value: Any) -> Any:
+    """``_walk_free(value, mask_value_plain)`` with text through ``mask_rule_text``."""
+    kind = type(value)
+    if kind is str:
+        return mask_rule_text(value)
+    if kind is dict:
+        return {kept: _walk_rules(v) for k, v in value.items()
+                if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
+    if kind is list or kind is tuple:
+        return [_walk_rules(v) for v in value]
+    return _walk_free(value, mask_value_plain)
