@@ -1,6 +1,7 @@
 """CPU per request of the records path every recorded decision pays before the writers' lock:
 scrubbing the request on entry, parsing it, its canonical dict, masking it, the decision
-snapshot (``mask_value(decision.to_dict(), DECISION_MONEY)``), the canonical JSON of both, and
+snapshot (``mask_value(decision.to_dict(), DECISION_MONEY)``, or ``mask_snapshot`` where a tree
+has it, as ``prepare_event`` does), the canonical JSON of both, and
 ``records.events.prepare_event`` as a whole.
 
     .venv/bin/python bench/bench_prepare.py [--requests 300] [--runs 7] [--rounds 3]
@@ -43,8 +44,14 @@ def child(requests: int, runs: int) -> dict:
     """This process's figures: µs of CPU per request for each step, and the output digest."""
     from refundry.core.engine import Engine
     from refundry.core.request import parse_request, request_to_dict
+    from refundry.records import masking
     from refundry.records.events import DECISION_MONEY, encode, prepare_event
     from refundry.records.masking import mask_request, mask_value, scrub_request
+
+    def snapshot_of(decision):  # as prepare_event masks it, on either tree
+        if hasattr(masking, "mask_snapshot"):
+            return masking.mask_snapshot(decision.to_dict())
+        return mask_value(decision.to_dict(), DECISION_MONEY)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "req.jsonl"
@@ -56,7 +63,7 @@ def child(requests: int, runs: int) -> dict:
     parsed = [parse_request(d) for d in data]
     raws = [request_to_dict(r) for r in parsed]
     masked = [mask_request(r, salt) for r in raws]
-    snaps = [mask_value(dec.to_dict(), DECISION_MONEY) for dec in decisions]
+    snaps = [snapshot_of(dec) for dec in decisions]
     pairs = list(zip(parsed, decisions, strict=True))
     digest = hashlib.sha256()
     for r, dec in pairs:
@@ -69,7 +76,7 @@ def child(requests: int, runs: int) -> dict:
         "parse_request": lambda: [parse_request(d) for d in data],
         "request_to_dict": lambda: [request_to_dict(r) for r in parsed],
         "mask_request": lambda: [mask_request(r, salt) for r in raws],
-        "snapshot": lambda: [mask_value(dec.to_dict(), DECISION_MONEY) for dec in decisions],
+        "snapshot": lambda: [snapshot_of(dec) for dec in decisions],
         "encode": lambda: [encode(s, m) for s, m in zip(snaps, masked, strict=True)],
         "prepare_event": lambda: [prepare_event(r, dec, salt, actor="a", texts=())
                                   for r, dec in pairs],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import sys
 import types
 from collections.abc import Callable
 from decimal import Decimal
@@ -21,6 +23,7 @@ from refundry.records.masking import (
     mask_rule_text,
     mask_snapshot,
     mask_text,
+    mask_text_plain,
     mask_value,
     mask_value_plain,
     request_money_paths,
@@ -36,7 +39,7 @@ def _luhn_complete(prefix: str) -> str:
 
 
 PANS = [_luhn_complete("453914880343646"), "4111111111111111", "5500005555555559",
-        _luhn_complete("37828224631000")]
+        _luhn_complete("37828224631000"), _luhn_complete("422222222222")]  # 16, 16, 16, 15, 13
 SEPARATORS = ["", " ", "-", ".", "/", "  ", "\u200b", "_", "*"]
 
 
@@ -168,6 +171,19 @@ def test_the_fast_walks_keep_money_where_the_plain_ones_do(shaped):
     value, money = shaped
     assert _same(_result(mask_value, value, money), _result(mask_value_plain, value, money))
     assert _same(_result(scrub, value, money), _result(scrub_plain, value, money))
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(st.one_of(TEXTS, st.text(), st.text(alphabet="0123456789 -_.*aZcC\u00e9\u0663", max_size=40)))
+def test_mask_text_equals_the_plain_masking_without_its_shortcuts(text):
+    assert mask_text(text) == mask_text_plain(text)
+
+
+def test_only_c_and_capital_c_match_a_c_ignoring_case():
+    # mask_text skips its code-word search for text without "c" or "C": sound only while no
+    # other character matches ``c`` under ``(?i)`` (as ``ſ`` does ``s``).
+    c = re.compile("(?i)c")
+    assert [ch for ch in map(chr, range(sys.maxunicode + 1)) if c.fullmatch(ch)] == ["C", "c"]
 
 
 @settings(max_examples=400, deadline=None)

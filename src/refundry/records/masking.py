@@ -59,6 +59,9 @@ _DIGIT = re.compile(r"\d")
 _CODE_WORD = re.compile(r"(?i)cv|cid|csc|cav2|code|verification")
 _LETTERS = re.compile(r"[^\W\d_]+")
 _MIN_PAN, _MAX_PAN = 13, 19
+_ASCII_LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
+_LETTERS_TO_SPACE = bytes.maketrans(_ASCII_LETTERS, b" " * len(_ASCII_LETTERS))
+_NOT_ALNUM = bytes(b for b in range(128) if not chr(b).isalnum())  # ASCII separators, _ too
 _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above this
 # What a money field may hold (schemas/refund-request.schema.json): such a value is an amount,
 # never masked, so 1000000000009.00 stays an amount and four-eyes still counts it.
@@ -133,6 +136,16 @@ def _mask_run(run: str) -> str:
 
 
 def _may_hold_card(text: str) -> bool:
+    r"""``_may_hold_card_plain(text)``; for ASCII text (most) in a few C calls: letters
+    (ASCII's ``[^\W\d_]``) become spaces, everything else but digits (ASCII's ``\d``) is
+    dropped, and what is left between letters is each letter-free stretch's digits."""
+    if text.isascii():
+        kept = text.encode("ascii").translate(_LETTERS_TO_SPACE, _NOT_ALNUM)
+        return any(len(digits) >= _MIN_PAN for digits in kept.split())
+    return _may_hold_card_plain(text)
+
+
+def _may_hold_card_plain(text: str) -> bool:
     return any(len(part) >= _MIN_PAN and len(_DIGIT.findall(part)) >= _MIN_PAN
                for part in _LETTERS.split(text))
 
@@ -145,10 +158,27 @@ def mask_text(text: str) -> str:
     """``text`` with card numbers cut to their last four digits and spelled-out CVVs removed."""
     if _DIGIT.search(text) is None:
         return text
-    if _CODE_WORD.search(text) is not None:
+    # Every code word holds a ``c``, and under ``(?i)`` only ``c`` and ``C`` match one (a test
+    # checks every code point): a text without either, every date, skips the slower search.
+    if ("c" in text or "C" in text) and _CODE_WORD.search(text) is not None:
         text = _CODE_IN_TEXT.sub(_hide_code, text)
     if len(text) < _MIN_PAN or not _may_hold_card(text):
         return text
+    return _mask_cards(text)
+
+
+def mask_text_plain(text: str) -> str:
+    """``mask_text`` without its shortcuts: the reference a differential test holds it to."""
+    if _DIGIT.search(text) is None:
+        return text
+    if _CODE_WORD.search(text) is not None:
+        text = _CODE_IN_TEXT.sub(_hide_code, text)
+    if len(text) < _MIN_PAN or not _may_hold_card_plain(text):
+        return text
+    return _mask_cards(text)
+
+
+def _mask_cards(text: str) -> str:
     # A masked ``*`` is a separator too, so the digits a pass leaves visible (a last four and
     # the digits before a card number) can line up into a new Luhn-valid run; mask again
     # until nothing changes. Each pass only hides digits, so this ends.
