@@ -85,7 +85,8 @@ KEYS = st.one_of(
     st.sampled_from(["amount", "transaction", "items", "unit_price", "value", "current",
                      "original", "four_eyes_above", "express_shipping_amount", "cvv",
                      "Security-Code", "card_cvv", "pin", "shipping", "note", "request_id",
-                     "amount.value", "items[]", "1", "", "reasons", "ruleset", "deadlines"]),
+                     "amount.value", "items[]", "1", "", "reasons", "ruleset", "deadlines",
+                     "rule_id", "message", "citation", "layers", "due", "customer_messages"]),
     TEXTS, st.integers(-3, 3))
 
 SNAPSHOT_KEYS = st.sampled_from(["request_id", "outcome", "amount", "currency", "reasons",
@@ -194,8 +195,21 @@ def test_rule_text_masking_and_its_cache_equal_the_plain_masking(text):
     assert mask_rule_text(text) == expected  # a second time, from the cache when it was kept
 
 
+RULE_MEMBERS = st.dictionaries(
+    st.one_of(st.sampled_from(["rule_id", "effect", "code", "message", "customer_message",
+                               "customer_messages", "citation", "ruleset", "name", "type", "id",
+                               "version", "digest", "layers", "due", "amount"]), KEYS),
+    st.one_of(TEXTS, VALUES), max_size=6)
+SNAPSHOTS = st.fixed_dictionaries(
+    {}, optional={"reasons": st.lists(RULE_MEMBERS, max_size=3),
+                  "deadlines": st.lists(RULE_MEMBERS, max_size=3),
+                  "actions": st.lists(RULE_MEMBERS, max_size=2), "ruleset": RULE_MEMBERS,
+                  "amount": MONEY_LEAVES, "request_id": TEXTS, "lines": VALUES,
+                  "cvv": TEXTS})
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.one_of(VALUES, st.dictionaries(SNAPSHOT_KEYS, VALUES, max_size=6)))
+@given(st.one_of(VALUES, SNAPSHOTS, st.dictionaries(SNAPSHOT_KEYS, VALUES, max_size=6)))
 def test_the_snapshot_masking_equals_the_plain_one(value):
     expected = _result(mask_value_plain, value, DECISION_MONEY)
     assert _same(_result(mask_snapshot, value), expected)

@@ -439,18 +439,24 @@ def _walk_money(value: Any, money: frozenset[str], prefixes: frozenset[str], pat
 # (citations, digests) or are long (a Unicode ``\d`` scan of a message costs a microsecond
 # and more), against a hash computed once per string object and one lookup. Only texts that
 # mask to themselves go in (the store writes them as they are; a text masking changes is
-# never kept), and only through ``mask_snapshot``'s rule parts: request text (ids, SKUs,
-# notes, addresses, emails) never enters, so nothing of a customer's outlives its request
-# here or is shared between clients. Shared by all threads without a lock: ``in``, ``add``
+# never kept), and only the ruleset's texts in a snapshot (``mask_snapshot``): request
+# text (ids, SKUs, notes, addresses, emails) never enters, so nothing of a customer's
+# outlives its request here or is shared between clients. Shared by all threads without a lock: ``in``, ``add``
 # and ``clear`` on a set are each one atomic step under the GIL, so a race can only drop
 # entries (a miss costs one plain masking), never give a wrong answer. Cleared when full and
 # long texts left out, so it stays bounded whatever a ruleset holds.
 _RULE_TEXTS: set[str] = set()
 _RULE_TEXTS_MAX = 4_096
 _RULE_TEXT_LONGEST = 2_048
-# The members of a decision snapshot (``Decision.to_dict``) made of the ruleset's texts and
-# what the rules computed (dates, amounts), never of the request's text.
+# The members of a decision snapshot (``Decision.to_dict``) that hold the ruleset's parts, and
+# within them the members that are the ruleset's own text. The rest there (a deadline's date,
+# an action's amount: computed per request) is masked afresh, like all of the request. The
+# engine's own reasons (an invalid request, no ruleset in force) are fixed texts, but for the
+# date or ``as_of`` problem two of them name.
 _RULE_PARTS = frozenset({"reasons", "deadlines", "actions", "ruleset"})
+_RULE_TEXT_KEYS = frozenset({"rule_id", "effect", "code", "message", "customer_message",
+                             "customer_messages", "citation", "ruleset", "name", "type", "id",
+                             "version", "digest", "layers"})
 
 
 def mask_rule_text(text: str) -> str:
@@ -468,7 +474,7 @@ def mask_rule_text(text: str) -> str:
 
 def mask_snapshot(snapshot: Any) -> Any:
     """``mask_value(snapshot, DECISION_MONEY)``: a decision as a record keeps it, with the
-    texts of its rule parts (reasons, deadlines, actions, ruleset) through ``mask_rule_text``."""
+    ruleset's texts in it through ``mask_rule_text``."""
     if type(snapshot) is not dict:
         return mask_value(snapshot, DECISION_MONEY)
     prefixes = _money_prefixes(DECISION_MONEY)
@@ -478,8 +484,8 @@ def mask_snapshot(snapshot: Any) -> Any:
         if kept is None:
             continue
         sub = str(k)  # ``_child("", k)``
-        if k in _RULE_PARTS and type(k) is str:
-            out[kept] = _walk_rules(v)
+        if type(k) is str and k in _RULE_PARTS:
+            out[kept] = _walk_rule_part(v)
         elif sub in prefixes:
             out[kept] = _walk_money(v, DECISION_MONEY, prefixes, sub, mask_value_plain)
         else:
@@ -487,14 +493,28 @@ def mask_snapshot(snapshot: Any) -> Any:
     return out
 
 
-def _walk_rules(value: Any) -> Any:
+def _walk_rule_part(value: Any) -> Any:
+    """``_walk_free(value, mask_value_plain)`` for a snapshot's rule part (a list of reasons,
+    the ruleset), with the members that are the ruleset's text through ``_walk_rule_text``."""
+    kind = type(value)
+    if kind is dict:
+        return {kept: (_walk_rule_text(v) if type(k) is str and k in _RULE_TEXT_KEYS
+                       else _walk_free(v, mask_value_plain))
+                for k, v in value.items()
+                if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
+    if kind is list or kind is tuple:
+        return [_walk_rule_part(v) for v in value]
+    return _walk_free(value, mask_value_plain)
+
+
+def _walk_rule_text(value: Any) -> Any:
     """``_walk_free(value, mask_value_plain)`` with text through ``mask_rule_text``."""
     kind = type(value)
     if kind is str:
         return mask_rule_text(value)
     if kind is dict:
-        return {kept: _walk_rules(v) for k, v in value.items()
+        return {kept: _walk_rule_text(v) for k, v in value.items()
                 if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
     if kind is list or kind is tuple:
-        return [_walk_rules(v) for v in value]
+        return [_walk_rule_text(v) for v in value]
     return _walk_free(value, mask_value_plain)
