@@ -256,3 +256,18 @@ def test_snapshots_of_real_decisions_equal_the_plain_masking(engine):
         expected = mask_value_plain(snapshot, DECISION_MONEY)
         assert _same(mask_snapshot(snapshot), expected)
         assert _same(mask_snapshot(snapshot), expected)  # again, with rule texts remembered
+
+
+def test_the_engine_own_reasons_are_never_remembered(engine):
+    # "no ruleset is in force" names the ruleset asked for (or the request's client id) and the
+    # day; an invalid `as_of` names what was sent. Such text is the request's, and must not outlive it in memory.
+    from refundry.records import masking
+
+    request = json.loads(hostile_corpus.shipped_requests()[0], parse_float=Decimal)
+    snapshot = engine.evaluate(request, ruleset="remember-me-1234").to_dict()
+    assert snapshot["reasons"][0]["rule_id"] == "refundry.no-ruleset"
+    masked = mask_snapshot(snapshot)
+    assert masked == mask_value_plain(snapshot, DECISION_MONEY)
+    remembered = masking._RULE_TEXTS  # noqa: SLF001 - what the memory holds is the point here
+    assert not [t for t in remembered if "remember-me" in t]
+    assert snapshot["reasons"][0]["message"] not in remembered

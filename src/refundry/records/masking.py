@@ -451,9 +451,10 @@ _RULE_TEXT_LONGEST = 2_048
 # The members of a decision snapshot (``Decision.to_dict``) that hold the ruleset's parts, and
 # within them the members that are the ruleset's own text. The rest there (a deadline's date,
 # an action's amount: computed per request) is masked afresh, like all of the request. The
-# engine's own reasons (an invalid request, no ruleset in force) are fixed texts, but for the
-# date or ``as_of`` problem two of them name.
+# engine's own reasons (``refundry.*``: an invalid request, no ruleset in force) can name
+# what a request sent, so they are masked afresh too.
 _RULE_PARTS = frozenset({"reasons", "deadlines", "actions", "ruleset"})
+_ENGINE_OWN = re.compile(r"refundry\.")  # the rule ids of the engine's own reasons (core.engine)
 _RULE_TEXT_KEYS = frozenset({"rule_id", "effect", "code", "message", "customer_message",
                              "customer_messages", "citation", "ruleset", "name", "type", "id",
                              "version", "digest", "layers"})
@@ -497,6 +498,10 @@ def _walk_rule_part(value: Any) -> Any:
     """``_walk_free(value, mask_value_plain)`` for a snapshot's rule part (a list of reasons,
     the ruleset), with the members that are the ruleset's text through ``_walk_rule_text``."""
     kind = type(value)
+    if kind is dict and _ENGINE_OWN.match(str(value.get("rule_id", ""))):
+        # The engine's own reasons may name what the request sent (a client id, an `as_of`):
+        # masked afresh every time, like the request, never remembered.
+        return _walk_free(value, mask_value_plain)
     if kind is dict:
         return {kept: (_walk_rule_text(v) if type(k) is str and k in _RULE_TEXT_KEYS
                        else _walk_free(v, mask_value_plain))
