@@ -1502,7 +1502,6 @@ def _read_body(text: str, type_: str) -> Any:
 # workers costs more than they save there.
 VERIFY_RANGE = 5_000
 VERIFY_PROCESSES_FROM = 20_000
-_UNREAD = object()  # a range's first link, when its first body was not read that far
 
 
 @attrs.frozen
@@ -1523,11 +1522,12 @@ class _Checked:
     reads of the body, the index's item, flaw); a flaw ends the list: ``("row", problem)``
     comes before the state machine's check of that event, ``("signature", problem)`` after it.
     ``opens``: these are the first of a range, whose first event's seq and link (``link``, the
-    ``prev`` its body names; ``start``, the genesis event 1 names) the parent checks."""
+    ``prev`` its body names in a 1-tuple, None when the body was not read that far; ``start``,
+    the genesis event 1 names) the parent checks."""
 
     opens: bool
     events: list[tuple[Any, ...]] = attrs.Factory(list)
-    link: Any = _UNREAD
+    link: tuple[Any] | None = None
     start: str | None = None
     hash_at: dict[int, str] = attrs.Factory(dict)
     seen_head: bool = False
@@ -1587,7 +1587,7 @@ def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[s
                 out.start = _named_start(body_text, job.starts)
             problem, body = _check_body(seq, type_, body_text, hash_, seq)
             if not problem:
-                out.link = body.get("prev")
+                out.link = (body.get("prev"),)
                 problem = _columns_problem(seq, rid, type_, at, actor, body)
         else:
             problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_, expected, prev)
@@ -1712,7 +1712,7 @@ class _ChainWalk:
         """What is wrong with the link from the chain so far to a range's first event."""
         if seq == 1 and checked.start is not None:
             self.prev = self.genesis = checked.start
-        if checked.link is _UNREAD or checked.link == self.prev:
+        if checked.link is None or checked.link[0] == self.prev:
             return ""
         if seq == 1:
             return ("event 1 does not start from this store's genesis: `meta.salt` was "
