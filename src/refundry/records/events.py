@@ -1520,7 +1520,8 @@ class _Checked:
     """Consecutive events of one range, checked as far as they can be without the events
     before them. ``events``: (seq, request_id, type, at, actor, hash, what the state machine
     reads of the body, the index's item, flaw); a flaw ends the list: ``("row", problem)``
-    comes before the state machine's check of that event, ``("signature", problem)`` after it.
+    comes before the state machine's check of that event, ``("signature", problem)`` and
+    ``("raise", exception)`` (a body no check foresaw) after it.
     ``opens``: these are the first of a range, whose first event's seq and link (``link``, the
     ``prev`` its body names in a 1-tuple, None when the body was not read that far; ``start``,
     the genesis event 1 names) the parent checks."""
@@ -1568,6 +1569,13 @@ def _slim(type_: str, body: Mapping[str, Any]) -> dict[str, Any]:
     if "decision" in body:
         slim["decision"] = ({k: decision[k] for k in ("outcome", "amount", "reasons")
                              if k in decision} if isinstance(decision, dict) else decision)
+        reasons = slim["decision"].get("reasons") if isinstance(decision, dict) else None
+        if isinstance(reasons, list) and all(isinstance(r, dict) and isinstance(
+                r.get("code"), str | int | float | None) for r in reasons):
+            # Of the reasons, `required_approvals` asks only whether one has the four-eyes
+            # code; the rest were half of what crossed the pipe. Another shape goes whole,
+            # to fail in the parent as it fails in one process.
+            slim["decision"]["reasons"] = [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1]
     if "request" in body:
         slim["request"] = ({"amount": request["amount"]} if "amount" in request else {}) \
             if isinstance(request, dict) else request
@@ -1595,15 +1603,21 @@ def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[s
             out.events.append((seq, rid, type_, at, actor, hash_, None, None, ("row", problem)))
             yield out
             return
-        signed = check_event_signature(seq, body, hash_, signatures.get(seq))
-        item = (rebuild.read(seq, type_, body) if rebuild is not None and seq <= job.watermark
-                and type_ in INDEXED_EVENTS else None)
-        out.events.append((seq, rid, type_, at, actor, hash_, _slim(type_, body), item,
+        slim = _slim(type_, body)
+        try:
+            signed = check_event_signature(seq, body, hash_, signatures.get(seq))
+            out.digests.update(() if signed else _layer_digests(body))
+            item = (rebuild.read(seq, type_, body) if rebuild is not None and not signed
+                    and seq <= job.watermark and type_ in INDEXED_EVENTS else None)
+        except Exception as exc:  # noqa: BLE001 - raised by the parent where one pass raised it
+            out.events.append((seq, rid, type_, at, actor, hash_, slim, None, ("raise", exc)))
+            yield out
+            return
+        out.events.append((seq, rid, type_, at, actor, hash_, slim, item,
                            ("signature", signed) if signed else None))
         if signed:
             yield out
             return
-        out.digests.update(_layer_digests(body))
         if seq in job.counts:
             out.hash_at[seq] = hash_
         out.seen_head = out.seen_head or hash_ == job.expect_head
@@ -1698,8 +1712,11 @@ class _ChainWalk:
             if not problem and flaw is not None and flaw[0] == "row":
                 problem = flaw[1]
             if not problem:
-                problem = (lifecycle.check(Event(seq, rid, type_, at, actor, hash_, slim))
-                           or (flaw[1] if flaw is not None else ""))
+                problem = lifecycle.check(Event(seq, rid, type_, at, actor, hash_, slim))
+            if not problem and flaw is not None:
+                if flaw[0] == "raise":  # what one pass raised after this event's state machine
+                    raise flaw[1]
+                problem = flaw[1]
             if problem:
                 return Verification(False, self.expected - 1, self.prev,
                                     min(seq, self.expected), problem)
