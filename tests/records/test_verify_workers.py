@@ -8,8 +8,10 @@ ranges; every answer is compared, field by field, with the one-process answer on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -188,17 +190,26 @@ def test_random_mutations_are_found_the_same_in_workers(filled, tmp_path):
         assert not many.ok, what
 
 
-def test_a_small_store_is_verified_in_this_process(filled, monkeypatch):
-    """Below VERIFY_PROCESSES_FROM events no worker is started (they would cost more than
-    they save): verify must not reach for the range reader at all."""
+def test_workers_start_only_for_a_large_store_on_idle_cores(filled, monkeypatch):
+    """Unless asked for, workers start for VERIFY_PROCESSES_FROM events or more and only on
+    idle cores: below that, or on a busy machine, they cost more than they save."""
     store = open_store(filled["url"], create=False)
+    started: list[bool] = []
+
+    @contextlib.contextmanager
+    def reader() -> Iterator[None]:
+        started.append(True)
+        yield None  # and verify reads in this process after all
+
     try:
-        def no_reader() -> Any:
-            raise AssertionError("a worker process was started for a small store")
-        monkeypatch.setattr(store, "_range_reader", no_reader)
-        assert store.verify().ok
+        monkeypatch.setattr(store, "_range_reader", reader)
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert store.verify().ok and not started  # 20 events: too few
         monkeypatch.setattr(events, "VERIFY_PROCESSES_FROM", 20)
-        with pytest.raises(AssertionError, match="a worker process was started"):
-            store.verify()
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.5, 1.5))
+        assert store.verify().ok and not started  # one core busy of two
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert store.verify().ok and started == [True]
     finally:
         store.close()

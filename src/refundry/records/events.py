@@ -1221,8 +1221,9 @@ class RecordStore:
         well-formed events; the state machine check refuses those that break the rules.
 
         ``workers``: the processes that read and check the events, range by range, while this
-        one replays the state machine over them (None: one per core, up to four, for a store of
-        ``VERIFY_PROCESSES_FROM`` events or more, else none); the answer is the same.
+        one replays the state machine over them (None: one per idle core, up to four, for a
+        store of ``VERIFY_PROCESSES_FROM`` events or more; 0 or 1: none); the answer is the
+        same.
         """
         if self._get_meta("salt") is None:
             return Verification(False, 0, GENESIS, None, "`meta.salt` is missing: the store's "
@@ -1251,8 +1252,7 @@ class RecordStore:
                  workers: int | None) -> Generator[_Checked, None, None]:
         """The events, checked range by range (``_check_rows``), in seq order."""
         last = self._head()[0]
-        if workers is None:
-            workers = min(4, os.cpu_count() or 1) if last >= VERIFY_PROCESSES_FROM else 1
+        workers = _idle_workers(last) if workers is None else workers
         if workers > 1:
             with self._range_reader() as read:
                 if read is not None:
@@ -1626,6 +1626,19 @@ def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[s
             yield out
             out = _Checked(opens=False)
     yield out
+
+
+def _idle_workers(events: int) -> int:
+    """Worker processes for verifying ``events`` events when the caller names none: as many
+    as there are idle cores (up to four), and none for a small store or on a busy machine,
+    where they only add their own cost (about half as much CPU again, measured at a load
+    average of 8 on 2 cores, and slower)."""
+    cores = os.cpu_count() or 1
+    try:
+        idle = round(cores - os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average here (Windows)
+        idle = cores
+    return min(4, idle) if events >= VERIFY_PROCESSES_FROM and idle >= 2 else 1
 
 
 def _check_range(read: Callable[[int, int | None], Iterable[Row]], job: _Job,
