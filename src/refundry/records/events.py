@@ -1583,9 +1583,10 @@ def _slim(type_: str, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[str, str]],
-                size: int) -> Iterator[_Checked]:
+                size: int, *, piped: bool = False) -> Iterator[_Checked]:
     """Check one range's rows (in seq order) apart from the chain before it, ``size`` events a
-    ``_Checked``; stop at the first flaw."""
+    ``_Checked``; stop at the first flaw. ``piped``: for another process, which gets only what
+    the state machine reads of each body (``_slim``)."""
     rebuild = Rebuild(job.salt) if job.salt is not None else None
     out, expected, prev = _Checked(opens=True), 0, ""
     for seq, rid, type_, at, actor, body_text, hash_ in rows:
@@ -1603,7 +1604,7 @@ def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[s
             out.events.append((seq, rid, type_, at, actor, hash_, None, None, ("row", problem)))
             yield out
             return
-        slim = _slim(type_, body)
+        slim = _slim(type_, body) if piped else body
         try:
             signed = check_event_signature(seq, body, hash_, signatures.get(seq))
             out.digests.update(() if signed else _layer_digests(body))
@@ -1646,7 +1647,7 @@ def _check_range(read: Callable[[int, int | None], Iterable[Row]], job: _Job,
     """A worker process's task: the events ``lo < seq <= hi`` (to the end when ``hi`` is None),
     read over a connection of its own."""
     with _collector_paused():
-        return next(_check_rows(read(lo, hi), job, signatures, size=sys.maxsize))
+        return next(_check_rows(read(lo, hi), job, signatures, sys.maxsize, piped=True))
 
 
 def _ranges(last: int) -> list[tuple[int, int | None]]:
