@@ -213,3 +213,27 @@ def test_workers_start_only_for_a_large_store_on_idle_cores(filled, monkeypatch)
         assert store.verify().ok and started == [True]
     finally:
         store.close()
+
+
+def _die(*_args: Any) -> None:
+    os._exit(3)  # as a worker killed by the kernel's out-of-memory killer ends
+
+
+def test_a_worker_that_dies_is_a_one_line_error(filled, monkeypatch):
+    monkeypatch.setattr(events, "_check_range", _die)
+    store = open_store(filled["url"], create=False)
+    try:
+        with pytest.raises(events.RecordError, match="a worker process of verify died"):
+            store.verify(workers=2)
+    finally:
+        store.close()
+
+
+def test_where_no_worker_can_start_verify_reads_in_this_process(filled, monkeypatch):
+    def no_semaphores(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(events, "ProcessPoolExecutor", no_semaphores)
+    one, many = both(filled["url"])
+    same(one, many)
+    assert many.ok and many.count == 20

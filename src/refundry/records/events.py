@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any, Protocol, TypedDict
@@ -1255,8 +1256,9 @@ class RecordStore:
         workers = _idle_workers(last) if workers is None else workers
         if workers > 1:
             with self._range_reader() as read:
-                if read is not None:
-                    yield from _in_workers(read, job, signatures, last, workers)
+                pool = _pool(workers) if read is not None else None
+                if read is not None and pool is not None:
+                    yield from _in_workers(pool, workers, read, job, signatures, last)
                     return
         yield from _check_rows(self._rows(), job, signatures, PAGE)
 
@@ -1658,11 +1660,20 @@ def _ranges(last: int) -> list[tuple[int, int | None]]:
     return [*bounds[:-1], (bounds[-1][0], None)] if bounds else [(0, None)]
 
 
-def _in_workers(read: Callable[[int, int | None], Iterable[Row]], job: _Job,
-                signatures: Mapping[int, tuple[str, str]], last: int,
-                workers: int) -> Iterator[_Checked]:
-    """Every range's ``_Checked``, in seq order, from ``workers`` processes; at most two ranges
-    a worker wait to be replayed, so memory stays bounded on a store of any size."""
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    """Worker processes for verify, or None where none can start (no semaphores in a
+    sandbox, say): verify then reads in this process."""
+    try:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context())
+    except (OSError, NotImplementedError, ImportError):
+        return None
+
+
+def _in_workers(pool: ProcessPoolExecutor, workers: int,
+                read: Callable[[int, int | None], Iterable[Row]], job: _Job,
+                signatures: Mapping[int, tuple[str, str]], last: int) -> Iterator[_Checked]:
+    """Every range's ``_Checked``, in seq order, from the pool's ``workers`` processes; at most
+    two ranges a worker wait to be replayed, so memory stays bounded on a store of any size."""
     keys = sorted(signatures)
 
     def task(lo: int, hi: int | None) -> Any:
@@ -1671,7 +1682,6 @@ def _in_workers(read: Callable[[int, int | None], Iterable[Row]], job: _Job,
         return pool.submit(_check_range, read, job, signed, lo, hi)
 
     todo = iter(_ranges(last))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context())
     try:
         pending = collections.deque(task(lo, hi) for lo, hi in itertools.islice(todo, 2 * workers))
         while pending:
@@ -1679,6 +1689,8 @@ def _in_workers(read: Callable[[int, int | None], Iterable[Row]], job: _Job,
             for lo, hi in itertools.islice(todo, 1):
                 pending.append(task(lo, hi))
             yield checked
+    except BrokenProcessPool as exc:  # a worker killed (out of memory, a signal)
+        raise RecordError(f"a worker process of verify died ({exc}); try `--workers 1`") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
