@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import re
 import secrets
-import sys
 import tempfile
 import threading
 import time
@@ -1235,9 +1234,8 @@ class RecordStore:
                           None if mark is None else (Rebuild(self.salt), mark))
         job = _Job(walk.starts, None if mark is None else self.salt, mark or 0,
                    frozenset(c.count for c in signed), expect_head)
-        with _collector_paused(), \
-                contextlib.closing(self._checked(job, self._signatures(), workers)) as checked:
-            result = walk.run(checked)
+        with _collector_paused():
+            result = self._walk(walk, job, self._signatures(), workers)
         if not result.ok:
             return result
         # The anchor first: a cut or a restored copy explains whatever the other checks find.
@@ -1249,18 +1247,19 @@ class RecordStore:
         return attrs.evolve(result, texts=texts, anchored=bool(signed),
                             anchored_count=max((c.count for c in signed), default=0))
 
-    def _checked(self, job: _Job, signatures: Mapping[int, tuple[str, str]],
-                 workers: int | None) -> Generator[_Checked, None, None]:
-        """The events, checked range by range (``_check_rows``), in seq order."""
+    def _walk(self, walk: _ChainWalk, job: _Job, signatures: Mapping[int, tuple[str, str]],
+              workers: int | None) -> Verification:
+        """The chain walked in worker processes, range by range, or in this one."""
         last = self._head()[0]
         workers = _idle_workers(last) if workers is None else workers
         if workers > 1:
             with self._range_reader() as read:
                 pool = _pool(workers) if read is not None else None
                 if read is not None and pool is not None:
-                    yield from _in_workers(pool, workers, read, job, signatures, last)
-                    return
-        yield from _check_rows(self._rows(), job, signatures, PAGE)
+                    ranges = _in_workers(pool, workers, read, job, signatures, last)
+                    with contextlib.closing(ranges):
+                        return walk.run_ranges(ranges)
+        return walk.run(self._rows(), signatures, job)
 
     def _check_texts(self, used: set[str]) -> tuple[str, int]:
         """Every kept ruleset text matches its digest, and every one an event used is kept
@@ -1519,16 +1518,14 @@ class _Job:
 
 @attrs.define
 class _Checked:
-    """Consecutive events of one range, checked as far as they can be without the events
-    before them. ``events``: (seq, request_id, type, at, actor, hash, what the state machine
+    """One range's events, checked as far as they can be without the events before them. ``events``: (seq, request_id, type, at, actor, hash, what the state machine
     reads of the body, the index's item, flaw); a flaw ends the list: ``("row", problem)``
     comes before the state machine's check of that event, ``("signature", problem)`` and
     ``("raise", exception)`` (a body no check foresaw) after it.
-    ``opens``: these are the first of a range, whose first event's seq and link (``link``, the
-    ``prev`` its body names in a 1-tuple, None when the body was not read that far; ``start``,
-    the genesis event 1 names) the parent checks."""
+    The parent checks the first event's seq and link (``link``, the ``prev`` its body names
+    in a 1-tuple, None when the body was not read that far; ``start``, the genesis event 1
+    names)."""
 
-    opens: bool
     events: list[tuple[Any, ...]] = attrs.Factory(list)
     link: tuple[Any] | None = None
     start: str | None = None
@@ -1584,13 +1581,12 @@ def _slim(type_: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return slim
 
 
-def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[str, str]],
-                size: int, *, piped: bool = False) -> Iterator[_Checked]:
-    """Check one range's rows (in seq order) apart from the chain before it, ``size`` events a
-    ``_Checked``; stop at the first flaw. ``piped``: for another process, which gets only what
-    the state machine reads of each body (``_slim``)."""
+def _check_range_rows(rows: Iterable[Row], job: _Job,
+                      signatures: Mapping[int, tuple[str, str]]) -> _Checked:
+    """Check one range's rows (in seq order) apart from the chain before it, up to the first
+    flaw; of each body only what the state machine reads is kept (``_slim``)."""
     rebuild = Rebuild(job.salt) if job.salt is not None else None
-    out, expected, prev = _Checked(opens=True), 0, ""
+    out, expected, prev = _Checked(), 0, ""
     for seq, rid, type_, at, actor, body_text, hash_ in rows:
         if not expected:  # the range's first event: the parent checks its seq and link
             expected = seq
@@ -1604,9 +1600,8 @@ def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[s
             problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_, expected, prev)
         if problem:
             out.events.append((seq, rid, type_, at, actor, hash_, None, None, ("row", problem)))
-            yield out
-            return
-        slim = _slim(type_, body) if piped else body
+            return out
+        slim = _slim(type_, body)
         try:
             signed = check_event_signature(seq, body, hash_, signatures.get(seq))
             out.digests.update(() if signed else _layer_digests(body))
@@ -1614,21 +1609,16 @@ def _check_rows(rows: Iterable[Row], job: _Job, signatures: Mapping[int, tuple[s
                     and seq <= job.watermark and type_ in INDEXED_EVENTS else None)
         except Exception as exc:  # noqa: BLE001 - raised by the parent where one pass raised it
             out.events.append((seq, rid, type_, at, actor, hash_, slim, None, ("raise", exc)))
-            yield out
-            return
+            return out
         out.events.append((seq, rid, type_, at, actor, hash_, slim, item,
                            ("signature", signed) if signed else None))
         if signed:
-            yield out
-            return
+            return out
         if seq in job.counts:
             out.hash_at[seq] = hash_
         out.seen_head = out.seen_head or hash_ == job.expect_head
         expected, prev = seq + 1, hash_
-        if len(out.events) >= size:
-            yield out
-            out = _Checked(opens=False)
-    yield out
+    return out
 
 
 def _idle_workers(events: int) -> int:
@@ -1649,7 +1639,7 @@ def _check_range(read: Callable[[int, int | None], Iterable[Row]], job: _Job,
     """A worker process's task: the events ``lo < seq <= hi`` (to the end when ``hi`` is None),
     read over a connection of its own."""
     with _collector_paused():
-        return next(_check_rows(read(lo, hi), job, signatures, sys.maxsize, piped=True))
+        return _check_range_rows(read(lo, hi), job, signatures)
 
 
 def _ranges(last: int) -> list[tuple[int, int | None]]:
@@ -1671,7 +1661,7 @@ def _pool(workers: int) -> ProcessPoolExecutor | None:
 
 def _in_workers(pool: ProcessPoolExecutor, workers: int,
                 read: Callable[[int, int | None], Iterable[Row]], job: _Job,
-                signatures: Mapping[int, tuple[str, str]], last: int) -> Iterator[_Checked]:
+                signatures: Mapping[int, tuple[str, str]], last: int) -> Generator[_Checked, None, None]:
     """Every range's ``_Checked``, in seq order, from the pool's ``workers`` processes; at most
     two ranges a worker wait to be replayed, so memory stays bounded on a store of any size."""
     keys = sorted(signatures)
@@ -1711,14 +1701,46 @@ class _ChainWalk:
         self.seen_head = expect_head is None or expect_head in (GENESIS, *self.starts)
         self.lifecycle = _Lifecycle()
 
-    def run(self, chunks: Iterable[_Checked]) -> Verification:
-        for checked in chunks:
+    def run(self, rows: Iterable[Row], signatures: Mapping[int, tuple[str, str]],
+            job: _Job) -> Verification:
+        """In one process: each row checked and replayed as it is read (the cheapest way for
+        one core: nothing is kept of a body but the case's state)."""
+        expected_seq, prev, lifecycle, rebuild = 1, self.starts[0], self.lifecycle, self.rebuild
+        seen_head = self.seen_head
+        for seq, rid, type_, at, actor, body_text, hash_ in rows:
+            if seq == 1 == expected_seq:
+                prev = self.genesis = _named_start(body_text, self.starts)
+            problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_,
+                                       expected_seq, prev)
+            if seq == 1 and problem.startswith("event 1 does not follow"):
+                problem = _GENESIS_PROBLEM
+            if not problem:
+                problem = (lifecycle.check(Event(seq, rid, type_, at, actor, hash_, body))
+                           or check_event_signature(seq, body, hash_, signatures.get(seq)))
+            if problem:
+                return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
+            self.digests.update(_layer_digests(body))
+            if rebuild is not None and seq <= job.watermark and type_ in INDEXED_EVENTS:
+                rebuild.add(seq, type_, body)
+            if seq in job.counts:
+                self.hash_at[seq] = hash_
+            seen_head = seen_head or hash_ == self.expect_head
+            expected_seq, prev = seq + 1, hash_
+        self.expected, self.prev, self.seen_head = expected_seq, prev, seen_head
+        return self._end()
+
+    def run_ranges(self, ranges: Iterable[_Checked]) -> Verification:
+        """What worker processes checked, range by range in seq order, linked and replayed."""
+        for checked in ranges:
             broken = self._replay(checked)
             if broken is not None:
                 return broken
             self.digests |= checked.digests
             self.hash_at.update(checked.hash_at)
             self.seen_head = self.seen_head or checked.seen_head
+        return self._end()
+
+    def _end(self) -> Verification:
         self.count = self.expected - 1
         self.head = self.prev if self.count else GENESIS
         if not self.seen_head:
@@ -1733,7 +1755,7 @@ class _ChainWalk:
             problem = ""
             if seq != self.expected:
                 problem = _seq_problem(seq, self.expected)
-            elif checked.opens and seq == checked.events[0][0]:
+            elif seq == checked.events[0][0]:
                 problem = self._link(seq, checked)
             if not problem and flaw is not None and flaw[0] == "row":
                 problem = flaw[1]
@@ -1757,10 +1779,11 @@ class _ChainWalk:
             self.prev = self.genesis = checked.start
         if checked.link is None or checked.link[0] == self.prev:
             return ""
-        if seq == 1:
-            return ("event 1 does not start from this store's genesis: `meta.salt` was "
-                    "changed, or the chain was replaced")
-        return _link_problem(seq)
+        return _GENESIS_PROBLEM if seq == 1 else _link_problem(seq)
+
+
+_GENESIS_PROBLEM = ("event 1 does not start from this store's genesis: `meta.salt` was changed, "
+                    "or the chain was replaced")
 
 
 def _seq_problem(seq: int, expected_seq: int) -> str:
@@ -1796,12 +1819,26 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
                expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
     """What is wrong with one stored event as a link of the chain ("" if nothing), and its
     parsed body."""
-    problem, body = _check_body(seq, type_, body_text, hash_, expected_seq)
-    if problem:
-        return problem, body
+    # `_check_body` and `_columns_problem` written out: this runs for every event, and the
+    # two calls were measurable.
+    if seq != expected_seq:
+        return _seq_problem(seq, expected_seq), {}
+    if _hash(body_text.encode("utf-8")) != hash_:
+        return f"event {seq} does not match its hash: it was changed", {}
+    try:
+        body = _read_body(body_text, type_)
+    except ValueError:
+        return f"event {seq} is not valid json", {}
+    if not isinstance(body, dict):
+        return f"event {seq} is not a json object", {}
+    if body.get("seq") != seq:
+        return f"event {seq} says it is event {body.get('seq')}: events were moved", body
     if body.get("prev") != prev:
         return _link_problem(seq), body
-    return _columns_problem(seq, rid, type_, at, actor, body), body
+    for name, value in (("request_id", rid), ("type", type_), ("at", at), ("actor", actor)):
+        if body.get(name) != value:
+            return f"event {seq}: column `{name}` differs from the hashed event", body
+    return "", body
 
 
 def _columns_problem(seq: int, rid: str, type_: str, at: str, actor: str, body: Any) -> str:

@@ -149,7 +149,15 @@ class Rebuild:
         return found
 
     def add(self, seq: int, type_: str, body: Mapping[str, Any]) -> None:
-        self.apply(type_, self.read(seq, type_, body))
+        # ``apply(type_, read(...))`` written out: this runs for most events of a verify.
+        if type_ == "evaluated":
+            row = index_row(seq, body, self.salt, self._name)
+            if row is not None:
+                self.rows.setdefault(str(row[0]), row)
+        elif (update := status_update(type_, body)) is not None and update[2] in self.rows:
+            row = self.rows[update[2]]
+            amount = row[12] if update[1] is None else update[1]
+            self.rows[update[2]] = (*row[:12], amount, row[13], update[0])
 
     def read(self, seq: int, type_: str, body: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """What one event brings to the index, read from its body alone (a worker process of
