@@ -1518,13 +1518,14 @@ class _Job:
 
 @attrs.define
 class _Checked:
-    """One range's events, checked as far as they can be without the events before them. ``events``: (seq, request_id, type, at, actor, hash, what the state machine
-    reads of the body, the index's item, flaw); a flaw ends the list: ``("row", problem)``
-    comes before the state machine's check of that event, ``("signature", problem)`` and
-    ``("raise", exception)`` (a body no check foresaw) after it.
-    The parent checks the first event's seq and link (``link``, the ``prev`` its body names
-    in a 1-tuple, None when the body was not read that far; ``start``, the genesis event 1
-    names)."""
+    """One range's events, checked as far as they can be without the events before them.
+
+    ``events``: (seq, request_id, type, at, actor, hash, what the state machine reads of the
+    body, the index's item, flaw); a flaw ends the list: ``("row", problem)`` comes before the
+    state machine's check of that event, ``("signature", problem)`` and ``("raise",
+    exception)`` (a body no check foresaw) after it. The parent checks the first event's seq
+    and link (``link``, the ``prev`` its body names in a 1-tuple, None when the body was not
+    read that far; ``start``, the genesis event 1 names)."""
 
     events: list[tuple[Any, ...]] = attrs.Factory(list)
     link: tuple[Any] | None = None
@@ -1537,9 +1538,9 @@ class _Checked:
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
     """The cycle collector off for a walk: every case's state lives to the end of it, and the
-    collector walked all of it again and again (about 40 % of the parent's CPU, measured). A
-    walk makes no cycles; refcounting frees the rest as before. Left off if someone else
-    turned it off."""
+    collector walked all of it again and again (8 % of one process's CPU, about 40 % of the
+    parent's beside workers, measured). A walk makes no cycles; refcounting frees the rest as
+    before. Left off if someone else turned it off."""
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -1624,8 +1625,8 @@ def _check_range_rows(rows: Iterable[Row], job: _Job,
 def _idle_workers(events: int) -> int:
     """Worker processes for verifying ``events`` events when the caller names none: as many
     as there are idle cores (up to four), and none for a small store or on a busy machine,
-    where they only add their own cost (about half as much CPU again, measured at a load
-    average of 8 on 2 cores, and slower)."""
+    where they only add their own cost (30-45 % more CPU, measured at a load average of 5-9
+    on 2 cores, and no faster)."""
     cores = os.cpu_count() or 1
     try:
         idle = round(cores - os.getloadavg()[0])
@@ -1686,9 +1687,10 @@ def _in_workers(pool: ProcessPoolExecutor, workers: int,
 
 
 class _ChainWalk:
-    """The parent's pass over the events in ``seq`` order: each range's checked events linked
-    to the range before, and the state machine replayed; it keeps what the later checks need
-    (the layer digests used, the hash at each count a signed checkpoint names, the index rows)."""
+    """The pass over the events in ``seq`` order: links, hashes, columns, signatures and the
+    state machine (``run``), or the same over what worker processes checked, each range linked
+    to the one before (``run_ranges``); it keeps what the later checks need (the layer digests
+    used, the hash at each count a signed checkpoint names, the index rows)."""
 
     def __init__(self, starts: Sequence[str], expect_head: str | None,
                  index: tuple[Rebuild, int] | None = None) -> None:
