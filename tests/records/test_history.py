@@ -22,7 +22,7 @@ from refundry.cli import main
 from refundry.records.history import History, enrich
 from tests import fraudgen
 
-from .conftest import RULESETS
+from .conftest import RULESETS, make_request
 
 N = 300
 
@@ -143,6 +143,32 @@ def test_the_index_catches_up_from_the_chain(store, engine, store_url) -> None:
         assert len(h._read("SELECT request_id FROM history_index")) == 5
     finally:
         other.close()
+
+
+def test_a_batch_indexes_its_own_events_as_the_chain_does(store, engine) -> None:
+    """``sync(appended)``, as the API's committer calls it inside its batch, makes the rows of
+    the events it appended from those events; the index is still the one the chain makes
+    (verify rebuilds it from the chain and compares), and events it was not given (a note
+    appended between two batches) are read from the chain as before."""
+    history = History(store)
+    history.sync()
+
+    def batch(prefix: str) -> int:
+        requests = [make_request(f"{prefix}-{i}") for i in range(3)]
+        prepared = [store.prepare(r, engine.evaluate(r), engine=engine, actor="svc")
+                    for r in requests]
+        with store.batch():
+            results = store.record_many(prepared)
+            return history.sync([case.events[-1] for case, _created in results])
+
+    assert batch("a") == 3
+    assert history.watermark() == store.checkpoint().count
+    store.note("a-0", "called the customer", actor="svc")  # not indexed: a gap to read over
+    assert batch("b") == 3
+    assert history.watermark() == store.checkpoint().count
+    assert store.verify().ok
+    again = History(store).facts(make_request("c-0"))
+    assert again is not None and again["history"]["requests_by_customer_30d"] == 7
 
 
 # --- the CLI ---------------------------------------------------------------------------------

@@ -5,13 +5,17 @@ metrics."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import jsonschema
 
-from refundry.app.service.api import ROUTES
+from refundry.app.service.api import ROUTES, Service, create_app
+from refundry.app.service.identity import Tokens
+from refundry.app.service.rulesets import Rulesets
 from refundry.core.resources import schema
+from refundry.records.stores import open_store
 
-from .conftest import make_request
+from .conftest import RULESETS, make_request
 
 DECISION = schema("decision.schema.json")
 EVENT = schema("record-event.schema.json")
@@ -37,7 +41,7 @@ def test_recording_is_idempotent_by_request_id(api):
     assert first.status_code == again.status_code == 200
     assert first.headers["x-refundry-recorded"] == "created"
     assert again.headers["x-refundry-recorded"] == "existing"
-    assert again.json() == first.json()  # the first decision, as recorded
+    assert again.content == first.content  # the first decision, as recorded, byte for byte
     cases = api.call("GET", "/v1/cases", "aud").json()
     assert len(cases["cases"]) == 1 and cases["cases"][0]["submitted_by"] == "svc"
     other = decide(api, make_request("idem-1", amount="50.00"))
@@ -272,3 +276,85 @@ def test_a_token_issued_while_serving_works_without_a_restart(api):
         time.sleep(0.2)
     r = api.call("GET", "/v1/cases", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
+
+
+def test_every_api_answer_is_neither_sniffed_nor_cached(api):
+    """As the console's pages: a JSON answer is never rendered as something else, and no
+    proxy or browser cache keeps a decision, a case or a refusal for the next caller."""
+    answers = [decide(api, make_request("hdr-1")), decide(api, make_request("hdr-2"), record=False),
+               api.call("GET", "/v1/cases", "aud"), api.call("GET", "/v1/cases", "svc"),
+               api.call("GET", "/v1/cases/none-such", "aud"), api.call("POST", "/v1/decisions"),
+               api.call("GET", "/v1/report", "ana"), api.call("GET", "/v1/openapi.json"),
+               api.call("GET", "/v1/nothing"), api.call("DELETE", "/v1/cases")]
+    assert [r.status_code for r in answers] == [200, 200, 200, 403, 404, 401, 200, 200, 404, 405]
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["cache-control"] == "no-store", r.url
+
+
+def test_requests_decided_in_one_group_are_each_answered_on_their_own(api):
+    """Recorded requests in flight together are decided as one group (decider.py): an invalid
+    one, one whose id is recorded with other content and a second copy of one in the group are
+    each answered as they would be alone, and the others are recorded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert decide(api, make_request("grp-taken")).status_code == 200
+    bad = make_request("grp-bad")
+    del bad["currency"]
+    jobs = ([make_request(f"grp-{i}") for i in range(20)]
+            + [bad, make_request("grp-taken", amount="50.00"), make_request("grp-0")])
+    pool = ThreadPoolExecutor(len(jobs))
+    assert api.service.lookups is not None
+    # While the test holds the lookups' one connection, the decider waits at its first
+    # group's lookup and the rest of the requests queue up into the next group.
+    with api.service.lookups.history():
+        futures = [pool.submit(decide, api, job) for job in jobs]
+        while _in_flight(api) < len(jobs) + 1:  # and the /metrics call itself
+            assert not any(f.done() for f in futures)
+    answers = [f.result() for f in futures]
+    pool.shutdown()
+    assert [a.status_code for a in answers] == [200] * 20 + [422, 409, 200]
+    assert any("currency" in e for e in answers[20].json()["errors"])
+    assert "different content" in answers[21].json()["error"]
+    assert {answers[0].headers["x-refundry-recorded"], answers[22].headers[
+        "x-refundry-recorded"]} == {"created", "existing"}
+    assert answers[0].content == answers[22].content
+    assert api.call("GET", "/v1/verify", "aud").json()["count"] == 21
+
+
+def test_a_store_that_cannot_be_read_for_history_answers_503_and_records_nothing(tmp_path):
+    """The history lookups' connection fails (the database is gone): the group is refused as
+    the store being unavailable, not as a conflict, and nothing is recorded."""
+    from refundry.app.service.lookups import Lookups
+    from refundry.records.events import RecordError
+
+    from .conftest import Running, make_tokens, start_server
+
+    tokens = make_tokens(tmp_path / "tokens.json")
+    looked_up = open_store(tmp_path / "r.db")
+    service = Service(rulesets=Rulesets([RULESETS]), store=open_store(tmp_path / "r.db"),
+                      tokens=Tokens.load(tmp_path / "tokens.json"),
+                      lookups=Lookups(lambda: looked_up, 1))
+
+    def gone(*_args: Any) -> Any:
+        raise RecordError(f"records store `{looked_up.url}`: connection refused")
+
+    looked_up.query = gone  # type: ignore[method-assign]
+    server, thread, url = start_server(create_app(service))
+    api = Running(url, tokens, service, tmp_path, tmp_path / "r.db")
+    try:
+        r = decide(api, make_request("gone-1"))
+        assert r.status_code == 503 and "did not answer" in r.json()["error"], r.text
+        assert decide(api, make_request("gone-2"), record=False).status_code == 200
+        assert api.call("GET", "/v1/cases", "aud").json()["cases"] == []
+    finally:
+        api.http.close()
+        server.should_exit = True
+        thread.join(30)
+
+
+def _in_flight(api) -> float:
+    for line in api.call("GET", "/metrics").text.splitlines():
+        if line.startswith("refundry_http_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no refundry_http_in_flight in /metrics")

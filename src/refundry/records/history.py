@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from refundry.core.errors import RefundryError
-from refundry.records.events import RecordError, RecordStore
+from refundry.records.events import Event, RecordError, RecordStore
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
@@ -178,45 +178,62 @@ class History:
         rows = self._read("SELECT value FROM history_meta WHERE key = 'seq'")
         return _mark(rows[0][0]) if rows else 0
 
-    def sync(self) -> int:
-        """Bring the index up to the head of the chain; returns the events read."""
+    def sync(self, appended: Sequence[Event] = ()) -> int:
+        """Bring the index up to the head of the chain; returns the events read.
+
+        ``appended``: events the caller appended in the transaction it still holds (a batch),
+        in chain order. When they are exactly what the index lacks, their rows are made from
+        these objects: the API's committer had just built each body, and reading them back
+        and decoding them was a third of its work per decision."""
         self.ensure()
         after = self.watermark()
         read = 0
-        salt = self.store.salt
+        if appended and appended[0].seq == after + 1 \
+                and appended[-1].seq == after + len(appended):
+            rows = [(e.seq, e.type, e.body) for e in appended if e.type in INDEXED_EVENTS]
+            if self._apply(rows, after, appended[-1].seq):
+                read, after = len(appended), appended[-1].seq
+            else:
+                after = self.watermark()
         types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
         while True:
-            rows = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND type IN "
-                              f"({types}) ORDER BY seq LIMIT {SYNC_PAGE}", (after,))
-            if not rows:
+            found = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND type IN "
+                               f"({types}) ORDER BY seq LIMIT {SYNC_PAGE}", (after,))
+            if not found:
                 return read
-            inserts, updates = [], []
-            for seq, type_, body_text in rows:
-                body = load_json(body_text)
-                if type_ == "evaluated":
-                    row = index_row(int(seq), body, salt)
-                    if row is not None:
-                        inserts.append(row)
-                else:
-                    update = status_update(type_, body)
-                    if update is not None:
-                        updates.append(update)
-            last = int(rows[-1][0])
-            placeholders = ", ".join("?" * len(COLUMNS))
-            # Applied only if no other process moved the watermark since it was read: status
-            # updates must be applied once, in chain order, or a late writer could put back
-            # an older status. A lost race re-reads from where the winner stopped.
-            if self._write([
-                (f"INSERT INTO history_index ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
-                 "ON CONFLICT DO NOTHING", inserts, True),
-                ("UPDATE history_index SET status = ?, decided_amount = COALESCE(?, "
-                 "decided_amount) WHERE request_id = ?", updates, True),
-                ("UPDATE history_meta SET value = ? WHERE key = 'seq'", (str(last),), False),
-            ], watermark=after):
-                read += len(rows)
+            last = int(found[-1][0])
+            if self._apply([(int(q), t, load_json(b)) for q, t, b in found], after, last):
+                read += len(found)
                 after = last
             else:
                 after = self.watermark()
+
+    def _apply(self, rows: Sequence[tuple[int, str, Mapping[str, Any]]], after: int,
+               last: int) -> bool:
+        """Index ``rows`` (seq, type, decoded body) and move the watermark from ``after`` to
+        ``last``; False, with nothing written, if another writer moved it first."""
+        inserts, updates = [], []
+        salt = self.store.salt
+        for seq, type_, body in rows:
+            if type_ == "evaluated":
+                row = index_row(seq, body, salt)
+                if row is not None:
+                    inserts.append(row)
+            else:
+                update = status_update(type_, body)
+                if update is not None:
+                    updates.append(update)
+        placeholders = ", ".join("?" * len(COLUMNS))
+        # Applied only if no other process moved the watermark since it was read: status
+        # updates must be applied once, in chain order, or a late writer could put back
+        # an older status. A lost race re-reads from where the winner stopped.
+        return self._write([
+            (f"INSERT INTO history_index ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+             "ON CONFLICT DO NOTHING", inserts, True),
+            ("UPDATE history_index SET status = ?, decided_amount = COALESCE(?, "
+             "decided_amount) WHERE request_id = ?", updates, True),
+            ("UPDATE history_meta SET value = ? WHERE key = 'seq'", (str(last),), False),
+        ], watermark=after)
 
     def bulk_insert(self, rows: Iterable[Sequence[Any]]) -> None:
         """Insert index rows (``COLUMNS`` order) directly: for benchmarks and migrations."""
@@ -239,6 +256,15 @@ class History:
         else:
             self.ensure()
         return self._answers([lookup])[0]
+
+    def facts_each(self, requests: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any] | None]:
+        """``facts(request, sync=False)`` of every request, looked up together in a few round
+        trips. Each answer is the one that request would get asked alone at this moment, not
+        seeing the others: for requests decided at the same time (the API's group of
+        concurrent requests), where a request recorded earlier is seen once whoever commits
+        it has synced the index."""
+        self.ensure()
+        return self._answers([self._lookup(request, None) for request in requests])
 
     def facts_many(self, requests: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any] | None]:
         """``facts`` of the longest prefix of ``requests`` that can be looked up together, one

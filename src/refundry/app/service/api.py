@@ -36,6 +36,7 @@ from starlette.routing import BaseRoute, Route
 
 from refundry.app import report
 from refundry.app.customer import CustomerError, communicate, status
+from refundry.app.service.decider import Decider
 from refundry.app.service.groupcommit import GroupCommit, StoreUnavailable
 from refundry.app.service.identity import Identity, TokenError, Tokens
 from refundry.app.service.intake import problems, take
@@ -44,7 +45,6 @@ from refundry.app.service.openapi import document
 from refundry.app.service.proposals import ProposalError, diff_proposal
 from refundry.app.service.readers import Readers
 from refundry.app.service.rulesets import Rulesets
-from refundry.app.submissions import recorded_as_submitted
 from refundry.app.tenancy import change_problem, proposal_problem, scoped, visible_rulesets
 from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
@@ -63,6 +63,12 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, errors: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status, self.message, self.errors = status, message, errors
+
+
+# On every answer of the API, as on the console's pages: a client must not sniff a JSON
+# answer into something it renders, and no cache (a proxy's, a browser's) may keep a case,
+# a decision or a token's refusal for the next user.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -141,6 +147,7 @@ class Service:
     # lookups share the owner's store.
     lookups: Lookups | None = None
     committer: GroupCommit | None = None
+    decider: Decider | None = None
     draining: bool = False
     tokens_path: str | None = None  # read again when it changes: issued tokens work at once
     tokens_seen: tuple[int, int] | None = None
@@ -159,6 +166,8 @@ class Service:
             history.sync()  # what is already recorded counts from the first request on
         # On the committer's own store: the index is synced inside the group's transaction.
         self.committer = GroupCommit(self.store, History(self.store))
+        self.decider = Decider(self.store, self.lookups, lambda: self.rulesets.engine,
+                               self.committer, self._counted)
         self.metrics.generation.set(self.rulesets.current.generation)
 
     def _tokens_stamp(self) -> tuple[int, int] | None:
@@ -181,9 +190,13 @@ class Service:
             return
         LOG.info("tokens reloaded", extra={"fields": {"tokens": len(self.tokens.by_digest)}})
 
+    def _counted(self, outcome: str) -> None:
+        self.metrics.decisions.labels(outcome, "true").inc()
+
     def close(self) -> None:
-        if self.committer is not None:
-            self.committer.close()
+        for stage in (self.decider, self.committer):  # the decider feeds the committer
+            if stage is not None:
+                stage.close()
         for extra in (self.lookups, self.readers):
             if extra is not None:
                 extra.close()
@@ -288,42 +301,34 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 # --- what the handlers do, in the thread pool --------------------------------------------------
 
 
-def _decide(service: Service, data: dict[str, Any], record: bool,
-            actor: str) -> tuple[dict[str, Any], str]:
-    """The decision for ``data``; with ``record``, enriched from and appended to the store.
-    Returns the decision and whether it was recorded now (``created``), before (``existing``)
-    or not at all (``none``)."""
-    engine = service.rulesets.engine  # taken once: one version decides the whole request
-    assert service.lookups is not None
+def _evaluate(service: Service, data: dict[str, Any]) -> dict[str, Any]:
+    """The decision for ``data``, not recorded: no history facts, nothing appended."""
     try:
-        if record:
-            with service.lookups.history() as history:
-                taken = take(data, history)
-        else:
-            taken = take(data, None)
+        taken = take(data, None)
     except InvalidRequest as exc:
         raise ApiError(422, "the request is not valid; nothing was evaluated or recorded",
                        problems(exc)) from None
-    decision = engine.evaluate(taken.request)
-    if not record:
-        service.metrics.decisions.labels(decision.outcome, "false").inc()
-        return decision.to_dict(), "none"
-    assert service.committer is not None
+    decision = service.rulesets.engine.evaluate(taken.request)
+    service.metrics.decisions.labels(decision.outcome, "false").inc()
+    return decision.to_dict()
+
+
+async def _record(service: Service, data: dict[str, Any], actor: str) -> Response:
+    """``data`` decided with history facts and appended (decider.py), or the same request's
+    first decision when it is recorded already; the decision as recorded (masked like the
+    record), byte for byte the same on a retry."""
+    assert service.decider is not None
     try:
-        case, created = service.committer.record(taken.request, decision, engine=engine,
-                                                 actor=actor)
+        recorded = await service.decider.record(data, actor)
+    except InvalidRequest as exc:
+        raise ApiError(422, "the request is not valid; nothing was evaluated or recorded",
+                       problems(exc)) from None
     except StoreUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     except RecordError as exc:
-        # Decided at the same moment elsewhere, with other history facts: the same submission.
-        existing = recorded_as_submitted(service.store, taken.data)
-        if existing is None:
-            raise ApiError(409, str(exc)) from None
-        case, created = existing, False
-    if created:
-        service.metrics.decisions.labels(decision.outcome, "true").inc()
-    # The decision as recorded (masked like the record), byte for byte the same on a retry.
-    return case.decision, "created" if created else "existing"
+        raise ApiError(409, str(exc)) from None
+    return Response(recorded.body, media_type="application/json", headers={
+        "X-Refundry-Recorded": "created" if recorded.created else "existing"})
 
 
 def _case(service: Service, request_id: str, who: Identity, action: str = "read") -> Any:
@@ -396,21 +401,21 @@ async def post_decision(request: Request, service: Service) -> Response:
     data = await _body(request)
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a json object (a refund request)")
-    # One trip to the thread pool for the client check and the decision: each trip is a
-    # hand-over between the event loop and a thread, paid in GIL switches on every request.
-    decision, recorded = await run_in_threadpool(_checked_decide, service, data, record, who)
-    return _json(decision, headers={"X-Refundry-Recorded": recorded})
-
-
-def _checked_decide(service: Service, data: dict[str, Any], record: bool,
-                    who: Identity) -> tuple[dict[str, Any], str]:
     client = data.get("client_id")
-    if isinstance(client, str):
-        try:
-            service.scoped(who).check_client(client, "decide")
-        except AccessRefused as exc:
-            raise ApiError(403, str(exc)) from None
-    return _decide(service, data, record, who.name)
+    if isinstance(client, str) and not who.sees(client):
+        await run_in_threadpool(_refuse_client, service, who, client)
+    if record:
+        return await _record(service, data, who.name)
+    decision = await run_in_threadpool(_evaluate, service, data)
+    return _json(decision, headers={"X-Refundry-Recorded": "none"})
+
+
+def _refuse_client(service: Service, who: Identity, client: str) -> None:
+    """A decision for a client outside ``who``'s: recorded as refused, and a 403."""
+    try:
+        service.scoped(who).check_client(client, "decide")
+    except AccessRefused as exc:
+        raise ApiError(403, str(exc)) from None
 
 
 async def get_cases(request: Request, service: Service) -> Response:
@@ -631,6 +636,7 @@ def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Res
             response = _error(500, "internal error; the request was not completed")
         finally:
             service.metrics.in_flight.dec()
+        response.headers.update(SECURITY_HEADERS)
         took = time.perf_counter() - t0
         service.metrics.latency.labels(route).observe(took)
         service.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
@@ -667,7 +673,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     code = getattr(exc, "status_code", 404)
-    return _error(code, "no such route" if code == 404 else "method not allowed for this route")
+    response = _error(code, "no such route" if code == 404 else "method not allowed for this route")
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 RULESET_CHECK_S = 2.0

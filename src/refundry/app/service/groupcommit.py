@@ -1,17 +1,17 @@
-"""Group commit: decisions recorded from many request threads share one store transaction.
+"""Group commit: recorded decisions of many requests share one store transaction.
 
 Every commit of an approval record is a disk flush (SQLite ``synchronous=FULL``, PostgreSQL's
 WAL flush), and one flush per HTTP request caps the service at what the disk can flush. Here
-each request thread hands its append to one committer thread and waits; the committer takes
-everything waiting (up to ``MAX_GROUP``), appends it inside ``store.batch()`` (one transaction;
-each decision still refused or recorded on its own) and answers the waiting threads only after
-the commit, so no client is told "recorded" before the record is durable.
+the decider (decider.py) hands each group of prepared decisions to one committer thread; the
+committer takes everything waiting (up to ``MAX_GROUP`` decisions), appends it inside
+``store.batch()`` (one transaction; each decision still refused or recorded on its own) and
+answers each group only after the commit, so no client is told "recorded" before the record
+is durable. While it waits for the flush, the decider prepares the next group.
 
-What needs no lock is done by the request thread before it queues (``store.prepare``: parsing,
+What needs no lock is done before a group is queued (``store.prepare``: parsing,
 masking and encoding the request and the decision): with several server processes the chain's
 lock is held only to place and insert a group (``store.record_many``: one read of the cases,
-one insert), not for the masking of a few hundred decisions, and the one committer thread is
-no longer a serial stage of the CPU work.
+one insert), not for the masking of a few hundred decisions.
 
 The history index is brought up to date inside the group's own transaction, after its appends
 (the store's transactions nest as savepoints in a batch): its rows commit with the events they
@@ -26,11 +26,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from refundry.core.errors import RefundryError
-from refundry.records.events import Prepared, RecordStore
+from refundry.records.events import Event, Prepared, RecordStore
 from refundry.records.history import History
 
 MAX_GROUP = 256
@@ -41,31 +41,36 @@ class StoreUnavailable(RefundryError):
     """The group's transaction failed: nothing in it was written."""
 
 
+Result = Any  # (Case, created) or the exception that refused or lost it
+Done = Callable[[list[Result]], None]
+
+
 class GroupCommit:
     def __init__(self, store: RecordStore, history: History | None = None) -> None:
         self.store, self.history = store, history
-        self._queue: queue.Queue[tuple[Prepared, Future[Any]] | None] = queue.Queue()
+        self._queue: queue.SimpleQueue[tuple[list[Prepared], Done] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="refundry-group-commit",
                                         daemon=True)
         self._thread.start()
 
-    def record(self, request: Any, decision: Any, *, engine: Any, actor: str) -> Any:
-        """``store.record``, committed with whatever else is waiting; blocks until durable."""
-        prepared = self.store.prepare(request, decision, engine=engine, actor=actor)
-        done: Future[Any] = Future()
-        self._queue.put((prepared, done))
-        return done.result()
+    def submit(self, prepared: Sequence[Prepared], done: Done) -> None:
+        """Commit ``prepared`` with whatever else is waiting. ``done`` is called on the
+        committer's thread once the transaction has ended, with one result per item: its
+        ``(case, created)``, or the exception that refused it (``StoreUnavailable`` for
+        every item when the transaction failed). A caller with many decisions hands them
+        over at once: one hand-over between threads per group, not per decision."""
+        self._queue.put((list(prepared), done))
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(30)
 
-    def _take(self) -> list[tuple[Prepared, Future[Any]]] | None:
+    def _take(self) -> list[tuple[list[Prepared], Done]] | None:
         first = self._queue.get()
         if first is None:
             return None
-        group = [first]
-        while len(group) < MAX_GROUP:
+        group, size = [first], len(first[0])
+        while size < MAX_GROUP:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -74,30 +79,37 @@ class GroupCommit:
                 self._queue.put(None)  # stop after this group
                 break
             group.append(item)
+            size += len(item[0])
         return group
 
     def _run(self) -> None:
         while (group := self._take()) is not None:
-            try:
-                with self.store.batch():
-                    results = self.store.record_many([prepared for prepared, _done in group])
-                    self._sync_history()
-            except Exception as exc:  # noqa: BLE001 - the whole group is lost: say so to each
-                failed = StoreUnavailable(f"the records store did not commit: {exc}")
-                for _prepared, done in group:
-                    done.set_exception(failed)
-                continue
-            for (_prepared, done), got in zip(group, results, strict=True):
-                if isinstance(got, BaseException):
-                    done.set_exception(got)
-                else:
-                    done.set_result(got)
+            results = self._commit([p for prepared, _done in group for p in prepared])
+            at = 0
+            for prepared, done in group:
+                try:
+                    done(results[at:at + len(prepared)])
+                except Exception:  # noqa: BLE001 - the committer serves the other groups
+                    LOG.exception("a committed group's answer failed")
+                at += len(prepared)
 
-    def _sync_history(self) -> None:
+    def _commit(self, prepared: list[Prepared]) -> list[Result]:
+        try:
+            with self.store.batch():
+                results: list[Result] = list(self.store.record_many(prepared))
+                # A created case's one event is the group's append, in chain order.
+                self._sync_history([got[0].events[-1] for got in results
+                                    if not isinstance(got, BaseException) and got[1]])
+        except Exception as exc:  # noqa: BLE001 - the whole group is lost: say so to each
+            failed = StoreUnavailable(f"the records store did not commit: {exc}")
+            return [failed] * len(prepared)
+        return results
+
+    def _sync_history(self, appended: list[Event]) -> None:
         if self.history is None:
             return
         try:
-            self.history.sync()
+            self.history.sync(appended)
         except Exception as exc:  # noqa: BLE001 - its savepoint is undone and the events
             # still commit; the next group's sync catches the index up
             LOG.warning("history index not synced", extra={"fields": {"error": str(exc)[:300]}})

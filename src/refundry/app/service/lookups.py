@@ -5,7 +5,9 @@ and card's counts, then the transaction's rows) before it is evaluated, and a st
 serves one statement at a time. On one connection the API's request threads queued for each
 other's lookups, and a worker made its batch's lookups one after another, each a round trip to
 PostgreSQL (half of a worker's wall time in a py-spy profile). A few connections, each with its
-own ``History``, let those waits overlap; the CPU the lookups take stays the same.
+own ``History``, let those waits overlap; the CPU the lookups take stays the same. The API's
+decider (decider.py) looks up a whole group on one of them, apart from the connection the
+committer's transaction holds.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def _errors(*codes: int) -> dict[str, Any]:
              404: "no such case, or one of a client the token does not act for",
              409: "the case's state or maker-checker does not allow this",
              422: "the request or action is invalid",
-             503: "the records store did not commit; nothing was recorded"}
+             503: "the records store did not answer or commit; nothing was recorded"}
     return {str(c): _json("Error", texts[c]) for c in codes}
 
 
