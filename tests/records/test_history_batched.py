@@ -105,3 +105,31 @@ def test_batched_lookups_give_the_facts_of_one_at_a_time(urls, tmp_path, engine,
     assert history["other-client"]["other_clients_flag"] is True
     assert history["again"]["requests_for_transaction"] >= 1
     assert history["again"]["requests_by_customer_30d"] >= 2
+
+
+def test_postgresql_looks_up_the_facts_sqlite_does(tmp_path, engine, monkeypatch) -> None:
+    """PostgreSQL answers a group's lookups with statements of its own (the lookups as arrays,
+    one statement text whatever the group): its facts must be SQLite's, request by request."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"set {PG_ENV} to run it")
+    monkeypatch.setattr(stores, "new_salt", lambda: SALT)
+    reqs = requests()
+    parts = [reqs[:150], reqs[150:]]
+    schema = f"refundry_test_{os.urandom(6).hex()}"
+    (tmp_path / "pg").mkdir()
+    (tmp_path / "lite").mkdir()
+    on_pg = run_into(f"{base}{'&' if '?' in base else '?'}schema={schema}", tmp_path / "pg",
+                     parts, engine)
+    on_lite = run_into(str(tmp_path / "lite" / "records.db"), tmp_path / "lite", parts, engine)
+    try:
+        got = {c.request_id: c.request["facts"] for c in on_pg.cases()}
+        want = {c.request_id: c.request["facts"] for c in on_lite.cases()}
+        assert got == want and len(got) == len(reqs)
+        # The history is one that shares keys: the comparison covers counts above one.
+        assert max(f["history"]["customers_by_card_30d"] for f in got.values()) >= 12
+        assert any(f["history"].get("other_clients_flag") for f in got.values())
+    finally:
+        on_pg.close()
+        on_lite.close()
+        drop_pg_schema(base, schema)
