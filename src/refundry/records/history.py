@@ -445,7 +445,7 @@ _PG_KEYED = (f"SELECT l.n, '{{name}}', c.* FROM {_PG_LOOKUPS} CROSS JOIN LATERAL
 _PG_OTHER_SIDE = ("SELECT 1 AS hit FROM history_index WHERE {name}_key = l.{name} AND client_id "
                   "{op} l.client_id AND requested_at >= l.start_at AND requested_at <= l.end_at "
                   "AND l.{name} IS NOT NULL LIMIT 1")
-_PG_OTHER = (f"SELECT l.n, 'other', (SELECT COUNT(*) FROM ("
+_PG_OTHER = ("SELECT l.n, 'other', (SELECT COUNT(*) FROM ("
              + " UNION ALL ".join(f"({_PG_OTHER_SIDE.format(name=name, op=op)})"
                                   for name in ("card", "address") for op in ("<", ">"))
              + f") AS hits), 0, 0, 0 FROM {_PG_LOOKUPS} WHERE l.card IS NOT NULL OR "
