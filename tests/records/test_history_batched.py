@@ -57,15 +57,16 @@ def urls(store_url: str) -> Iterator[tuple[str, str]]:
         drop_pg_schema(os.environ[PG_ENV], store_url.rsplit("schema=", 1)[1] + "b")
 
 
-def run_into(url: str, tmp: Path, parts: list[list[dict[str, Any]]], engine: Any) -> RecordStore:
+def run_into(url: str, tmp: Path, parts: list[list[dict[str, Any]]], engine: Any, *,
+             index: bool = False) -> RecordStore:
     store = open_store(url)
     plugins = plugins_with_history(store)
     for i, part in enumerate(parts):
         src = tmp / f"in-{i}.jsonl"
         src.write_text("".join(json.dumps(r) + "\n" for r in part))
+        recorder = StoreRecorder(store, engine, "batch", index=History(store) if index else None)
         summary = run(source="jsonl", input_path=src, out=tmp / f"out-{i}.jsonl", engine=engine,
-                      record=StoreRecorder(store, engine, "batch"), plugins=plugins,
-                      id_key=store.salt)
+                      record=recorder, plugins=plugins, id_key=store.salt)
         assert summary.decided == len(part)
     return store
 
@@ -86,7 +87,9 @@ def test_batched_lookups_give_the_facts_of_one_at_a_time(urls, tmp_path, engine,
 
     monkeypatch.setattr(History, "facts_many", counted)
     (tmp_path / "a").mkdir()
-    batched = run_into(urls[0], tmp_path / "a", parts, engine)
+    # The batched run indexes each group's cases as it records them (as `refundry run --db`
+    # does); the one-at-a-time run leaves them to the lookups' sync.
+    batched = run_into(urls[0], tmp_path / "a", parts, engine, index=True)
     monkeypatch.setattr(Enricher, "prefetch", None)  # one request at a time, as before
     (tmp_path / "b").mkdir()
     alone = run_into(urls[1], tmp_path / "b", parts, engine)
@@ -94,6 +97,10 @@ def test_batched_lookups_give_the_facts_of_one_at_a_time(urls, tmp_path, engine,
         got = {c.request_id: (c.request, c.decision) for c in batched.cases()}
         want = {c.request_id: (c.request, c.decision) for c in alone.cases()}
         assert got == want and len(got) == len(reqs)
+        # Indexed with the records: nothing left for a sync to read, and the index is the
+        # one the chain makes.
+        assert History(batched).sync() == 0 and History(alone).sync() > 0
+        assert batched.verify().ok
     finally:
         batched.close()
         alone.close()

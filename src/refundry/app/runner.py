@@ -47,6 +47,7 @@ from refundry.plugins import (
     SourceRecord,
 )
 from refundry.records.events import Prepared, RecordError, prepare_event, with_texts
+from refundry.records.history import History
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
 CHUNK = 200  # requests looked up and recorded together (split between worker processes)
@@ -955,8 +956,12 @@ class StoreRecorder:
     never committed, or its journal line never written) still makes one case.
     """
 
-    def __init__(self, store: Any, engine: Engine | None, actor: str) -> None:
+    def __init__(self, store: Any, engine: Engine | None, actor: str, *,
+                 index: History | None = None) -> None:
         self.store, self.engine, self.actor = store, engine, actor
+        # The history index of ``store``, given the cases a group opens in the group's own
+        # transaction: the next lookup's sync then has nothing to read back and decode.
+        self.index = index
         self._batch: contextlib.ExitStack | None = None  # holds the open store.batch()
 
     @property
@@ -1007,6 +1012,8 @@ class StoreRecorder:
                 cut = next((i for i, g in enumerate(got) if isinstance(g, RecordError)), None)
                 if cut is not None:
                     raise _Refused(cut, got[cut])  # rolls the whole group back
+                if self.index is not None:
+                    self.index.index_recorded([g[0].events[-1] for g in got if g[1]])
         except _Refused as refused:
             return [*self._committed(items[:refused.at]), refused.error]
         return list(got)

@@ -33,6 +33,7 @@ from refundry.core.engine import Engine
 from refundry.core.models import json_default
 from refundry.plugins import SourceError
 from refundry.plugins.history import plugins_with_history
+from refundry.records.history import History
 from refundry.records.stores import open_store
 
 
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace, options: dict[str, str], shield: Shield) -> i
     if args.db:
         engine = Engine.from_path(rulesets, backend=args.backend)
         store = open_store(args.db, **anchoring_from_env())
-        record = StoreRecorder(store, engine, args.by or getpass.getuser())
+        record = StoreRecorder(store, engine, args.by or getpass.getuser(), index=History(store))
         plugins = plugins_with_history(store)
     try:
         summary = run(source=args.source, input_path=args.input, sinks=args.sink or ["jsonl"],

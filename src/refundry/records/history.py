@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from refundry.core.errors import RefundryError
-from refundry.records.events import RecordError, RecordStore
+from refundry.records.events import Event, RecordError, RecordStore
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
@@ -217,6 +217,27 @@ class History:
                 after = last
             else:
                 after = self.watermark()
+
+    def index_recorded(self, events: Sequence[Event]) -> bool:
+        """Index ``events``, cases' opening events just appended in this thread's open
+        transaction (the batch ``refundry run --db`` records a group in), from their bodies as
+        they are in memory: ``sync`` would read each back and decode it. Done only when they
+        follow the watermark directly, in one run of numbers (else ``sync`` reads them later,
+        as it reads any writer's); returns whether they were indexed."""
+        if not events:
+            return True
+        first, last = events[0].seq, events[-1].seq
+        if last - first + 1 != len(events) or any(e.type != "evaluated" for e in events):
+            return False
+        self.ensure()
+        salt = self.store.salt
+        rows = [row for e in events if (row := index_row(e.seq, e.body, salt)) is not None]
+        placeholders = ", ".join("?" * len(COLUMNS))
+        return self._write([
+            (f"INSERT INTO history_index ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+             "ON CONFLICT DO NOTHING", rows, True),
+            ("UPDATE history_meta SET value = ? WHERE key = 'seq'", (str(last),), False),
+        ], watermark=first - 1)
 
     def bulk_insert(self, rows: Iterable[Sequence[Any]]) -> None:
         """Insert index rows (``COLUMNS`` order) directly: for benchmarks and migrations."""
