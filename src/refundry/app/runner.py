@@ -33,7 +33,7 @@ import attrs
 from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import OUTCOMES, Decision, RefundRequest
-from refundry.core.request import parse_request, printable_text
+from refundry.core.request import parse_request, printable_text, replace_fields
 from refundry.plugins import (
     KINDS,
     ExecutedRefund,
@@ -47,7 +47,7 @@ from refundry.plugins import (
     SourceRecord,
 )
 from refundry.records.events import Prepared, RecordError, prepare_event, with_texts
-from refundry.records.history import History
+from refundry.records.history import History, ParsedData
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
 CHUNK = 200  # requests looked up and recorded together (split between worker processes)
@@ -203,14 +203,38 @@ class _Result:
     prepared: Prepared | None = None  # the decision as the records store keeps it, if made
 
 
-def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
+def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any],
+                  parsed: RefundRequest | None = None) -> _Result:
+    """``data`` parsed (unless ``parsed``, that already) and decided."""
     # Only an id a dead-letter line can hold (UTF-8, bounded): a source may hand over anything.
     rid = printable_text(data.get("request_id"))
     try:
-        req = parse_request(data, source=ref)
+        req = parsed if parsed is not None else parse_request(data, source=ref)
     except InvalidRequest as exc:
         return _Result(ref, rid, None, None, tuple(str(e) for e in exc.errors))
     return _Result(ref, rid, req, engine.evaluate(req))
+
+
+def _parsed_first(data: dict[str, Any]) -> ParsedData:
+    """``data`` with the request it parses to, for the enrichers' lookups."""
+    try:
+        return ParsedData(data, parse_request(data))
+    except InvalidRequest:
+        return ParsedData(data, None)  # decided (as a dead letter) with the errors of the whole
+
+
+def _reparsed(before: ParsedData, enriched: Mapping[str, Any]) -> RefundRequest | None:
+    """``enriched`` parsed, from ``before`` (the request its enrichers were given, parsed)
+    with only the fields they changed parsed again (``replace_fields``: as parsing the whole);
+    None when it is to be parsed whole, which says what is wrong with it in its own words."""
+    if before.request is None or any(k not in enriched for k in before):
+        return None
+    # An enricher's merge keeps the very objects it did not replace.
+    changes = {k: v for k, v in enriched.items() if k not in before or before[k] is not v}
+    try:
+        return replace_fields(before.request, changes)
+    except InvalidRequest:
+        return None
 
 
 # A worker process gets its engine once, in the pool initializer (a copy of the parent's when
@@ -468,9 +492,9 @@ class Batch:
             if workers == 1:
                 # ``_ready`` enriches a request only once the one before it is handled here
                 # (decided, written and recorded), as its history lookups expect.
-                for group in self._ready(records):
-                    self._handle_group([_evaluate_one(self.engine, ref, data)
-                                        for ref, data in group])
+                for group in self._ready(records, parse=True):
+                    self._handle_group([_evaluate_one(self.engine, ref, data, parsed)
+                                        for ref, data, parsed in group])
             else:
                 self._in_pool(records, workers, rulesets, backend)
         except KeyboardInterrupt as exc:
@@ -498,26 +522,32 @@ class Batch:
                                    initargs=(engine, backend, os.getpid(),
                                              getattr(self.recorder, "recording", None)))
         try:
-            for group in self._ready(records):
+            # Parsed first in this process only when the history lookups parse them anyway.
+            for group in self._ready(records, parse=self.record_many is not None):
                 # A group is split between the workers and recorded whole before the next is
                 # looked up: with groups in flight, a request's history missed the records of
                 # requests before it still in the pool (64 of tests/fraudgen's 314 differed).
                 size = -(-len(group) // workers)
-                parts = [pool.submit(_worker_chunk, group[i:i + size])
+                # The data only: a worker parses it again faster than a parsed one is pickled.
+                items = [(ref, data) for ref, data, _parsed in group]
+                parts = [pool.submit(_worker_chunk, items[i:i + size])
                          for i in range(0, len(group), size)]
                 self._handle_group([res for part in parts for res in part.result()])
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _ready(self, records: Iterable[SourceRecord]) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-        """The requests to decide, enriched, as lists of (ref, data). The enrichers look up a
-        group together (``Plugins.prefetch``): a prefix of it whose answers cannot depend on
-        each other's records (one list), then the rest; the next list is looked up only when
-        the caller asks for it, so a caller that records each list first keeps them true."""
+    def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False
+               ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
+        """The requests to decide, enriched, as lists of (ref, data, data parsed or None). The
+        enrichers look up a group together (``Plugins.prefetch``): a prefix of it whose answers
+        cannot depend on each other's records (one list), then the rest; the next list is
+        looked up only when the caller asks for it, so a caller that records each list first
+        keeps them true. With ``parse``, each request is parsed once, before its enrichers,
+        and what they changed parsed again (``_reparsed``); else the caller parses it."""
         group: list[tuple[str, Any, dict[str, Any]]] = []
         for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
             if item is not None:
-                group.append(item)
+                group.append((*item[:2], _parsed_first(item[2])) if parse else item)
                 if len(group) < CHUNK:
                     continue
             while group:
@@ -526,7 +556,8 @@ class Batch:
                 for ref, rid, data in group[:n]:
                     enriched = self._enrich(ref, rid, data)
                     if enriched is not None:
-                        ready.append((ref, enriched))
+                        parsed = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
+                        ready.append((ref, enriched, parsed))
                 del group[:n]
                 if ready:
                     yield ready

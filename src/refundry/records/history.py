@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from refundry.core.errors import RefundryError
+from refundry.core.models import RefundRequest
 from refundry.records.events import Event, RecordError, RecordStore
 from refundry.records.index import (
     COLUMNS,
@@ -70,6 +71,18 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_card_clients ON history_index (card_key, client_id, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_address_clients ON history_index (address_key, client_id, requested_at)",
 )
+
+class ParsedData(dict[str, Any]):
+    """A request's data (canonical JSON) with ``request``, the ``RefundRequest`` it parses to
+    (None when it does not parse), so that a lookup does not parse it again: ``refundry run``
+    parses each request once, before its enrichers."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, data: Mapping[str, Any], request: RefundRequest | None) -> None:
+        super().__init__(data)
+        self.request = request
+
 
 class HistoryError(RefundryError):
     """The history index cannot be read or written."""
@@ -287,7 +300,10 @@ class History:
         from refundry.core.request import parse_request, request_to_dict
 
         try:
-            raw = request_to_dict(parse_request(request), _LOOKUP_FIELDS)
+            parsed = request.request if isinstance(request, ParsedData) else parse_request(request)
+            if parsed is None:
+                return None
+            raw = request_to_dict(parsed, _LOOKUP_FIELDS)
         except RefundryError:
             return None
         salt = self.store.salt
