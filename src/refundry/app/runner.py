@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -521,29 +521,43 @@ class Batch:
                                    initializer=_worker_init,
                                    initargs=(engine, backend, os.getpid(),
                                              getattr(self.recorder, "recording", None)))
+        flight: list[Future[list[_Result]]] = []  # the group the workers are deciding
+
+        def land() -> None:
+            parts = flight[:]
+            flight.clear()
+            if parts:
+                self._handle_group([res for part in parts for res in part.result()])
+
         try:
-            # Parsed first in this process only when the history lookups parse them anyway.
-            for group in self._ready(records, parse=self.record_many is not None):
-                # A group is split between the workers and recorded whole before the next is
-                # looked up: with groups in flight, a request's history missed the records of
-                # requests before it still in the pool (64 of tests/fraudgen's 314 differed).
+            # A group is split between the workers and recorded whole before the next is
+            # looked up (``_ready`` lands it first): with groups in flight, a request's history
+            # missed the records of requests before it still in the pool (64 of
+            # tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and parses
+            # the next group, which once waited for the workers as they waited for it.
+            # Parsed first here only when the history lookups parse them anyway.
+            for group in self._ready(records, parse=self.record_many is not None, land=land):
                 size = -(-len(group) // workers)
                 # The data only: a worker parses it again faster than a parsed one is pickled.
                 items = [(ref, data) for ref, data, _parsed in group]
-                parts = [pool.submit(_worker_chunk, items[i:i + size])
-                         for i in range(0, len(group), size)]
-                self._handle_group([res for part in parts for res in part.result()])
+                flight.extend(pool.submit(_worker_chunk, items[i:i + size])
+                              for i in range(0, len(group), size))
+            land()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False
+    def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False,
+               land: Callable[[], None] = lambda: None,
                ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
         """The requests to decide, enriched, as lists of (ref, data, data parsed or None). The
         enrichers look up a group together (``Plugins.prefetch``): a prefix of it whose answers
         cannot depend on each other's records (one list), then the rest; the next list is
         looked up only when the caller asks for it, so a caller that records each list first
         keeps them true. With ``parse``, each request is parsed once, before its enrichers,
-        and what they changed parsed again (``_reparsed``); else the caller parses it."""
+        and what they changed parsed again (``_reparsed``); else the caller parses it.
+        ``land``: a caller that decides a list while this reads the next one has it handled
+        (decided, recorded, written) when called; called before each lookup and before a
+        record that is not a new request is dealt with, so the store sees the source's order."""
         group: list[tuple[str, Any, dict[str, Any]]] = []
         for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
             if item is not None:
@@ -551,6 +565,7 @@ class Batch:
                 if len(group) < CHUNK:
                     continue
             while group:
+                land()
                 n = self.plugins.prefetch([data for _ref, _rid, data in group])
                 ready = []
                 for ref, rid, data in group[:n]:
@@ -561,6 +576,8 @@ class Batch:
                 del group[:n]
                 if ready:
                     yield ready
+            if item is None:
+                land()
 
     def _pending(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, Any, dict[str, Any]] | None]:
         """The requests to decide, not yet enriched, as (ref, request id, data); every other
