@@ -536,7 +536,8 @@ class Batch:
             # tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and parses
             # the next group, which once waited for the workers as they waited for it.
             # Parsed first here only when the history lookups parse them anyway.
-            for group in self._ready(records, parse=self.record_many is not None, land=land):
+            for group in self._ready(records, parse=self.record_many is not None,
+                                     reparse=False, land=land):
                 size = -(-len(group) // workers)
                 # The data only: a worker parses it again faster than a parsed one is pickled.
                 items = [(ref, data) for ref, data, _parsed in group]
@@ -547,14 +548,15 @@ class Batch:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False,
-               land: Callable[[], None] = lambda: None,
+               reparse: bool = True, land: Callable[[], None] = lambda: None,
                ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
         """The requests to decide, enriched, as lists of (ref, data, data parsed or None). The
         enrichers look up a group together (``Plugins.prefetch``): a prefix of it whose answers
         cannot depend on each other's records (one list), then the rest; the next list is
         looked up only when the caller asks for it, so a caller that records each list first
         keeps them true. With ``parse``, each request is parsed once, before its enrichers,
-        and what they changed parsed again (``_reparsed``); else the caller parses it.
+        and what they changed parsed again (``_reparsed``, unless not ``reparse``); else the
+        caller parses it.
         ``land``: a caller that decides a list while this reads the next one has it handled
         (decided, recorded, written) when called; called before each lookup and before a
         record that is not a new request is dealt with, so the store sees the source's order."""
@@ -571,7 +573,8 @@ class Batch:
                 for ref, rid, data in group[:n]:
                     enriched = self._enrich(ref, rid, data)
                     if enriched is not None:
-                        parsed = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
+                        parsed = (_reparsed(data, enriched)
+                                  if reparse and isinstance(data, ParsedData) else None)
                         ready.append((ref, enriched, parsed))
                 del group[:n]
                 if ready:

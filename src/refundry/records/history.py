@@ -17,6 +17,7 @@ change to the recording path, and a damaged index can be dropped and rebuilt fro
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -30,6 +31,7 @@ from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
     KEY_FIELDS,
+    NAMES_KEPT,
     Keys,
     index_row,
     keys_of,
@@ -38,7 +40,7 @@ from refundry.records.index import (
     status_update,
     utc_text,
 )
-from refundry.records.masking import mask_request
+from refundry.records.masking import mask_request, pseudonym
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -152,6 +154,21 @@ class History:
         self.store = store
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
+        # Pseudonyms made (an HMAC each): customers, cards and orders come back, and a run
+        # names each request's three twice, to look it up and to index it.
+        self._names: dict[tuple[str, str], str] = {}
+        self._names_lock = threading.Lock()
+
+    def _name(self, value: str, salt: bytes, prefix: str) -> str:
+        key = (prefix, value)
+        found = self._names.get(key)
+        if found is None:
+            found = pseudonym(value, salt, prefix)
+            with self._names_lock:  # a History may serve several threads (the service)
+                if len(self._names) >= NAMES_KEPT:
+                    self._names.clear()
+                self._names[key] = found
+        return found
 
     # -- database access (the store's public query and transaction) --------------------------
 
@@ -207,7 +224,7 @@ class History:
             for seq, type_, body_text in rows:
                 body = load_json(body_text)
                 if type_ == "evaluated":
-                    row = index_row(int(seq), body, salt)
+                    row = index_row(int(seq), body, salt, self._name)
                     if row is not None:
                         inserts.append(row)
                 else:
@@ -244,7 +261,8 @@ class History:
             return False
         self.ensure()
         salt = self.store.salt
-        rows = [row for e in events if (row := index_row(e.seq, e.body, salt)) is not None]
+        rows = [row for e in events
+                if (row := index_row(e.seq, e.body, salt, self._name)) is not None]
         placeholders = ", ".join("?" * len(COLUMNS))
         return self._write([
             (f"INSERT INTO history_index ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
@@ -312,7 +330,8 @@ class History:
         # the whole request when it records it).
         txn = raw["transaction"]
         raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
-        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt)
+        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
+                       self._name)
         at = utc_text(as_of) if as_of is not None else keys.requested_at
         claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
         return _Lookup(keys, at, claimed)
