@@ -121,4 +121,7 @@ def test_two_workers_give_every_request_the_history_one_worker_gives_it(
         if store_url.startswith("postgresql://"):
             drop_pg_schema(os.environ[PG_ENV], store_url.rsplit("schema=", 1)[1] + "b")
     assert facts[0] == facts[1]
+    # What the sinks were handed (with workers, the request as this process parsed it) is the
+    # same too.
+    assert (tmp_path / "o1.jsonl").read_text() == (tmp_path / "o2.jsonl").read_text()
     assert facts[1]["again"]["requests_by_customer_30d"] >= 2  # an earlier group's record counted

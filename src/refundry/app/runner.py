@@ -267,12 +267,43 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker_chunk(chunk: list[tuple[str, dict[str, Any]]]) -> list[_Result]:
+def _worker_chunk(chunk: list[tuple[str, dict[str, Any], bool]]) -> list[_Result]:
+    """Each (ref, data, send the request back) decided and, when the run records, prepared.
+    The parent parsed most requests already: pickling one back cost more than parsing it."""
     assert _worker_engine is not None
-    results = [_evaluate_one(_worker_engine, ref, data) for ref, data in chunk]
-    if _worker_recording is None:
-        return results
-    return [attrs.evolve(res, prepared=_prepared(res, *_worker_recording)) for res in results]
+    results = [_evaluate_one(_worker_engine, ref, data) for ref, data, _back in chunk]
+    if _worker_recording is not None:
+        results = [attrs.evolve(res, prepared=_prepared(res, *_worker_recording))
+                   for res in results]
+    return [res if back else attrs.evolve(res, request=None)
+            for res, (_ref, _data, back) in zip(results, chunk, strict=True)]
+
+
+@attrs.define
+class _Flight:
+    """The group the worker processes are deciding: its parts, and each request as this
+    process parsed it (None where the worker sends its own back)."""
+
+    parts: list[Future[list[_Result]]] = attrs.field(factory=list)
+    parsed: list[RefundRequest | None] = attrs.field(factory=list)
+
+    def submit(self, pool: ProcessPoolExecutor, group: Sequence[tuple[str, dict[str, Any],
+               RefundRequest | None]], workers: int) -> None:
+        size = -(-len(group) // workers)
+        # The data, not the parsed request: a worker parses it again faster than a parsed
+        # one is pickled.
+        items = [(ref, data, parsed is None) for ref, data, parsed in group]
+        self.parsed = [parsed for _ref, _data, parsed in group]
+        self.parts = [pool.submit(_worker_chunk, items[i:i + size])
+                      for i in range(0, len(items), size)]
+
+    def take(self) -> list[_Result]:
+        """The group's results in order (waiting for them), and nothing left in flight."""
+        parts, parsed = self.parts, self.parsed
+        self.parts, self.parsed = [], []
+        results = [res for part in parts for res in part.result()]
+        return [attrs.evolve(res, request=req) if res.request is None and res.decision is not None
+                else res for res, req in zip(results, parsed, strict=True)]
 
 
 def _prepared(res: _Result, salt: bytes, actor: str) -> Prepared | None:
@@ -521,13 +552,11 @@ class Batch:
                                    initializer=_worker_init,
                                    initargs=(engine, backend, os.getpid(),
                                              getattr(self.recorder, "recording", None)))
-        flight: list[Future[list[_Result]]] = []  # the group the workers are deciding
+        flight = _Flight()
 
         def land() -> None:
-            parts = flight[:]
-            flight.clear()
-            if parts:
-                self._handle_group([res for part in parts for res in part.result()])
+            if flight.parts:
+                self._handle_group(flight.take())
 
         try:
             # A group is split between the workers and recorded whole before the next is
@@ -536,27 +565,21 @@ class Batch:
             # tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and parses
             # the next group, which once waited for the workers as they waited for it.
             # Parsed first here only when the history lookups parse them anyway.
-            for group in self._ready(records, parse=self.record_many is not None,
-                                     reparse=False, land=land):
-                size = -(-len(group) // workers)
-                # The data only: a worker parses it again faster than a parsed one is pickled.
-                items = [(ref, data) for ref, data, _parsed in group]
-                flight.extend(pool.submit(_worker_chunk, items[i:i + size])
-                              for i in range(0, len(group), size))
+            for group in self._ready(records, parse=self.record_many is not None, land=land):
+                flight.submit(pool, group, workers)
             land()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False,
-               reparse: bool = True, land: Callable[[], None] = lambda: None,
+               land: Callable[[], None] = lambda: None,
                ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
         """The requests to decide, enriched, as lists of (ref, data, data parsed or None). The
         enrichers look up a group together (``Plugins.prefetch``): a prefix of it whose answers
         cannot depend on each other's records (one list), then the rest; the next list is
         looked up only when the caller asks for it, so a caller that records each list first
         keeps them true. With ``parse``, each request is parsed once, before its enrichers,
-        and what they changed parsed again (``_reparsed``, unless not ``reparse``); else the
-        caller parses it.
+        and what they changed parsed again (``_reparsed``); else the caller parses it.
         ``land``: a caller that decides a list while this reads the next one has it handled
         (decided, recorded, written) when called; called before each lookup and before a
         record that is not a new request is dealt with, so the store sees the source's order."""
@@ -573,8 +596,7 @@ class Batch:
                 for ref, rid, data in group[:n]:
                     enriched = self._enrich(ref, rid, data)
                     if enriched is not None:
-                        parsed = (_reparsed(data, enriched)
-                                  if reparse and isinstance(data, ParsedData) else None)
+                        parsed = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
                         ready.append((ref, enriched, parsed))
                 del group[:n]
                 if ready:
