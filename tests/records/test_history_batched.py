@@ -80,8 +80,8 @@ def test_batched_lookups_give_the_facts_of_one_at_a_time(urls, tmp_path, engine,
     sizes: list[int] = []
     facts_many = History.facts_many
 
-    def counted(self: History, group: Any) -> Any:
-        answers = facts_many(self, group)
+    def counted(self: History, group: Any, **kwargs: Any) -> Any:
+        answers = facts_many(self, group, **kwargs)
         sizes.append(len(answers))
         return answers
 
@@ -140,3 +140,32 @@ def test_postgresql_looks_up_the_facts_sqlite_does(tmp_path, engine, monkeypatch
         on_pg.close()
         on_lite.close()
         drop_pg_schema(base, schema)
+
+
+def test_a_lookup_ahead_stops_at_the_first_request_the_group_in_flight_could_change(
+        store: RecordStore) -> None:
+    """`facts_many(..., ahead=True)`: the requests the previous call answered may not be
+    recorded yet (`run --workers N` looks the next group up while the workers decide one), so
+    the prefix stops before the first request sharing a key with them, and may be empty."""
+    from .conftest import make_request
+
+    def req(rid: str, customer: str, order: str) -> dict[str, Any]:
+        out = make_request(rid)
+        out["customer"] = {**out["customer"], "id": customer, "email": f"{customer}@example.com"}
+        out["transaction"] = {**out["transaction"], "id": order}
+        return out
+
+    history = History(store)
+    in_flight = [req("a1", "ann", "o-1"), req("a2", "bob", "o-2")]
+    assert len(history.facts_many(in_flight)) == 2
+    nxt = [req("b1", "cem", "o-3"), req("b2", "dan", "o-4"), req("b3", "ann", "o-5"),
+           req("b4", "eve", "o-6")]
+    assert len(history.facts_many(nxt, ahead=True)) == 2  # b3 is ann's, like a1
+    # Ahead of b1 and b2 (what the last call answered): a first request of dan's gets none.
+    rest = [req("b5", "dan", "o-9"), *nxt[2:]]
+    assert history.facts_many(rest, ahead=True) == []
+    # Once those are recorded, a lookup that is not ahead answers up to the next shared key.
+    assert len(history.facts_many(rest)) == 3
+    # Without a shared key nothing stops a lookup ahead.
+    assert len(history.facts_many([req("c1", "fay", "o-7"), req("c2", "gus", "o-8")],
+                                  ahead=True)) == 2

@@ -14,6 +14,7 @@ plugin named; everything written before it stays consistent and a re-run continu
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -281,11 +282,14 @@ def _worker_chunk(chunk: list[tuple[str, dict[str, Any], bool]]) -> list[_Result
 
 @attrs.define
 class _Flight:
-    """The group the worker processes are deciding: its parts, and each request as this
-    process parsed it (None where the worker sends its own back)."""
+    """The groups the worker processes are deciding, oldest first: each group's parts, and
+    each request as this process parsed it (None where the worker sends its own back)."""
 
-    parts: list[Future[list[_Result]]] = attrs.field(factory=list)
-    parsed: list[RefundRequest | None] = attrs.field(factory=list)
+    groups: collections.deque[tuple[list[Future[list[_Result]]], list[RefundRequest | None]]] = \
+        attrs.field(factory=collections.deque)
+
+    def __len__(self) -> int:
+        return len(self.groups)
 
     def submit(self, pool: ProcessPoolExecutor, group: Sequence[tuple[str, dict[str, Any],
                RefundRequest | None]], workers: int) -> None:
@@ -293,14 +297,13 @@ class _Flight:
         # The data, not the parsed request: a worker parses it again faster than a parsed
         # one is pickled.
         items = [(ref, data, parsed is None) for ref, data, parsed in group]
-        self.parsed = [parsed for _ref, _data, parsed in group]
-        self.parts = [pool.submit(_worker_chunk, items[i:i + size])
-                      for i in range(0, len(items), size)]
+        self.groups.append(([pool.submit(_worker_chunk, items[i:i + size])
+                             for i in range(0, len(items), size)],
+                            [parsed for _ref, _data, parsed in group]))
 
     def take(self) -> list[_Result]:
-        """The group's results in order (waiting for them), and nothing left in flight."""
-        parts, parsed = self.parts, self.parsed
-        self.parts, self.parsed = [], []
+        """The oldest group's results in order (waiting for them), no longer in flight."""
+        parts, parsed = self.groups.popleft()
         results = [res for part in parts for res in part.result()]
         return [attrs.evolve(res, request=req) if res.request is None and res.decision is not None
                 else res for res, req in zip(results, parsed, strict=True)]
@@ -554,16 +557,18 @@ class Batch:
                                              getattr(self.recorder, "recording", None)))
         flight = _Flight()
 
-        def land() -> None:
-            if flight.parts:
+        def land(keep: int = 0) -> int:
+            while len(flight) > keep:
                 self._handle_group(flight.take())
+            return len(flight)
 
         try:
-            # A group is split between the workers and recorded whole before the next is
-            # looked up (``_ready`` lands it first): with groups in flight, a request's history
-            # missed the records of requests before it still in the pool (64 of
-            # tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and parses
-            # the next group, which once waited for the workers as they waited for it.
+            # A group is split between the workers. The next is looked up while they decide
+            # it only where no answer could depend on its records (``_ready`` asks the
+            # enrichers ``ahead``), else once it is recorded: with groups in flight blindly, a
+            # request's history missed the records of requests before it still in the pool
+            # (64 of tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and
+            # parses the next group, and records the one before.
             # Parsed first here only when the history lookups parse them anyway.
             for group in self._ready(records, parse=self.record_many is not None, land=land):
                 flight.submit(pool, group, workers)
@@ -572,7 +577,7 @@ class Batch:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False,
-               land: Callable[[], None] = lambda: None,
+               land: Callable[[int], int] | None = None,
                ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
         """The requests to decide, enriched, as lists of (ref, data, data parsed or None). The
         enrichers look up a group together (``Plugins.prefetch``): a prefix of it whose answers
@@ -580,9 +585,12 @@ class Batch:
         looked up only when the caller asks for it, so a caller that records each list first
         keeps them true. With ``parse``, each request is parsed once, before its enrichers,
         and what they changed parsed again (``_reparsed``); else the caller parses it.
-        ``land``: a caller that decides a list while this reads the next one has it handled
-        (decided, recorded, written) when called; called before each lookup and before a
-        record that is not a new request is dealt with, so the store sees the source's order."""
+        ``land(keep)``: a caller that decides lists while this reads and looks up the next
+        has all but the newest ``keep`` of them handled (decided, recorded, written) when
+        called, and says how many are left in flight. A list is looked up with one in flight only as far as the enrichers can
+        answer ``ahead`` of its records (``Plugins.prefetch``), else once all are landed;
+        all are landed before a record that is not a new request is dealt with, so the store
+        sees the source's order."""
         group: list[tuple[str, Any, dict[str, Any]]] = []
         for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
             if item is not None:
@@ -590,19 +598,30 @@ class Batch:
                 if len(group) < CHUNK:
                     continue
             while group:
-                land()
-                n = self.plugins.prefetch([data for _ref, _rid, data in group])
+                n = self._prefetch([data for _ref, _rid, data in group], land)
                 ready = []
                 for ref, rid, data in group[:n]:
-                    enriched = self._enrich(ref, rid, data)
+                    enriched = self._enrich(ref, rid, data, land)
                     if enriched is not None:
                         parsed = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
                         ready.append((ref, enriched, parsed))
                 del group[:n]
                 if ready:
                     yield ready
-            if item is None:
-                land()
+            if item is None and land is not None:
+                land(0)
+
+    def _prefetch(self, datas: Sequence[dict[str, Any]], land: Callable[[int], int] | None) -> int:
+        """``Plugins.prefetch`` of ``datas``: ahead of the newest list in flight when the
+        enrichers can, else after landing every list."""
+        n = 0
+        if land is not None and land(1):
+            n = self.plugins.prefetch(datas, ahead=True)
+        if n == 0:
+            if land is not None:
+                land(0)
+            n = self.plugins.prefetch(datas)
+        return n
 
     def _pending(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, Any, dict[str, Any]] | None]:
         """The requests to decide, not yet enriched, as (ref, request id, data); every other
@@ -650,11 +669,15 @@ class Batch:
             self.decided_in[key] = rec.state
         return rec.ref, rec.request.get("request_id"), self.history.merge(rec.request)
 
-    def _enrich(self, ref: str, rid: Any, data: dict[str, Any]) -> dict[str, Any] | None:
-        """``data`` enriched; None (and a dead letter) when an enricher broke on it."""
+    def _enrich(self, ref: str, rid: Any, data: dict[str, Any],
+                land: Callable[[int], int] | None = None) -> dict[str, Any] | None:
+        """``data`` enriched; None (and a dead letter, after what is in flight: the input's
+        order) when an enricher broke on it."""
         try:
             return self.plugins.enrich(data, ref, self.options)
         except PluginError as exc:
+            if land is not None:
+                land(0)
             self.summary.kinds["request"] += 1  # an enriched one is counted once handled
             self._dead(ref, str(exc), rid if isinstance(rid, str) else None)
             self.progress.advance(self.summary)

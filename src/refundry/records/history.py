@@ -158,6 +158,7 @@ class History:
         # names each request's three twice, to look it up and to index it.
         self._names: dict[tuple[str, str], str] = {}
         self._names_lock = threading.Lock()
+        self._answered: list[_Lookup | None] = []  # what ``facts_many`` last answered
 
     def _name(self, value: str, salt: bytes, prefix: str) -> str:
         key = (prefix, value)
@@ -292,7 +293,8 @@ class History:
             self.ensure()
         return self._answers([lookup])[0]
 
-    def facts_many(self, requests: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any] | None]:
+    def facts_many(self, requests: Sequence[Mapping[str, Any] | Any], *,
+                   ahead: bool = False) -> list[dict[str, Any] | None]:
         """``facts`` of the longest prefix of ``requests`` that can be looked up together, one
         answer per request of that prefix (at least the first), in a few round trips.
 
@@ -301,17 +303,24 @@ class History:
         with an earlier one, nor needs a client baseline not yet computed whose window holds an
         earlier one, so recording those could not change it. The caller records the prefix and
         asks again for the rest (``refundry run --db``).
+
+        ``ahead``: the requests the previous call answered may not be recorded yet (a caller
+        deciding them meanwhile): the prefix also stops at the first request whose answer
+        could depend on those, so it may be empty; the caller then records them and asks again.
         """
         self.sync()
-        taken: set[str] = set()
+        earlier: list[_Lookup | None] = list(self._answered) if ahead else []
+        taken = {c for x in earlier if x is not None for c in x.claims}
         lookups: list[_Lookup | None] = []
         for request in requests:
             lookup = self._lookup(request, None)
             if lookup is not None:
-                if lookups and self._depends(lookup, taken, lookups):
+                if earlier and self._depends(lookup, taken, earlier):
                     break
                 taken.update(lookup.claims)
             lookups.append(lookup)
+            earlier.append(lookup)
+        self._answered = lookups
         return self._answers(lookups)
 
     def _lookup(self, request: Mapping[str, Any] | Any, as_of: dt.datetime | None) -> _Lookup | None:
