@@ -19,8 +19,8 @@ class Enricher:
 
     name = "refundry.history"
 
-    def __init__(self, store: RecordStore) -> None:
-        self.history = History(store)
+    def __init__(self, store: RecordStore, history: History | None = None) -> None:
+        self.history = history or History(store)
         # request_id -> (the request as it was looked up, its facts), from ``prefetch``
         self._ready: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
 
@@ -59,7 +59,9 @@ class Enricher:
         return len(answers)
 
 
-def plugins_with_history(store: RecordStore) -> Plugins:
-    """The installed plugins plus the history enricher for ``store``."""
-    enricher = Enricher(store)
+def plugins_with_history(store: RecordStore, history: History | None = None) -> Plugins:
+    """The installed plugins plus the history enricher for ``store`` (looking up through
+    ``history``, one of ``store``'s, when given: the one that indexes the run's records, so
+    the pseudonyms it made for a lookup are at hand when the request is indexed)."""
+    enricher = Enricher(store, history)
     return Plugins(make_plugin_manager(extra=[(enricher.name, enricher)]))
