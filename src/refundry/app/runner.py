@@ -587,10 +587,10 @@ class Batch:
         and what they changed parsed again (``_reparsed``); else the caller parses it.
         ``land(keep)``: a caller that decides lists while this reads and looks up the next
         has all but the newest ``keep`` of them handled (decided, recorded, written) when
-        called, and says how many are left in flight. A list is looked up with one in flight only as far as the enrichers can
-        answer ``ahead`` of its records (``Plugins.prefetch``), else once all are landed;
-        all are landed before a record that is not a new request is dealt with, so the store
-        sees the source's order."""
+        called, and says how many are left in flight. A list is looked up with one in flight
+        only as far as the enrichers can answer ``ahead`` of its records
+        (``Plugins.prefetch``), else once all are landed; all are landed before a record
+        that is not a new request is dealt with, so the store sees the source's order."""
         group: list[tuple[str, Any, dict[str, Any]]] = []
         for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
             if item is not None:
