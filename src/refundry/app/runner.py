@@ -305,8 +305,10 @@ class _Flight:
         """The oldest group's results in order (waiting for them), no longer in flight."""
         parts, parsed = self.groups.popleft()
         results = [res for part in parts for res in part.result()]
-        return [attrs.evolve(res, request=req) if res.request is None and res.decision is not None
-                else res for res, req in zip(results, parsed, strict=True)]
+        # Built directly: attrs.evolve looks the class's fields up on every call.
+        return [_Result(res.ref, res.request_id, req, res.decision, res.errors, res.prepared)
+                if res.request is None and res.decision is not None else res
+                for res, req in zip(results, parsed, strict=True)]
 
 
 def _prepared(res: _Result, salt: bytes, actor: str) -> Prepared | None:
