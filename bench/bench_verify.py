@@ -2,7 +2,7 @@
 this tree against a baseline revision, in one run on one machine.
 
     .venv/bin/python bench/bench_verify.py [N] [--baseline REV] [--repeat K]
-        [--stores sqlite,postgresql] [--postgres URL]
+        [--stores sqlite,postgresql] [--postgres URL] [--workers N,...]
 
 Builds one store per kind with this tree, once: N requests (default 50,000) recorded by
 `refundry run --db` as bench_run_db.py makes them (history index on), then the lifecycle a
@@ -11,8 +11,10 @@ two reviewers, as the store's threshold demands) and two denied; half of the app
 processed, and of those half refunded. Then each tree verifies that same store K times
 (default 3, the trees taking turns so a load spike hits both), timed in its process with
 `store.verify()` only (start-up and opening excluded), and the best run of each is printed as
-events/s with the ratio. Verify only reads: both trees see the same bytes. Timing lives here,
-never in the test suite.
+events/s with the ratio, and the CPU time per event of that run (the process and verify's
+worker processes); `--workers 1,2` also times this tree with `verify(workers=N)`. Verify only
+reads: both trees see the same bytes. A PostgreSQL store's schema is dropped at the end. Timing
+lives here, never in the test suite.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_run_db import cli, generate, store_url, tree_of  # noqa: E402 - the same requests and trees
 
 VERIFY = """
-import sys, time
+import resource, sys, time
 from refundry.records.stores import open_store
 store = open_store(sys.argv[1], create=False)
-t0 = time.perf_counter()
-result = store.verify()
-print(time.perf_counter() - t0, result.count, result.ok, result.problem)
+options = {} if sys.argv[2] == "default" else {"workers": int(sys.argv[2])}
+t0, cpu0 = time.perf_counter(), time.process_time()
+result = store.verify(**options)
+children = resource.getrusage(resource.RUSAGE_CHILDREN)  # verify's worker processes, if any
+cpu = time.process_time() - cpu0 + children.ru_utime + children.ru_stime
+print(time.perf_counter() - t0, result.count, cpu, result.ok, result.problem)
 sys.exit(0 if result.ok else 1)
 """
 
@@ -79,13 +84,15 @@ def build(kind: str, n: int, pg: str | None, tmp: Path) -> str:
     return db
 
 
-def timed(src: Path, db: str) -> tuple[float, int]:
-    done = subprocess.run([sys.executable, "-c", VERIFY, db], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(src)})
+def timed(src: Path, db: str, workers: str = "default") -> tuple[float, int, float]:
+    """Wall seconds of ``store.verify()``, the events, and the CPU seconds of the process and
+    its worker processes."""
+    done = subprocess.run([sys.executable, "-c", VERIFY, db, workers], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(src)})
     if done.returncode != 0:
         sys.exit(f"verify with {src}: {done.stdout[-500:]} {done.stderr[-2000:]}")
-    seconds, count = done.stdout.split()[:2]
-    return float(seconds), int(count)
+    seconds, count, cpu = done.stdout.split()[:3]
+    return float(seconds), int(count), float(cpu)
 
 
 def options() -> argparse.Namespace:
@@ -95,34 +102,58 @@ def options() -> argparse.Namespace:
     ap.add_argument("--postgres", default=os.environ.get("REFUNDRY_TEST_POSTGRES_URL"))
     ap.add_argument("--baseline", help="a git revision to measure too, e.g. main")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", default="", help="also time this tree with verify(workers=N) "
+                    "for each N of a comma-separated list (the default call is always timed)")
     return ap.parse_args()
+
+
+def drop(db: str, pg: str | None) -> None:
+    """A bench store's PostgreSQL schema is its alone: never left behind."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        schema = db.rsplit("schema=", 1)[1]
+        with psycopg.connect(str(pg), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def main() -> None:
     args = options()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        trees = [(args.baseline, tree_of(args.baseline, tmp))] if args.baseline else []
-        trees.append(("this tree", ROOT / "src"))
+        trees = [(args.baseline, tree_of(args.baseline, tmp), "default")] if args.baseline else []
+        trees.append(("this tree", ROOT / "src", "default"))
+        trees += [(f"this tree, workers={n}", ROOT / "src", n) for n in args.workers.split(",") if n]
         for kind in args.stores.split(","):
             if kind == "postgresql" and not args.postgres:
                 continue
             db = build(kind, args.n, args.postgres, tmp)
-            best: dict[str, float] = {}
-            events = 0
-            for _ in range(args.repeat):
-                for label, src in trees:
-                    seconds, events = timed(src, db)
-                    best[label] = min(best.get(label, seconds), seconds)
-            for label, _src in trees:
-                print(json.dumps({"tree": label, "store": kind, "events": events,
-                                  "verify_seconds": round(best[label], 3),
-                                  "events_per_second": round(events / best[label])}), flush=True)
-            if args.baseline:
-                print(json.dumps({"store": kind, "speed-up": round(
-                    best[args.baseline] / best["this tree"], 2)}), flush=True)
-            print(f"load average {os.getloadavg()}", flush=True)
+            try:
+                report(kind, db, trees, args)
+            finally:
+                drop(db, args.postgres)
     print(f"cpus: {os.cpu_count()}, python {sys.version.split()[0]}")
+
+
+def report(kind: str, db: str, trees: list[tuple[str, Path, str]], args: argparse.Namespace) -> None:
+    best: dict[str, tuple[float, float]] = {}  # the fastest run's wall and CPU seconds
+    events = 0
+    for _ in range(args.repeat):
+        for label, src, workers in trees:
+            seconds, events, cpu = timed(src, db, workers)
+            if label not in best or seconds < best[label][0]:
+                best[label] = (seconds, cpu)
+            print(f"  {label}: {seconds:.3f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
+    for label, _src, _workers in trees:
+        seconds, cpu = best[label]
+        print(json.dumps({"tree": label, "store": kind, "events": events,
+                          "verify_seconds": round(seconds, 3),
+                          "events_per_second": round(events / seconds),
+                          "cpu_us_per_event": round(cpu / events * 1e6, 1)}), flush=True)
+    if args.baseline:
+        print(json.dumps({"store": kind, "speed-up": round(
+            best[args.baseline][0] / best["this tree"][0], 2)}), flush=True)
+    print(f"load average {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,25 @@ def test_verify_names_the_broken_event_and_exits_2(cli, tmp_path):
     assert r.code == 2 and "checkpoint head" in r.json()["problem"]
 
 
+def test_verify_in_worker_processes_prints_what_one_process_prints(cli, tmp_path, monkeypatch):
+    """`--workers 2`: ranges of one event here, each read and checked in a worker."""
+    from refundry.records import events
+
+    monkeypatch.setattr(events, "VERIFY_RANGE", 1)
+    for i in range(3):
+        cli("evaluate", write(tmp_path, f"r{i}.json", make_request(f"r-{i}")), "--rulesets",
+            RULESETS, "--record", "--by", "alice")
+    whole = cli("records", "verify", "--workers", "2")
+    assert whole.code == 0 and whole.out == cli("records", "verify", "--workers", "1").out
+    conn = sqlite3.connect(tmp_path / "refundry.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET actor = 'mallory' WHERE seq = 3")
+    conn.close()
+    broken = cli("records", "verify", "--workers", "2", "--json")
+    assert broken.code == 2 and broken.json()["broken_seq"] == 3
+    assert broken.out == cli("records", "verify", "--workers", "1", "--json").out
+
+
 def test_export_replay_and_dispute(cli, tmp_path):
     req = write(tmp_path, "r.json", make_request("r-1"))
     cli("evaluate", req, "--rulesets", RULESETS, "--record", "--by", "alice")

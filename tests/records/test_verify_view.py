@@ -126,10 +126,10 @@ def _tamper(path: Path, signer: Signer, rng: random.Random) -> str:
     return "nothing"
 
 
-def _verdict(path: Path) -> Any:
+def _verdict(path: Path, workers: int = 1) -> Any:
     store = open_store(path, create=False)
     try:
-        return store.verify().to_dict()
+        return store.verify(workers=workers).to_dict()
     except Exception as exc:  # the oracle's crash must be the view's crash too
         return f"{type(exc).__name__}: {exc}"
     finally:
@@ -150,6 +150,10 @@ def test_verify_says_what_it_says_on_whole_bodies(original, tmp_path, monkeypatc
             whole.setattr(events, "_BODY", msgspec.json.Decoder())
             whole.setattr(events, "_STEP", msgspec.json.Decoder())
             assert _verdict(copy) == seen, what
+        if i % 2 == 0:  # worker processes, ranges of 4 events: the same answer, crash or not
+            with monkeypatch.context() as ranged:
+                ranged.setattr(events, "VERIFY_RANGE", 4)
+                assert _verdict(copy, workers=2) == seen, what
         if isinstance(seen, dict) and not seen["ok"]:
             problems.add(re.sub(r"\d+", "N", seen["problem"].split("`")[0]))
     # The edits reach every kind of check, not only the first one a body meets.

@@ -48,7 +48,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     anchor = open_anchor(target) if target else None
     try:
         with open_store(args.db or default_db(), create=False) as store:
-            result = store.verify(expect_head=args.expect_head, anchor=anchor, trusted_keys=trusted)
+            result = store.verify(expect_head=args.expect_head, anchor=anchor, trusted_keys=trusted,
+                                  workers=args.workers)
     finally:
         if anchor is not None:
             anchor.close()
@@ -175,6 +176,9 @@ def _register_audit(rsub: Any) -> None:
     p.add_argument("--trusted-key", action="append", metavar="KEY",
                    help="ed25519:... key whose checkpoints count (default: $REFUNDRY_TRUSTED_KEYS; "
                    "any key when none is given)")
+    p.add_argument("--workers", type=int, metavar="N", help="processes that read and check "
+                   "the events while this one replays the state machine (default: one per idle "
+                   "core for 20,000 events or more; 1: none); the answer is the same")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 

@@ -149,6 +149,7 @@ class Rebuild:
         return found
 
     def add(self, seq: int, type_: str, body: Mapping[str, Any]) -> None:
+        # ``apply(type_, read(...))`` written out: this runs for most events of a verify.
         if type_ == "evaluated":
             row = index_row(seq, body, self.salt, self._name)
             if row is not None:
@@ -157,6 +158,24 @@ class Rebuild:
             row = self.rows[update[2]]
             amount = row[12] if update[1] is None else update[1]
             self.rows[update[2]] = (*row[:12], amount, row[13], update[0])
+
+    def read(self, seq: int, type_: str, body: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """What one event brings to the index, read from its body alone (a worker process of
+        verify reads it; ``apply`` then places it, in chain order): ``evaluated``'s row, a
+        later event's status update, or None."""
+        if type_ == "evaluated":
+            return index_row(seq, body, self.salt, self._name)
+        return status_update(type_, body)
+
+    def apply(self, type_: str, item: tuple[Any, ...] | None) -> None:
+        if item is None:
+            return
+        if type_ == "evaluated":
+            self.rows.setdefault(str(item[0]), item)
+        elif item[2] in self.rows:
+            row = self.rows[item[2]]
+            amount = row[12] if item[1] is None else item[1]
+            self.rows[item[2]] = (*row[:12], amount, row[13], item[0])
 
 
 def expected_rows(events: Iterable[tuple[int, str, str]], salt: bytes) -> dict[str, tuple[Any, ...]]:

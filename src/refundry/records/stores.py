@@ -235,6 +235,40 @@ class _Tx:
         self._run("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
 
 
+def _sqlite_range(path: str, lo: int, hi: int | None) -> Iterator[Row]:
+    """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of an SQLite store, over
+    a connection of their own: a task of verify's worker processes."""
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+        try:
+            bound, args = ("", (lo,)) if hi is None else (" AND seq <= ?", (lo, hi))
+            yield from conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?{bound} "
+                                    "ORDER BY seq", args)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
+
+
+def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int, hi: int | None) -> Iterator[Row]:
+    """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of a PostgreSQL store, on
+    a connection of their own that sees the chain as of ``snapshot`` (``pg_export_snapshot``),
+    as every other range of the same verify sees it."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+            bound, args = ("", (lo,)) if hi is None else (" AND seq <= %s", (lo, hi))
+            yield from conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > %s{bound} "
+                                    "ORDER BY seq", args)
+    except psycopg.Error as exc:
+        raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
+
+
 def one_line(exc: BaseException) -> str:
     """A driver's message as one lower-case line."""
     return " ".join(str(exc).split()).lower()
@@ -297,6 +331,11 @@ class SQLiteStore(RecordStore):
                     self._conn.execute("ROLLBACK")
                 raise RecordError(f"records store `{self.url}`: the event was not written: "
                                   f"{str(exc).lower()}") from None
+
+    @contextlib.contextmanager
+    def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[Row]] | None]:
+        # WAL: each worker's reads see every committed event, and events are only appended.
+        yield functools.partial(_sqlite_range, str(self.path.resolve()))
 
     def _has_index(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
@@ -473,6 +512,28 @@ class PostgresStore(RecordStore):
                 if not conn.broken:
                     conn.execute("ROLLBACK")
                 raise
+
+    @contextlib.contextmanager
+    def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[Row]] | None]:
+        # One snapshot, exported from a transaction held open until every range is read, so
+        # all the workers see the same chain.
+        psycopg = self._psycopg
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.Error:  # read in this process, as before
+            yield None
+            return
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        except psycopg.Error:  # e.g. a standby that cannot export one: read in this process
+            conn.close()
+            yield None
+            return
+        try:
+            yield functools.partial(_pg_range, self._conninfo, self.schema, snapshot)
+        finally:
+            conn.close()
 
     def _has_index(self, name: str) -> bool:
         return bool(self._query("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])

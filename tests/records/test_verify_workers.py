@@ -1,0 +1,239 @@
+"""verify in worker processes gives the answer verify in one process gives.
+
+With ``workers`` > 1 the chain is cut into ranges of ``VERIFY_RANGE`` events, each read and
+checked in a process of its own, and the parent replays the state machine over them and links
+each range to the one before. Here a range is 4 events, so the 20-event store below spans five
+ranges; every answer is compared, field by field, with the one-process answer on the same store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import rfc8785
+
+from refundry.records import events
+from refundry.records.anchors import Signer, open_anchor
+from refundry.records.history import History
+from refundry.records.stores import open_store
+
+from .conftest import StepClock, after_the_reviews, make_request
+from .test_anchor import Raw
+from .test_tamper import mutate
+
+RANGE = 4
+
+
+@pytest.fixture(autouse=True)
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "VERIFY_RANGE", RANGE)
+
+
+@pytest.fixture
+def filled(store_url: str, tmp_path: Path, engine: Any) -> Iterator[dict[str, Any]]:
+    """A signed store with every event type, its history index synced, and its anchor
+    (a checkpoint every 5 events): 20 events, five ranges."""
+    signer = Signer.generate(tmp_path / "k.pem")
+    target = str(tmp_path / "anchor.jsonl")
+    store = open_store(store_url, clock=StepClock(), signer=signer, anchor=open_anchor(target),
+                       anchor_every=5)
+    for i in range(6):
+        req = make_request(f"r-{i}", **({"client_id": "acme", "amount": "600"} if i % 2 else {}))
+        store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    store.review("r-1", actor="bob", approve=True, reason="ok")
+    store.review("r-1", actor="carol", approve=True, reason="ok too")
+    after_the_reviews(store, engine)
+    for i in range(6, 12):
+        req = make_request(f"r-{i}")
+        store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    History(store).sync()
+    head = store.checkpoint()
+    store.close()
+    assert head.count == 20
+    yield {"url": store_url, "target": target, "key": signer.key_id, "head": head.head}
+
+
+def both(url: str, **options: Any) -> tuple[events.Verification, events.Verification]:
+    """verify in one process and in two workers, on the same store."""
+    store = open_store(url, create=False)
+    try:
+        return store.verify(workers=1, **options), store.verify(workers=2, **options)
+    finally:
+        store.close()
+
+
+def same(one: events.Verification, many: events.Verification) -> None:
+    assert attrs.asdict(many) == attrs.asdict(one)
+
+
+def test_a_whole_store_verifies_the_same_in_workers(filled):
+    anchor = open_anchor(filled["target"])
+    try:
+        one, many = both(filled["url"], expect_head=filled["head"], anchor=anchor,
+                         trusted_keys=[filled["key"]])
+    finally:
+        anchor.close()
+    same(one, many)
+    assert many.ok and many.count == 20 and many.head == filled["head"], many
+    assert many.anchored and many.anchored_count == 20 and many.texts == one.texts > 0
+
+
+def _edit_body(raw: Raw, seq: int, *, rehash: bool, unsigned: bool = False,
+               **changes: Any) -> None:
+    """Change members of event ``seq``'s body (and its hash, with ``rehash``: the change is
+    then seen only by the link of the event after it, or by the state machine; ``unsigned``:
+    without the signing key, as a forger without it writes)."""
+    body = json.loads(raw("SELECT body FROM events WHERE seq = ?", (seq,))[0][0])
+    body = {k: v for k, v in body.items() if not (unsigned and k == "key")}
+    text = rfc8785.dumps({**body, **changes}).decode()
+    if rehash:
+        raw("UPDATE events SET body = ?, hash = ? WHERE seq = ?",
+            (text, "sha256:" + hashlib.sha256(text.encode()).hexdigest(), seq))
+    else:
+        raw("UPDATE events SET body = ? WHERE seq = ?", (text, seq))
+
+
+def _plant(raw: Raw, where: str) -> None:
+    if where == "second range":
+        _edit_body(raw, RANGE + 2, rehash=False, actor="mallory")
+    elif where == "first of a range missing":
+        raw("DELETE FROM events WHERE seq = ?", (2 * RANGE + 1,))
+    elif where == "last of a range missing":
+        raw("DELETE FROM events WHERE seq = ?", (2 * RANGE,))
+    elif where == "first of a range unlinked":
+        _edit_body(raw, RANGE + 1, rehash=True, prev="sha256:" + "1" * 64)
+    elif where == "first of a range unlinked, a column too":
+        _edit_body(raw, RANGE + 1, rehash=True, prev="sha256:" + "1" * 64)
+        raw("UPDATE events SET actor = 'mallory' WHERE seq = ?", (RANGE + 1,))
+    elif where == "first of a range, a column":
+        raw("UPDATE events SET actor = 'mallory' WHERE seq = ?", (RANGE + 1,))
+    elif where == "last event":
+        raw("UPDATE events SET type = 'refunded' WHERE seq = 20")
+    elif where == "signature in a later range":
+        raw("DELETE FROM signatures WHERE seq = ?", (3 * RANGE + 2,))
+    elif where == "index row":
+        raw("DELETE FROM history_index WHERE request_id = 'r-7'")
+
+
+PLANTED = {
+    "second range": (RANGE + 2, "does not match its hash"),
+    "first of a range missing": (2 * RANGE + 1, f"event {2 * RANGE + 1} is missing"),
+    "last of a range missing": (2 * RANGE, f"event {2 * RANGE} is missing"),
+    "first of a range unlinked": (RANGE + 1, f"does not follow event {RANGE}"),
+    "first of a range unlinked, a column too": (RANGE + 1, f"does not follow event {RANGE}"),
+    "first of a range, a column": (RANGE + 1, "column `actor` differs"),
+    "last event": (20, "column `type` differs"),
+    "signature in a later range": (3 * RANGE + 2, "but its signature is missing"),
+    "index row": (None, "history_index has no row for request `r-7`"),
+}
+
+
+@pytest.mark.parametrize("where", PLANTED)
+def test_a_planted_problem_is_found_the_same_in_workers(filled, where):
+    raw = Raw(filled["url"])
+    try:
+        _plant(raw, where)
+    finally:
+        raw.close()
+    one, many = both(filled["url"])
+    same(one, many)
+    broken_seq, problem = PLANTED[where]
+    assert not many.ok and many.broken_seq == broken_seq and problem in many.problem, many
+
+
+def test_a_state_machine_problem_in_a_later_range_is_found_the_same(filled):
+    """A note turned into an approval by the submitter, hashed and linked again to the end:
+    only the parent's replay of the state machine can see it."""
+    raw = Raw(filled["url"])
+    try:
+        seq = raw("SELECT seq FROM events WHERE type = 'note'")[0][0]  # r-2's, made an approval
+        _edit_body(raw, seq, rehash=True, unsigned=True, type="approved", actor="alice")
+        raw("UPDATE events SET type = 'approved', actor = 'alice' WHERE seq = ?", (seq,))
+        for later in range(seq + 1, 21):  # every later link made good again
+            prev = raw("SELECT hash FROM events WHERE seq = ?", (later - 1,))[0][0]
+            _edit_body(raw, later, rehash=True, unsigned=True, prev=prev)
+    finally:
+        raw.close()
+    one, many = both(filled["url"])
+    same(one, many)
+    assert not many.ok and many.broken_seq == seq and "`r-2`" in many.problem, many
+
+
+def test_random_mutations_are_found_the_same_in_workers(filled, tmp_path):
+    if filled["url"].startswith("postgresql://"):
+        pytest.skip("the mutations work on an SQLite file; the planted problems cover both")
+    rng = random.Random(20261201)
+    for i in range(120):
+        copy = tmp_path / f"m{i % 2}.db"
+        shutil.copyfile(filled["url"], copy)
+        conn = sqlite3.connect(copy, isolation_level=None)
+        conn.execute("BEGIN")
+        conn.execute("DROP TRIGGER events_no_update")
+        conn.execute("DROP TRIGGER events_no_delete")
+        conn.execute("DROP INDEX events_one_evaluation")
+        what, _first = mutate(conn, rng, 20)
+        conn.execute("COMMIT")
+        conn.close()
+        one, many = both(str(copy), expect_head=filled["head"])
+        assert attrs.asdict(many) == attrs.asdict(one), what
+        assert not many.ok, what
+
+
+def test_workers_start_only_for_a_large_store_on_idle_cores(filled, monkeypatch):
+    """Unless asked for, workers start for VERIFY_PROCESSES_FROM events or more and only on
+    idle cores: below that, or on a busy machine, they cost more than they save."""
+    store = open_store(filled["url"], create=False)
+    started: list[bool] = []
+
+    @contextlib.contextmanager
+    def reader() -> Iterator[None]:
+        started.append(True)
+        yield None  # and verify reads in this process after all
+
+    try:
+        monkeypatch.setattr(store, "_range_reader", reader)
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert store.verify().ok and not started  # 20 events: too few
+        monkeypatch.setattr(events, "VERIFY_PROCESSES_FROM", 20)
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.5, 1.5))
+        assert store.verify().ok and not started  # one core busy of two
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert store.verify().ok and started == [True]
+    finally:
+        store.close()
+
+
+def _die(*_args: Any) -> None:
+    os._exit(3)  # as a worker killed by the kernel's out-of-memory killer ends
+
+
+def test_a_worker_that_dies_is_a_one_line_error(filled, monkeypatch):
+    monkeypatch.setattr(events, "_check_range", _die)
+    store = open_store(filled["url"], create=False)
+    try:
+        with pytest.raises(events.RecordError, match="a worker process of verify died"):
+            store.verify(workers=2)
+    finally:
+        store.close()
+
+
+def test_where_no_worker_can_start_verify_reads_in_this_process(filled, monkeypatch):
+    def no_semaphores(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(events, "ProcessPoolExecutor", no_semaphores)
+    one, many = both(filled["url"])
+    same(one, many)
+    assert many.ok and many.count == 20
