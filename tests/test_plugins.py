@@ -485,3 +485,28 @@ def test_a_plugin_that_cannot_be_imported_is_named_and_the_others_keep_working(t
                 "--rulesets", str(RULESETS)], site, tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert line in ran.stderr and len(lines(tmp_path / "o.jsonl")) == 1
+
+
+def test_a_request_an_enricher_spoils_is_a_dead_letter_with_the_errors_of_the_whole(tmp_path: Path) -> None:
+    """`run` parses a request once, before its enrichers, and then only the fields they
+    changed; a request they made invalid still says what parsing it whole says, every error."""
+    from refundry.core.errors import InvalidRequest
+    from refundry.core.request import parse_request
+
+    class Spoiler:
+        @refundry.hookimpl
+        def refundry_enrich_request(self, request: Mapping[str, Any], ref: str,
+                                    options: Mapping[str, str]) -> Mapping[str, Any] | None:
+            if request["request_id"] == "req-2":
+                return {"timezone": 5, "facts": {"x": {"y": [{"z": object()}]}}}
+            return {"facts": {"velocity": 3}}
+
+    plugins = plugins_with(("spoiler", Spoiler()))
+    src = write_jsonl(tmp_path / "in.jsonl", [request(1), request(2)])
+    summary = run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
+                  plugins=plugins)
+    assert summary.decided == 1 and summary.dead_letters == 1
+    (dead,) = lines(tmp_path / "o.jsonl.dead-letter.jsonl")
+    with pytest.raises(InvalidRequest) as whole:
+        parse_request(plugins.enrich(request(2), "in.jsonl:2", {}), source="in.jsonl:2")
+    assert dead["errors"] == [str(e) for e in whole.value.errors] and len(dead["errors"]) == 2

@@ -95,6 +95,7 @@ def test_two_workers_give_every_request_the_history_one_worker_gives_it(
     groups in flight in the pool were looked up without the records of those before them."""
     from refundry.plugins.history import plugins_with_history
     from refundry.records import stores
+    from refundry.records.history import History
 
     from .conftest import PG_ENV, RULESETS, drop_pg_schema
     from .test_history_batched import SALT, requests, second_url
@@ -109,7 +110,10 @@ def test_two_workers_give_every_request_the_history_one_worker_gives_it(
                 summary = run(source="jsonl", input_path=src, out=tmp_path / f"o{workers}.jsonl",
                               rulesets=[RULESETS], workers=workers,
                               plugins=plugins_with_history(store), id_key=store.salt,
-                              record=StoreRecorder(store, engine, "batch"))
+                              # The run with workers indexes its groups as it records
+                              # them, as `refundry run --db` does; the other leaves it to sync.
+                              record=StoreRecorder(store, engine, "batch",
+                                                   index=History(store) if workers > 1 else None))
                 assert summary.decided == len(requests())
                 facts.append({c.request_id: c.request["facts"]["history"]
                               for c in store.cases()})
@@ -117,4 +121,7 @@ def test_two_workers_give_every_request_the_history_one_worker_gives_it(
         if store_url.startswith("postgresql://"):
             drop_pg_schema(os.environ[PG_ENV], store_url.rsplit("schema=", 1)[1] + "b")
     assert facts[0] == facts[1]
+    # What the sinks were handed (with workers, the request as this process parsed it) is the
+    # same too.
+    assert (tmp_path / "o1.jsonl").read_text() == (tmp_path / "o2.jsonl").read_text()
     assert facts[1]["again"]["requests_by_customer_30d"] >= 2  # an earlier group's record counted

@@ -14,6 +14,7 @@ plugin named; everything written before it stays consistent and a re-run continu
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -24,7 +25,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,7 +34,7 @@ import attrs
 from refundry.core.engine import Engine
 from refundry.core.errors import InvalidRequest, RefundryError
 from refundry.core.models import OUTCOMES, Decision, RefundRequest
-from refundry.core.request import parse_request, printable_text
+from refundry.core.request import parse_request, printable_text, replace_fields
 from refundry.plugins import (
     KINDS,
     ExecutedRefund,
@@ -47,6 +48,7 @@ from refundry.plugins import (
     SourceRecord,
 )
 from refundry.records.events import Prepared, RecordError, prepare_event, with_texts
+from refundry.records.history import History, ParsedData
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
 CHUNK = 200  # requests looked up and recorded together (split between worker processes)
@@ -202,14 +204,38 @@ class _Result:
     prepared: Prepared | None = None  # the decision as the records store keeps it, if made
 
 
-def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any]) -> _Result:
+def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any],
+                  parsed: RefundRequest | None = None) -> _Result:
+    """``data`` parsed (unless ``parsed``, that already) and decided."""
     # Only an id a dead-letter line can hold (UTF-8, bounded): a source may hand over anything.
     rid = printable_text(data.get("request_id"))
     try:
-        req = parse_request(data, source=ref)
+        req = parsed if parsed is not None else parse_request(data, source=ref)
     except InvalidRequest as exc:
         return _Result(ref, rid, None, None, tuple(str(e) for e in exc.errors))
     return _Result(ref, rid, req, engine.evaluate(req))
+
+
+def _parsed_first(data: dict[str, Any]) -> ParsedData:
+    """``data`` with the request it parses to, for the enrichers' lookups."""
+    try:
+        return ParsedData(data, parse_request(data))
+    except InvalidRequest:
+        return ParsedData(data, None)  # decided (as a dead letter) with the errors of the whole
+
+
+def _reparsed(before: ParsedData, enriched: Mapping[str, Any]) -> RefundRequest | None:
+    """``enriched`` parsed, from ``before`` (the request its enrichers were given, parsed)
+    with only the fields they changed parsed again (``replace_fields``: as parsing the whole);
+    None when it is to be parsed whole, which says what is wrong with it in its own words."""
+    if before.request is None or any(k not in enriched for k in before):
+        return None
+    # An enricher's merge keeps the very objects it did not replace.
+    changes = {k: v for k, v in enriched.items() if k not in before or before[k] is not v}
+    try:
+        return replace_fields(before.request, changes)
+    except InvalidRequest:
+        return None
 
 
 # A worker process gets its engine once, in the pool initializer (a copy of the parent's when
@@ -242,12 +268,47 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker_chunk(chunk: list[tuple[str, dict[str, Any]]]) -> list[_Result]:
+def _worker_chunk(chunk: list[tuple[str, dict[str, Any], bool]]) -> list[_Result]:
+    """Each (ref, data, send the request back) decided and, when the run records, prepared.
+    The parent parsed most requests already: pickling one back cost more than parsing it."""
     assert _worker_engine is not None
-    results = [_evaluate_one(_worker_engine, ref, data) for ref, data in chunk]
-    if _worker_recording is None:
-        return results
-    return [attrs.evolve(res, prepared=_prepared(res, *_worker_recording)) for res in results]
+    results = [_evaluate_one(_worker_engine, ref, data) for ref, data, _back in chunk]
+    if _worker_recording is not None:
+        results = [attrs.evolve(res, prepared=_prepared(res, *_worker_recording))
+                   for res in results]
+    return [res if back else attrs.evolve(res, request=None)
+            for res, (_ref, _data, back) in zip(results, chunk, strict=True)]
+
+
+@attrs.define
+class _Flight:
+    """The groups the worker processes are deciding, oldest first: each group's parts, and
+    each request as this process parsed it (None where the worker sends its own back)."""
+
+    groups: collections.deque[tuple[list[Future[list[_Result]]], list[RefundRequest | None]]] = \
+        attrs.field(factory=collections.deque)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def submit(self, pool: ProcessPoolExecutor, group: Sequence[tuple[str, dict[str, Any],
+               RefundRequest | None]], workers: int) -> None:
+        size = -(-len(group) // workers)
+        # The data, not the parsed request: a worker parses it again faster than a parsed
+        # one is pickled.
+        items = [(ref, data, parsed is None) for ref, data, parsed in group]
+        self.groups.append(([pool.submit(_worker_chunk, items[i:i + size])
+                             for i in range(0, len(items), size)],
+                            [parsed for _ref, _data, parsed in group]))
+
+    def take(self) -> list[_Result]:
+        """The oldest group's results in order (waiting for them), no longer in flight."""
+        parts, parsed = self.groups.popleft()
+        results = [res for part in parts for res in part.result()]
+        # Built directly: attrs.evolve looks the class's fields up on every call.
+        return [_Result(res.ref, res.request_id, req, res.decision, res.errors, res.prepared)
+                if res.request is None and res.decision is not None else res
+                for res, req in zip(results, parsed, strict=True)]
 
 
 def _prepared(res: _Result, salt: bytes, actor: str) -> Prepared | None:
@@ -467,9 +528,9 @@ class Batch:
             if workers == 1:
                 # ``_ready`` enriches a request only once the one before it is handled here
                 # (decided, written and recorded), as its history lookups expect.
-                for group in self._ready(records):
-                    self._handle_group([_evaluate_one(self.engine, ref, data)
-                                        for ref, data in group])
+                for group in self._ready(records, parse=True):
+                    self._handle_group([_evaluate_one(self.engine, ref, data, parsed)
+                                        for ref, data, parsed in group])
             else:
                 self._in_pool(records, workers, rulesets, backend)
         except KeyboardInterrupt as exc:
@@ -496,39 +557,73 @@ class Batch:
                                    initializer=_worker_init,
                                    initargs=(engine, backend, os.getpid(),
                                              getattr(self.recorder, "recording", None)))
+        flight = _Flight()
+
+        def land(keep: int = 0) -> int:
+            while len(flight) > keep:
+                self._handle_group(flight.take())
+            return len(flight)
+
         try:
-            for group in self._ready(records):
-                # A group is split between the workers and recorded whole before the next is
-                # looked up: with groups in flight, a request's history missed the records of
-                # requests before it still in the pool (64 of tests/fraudgen's 314 differed).
-                size = -(-len(group) // workers)
-                parts = [pool.submit(_worker_chunk, group[i:i + size])
-                         for i in range(0, len(group), size)]
-                self._handle_group([res for part in parts for res in part.result()])
+            # A group is split between the workers. The next is looked up while they decide
+            # it only where no answer could depend on its records (``_ready`` asks the
+            # enrichers ``ahead``), else once it is recorded: with groups in flight blindly, a
+            # request's history missed the records of requests before it still in the pool
+            # (64 of tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and
+            # parses the next group, and records the one before.
+            # Parsed first here only when the history lookups parse them anyway.
+            for group in self._ready(records, parse=self.record_many is not None, land=land):
+                flight.submit(pool, group, workers)
+            land()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _ready(self, records: Iterable[SourceRecord]) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-        """The requests to decide, enriched, as lists of (ref, data). The enrichers look up a
-        group together (``Plugins.prefetch``): a prefix of it whose answers cannot depend on
-        each other's records (one list), then the rest; the next list is looked up only when
-        the caller asks for it, so a caller that records each list first keeps them true."""
+    def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False,
+               land: Callable[[int], int] | None = None,
+               ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
+        """The requests to decide, enriched, as lists of (ref, data, data parsed or None). The
+        enrichers look up a group together (``Plugins.prefetch``): a prefix of it whose answers
+        cannot depend on each other's records (one list), then the rest; the next list is
+        looked up only when the caller asks for it, so a caller that records each list first
+        keeps them true. With ``parse``, each request is parsed once, before its enrichers,
+        and what they changed parsed again (``_reparsed``); else the caller parses it.
+        ``land(keep)``: a caller that decides lists while this reads and looks up the next
+        has all but the newest ``keep`` of them handled (decided, recorded, written) when
+        called, and says how many are left in flight. A list is looked up with one in flight
+        only as far as the enrichers can answer ``ahead`` of its records
+        (``Plugins.prefetch``), else once all are landed; all are landed before a record
+        that is not a new request is dealt with, so the store sees the source's order."""
         group: list[tuple[str, Any, dict[str, Any]]] = []
         for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
             if item is not None:
-                group.append(item)
+                group.append((*item[:2], _parsed_first(item[2])) if parse else item)
                 if len(group) < CHUNK:
                     continue
             while group:
-                n = self.plugins.prefetch([data for _ref, _rid, data in group])
+                n = self._prefetch([data for _ref, _rid, data in group], land)
                 ready = []
                 for ref, rid, data in group[:n]:
-                    enriched = self._enrich(ref, rid, data)
+                    enriched = self._enrich(ref, rid, data, land)
                     if enriched is not None:
-                        ready.append((ref, enriched))
+                        parsed = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
+                        ready.append((ref, enriched, parsed))
                 del group[:n]
                 if ready:
                     yield ready
+            if item is None and land is not None:
+                land(0)
+
+    def _prefetch(self, datas: Sequence[dict[str, Any]], land: Callable[[int], int] | None) -> int:
+        """``Plugins.prefetch`` of ``datas``: ahead of the newest list in flight when the
+        enrichers can, else after landing every list."""
+        n = 0
+        if land is not None and land(1):
+            n = self.plugins.prefetch(datas, ahead=True)
+        if n == 0:
+            if land is not None:
+                land(0)
+            n = self.plugins.prefetch(datas)
+        return n
 
     def _pending(self, records: Iterable[SourceRecord]) -> Iterator[tuple[str, Any, dict[str, Any]] | None]:
         """The requests to decide, not yet enriched, as (ref, request id, data); every other
@@ -576,11 +671,15 @@ class Batch:
             self.decided_in[key] = rec.state
         return rec.ref, rec.request.get("request_id"), self.history.merge(rec.request)
 
-    def _enrich(self, ref: str, rid: Any, data: dict[str, Any]) -> dict[str, Any] | None:
-        """``data`` enriched; None (and a dead letter) when an enricher broke on it."""
+    def _enrich(self, ref: str, rid: Any, data: dict[str, Any],
+                land: Callable[[int], int] | None = None) -> dict[str, Any] | None:
+        """``data`` enriched; None (and a dead letter, after what is in flight: the input's
+        order) when an enricher broke on it."""
         try:
             return self.plugins.enrich(data, ref, self.options)
         except PluginError as exc:
+            if land is not None:
+                land(0)
             self.summary.kinds["request"] += 1  # an enriched one is counted once handled
             self._dead(ref, str(exc), rid if isinstance(rid, str) else None)
             self.progress.advance(self.summary)
@@ -955,8 +1054,12 @@ class StoreRecorder:
     never committed, or its journal line never written) still makes one case.
     """
 
-    def __init__(self, store: Any, engine: Engine | None, actor: str) -> None:
+    def __init__(self, store: Any, engine: Engine | None, actor: str, *,
+                 index: History | None = None) -> None:
         self.store, self.engine, self.actor = store, engine, actor
+        # The history index of ``store``, given the cases a group opens in the group's own
+        # transaction: the next lookup's sync then has nothing to read back and decode.
+        self.index = index
         self._batch: contextlib.ExitStack | None = None  # holds the open store.batch()
 
     @property
@@ -1007,6 +1110,8 @@ class StoreRecorder:
                 cut = next((i for i, g in enumerate(got) if isinstance(g, RecordError)), None)
                 if cut is not None:
                     raise _Refused(cut, got[cut])  # rolls the whole group back
+                if self.index is not None:
+                    self.index.index_recorded([g[0].events[-1] for g in got if g[1]])
         except _Refused as refused:
             return [*self._committed(items[:refused.at]), refused.error]
         return list(got)

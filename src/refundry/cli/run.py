@@ -33,6 +33,7 @@ from refundry.core.engine import Engine
 from refundry.core.models import json_default
 from refundry.plugins import SourceError
 from refundry.plugins.history import plugins_with_history
+from refundry.records.history import History
 from refundry.records.stores import open_store
 
 
@@ -96,8 +97,9 @@ def _run(args: argparse.Namespace, options: dict[str, str], shield: Shield) -> i
     if args.db:
         engine = Engine.from_path(rulesets, backend=args.backend)
         store = open_store(args.db, **anchoring_from_env())
-        record = StoreRecorder(store, engine, args.by or getpass.getuser())
-        plugins = plugins_with_history(store)
+        history = History(store)
+        record = StoreRecorder(store, engine, args.by or getpass.getuser(), index=history)
+        plugins = plugins_with_history(store, history)
     try:
         summary = run(source=args.source, input_path=args.input, sinks=args.sink or ["jsonl"],
                       out=args.out, dead_letter=args.dead_letter, journal=args.journal,

@@ -19,8 +19,8 @@ class Enricher:
 
     name = "refundry.history"
 
-    def __init__(self, store: RecordStore) -> None:
-        self.history = History(store)
+    def __init__(self, store: RecordStore, history: History | None = None) -> None:
+        self.history = history or History(store)
         # request_id -> (the request as it was looked up, its facts), from ``prefetch``
         self._ready: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
 
@@ -34,16 +34,24 @@ class Enricher:
         data = dict(request)
         rid = data.get("request_id")
         ready = self._ready.pop(rid, None) if isinstance(rid, str) else None
-        # A prefetched answer only for the very request it was looked up for.
+        # A prefetched answer only for the very request it was looked up for. (A request
+        # without one is looked up now, as of what is recorded; with a group still in flight
+        # (``prefetch(ahead=True)``) that is only a request with no request id of its own,
+        # which does not parse, so has no facts either.)
         facts = ready[1] if ready is not None and ready[0] == data else self.history.facts(data)
         return store_additions(data, facts) or None
 
-    def prefetch(self, requests: Sequence[Mapping[str, Any]]) -> int:
+    # ``prefetch`` can look a group up while the one it last answered is still being decided
+    # (``Plugins.prefetch(..., ahead=True)``).
+    looks_ahead = True
+
+    def prefetch(self, requests: Sequence[Mapping[str, Any]], *, ahead: bool = False) -> int:
         """Look up the facts of a prefix of ``requests`` together (``History.facts_many``),
         for the hook to answer from; returns its length. Each answer holds only while the
-        requests before it in the prefix are all that is recorded meanwhile."""
+        requests before it in the prefix are all that is recorded meanwhile. ``ahead``: the
+        requests of the previous call may not be recorded yet (the prefix may be empty)."""
         self._ready.clear()
-        answers = self.history.facts_many(requests)
+        answers = self.history.facts_many(requests, ahead=ahead)
         for request, facts in zip(requests, answers, strict=False):
             rid = request.get("request_id")
             if isinstance(rid, str):
@@ -51,7 +59,9 @@ class Enricher:
         return len(answers)
 
 
-def plugins_with_history(store: RecordStore) -> Plugins:
-    """The installed plugins plus the history enricher for ``store``."""
-    enricher = Enricher(store)
+def plugins_with_history(store: RecordStore, history: History | None = None) -> Plugins:
+    """The installed plugins plus the history enricher for ``store`` (looking up through
+    ``history``, one of ``store``'s, when given: the one that indexes the run's records, so
+    the pseudonyms it made for a lookup are at hand when the request is indexed)."""
+    enricher = Enricher(store, history)
     return Plugins(make_plugin_manager(extra=[(enricher.name, enricher)]))

@@ -248,26 +248,35 @@ class Plugins:
             merged["facts"] = facts
         return merged
 
-    def prefetch(self, requests: Sequence[Mapping[str, Any]]) -> int:
+    def prefetch(self, requests: Sequence[Mapping[str, Any]], *, ahead: bool = False) -> int:
         """Let enrichers that can (a ``prefetch`` method, as refundry's history has) look up a
         prefix of ``requests`` together before ``enrich`` is called for each; returns how many
         (at least one) may be enriched and decided together, before any of them is recorded,
         and the rest only after they are; one when an enricher cannot look ahead. An enricher whose prefetch fails answers
-        each request in ``enrich`` instead, where a failure is that request's dead letter."""
+        each request in ``enrich`` instead, where a failure is that request's dead letter.
+
+        ``ahead``: the requests of the previous call are still being decided, not recorded;
+        how many may be enriched now all the same, which may be none (then the caller records
+        those first and asks without ``ahead``): none unless every enricher can look ahead
+        (a ``prefetch`` and ``looks_ahead``), and none when one fails."""
         n = len(requests)
         for _plugin, fn in self._impls("refundry_enrich_request"):
-            prefetch = getattr(getattr(fn, "__self__", None), "prefetch", None)
+            owner = getattr(fn, "__self__", None)
+            prefetch = getattr(owner, "prefetch", None)
+            if ahead and (prefetch is None or not getattr(owner, "looks_ahead", False)):
+                return 0
             if prefetch is None:
                 # It answers when asked, maybe from what was recorded just before: the caller
                 # decides and records up to here before that request is enriched.
                 return 1
-            if n <= 1:
+            if n <= 1 and not ahead:
                 continue
             try:
-                n = min(n, int(prefetch(requests[:n])))
+                n = min(n, int(prefetch(requests[:n], ahead=True) if ahead
+                               else prefetch(requests[:n])))
             except Exception:  # noqa: BLE001 - enrich() reports it, request by request
-                n = 1
-        return max(n, 1)
+                n = 0 if ahead else 1
+        return n if ahead else max(n, 1)
 
     def _notify(self, hook_name: str, **kwargs: Any) -> list[PluginError]:
         errors = []

@@ -17,18 +17,21 @@ change to the recording path, and a damaged index can be dropped and rebuilt fro
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import attrs
 
 from refundry.core.errors import RefundryError
+from refundry.core.models import RefundRequest
 from refundry.records.events import Event, RecordError, RecordStore
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
     KEY_FIELDS,
+    NAMES_KEPT,
     Keys,
     index_row,
     keys_of,
@@ -37,7 +40,7 @@ from refundry.records.index import (
     status_update,
     utc_text,
 )
-from refundry.records.masking import mask_request
+from refundry.records.masking import mask_request, pseudonym
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -70,6 +73,18 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_card_clients ON history_index (card_key, client_id, requested_at)",
     "CREATE INDEX IF NOT EXISTS history_address_clients ON history_index (address_key, client_id, requested_at)",
 )
+
+class ParsedData(dict[str, Any]):
+    """A request's data (canonical JSON) with ``request``, the ``RefundRequest`` it parses to
+    (None when it does not parse), so that a lookup does not parse it again: ``refundry run``
+    parses each request once, before its enrichers."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, data: Mapping[str, Any], request: RefundRequest | None) -> None:
+        super().__init__(data)
+        self.request = request
+
 
 class HistoryError(RefundryError):
     """The history index cannot be read or written."""
@@ -139,6 +154,22 @@ class History:
         self.store = store
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
+        # Pseudonyms made (an HMAC each): customers, cards and orders come back, and a run
+        # names each request's three twice, to look it up and to index it.
+        self._names: dict[tuple[str, str], str] = {}
+        self._names_lock = threading.Lock()
+        self._answered: list[_Lookup | None] = []  # what ``facts_many`` last answered
+
+    def _name(self, value: str, salt: bytes, prefix: str) -> str:
+        key = (prefix, value)
+        found = self._names.get(key)
+        if found is None:
+            found = pseudonym(value, salt, prefix)
+            with self._names_lock:  # a History may serve several threads (the service)
+                if len(self._names) >= NAMES_KEPT:
+                    self._names.clear()
+                self._names[key] = found
+        return found
 
     # -- database access (the store's public query and transaction) --------------------------
 
@@ -216,7 +247,7 @@ class History:
         salt = self.store.salt
         for seq, type_, body in rows:
             if type_ == "evaluated":
-                row = index_row(seq, body, salt)
+                row = index_row(seq, body, salt, self._name)
                 if row is not None:
                     inserts.append(row)
             else:
@@ -234,6 +265,20 @@ class History:
              "decided_amount) WHERE request_id = ?", updates, True),
             ("UPDATE history_meta SET value = ? WHERE key = 'seq'", (str(last),), False),
         ], watermark=after)
+
+    def index_recorded(self, events: Sequence[Event]) -> bool:
+        """Index ``events``, cases' opening events just appended in this thread's open
+        transaction (the batch ``refundry run --db`` records a group in), from their bodies as
+        they are in memory: ``sync`` would read each back and decode it. Done only when they
+        follow the watermark directly, in one run of numbers (else ``sync`` reads them later,
+        as it reads any writer's); returns whether they were indexed."""
+        if not events:
+            return True
+        first, last = events[0].seq, events[-1].seq
+        if last - first + 1 != len(events) or any(e.type != "evaluated" for e in events):
+            return False
+        self.ensure()
+        return self._apply([(e.seq, e.type, e.body) for e in events], first - 1, last)
 
     def bulk_insert(self, rows: Iterable[Sequence[Any]]) -> None:
         """Insert index rows (``COLUMNS`` order) directly: for benchmarks and migrations."""
@@ -266,7 +311,8 @@ class History:
         self.ensure()
         return self._answers([self._lookup(request, None) for request in requests])
 
-    def facts_many(self, requests: Sequence[Mapping[str, Any] | Any]) -> list[dict[str, Any] | None]:
+    def facts_many(self, requests: Sequence[Mapping[str, Any] | Any], *,
+                   ahead: bool = False) -> list[dict[str, Any] | None]:
         """``facts`` of the longest prefix of ``requests`` that can be looked up together, one
         answer per request of that prefix (at least the first), in a few round trips.
 
@@ -275,24 +321,34 @@ class History:
         with an earlier one, nor needs a client baseline not yet computed whose window holds an
         earlier one, so recording those could not change it. The caller records the prefix and
         asks again for the rest (``refundry run --db``).
+
+        ``ahead``: the requests the previous call answered may not be recorded yet (a caller
+        deciding them meanwhile): the prefix also stops at the first request whose answer
+        could depend on those, so it may be empty; the caller then records them and asks again.
         """
         self.sync()
-        taken: set[str] = set()
+        earlier: list[_Lookup | None] = list(self._answered) if ahead else []
+        taken = {c for x in earlier if x is not None for c in x.claims}
         lookups: list[_Lookup | None] = []
         for request in requests:
             lookup = self._lookup(request, None)
             if lookup is not None:
-                if lookups and self._depends(lookup, taken, lookups):
+                if earlier and self._depends(lookup, taken, earlier):
                     break
                 taken.update(lookup.claims)
             lookups.append(lookup)
+            earlier.append(lookup)
+        self._answered = lookups
         return self._answers(lookups)
 
     def _lookup(self, request: Mapping[str, Any] | Any, as_of: dt.datetime | None) -> _Lookup | None:
         from refundry.core.request import parse_request, request_to_dict
 
         try:
-            raw = request_to_dict(parse_request(request), _LOOKUP_FIELDS)
+            parsed = request.request if isinstance(request, ParsedData) else parse_request(request)
+            if parsed is None:
+                return None
+            raw = request_to_dict(parsed, _LOOKUP_FIELDS)
         except RefundryError:
             return None
         salt = self.store.salt
@@ -301,7 +357,8 @@ class History:
         # the whole request when it records it).
         txn = raw["transaction"]
         raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
-        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt)
+        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
+                       self._name)
         at = utc_text(as_of) if as_of is not None else keys.requested_at
         claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
         return _Lookup(keys, at, claimed)
@@ -329,16 +386,28 @@ class History:
         found = [x for x in lookups if x is not None]
         counts: list[dict[str, tuple[int, ...]]] = [{} for _ in found]
         prior: list[list[Any]] = [[] for _ in found]
-        for first in range(0, len(found), _PER_QUERY):
-            part = found[first:first + _PER_QUERY]
-            text, args = _count_query(part, first)
+        for text, args in self._statements(found):
             for i, name, *values in self._read(text, args):
-                counts[int(i)][name] = tuple(int(v) for v in values)
-            text, args = _prior_query(part, first)
-            for i, *row in self._read(text, args):
-                prior[int(i)].append(row)
+                if name == "prior":
+                    prior[int(i)].append(values)
+                else:
+                    counts[int(i)][name] = tuple(int(v) for v in values)
         answers = iter(self._facts_of(x, c, p) for x, c, p in zip(found, counts, prior, strict=True))
         return [None if x is None else next(answers) for x in lookups]
+
+    def _statements(self, found: Sequence[_Lookup]) -> Iterator[tuple[str, list[Any]]]:
+        """The reads that answer ``found``: rows of (lookup number, name, values), ``prior``
+        rows holding a transaction's earlier request, every other name four counts."""
+        if self.store.dialect == "postgresql" and found:
+            # A group's lookups as arrays: one statement text whatever the group's size, so
+            # the server plans it once; the generic UNION ALL of 300 branches took it longer
+            # to plan than to run (18 ms a statement, most of a run's time).
+            yield from _ArrayQuery.of(found).statements()
+            return
+        for first in range(0, len(found), _PER_QUERY):
+            part = found[first:first + _PER_QUERY]
+            yield _count_query(part, first)
+            yield _prior_query(part, first)
 
     def _facts_of(self, lookup: _Lookup, counts: dict[str, tuple[int, ...]],
                   prior: list[Any]) -> dict[str, Any]:
@@ -435,6 +504,75 @@ _LOOKUP_FIELDS = (*KEY_FIELDS, "prior_refunds")
 _PER_QUERY = 50
 
 
+def _windows(at: str) -> tuple[str, str]:
+    """The starts of the long and the short window ending at ``at``."""
+    end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    return (utc_text(end - dt.timedelta(days=WINDOW_DAYS)),
+            utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS)))
+
+
+# The array form of ``_count_query``, ``_other_clients`` and ``_prior_query`` (PostgreSQL):
+# each branch reads one row of ``l`` (a lookup) at a time, by the same index ranges, with the
+# same limits, and answers the same rows.
+_PG_LOOKUPS = ("unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], "
+               "?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS l(n, request_id, "
+               "client_id, customer, email, address, card, txn, start_at, short_at, end_at)")
+_PG_KEYED = (f"SELECT l.n, '{{name}}', c.* FROM {_PG_LOOKUPS} CROSS JOIN LATERAL (SELECT "
+             "COUNT(*), COALESCE(SUM(CASE WHEN requested_at >= l.short_at THEN 1 ELSE 0 END), "
+             "0), COUNT(DISTINCT customer_key), COALESCE(MAX(CASE WHEN customer_key = "
+             "l.customer THEN 1 ELSE 0 END), 0) FROM (SELECT requested_at, customer_key FROM "
+             "history_index WHERE client_id = l.client_id AND {name}_key = l.{name} AND "
+             "requested_at >= l.start_at AND requested_at <= l.end_at AND request_id <> "
+             f"l.request_id ORDER BY requested_at DESC LIMIT {MATCH_CAP}) AS recent) AS c "
+             "WHERE l.{name} IS NOT NULL")
+_PG_OTHER_SIDE = ("SELECT 1 AS hit FROM history_index WHERE {name}_key = l.{name} AND client_id "
+                  "{op} l.client_id AND requested_at >= l.start_at AND requested_at <= l.end_at "
+                  "AND l.{name} IS NOT NULL LIMIT 1")
+_PG_OTHER = ("SELECT l.n, 'other', (SELECT COUNT(*) FROM ("
+             + " UNION ALL ".join(f"({_PG_OTHER_SIDE.format(name=name, op=op)})"
+                                  for name in ("card", "address") for op in ("<", ">"))
+             + f") AS hits), 0, 0, 0 FROM {_PG_LOOKUPS} WHERE l.card IS NOT NULL OR "
+             "l.address IS NOT NULL")
+_PG_COUNTS = " UNION ALL ".join([
+    f"SELECT l.n, 'recorded', (SELECT COUNT(*) FROM history_index h WHERE h.request_id = "
+    f"l.request_id), 0, 0, 0 FROM {_PG_LOOKUPS}",
+    *(_PG_KEYED.format(name=name) for name in ("customer", "email", "address", "card")),
+    _PG_OTHER,
+])
+_PG_PRIOR = (f"SELECT l.n, 'prior', p.amount, p.currency, p.decided_amount, p.status FROM "
+             f"{_PG_LOOKUPS} CROSS JOIN LATERAL (SELECT amount, currency, decided_amount, status "
+             "FROM history_index WHERE client_id = l.client_id AND transaction_key = l.txn AND "
+             "requested_at <= l.end_at AND request_id <> l.request_id ORDER BY requested_at "
+             f"DESC LIMIT {MATCH_CAP}) AS p")
+
+
+@attrs.frozen
+class _ArrayQuery:
+    """A group's lookups as the columns of ``_PG_LOOKUPS``."""
+
+    columns: tuple[list[Any], ...]
+
+    @classmethod
+    def of(cls, lookups: Sequence[_Lookup]) -> _ArrayQuery:
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
+        windows: dict[str, tuple[str, str]] = {}
+        for n, lookup in enumerate(lookups):
+            k, at = lookup.keys, lookup.at
+            if at not in windows:
+                windows[at] = _windows(at)
+            start, short = windows[at]
+            for column, value in zip(columns, (n, k.request_id, k.client_id, k.customer, k.email,
+                                               k.address, k.card, k.transaction, start, short,
+                                               at), strict=True):
+                column.append(value)
+        return cls(columns)
+
+    def statements(self) -> Iterator[tuple[str, list[Any]]]:
+        for text in (_PG_COUNTS, _PG_PRIOR):
+            # The same arrays for each branch of a statement.
+            yield text, [*self.columns] * text.count("unnest(")
+
+
 def _count_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]]:
     """One statement with the counts of every lookup: whether its request is recorded, and
     per key the requests in the window. Rows are (lookup number, name, four counts)."""
@@ -444,9 +582,7 @@ def _count_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]
     for n, lookup in enumerate(lookups, first):
         k, at = lookup.keys, lookup.at
         if at not in windows:
-            end = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
-            windows[at] = (utc_text(end - dt.timedelta(days=WINDOW_DAYS)),
-                           utc_text(end - dt.timedelta(days=SHORT_WINDOW_DAYS)))
+            windows[at] = _windows(at)
         start, short = windows[at]
         parts.append(f"SELECT {n}, 'recorded', COUNT(*), 0, 0, 0 FROM history_index "
                      "WHERE request_id = ?")
@@ -498,12 +634,13 @@ def _other_clients(k: Keys, start: str, at: str, n: int) -> tuple[str, list[Any]
 
 def _prior_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]]:
     """One statement with the earlier requests for each lookup's transaction: rows of (lookup
-    number, amount, currency, decided amount, status), the newest MATCH_CAP per lookup."""
+    number, ``prior``, amount, currency, decided amount, status), the newest MATCH_CAP per
+    lookup."""
     parts: list[str] = []
     args: list[Any] = []
     for n, lookup in enumerate(lookups, first):
         k = lookup.keys
-        parts.append(f"SELECT {n}, amount, currency, decided_amount, status FROM (SELECT amount, "
+        parts.append(f"SELECT {n}, 'prior', amount, currency, decided_amount, status FROM (SELECT amount, "
                      "currency, decided_amount, status FROM history_index WHERE client_id = ? "
                      "AND transaction_key = ? AND requested_at <= ? AND request_id <> ? "
                      f"ORDER BY requested_at DESC LIMIT {MATCH_CAP}) AS prior_{n}")

@@ -1,0 +1,22 @@
+"""``Transaction.executemany`` of an INSERT: on PostgreSQL it is sent as INSERTs of many rows
+each; every row must land, in order, with what ON CONFLICT says about repeats (within a chunk
+and across chunks) and with NULLs, on both stores alike."""
+
+from __future__ import annotations
+
+from refundry.records.stores import MULTI_ROWS, open_store
+
+
+def test_executemany_inserts_every_row_as_one_row_at_a_time_would(store_url: str) -> None:
+    n = MULTI_ROWS * 2 + 7  # three statements of many rows, the last one short
+    rows = [(i, f"v{i}", None if i % 3 else f"n{i}") for i in range(n)]
+    # Repeats of keys inserted before them, in the same statement and in an earlier one: the
+    # first row wins.
+    again = [(5, "again", None)], [(MULTI_ROWS + 1, "again", None)]
+    with open_store(store_url) as store:
+        with store.transaction() as tx:
+            tx.execute("CREATE TABLE scratch (k BIGINT PRIMARY KEY, v TEXT NOT NULL, n TEXT)")
+            tx.executemany("INSERT INTO scratch (k, v, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           [*rows[:10], *again[0], *rows[10:], *again[1]])
+        got = store.query("SELECT k, v, n FROM scratch ORDER BY k")
+    assert [tuple(r) for r in got] == rows
