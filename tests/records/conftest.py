@@ -101,6 +101,17 @@ def record(store, engine) -> Callable[..., object]:
     return run
 
 
+def the_lifecycle(store: RecordStore, engine: refundry.Engine) -> None:
+    """Six cases recorded (the odd ones above the four-eyes threshold), ``r-1`` approved by
+    two reviewers, then ``after_the_reviews``: every event type the chain holds."""
+    for i in range(6):
+        req = make_request(f"r-{i}", **({"client_id": "acme", "amount": "600"} if i % 2 else {}))
+        store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+    store.review("r-1", actor="bob", approve=True, reason="ok")
+    store.review("r-1", actor="carol", approve=True, reason="ok too")
+    after_the_reviews(store, engine)
+
+
 def after_the_reviews(store: RecordStore, engine: refundry.Engine) -> None:
     """The rest of the lifecycle the chain tests work through once ``r-0`` .. ``r-3`` are
     recorded and reviewed: a denial, processing and refund, a note, a dispute opened and

@@ -21,7 +21,7 @@ import rfc8785
 
 from refundry.records.stores import open_store
 
-from .conftest import StepClock, after_the_reviews, make_request
+from .conftest import StepClock, make_request, the_lifecycle
 
 MUTATIONS = int(os.environ.get("REFUNDRY_TAMPER_MUTATIONS", "1000"))
 COLUMNS = ("request_id", "type", "at", "actor", "body", "hash")
@@ -32,12 +32,7 @@ def original(tmp_path_factory, engine) -> tuple[Path, str, int]:
     """A store with a few cases at every stage; closed so the file holds everything."""
     path = tmp_path_factory.mktemp("tamper") / "records.db"
     store = open_store(path, clock=StepClock())
-    for i in range(6):
-        req = make_request(f"r-{i}", **({"client_id": "acme", "amount": "600"} if i % 2 else {}))
-        store.record(req, engine.evaluate(req), engine=engine, actor="alice")
-    store.review("r-1", actor="bob", approve=True, reason="ok")
-    store.review("r-1", actor="carol", approve=True, reason="ok too")
-    after_the_reviews(store, engine)
+    the_lifecycle(store, engine)
     head = store.checkpoint()
     assert store.verify(expect_head=head.head).ok
     store.close()

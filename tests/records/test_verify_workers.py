@@ -28,7 +28,7 @@ from refundry.records.anchors import Signer, open_anchor
 from refundry.records.history import History
 from refundry.records.stores import open_store
 
-from .conftest import StepClock, after_the_reviews, make_request
+from .conftest import StepClock, make_request, the_lifecycle
 from .test_anchor import Raw
 from .test_tamper import mutate
 
@@ -48,12 +48,7 @@ def filled(store_url: str, tmp_path: Path, engine: Any) -> Iterator[dict[str, An
     target = str(tmp_path / "anchor.jsonl")
     store = open_store(store_url, clock=StepClock(), signer=signer, anchor=open_anchor(target),
                        anchor_every=5)
-    for i in range(6):
-        req = make_request(f"r-{i}", **({"client_id": "acme", "amount": "600"} if i % 2 else {}))
-        store.record(req, engine.evaluate(req), engine=engine, actor="alice")
-    store.review("r-1", actor="bob", approve=True, reason="ok")
-    store.review("r-1", actor="carol", approve=True, reason="ok too")
-    after_the_reviews(store, engine)
+    the_lifecycle(store, engine)
     for i in range(6, 12):
         req = make_request(f"r-{i}")
         store.record(req, engine.evaluate(req), engine=engine, actor="alice")

@@ -1824,26 +1824,12 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
                expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
     """What is wrong with one stored event as a link of the chain ("" if nothing), and its
     parsed body."""
-    # `_check_body` and `_columns_problem` written out: this runs for every event, and the
-    # two calls were measurable.
-    if seq != expected_seq:
-        return _seq_problem(seq, expected_seq), {}
-    if _hash(body_text.encode("utf-8")) != hash_:
-        return f"event {seq} does not match its hash: it was changed", {}
-    try:
-        body = _read_body(body_text, type_)
-    except ValueError:
-        return f"event {seq} is not valid json", {}
-    if not isinstance(body, dict):
-        return f"event {seq} is not a json object", {}
-    if body.get("seq") != seq:
-        return f"event {seq} says it is event {body.get('seq')}: events were moved", body
+    problem, body = _check_body(seq, type_, body_text, hash_, expected_seq)
+    if problem:
+        return problem, body
     if body.get("prev") != prev:
         return _link_problem(seq), body
-    for name, value in (("request_id", rid), ("type", type_), ("at", at), ("actor", actor)):
-        if body.get(name) != value:
-            return f"event {seq}: column `{name}` differs from the hashed event", body
-    return "", body
+    return _columns_problem(seq, rid, type_, at, actor, body), body
 
 
 def _columns_problem(seq: int, rid: str, type_: str, at: str, actor: str, body: Any) -> str:
