@@ -136,6 +136,14 @@ def test_postgresql_looks_up_the_facts_sqlite_does(tmp_path, engine, monkeypatch
         # The history is one that shares keys: the comparison covers counts above one.
         assert max(f["history"]["customers_by_card_30d"] for f in got.values()) >= 12
         assert any(f["history"].get("other_clients_flag") for f in got.values())
+        # A group of 8 or more goes as arrays, a lookup or a few as a short UNION (a worker's,
+        # the API's per request): both must give the same facts, counts above one included.
+        shared = [r for r in reqs if got[r["request_id"]]["history"]["customers_by_card_30d"] > 1]
+        again = [{**r, "request_id": f"again-{i}"} for i, r in enumerate(shared[:40])]
+        history = History(on_pg)
+        one_by_one = [history.facts(r, sync=False) for r in again]
+        assert len(again) >= 8 and history.facts_each(again) == one_by_one
+        assert max(f["history"]["customers_by_card_30d"] for f in one_by_one) >= 2
     finally:
         on_pg.close()
         on_lite.close()
