@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import functools
 import random
-import re
 import sqlite3
 import threading
 import time
@@ -145,12 +144,6 @@ def _savepoint(conn: Any) -> Iterator[None]:
     conn.execute("RELEASE SAVEPOINT refundry_append")
 
 
-# An INSERT of one row of parameters, which ``executemany`` on PostgreSQL sends as one
-# statement of many rows (at most MULTI_ROWS, and the protocol's 65,535 parameters).
-_VALUES = re.compile(r"(INSERT INTO [^;]*? VALUES )(\((?:\?, )*\?\))([^;?]*)", re.DOTALL)
-MULTI_ROWS = 500
-PG_PARAMETERS = 65_535
-
 _INSERT_TEXT = "INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
 _INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
@@ -186,19 +179,7 @@ class _Tx:
         if not rows:
             return
         try:
-            values = _VALUES.fullmatch(sql) if self.store.dialect == "postgresql" else None
-            if values is None:
-                self.cur.executemany(self.native(sql), rows)
-                return
-            # One INSERT of many rows: a server executes each statement of a pipelined
-            # executemany on its own (a group's 200 events and 200 index rows were most of an
-            # append's time there); the rows and their order are the same.
-            head, group, tail = values.groups()
-            per = max(1, min(MULTI_ROWS, PG_PARAMETERS // (group.count("?") or 1)))
-            for start in range(0, len(rows), per):
-                part = rows[start:start + per]
-                self.cur.execute(pg_sql(head + ", ".join([group] * len(part)) + tail),
-                                 [value for row in part for value in row])
+            self.cur.executemany(self.native(sql), rows)
         except self.store.driver_error as exc:
             raise RecordError(f"records store `{self.store.url}`: {one_line(exc)}") from None
 
