@@ -1111,7 +1111,7 @@ class StoreRecorder:
                 if cut is not None:
                     raise _Refused(cut, got[cut])  # rolls the whole group back
                 if self.index is not None:
-                    self.index.index_recorded([g[0].events[-1] for g in got if g[1]])
+                    self.index.sync([g[0].events[-1] for g in got if g[1]])
         except _Refused as refused:
             return [*self._committed(items[:refused.at]), refused.error]
         return list(got)

@@ -17,7 +17,6 @@ change to the recording path, and a damaged index can be dropped and rebuilt fro
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -31,8 +30,8 @@ from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
     KEY_FIELDS,
-    NAMES_KEPT,
     Keys,
+    Pseudonyms,
     index_row,
     keys_of,
     load_json,
@@ -40,7 +39,7 @@ from refundry.records.index import (
     status_update,
     utc_text,
 )
-from refundry.records.masking import mask_request, pseudonym
+from refundry.records.masking import mask_request
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -154,22 +153,10 @@ class History:
         self.store = store
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
-        # Pseudonyms made (an HMAC each): customers, cards and orders come back, and a run
-        # names each request's three twice, to look it up and to index it.
-        self._names: dict[tuple[str, str], str] = {}
-        self._names_lock = threading.Lock()
+        # A run names each request's customer, card and order twice: to look it up and to
+        # index it.
+        self._name = Pseudonyms()
         self._answered: list[_Lookup | None] = []  # what ``facts_many`` last answered
-
-    def _name(self, value: str, salt: bytes, prefix: str) -> str:
-        key = (prefix, value)
-        found = self._names.get(key)
-        if found is None:
-            found = pseudonym(value, salt, prefix)
-            with self._names_lock:  # a History may serve several threads (the service)
-                if len(self._names) >= NAMES_KEPT:
-                    self._names.clear()
-                self._names[key] = found
-        return found
 
     # -- database access (the store's public query and transaction) --------------------------
 
@@ -214,8 +201,9 @@ class History:
 
         ``appended``: events the caller appended in the transaction it still holds (a batch),
         in chain order. When they are exactly what the index lacks, their rows are made from
-        these objects: the API's committer had just built each body, and reading them back
-        and decoding them was a third of its work per decision."""
+        these objects: the API's committer and `refundry run --db` had just built each body,
+        and reading them back and decoding them was a third of the committer's work per
+        decision."""
         self.ensure()
         after = self.watermark()
         read = 0
@@ -265,20 +253,6 @@ class History:
              "decided_amount) WHERE request_id = ?", updates, True),
             ("UPDATE history_meta SET value = ? WHERE key = 'seq'", (str(last),), False),
         ], watermark=after)
-
-    def index_recorded(self, events: Sequence[Event]) -> bool:
-        """Index ``events``, cases' opening events just appended in this thread's open
-        transaction (the batch ``refundry run --db`` records a group in), from their bodies as
-        they are in memory: ``sync`` would read each back and decode it. Done only when they
-        follow the watermark directly, in one run of numbers (else ``sync`` reads them later,
-        as it reads any writer's); returns whether they were indexed."""
-        if not events:
-            return True
-        first, last = events[0].seq, events[-1].seq
-        if last - first + 1 != len(events) or any(e.type != "evaluated" for e in events):
-            return False
-        self.ensure()
-        return self._apply([(e.seq, e.type, e.body) for e in events], first - 1, last)
 
     def bulk_insert(self, rows: Iterable[Sequence[Any]]) -> None:
         """Insert index rows (``COLUMNS`` order) directly: for benchmarks and migrations."""

@@ -9,6 +9,7 @@ writes a database.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -125,6 +126,27 @@ def status_update(type_: str, body: Mapping[str, Any]) -> tuple[str, str | None,
     return type_, None, str(body["request_id"])
 
 
+class Pseudonyms:
+    """``pseudonym(value, salt, prefix)``, remembered: customers, cards and orders come back,
+    and each pseudonym is an HMAC. Only what ``keys_of`` names (ids and last fours as a
+    record keeps them masked), bounded by ``NAMES_KEPT``; safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str, salt: bytes, prefix: str) -> str:
+        key = (prefix, value)
+        found = self._made.get(key)
+        if found is None:
+            found = pseudonym(value, salt, prefix)
+            with self._lock:
+                if len(self._made) >= NAMES_KEPT:
+                    self._made.clear()
+                self._made[key] = found
+        return found
+
+
 class Rebuild:
     """The index rows that events in chain order make, as ``sync`` writes them, one event at
     a time (verify feeds it the bodies its own pass decoded): ``evaluated`` opens a row, later
@@ -137,16 +159,7 @@ class Rebuild:
         self.rows: dict[str, tuple[Any, ...]] = {}
         # Customers, cards and orders come back (that is what the index is for): each
         # pseudonym is an HMAC, worth remembering for the length of one rebuild.
-        self._names: dict[tuple[str, str], str] = {}
-
-    def _name(self, value: str, salt: bytes, prefix: str) -> str:
-        key = (prefix, value)
-        found = self._names.get(key)
-        if found is None:
-            if len(self._names) >= NAMES_KEPT:
-                self._names.clear()
-            found = self._names[key] = pseudonym(value, salt, prefix)
-        return found
+        self._name = Pseudonyms()
 
     def add(self, seq: int, type_: str, body: Mapping[str, Any]) -> None:
         # ``apply(type_, read(...))`` written out: this runs for most events of a verify.
