@@ -19,6 +19,7 @@ import bisect
 import collections
 import contextlib
 import datetime as dt
+import functools
 import gc
 import hashlib
 import itertools
@@ -394,15 +395,15 @@ class _Fold:
                    status, status)
 
     def apply(self, event: Event) -> None:
-        details = event.details
         if event.type in ("reviewed", "approved"):
             self.approvals.append(event.actor)
         if event.type in ("approved", "denied", "processed", "refunded"):
             self.status = event.type
         elif event.type == "disputed":
             self.before_dispute, self.status = self.status, "disputed"
-            self.dispute = {"opened_by": event.actor, "opened_at": event.at, **details}
+            self.dispute = {"opened_by": event.actor, "opened_at": event.at, **event.details}
         elif event.type == "dispute_resolved":
+            details = event.details  # a copy: read here only, not for every event verify replays
             upheld = details.get("resolution") == "upheld"
             self.status = self.before_dispute if upheld else "approved"
             self.dispute = {**(self.dispute or {}), "resolved_by": event.actor,
@@ -685,6 +686,11 @@ class RecordStore:
             if len(page) < PAGE:
                 return
             after = page[-1][0]
+
+    def _chain_rows(self) -> Iterable[Row]:
+        """Every event in seq order, for verify's walk in this process (``_rows``, or a
+        backend's cheaper reader)."""
+        return self._rows()
 
     @contextlib.contextmanager
     def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[Row]] | None]:
@@ -1262,7 +1268,7 @@ class RecordStore:
                     ranges = _in_workers(pool, workers, read, job, signatures, last)
                     with contextlib.closing(ranges):
                         return walk.run_ranges(ranges)
-        return walk.run(self._rows(), signatures, job)
+        return walk.run(self._chain_rows(), signatures, job)
 
     def _check_texts(self, used: set[str]) -> tuple[str, int]:
         """Every kept ruleset text matches its digest, and every one an event used is kept
@@ -1394,42 +1400,51 @@ def genesis_of(salt: bytes) -> str:
     return _hash(b"refundry-genesis:" + salt)
 
 
-def _layer_digests(body: Mapping[str, Any]) -> Iterator[str]:
+def _layer_digests(body: Mapping[str, Any]) -> tuple[str, ...]:
     """The ruleset layers an event's decisions used (the case's, and a dispute's re-run)."""
     details = body.get("details")
-    details = details if isinstance(details, dict) else {}
-    for decision in (body.get("decision"), details.get("current")):
-        ruleset = decision.get("ruleset") if isinstance(decision, dict) else None
-        for layer in (ruleset or {}).get("layers") or ():
-            if isinstance(layer, dict) and isinstance(layer.get("digest"), str):
-                yield layer["digest"]
+    current = details.get("current") if isinstance(details, dict) else None
+    decision = body.get("decision")
+    used = _used_layers(decision.get("ruleset")) if isinstance(decision, dict) else ()
+    return used + _used_layers(current.get("ruleset")) if isinstance(current, dict) else used
+
+
+def _used_layers(ruleset: Any) -> tuple[str, ...]:
+    if isinstance(ruleset, msgspec.Raw):  # as verify's view reads it (`_Decision`)
+        return _raw_layers(bytes(ruleset))
+    return tuple(layer["digest"] for layer in (ruleset or {}).get("layers") or ()
+                 if isinstance(layer, dict) and isinstance(layer.get("digest"), str))
+
+
+@functools.lru_cache(maxsize=256)
+def _raw_layers(text: bytes) -> tuple[str, ...]:
+    """``_used_layers`` of a ruleset's JSON text: every event of a case, and most cases, name
+    the same few rulesets, so each text is decoded once, not once an event."""
+    return _used_layers(load_json(text))
 
 
 # What verify reads of an event body, and nothing else: decoding a body to these typed dicts
 # skips the rest of it (the decision's reasons, lines and messages, the request's items and
-# facts) in C, about half of a whole decode. Every value is `Any`, so what is kept is exactly
-# what a whole decode gives; a body of another shape (a tampered one: a decision that is a
+# facts) in C, about half of a whole decode. Every value is `Any` (a ruleset its JSON text), so
+# what is kept is exactly what a whole decode gives; a body of another shape (a tampered one: a decision that is a
 # list, say) is decoded whole instead, so every check sees what it saw before. Readers: the
 # checks below (`_check_row`, `_Lifecycle`, `_Fold`, `required_approvals`, `_layer_digests`,
 # `check_event_signature`) and the history index's (`index_row`, `keys_of`, `status_update`);
 # tests/records/test_verify_view.py holds verify on these to verify on whole bodies.
-class _Digest(TypedDict, total=False):
-    digest: Any
-
-
-class _Ruleset(TypedDict, total=False):
-    layers: list[_Digest] | None
-
-
 class _Code(TypedDict, total=False):
     code: Any
 
 
-class _Decision(TypedDict, total=False):
+class _Used(TypedDict, total=False):
+    # Kept as its JSON text, which `_layer_digests` reads once per distinct text: a case's
+    # events all repeat its decision, and most cases name the same rulesets.
+    ruleset: msgspec.Raw
+
+
+class _Decision(_Used, total=False):
     outcome: Any
     amount: Any
     reasons: list[_Code] | None
-    ruleset: _Ruleset | None
 
 
 class _Method(TypedDict, total=False):
@@ -1476,11 +1491,12 @@ class _Step(TypedDict, total=False):
     at: Any
     actor: Any
     key: Any
-    decision: _Decision | None
+    decision: _Used | None  # the case's, repeated: only its layers are read after `evaluated`
     details: _Details | None
 
 
 class _Body(_Step, total=False):
+    decision: _Decision | None
     request: _Request | None  # read only from the `evaluated` event that opens a case
 
 
@@ -1833,6 +1849,10 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
 
 
 def _columns_problem(seq: int, rid: str, type_: str, at: str, actor: str, body: Any) -> str:
+    get = body.get
+    if get("request_id") == rid and get("type") == type_ and get("at") == at \
+            and get("actor") == actor:  # every event of a whole store: no tuple to walk
+        return ""
     for name, value in (("request_id", rid), ("type", type_), ("at", at), ("actor", actor)):
         if body.get(name) != value:
             return f"event {seq}: column `{name}` differs from the hashed event"

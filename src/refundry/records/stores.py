@@ -318,6 +318,15 @@ class SQLiteStore(RecordStore):
         # WAL: each worker's reads see every committed event, and events are only appended.
         yield functools.partial(_sqlite_range, str(self.path.resolve()))
 
+    def _chain_rows(self) -> Iterable[Row]:
+        # A connection of its own, its cursor iterated: the pages of ``_rows`` (fetchall under
+        # the store's lock) made 2,000 bodies at a time, and freeing and making that much
+        # again cost 0.5-1 us an event, more on a loaded machine. A batch of this thread's
+        # reads its own uncommitted events, as before; so does a store that is not a file.
+        if self._in_batch() or not self.path.is_file():
+            return self._rows()
+        return _sqlite_range(str(self.path.resolve()), 0, None)
+
     def _has_index(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
                                 (name,)))
