@@ -79,6 +79,7 @@ MAX_TEXT = 4_000
 ANCHOR_EVERY = 1_000  # a signed checkpoint at least every this many events ...
 ANCHOR_SECONDS = 60.0  # ... or this many seconds, and when the store is closed
 
+_EVENT_TYPES = frozenset(EVENT_TYPES)
 _OUTCOME_STATUS = {"approve": "approved", "deny": "denied", "manual_review": "manual_review"}
 
 # event type -> the statuses it may follow. `evaluated` opens a case; `note` fits anywhere.
@@ -553,6 +554,9 @@ class _Anchoring:
 
 Row = tuple[int, str, str, str, str, str, str]  # seq, request_id, type, at, actor, body, hash
 EVENT_COLUMNS = "seq, request_id, type, at, actor, body, hash"  # a Row's columns
+# A row as verify's walk reads it: the body as stored text, or its UTF-8 bytes where a backend
+# hands those over without decoding them (SQLite: the hash is over those bytes).
+ChainRow = tuple[int, str, str, str, str, str | bytes, str]
 MANY_KEYS = 500  # request ids per query of record_many (SQLite allows 32,766 parameters)
 PAGE = 2_000  # rows read per query: verify streams a store of any size in bounded memory
 
@@ -687,13 +691,13 @@ class RecordStore:
                 return
             after = page[-1][0]
 
-    def _chain_rows(self) -> Iterable[Row]:
+    def _chain_rows(self) -> Iterable[ChainRow]:
         """Every event in seq order, for verify's walk in this process (``_rows``, or a
         backend's cheaper reader)."""
         return self._rows()
 
     @contextlib.contextmanager
-    def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[Row]] | None]:
+    def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[ChainRow]] | None]:
         """A picklable function that reads the events ``lo < seq <= hi`` (to the end when
         ``hi`` is None) over a connection of its own, for verify's worker processes; None
         where there is none (verify then reads in this process)."""
@@ -1491,8 +1495,11 @@ class _Step(TypedDict, total=False):
     at: Any
     actor: Any
     key: Any
-    decision: _Used | None  # the case's, repeated: only its layers are read after `evaluated`
     details: _Details | None
+
+
+class _Later(_Step, total=False):
+    decision: _Used | None  # the case's, repeated: only its layers are read after `evaluated`
 
 
 class _Body(_Step, total=False):
@@ -1501,10 +1508,10 @@ class _Body(_Step, total=False):
 
 
 _BODY = msgspec.json.Decoder(_Body)
-_STEP = msgspec.json.Decoder(_Step)
+_STEP = msgspec.json.Decoder(_Later)
 
 
-def _read_body(text: str, type_: str) -> Any:
+def _read_body(text: str | bytes, type_: str) -> Any:
     """An event body as verify reads it (``_Body``; without the request, a copy of the
     case's, for the events after `evaluated`, whose type column ``type_`` must then be the
     body's); ``ValueError`` if it is not JSON."""
@@ -1569,7 +1576,7 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _named_start(body_text: str, starts: Sequence[str]) -> str:
+def _named_start(body_text: str | bytes, starts: Sequence[str]) -> str:
     """The genesis event 1 names, if it is one this store may start from."""
     try:
         named = load_json(body_text).get("prev")
@@ -1601,7 +1608,7 @@ def _slim(type_: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return slim
 
 
-def _check_range_rows(rows: Iterable[Row], job: _Job,
+def _check_range_rows(rows: Iterable[ChainRow], job: _Job,
                       signatures: Mapping[int, tuple[str, str]]) -> _Checked:
     """Check one range's rows (in seq order) apart from the chain before it, up to the first
     flaw; of each body only what the state machine reads is kept (``_slim``)."""
@@ -1654,7 +1661,7 @@ def _idle_workers(events: int) -> int:
     return min(4, idle) if events >= VERIFY_PROCESSES_FROM and idle >= 2 else 1
 
 
-def _check_range(read: Callable[[int, int | None], Iterable[Row]], job: _Job,
+def _check_range(read: Callable[[int, int | None], Iterable[ChainRow]], job: _Job,
                  signatures: Mapping[int, tuple[str, str]], lo: int, hi: int | None) -> _Checked:
     """A worker process's task: the events ``lo < seq <= hi`` (to the end when ``hi`` is None),
     read over a connection of its own."""
@@ -1680,7 +1687,7 @@ def _pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 def _in_workers(pool: ProcessPoolExecutor, workers: int,
-                read: Callable[[int, int | None], Iterable[Row]], job: _Job,
+                read: Callable[[int, int | None], Iterable[ChainRow]], job: _Job,
                 signatures: Mapping[int, tuple[str, str]], last: int) -> Generator[_Checked, None, None]:
     """Every range's ``_Checked``, in seq order, from the pool's ``workers`` processes; at most
     two ranges a worker wait to be replayed, so memory stays bounded on a store of any size."""
@@ -1722,7 +1729,7 @@ class _ChainWalk:
         self.seen_head = expect_head is None or expect_head in (GENESIS, *self.starts)
         self.lifecycle = _Lifecycle()
 
-    def run(self, rows: Iterable[Row], signatures: Mapping[int, tuple[str, str]],
+    def run(self, rows: Iterable[ChainRow], signatures: Mapping[int, tuple[str, str]],
             job: _Job) -> Verification:
         """In one process: each row checked and replayed as it is read (the cheapest way for
         one core: nothing is kept of a body but the case's state)."""
@@ -1817,16 +1824,17 @@ def _link_problem(seq: int) -> str:
     return f"event {seq} does not follow event {seq - 1}: an event was removed, moved or changed"
 
 
-def _check_body(seq: int, type_: str, body_text: str, hash_: str,
+def _check_body(seq: int, type_: str, body_text: str | bytes, hash_: str,
                 expected_seq: int) -> tuple[str, Any]:
     """What is wrong with one stored event before its link and columns are looked at ("" if
     nothing), and its parsed body."""
     if seq != expected_seq:
         return _seq_problem(seq, expected_seq), {}
-    if _hash(body_text.encode("utf-8")) != hash_:
+    raw = body_text.encode("utf-8") if isinstance(body_text, str) else body_text
+    if _hash(raw) != hash_:
         return f"event {seq} does not match its hash: it was changed", {}
     try:
-        body = _read_body(body_text, type_)
+        body = _read_body(raw, type_)
     except ValueError:
         return f"event {seq} is not valid json", {}
     if not isinstance(body, dict):
@@ -1836,7 +1844,7 @@ def _check_body(seq: int, type_: str, body_text: str, hash_: str,
     return "", body
 
 
-def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str, hash_: str,
+def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str | bytes, hash_: str,
                expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
     """What is wrong with one stored event as a link of the chain ("" if nothing), and its
     parsed body."""
@@ -1868,23 +1876,27 @@ class _Lifecycle:
         self.threshold = DEFAULT_FOUR_EYES_ABOVE
 
     def check(self, event: Event) -> str:
-        where = f"event {event.seq}"
-        if event.type not in EVENT_TYPES:
-            return f"{where}: `{event.type}` is not an event type"
+        problem = self._problem(event)
+        return f"event {event.seq}{problem}" if problem else ""
+
+    def _problem(self, event: Event) -> str:
+        """``check``'s problem after its "event N" (which is made only for a problem)."""
+        if event.type not in _EVENT_TYPES:
+            return f": `{event.type}` is not an event type"
         if event.request_id == STORE_CASE:
             if event.type != "note":
-                return f"{where}: only a note can belong to no case"
+                return ": only a note can belong to no case"
             if event.details.get("setting") == "four_eyes_above":
                 try:
                     self.threshold = _parse_amount(event.details.get("value"))
                 except RecordError as exc:
-                    return f"{where}: {exc}"
+                    return f": {exc}"
             return ""
         fold = self.cases.get(event.request_id)
         try:
             if event.type == "evaluated":
                 if fold is not None:
-                    return f"{where} opens request `{event.request_id}` a second time"
+                    return f" opens request `{event.request_id}` a second time"
                 fold = self.cases[event.request_id] = _Fold.open(event)
                 # Kept of the decision and request: what `required_approvals` reads, no more.
                 # A case's state lives to the end of the walk, and the collector walks every
@@ -1896,17 +1908,17 @@ class _Lifecycle:
                     fold.request = {"amount": fold.request.get("amount")}
                 return ""
             if fold is None:
-                return f"{where}: request `{event.request_id}` has no `evaluated` event before it"
+                return f": request `{event.request_id}` has no `evaluated` event before it"
             check_transition(fold, event.type, event.actor)
         except RecordError as exc:
-            return f"{where}: {exc}"
+            return f": {exc}"
         if event.type == "dispute_resolved" and event.details.get("resolution") not in RESOLUTIONS:
-            return f"{where}: a dispute resolution must be upheld or overturned"
+            return ": a dispute resolution must be upheld or overturned"
         if event.type in ("reviewed", "approved"):
             required = required_approvals(fold.decision, fold.request, self.threshold)
             expected = approval_type(len(fold.approvals), required)
             if event.type != expected:
-                return (f"{where}: `{event.type}` as approval {len(fold.approvals) + 1} of "
+                return (f": `{event.type}` as approval {len(fold.approvals) + 1} of "
                         f"{required}; it should be `{expected}`")
         fold.apply(event)
         return ""
