@@ -36,7 +36,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Any, Protocol, TypedDict
+from typing import IO, Any, NamedTuple, Protocol, TypedDict
 
 import attrs
 import msgspec
@@ -172,6 +172,23 @@ class Event:
             # Only a damaged store gets here; say so rather than fail with a traceback.
             raise RecordError(f"event {seq} cannot be read: the store is damaged; run "
                               "`refundry records verify`") from None
+
+
+class _Replayed(NamedTuple):
+    """An event as verify's walk hands it to the state machine: what the state machine reads
+    of an ``Event`` (not its hash), in a tuple, made for every event of a store at a fifth of
+    the cost of a frozen ``Event``."""
+
+    seq: int
+    request_id: str
+    type: str
+    at: str
+    actor: str
+    body: Any
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return dict(self.body.get("details") or {})
 
 
 @attrs.frozen
@@ -384,10 +401,10 @@ class _Fold:
     dispute: dict[str, Any] | None = None
 
     @classmethod
-    def open(cls, first: Event) -> _Fold:
+    def open(cls, first: Event | _Replayed) -> _Fold:
         if first.type != "evaluated":
             raise RecordError(f"event {first.seq}: a case must start with an `evaluated` event")
-        decision = first.decision or {}
+        decision = first.body.get("decision") or {}
         if decision.get("outcome") not in _OUTCOME_STATUS:
             raise RecordError(f"event {first.seq} has no decision outcome: the store is damaged; "
                               "run `refundry records verify`")
@@ -395,7 +412,7 @@ class _Fold:
         return cls(first.request_id, first.actor, decision, first.body.get("request") or {},
                    status, status)
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event | _Replayed) -> None:
         if event.type in ("reviewed", "approved"):
             self.approvals.append(event.actor)
         if event.type in ("approved", "denied", "processed", "refunded"):
@@ -1743,7 +1760,7 @@ class _ChainWalk:
             if seq == 1 and problem.startswith("event 1 does not follow"):
                 problem = _GENESIS_PROBLEM
             if not problem:
-                problem = (lifecycle.check(Event(seq, rid, type_, at, actor, hash_, body))
+                problem = (lifecycle.check(_Replayed(seq, rid, type_, at, actor, body))
                            or check_event_signature(seq, body, hash_, signatures.get(seq)))
             if problem:
                 return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
@@ -1788,7 +1805,7 @@ class _ChainWalk:
             if not problem and flaw is not None and flaw[0] == "row":
                 problem = flaw[1]
             if not problem:
-                problem = lifecycle.check(Event(seq, rid, type_, at, actor, hash_, slim))
+                problem = lifecycle.check(_Replayed(seq, rid, type_, at, actor, slim))
             if not problem and flaw is not None:
                 if flaw[0] == "raise":  # what one pass raised after this event's state machine
                     raise flaw[1]
@@ -1875,11 +1892,11 @@ class _Lifecycle:
         self.cases: dict[str, _Fold] = {}
         self.threshold = DEFAULT_FOUR_EYES_ABOVE
 
-    def check(self, event: Event) -> str:
+    def check(self, event: _Replayed) -> str:
         problem = self._problem(event)
         return f"event {event.seq}{problem}" if problem else ""
 
-    def _problem(self, event: Event) -> str:
+    def _problem(self, event: _Replayed) -> str:
         """``check``'s problem after its "event N" (which is made only for a problem)."""
         if event.type not in _EVENT_TYPES:
             return f": `{event.type}` is not an event type"
