@@ -1264,14 +1264,16 @@ class RecordStore:
                           None if mark is None else (Rebuild(self.salt), mark))
         job = _Job(walk.starts, None if mark is None else self.salt, mark or 0,
                    frozenset(c.count for c in signed), expect_head)
+        # Paused for the index's check too: its rows are read while every case's state and
+        # rebuilt row are alive (96 against 132-160 ms of a 53,750-event verify, measured).
         with _collector_paused():
             result = self._walk(walk, job, self._signatures(), workers)
-        if not result.ok:
-            return result
-        # The anchor first: a cut or a restored copy explains whatever the other checks find.
-        problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
-        texts_problem, texts = self._check_texts(walk.digests)
-        problem = problem or texts_problem or self._check_history(walk.rebuild, mark)
+            if not result.ok:
+                return result
+            # The anchor first: a cut or a restored copy explains whatever the others find.
+            problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
+            texts_problem, texts = self._check_texts(walk.digests)
+            problem = problem or texts_problem or self._check_history(walk.rebuild, mark)
         if problem:
             return attrs.evolve(result, ok=False, problem=problem, texts=texts)
         return attrs.evolve(result, texts=texts, anchored=bool(signed),
