@@ -12,11 +12,11 @@ processed, and of those half refunded. Then each tree verifies that same store K
 (default 3, the trees taking turns so a load spike hits both), timed in its process with
 `store.verify()` only (start-up and opening excluded), and the best run of each is printed as
 events/s with the ratio, and the CPU time per event of that run (the process and verify's
-worker processes) and the least of any run; `--workers 1,2` also times this tree with `verify(workers=N)`; `--floor` measures, with this
-tree, the CPU per event of only reading the rows as the walk does, then hashing, then decoding
-them too (what no verify in one process can go under). Verify only
-reads: both trees see the same bytes. A PostgreSQL store's schema is dropped at the end. Timing
-lives here, never in the test suite.
+worker processes) and the least of any run; `--workers 1,2` also times this tree with
+`verify(workers=N)`. `--floor` measures, with this tree, the CPU per event of only reading the
+rows as the walk reads them, then hashing them too, then decoding them too: what no verify in
+one process goes under. Verify only reads: both trees see the same bytes. A PostgreSQL store's
+schema is dropped at the end. Timing lives here, never in the test suite.
 """
 
 from __future__ import annotations
