@@ -936,9 +936,10 @@ def _scrubbed(records: Iterable[SourceRecord], key: Callable[[], bytes]) -> Iter
                 executed, refund_id=mask_text(executed.refund_id),
                 transaction_id=mask_text(executed.transaction_id),
                 case=None if executed.case is None else scrub_id(executed.case, key))
-        yield attrs.evolve(rec, ref=mask_text(rec.ref), executed=executed,
-                           request=None if rec.request is None else scrub_request(rec.request, key),
-                           error=text(rec.error), context=text(rec.context), state=text(rec.state))
+        # Every field anew, so built directly: attrs.evolve looks the fields up on each call.
+        yield SourceRecord(mask_text(rec.ref),
+                           None if rec.request is None else scrub_request(rec.request, key),
+                           text(rec.error), executed, text(rec.context), text(rec.state))
 
 
 class _History:
