@@ -622,9 +622,9 @@ class Batch:
         looked up only when the caller asks for it, so a caller that records each list first
         keeps them true. ``parse(datas)`` starts parsing a group's requests for the lookups
         and returns what finishes it (``ParsedData``, each parsed once, before its enrichers,
-        and what they changed parsed again: ``_reparsed``); the next group is read, and its
-        parsing started, before this one is looked up, so workers parse it meanwhile.
-        Without ``parse`` the caller parses.
+        and what they changed parsed again: ``_reparsed``); with ``land`` (workers) the next
+        group is read, and its parsing started, before this one is looked up, so the workers
+        key it meanwhile. Without ``parse`` the caller parses.
         ``land(keep)``: a caller that decides lists while this reads and looks up the next
         has all but the newest ``keep`` of them handled (decided, recorded, written) when
         called, and says how many are left in flight. A list is looked up with one in flight
@@ -641,10 +641,12 @@ class Batch:
             started = None if not group else \
                 (group, None if parse is None else parse([data for _ref, _rid, data in group]))
             group = []
-            for one in (held, started) if item is None else (held,):
+            # One group read ahead only where workers key it meanwhile.
+            ahead = land is not None and item is not None
+            for one in (held,) if ahead else (held, started):
                 if one is not None:
                     yield from self._looked_up(*one, land)
-            held = None if item is None else started
+            held = started if ahead else None
             if item is None and land is not None:
                 land(0)
 
