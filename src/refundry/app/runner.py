@@ -585,8 +585,8 @@ class Batch:
             # it only where no answer could depend on its records (``_ready`` asks the
             # enrichers ``ahead``), else once it is recorded: with groups in flight blindly, a
             # request's history missed the records of requests before it still in the pool
-            # (64 of tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and
-            # parses the next group, and records the one before.
+            # (64 of tests/fraudgen's 314 differed). Meanwhile this process reads and scrubs
+            # the next group (the workers key it: ``_keying``), and records the one before.
             for group in self._ready(records, parse=self._keying(pool, workers), land=land):
                 flight.submit(pool, group, workers)
             land()

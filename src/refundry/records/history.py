@@ -530,6 +530,8 @@ def key_request(data: Mapping[str, Any], salt: bytes, name: Pseudonyms | None = 
         return found
 
     return Keyed(salt, _lookup_of(parsed, salt, naming, None), tuple(made))
+
+
 # Requests per statement: each adds up to six SELECTs to a UNION ALL, and SQLite allows 500.
 _PER_QUERY = 50
 
