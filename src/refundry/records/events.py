@@ -1449,11 +1449,12 @@ def _raw_layers(text: bytes) -> tuple[str, ...]:
 # What verify reads of an event body, and nothing else: decoding a body to these typed dicts
 # skips the rest of it (the decision's reasons, lines and messages, the request's items and
 # facts) in C, about half of a whole decode. Every value is `Any` (a ruleset its JSON text), so
-# what is kept is exactly what a whole decode gives; a body of another shape (a tampered one: a decision that is a
-# list, say) is decoded whole instead, so every check sees what it saw before. Readers: the
-# checks below (`_check_row`, `_Lifecycle`, `_Fold`, `required_approvals`, `_layer_digests`,
-# `check_event_signature`) and the history index's (`index_row`, `keys_of`, `status_update`);
-# tests/records/test_verify_view.py holds verify on these to verify on whole bodies.
+# what is kept is exactly what a whole decode gives; a body of another shape (a tampered one: a
+# decision that is a list, say) is decoded whole instead, so every check sees what it saw before.
+# Readers: the checks below (`_check_row`, `_Lifecycle`, `_Fold`, `required_approvals`,
+# `_layer_digests`, `check_event_signature`) and the history index's (`index_row`, `keys_of`,
+# `status_update`); tests/records/test_verify_view.py holds verify on these to verify on whole
+# bodies.
 class _Code(TypedDict, total=False):
     code: Any
 
@@ -1863,8 +1864,8 @@ def _check_body(seq: int, type_: str, body_text: str | bytes, hash_: str,
     return "", body
 
 
-def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str | bytes, hash_: str,
-               expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
+def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str | bytes,
+               hash_: str, expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
     """What is wrong with one stored event as a link of the chain ("" if nothing), and its
     parsed body."""
     problem, body = _check_body(seq, type_, body_text, hash_, expected_seq)

@@ -237,7 +237,8 @@ def _sqlite_range(path: str, lo: int, hi: int | None) -> Iterator[ChainRow]:
         raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
 
 
-def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int, hi: int | None) -> Iterator[ChainRow]:
+def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int,
+              hi: int | None) -> Iterator[ChainRow]:
     """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of a PostgreSQL store, on
     a connection of their own that sees the chain as of ``snapshot`` (``pg_export_snapshot``),
     as every other range of the same verify sees it."""
