@@ -566,6 +566,10 @@ class Transaction(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per row of arguments."""
 
+    def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """Run one statement whose rows are not read: in a ``batch(pipelined=True)`` it is
+        sent without waiting for the server's answer."""
+
 
 class RecordStore:
     """The records API, over a storage backend that subclasses implement.
@@ -600,16 +604,23 @@ class RecordStore:
         self._opening_guard: bool | None = None  # the store refuses a case's second opening
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, pipelined: bool = False) -> Iterator[None]:
         """Appends inside share one transaction: one commit (one fsync) for many events.
 
         Each append is still all or nothing on its own (a savepoint), so a refused one leaves
         the others; nothing is durable before the block ends. Other writers wait meanwhile, so
         keep batches short (a few hundred events).
+
+        ``pipelined``: on a server store, statements whose rows are not read (the inserts,
+        savepoints, the commit) are sent without waiting for their answers, so the batch
+        holds the writers' lock for the round trips of its reads rather than of every
+        statement. The price: a statement's error reaches the caller at the next read or at
+        the end, not where it was made, so no savepoint inside can catch it; any error fails
+        the whole batch (nothing is written), which the caller must be ready to repeat.
         """
         known = set(self._known_texts)
         try:
-            with self._transaction():
+            with self._transaction(pipelined=pipelined):
                 self._batch_owner, self._held = threading.get_ident(), None
                 try:
                     yield
@@ -661,6 +672,11 @@ class RecordStore:
         unless a ``batch`` holds one. A failing query raises ``RecordError``."""
         return self._query(sql, tuple(args))
 
+    def query_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each of ``reads`` (``(sql, args)``), as ``query`` gives them; a server
+        store sends them together and waits once."""
+        return [self.query(sql, args) for sql, args in reads]
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """A read-write transaction serialised against every other writer, in any process;
@@ -672,7 +688,7 @@ class RecordStore:
 
     # -- what a backend implements --------------------------------------------------------
 
-    def _transaction(self) -> Any:  # a context manager yielding a Transaction
+    def _transaction(self, *, pipelined: bool = False) -> Any:  # yields a Transaction
         raise NotImplementedError
 
     def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
