@@ -665,6 +665,12 @@ class RecordStore:
     def _in_batch(self) -> bool:
         return self._batch_owner == threading.get_ident()
 
+    def batch_head(self) -> int | None:
+        """The last event this thread's open batch appended (no other writer can append
+        meanwhile), or None: no batch, or it has appended nothing known here yet."""
+        held = self._held if self._in_batch() else None
+        return None if held is None else held[0]
+
     # -- the public SQL surface -------------------------------------------------------------
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:

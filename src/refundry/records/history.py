@@ -213,6 +213,8 @@ class History:
                 [(e.seq, e.type, e.body) for e in appended if e.type in INDEXED_EVENTS],
                 after, appended[-1].seq):
             read, after = len(appended), appended[-1].seq
+            if self.store.batch_head() == after:  # the head: nothing after it to read
+                return read
         else:
             after = self.watermark()
         types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)

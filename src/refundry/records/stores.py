@@ -410,6 +410,10 @@ def _shown(url: str) -> str:
     return url
 
 
+# The appenders' lock: it conflicts with itself (one appender at a time), not with plain reads.
+_LOCK_EVENTS = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
+
+
 class PostgresStore(RecordStore):
     """A schema in a PostgreSQL database, shared by any number of processes and machines."""
 
@@ -490,7 +494,8 @@ class PostgresStore(RecordStore):
                 with _savepoint(self._conn), self._conn.cursor() as cur:
                     yield _Tx(cur, self, self._pipelining)
                 return
-            conn = self._lock_events_table()
+            # Pipelined, the transaction and its lock are queued with the first read.
+            conn = self._live() if pipelined else self._lock_events_table()
             try:
                 if pipelined:
                     with self._pipeline(conn) as cur:
@@ -519,6 +524,8 @@ class PostgresStore(RecordStore):
         self._pipelining = True
         try:
             with conn.pipeline(), conn.cursor() as cur:
+                conn.execute("BEGIN")
+                conn.execute(_LOCK_EVENTS)
                 yield cur
                 ended = conn.execute("COMMIT")
         finally:
@@ -601,8 +608,7 @@ class PostgresStore(RecordStore):
         for attempt in (1, 2):
             conn = self._live()
             try:
-                # The lock conflicts with itself (one appender at a time), not with plain reads.
-                conn.execute("BEGIN; LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                conn.execute(f"BEGIN; {_LOCK_EVENTS}")
                 return conn
             except self._psycopg.Error as exc:
                 if not conn.broken:
