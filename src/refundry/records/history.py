@@ -149,13 +149,14 @@ class History:
     """History lookups against one records store. Build one per store and reuse it: it keeps
     the per-day baselines it has computed."""
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordStore, names: Pseudonyms | None = None) -> None:
         self.store = store
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
         # A run names each request's customer, card and order twice: to look it up and to
-        # index it.
-        self._name = Pseudonyms()
+        # index it. ``names``: one memory shared with the Histories that look up what this
+        # one indexes (the API's lookups and its committer), for one store.
+        self._name = Pseudonyms() if names is None else names
         self._answered: list[_Lookup | None] = []  # what ``facts_many`` last answered
 
     # -- database access (the store's public query and transaction) --------------------------
