@@ -494,7 +494,9 @@ class PostgresStore(RecordStore):
                 with _savepoint(self._conn), self._conn.cursor() as cur:
                     yield _Tx(cur, self, self._pipelining)
                 return
-            # Pipelined, the transaction and its lock are queued with the first read.
+            # Pipelined, the transaction and its lock are queued with the first read (a libpq
+            # without pipeline mode gets the plain transaction).
+            pipelined = pipelined and psycopg.Pipeline.is_supported()
             conn = self._live() if pipelined else self._lock_events_table()
             try:
                 if pipelined:
