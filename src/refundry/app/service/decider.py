@@ -132,10 +132,7 @@ class Decider:
                     with self._lookups.history() as history:
                         taken = take_many([ask.data for ask in group], history)
                 except RefundryError as exc:  # the lookups' store: nothing decided or written
-                    LOG.warning("history lookup failed",
-                                extra={"fields": {"error": str(exc)[:300]}})
-                    _settle(group, [StoreUnavailable(f"the records store did not answer: "
-                                                     f"{exc}")] * len(group))
+                    _unavailable(group, exc, "history lookup failed")
                 except Exception as exc:  # noqa: BLE001 - a fault here must not end the thread
                     LOG.exception("a group's history lookup failed")
                     _settle(group, [exc] * len(group))
@@ -148,6 +145,8 @@ class Decider:
         while (looked := self._looked.get()) is not None:
             try:
                 self._decide(looked.group, looked.taken)
+            except RefundryError as exc:  # the store, read for a refused one: nothing written
+                _unavailable(looked.group, exc, "a group's store read failed")
             except Exception as exc:  # noqa: BLE001 - a fault here must not end the thread
                 LOG.exception("a group of decisions failed")
                 _settle(looked.group, [exc] * len(looked.group))
@@ -199,6 +198,12 @@ class Decider:
             return exc
         existing = recorded_as_submitted(self._store, got.data)
         return exc if existing is None else Recorded(canonical_json(existing.decision), False)
+
+
+def _unavailable(group: Sequence[_Ask], exc: RefundryError, what: str) -> None:
+    """The store did not answer: the group's requests are 503s, nothing of them written."""
+    LOG.warning(what, extra={"fields": {"error": str(exc)[:300]}})
+    _settle(group, [StoreUnavailable(f"the records store did not answer: {exc}")] * len(group))
 
 
 def _settle(group: Sequence[_Ask], answers: Sequence[Recorded | BaseException | None]) -> None:
