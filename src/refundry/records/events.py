@@ -988,8 +988,8 @@ class RecordStore:
         if not items:
             return out
         with self._transaction() as tx:
-            seq, prev, threshold = self._held_head(tx)
-            cases = self._cases_in(tx, {p.draft.request_id for p in items}, threshold)
+            seq, prev, threshold, cases = self._head_and_cases(
+                tx, sorted({p.draft.request_id for p in items}))
             rows: list[Row] = []
             for item in items:
                 draft = item.draft
@@ -1020,27 +1020,32 @@ class RecordStore:
                 self._committed(seq, prev)
         return out
 
-    def _held_head(self, tx: Any) -> tuple[int, str, Decimal]:
-        """The head and the two-approver threshold, from the batch that holds the lock when
-        it has them, else read."""
-        if self._in_batch() and self._held is not None:
-            return self._held
-        store_rows, _same_rows, (seq, prev) = tx.snapshot(STORE_CASE, STORE_CASE)
-        threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
-        return seq, prev if seq else self.genesis, threshold
-
-    @staticmethod
-    def _cases_in(tx: Any, keys: Collection[str], threshold: Decimal) -> dict[str, Case]:
-        """The cases already recorded under any of ``keys``, read in one query per
-        ``MANY_KEYS`` keys."""
+    def _head_and_cases(self, tx: Any, keys: Sequence[str]
+                        ) -> tuple[int, str, Decimal, dict[str, Case]]:
+        """The head, the two-approver threshold and the cases already recorded under any of
+        ``keys`` (sorted). The head and threshold come from the batch that holds the lock
+        when it has them; otherwise they are read in the same statement as the first
+        ``MANY_KEYS`` keys' events (on a server, one round trip under the lock, not two)."""
         events: dict[str, list[Event]] = {}
-        ordered = sorted(keys)
-        for start in range(0, len(ordered), MANY_KEYS):
-            part = ordered[start:start + MANY_KEYS]
-            for r in tx.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id IN "
-                                f"({', '.join('?' * len(part))}) ORDER BY seq", part):
+
+        def add(rows: Iterable[Row]) -> None:
+            for r in rows:
                 events.setdefault(r[1], []).append(Event.from_row(int(r[0]), r[5], r[6]))
-        return {key: build_case(found, threshold) for key, found in events.items()}
+
+        held = self._held if self._in_batch() else None
+        start = 0
+        if held is None:
+            start = min(len(keys), MANY_KEYS)
+            case_rows, store_rows, (seq, prev) = tx.snapshot_many(keys[:start], STORE_CASE)
+            add(case_rows)
+            held = (seq, prev if seq else self.genesis,
+                    _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows))
+        for at in range(start, len(keys), MANY_KEYS):
+            part = keys[at:at + MANY_KEYS]
+            add(tx.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id IN "
+                           f"({', '.join('?' * len(part))}) ORDER BY seq", part))
+        threshold = held[2]
+        return (*held, {key: build_case(found, threshold) for key, found in events.items()})
 
     def _write_rows(self, tx: Any, rows: list[Row], drafts: Iterable[Draft]) -> set[str]:
         """Insert ``rows`` (and their signatures) and the ruleset texts of ``drafts`` not yet

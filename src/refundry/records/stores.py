@@ -204,16 +204,26 @@ class _Tx:
             f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id = ? ORDER BY seq", (request_id,))]
 
     def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
-        """What an append decides on: the case's rows, the store-level rows, and the head."""
-        if self.store.dialect == "sqlite":  # in-process: three reads cost less than a union
-            return self.case_rows(request_id), self.case_rows(store_case), self.head()
-        # One round trip on a server: the lock is held for every round trip an append makes.
+        """What an append decides on: the case's rows, the store-level rows, and the head
+        (one round trip on a server: the lock is held for every round trip an append makes)."""
+        return self.snapshot_many((request_id,), store_case)
+
+    def snapshot_many(self, request_ids: Sequence[str], store_case: str
+                      ) -> tuple[list[Row], list[Row], tuple[int, str]]:
+        """``snapshot`` for a group: the rows of every case in ``request_ids`` (in chain
+        order), the store-level rows, and the head."""
+        marks = ", ".join("?" * len(request_ids))
+        cases = f"SELECT {{}}{EVENT_COLUMNS} FROM events WHERE request_id IN ({marks})"
+        if self.store.dialect == "sqlite":  # in process: three reads cost less than a union
+            return ([(int(r[0]), *r[1:]) for r in self._run(
+                cases.format("") + " ORDER BY seq", request_ids)] if request_ids else [],
+                self.case_rows(store_case), self.head())
         parts: tuple[list[Row], list[Row], list[Row]] = ([], [], [])
         for part, *row in self._run(
-                f"SELECT 0, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
-                f"UNION ALL SELECT 1, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
+                (cases.format("0, ") + " UNION ALL " if request_ids else "")
+                + f"SELECT 1, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
                 f"UNION ALL (SELECT 2, {EVENT_COLUMNS} FROM events ORDER BY seq DESC LIMIT 1) "
-                "ORDER BY 1, 2", (request_id, store_case)):
+                "ORDER BY 1, 2", (*request_ids, store_case)):
             parts[part].append((int(row[0]), *row[1:]))
         head = (parts[2][0][0], parts[2][0][6]) if parts[2] else (0, GENESIS)
         return parts[0], parts[1], head
