@@ -156,7 +156,7 @@ def _new_case_statements(row: Row, texts: Sequence[tuple[str, str, str, str]]) -
 
 class _Tx:
     """One writer's transaction over a DB-API cursor: the reads an append decides on, its
-    writes, and the public ``execute``/``executemany`` (``events.Transaction``)."""
+    writes, and the public ``execute``/``executemany``/``write`` (``events.Transaction``)."""
 
     def __init__(self, cur: Any, store: SQLiteStore | PostgresStore,
                  pipelined: bool = False) -> None:
