@@ -17,7 +17,7 @@ change to the recording path, and a damaged index can be dropped and rebuilt fro
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -39,7 +39,7 @@ from refundry.records.index import (
     status_update,
     utc_text,
 )
-from refundry.records.masking import mask_request
+from refundry.records.masking import mask_request, pseudonym
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -76,13 +76,16 @@ _SCHEMA = (
 class ParsedData(dict[str, Any]):
     """A request's data (canonical JSON) with ``request``, the ``RefundRequest`` it parses to
     (None when it does not parse), so that a lookup does not parse it again: ``refundry run``
-    parses each request once, before its enrichers."""
+    parses each request once, before its enrichers. Or, instead, ``keyed``: what a lookup
+    needs of it, made by another process (``key_request``; ``request`` is then None)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("keyed", "request")
 
-    def __init__(self, data: Mapping[str, Any], request: RefundRequest | None) -> None:
+    def __init__(self, data: Mapping[str, Any], request: RefundRequest | None,
+                 keyed: Keyed | None = None) -> None:
         super().__init__(data)
         self.request = request
+        self.keyed = keyed
 
 
 class HistoryError(RefundryError):
@@ -320,26 +323,23 @@ class History:
         return self._answers(lookups)
 
     def _lookup(self, request: Mapping[str, Any] | Any, as_of: dt.datetime | None) -> _Lookup | None:
-        from refundry.core.request import parse_request, request_to_dict
+        from refundry.core.request import parse_request
 
+        salt = self.store.salt
+        if isinstance(request, ParsedData):
+            keyed = request.keyed
+            if keyed is None:
+                return None if request.request is None \
+                    else _lookup_of(request.request, salt, self._name, as_of)
+            if as_of is None and keyed.salt == salt:
+                self._name.learn(keyed.names)  # indexing the request names the same
+                return keyed.lookup
+            request = dict(request)  # keyed for another store or instant: keyed again here
         try:
-            parsed = request.request if isinstance(request, ParsedData) else parse_request(request)
-            if parsed is None:
-                return None
-            raw = request_to_dict(parsed, _LOOKUP_FIELDS)
+            parsed = parse_request(request)
         except RefundryError:
             return None
-        salt = self.store.salt
-        # Only what a key is made of is masked: the same keys (masking is value by value),
-        # without masking dates, items, notes and evidence twice per request (the store masks
-        # the whole request when it records it).
-        txn = raw["transaction"]
-        raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
-        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
-                       self._name)
-        at = utc_text(as_of) if as_of is not None else keys.requested_at
-        claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
-        return _Lookup(keys, at, claimed)
+        return _lookup_of(parsed, salt, self._name, as_of)
 
     def _depends(self, lookup: _Lookup, taken: set[str], earlier: Sequence[_Lookup | None]) -> bool:
         """Whether recording ``earlier`` requests could change ``lookup``'s answer: a shared
@@ -481,6 +481,61 @@ class _Lookup:
 
 
 _LOOKUP_FIELDS = (*KEY_FIELDS, "prior_refunds")
+
+
+def _lookup_of(parsed: RefundRequest, salt: bytes, name: Callable[[str, bytes, str], str] | None,
+               as_of: dt.datetime | None) -> _Lookup | None:
+    """A parsed request's lookup under ``salt`` (None: it has no keys)."""
+    from refundry.core.request import request_to_dict
+
+    try:
+        raw = request_to_dict(parsed, _LOOKUP_FIELDS)
+    except RefundryError:
+        return None
+    # Only what a key is made of is masked: the same keys (masking is value by value),
+    # without masking dates, items, notes and evidence twice per request (the store masks
+    # the whole request when it records it).
+    txn = raw["transaction"]
+    raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
+    keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
+                   pseudonym if name is None else name)
+    at = utc_text(as_of) if as_of is not None else keys.requested_at
+    claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
+    return _Lookup(keys, at, claimed)
+
+
+@attrs.frozen
+class Keyed:
+    """What the lookups need of one request, made where the request is (a worker process of
+    ``refundry run``) rather than where the store is: its lookup under the store salt
+    ``salt``, or None when it does not parse (``key_request``)."""
+
+    salt: bytes
+    lookup: _Lookup | None
+    names: tuple[tuple[str, str, str], ...] = ()  # (prefix, value, pseudonym) made for it
+
+
+def key_request(data: Mapping[str, Any], salt: bytes, name: Pseudonyms | None = None) -> Keyed:
+    """``data`` parsed and keyed as ``History`` keys it for a lookup, under ``salt``; handed
+    to ``History.facts_many`` in a ``ParsedData``, the lookup uses it (for a store with that
+    salt) instead of parsing and keying the request itself, and remembers the pseudonyms
+    made for it. ``name``: remembered pseudonyms."""
+    from refundry.core.request import parse_request
+
+    try:
+        parsed = parse_request(data)
+    except RefundryError:
+        return Keyed(salt, None)
+    made: list[tuple[str, str, str]] = []
+    make = pseudonym if name is None else name
+
+    def naming(value: str, salt: bytes, prefix: str) -> str:
+        made.append((prefix, value, found := make(value, salt, prefix)))
+        return found
+
+    return Keyed(salt, _lookup_of(parsed, salt, naming, None), tuple(made))
+
+
 # Requests per statement: each adds up to six SELECTs to a UNION ALL, and SQLite allows 500.
 _PER_QUERY = 50
 
