@@ -152,13 +152,14 @@ class History:
     """History lookups against one records store. Build one per store and reuse it: it keeps
     the per-day baselines it has computed."""
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordStore, names: Pseudonyms | None = None) -> None:
         self.store = store
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
         # A run names each request's customer, card and order twice: to look it up and to
-        # index it.
-        self._name = Pseudonyms()
+        # index it. ``names``: one memory shared with the Histories that look up what this
+        # one indexes (the API's lookups and its committer), for one store.
+        self._name = Pseudonyms() if names is None else names
         self._answered: list[_Lookup | None] = []  # what ``facts_many`` last answered
 
     # -- database access (the store's public query and transaction) --------------------------
@@ -181,7 +182,7 @@ class History:
                     if many:
                         tx.executemany(text, args)
                     else:
-                        tx.execute(text, args)
+                        tx.write(text, args)
         except RecordError as exc:
             raise HistoryError(f"history index: {exc}") from None
         return True
@@ -208,15 +209,18 @@ class History:
         and reading them back and decoding them was a third of the committer's work per
         decision."""
         self.ensure()
-        after = self.watermark()
         read = 0
-        if appended and appended[0].seq == after + 1 \
-                and appended[-1].seq == after + len(appended):
-            rows = [(e.seq, e.type, e.body) for e in appended if e.type in INDEXED_EVENTS]
-            if self._apply(rows, after, appended[-1].seq):
-                read, after = len(appended), appended[-1].seq
-            else:
-                after = self.watermark()
+        # Whether the index stopped right before ``appended`` is what ``_apply`` checks
+        # anyway, inside its transaction: not asked first (a round trip under the lock).
+        after = appended[0].seq - 1 if appended else -1
+        if appended and appended[-1].seq == after + len(appended) and self._apply(
+                [(e.seq, e.type, e.body) for e in appended if e.type in INDEXED_EVENTS],
+                after, appended[-1].seq):
+            read, after = len(appended), appended[-1].seq
+            if self.store.batch_head() == after:  # the head: nothing after it to read
+                return read
+        else:
+            after = self.watermark()
         types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
         while True:
             found = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND type IN "
@@ -360,8 +364,8 @@ class History:
         found = [x for x in lookups if x is not None]
         counts: list[dict[str, tuple[int, ...]]] = [{} for _ in found]
         prior: list[list[Any]] = [[] for _ in found]
-        for text, args in self._statements(found):
-            for i, name, *values in self._read(text, args):
+        for rows in self.store.query_all(list(self._statements(found))):
+            for i, name, *values in rows:
                 if name == "prior":
                     prior[int(i)].append(values)
                 else:
@@ -545,11 +549,14 @@ def _windows(at: str) -> tuple[str, str]:
 
 # The array form of ``_count_query``, ``_other_clients`` and ``_prior_query`` (PostgreSQL):
 # each branch reads one row of ``l`` (a lookup) at a time, by the same index ranges, with the
-# same limits, and answers the same rows.
-_PG_LOOKUPS = ("unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], "
-               "?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS l(n, request_id, "
-               "client_id, customer, email, address, card, txn, start_at, short_at, end_at)")
-_PG_KEYED = (f"SELECT l.n, '{{name}}', c.* FROM {_PG_LOOKUPS} CROSS JOIN LATERAL (SELECT "
+# same limits, and answers the same rows. The arrays are unnested once per statement, in
+# ``WITH l``, and every branch reads that: sent once, not once per branch (psycopg dumped each
+# of 66 arrays in Python), and the statement's text short enough for psycopg to keep parsed.
+_PG_LOOKUPS = ("WITH l AS (SELECT * FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], "
+               "?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS "
+               "u(n, request_id, client_id, customer, email, address, card, txn, start_at, "
+               "short_at, end_at)) ")
+_PG_KEYED = ("SELECT l.n, '{name}', c.* FROM l CROSS JOIN LATERAL (SELECT "
              "COUNT(*), COALESCE(SUM(CASE WHEN requested_at >= l.short_at THEN 1 ELSE 0 END), "
              "0), COUNT(DISTINCT customer_key), COALESCE(MAX(CASE WHEN customer_key = "
              "l.customer THEN 1 ELSE 0 END), 0) FROM (SELECT requested_at, customer_key FROM "
@@ -563,16 +570,16 @@ _PG_OTHER_SIDE = ("SELECT 1 AS hit FROM history_index WHERE {name}_key = l.{name
 _PG_OTHER = ("SELECT l.n, 'other', (SELECT COUNT(*) FROM ("
              + " UNION ALL ".join(f"({_PG_OTHER_SIDE.format(name=name, op=op)})"
                                   for name in ("card", "address") for op in ("<", ">"))
-             + f") AS hits), 0, 0, 0 FROM {_PG_LOOKUPS} WHERE l.card IS NOT NULL OR "
+             + ") AS hits), 0, 0, 0 FROM l WHERE l.card IS NOT NULL OR "
              "l.address IS NOT NULL")
-_PG_COUNTS = " UNION ALL ".join([
-    f"SELECT l.n, 'recorded', (SELECT COUNT(*) FROM history_index h WHERE h.request_id = "
-    f"l.request_id), 0, 0, 0 FROM {_PG_LOOKUPS}",
+_PG_COUNTS = _PG_LOOKUPS + " UNION ALL ".join([
+    "SELECT l.n, 'recorded', (SELECT COUNT(*) FROM history_index h WHERE h.request_id = "
+    "l.request_id), 0, 0, 0 FROM l",
     *(_PG_KEYED.format(name=name) for name in ("customer", "email", "address", "card")),
     _PG_OTHER,
 ])
-_PG_PRIOR = (f"SELECT l.n, 'prior', p.amount, p.currency, p.decided_amount, p.status FROM "
-             f"{_PG_LOOKUPS} CROSS JOIN LATERAL (SELECT amount, currency, decided_amount, status "
+_PG_PRIOR = (f"{_PG_LOOKUPS}SELECT l.n, 'prior', p.amount, p.currency, p.decided_amount, "
+             "p.status FROM l CROSS JOIN LATERAL (SELECT amount, currency, decided_amount, status "
              "FROM history_index WHERE client_id = l.client_id AND transaction_key = l.txn AND "
              "requested_at <= l.end_at AND request_id <> l.request_id ORDER BY requested_at "
              f"DESC LIMIT {MATCH_CAP}) AS p")
@@ -604,8 +611,7 @@ class _ArrayQuery:
 
     def statements(self) -> Iterator[tuple[str, list[Any]]]:
         for text in (_PG_COUNTS, _PG_PRIOR):
-            # The same arrays for each branch of a statement.
-            yield text, [*self.columns] * text.count("unnest(")
+            yield text, [*self.columns]
 
 
 def _count_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]]:
