@@ -285,8 +285,10 @@ def _workers_once(n_requests: int, workers: int, src: Path | None) -> dict[str, 
 
 def bench_hold(db_kind: str, groups: int = 30, size: int = 16) -> None:
     """How long a group of ``size`` recorded decisions holds the chain's lock (the group
-    commit's batch: appends, index sync, commit), appended one ``record`` at a time as before
-    and prepared outside the lock then placed by ``record_many``; medians over ``groups``."""
+    commit's batch: appends, index sync, commit), appended one ``record`` at a time as before,
+    prepared outside the lock then placed by ``record_many``, and as the API's committer
+    places them (``record_many``, the index rows from the appended events) in a plain and a
+    pipelined batch; medians over ``groups``."""
     import refundry
     from refundry.records.history import History
     from refundry.records.stores import open_store
@@ -296,22 +298,25 @@ def bench_hold(db_kind: str, groups: int = 30, size: int = 16) -> None:
         db, cleanup = _db(db_kind, Path(tmp))
         store = open_store(db)
         history = History(store)
-        held: dict[str, list[float]] = {"record": [], "record_many": []}
+        held: dict[str, list[float]] = {"record": [], "record_many": [], "committer": [],
+                                        "committer_pipelined": []}
         try:
             for g in range(groups):
                 for way in held:
                     reqs = [_request(f"{way}{g}-{i}") for i in range(size)]
                     decided = [(r, engine.evaluate(r)) for r in reqs]
                     prepared = [store.prepare(r, d, engine=engine, actor="bench")
-                                for r, d in decided] if way == "record_many" else []
+                                for r, d in decided] if way != "record" else []
                     t0 = time.perf_counter()
-                    with store.batch():
+                    with store.batch(pipelined=way == "committer_pipelined"):
+                        appended = []
                         if prepared:
-                            store.record_many(prepared)
-                        else:
-                            for r, d in decided:
-                                store.record(r, d, engine=engine, actor="bench")
-                        history.sync()
+                            got = store.record_many(prepared)
+                            if way.startswith("committer"):
+                                appended = [c.events[-1] for c, _new in got]
+                        for r, d in decided if not prepared else ():
+                            store.record(r, d, engine=engine, actor="bench")
+                        history.sync(appended)
                     held[way].append(time.perf_counter() - t0)
             assert store.verify().ok
         finally:

@@ -177,3 +177,32 @@ def test_a_lookup_ahead_stops_at_the_first_request_the_group_in_flight_could_cha
     # Without a shared key nothing stops a lookup ahead.
     assert len(history.facts_many([req("c1", "fay", "o-7"), req("c2", "gus", "o-8")],
                                   ahead=True)) == 2
+
+
+def test_requests_keyed_elsewhere_get_the_facts_of_requests_keyed_here(
+        store_url, tmp_path, engine, monkeypatch) -> None:
+    """`run --workers N` has its workers parse and key each request for its lookup
+    (``key_request``): the facts must be those the store's own keying gives, request by
+    request; a request keyed under another salt is keyed again, and one that does not parse
+    gets none."""
+    from refundry.records.history import ParsedData, key_request
+    from refundry.records.index import Pseudonyms
+
+    monkeypatch.setattr(stores, "new_salt", lambda: SALT)
+    reqs = requests()
+    store = run_into(store_url, tmp_path, [reqs[:200]], engine)
+    try:
+        rest = [*reqs[200:], {**reqs[-1], "request_id": "broken", "amount": "lots"}]
+        names = Pseudonyms()
+        here = History(store)
+        want = here.facts_each(rest)
+        assert want[-1] is None and max(
+            f["history"]["customers_by_card_30d"] for f in want if f is not None) >= 2
+        keyed = [ParsedData(r, None, key_request(r, bytes(store.salt), names)) for r in rest]
+        assert here.facts_each(keyed) == want
+        elsewhere = [ParsedData(r, None, key_request(r, b"another store's salt", names))
+                     for r in rest]
+        assert History(store).facts_each(elsewhere) == want
+        assert elsewhere[0].keyed is not None and elsewhere[0].keyed.lookup != keyed[0].keyed.lookup
+    finally:
+        store.close()

@@ -3,6 +3,7 @@ lock (the service's group commit, the worker's batch) answers each one as ``reco
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from refundry.records.events import RecordError
@@ -53,3 +54,23 @@ def test_prepare_refuses_what_record_refuses(store, engine):
         store.prepare(request, decision, engine=engine, actor="svc")
     with pytest.raises(RecordError, match="invalid request"):
         store.prepare({"request_id": "z"}, decision, engine=engine, actor="svc")
+
+
+def test_a_group_past_one_query_of_keys_still_finds_its_recorded_cases(store, engine):
+    """The head and the first MANY_KEYS ids' cases are one read; the ids after them are read
+    on their own: a retry among those is answered with its case, not appended again."""
+    from refundry.records.events import MANY_KEYS
+
+    store.record(make_request("zz-old"), engine.evaluate(make_request("zz-old")),
+                 engine=engine, actor="svc")
+    decision = engine.evaluate(make_request("a-0"))
+    # The same decision for each new id: what is tested is where the ids fall, not deciding.
+    group = [store.prepare(make_request(f"a-{i:04d}"), attrs.evolve(decision,
+                                                                   request_id=f"a-{i:04d}"),
+                           engine=engine, actor="svc") for i in range(MANY_KEYS)]
+    group.append(_prepared(store, engine, make_request("zz-old")))
+    with store.batch():
+        got = store.record_many(group)
+    assert [created for _case, created in got] == [True] * MANY_KEYS + [False]
+    assert got[-1][0].request_id == "zz-old" and len(got[-1][0].events) == 1
+    assert store.verify().ok and store.checkpoint().count == MANY_KEYS + 1

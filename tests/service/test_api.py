@@ -362,3 +362,40 @@ def _in_flight(api) -> float:
         if line.startswith("refundry_http_in_flight "):
             return float(line.split()[1])
     raise AssertionError("no refundry_http_in_flight in /metrics")
+
+
+def test_a_customers_next_request_counts_the_one_answered_while_others_are_in_flight(
+        any_store_api):
+    """The lookups run a stage ahead of the decider and the committer (decider.py): while
+    other customers' requests keep every stage busy, each request a customer sends after the
+    answer to its previous one counts that one (looked up after its commit), and every
+    request is one case."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    api = any_store_api
+    stop = threading.Event()
+
+    def others(k: int) -> int:
+        n = 0
+        while not stop.is_set():
+            r = decide(api, make_request(f"busy-{k}-{n}", customer={"id": f"busy-{k}-{n}"}))
+            assert r.status_code == 200, r.text
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(6) as pool:
+        busy = [pool.submit(others, k) for k in range(6)]
+        try:
+            mine = [decide(api, make_request(f"mine-{i}", customer={"id": "cust-race"}))
+                    for i in range(8)]
+        finally:
+            stop.set()
+        sent = sum(f.result() for f in busy)
+    assert [r.status_code for r in mine] == [200] * 8
+    counts = []
+    for i in range(8):
+        event = api.call("GET", f"/v1/cases/mine-{i}", "aud").json()["events"][0]
+        counts.append(event["request"]["facts"]["history"]["requests_by_customer_30d"])
+    assert counts == list(range(1, 9))
+    assert api.call("GET", "/v1/verify", "aud").json()["count"] == sent + 8

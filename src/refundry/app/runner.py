@@ -48,7 +48,8 @@ from refundry.plugins import (
     SourceRecord,
 )
 from refundry.records.events import Prepared, RecordError, prepare_event, with_texts
-from refundry.records.history import History, ParsedData
+from refundry.records.history import History, Keyed, ParsedData, key_request
+from refundry.records.index import Pseudonyms
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
 CHUNK = 200  # requests looked up and recorded together (split between worker processes)
@@ -224,6 +225,11 @@ def _parsed_first(data: dict[str, Any]) -> ParsedData:
         return ParsedData(data, None)  # decided (as a dead letter) with the errors of the whole
 
 
+def _parsed_here(datas: list[dict[str, Any]]) -> Callable[[], list[ParsedData]]:
+    """``_parsed_first`` of each of ``datas``, when asked for."""
+    return lambda: [_parsed_first(data) for data in datas]
+
+
 def _reparsed(before: ParsedData, enriched: Mapping[str, Any]) -> RefundRequest | None:
     """``enriched`` parsed, from ``before`` (the request its enrichers were given, parsed)
     with only the fields they changed parsed again (``replace_fields``: as parsing the whole);
@@ -245,14 +251,24 @@ _worker_engine: Engine | None = None
 # and encodes each decision as the store keeps it, so the appender in the parent only places it
 # in the chain.
 _worker_recording: tuple[bytes, str] | None = None
+# The pseudonyms this worker made keying requests for their history lookups (``_worker_keys``).
+_worker_names: Pseudonyms | None = None
 
 
 def _worker_init(engine: Engine | list[str], backend: str, parent: int,
                  recording: tuple[bytes, str] | None) -> None:
-    global _worker_engine, _worker_recording
+    global _worker_engine, _worker_recording, _worker_names
     _die_with_parent(parent)
     _worker_engine = engine if isinstance(engine, Engine) else Engine.from_path(engine, backend=backend)
     _worker_recording = recording
+    _worker_names = Pseudonyms()
+
+
+def _worker_keys(datas: list[dict[str, Any]]) -> list[Keyed]:
+    """Each request parsed and keyed for its history lookup under the store's salt
+    (``history.key_request``), so the parent only runs the lookup's SQL."""
+    assert _worker_recording is not None
+    return [key_request(data, _worker_recording[0], _worker_names) for data in datas]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -528,7 +544,7 @@ class Batch:
             if workers == 1:
                 # ``_ready`` enriches a request only once the one before it is handled here
                 # (decided, written and recorded), as its history lookups expect.
-                for group in self._ready(records, parse=True):
+                for group in self._ready(records, parse=_parsed_here):
                     self._handle_group([_evaluate_one(self.engine, ref, data, parsed)
                                         for ref, data, parsed in group])
             else:
@@ -569,49 +585,89 @@ class Batch:
             # it only where no answer could depend on its records (``_ready`` asks the
             # enrichers ``ahead``), else once it is recorded: with groups in flight blindly, a
             # request's history missed the records of requests before it still in the pool
-            # (64 of tests/fraudgen's 314 differed). Meanwhile this process reads, scrubs and
-            # parses the next group, and records the one before.
-            # Parsed first here only when the history lookups parse them anyway.
-            for group in self._ready(records, parse=self.record_many is not None, land=land):
+            # (64 of tests/fraudgen's 314 differed). Meanwhile this process reads and scrubs
+            # the next group (the workers key it: ``_keying``), and records the one before.
+            for group in self._ready(records, parse=self._keying(pool, workers), land=land):
                 flight.submit(pool, group, workers)
             land()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _ready(self, records: Iterable[SourceRecord], *, parse: bool = False,
+    def _keying(self, pool: ProcessPoolExecutor, workers: int,
+                ) -> Callable[[list[dict[str, Any]]], Callable[[], list[ParsedData]]] | None:
+        """How ``_ready`` has a group parsed for the history lookups, when they are made (the
+        run records with the store's salt): by the workers, who parse and key the group
+        (``_worker_keys``) while this process looks up the one before, and parse each
+        request again once enriched; this process never parses it. Else nobody parses
+        before the workers do."""
+        recording = getattr(self.recorder, "recording", None)
+        if self.record_many is None or recording is None:
+            return None
+
+        def start(datas: list[dict[str, Any]]) -> Callable[[], list[ParsedData]]:
+            size = -(-len(datas) // workers)
+            parts = [pool.submit(_worker_keys, datas[i:i + size])
+                     for i in range(0, len(datas), size)]
+            return lambda: [ParsedData(data, None, keyed) for data, keyed in
+                            zip(datas, (k for part in parts for k in part.result()), strict=True)]
+        return start
+
+    def _ready(self, records: Iterable[SourceRecord], *,
+               parse: Callable[[list[dict[str, Any]]], Callable[[], list[ParsedData]]] | None = None,
                land: Callable[[int], int] | None = None,
                ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
         """The requests to decide, enriched, as lists of (ref, data, data parsed or None). The
         enrichers look up a group together (``Plugins.prefetch``): a prefix of it whose answers
         cannot depend on each other's records (one list), then the rest; the next list is
         looked up only when the caller asks for it, so a caller that records each list first
-        keeps them true. With ``parse``, each request is parsed once, before its enrichers,
-        and what they changed parsed again (``_reparsed``); else the caller parses it.
+        keeps them true. ``parse(datas)`` starts parsing a group's requests for the lookups
+        and returns what finishes it (``ParsedData``, each parsed once, before its enrichers,
+        and what they changed parsed again: ``_reparsed``); with ``land`` (workers) the next
+        group is read, and its parsing started, before this one is looked up, so the workers
+        key it meanwhile. Without ``parse`` the caller parses.
         ``land(keep)``: a caller that decides lists while this reads and looks up the next
         has all but the newest ``keep`` of them handled (decided, recorded, written) when
         called, and says how many are left in flight. A list is looked up with one in flight
         only as far as the enrichers can answer ``ahead`` of its records
         (``Plugins.prefetch``), else once all are landed; all are landed before a record
         that is not a new request is dealt with, so the store sees the source's order."""
+        held: tuple[list[tuple[str, Any, dict[str, Any]]], Callable[[], list[ParsedData]] | None] | None = None
         group: list[tuple[str, Any, dict[str, Any]]] = []
         for item in itertools.chain(self._pending(records), [None]):  # None: the end decides the rest
             if item is not None:
-                group.append((*item[:2], _parsed_first(item[2])) if parse else item)
+                group.append(item)
                 if len(group) < CHUNK:
                     continue
-            while group:
-                n = self._prefetch([data for _ref, _rid, data in group], land)
-                ready = []
-                for ref, rid, data in group[:n]:
-                    enriched = self._enrich(ref, rid, data, land)
-                    if enriched is not None:
-                        parsed = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
-                        ready.append((ref, enriched, parsed))
-                del group[:n]
-                if ready:
-                    yield ready
+            started = None if not group else \
+                (group, None if parse is None else parse([data for _ref, _rid, data in group]))
+            group = []
+            # One group read ahead only where workers key it meanwhile.
+            ahead = land is not None and item is not None
+            for one in (held,) if ahead else (held, started):
+                if one is not None:
+                    yield from self._looked_up(*one, land)
+            held = started if ahead else None
             if item is None and land is not None:
                 land(0)
+
+    def _looked_up(self, group: list[tuple[str, Any, dict[str, Any]]],
+                   parsed: Callable[[], list[ParsedData]] | None, land: Callable[[int], int] | None,
+                   ) -> Iterator[list[tuple[str, dict[str, Any], RefundRequest | None]]]:
+        """A group ``_ready`` read, its parsing finished, looked up and enriched."""
+        datas: Sequence[dict[str, Any]] = [data for _ref, _rid, data in group] if parsed is None \
+            else parsed()
+        items = [(ref, rid, data) for (ref, rid, _raw), data in zip(group, datas, strict=True)]
+        while items:
+            n = self._prefetch([data for _ref, _rid, data in items], land)
+            ready = []
+            for ref, rid, data in items[:n]:
+                enriched = self._enrich(ref, rid, data, land)
+                if enriched is not None:
+                    again = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
+                    ready.append((ref, enriched, again))
+            del items[:n]
+            if ready:
+                yield ready
 
     def _prefetch(self, datas: Sequence[dict[str, Any]], land: Callable[[int], int] | None) -> int:
         """``Plugins.prefetch`` of ``datas``: ahead of the newest list in flight when the
@@ -882,9 +938,10 @@ def _scrubbed(records: Iterable[SourceRecord], key: Callable[[], bytes]) -> Iter
                 executed, refund_id=mask_text(executed.refund_id),
                 transaction_id=mask_text(executed.transaction_id),
                 case=None if executed.case is None else scrub_id(executed.case, key))
-        yield attrs.evolve(rec, ref=mask_text(rec.ref), executed=executed,
-                           request=None if rec.request is None else scrub_request(rec.request, key),
-                           error=text(rec.error), context=text(rec.context), state=text(rec.state))
+        # Every field anew, so built directly: attrs.evolve looks the fields up on each call.
+        yield SourceRecord(mask_text(rec.ref),
+                           None if rec.request is None else scrub_request(rec.request, key),
+                           text(rec.error), executed, text(rec.context), text(rec.state))
 
 
 class _History:

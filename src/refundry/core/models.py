@@ -8,7 +8,9 @@ JSON schema generator and the ruleset checker all read it from these classes.
 
 from __future__ import annotations
 
+import copyreg
 import datetime as dt
+import operator
 from decimal import Decimal
 from typing import Any
 
@@ -429,3 +431,31 @@ class Decision:
             "as_of": self.as_of.isoformat() if self.as_of else None,
             "errors": list(self.errors),
         }
+
+
+def _pickled_by_position(cls: type) -> None:
+    """Pickle ``cls`` as its constructor and field values in order: ``run --workers N`` sends
+    every request and decision between processes, and attrs' default (a dict of fields, set
+    back one by one) cost about 40 % more each way and twice the bytes. Only for a class
+    whose ``__init__`` takes every field by position; an instance of a subclass (other fields)
+    is pickled the default way."""
+    fields = attrs.fields(cls)
+    if not fields or any(not f.init or f.kw_only for f in fields):
+        return
+    names = [f.name for f in fields]
+    get = operator.attrgetter(*names)
+    one = len(names) == 1
+
+    def __reduce__(self: Any) -> tuple[Any, ...]:
+        if type(self) is not cls:
+            return copyreg.__newobj__, (type(self),), self.__getstate__()  # type: ignore[attr-defined]
+        return cls, ((get(self),) if one else get(self))
+
+    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+
+
+for _model in (PaymentMethod, Customer, Transaction, Item, PriorRefund, Disclosures, Consents,
+               Evidence, Healthcare, Finance, RefundRequest, Reason, Deadline, Line, Action,
+               Layer, RulesetRef, Decision):
+    _pickled_by_position(_model)
+del _model

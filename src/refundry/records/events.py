@@ -566,6 +566,10 @@ class Transaction(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per row of arguments."""
 
+    def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """Run one statement whose rows are not read: in a ``batch(pipelined=True)`` it is
+        sent without waiting for the server's answer."""
+
 
 class RecordStore:
     """The records API, over a storage backend that subclasses implement.
@@ -600,16 +604,23 @@ class RecordStore:
         self._opening_guard: bool | None = None  # the store refuses a case's second opening
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, pipelined: bool = False) -> Iterator[None]:
         """Appends inside share one transaction: one commit (one fsync) for many events.
 
         Each append is still all or nothing on its own (a savepoint), so a refused one leaves
         the others; nothing is durable before the block ends. Other writers wait meanwhile, so
         keep batches short (a few hundred events).
+
+        ``pipelined``: on a server store, statements whose rows are not read (the inserts,
+        savepoints, the commit) are sent without waiting for their answers, so the batch
+        holds the writers' lock for the round trips of its reads rather than of every
+        statement. The price: a statement's error reaches the caller at the next read or at
+        the end, not where it was made, so no savepoint inside can catch it; any error fails
+        the whole batch (nothing is written), which the caller must be ready to repeat.
         """
         known = set(self._known_texts)
         try:
-            with self._transaction():
+            with self._transaction(pipelined=pipelined):
                 self._batch_owner, self._held = threading.get_ident(), None
                 try:
                     yield
@@ -654,12 +665,23 @@ class RecordStore:
     def _in_batch(self) -> bool:
         return self._batch_owner == threading.get_ident()
 
+    def batch_head(self) -> int | None:
+        """The last event this thread's open batch appended (no other writer can append
+        meanwhile), or None: no batch, or it has appended nothing known here yet."""
+        held = self._held if self._in_batch() else None
+        return None if held is None else held[0]
+
     # -- the public SQL surface -------------------------------------------------------------
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """The rows of one read (``?`` placeholders), outside any transaction of this thread's
         unless a ``batch`` holds one. A failing query raises ``RecordError``."""
         return self._query(sql, tuple(args))
+
+    def query_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each of ``reads`` (``(sql, args)``), as ``query`` gives them; a server
+        store sends them together and waits once."""
+        return [self.query(sql, args) for sql, args in reads]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -672,7 +694,7 @@ class RecordStore:
 
     # -- what a backend implements --------------------------------------------------------
 
-    def _transaction(self) -> Any:  # a context manager yielding a Transaction
+    def _transaction(self, *, pipelined: bool = False) -> Any:  # yields a Transaction
         raise NotImplementedError
 
     def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
@@ -966,8 +988,8 @@ class RecordStore:
         if not items:
             return out
         with self._transaction() as tx:
-            seq, prev, threshold = self._held_head(tx)
-            cases = self._cases_in(tx, {p.draft.request_id for p in items}, threshold)
+            seq, prev, threshold, cases = self._head_and_cases(
+                tx, sorted({p.draft.request_id for p in items}))
             rows: list[Row] = []
             for item in items:
                 draft = item.draft
@@ -998,27 +1020,32 @@ class RecordStore:
                 self._committed(seq, prev)
         return out
 
-    def _held_head(self, tx: Any) -> tuple[int, str, Decimal]:
-        """The head and the two-approver threshold, from the batch that holds the lock when
-        it has them, else read."""
-        if self._in_batch() and self._held is not None:
-            return self._held
-        store_rows, _same_rows, (seq, prev) = tx.snapshot(STORE_CASE, STORE_CASE)
-        threshold = _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows)
-        return seq, prev if seq else self.genesis, threshold
-
-    @staticmethod
-    def _cases_in(tx: Any, keys: Collection[str], threshold: Decimal) -> dict[str, Case]:
-        """The cases already recorded under any of ``keys``, read in one query per
-        ``MANY_KEYS`` keys."""
+    def _head_and_cases(self, tx: Any, keys: Sequence[str]
+                        ) -> tuple[int, str, Decimal, dict[str, Case]]:
+        """The head, the two-approver threshold and the cases already recorded under any of
+        ``keys`` (sorted). The head and threshold come from the batch that holds the lock
+        when it has them; otherwise they are read in the same statement as the first
+        ``MANY_KEYS`` keys' events (on a server, one round trip under the lock, not two)."""
         events: dict[str, list[Event]] = {}
-        ordered = sorted(keys)
-        for start in range(0, len(ordered), MANY_KEYS):
-            part = ordered[start:start + MANY_KEYS]
-            for r in tx.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id IN "
-                                f"({', '.join('?' * len(part))}) ORDER BY seq", part):
+
+        def add(rows: Iterable[Row]) -> None:
+            for r in rows:
                 events.setdefault(r[1], []).append(Event.from_row(int(r[0]), r[5], r[6]))
-        return {key: build_case(found, threshold) for key, found in events.items()}
+
+        held = self._held if self._in_batch() else None
+        start = 0
+        if held is None:
+            start = min(len(keys), MANY_KEYS)
+            case_rows, store_rows, (seq, prev) = tx.snapshot_many(keys[:start], STORE_CASE)
+            add(case_rows)
+            held = (seq, prev if seq else self.genesis,
+                    _threshold(Event.from_row(r[0], r[5], r[6]) for r in store_rows))
+        for at in range(start, len(keys), MANY_KEYS):
+            part = keys[at:at + MANY_KEYS]
+            add(tx.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id IN "
+                           f"({', '.join('?' * len(part))}) ORDER BY seq", part))
+        threshold = held[2]
+        return (*held, {key: build_case(found, threshold) for key, found in events.items()})
 
     def _write_rows(self, tx: Any, rows: list[Row], drafts: Iterable[Draft]) -> set[str]:
         """Insert ``rows`` (and their signatures) and the ruleset texts of ``drafts`` not yet

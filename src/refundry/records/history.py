@@ -17,7 +17,7 @@ change to the recording path, and a damaged index can be dropped and rebuilt fro
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -39,7 +39,7 @@ from refundry.records.index import (
     status_update,
     utc_text,
 )
-from refundry.records.masking import mask_request
+from refundry.records.masking import mask_request, pseudonym
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -76,13 +76,16 @@ _SCHEMA = (
 class ParsedData(dict[str, Any]):
     """A request's data (canonical JSON) with ``request``, the ``RefundRequest`` it parses to
     (None when it does not parse), so that a lookup does not parse it again: ``refundry run``
-    parses each request once, before its enrichers."""
+    parses each request once, before its enrichers. Or, instead, ``keyed``: what a lookup
+    needs of it, made by another process (``key_request``; ``request`` is then None)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("keyed", "request")
 
-    def __init__(self, data: Mapping[str, Any], request: RefundRequest | None) -> None:
+    def __init__(self, data: Mapping[str, Any], request: RefundRequest | None,
+                 keyed: Keyed | None = None) -> None:
         super().__init__(data)
         self.request = request
+        self.keyed = keyed
 
 
 class HistoryError(RefundryError):
@@ -149,13 +152,14 @@ class History:
     """History lookups against one records store. Build one per store and reuse it: it keeps
     the per-day baselines it has computed."""
 
-    def __init__(self, store: RecordStore) -> None:
+    def __init__(self, store: RecordStore, names: Pseudonyms | None = None) -> None:
         self.store = store
         self._ready = False
         self._baselines: dict[tuple[str, str, str], Baseline] = {}
         # A run names each request's customer, card and order twice: to look it up and to
-        # index it.
-        self._name = Pseudonyms()
+        # index it. ``names``: one memory shared with the Histories that look up what this
+        # one indexes (the API's lookups and its committer), for one store.
+        self._name = Pseudonyms() if names is None else names
         self._answered: list[_Lookup | None] = []  # what ``facts_many`` last answered
 
     # -- database access (the store's public query and transaction) --------------------------
@@ -178,7 +182,7 @@ class History:
                     if many:
                         tx.executemany(text, args)
                     else:
-                        tx.execute(text, args)
+                        tx.write(text, args)
         except RecordError as exc:
             raise HistoryError(f"history index: {exc}") from None
         return True
@@ -205,15 +209,18 @@ class History:
         and reading them back and decoding them was a third of the committer's work per
         decision."""
         self.ensure()
-        after = self.watermark()
         read = 0
-        if appended and appended[0].seq == after + 1 \
-                and appended[-1].seq == after + len(appended):
-            rows = [(e.seq, e.type, e.body) for e in appended if e.type in INDEXED_EVENTS]
-            if self._apply(rows, after, appended[-1].seq):
-                read, after = len(appended), appended[-1].seq
-            else:
-                after = self.watermark()
+        # Whether the index stopped right before ``appended`` is what ``_apply`` checks
+        # anyway, inside its transaction: not asked first (a round trip under the lock).
+        after = appended[0].seq - 1 if appended else -1
+        if appended and appended[-1].seq == after + len(appended) and self._apply(
+                [(e.seq, e.type, e.body) for e in appended if e.type in INDEXED_EVENTS],
+                after, appended[-1].seq):
+            read, after = len(appended), appended[-1].seq
+            if self.store.batch_head() == after:  # the head: nothing after it to read
+                return read
+        else:
+            after = self.watermark()
         types = ", ".join(f"'{t}'" for t in INDEXED_EVENTS)
         while True:
             found = self._read(f"SELECT seq, type, body FROM events WHERE seq > ? AND type IN "
@@ -316,26 +323,23 @@ class History:
         return self._answers(lookups)
 
     def _lookup(self, request: Mapping[str, Any] | Any, as_of: dt.datetime | None) -> _Lookup | None:
-        from refundry.core.request import parse_request, request_to_dict
+        from refundry.core.request import parse_request
 
+        salt = self.store.salt
+        if isinstance(request, ParsedData):
+            keyed = request.keyed
+            if keyed is None:
+                return None if request.request is None \
+                    else _lookup_of(request.request, salt, self._name, as_of)
+            if as_of is None and keyed.salt == salt:
+                self._name.learn(keyed.names)  # indexing the request names the same
+                return keyed.lookup
+            request = dict(request)  # keyed for another store or instant: keyed again here
         try:
-            parsed = request.request if isinstance(request, ParsedData) else parse_request(request)
-            if parsed is None:
-                return None
-            raw = request_to_dict(parsed, _LOOKUP_FIELDS)
+            parsed = parse_request(request)
         except RefundryError:
             return None
-        salt = self.store.salt
-        # Only what a key is made of is masked: the same keys (masking is value by value),
-        # without masking dates, items, notes and evidence twice per request (the store masks
-        # the whole request when it records it).
-        txn = raw["transaction"]
-        raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
-        keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
-                       self._name)
-        at = utc_text(as_of) if as_of is not None else keys.requested_at
-        claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
-        return _Lookup(keys, at, claimed)
+        return _lookup_of(parsed, salt, self._name, as_of)
 
     def _depends(self, lookup: _Lookup, taken: set[str], earlier: Sequence[_Lookup | None]) -> bool:
         """Whether recording ``earlier`` requests could change ``lookup``'s answer: a shared
@@ -360,8 +364,8 @@ class History:
         found = [x for x in lookups if x is not None]
         counts: list[dict[str, tuple[int, ...]]] = [{} for _ in found]
         prior: list[list[Any]] = [[] for _ in found]
-        for text, args in self._statements(found):
-            for i, name, *values in self._read(text, args):
+        for rows in self.store.query_all(list(self._statements(found))):
+            for i, name, *values in rows:
                 if name == "prior":
                     prior[int(i)].append(values)
                 else:
@@ -477,6 +481,61 @@ class _Lookup:
 
 
 _LOOKUP_FIELDS = (*KEY_FIELDS, "prior_refunds")
+
+
+def _lookup_of(parsed: RefundRequest, salt: bytes, name: Callable[[str, bytes, str], str] | None,
+               as_of: dt.datetime | None) -> _Lookup | None:
+    """A parsed request's lookup under ``salt`` (None: it has no keys)."""
+    from refundry.core.request import request_to_dict
+
+    try:
+        raw = request_to_dict(parsed, _LOOKUP_FIELDS)
+    except RefundryError:
+        return None
+    # Only what a key is made of is masked: the same keys (masking is value by value),
+    # without masking dates, items, notes and evidence twice per request (the store masks
+    # the whole request when it records it).
+    txn = raw["transaction"]
+    raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
+    keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
+                   pseudonym if name is None else name)
+    at = utc_text(as_of) if as_of is not None else keys.requested_at
+    claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
+    return _Lookup(keys, at, claimed)
+
+
+@attrs.frozen
+class Keyed:
+    """What the lookups need of one request, made where the request is (a worker process of
+    ``refundry run``) rather than where the store is: its lookup under the store salt
+    ``salt``, or None when it does not parse (``key_request``)."""
+
+    salt: bytes
+    lookup: _Lookup | None
+    names: tuple[tuple[str, str, str], ...] = ()  # (prefix, value, pseudonym) made for it
+
+
+def key_request(data: Mapping[str, Any], salt: bytes, name: Pseudonyms | None = None) -> Keyed:
+    """``data`` parsed and keyed as ``History`` keys it for a lookup, under ``salt``; handed
+    to ``History.facts_many`` in a ``ParsedData``, the lookup uses it (for a store with that
+    salt) instead of parsing and keying the request itself, and remembers the pseudonyms
+    made for it. ``name``: remembered pseudonyms."""
+    from refundry.core.request import parse_request
+
+    try:
+        parsed = parse_request(data)
+    except RefundryError:
+        return Keyed(salt, None)
+    made: list[tuple[str, str, str]] = []
+    make = pseudonym if name is None else name
+
+    def naming(value: str, salt: bytes, prefix: str) -> str:
+        made.append((prefix, value, found := make(value, salt, prefix)))
+        return found
+
+    return Keyed(salt, _lookup_of(parsed, salt, naming, None), tuple(made))
+
+
 # Requests per statement: each adds up to six SELECTs to a UNION ALL, and SQLite allows 500.
 _PER_QUERY = 50
 
@@ -490,11 +549,14 @@ def _windows(at: str) -> tuple[str, str]:
 
 # The array form of ``_count_query``, ``_other_clients`` and ``_prior_query`` (PostgreSQL):
 # each branch reads one row of ``l`` (a lookup) at a time, by the same index ranges, with the
-# same limits, and answers the same rows.
-_PG_LOOKUPS = ("unnest(?::bigint[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], "
-               "?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS l(n, request_id, "
-               "client_id, customer, email, address, card, txn, start_at, short_at, end_at)")
-_PG_KEYED = (f"SELECT l.n, '{{name}}', c.* FROM {_PG_LOOKUPS} CROSS JOIN LATERAL (SELECT "
+# same limits, and answers the same rows. The arrays are unnested once per statement, in
+# ``WITH l``, and every branch reads that: sent once, not once per branch (psycopg dumped each
+# of 66 arrays in Python), and the statement's text short enough for psycopg to keep parsed.
+_PG_LOOKUPS = ("WITH l AS (SELECT * FROM unnest(?::bigint[], ?::text[], ?::text[], ?::text[], "
+               "?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS "
+               "u(n, request_id, client_id, customer, email, address, card, txn, start_at, "
+               "short_at, end_at)) ")
+_PG_KEYED = ("SELECT l.n, '{name}', c.* FROM l CROSS JOIN LATERAL (SELECT "
              "COUNT(*), COALESCE(SUM(CASE WHEN requested_at >= l.short_at THEN 1 ELSE 0 END), "
              "0), COUNT(DISTINCT customer_key), COALESCE(MAX(CASE WHEN customer_key = "
              "l.customer THEN 1 ELSE 0 END), 0) FROM (SELECT requested_at, customer_key FROM "
@@ -508,16 +570,16 @@ _PG_OTHER_SIDE = ("SELECT 1 AS hit FROM history_index WHERE {name}_key = l.{name
 _PG_OTHER = ("SELECT l.n, 'other', (SELECT COUNT(*) FROM ("
              + " UNION ALL ".join(f"({_PG_OTHER_SIDE.format(name=name, op=op)})"
                                   for name in ("card", "address") for op in ("<", ">"))
-             + f") AS hits), 0, 0, 0 FROM {_PG_LOOKUPS} WHERE l.card IS NOT NULL OR "
+             + ") AS hits), 0, 0, 0 FROM l WHERE l.card IS NOT NULL OR "
              "l.address IS NOT NULL")
-_PG_COUNTS = " UNION ALL ".join([
-    f"SELECT l.n, 'recorded', (SELECT COUNT(*) FROM history_index h WHERE h.request_id = "
-    f"l.request_id), 0, 0, 0 FROM {_PG_LOOKUPS}",
+_PG_COUNTS = _PG_LOOKUPS + " UNION ALL ".join([
+    "SELECT l.n, 'recorded', (SELECT COUNT(*) FROM history_index h WHERE h.request_id = "
+    "l.request_id), 0, 0, 0 FROM l",
     *(_PG_KEYED.format(name=name) for name in ("customer", "email", "address", "card")),
     _PG_OTHER,
 ])
-_PG_PRIOR = (f"SELECT l.n, 'prior', p.amount, p.currency, p.decided_amount, p.status FROM "
-             f"{_PG_LOOKUPS} CROSS JOIN LATERAL (SELECT amount, currency, decided_amount, status "
+_PG_PRIOR = (f"{_PG_LOOKUPS}SELECT l.n, 'prior', p.amount, p.currency, p.decided_amount, "
+             "p.status FROM l CROSS JOIN LATERAL (SELECT amount, currency, decided_amount, status "
              "FROM history_index WHERE client_id = l.client_id AND transaction_key = l.txn AND "
              "requested_at <= l.end_at AND request_id <> l.request_id ORDER BY requested_at "
              f"DESC LIMIT {MATCH_CAP}) AS p")
@@ -549,8 +611,7 @@ class _ArrayQuery:
 
     def statements(self) -> Iterator[tuple[str, list[Any]]]:
         for text in (_PG_COUNTS, _PG_PRIOR):
-            # The same arrays for each branch of a statement.
-            yield text, [*self.columns] * text.count("unnest(")
+            yield text, [*self.columns]
 
 
 def _count_query(lookups: Sequence[_Lookup], first: int) -> tuple[str, list[Any]]:

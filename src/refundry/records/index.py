@@ -140,11 +140,21 @@ class Pseudonyms:
         found = self._made.get(key)
         if found is None:
             found = pseudonym(value, salt, prefix)
-            with self._lock:
-                if len(self._made) >= NAMES_KEPT:
-                    self._made.clear()
-                self._made[key] = found
+            self._keep(key, found)
         return found
+
+    def learn(self, made: Iterable[tuple[str, str, str]]) -> None:
+        """Remember (prefix, value, pseudonym) triples another process made under the same
+        salt (``history.key_request``), so this one does not make them again."""
+        for prefix, value, name in made:
+            if (prefix, value) not in self._made:
+                self._keep((prefix, value), name)
+
+    def _keep(self, key: tuple[str, str], name: str) -> None:
+        with self._lock:
+            if len(self._made) >= NAMES_KEPT:
+                self._made.clear()
+            self._made[key] = name
 
 
 class Rebuild:

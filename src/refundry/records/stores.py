@@ -156,10 +156,11 @@ def _new_case_statements(row: Row, texts: Sequence[tuple[str, str, str, str]]) -
 
 class _Tx:
     """One writer's transaction over a DB-API cursor: the reads an append decides on, its
-    writes, and the public ``execute``/``executemany`` (``events.Transaction``)."""
+    writes, and the public ``execute``/``executemany``/``write`` (``events.Transaction``)."""
 
-    def __init__(self, cur: Any, store: SQLiteStore | PostgresStore) -> None:
-        self.cur, self.store = cur, store
+    def __init__(self, cur: Any, store: SQLiteStore | PostgresStore,
+                 pipelined: bool = False) -> None:
+        self.cur, self.store, self.pipelined = cur, store, pipelined
         self.native: Callable[[str], str] = pg_sql if store.dialect == "postgresql" else str
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -172,7 +173,18 @@ class _Tx:
         """``execute`` with the driver's own errors: an append's store turns them into what
         it says about the event (not written, or unknown after a lost connection)."""
         self.cur.execute(self.native(sql), tuple(args))
-        return self.cur.fetchall() if self.cur.description else []
+        if self.cur.description:
+            return self.cur.fetchall()
+        if self.pipelined and isinstance(self.store, PostgresStore):
+            # No answer yet, not "no rows": a read waits for its answer.
+            return self.store.pending_rows(self.cur)
+        return []
+
+    def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        try:
+            self.cur.execute(self.native(sql), tuple(args))
+        except self.store.driver_error as exc:
+            raise RecordError(f"records store `{self.store.url}`: {one_line(exc)}") from None
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
@@ -192,16 +204,26 @@ class _Tx:
             f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id = ? ORDER BY seq", (request_id,))]
 
     def snapshot(self, request_id: str, store_case: str) -> tuple[list[Row], list[Row], tuple[int, str]]:
-        """What an append decides on: the case's rows, the store-level rows, and the head."""
-        if self.store.dialect == "sqlite":  # in-process: three reads cost less than a union
-            return self.case_rows(request_id), self.case_rows(store_case), self.head()
-        # One round trip on a server: the lock is held for every round trip an append makes.
+        """What an append decides on: the case's rows, the store-level rows, and the head
+        (one round trip on a server: the lock is held for every round trip an append makes)."""
+        return self.snapshot_many((request_id,), store_case)
+
+    def snapshot_many(self, request_ids: Sequence[str], store_case: str
+                      ) -> tuple[list[Row], list[Row], tuple[int, str]]:
+        """``snapshot`` for a group: the rows of every case in ``request_ids`` (in chain
+        order), the store-level rows, and the head."""
+        marks = ", ".join("?" * len(request_ids))
+        cases = f"SELECT {{}}{EVENT_COLUMNS} FROM events WHERE request_id IN ({marks})"
+        if self.store.dialect == "sqlite":  # in process: three reads cost less than a union
+            return ([(int(r[0]), *r[1:]) for r in self._run(
+                cases.format("") + " ORDER BY seq", request_ids)] if request_ids else [],
+                self.case_rows(store_case), self.head())
         parts: tuple[list[Row], list[Row], list[Row]] = ([], [], [])
         for part, *row in self._run(
-                f"SELECT 0, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
-                f"UNION ALL SELECT 1, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
+                (cases.format("0, ") + " UNION ALL " if request_ids else "")
+                + f"SELECT 1, {EVENT_COLUMNS} FROM events WHERE request_id = ? "
                 f"UNION ALL (SELECT 2, {EVENT_COLUMNS} FROM events ORDER BY seq DESC LIMIT 1) "
-                "ORDER BY 1, 2", (request_id, store_case)):
+                "ORDER BY 1, 2", (*request_ids, store_case)):
             parts[part].append((int(row[0]), *row[1:]))
         head = (parts[2][0][0], parts[2][0][6]) if parts[2] else (0, GENESIS)
         return parts[0], parts[1], head
@@ -293,7 +315,8 @@ class SQLiteStore(RecordStore):
             raise RecordError(f"cannot open records store `{self.url}`: {str(exc).lower()}") from None
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[_Tx]:
+    def _transaction(self, *, pipelined: bool = False) -> Iterator[_Tx]:
+        # In process: nothing to wait for, so ``pipelined`` changes nothing.
         with self._lock:
             if self._in_batch():
                 with _savepoint(self._conn):
@@ -397,6 +420,10 @@ def _shown(url: str) -> str:
     return url
 
 
+# The appenders' lock: it conflicts with itself (one appender at a time), not with plain reads.
+_LOCK_EVENTS = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
+
+
 class PostgresStore(RecordStore):
     """A schema in a PostgreSQL database, shared by any number of processes and machines."""
 
@@ -418,6 +445,7 @@ class PostgresStore(RecordStore):
         # another role (rowsecurity.ReaderStore); ``url`` is the one shown in messages.
         self.connect_url = url
         self._lock = threading.RLock()
+        self._pipelining = False  # a pipelined batch is open (under ``_lock``)
         self._conn = self._connect()
         schema_id = sql.Identifier(self.schema)
         try:
@@ -469,18 +497,25 @@ class PostgresStore(RecordStore):
         return self._conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[_Tx]:
+    def _transaction(self, *, pipelined: bool = False) -> Iterator[_Tx]:
         psycopg = self._psycopg
         with self._lock:
             if self._in_batch():
                 with _savepoint(self._conn), self._conn.cursor() as cur:
-                    yield _Tx(cur, self)
+                    yield _Tx(cur, self, self._pipelining)
                 return
-            conn = self._lock_events_table()
+            # Pipelined, the transaction and its lock are queued with the first read (a libpq
+            # without pipeline mode gets the plain transaction).
+            pipelined = pipelined and psycopg.Pipeline.is_supported()
+            conn = self._live() if pipelined else self._lock_events_table()
             try:
-                with conn.cursor() as cur:
-                    yield _Tx(cur, self)
-                conn.execute("COMMIT")
+                if pipelined:
+                    with self._pipeline(conn) as cur:
+                        yield _Tx(cur, self, True)
+                else:
+                    with conn.cursor() as cur:
+                        yield _Tx(cur, self)
+                    conn.execute("COMMIT")
             except psycopg.Error as exc:
                 if not conn.broken:
                     conn.execute("ROLLBACK")
@@ -493,6 +528,35 @@ class PostgresStore(RecordStore):
                 if not conn.broken:
                     conn.execute("ROLLBACK")
                 raise
+
+    @contextlib.contextmanager
+    def _pipeline(self, conn: Any) -> Iterator[Any]:
+        """The body of a pipelined transaction (``batch(pipelined=True)``) and its commit,
+        sent with the writes still queued: one round trip ends it."""
+        self._pipelining = True
+        try:
+            with conn.pipeline(), conn.cursor() as cur:
+                conn.execute("BEGIN")
+                conn.execute(_LOCK_EVENTS)
+                yield cur
+                ended = conn.execute("COMMIT")
+        finally:
+            self._pipelining = False
+        # A transaction that failed answers COMMIT with ROLLBACK, not an error: an error
+        # lost on the way must not read as written.
+        if ended.statusmessage != "COMMIT":
+            raise self._psycopg.OperationalError(f"the server ended the transaction with "
+                                                 f"{ended.statusmessage}")
+
+    def pending_rows(self, cur: Any) -> list[Any]:
+        """The rows of a statement sent in a pipeline, once they arrive (none for a write)."""
+        try:
+            return list(cur.fetchall())
+        except self._psycopg.ProgrammingError:
+            result = cur.pgresult
+            if result is not None and result.status == self._psycopg.pq.ExecStatus.COMMAND_OK:
+                return []
+            raise
 
     @contextlib.contextmanager
     def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[Row]] | None]:
@@ -556,8 +620,7 @@ class PostgresStore(RecordStore):
         for attempt in (1, 2):
             conn = self._live()
             try:
-                # The lock conflicts with itself (one appender at a time), not with plain reads.
-                conn.execute("BEGIN; LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+                conn.execute(f"BEGIN; {_LOCK_EVENTS}")
                 return conn
             except self._psycopg.Error as exc:
                 if not conn.broken:
@@ -568,13 +631,26 @@ class PostgresStore(RecordStore):
         raise AssertionError("unreachable")
 
     def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        return self._read_all([(query, args)])[0]
+
+    def query_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        # One round trip for all of them: a group's history lookup is two statements, and
+        # the API's decider waited for each in turn.
+        return self._read_all(reads)
+
+    def _read_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        together = len(reads) > 1 and self._psycopg.Pipeline.is_supported()
         with self._lock:
             for attempt in (1, 2):
                 conn = self._live()
                 try:
-                    with conn.cursor() as cur:
-                        cur.execute(pg_sql(query), args)
-                        return cur.fetchall()
+                    with contextlib.ExitStack() as open_:
+                        if together:
+                            open_.enter_context(conn.pipeline())
+                        cursors = [open_.enter_context(conn.cursor()) for _ in reads]
+                        for cur, (query, args) in zip(cursors, reads, strict=True):
+                            cur.execute(pg_sql(query), tuple(args))
+                        return [cur.fetchall() for cur in cursors]
                 except self._psycopg.Error as exc:
                     # A read is safe to repeat on a fresh connection, once.
                     if attempt == 2 or not conn.broken:

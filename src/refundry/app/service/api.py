@@ -165,7 +165,7 @@ class Service:
         with self.lookups.history() as history:
             history.sync()  # what is already recorded counts from the first request on
         # On the committer's own store: the index is synced inside the group's transaction.
-        self.committer = GroupCommit(self.store, History(self.store))
+        self.committer = GroupCommit(self.store, History(self.store, self.lookups.names))
         self.decider = Decider(self.store, self.lookups, lambda: self.rulesets.engine,
                                self.committer, self._counted)
         self.metrics.generation.set(self.rulesets.current.generation)

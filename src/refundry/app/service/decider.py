@@ -13,9 +13,16 @@ committer (groupcommit.py); after the commit, the group's futures are settled wi
 into the event loop. The hand-overs are per group, and while the committer waits for the
 flush the decider works on the next group.
 
+The group's history is looked up on a thread of its own, one stage ahead of the decider: on
+PostgreSQL a lookup is a round trip the decider used to wait for, between evaluating one group
+and the next, while the process had nothing else to do. Now the lookup thread waits for the
+next group's rows while the decider evaluates and prepares this one and the committer commits
+the one before (three groups in flight, each in a different stage).
+
 History facts stay what they were: requests in one group are ones in flight at the same time,
 and a request sent after another's answer is in a later group, looked up after that answer's
-commit (whose transaction also synced the history index).
+commit (whose transaction also synced the history index): the lookup of a request starts
+after it arrived, and it arrived after every answer its client had.
 """
 
 from __future__ import annotations
@@ -60,6 +67,14 @@ class _Ask:
     future: asyncio.Future[Recorded]
 
 
+@attrs.frozen
+class _Looked:
+    """A group and, per request, its ``take_many`` answer."""
+
+    group: list[_Ask]
+    taken: Sequence[Intake | BaseException]
+
+
 class Decider:
     """``record(data, actor)`` from any event loop; safe to share between them.
 
@@ -71,8 +86,13 @@ class Decider:
         self._store, self._lookups, self._engine = store, lookups, engine
         self._committer, self._counted = committer, counted
         self._queue: queue.SimpleQueue[_Ask | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="refundry-decider", daemon=True)
-        self._thread.start()
+        # Groups with their history looked up, for the decider; None: stop.
+        self._looked: queue.SimpleQueue[_Looked | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=target, name=name, daemon=True)
+                         for target, name in ((self._look_up, "refundry-lookups"),
+                                              (self._run, "refundry-decider"))]
+        for thread in self._threads:
+            thread.start()
 
     async def record(self, data: dict[str, Any], actor: str) -> Recorded:
         """The decision for ``data``, enriched from and appended to the store as ``actor``.
@@ -86,27 +106,40 @@ class Decider:
     def close(self) -> None:
         """Stop after what is queued (the server stops taking requests first)."""
         self._queue.put(None)
-        self._thread.join(30)
+        for thread in self._threads:  # the lookups stop first, then pass the stop on
+            thread.join(30)
 
     def _take(self) -> list[_Ask] | None:
         return take_group(self._queue, MAX_GROUP)
 
+    def _look_up(self) -> None:
+        try:
+            while (group := self._take()) is not None:
+                try:
+                    with self._lookups.history() as history:
+                        taken = take_many([ask.data for ask in group], history)
+                except RefundryError as exc:  # the lookups' store: nothing decided or written
+                    _unavailable(group, exc, "history lookup failed")
+                except Exception as exc:  # noqa: BLE001 - a fault here must not end the thread
+                    LOG.exception("a group's history lookup failed")
+                    _settle(group, [exc] * len(group))
+                else:
+                    self._looked.put(_Looked(group, taken))
+        finally:
+            self._looked.put(None)
+
     def _run(self) -> None:
-        while (group := self._take()) is not None:
+        while (looked := self._looked.get()) is not None:
             try:
-                self._decide(group)
-            except RefundryError as exc:  # the lookups' store: nothing was decided or written
-                LOG.warning("history lookup failed", extra={"fields": {"error": str(exc)[:300]}})
-                _settle(group, [StoreUnavailable(f"the records store did not answer: {exc}")]
-                        * len(group))
+                self._decide(looked.group, looked.taken)
+            except RefundryError as exc:  # the store, read for a refused one: nothing written
+                _unavailable(looked.group, exc, "a group's store read failed")
             except Exception as exc:  # noqa: BLE001 - a fault here must not end the thread
                 LOG.exception("a group of decisions failed")
-                _settle(group, [exc] * len(group))
+                _settle(looked.group, [exc] * len(looked.group))
 
-    def _decide(self, group: list[_Ask]) -> None:
+    def _decide(self, group: list[_Ask], taken: Sequence[Intake | BaseException]) -> None:
         engine = self._engine()  # one version decides the whole group
-        with self._lookups.history() as history:
-            taken = take_many([ask.data for ask in group], history)
         answers: list[Recorded | BaseException | None] = [None] * len(group)
         waiting: list[tuple[int, Intake, Decision, Prepared]] = []
         for i, (ask, got) in enumerate(zip(group, taken, strict=True)):
@@ -152,6 +185,12 @@ class Decider:
             return exc
         existing = recorded_as_submitted(self._store, got.data)
         return exc if existing is None else Recorded(canonical_json(existing.decision), False)
+
+
+def _unavailable(group: Sequence[_Ask], exc: RefundryError, what: str) -> None:
+    """The store did not answer: the group's requests are 503s, nothing of them written."""
+    LOG.warning(what, extra={"fields": {"error": str(exc)[:300]}})
+    _settle(group, [StoreUnavailable(f"the records store did not answer: {exc}")] * len(group))
 
 
 def _settle(group: Sequence[_Ask], answers: Sequence[Recorded | BaseException | None]) -> None:

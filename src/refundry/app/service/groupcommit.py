@@ -104,18 +104,32 @@ class GroupCommit:
 
     def _commit(self, prepared: list[Prepared]) -> list[Result]:
         try:
-            with self.store.batch():
-                results: list[Result] = list(self.store.record_many(prepared))
-                # A created case's one event is the group's append, in chain order.
-                self._sync_history([got[0].events[-1] for got in results
-                                    if not isinstance(got, BaseException) and got[1]])
+            # Pipelined: on PostgreSQL the group's inserts, its index rows and the commit go
+            # without a round trip each, so the chain's lock is held for the reads' few.
+            return self._commit_once(prepared, pipelined=True)
+        except Exception:  # noqa: BLE001 - nothing was written; once more, statement by
+            # statement, where an index that cannot be synced does not cost the group
+            pass
+        try:
+            return self._commit_once(prepared, pipelined=False)
         except Exception as exc:  # noqa: BLE001 - the whole group is lost: say so to each
             failed = StoreUnavailable(f"the records store did not commit: {exc}")
             return [failed] * len(prepared)
+
+    def _commit_once(self, prepared: list[Prepared], *, pipelined: bool) -> list[Result]:
+        with self.store.batch(pipelined=pipelined):
+            results: list[Result] = list(self.store.record_many(prepared))
+            # A created case's one event is the group's append, in chain order.
+            self._sync_history([got[0].events[-1] for got in results
+                                if not isinstance(got, BaseException) and got[1]],
+                               pipelined=pipelined)
         return results
 
-    def _sync_history(self, appended: list[Event]) -> None:
+    def _sync_history(self, appended: list[Event], *, pipelined: bool) -> None:
         if self.history is None:
+            return
+        if pipelined:  # an error here fails the batch, which is then tried without
+            self.history.sync(appended)
             return
         try:
             self.history.sync(appended)

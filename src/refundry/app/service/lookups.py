@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 from refundry.records.events import RecordStore
 from refundry.records.history import History
+from refundry.records.index import Pseudonyms
 
 LOOKUP_CONNECTIONS = 4
 
@@ -34,6 +35,9 @@ class Lookups:
         self._lock = threading.Lock()
         self._stores: list[RecordStore] = []
         self._made = 0
+        # The pseudonyms a lookup made (customer, card, order), for the committer's History
+        # to index the same request with, not to compute again.
+        self.names = Pseudonyms()
 
     @classmethod
     def shared(cls, store: RecordStore) -> Lookups:
@@ -64,7 +68,7 @@ class Lookups:
             raise
         with self._lock:
             self._stores.append(store)
-        return History(store)
+        return History(store, self.names)
 
     def close(self) -> None:
         with self._lock:
