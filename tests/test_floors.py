@@ -8,6 +8,7 @@ amount.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import tempfile
@@ -253,7 +254,14 @@ def baseline():
     return refundry.Engine.from_path([EU])
 
 
-@settings(max_examples=2000, deadline=None,
+# Breaking the combiner's floor rules (a client's deny or adjustment lowering a floor outcome
+# or amount, a floor amount no longer kept, line floors ignored) fails within the first 9 of
+# these examples (they are the same on every run): 400 keep a wide margin; REFUNDRY_LONG=1
+# draws the 2,000 this test always ran.
+FLOOR_EXAMPLES = 2000 if os.environ.get("REFUNDRY_LONG") == "1" else 400
+
+
+@settings(max_examples=FLOOR_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(rules=client_rules(), requests=st.lists(floor_requests(), min_size=1, max_size=3))
 def test_no_client_layer_lowers_a_floor_outcome_or_amount(baseline, rules, requests):
