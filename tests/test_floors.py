@@ -83,6 +83,25 @@ def test_a_client_fee_never_cuts_the_statutory_amount(tmp_path):
     assert d.outcome == "approve" and d.amount == base.amount
 
 
+@pytest.mark.parametrize("effect", ["deny", "approve"])
+def test_a_client_rule_never_decides_over_a_floor_held_for_review(tmp_path, effect):
+    """Store credit without consent: the law holds it for a person (`manual_review`, a floor).
+    A client rule matching the same request decides neither way over it: a deny would take the
+    consumer's statutory refund away, an approve would pay in a means the law does not allow.
+    The generated property above never draws a floor held for review, so it is pinned here."""
+    rule = {"id": f"acme-{effect}-all", "effect": effect, "message": "m", "customer_message": "c",
+            "when": {"field": "reason", "eq": BASE_REQUEST["reason"]}}
+    _client(tmp_path, "acme-over-review", {"rules": [rule]})
+    engine = refundry.Engine.from_path([EU, tmp_path])
+    req = {**copy.deepcopy(BASE_REQUEST), "client_id": "acme", "refund_to": "store_credit"}
+    floor = refundry.Engine.from_path([EU]).evaluate(copy.deepcopy(req))
+    assert floor.outcome == "manual_review" and any(r.floor for r in floor.reasons)
+    d = engine.evaluate(req)
+    assert not d.errors, d.errors
+    assert f"acme-{effect}-all" in d.rule_ids  # the client rule matched: it was outranked
+    assert d.outcome == "manual_review", d.to_dict()
+
+
 # --- promise 2: a client layer lands on the law of the request's own place ----------------
 
 
