@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 AXE = (Path(__file__).parent / "axe" / "axe.min.js").read_text(encoding="utf-8")
@@ -32,10 +32,17 @@ class Pages:
         return str(self.browser.find_element(By.CSS_SELECTOR, css).text)
 
     def submit(self, button: Any) -> None:
-        """Press ``button`` and wait for the page it leads to."""
-        old = self.browser.find_element(By.TAG_NAME, "html")
+        """Press ``button`` and wait for the page it leads to, loaded. Not ``staleness_of`` the
+        old page's element: asked about a node while its document is torn down, chromedriver
+        now and then answers "Node with given id does not belong to the document" rather than
+        "stale", and the wait fails (SeleniumHQ/selenium#15401). A mark on the old page's
+        window instead: a new document comes with a window without it. A script may meet the
+        same passing errors while the page is replaced: the wait asks again."""
+        self.browser.execute_script("window.refundryLeft = true")
         button.click()
-        WebDriverWait(self.browser, 20).until(expected_conditions.staleness_of(old))
+        WebDriverWait(self.browser, 20, ignored_exceptions=(WebDriverException,)).until(
+            lambda b: b.execute_script(
+            "return !window.refundryLeft && document.readyState === 'complete'"))
 
     def sign_in(self, who: str) -> None:
         self.browser.delete_all_cookies()

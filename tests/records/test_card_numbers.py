@@ -114,8 +114,14 @@ _DIGIT_RUN = re.compile(r"\d(?:[\W_]*\d){12,}")
 _HEX = re.compile(r"(?:sha256:)?[0-9a-f]{16,}")
 
 
+# Every decimal digit of any script, as its ASCII digit: one translate over a whole file, where
+# a test of each character was a third of this test's time.
+_TO_ASCII = {cp: str(unicodedata.decimal(chr(cp))) for cp in range(0x110000)
+             if chr(cp).isdecimal()}
+
+
 def _ascii_digits(text: str) -> str:
-    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)
+    return text.translate(_TO_ASCII)
 
 
 def _luhn_runs(text: str) -> list[str]:

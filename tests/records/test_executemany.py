@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from refundry.records.stores import open_store
 
-MULTI_ROWS = 500  # the chunk size once used: repeats on both sides of where a chunk ended
+# A row count: a key repeats on each side of row 500, where the multi-row INSERTs (since
+# removed) split a batch; executemany is psycopg's own now, and must keep the first row still.
+MULTI_ROWS = 500
 
 
 def test_executemany_inserts_every_row_as_one_row_at_a_time_would(store_url: str) -> None:
-    n = MULTI_ROWS * 2 + 7  # three statements of many rows, the last one short
+    n = MULTI_ROWS * 2 + 7
     rows = [(i, f"v{i}", None if i % 3 else f"n{i}") for i in range(n)]
-    # Repeats of keys inserted before them, in the same statement and in an earlier one: the
-    # first row wins.
+    # Repeats of keys inserted before them, one before row 500 and one after: the first row wins.
     again = [(5, "again", None)], [(MULTI_ROWS + 1, "again", None)]
     with open_store(store_url) as store:
         with store.transaction() as tx:

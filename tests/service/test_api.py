@@ -237,7 +237,11 @@ def test_every_process_picks_up_changed_ruleset_files_by_itself(api):
     big = make_request("w-1", client_id="acme", amount="600")
     new = api.rulesets / "ecommerce" / "acme-eu-1.1.yaml"
     new.write_text(NEW_ACME.replace("gt: 1000", "gt: [1000"), encoding="utf-8")
-    time.sleep(5)  # more than two looks
+    deadline = time.monotonic() + 20
+    refused = 'refundry_ruleset_reloads_total{result="refused"} '
+    while refused not in (text := api.call("GET", "/metrics").text) or refused + "0.0" in text:
+        assert time.monotonic() < deadline, "the broken files were never looked at"
+        time.sleep(0.2)
     assert api.call("GET", "/v1/rulesets", "ana").json()["generation"] == 1
     assert decide(api, big, record=False).json()["outcome"] == "manual_review"
     new.write_text(NEW_ACME, encoding="utf-8")

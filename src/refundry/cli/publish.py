@@ -17,7 +17,8 @@ from refundry.cli.worker import add_nats_options, nats_url
 def cmd_publish(args: argparse.Namespace) -> int:
     setup("warning")  # a broker away is one JSON line per attempt, not a traceback
     done = asyncio.run(publish(nats_url(args), args.source, args.input,
-                               streams=Streams(args.prefix), options=parse_options(args.option or [])))
+                               streams=Streams(args.prefix), options=parse_options(args.option or []),
+                               connect_timeout=args.connect_timeout))
     print_json(done.to_dict())
     return EXIT_OK
 

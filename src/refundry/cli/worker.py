@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from refundry.app.logs import setup
-from refundry.app.queue.streams import ACK_WAIT_S, Streams
+from refundry.app.queue.streams import ACK_WAIT_S, CONNECT_DEADLINE_S, Streams
 from refundry.app.queue.worker import WorkerConfig, run
 from refundry.cli.common import EXIT_OK, add_db_option, default_db, default_rulesets
 
@@ -30,6 +30,9 @@ def add_nats_options(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_NATS})")
     p.add_argument("--prefix", default="REFUNDRY", help="stream names prefix (default: "
                    "REFUNDRY: REFUNDRY_REQUESTS, _DECISIONS, _DEAD)")
+    p.add_argument("--connect-timeout", type=float, default=CONNECT_DEADLINE_S, metavar="SECONDS",
+                   help="how long the first connection to the broker may take before it is an "
+                   f"error (default: {CONNECT_DEADLINE_S:g})")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -37,6 +40,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig(nats_url(args), args.db or default_db(),
                           tuple(args.rulesets or [str(default_rulesets())]),
                           Streams(args.prefix), batch=args.batch, ack_wait=args.ack_wait,
+                          connect_timeout=args.connect_timeout,
                           **({"name": args.name} if args.name else {}))
 
     async def main() -> Any:

@@ -24,10 +24,10 @@ import datetime as dt
 import hashlib
 import operator
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
 from types import CodeType
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -120,39 +120,42 @@ class Node:
 
 
 @attrs.frozen
-class All(Node):
+class Junction(Node):
+    """``all`` or ``any`` of the children: ``All`` and ``AnyOf`` differ only in the word the
+    YAML and the explanation use, the Python operator and the fold."""
+
     children: tuple[Node, ...]
+    KEY: ClassVar[str]
+    OPERATOR: ClassVar[str]
+    FOLD: ClassVar[Callable[[Iterable[bool]], bool]]  # all or any: read off the class, not bound
 
     def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
-        return all(c.evaluate(facts, items) for c in self.children)
+        return type(self).FOLD(c.evaluate(facts, items) for c in self.children)
 
     def source(self, gen: CodeGen, getter: str, items: str) -> str:
-        return "(" + " and ".join(c.source(gen, getter, items) for c in self.children) + ")"
+        joined = f" {self.OPERATOR} ".join(c.source(gen, getter, items) for c in self.children)
+        return "(" + joined + ")"
 
     def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         parts = [c.explain(facts, items) for c in self.children]
-        return {"all": parts, "result": all(p["result"] for p in parts)}
+        return {self.KEY: parts, "result": type(self).FOLD(p["result"] for p in parts)}
 
     def paths(self) -> set[str]:
         return set().union(*(c.paths() for c in self.children))
 
 
 @attrs.frozen
-class AnyOf(Node):
-    children: tuple[Node, ...]
+class All(Junction):
+    KEY = "all"
+    OPERATOR = "and"
+    FOLD = all
 
-    def evaluate(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> bool:
-        return any(c.evaluate(facts, items) for c in self.children)
 
-    def source(self, gen: CodeGen, getter: str, items: str) -> str:
-        return "(" + " or ".join(c.source(gen, getter, items) for c in self.children) + ")"
-
-    def explain(self, facts: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        parts = [c.explain(facts, items) for c in self.children]
-        return {"any": parts, "result": any(p["result"] for p in parts)}
-
-    def paths(self) -> set[str]:
-        return set().union(*(c.paths() for c in self.children))
+@attrs.frozen
+class AnyOf(Junction):
+    KEY = "any"
+    OPERATOR = "or"
+    FOLD = any
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import pluggy
@@ -22,6 +22,7 @@ from refundry.plugins.types import Option, PluginError, Sink, Source, SourceErro
 
 ENTRY_POINT_GROUP = "refundry"
 BUILTIN = "refundry"
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -159,19 +160,17 @@ class Plugins:
         return self._sinks
 
     def source(self, name: str) -> Source:
-        try:
-            return self.sources[name]
-        except KeyError:
-            raise SourceError(f"no source `{name}`; installed: "
-                              f"{', '.join(sorted(self.sources)) or 'none'}"
-                              + self._failed_note()) from None
+        return self._named("source", self.sources, name)
 
     def sink(self, name: str) -> Sink:
+        return self._named("sink", self.sinks, name)
+
+    def _named(self, kind: str, installed: Mapping[str, T], name: str) -> T:
         try:
-            return self.sinks[name]
+            return installed[name]
         except KeyError:
-            raise SourceError(f"no sink `{name}`; installed: "
-                              f"{', '.join(sorted(self.sinks)) or 'none'}"
+            raise SourceError(f"no {kind} `{name}`; installed: "
+                              f"{', '.join(sorted(installed)) or 'none'}"
                               + self._failed_note()) from None
 
     def _failed_note(self) -> str:

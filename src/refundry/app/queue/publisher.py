@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from refundry.app.queue.streams import (
+    CONNECT_DEADLINE_S,
     DEFAULT_STREAMS,
     QueueError,
     Streams,
@@ -43,14 +44,15 @@ class Published:
 
 async def publish(nats_url: str, source: str, input_path: str | Path, *,
                   streams: Streams = DEFAULT_STREAMS, options: Mapping[str, str] | None = None,
-                  plugins: Plugins | None = None) -> Published:
+                  plugins: Plugins | None = None,
+                  connect_timeout: float = CONNECT_DEADLINE_S) -> Published:
     plugins = plugins or Plugins()
     src = plugins.source(source)
     plugins.check_options(dict(options or {}), src, [])  # before connecting or reading
     path = Path(input_path)
     if not path.exists():
         raise QueueError(f"cannot read `{path}`: no such file")
-    nc = await connect(nats_url, "refundry-publish")
+    nc = await connect(nats_url, "refundry-publish", connect_timeout)
     done = Published()
     try:
         js = nc.jetstream()

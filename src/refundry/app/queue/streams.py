@@ -87,7 +87,7 @@ async def _reconnected() -> None:
     LOG.info("nats reconnected")
 
 
-async def connect(url: str, name: str) -> Any:
+async def connect(url: str, name: str, deadline: float = CONNECT_DEADLINE_S) -> Any:
     import nats
 
     try:
@@ -97,10 +97,10 @@ async def connect(url: str, name: str) -> Any:
             nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                          connect_timeout=5, allow_reconnect=True, error_cb=_broker_error,
                          disconnected_cb=_disconnected, reconnected_cb=_reconnected),
-            CONNECT_DEADLINE_S)
+            deadline)
     except TimeoutError:
         raise QueueError(f"cannot connect to nats at `{url}`: no answer within "
-                         f"{CONNECT_DEADLINE_S:g} s") from None
+                         f"{deadline:g} s") from None
     except Exception as exc:  # noqa: BLE001 - nats raises several unrelated types here
         raise QueueError(f"cannot connect to nats at `{url}`: {exc or type(exc).__name__}") from None
 

@@ -23,6 +23,7 @@ import attrs
 
 from refundry.app.queue.streams import (
     ACK_WAIT_S,
+    CONNECT_DEADLINE_S,
     DEFAULT_STREAMS,
     MAX_DELIVER,
     Streams,
@@ -53,6 +54,7 @@ class WorkerConfig:
     streams: Streams = DEFAULT_STREAMS
     batch: int = 50
     ack_wait: float = ACK_WAIT_S
+    connect_timeout: float = CONNECT_DEADLINE_S
     name: str = attrs.Factory(lambda: f"worker-{socket.gethostname()}-{os.getpid()}")
 
 
@@ -217,7 +219,7 @@ async def run(config: WorkerConfig, stop: asyncio.Event, *, engine: Engine | Non
     store = store or open_store(config.db, create=True)
     decider = Decider(engine, store, config.name,
                       Lookups(lambda: open_store(config.db, create=False)))
-    nc = await connect(config.nats_url, config.name)
+    nc = await connect(config.nats_url, config.name, config.connect_timeout)
     stats = Stats()
     try:
         js = nc.jetstream()

@@ -37,7 +37,7 @@ from typing import Any
 
 import attrs
 
-from refundry.app.service.groupcommit import GroupCommit, Result, StoreUnavailable
+from refundry.app.service.groupcommit import GroupCommit, Result, StoreUnavailable, take_group
 from refundry.app.service.intake import Intake, take_many
 from refundry.app.service.lookups import Lookups
 from refundry.app.submissions import recorded_as_submitted
@@ -110,20 +110,7 @@ class Decider:
             thread.join(30)
 
     def _take(self) -> list[_Ask] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        group = [first]
-        while len(group) < MAX_GROUP:
-            try:
-                ask = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if ask is None:
-                self._queue.put(None)  # stop after this group
-                break
-            group.append(ask)
-        return group
+        return take_group(self._queue, MAX_GROUP)
 
     def _look_up(self) -> None:
         try:

@@ -27,7 +27,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from refundry.core.errors import RefundryError
 from refundry.records.events import Event, Prepared, RecordStore
@@ -43,6 +43,29 @@ class StoreUnavailable(RefundryError):
 
 Result = Any  # (Case, created) or the exception that refused or lost it
 Done = Callable[[list[Result]], None]
+T = TypeVar("T")
+
+
+def take_group(waiting: queue.SimpleQueue[T | None], most: int,
+               size: Callable[[T], int] = lambda _item: 1) -> list[T] | None:
+    """The next item and whatever else is already waiting, up to ``most`` in all by ``size``;
+    it waits only for the first. None once the queue's stop (a ``None``) comes first; a stop
+    behind a group is put back, so the group is still worked and the next take stops."""
+    first = waiting.get()
+    if first is None:
+        return None
+    group, taken = [first], size(first)
+    while taken < most:
+        try:
+            item = waiting.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            waiting.put(None)
+            break
+        group.append(item)
+        taken += size(item)
+    return group
 
 
 class GroupCommit:
@@ -66,21 +89,7 @@ class GroupCommit:
         self._thread.join(30)
 
     def _take(self) -> list[tuple[list[Prepared], Done]] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        group, size = [first], len(first[0])
-        while size < MAX_GROUP:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)  # stop after this group
-                break
-            group.append(item)
-            size += len(item[0])
-        return group
+        return take_group(self._queue, MAX_GROUP, lambda item: len(item[0]))  # by decisions
 
     def _run(self) -> None:
         while (group := self._take()) is not None:
