@@ -28,7 +28,7 @@ from refundry.records import events
 from refundry.records.anchors import Signer
 from refundry.records.history import History
 from refundry.records.index import utc_text
-from refundry.records.stores import open_store
+from refundry.records.stores import SQLiteStore, open_store
 
 from .conftest import StepClock, after_the_reviews, make_request
 
@@ -158,6 +158,10 @@ def test_verify_says_what_it_says_on_whole_bodies(original, tmp_path, monkeypatc
         with monkeypatch.context() as whole:
             whole.setattr(events, "_BODY", msgspec.json.Decoder())
             whole.setattr(events, "_STEP", msgspec.json.Decoder())
+            assert _verdict(copy) == seen, what
+            # ... and the plain reader as well: the store's pages of decoded text, not the
+            # walk's own cursor over the stored bytes.
+            whole.setattr(SQLiteStore, "_chain_rows", events.RecordStore._chain_rows)
             assert _verdict(copy) == seen, what
         if i % 2 == 0:  # worker processes, ranges of 4 events: the same answer, crash or not
             with monkeypatch.context() as ranged:
