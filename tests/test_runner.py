@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,27 @@ def _cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+def _feed(fifo: Path, lines: list[str], done: threading.Event) -> None:
+    """Write ``lines`` into the named pipe the run reads, then hold it open until ``done``: the
+    run has the rest of its input still to come, so it cannot finish before the signal lands
+    (a 2,000-request run once ended before a SIGINT sent at a tenth of it arrived)."""
+    try:
+        with fifo.open("w") as fh:  # blocks until the run opens its input
+            fh.writelines(lines)
+            fh.flush()
+            done.wait(150)
+    except BrokenPipeError:  # the run was killed before it read all of the first part
+        pass
+
+
 def _kill_and_resume(tmp_path: Path, n: int, workers: int, sig: int = signal.SIGKILL,
                      db: bool = False) -> None:
-    src = generate(tmp_path / "in.jsonl", n)
+    full = generate(tmp_path / "all.jsonl", n).read_text().splitlines(keepends=True)
+    src = tmp_path / "in.jsonl"
+    os.mkfifo(src)
+    fed = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(src, full[: n // 2], fed), daemon=True)
+    feeder.start()
     out = tmp_path / "out.jsonl"
     journal = tmp_path / "out.jsonl.progress.jsonl"
     store = tmp_path / "records.db"
@@ -149,11 +168,15 @@ def _kill_and_resume(tmp_path: Path, n: int, workers: int, sig: int = signal.SIG
         time.sleep(0.002)
     os.killpg(proc.pid, sig)  # the whole group: worker processes too
     _, first_err = proc.communicate()
+    fed.set()
+    feeder.join(10)
     if sig == signal.SIGKILL:
-        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {first_err}"
     else:  # Ctrl-C: the run stops cleanly, says so, and exits 130
         assert proc.returncode == 130, first_err
         assert "interrupted: re-run to continue" in first_err and "Traceback" not in first_err
+    src.unlink()  # the re-run reads the same path, now the whole input
+    (tmp_path / "all.jsonl").rename(src)
     done_before = len(journal.read_text().splitlines())
     assert 0 < done_before < n
     again = _cli(*args, cwd=tmp_path)
