@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def test_an_indexed_policy_of_200_rules_decides_as_the_interpreter_and_by_hand(b
         assert bench.summary(got) == bench.hand_written(request)
 
 
-@pytest.mark.skipif(os.environ.get("REFUNDRY_LONG") != "1", reason="long run: set REFUNDRY_LONG=1")
+@pytest.mark.slow  # skipped unless REFUNDRY_LONG=1 (tests/conftest.py); .ci/run runs it
 def test_memory_stays_flat_over_a_million_evaluations_from_dicts(bench, tmp_path):
     bench.write_policy(tmp_path, 20)
     engine = refundry.Engine.from_path(tmp_path)
