@@ -107,9 +107,11 @@ class GroupCommit:
             # Pipelined: on PostgreSQL the group's inserts, its index rows and the commit go
             # without a round trip each, so the chain's lock is held for the reads' few.
             return self._commit_once(prepared, pipelined=True)
-        except Exception:  # noqa: BLE001 - nothing was written; once more, statement by
-            # statement, where an index that cannot be synced does not cost the group
-            pass
+        except Exception as exc:  # noqa: BLE001 - nothing was written; once more, statement
+            # by statement, where an index that cannot be synced does not cost the group. Said
+            # in the log: a pipeline that always fails would otherwise only show as slowness.
+            LOG.warning("pipelined commit failed; retrying it plainly",
+                        extra={"fields": {"error": str(exc)[:300]}})
         try:
             return self._commit_once(prepared, pipelined=False)
         except Exception as exc:  # noqa: BLE001 - the whole group is lost: say so to each
