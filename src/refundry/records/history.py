@@ -563,14 +563,17 @@ _PG_LOOKUPS = ("WITH l AS (SELECT * FROM unnest(?::bigint[], ?::text[], ?::text[
                "?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[]) AS "
                "u(n, request_id, client_id, customer, email, address, card, txn, start_at, "
                "short_at, end_at)) ")
+# As in ``_count_query``, only what ``_history_facts`` reads is counted: the short window for
+# the customer, the other customers for every other key.
 _PG_KEYED = ("SELECT l.n, '{name}', c.* FROM l CROSS JOIN LATERAL (SELECT "
-             "COUNT(*), COALESCE(SUM(CASE WHEN requested_at >= l.short_at THEN 1 ELSE 0 END), "
-             "0), COUNT(DISTINCT customer_key), COALESCE(MAX(CASE WHEN customer_key = "
-             "l.customer THEN 1 ELSE 0 END), 0) FROM (SELECT requested_at, customer_key FROM "
+             "COUNT(*), {counted} FROM (SELECT requested_at, customer_key FROM "
              "history_index WHERE client_id = l.client_id AND {name}_key = l.{name} AND "
              "requested_at >= l.start_at AND requested_at <= l.end_at AND request_id <> "
              f"l.request_id ORDER BY requested_at DESC LIMIT {MATCH_CAP}) AS recent) AS c "
              "WHERE l.{name} IS NOT NULL")
+_PG_SHORT = "COALESCE(SUM(CASE WHEN requested_at >= l.short_at THEN 1 ELSE 0 END), 0), 0, 0"
+_PG_OTHERS = ("0, COUNT(DISTINCT customer_key), COALESCE(MAX(CASE WHEN customer_key = "
+              "l.customer THEN 1 ELSE 0 END), 0)")
 _PG_OTHER_SIDE = ("SELECT 1 AS hit FROM history_index WHERE {name}_key = l.{name} AND client_id "
                   "{op} l.client_id AND requested_at >= l.start_at AND requested_at <= l.end_at "
                   "AND l.{name} IS NOT NULL LIMIT 1")
@@ -582,7 +585,8 @@ _PG_OTHER = ("SELECT l.n, 'other', (SELECT COUNT(*) FROM ("
 _PG_COUNTS = _PG_LOOKUPS + " UNION ALL ".join([
     "SELECT l.n, 'recorded', (SELECT COUNT(*) FROM history_index h WHERE h.request_id = "
     "l.request_id), 0, 0, 0 FROM l",
-    *(_PG_KEYED.format(name=name) for name in ("customer", "email", "address", "card")),
+    *(_PG_KEYED.format(name=name, counted=_PG_SHORT if name == "customer" else _PG_OTHERS)
+      for name in ("customer", "email", "address", "card")),
     _PG_OTHER,
 ])
 _PG_PRIOR = (f"{_PG_LOOKUPS}SELECT l.n, 'prior', p.amount, p.currency, p.decided_amount, "
@@ -642,14 +646,25 @@ def _count_query(lookups: Sequence[_Lookup]) -> tuple[str, list[Any]]:
             # Each branch is a range on its own index.
             # The newest MATCH_CAP rows only: counts saturate there, so one flooding customer
             # costs every later lookup a bounded read, not a scan of everything it sent.
-            parts.append(f"SELECT {n}, '{name}', COUNT(*), COALESCE(SUM(CASE WHEN requested_at "
-                         f">= ? THEN 1 ELSE 0 END), 0), COUNT(DISTINCT customer_key), "
+            # Only what ``_history_facts`` reads is counted (the short window for the customer,
+            # the other customers for the rest); the rest reads 0: a customer's distinct
+            # customers cost SQLite a temporary b-tree per request and said nothing.
+            if name == "customer":
+                parts.append(f"SELECT {n}, 'customer', COUNT(*), COALESCE(SUM(CASE WHEN "
+                             "requested_at >= ? THEN 1 ELSE 0 END), 0), 0, 0 FROM (SELECT "
+                             "requested_at FROM history_index WHERE client_id = ? AND "
+                             "customer_key = ? AND requested_at >= ? AND requested_at <= ? AND "
+                             f"request_id <> ? ORDER BY requested_at DESC LIMIT {MATCH_CAP}) "
+                             f"AS recent_customer_{n}")
+                args += [short, k.client_id, value, start, at, k.request_id]
+                continue
+            parts.append(f"SELECT {n}, '{name}', COUNT(*), 0, COUNT(DISTINCT customer_key), "
                          f"COALESCE(MAX(CASE WHEN customer_key = ? THEN 1 ELSE 0 END), 0) FROM "
-                         f"(SELECT requested_at, customer_key FROM history_index WHERE "
+                         f"(SELECT customer_key FROM history_index WHERE "
                          f"client_id = ? AND {name}_key = ? AND requested_at >= ? AND "
                          f"requested_at <= ? AND request_id <> ? ORDER BY requested_at DESC "
                          f"LIMIT {MATCH_CAP}) AS recent_{name}_{n}")
-            args += [short, k.customer, k.client_id, value, start, at, k.request_id]
+            args += [k.customer, k.client_id, value, start, at, k.request_id]
         other = _other_clients(k, start, at, n)
         if other is not None:
             parts.append(other[0])
