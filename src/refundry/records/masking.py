@@ -502,9 +502,12 @@ def _walk_rule_part(value: Any) -> Any:
     """``_walk_free(value, mask_value_plain)`` for a snapshot's rule part (a list of reasons,
     the ruleset), with the members that are the ruleset's text through ``_walk_rule_text``."""
     kind = type(value)
-    if kind is dict and str(value.get("rule_id", "")).startswith(_ENGINE_OWN):
+    rule_id = value.get("rule_id", "") if kind is dict else ""
+    if kind is dict and (type(rule_id) is not str or rule_id.startswith(_ENGINE_OWN)):
         # The engine's own reasons may name what the request sent (a client id, an `as_of`):
-        # masked afresh every time, like the request, never remembered.
+        # masked afresh every time, like the request, never remembered. So is a part whose
+        # rule id is not text, which no ruleset writes (``str`` of an integer too long to
+        # print raised here, where the plain masking gives a value).
         return _walk_free(value, mask_value_plain)
     if kind is dict:
         return {kept: (_walk_rule_text(v) if type(k) is str and k in _RULE_TEXT_KEYS
