@@ -371,7 +371,7 @@ class History:
                 if name == "prior":
                     prior[first + int(i)].append(values)
                 else:
-                    counts[first + int(i)][name] = tuple(int(v) for v in values)
+                    counts[first + int(i)][name] = tuple(map(int, values))
         answers = iter(self._facts_of(x, c, p) for x, c, p in zip(found, counts, prior, strict=True))
         return [None if x is None else next(answers) for x in lookups]
 
