@@ -558,10 +558,14 @@ class PostgresStore(RecordStore):
             return
         try:
             with self._conn.transaction():
+                # Dropping the old index waits for every reader of events; one that reads for
+                # long must not stall the writers queued behind: give up, and try next time.
+                cur.execute("SET LOCAL lock_timeout = '10s'")
                 for statement in upgrade(self.dialect, has_outcome):
                     cur.execute(statement)
         except self._psycopg.Error:
             pass
+        cur.execute("SET LOCAL lock_timeout TO DEFAULT")
 
     def _connect(self) -> Any:
         psycopg = self._psycopg
