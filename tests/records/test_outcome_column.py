@@ -136,3 +136,30 @@ def test_a_damaged_body_without_the_column_reads_as_no_outcome(store_url, engine
     with open_store(store_url) as store:
         assert _waiting(store) == ["w-2"]  # not an error: the guarded read gives NULL
         assert not store.verify().ok
+
+
+def test_the_queue_reads_its_index(tmp_path, engine):
+    """The queue's query names the index's expression, or it reads every event: each
+    statement the queue runs is planned on its own, through the index (SQLite plans the
+    same way at any size)."""
+    url = str(tmp_path / "records.db")
+    with open_store(url) as store:
+        _record(store, engine, ["w-1", "w-2"], waiting=True)
+        ran: list[tuple[str, tuple]] = []
+        query = store.query
+
+        def recording(sql, args=()):
+            ran.append((sql, tuple(args)))
+            return query(sql, args)
+
+        store.query = recording  # type: ignore[method-assign]
+        assert _waiting(store) == ["w-1", "w-2"]
+    queue = [(sql, args) for sql, args in ran if "manual_review" in sql]
+    assert len(queue) == 2  # the count and the page
+    conn = sqlite3.connect(url)
+    try:
+        for sql, args in queue:
+            plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            assert "USING INDEX events_review_outcome" in plan, plan
+    finally:
+        conn.close()
