@@ -82,8 +82,8 @@ _SCHEMA = (
 )
 # The review queue's index, on the ``outcome`` column the appender writes (``outcome_of``) and,
 # where it is NULL (an event appended before the column), on the body: on PostgreSQL the body's
-# guarded JSON read cost a parse of every inserted decision (about a sixth of the server's CPU
-# for an insert). The queue's query names the same expression (``RecordStore._queue_outcome``).
+# guarded JSON read parsed every inserted decision (about 15 us of the server's CPU each). The
+# queue's query names the same expression (``RecordStore._queue_outcome``), or it cannot use it.
 _REVIEW_INDEX = ("CREATE INDEX IF NOT EXISTS events_review_outcome ON events (seq) WHERE "
                  "type = 'evaluated' AND COALESCE(outcome, {outcome}) = 'manual_review'")
 # What differs: how a damaged (tampered) body reads as NULL rather than as an error, how
