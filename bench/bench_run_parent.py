@@ -40,16 +40,35 @@ record = runner.StoreRecorder(store, engine, "bench", index=history)
 plugins = plugins_with_history(store, history)
 spent = {}
 inner = runner.Batch.run
+import os, threading
+threads = {}
+def sample(stop):
+    # Each thread's CPU (utime + stime ticks), kept as last seen: the pool's threads (that
+    # pickle the work and unpickle the results) end with the pool.
+    while not stop.wait(0.02):
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                f = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            threads[tid] = int(f[11]) + int(f[12])
+stop = threading.Event()
+sampler = threading.Thread(target=sample, args=(stop,), daemon=True)
 def timed(self, *a, **k):
     prof = cProfile.Profile() if profile != "-" else None
     t0, w0 = time.process_time(), time.perf_counter()
     if prof: prof.enable()
+    sampler.start()
     try:
         return inner(self, *a, **k)
     finally:
         if prof:
             prof.disable(); prof.dump_stats(profile)
         spent["cpu"], spent["wall"] = time.process_time() - t0, time.perf_counter() - w0
+        stop.set(); sampler.join()
+        tick = os.sysconf("SC_CLK_TCK")
+        spent["main_thread"] = threads.get(str(os.getpid()), 0) / tick
+        spent["other_threads"] = sum(v for k, v in threads.items() if k != str(os.getpid())) / tick
 runner.Batch.run = timed
 summary = runner.run(source="jsonl", input_path=data, out=out, workers=int(workers),
                      rulesets=[rulesets], engine=engine, record=record, plugins=plugins,
@@ -91,7 +110,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--stores", default="sqlite,postgresql")
     ap.add_argument("--postgres", default=os.environ.get("REFUNDRY_TEST_POSTGRES_URL"))
-    ap.add_argument("--profile")
+    ap.add_argument("--profile", help="'-': one run of this tree, its threads' CPU")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -101,7 +120,9 @@ def main() -> None:
         if args.profile:
             kind, workers = args.stores.split(",")[0], int(args.workers.split(",")[0])
             got = once(here, kind, workers, data, tmp, args.postgres, args.profile)
-            print(f"{kind} x{workers}: {got['cpu'] * 1e6 / args.n:.0f} us/request, load {load()}")
+            print(f"{kind} x{workers}: {got['cpu'] * 1e6 / args.n:.0f} us/request (threads: main "
+                  f"{got['main_thread'] * 1e6 / args.n:.0f} incl. start-up, others "
+                  f"{got['other_threads'] * 1e6 / args.n:.0f}), load {load()}")
             return
         trees = [("branch", here)]
         if args.baseline:
@@ -113,7 +134,8 @@ def main() -> None:
                         before = load()
                         got = once(src, kind, workers, data, tmp, args.postgres)
                         print(f"round {r + 1} {kind} x{workers} {label:>8}: parent "
-                              f"{got['cpu'] * 1e6 / args.n:5.0f} us/request, "
+                              f"{got['cpu'] * 1e6 / args.n:5.0f} us/request (the pool's threads "
+                              f"{got['other_threads'] * 1e6 / args.n:3.0f}), "
                               f"{args.n / got['wall']:6.0f} requests/s, load {before} -> {load()}",
                               flush=True)
 
