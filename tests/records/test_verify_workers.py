@@ -165,6 +165,107 @@ def test_a_state_machine_problem_in_a_later_range_is_found_the_same(filled):
     assert not many.ok and many.broken_seq == seq and "`r-2`" in many.problem, many
 
 
+def _rewrite(raw: Raw, seq: int, **changes: Any) -> None:
+    """Event ``seq`` changed (its columns too) and every later link made good again, unsigned,
+    as a forger with the database but not the key writes: only the state machine can tell."""
+    _edit_body(raw, seq, rehash=True, unsigned=True, **changes)
+    for column in ("request_id", "type", "actor"):
+        if column in changes:
+            raw(f"UPDATE events SET {column} = ? WHERE seq = ?", (changes[column], seq))
+    last = raw("SELECT max(seq) FROM events")[0][0]
+    for later in range(seq + 1, last + 1):
+        prev = raw("SELECT hash FROM events WHERE seq = ?", (later - 1,))[0][0]
+        _edit_body(raw, later, rehash=True, unsigned=True, prev=prev)
+
+
+# The filled store, by range of 4: 1-4 and 5-6 open r-0 .. r-5; 7-8 approve r-1 (opened in the
+# first range), 9-12 deny r-3, process and refund r-0, note r-2 (all of cases opened before
+# their range), 13-14 dispute r-3, 15-20 open r-6 .. r-11.
+AT_A_BOUNDARY = {
+    # the first event of a range, of a case opened in an earlier one
+    "submitter denies, first of a range": (9, {"actor": "alice"}, "cannot review or resolve"),
+    # the last event of a range, the second approval by the first approver
+    "one approver twice, last of a range": (8, {"actor": "bob"}, "already approved"),
+    "refunded before processed, first of a range": (10, {"type": "refunded"}, "needs processed"),
+    "an event of a case never opened": (12, {"request_id": "r-99"}, "no `evaluated` event"),
+    # r-1, opened in the first range, opened again as the first event of the fourth
+    "a case opened again in a later range": (15, {"request_id": "r-1"}, "a second time"),
+    "a case opened again in the same range": (16, {"request_id": "r-6"}, "a second time"),
+}
+
+
+@pytest.mark.parametrize("where", AT_A_BOUNDARY)
+def test_a_state_machine_problem_at_a_range_boundary_is_found_the_same(filled, where):
+    seq, changes, problem = AT_A_BOUNDARY[where]
+    raw = Raw(filled["url"])
+    try:
+        raw("DROP INDEX IF EXISTS events_one_evaluation")  # else no case opens twice
+        _rewrite(raw, seq, **changes)
+    finally:
+        raw.close()
+    one, many = both(filled["url"])
+    same(one, many)
+    assert not many.ok and many.broken_seq == seq and problem in many.problem, many
+
+
+def test_the_last_event_of_a_range_changed_breaks_the_next_link(filled):
+    raw = Raw(filled["url"])
+    try:
+        _edit_body(raw, 2 * RANGE, rehash=True, unsigned=True, reference="forged")
+    finally:
+        raw.close()
+    one, many = both(filled["url"])
+    same(one, many)
+    assert not many.ok and many.broken_seq == 2 * RANGE + 1, many
+    assert f"event {2 * RANGE + 1} does not follow event {2 * RANGE}" in many.problem
+
+
+@pytest.fixture
+def no_second_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' ranges are joined as they are: verify does not fall back to one pass."""
+    def restart(_walk: Any) -> None:
+        raise AssertionError("verify went over the chain again in one process")
+
+    monkeypatch.setattr(events._ChainWalk, "restart", restart)
+
+
+def test_cases_across_ranges_are_joined_without_a_second_pass(filled, no_second_pass):
+    """Every range but the first and the last holds events of cases opened in the one before."""
+    one, many = both(filled["url"])
+    same(one, many)
+    assert many.ok and many.count == 20
+
+
+def test_a_threshold_set_in_an_earlier_range_holds_in_the_later_ones(store_url, engine,
+                                                                        no_second_pass):
+    """A four-eyes threshold raised in the first range: a 600 refund approved by one
+    reviewer three ranges on is right; lowered again, one approval of another is wrong."""
+    store = open_store(store_url, clock=StepClock())
+    try:
+        store.set_four_eyes_above("700", actor="admin")
+        for i in range(12):
+            req = make_request(f"t-{i}", client_id="acme", amount="600")
+            store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+        store.review("t-0", actor="bob", approve=True, reason="ok")  # event 14: 600 <= 700
+        assert store.case("t-0").status == "approved"
+        store.set_four_eyes_above("550", actor="admin")  # event 15
+        store.review("t-1", actor="bob", approve=True, reason="ok")  # event 16: one of two
+        assert store.case("t-1").status == "manual_review"
+    finally:
+        store.close()
+    one, many = both(store_url)
+    same(one, many)
+    assert many.ok and many.count == 16, many
+    raw = Raw(store_url)
+    try:
+        _rewrite(raw, 16, type="approved")
+    finally:
+        raw.close()
+    one, many = both(store_url)
+    same(one, many)
+    assert not many.ok and many.broken_seq == 16 and "it should be `reviewed`" in many.problem
+
+
 def test_random_mutations_are_found_the_same_in_workers(filled, tmp_path):
     if filled["url"].startswith("postgresql://"):
         pytest.skip("the mutations work on an SQLite file; the planted problems cover both")

@@ -1315,10 +1315,30 @@ class RecordStore:
             with self._range_reader() as read:
                 pool = _pool(workers) if read is not None else None
                 if read is not None and pool is not None:
-                    ranges = _in_workers(pool, workers, read, job, signatures, last)
+                    ranges = _in_workers(pool, workers, read,
+                                         attrs.evolve(job, thresholds=self._thresholds()),
+                                         signatures, last)
                     with contextlib.closing(ranges):
-                        return walk.run_ranges(ranges)
+                        result = walk.run_ranges(ranges)
+                    if result is not None:
+                        return result
+                    walk.restart()
         return walk.run(self._chain_rows(), signatures, job)
+
+    def _thresholds(self) -> tuple[tuple[int, Decimal], ...]:
+        """The four-eyes thresholds the store's settings name, by seq, read as the state
+        machine reads them, to tell each range where it starts (``_Job.thresholds``); one that
+        does not read is left out (the walk then finds it, or the join finds the range wrong)."""
+        found = []
+        for seq, body_text in self.query("SELECT seq, body FROM events WHERE request_id = ? AND "
+                                         "type = 'note' ORDER BY seq", (STORE_CASE,)):
+            try:
+                details = load_json(body_text).get("details")
+                if details.get("setting") == "four_eyes_above":
+                    found.append((int(seq), _parse_amount(details.get("value"))))
+            except (RecordError, ValueError, AttributeError, TypeError):
+                continue
+        return tuple(found)
 
     def _check_texts(self, used: set[str]) -> tuple[str, int]:
         """Every kept ruleset text matches its digest, and every one an event used is kept
@@ -1587,22 +1607,46 @@ class _Job:
     watermark: int
     counts: frozenset[int]  # the event counts signed checkpoints name
     expect_head: str | None
+    # (seq, value) of the store's four-eyes settings, read before the walk: what each range
+    # assumes its threshold starts at; the parent holds every range to the threshold the
+    # chain before it really left (``_ChainWalk._join``), and verifies in one process if not.
+    thresholds: tuple[tuple[int, Decimal], ...] = ()
+
+    def threshold_after(self, lo: int) -> Decimal:
+        value = DEFAULT_FOUR_EYES_ABOVE
+        for seq, setting in self.thresholds:
+            if seq <= lo:
+                value = setting
+        return value
 
 
 @attrs.define
 class _Checked:
-    """One range's events, checked as far as they can be without the events before them.
+    """One range checked by a worker as far as it can be without the events before it: every
+    row, and the state machine and index rows of the cases opened in the range; the parent
+    joins it to the chain before it (``_ChainWalk._join``) with no work an event but for the
+    events of cases opened before the range (``carried``).
 
-    ``events``: (seq, request_id, type, at, actor, hash, what the state machine reads of the
-    body, the index's item, flaw); a flaw ends the list: ``("row", problem)`` comes before the
-    state machine's check of that event, ``("signature", problem)`` and ``("raise",
-    exception)`` (a body no check foresaw) after it. The parent checks the first event's seq
-    and link (``link``, the ``prev`` its body names in a 1-tuple, None when the body was not
-    read that far; ``start``, the genesis event 1 names)."""
+    ``first``: the seq of the range's first event (0: none), whose seq and link the parent
+    checks (``link``, the ``prev`` its body names in a 1-tuple, None when the body was not
+    read that far; ``start``, the genesis event 1 names); ``last``: the seq and hash of the
+    last event checked clean. ``opened``: the ``_Fold`` fields of each case opened in the
+    range as it leaves it; ``rows``: their index rows. ``carried``: (seq, request_id, type,
+    at, actor, what the state machine reads of the body, the index's item, the threshold
+    then, the hash before it or None for the chain's so far). ``flaw``: the first problem
+    the range has of itself (seq, count, head or None, problem, or an exception one pass
+    would have raised there), after every carried event up to it."""
 
-    events: list[tuple[Any, ...]] = attrs.Factory(list)
+    first: int = 0
+    last: tuple[int, str] = (0, "")
     link: tuple[Any] | None = None
     start: str | None = None
+    threshold_in: Decimal = DEFAULT_FOUR_EYES_ABOVE
+    threshold_out: Decimal = DEFAULT_FOUR_EYES_ABOVE
+    opened: dict[str, tuple[Any, ...]] = attrs.Factory(dict)
+    rows: dict[str, tuple[Any, ...]] = attrs.Factory(dict)
+    carried: list[tuple[Any, ...]] = attrs.Factory(list)
+    flaw: tuple[int, int, str | None, Any] | None = None
     hash_at: dict[int, str] = attrs.Factory(dict)
     seen_head: bool = False
     digests: set[str] = attrs.Factory(set)
@@ -1632,67 +1676,99 @@ def _named_start(body_text: str | bytes, starts: Sequence[str]) -> str:
     return named if named in starts else starts[0]
 
 
-def _slim(type_: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the state machine (``_Lifecycle``, ``_Fold``) reads of a body, and no more: the
-    parent keeps each case's part to the end of the walk, and every byte crosses a pipe."""
-    slim = {"details": body["details"]} if "details" in body else {}
-    if type_ != "evaluated":
-        return slim
-    decision, request = body.get("decision"), body.get("request")
-    if "decision" in body:
-        slim["decision"] = ({k: decision[k] for k in ("outcome", "amount", "reasons")
-                             if k in decision} if isinstance(decision, dict) else decision)
-        reasons = slim["decision"].get("reasons") if isinstance(decision, dict) else None
-        if isinstance(reasons, list) and all(isinstance(r, dict) and isinstance(
-                r.get("code"), str | int | float | None) for r in reasons):
-            # Of the reasons, `required_approvals` asks only whether one has the four-eyes
-            # code; the rest were half of what crossed the pipe. Another shape goes whole,
-            # to fail in the parent as it fails in one process.
-            slim["decision"]["reasons"] = [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1]
-    if "request" in body:
-        slim["request"] = ({"amount": request["amount"]} if "amount" in request else {}) \
-            if isinstance(request, dict) else request
-    return slim
+def _fold_fields(fold: _Fold) -> tuple[Any, ...]:
+    """A case's state as it leaves a range, for the parent (``_Fold(*fields)``): of the
+    decision's reasons only the four-eyes one, which is all ``required_approvals`` asks of
+    them, unless they have another shape (then whole, to fail in the parent as in one pass);
+    the dispute, which no check reads, left out. Every byte crosses a pipe."""
+    decision = fold.decision
+    reasons = decision.get("reasons")
+    if isinstance(reasons, list) and all(isinstance(r, dict) and isinstance(
+            r.get("code"), str | int | float | None) for r in reasons):
+        decision = {"amount": decision.get("amount"),
+                    "reasons": [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1]}
+    return (fold.request_id, fold.submitter, decision, fold.request, fold.status,
+            fold.before_dispute, fold.approvals, None)
+
+
+def _first_row(out: _Checked, row: ChainRow, job: _Job) -> tuple[str, Any]:
+    """The range's first event, checked but for its seq and link, which the parent checks."""
+    seq, rid, type_, at, actor, body_text, hash_ = row
+    out.first = seq
+    if seq == 1:
+        out.start = _named_start(body_text, job.starts)
+    problem, body = _check_body(seq, type_, body_text, hash_, seq)
+    if not problem:
+        out.link = (body.get("prev"),)
+        problem = _columns_problem(seq, rid, type_, at, actor, body)
+    return problem, body
 
 
 def _check_range_rows(rows: Iterable[ChainRow], job: _Job,
-                      signatures: Mapping[int, tuple[str, str]]) -> _Checked:
+                      signatures: Mapping[int, tuple[str, str]], lo: int = 0) -> _Checked:
     """Check one range's rows (in seq order) apart from the chain before it, up to the first
-    flaw; of each body only what the state machine reads is kept (``_slim``)."""
+    flaw: each row, and the state machine and index rows of the cases it opens; the events of
+    cases opened before it are carried to the parent."""
     rebuild = Rebuild(job.salt) if job.salt is not None else None
-    out, expected, prev = _Checked(), 0, ""
-    for seq, rid, type_, at, actor, body_text, hash_ in rows:
-        if not expected:  # the range's first event: the parent checks its seq and link
+    lifecycle = _Lifecycle()
+    lifecycle.threshold = job.threshold_after(lo)
+    out, expected, prev = _Checked(threshold_in=lifecycle.threshold), 0, ""
+    for row in rows:
+        seq, rid, type_, at, actor, body_text, hash_ = row
+        if not expected:
+            problem, body = _first_row(out, row, job)
             expected = seq
-            if seq == 1:
-                out.start = _named_start(body_text, job.starts)
-            problem, body = _check_body(seq, type_, body_text, hash_, seq)
-            if not problem:
-                out.link = (body.get("prev"),)
-                problem = _columns_problem(seq, rid, type_, at, actor, body)
         else:
             problem, body = _check_row(seq, rid, type_, at, actor, body_text, hash_, expected, prev)
         if problem:
-            out.events.append((seq, rid, type_, at, actor, hash_, None, None, ("row", problem)))
-            return out
-        slim = _slim(type_, body)
-        try:
-            signed = check_event_signature(seq, body, hash_, signatures.get(seq))
-            out.digests.update(() if signed else _layer_digests(body))
-            item = (rebuild.read(seq, type_, body) if rebuild is not None and not signed
-                    and seq <= job.watermark and type_ in INDEXED_EVENTS else None)
-        except Exception as exc:  # noqa: BLE001 - raised by the parent where one pass raised it
-            out.events.append((seq, rid, type_, at, actor, hash_, slim, None, ("raise", exc)))
-            return out
-        out.events.append((seq, rid, type_, at, actor, hash_, slim, item,
-                           ("signature", signed) if signed else None))
-        if signed:
-            return out
+            out.flaw = (min(seq, expected), expected - 1, prev or None, problem)
+            break
+        flaw = _range_event(out, lifecycle, rebuild, job, signatures.get(seq),
+                            _Replayed(seq, rid, type_, at, actor, body), hash_, prev or None)
+        if flaw:
+            out.flaw = (seq, seq - 1, prev or None, flaw)
+            break
         if seq in job.counts:
             out.hash_at[seq] = hash_
         out.seen_head = out.seen_head or hash_ == job.expect_head
         expected, prev = seq + 1, hash_
+        out.last = (seq, hash_)
+    out.opened = {rid: _fold_fields(fold) for rid, fold in lifecycle.cases.items()}
+    out.rows = rebuild.rows if rebuild is not None else {}
+    out.threshold_out = lifecycle.threshold
     return out
+
+
+def _range_event(out: _Checked, lifecycle: _Lifecycle, rebuild: Rebuild | None, job: _Job,
+                 signed: tuple[str, str] | None, event: _Replayed, hash_: str,
+                 prev: str | None) -> str | Exception:
+    """One clean row's event in a worker, in one pass's order: the state machine (or, for a
+    case opened before the range, the event carried to the parent), the signature, the
+    layers used, the index; its problem, or what it raised, as one pass would meet it."""
+    seq, rid, type_, _at, _actor, body = event
+    carried = rid != STORE_CASE and type_ != "evaluated" and rid not in lifecycle.cases
+    try:
+        if carried:
+            # Only its details: the state machine reads no more of an event after `evaluated`.
+            slim = {"details": body["details"]} if "details" in body else {}
+            out.carried.append((seq, rid, type_, event.at, event.actor, slim, None,
+                                lifecycle.threshold, prev))
+            problem = ""
+        else:
+            problem = lifecycle.check(event)
+        problem = problem or check_event_signature(seq, body, hash_, signed)
+        if problem:
+            return problem
+        out.digests.update(_layer_digests(body))
+        if rebuild is not None and seq <= job.watermark and type_ in INDEXED_EVENTS:
+            if carried:
+                out.carried[-1] = (*out.carried[-1][:6], rebuild.read(seq, type_, body),
+                                   *out.carried[-1][7:])
+            else:
+                rebuild.add(seq, type_, body)
+    except Exception as exc:  # noqa: BLE001 - raised by the parent where one pass raised it
+        return exc
+    return ""
 
 
 def _idle_workers(events: int) -> int:
@@ -1713,7 +1789,7 @@ def _check_range(read: Callable[[int, int | None], Iterable[ChainRow]], job: _Jo
     """A worker process's task: the events ``lo < seq <= hi`` (to the end when ``hi`` is None),
     read over a connection of its own."""
     with _collector_paused():
-        return _check_range_rows(read(lo, hi), job, signatures)
+        return _check_range_rows(read(lo, hi), job, signatures, lo)
 
 
 def _ranges(last: int) -> list[tuple[int, int | None]]:
@@ -1767,7 +1843,7 @@ class _ChainWalk:
 
     def __init__(self, starts: Sequence[str], expect_head: str | None,
                  index: tuple[Rebuild, int] | None = None) -> None:
-        self.starts, self.expect_head = tuple(starts), expect_head
+        self.starts, self.expect_head, self._index = tuple(starts), expect_head, index
         self.rebuild: Rebuild | None = index[0] if index is not None else None
         self.digests: set[str] = set()
         self.hash_at: dict[int, str] = {}
@@ -1775,6 +1851,12 @@ class _ChainWalk:
         self.expected, self.prev = 1, self.starts[0]
         self.seen_head = expect_head is None or expect_head in (GENESIS, *self.starts)
         self.lifecycle = _Lifecycle()
+
+    def restart(self) -> None:
+        """Back to the first event, as made: ``run`` after ``run_ranges`` gave up."""
+        index = self._index
+        self.__init__(self.starts, self.expect_head,  # type: ignore[misc]
+                      None if index is None else (Rebuild(index[0].salt), index[1]))
 
     def run(self, rows: Iterable[ChainRow], signatures: Mapping[int, tuple[str, str]],
             job: _Job) -> Verification:
@@ -1804,15 +1886,14 @@ class _ChainWalk:
         self.expected, self.prev, self.seen_head = expected_seq, prev, seen_head
         return self._end()
 
-    def run_ranges(self, ranges: Iterable[_Checked]) -> Verification:
-        """What worker processes checked, range by range in seq order, linked and replayed."""
+    def run_ranges(self, ranges: Iterable[_Checked]) -> Verification | None:
+        """What worker processes checked, range by range in seq order, joined; None when a
+        range's assumption about the chain before it did not hold (a case opened twice across
+        ranges, another four-eyes threshold than it assumed): one pass then says what."""
         for checked in ranges:
-            broken = self._replay(checked)
-            if broken is not None:
-                return broken
-            self.digests |= checked.digests
-            self.hash_at.update(checked.hash_at)
-            self.seen_head = self.seen_head or checked.seen_head
+            joined = self._join(checked)
+            if not isinstance(joined, str):  # the chain's answer, or None
+                return joined
         return self._end()
 
     def _end(self) -> Verification:
@@ -1824,28 +1905,54 @@ class _ChainWalk:
                                 "events were removed from the end or rewritten")
         return Verification(True, self.count, self.head)
 
-    def _replay(self, checked: _Checked) -> Verification | None:
-        lifecycle, rebuild = self.lifecycle, self.rebuild
-        for seq, rid, type_, at, actor, hash_, slim, item, flaw in checked.events:
-            problem = ""
-            if seq != self.expected:
-                problem = _seq_problem(seq, self.expected)
-            elif seq == checked.events[0][0]:
-                problem = self._link(seq, checked)
-            if not problem and flaw is not None and flaw[0] == "row":
-                problem = flaw[1]
-            if not problem:
-                problem = lifecycle.check(_Replayed(seq, rid, type_, at, actor, slim))
-            if not problem and flaw is not None:
-                if flaw[0] == "raise":  # what one pass raised after this event's state machine
-                    raise flaw[1]
-                problem = flaw[1]
+    def _join(self, checked: _Checked) -> Verification | str | None:
+        """One range joined to the chain so far: its first event's seq and link, what it
+        assumed, the events it carried of earlier cases, its own first flaw; then what it
+        leaves ("joined"), or the chain's answer, or None (see ``run_ranges``)."""
+        first, lifecycle = checked.first, self.lifecycle
+        if first and first != self.expected:
+            return Verification(False, self.expected - 1, self.prev, min(first, self.expected),
+                                _seq_problem(first, self.expected))
+        problem = self._link(first, checked) if first else ""
+        if problem:
+            return Verification(False, first - 1, self.prev, first, problem)
+        if checked.threshold_in != lifecycle.threshold \
+                or not lifecycle.cases.keys().isdisjoint(checked.opened):
+            return None
+        broken = self._carried(checked.carried)
+        if broken is not None:
+            return broken
+        if checked.flaw is not None:
+            seq, count, head, flaw = checked.flaw
+            if isinstance(flaw, Exception):  # what one pass raised after this event's checks
+                raise flaw
+            return Verification(False, count, self.prev if head is None else head, seq, flaw)
+        lifecycle.cases.update(checked.opened)  # type: ignore[arg-type] # made a _Fold when read
+        lifecycle.threshold = checked.threshold_out
+        if self.rebuild is not None:
+            self.rebuild.rows.update(checked.rows)
+        if first:
+            self.expected, self.prev = checked.last[0] + 1, checked.last[1]
+        self.digests |= checked.digests
+        self.hash_at.update(checked.hash_at)
+        self.seen_head = self.seen_head or checked.seen_head
+        return "joined"
+
+    def _carried(self, carried: Iterable[tuple[Any, ...]]) -> Verification | None:
+        """The state machine over a range's events of cases opened before it, each case's
+        state made a ``_Fold`` from a worker's fields when first read."""
+        lifecycle, rebuild, cases = self.lifecycle, self.rebuild, self.lifecycle.cases
+        for seq, rid, type_, at, actor, slim, item, threshold, prev in carried:
+            fold: Any = cases.get(rid)
+            if fold.__class__ is tuple:
+                cases[rid] = _Fold(*fold)
+            lifecycle.threshold = threshold
+            problem = lifecycle.check(_Replayed(seq, rid, type_, at, actor, slim))
             if problem:
-                return Verification(False, self.expected - 1, self.prev,
-                                    min(seq, self.expected), problem)
+                return Verification(False, seq - 1, self.prev if prev is None else prev, seq,
+                                    problem)
             if item is not None and rebuild is not None:
                 rebuild.apply(type_, item)
-            self.expected, self.prev = seq + 1, hash_
         return None
 
     def _link(self, seq: int, checked: _Checked) -> str:
