@@ -1683,7 +1683,7 @@ def _fold_fields(fold: _Fold) -> tuple[Any, ...]:
     the dispute, which no check reads, left out. Every byte crosses a pipe."""
     decision = fold.decision
     reasons = decision.get("reasons")
-    if isinstance(reasons, list) and all(isinstance(r, dict) and isinstance(
+    if reasons and isinstance(reasons, list) and all(isinstance(r, dict) and isinstance(
             r.get("code"), str | int | float | None) for r in reasons):
         decision = {"amount": decision.get("amount"),
                     "reasons": [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1]}
