@@ -1277,10 +1277,10 @@ class RecordStore:
         cut and the whole was not rewritten. Whoever can write to the database can still append
         well-formed events; the state machine check refuses those that break the rules.
 
-        ``workers``: the processes that read and check the events, range by range, while this
-        one replays the state machine over them (None: one per idle core, up to four, for a
-        store of ``VERIFY_PROCESSES_FROM`` events or more; 0 or 1: none); the answer is the
-        same.
+        ``workers``: the processes that read and check the events, range by range, the state
+        machine of the cases each range opens included, while this one joins the ranges (None:
+        one per idle core, up to four, for a store of ``VERIFY_PROCESSES_FROM`` events or more;
+        0 or 1: none); the answer is the same.
         """
         if self._get_meta("salt") is None:
             return Verification(False, 0, GENESIS, None, "`meta.salt` is missing: the store's "
@@ -1590,10 +1590,11 @@ def _read_body(text: str | bytes, type_: str) -> Any:
 
 # Verify in worker processes: a store of at least VERIFY_PROCESSES_FROM events is cut into ranges
 # of VERIFY_RANGE events; each worker reads its range over a connection of its own and checks all
-# that needs no event before the range (hashes, decoding, links, columns, signatures, the index
-# rows a body makes), and the parent replays the state machine over what they hand back, in seq
-# order, linking each range to the one before. A smaller store stays in one process: starting the
-# workers costs more than they save there.
+# that needs no event before the range (hashes, decoding, links, columns, signatures, the state
+# machine and index rows of the cases the range opens), and the parent joins what they hand back
+# in seq order: each range linked to the one before, the events of cases opened in an earlier
+# range replayed on those cases' states (``_Checked``). A smaller store stays in one process:
+# starting the workers costs more than they save there.
 VERIFY_RANGE = 5_000
 VERIFY_PROCESSES_FROM = 20_000
 
