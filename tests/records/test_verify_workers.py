@@ -1,9 +1,11 @@
 """verify in worker processes gives the answer verify in one process gives.
 
 With ``workers`` > 1 the chain is cut into ranges of ``VERIFY_RANGE`` events, each read and
-checked in a process of its own, and the parent replays the state machine over them and links
-each range to the one before. Here a range is 4 events, so the 20-event store below spans five
-ranges; every answer is compared, field by field, with the one-process answer on the same store.
+checked in a process of its own (the state machine of the cases it opens included), and the
+parent links each range to the one before and replays the events of cases an earlier range
+opened. Here a range is 4 events, so the 20-event store below spans five ranges, and most of its
+cases' events fall in a later range than their opening; every answer is compared, field by
+field, with the one-process answer on the same store.
 """
 
 from __future__ import annotations
