@@ -210,6 +210,28 @@ def test_a_state_machine_problem_at_a_range_boundary_is_found_the_same(filled, w
     assert not many.ok and many.broken_seq == seq and problem in many.problem, many
 
 
+def test_a_case_opened_again_across_ranges_is_named_by_one_pass(filled, monkeypatch):
+    """The range that opens r-1 again cannot know it was opened before: the parent sees it,
+    and verify goes over the chain again in one process, which names the event."""
+    passes: list[int] = []
+    restart = events._ChainWalk.restart
+
+    def counted(walk: Any) -> None:
+        passes.append(1)
+        restart(walk)
+
+    raw = Raw(filled["url"])
+    try:
+        raw("DROP INDEX IF EXISTS events_one_evaluation")
+        _rewrite(raw, 15, request_id="r-1")
+    finally:
+        raw.close()
+    monkeypatch.setattr(events._ChainWalk, "restart", counted)
+    one, many = both(filled["url"])
+    same(one, many)
+    assert passes == [1] and many.broken_seq == 15 and "`r-1` a second time" in many.problem
+
+
 def test_the_last_event_of_a_range_changed_breaks_the_next_link(filled):
     raw = Raw(filled["url"])
     try:
