@@ -121,6 +121,17 @@ def _plant(raw: Raw, where: str) -> None:
         raw("DELETE FROM signatures WHERE seq = ?", (3 * RANGE + 2,))
     elif where == "index row":
         raw("DELETE FROM history_index WHERE request_id = 'r-7'")
+    elif where == "index row a later range sets":  # r-0, refunded two ranges after it opened
+        raw("UPDATE history_index SET status = 'processed' WHERE request_id = 'r-0'")
+    elif where == "index row, a column no later event sets":
+        raw("UPDATE history_index SET client_id = 'other' WHERE request_id = 'r-9'")
+    elif where == "index row no event made":
+        raw("INSERT INTO history_index SELECT 'r-zz', seq, client_id, requested_at, customer_key, "
+            "email_key, address_key, card_key, transaction_key, amount, currency, "
+            "transaction_amount, decided_amount, outcome, status FROM history_index "
+            "WHERE request_id = 'r-8'")
+    elif where == "index row moved to another range":
+        raw("UPDATE history_index SET seq = 3 WHERE request_id = 'r-10'")
 
 
 PLANTED = {
@@ -133,6 +144,12 @@ PLANTED = {
     "last event": (20, "column `type` differs"),
     "signature in a later range": (3 * RANGE + 2, "but its signature is missing"),
     "index row": (None, "history_index has no row for request `r-7`"),
+    "index row a later range sets": (None, "row for request `r-0` differs from the chain in "
+                                     "`status`"),
+    "index row, a column no later event sets": (None, "`r-9` differs from the chain in "
+                                                "`client_id`"),
+    "index row no event made": (None, "a row for request `r-zz` that no event"),
+    "index row moved to another range": (None, "`r-10` differs from the chain in `seq`"),
 }
 
 
@@ -258,6 +275,25 @@ def test_cases_across_ranges_are_joined_without_a_second_pass(filled, no_second_
     one, many = both(filled["url"])
     same(one, many)
     assert many.ok and many.count == 20
+
+
+def test_the_workers_settle_the_index_themselves(filled, no_second_pass, monkeypatch):
+    """On a whole store the workers' comparisons settle the index check (rows of cases that
+    later ranges change included): the parent neither rebuilds the rows nor reads the table."""
+    store = open_store(filled["url"], create=False)
+    try:
+        one = store.verify(workers=1)
+
+        def rebuilt(*_args: Any) -> None:
+            raise AssertionError("the parent rebuilt the index rows")
+
+        monkeypatch.setattr(events, "expected_rows", rebuilt)
+        monkeypatch.setattr(events, "index_problem", rebuilt)
+        many = store.verify(workers=2)
+    finally:
+        store.close()
+    same(one, many)
+    assert many.ok
 
 
 def test_a_threshold_set_in_an_earlier_range_holds_in_the_later_ones(store_url, engine,

@@ -52,8 +52,10 @@ from refundry.records.index import (
     Rebuild,
     expected_rows,
     index_problem,
+    later_rows_settled,
     load_json,
     parse_watermark,
+    range_rows_settled,
 )
 from refundry.records.masking import (
     DECISION_MONEY,
@@ -1300,7 +1302,7 @@ class RecordStore:
             # The anchor first: a cut or a restored copy explains whatever the others find.
             problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
             texts_problem, texts = self._check_texts(walk.digests)
-            problem = problem or texts_problem or self._check_history(walk.rebuild, mark)
+            problem = problem or texts_problem or self._check_history(walk.rebuild, mark, walk)
         if problem:
             return attrs.evolve(result, ok=False, problem=problem, texts=texts)
         return attrs.evolve(result, texts=texts, anchored=bool(signed),
@@ -1372,10 +1374,13 @@ class RecordStore:
         except (RecordError, ValueError):
             return None
 
-    def _check_history(self, rebuild: Rebuild | None = None, mark: int | None = None) -> str:
+    def _check_history(self, rebuild: Rebuild | None = None, mark: int | None = None,
+                       walk: _ChainWalk | None = None) -> str:
         """The history index against the rows the chain makes up to its watermark ("" if they
         agree, or if the store has no index). ``rebuild``: those rows, made by the chain walk
-        up to ``mark``; read again if the index has moved since (a writer synced it)."""
+        up to ``mark``; read again if the index has moved since (a writer synced it). ``walk``:
+        with workers, what they found comparing the rows themselves; when that settles it, the
+        table is only counted, else read whole and compared here, which names the problem."""
         try:
             mark_now = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
         except RecordError:  # no index: nothing derived to check
@@ -1384,7 +1389,11 @@ class RecordStore:
             watermark = parse_watermark(mark_now[0][0]) if mark_now else 0
         except ValueError as exc:
             return str(exc)
+        if walk is not None and walk.index_count and watermark == mark and walk.index_agrees(
+                int(self.query("SELECT count(*) FROM history_index")[0][0])):
+            return ""
         expected = (rebuild.rows if rebuild is not None and watermark == mark
+                    and not (walk is not None and walk.index_count)
                     else expected_rows(self._indexed(watermark), self.salt))
         actual = self.query(f"SELECT {', '.join(COLUMNS)} FROM history_index")
         return index_problem(expected, actual, watermark)
@@ -1632,7 +1641,10 @@ class _Checked:
     checks (``link``, the ``prev`` its body names in a 1-tuple, None when the body was not
     read that far; ``start``, the genesis event 1 names); ``last``: the seq and hash of the
     last event checked clean. ``opened``: the ``_Fold`` fields of each case opened in the
-    range as it leaves it; ``rows``: their index rows. ``carried``: (seq, request_id, type,
+    range as it leaves it; ``rows``: their index rows, unless the worker held them to the
+    table's itself (``index``: whether they agree but for what a later event may set, how many,
+    those rows' (decided_amount, status) made and in the table, and the cases opened here that
+    made no row). ``carried``: (seq, request_id, type,
     at, actor, what the state machine reads of the body, the index's item, the threshold
     then, the hash before it or None for the chain's so far). ``flaw``: the first problem
     the range has of itself (seq, count, head or None, problem, or an exception one pass
@@ -1646,6 +1658,7 @@ class _Checked:
     threshold_out: Decimal = DEFAULT_FOUR_EYES_ABOVE
     opened: dict[str, tuple[Any, ...]] = attrs.Factory(dict)
     rows: dict[str, tuple[Any, ...]] = attrs.Factory(dict)
+    index: tuple[bool, int, dict[str, tuple[Any, ...]], list[str]] | None = None
     carried: list[tuple[Any, ...]] = attrs.Factory(list)
     flaw: tuple[int, int, str | None, Any] | None = None
     hash_at: dict[int, str] = attrs.Factory(dict)
@@ -1794,7 +1807,17 @@ def _check_range(read: Callable[[int, int | None], Iterable[ChainRow]], job: _Jo
     """A worker process's task: the events ``lo < seq <= hi`` (to the end when ``hi`` is None),
     read over a connection of its own."""
     with _collector_paused():
-        return _check_range_rows(read(lo, hi), job, signatures, lo)
+        out = _check_range_rows(read(lo, hi), job, signatures, lo)
+        index_rows = getattr(read, "index_rows", None)
+        if job.salt is not None and out.flaw is None and index_rows is not None:
+            # The table's rows of this range's cases read and compared here, in parallel, not
+            # every row pickled to the parent to be read and compared there again.
+            settled, differ = range_rows_settled(out.rows, index_rows(list(out.rows)))
+            settled = settled and out.rows.keys() <= out.opened.keys()  # each row its case's
+            out.index = (settled, len(out.rows), differ,
+                         [rid for rid in out.opened if rid not in out.rows])
+            out.rows = {}
+        return out
 
 
 def _ranges(last: int) -> list[tuple[int, int | None]]:
@@ -1856,6 +1879,11 @@ class _ChainWalk:
         self.expected, self.prev = 1, self.starts[0]
         self.seen_head = expect_head is None or expect_head in (GENESIS, *self.starts)
         self.lifecycle = _Lifecycle()
+        # The index rows the workers held to the table themselves (``_Checked.index``): all
+        # agreed so far, how many, those a later event may still set, the cases with no row.
+        self.index_settled, self.index_count = True, 0
+        self.index_later: dict[str, tuple[Any, ...]] = {}
+        self.unindexed: set[str] = set()
 
     def restart(self) -> None:
         """Back to the first event, as made: ``run`` after ``run_ranges`` gave up."""
@@ -1939,6 +1967,12 @@ class _ChainWalk:
         lifecycle.threshold = checked.threshold_out
         if self.rebuild is not None:
             self.rebuild.rows.update(checked.rows)
+        if checked.index is not None:
+            settled, count, later, unindexed = checked.index
+            self.index_settled = self.index_settled and settled
+            self.index_count += count
+            self.index_later.update(later)
+            self.unindexed.update(unindexed)
         if first:
             self.expected, self.prev = checked.last[0] + 1, checked.last[1]
         self.digests |= checked.digests
@@ -1960,8 +1994,28 @@ class _ChainWalk:
                 return Verification(False, seq - 1, self.prev if prev is None else prev, seq,
                                     problem)
             if item is not None and rebuild is not None:
-                rebuild.apply(type_, item)
+                self._index_update(rebuild, type_, item)
         return None
+
+    def _index_update(self, rebuild: Rebuild, type_: str, item: tuple[Any, ...]) -> None:
+        """A later event's change to the index row of a case an earlier range opened."""
+        rid = item[2]
+        if rid in rebuild.rows:  # a row the parent holds (no worker compared it)
+            rebuild.apply(type_, item)
+        elif rid in self.index_later:
+            amount, _status, *had = self.index_later[rid]
+            self.index_later[rid] = (amount if item[1] is None else item[1], item[0], *had)
+        elif self.index_count and rid not in self.unindexed:
+            # A row a worker found as the table has it, changed by a later event: only the
+            # whole check can say how it now differs (or not).
+            self.index_settled = False
+
+    def index_agrees(self, table_rows: int) -> bool:
+        """Whether the rows the workers compared settle the index check: every one agreed,
+        but for what later events set, which now agrees too, and the table holds no more."""
+        return (self.index_count > 0 and self.index_settled and table_rows == self.index_count
+                and not (self.rebuild is not None and self.rebuild.rows)
+                and later_rows_settled(self.index_later.values()))
 
     def _link(self, seq: int, checked: _Checked) -> str:
         """What is wrong with the link from the chain so far to a range's first event."""
