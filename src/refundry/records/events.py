@@ -1644,11 +1644,11 @@ class _Checked:
     range as it leaves it; ``rows``: their index rows, unless the worker held them to the
     table's itself (``index``: whether they agree but for what a later event may set, how many,
     those rows' (decided_amount, status) made and in the table, and the cases opened here that
-    made no row). ``carried``: (seq, request_id, type,
-    at, actor, what the state machine reads of the body, the index's item, the threshold
-    then, the hash before it or None for the chain's so far). ``flaw``: the first problem
-    the range has of itself (seq, count, head or None, problem, or an exception one pass
-    would have raised there), after every carried event up to it."""
+    made no row). ``carried``: (seq, request_id, type, at, actor, what the state machine reads
+    of the body, the index's item, the threshold then, the hash before it or None for the
+    chain's so far). ``flaw``: the first problem the range has of itself (seq, count, head or
+    None, problem, or an exception one pass would have raised there), after every carried
+    event up to it."""
 
     first: int = 0
     last: tuple[int, str] = (0, "")
