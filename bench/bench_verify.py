@@ -13,7 +13,8 @@ processed, and of those half refunded. Then each tree verifies that same store K
 `store.verify()` only (start-up and opening excluded), and the best run of each is printed as
 events/s with the ratio, and the CPU time per event of that run (the process and verify's
 worker processes; and the process alone, with workers the serial part) and the least of any
-run; `--workers 1,2` also times this tree with `verify(workers=N)`. `--floor` measures, with
+run; `--workers 1,2` also times this tree, and the baseline with more than one, with
+`verify(workers=N)`. `--floor` measures, with
 this tree, the CPU per event of only reading the rows as the walk reads them, then hashing them
 too, then decoding them too: what no verify in one process goes under. Verify only reads: both
 trees see the same bytes. A PostgreSQL store's schema is dropped at the end. Timing lives here,
@@ -164,9 +165,15 @@ def main() -> None:
     args = options()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        trees = [(args.baseline, tree_of(args.baseline, tmp), "default")] if args.baseline else []
+        counts = [n for n in args.workers.split(",") if n]
+        trees = []
+        if args.baseline:
+            base = tree_of(args.baseline, tmp)
+            trees.append((args.baseline, base, "default"))
+            # Its workers too: where both trees use them, that is the comparison to read.
+            trees += [(f"{args.baseline}, workers={n}", base, n) for n in counts if n != "1"]
         trees.append(("this tree", ROOT / "src", "default"))
-        trees += [(f"this tree, workers={n}", ROOT / "src", n) for n in args.workers.split(",") if n]
+        trees += [(f"this tree, workers={n}", ROOT / "src", n) for n in counts]
         for kind in args.stores.split(","):
             if kind == "postgresql" and not args.postgres:
                 continue
