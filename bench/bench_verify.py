@@ -14,9 +14,9 @@ processed, and of those half refunded. Then each tree verifies that same store K
 events/s with the ratio, and the CPU time per event of that run (the process and verify's
 worker processes; and the process alone, with workers the serial part) and the least of any
 run; `--workers 1,2` also times this tree, and the baseline with more than one, with
-`verify(workers=N)`. `--floor` measures, with
-this tree, the CPU per event of only reading the rows as the walk reads them, then hashing them
-too, then decoding them too: what no verify in one process goes under. Verify only reads: both
+`verify(workers=N)`. `--floor` measures, with this tree, the CPU per event of only reading the
+rows as the walk reads them, then hashing them too, then decoding them too: what no verify in
+one process goes under. Verify only reads: both
 trees see the same bytes. A PostgreSQL store's schema is dropped at the end. Timing lives here,
 never in the test suite.
 """
