@@ -346,6 +346,40 @@ def test_random_mutations_are_found_the_same_in_workers(filled, tmp_path):
         assert not many.ok, what
 
 
+def test_random_index_edits_are_found_the_same_in_workers(filled, tmp_path):
+    """The workers hold the index rows of their ranges to the table themselves: any edit of
+    it is named as one process names it."""
+    if filled["url"].startswith("postgresql://"):
+        pytest.skip("the edits work on an SQLite file; the planted ones cover both")
+    rng = random.Random(20261202)
+    columns = [r[1] for r in sqlite3.connect(filled["url"]).execute(
+        "PRAGMA table_info(history_index)")]
+    broken = 0
+    for i in range(60):
+        copy = tmp_path / f"x{i % 2}.db"
+        shutil.copyfile(filled["url"], copy)
+        conn = sqlite3.connect(copy, isolation_level=None)
+        rid = f"r-{rng.randrange(12)}"
+        kind = rng.choice(["cell", "cell", "delete", "insert"])
+        if kind == "cell":
+            column = rng.choice(columns)
+            value = rng.choice(["approved", "processed", "0", "1", "", "x", 3, None])
+            with contextlib.suppress(sqlite3.IntegrityError):  # NOT NULL, the key
+                conn.execute(f"UPDATE history_index SET {column} = ? WHERE request_id = ?",
+                             (value, rid))
+        elif kind == "delete":
+            conn.execute("DELETE FROM history_index WHERE request_id = ?", (rid,))
+        else:
+            conn.execute("INSERT OR IGNORE INTO history_index SELECT 'r-new', seq + ?, "
+                         + ", ".join(columns[2:]) + " FROM history_index WHERE request_id = ?",
+                         (rng.randrange(-3, 4), rid))
+        conn.close()
+        one, many = both(str(copy))
+        assert attrs.asdict(many) == attrs.asdict(one), (kind, rid)
+        broken += not many.ok
+    assert broken > 50  # the few left whole set a value the row already had
+
+
 def test_workers_start_only_for_a_large_store_on_idle_cores(filled, monkeypatch):
     """Unless asked for, workers start for VERIFY_PROCESSES_FROM events or more and only on
     idle cores: below that, or on a busy machine, they cost more than they save."""
