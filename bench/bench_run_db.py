@@ -18,6 +18,7 @@ Timing lives here, never in the test suite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,8 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+
+from pg_server_cpu import ServerCPU
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = json.loads((ROOT / "examples" / "request.json").read_text())
@@ -78,8 +81,9 @@ def store_url(kind: str, pg: str | None, tmp: Path) -> str:
     return f"{pg}{sep}schema=bench_{uuid.uuid4().hex[:10]}"
 
 
-def cli(src: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(src)}
+def cli(src: Path, args: list[str], extra_env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(src), **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "refundry.cli", *args], capture_output=True,
                           text=True, env=env)
 
@@ -101,14 +105,21 @@ def one(label: str, src: Path, kind: str, workers: int, data: Path, n: int, pg: 
 def measure(label: str, src: Path, kind: str, workers: int, data: Path, n: int, tmp: Path,
             db: str) -> dict[str, object]:
     out = tmp / f"out-{uuid.uuid4().hex[:8]}.jsonl"
-    cpu0 = _children_cpu()
-    done = cli(src, ["run", "--source", "jsonl", "--input", str(data), "--out", str(out),
-                     "--rulesets", str(ROOT / "rulesets"), "--workers", str(workers),
-                     "--db", db, "--by", "bench"])
+    with contextlib.ExitStack() as stack:
+        # The database server's CPU for the run's connections, where it is PostgreSQL.
+        pg = stack.enter_context(ServerCPU(db)) if kind == "postgresql" else None
+        if pg:
+            pg.start()
+        cpu0 = _children_cpu()
+        done = cli(src, ["run", "--source", "jsonl", "--input", str(data), "--out", str(out),
+                         "--rulesets", str(ROOT / "rulesets"), "--workers", str(workers),
+                         "--db", db, "--by", "bench"], pg.env if pg else None)
+        cpu = _children_cpu() - cpu0
+        if pg:
+            pg.stop()
     if done.returncode != 0:
         sys.exit(f"{label} {kind} x{workers}: {done.stderr[-2000:]}")
     seconds = float(re.search(r"seconds (\d+\.\d+)", done.stderr).group(1))  # type: ignore[union-attr]
-    cpu = _children_cpu() - cpu0
     verified = subprocess.run([sys.executable, "-c", VERIFY, db], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(src)})
     if verified.returncode != 0:
@@ -119,6 +130,9 @@ def measure(label: str, src: Path, kind: str, workers: int, data: Path, n: int, 
             # CPU of the run's own process and its workers (not the database server's): on a
             # machine others load, the rate per CPU second is what compares between trees.
             "cpu_seconds": round(cpu, 2), "requests_per_cpu_second": round(n / cpu),
+            # The PostgreSQL server's CPU for the run's connections (its backends, from /proc).
+            "pg_server_us_per_request": None if pg is None or pg.seconds is None
+            else round(pg.seconds * 1e6 / n),
             "verify_seconds": round(verify_s, 3), "events_per_second": round(n / verify_s)}
 
 

@@ -40,6 +40,8 @@ import uuid
 import zlib
 from pathlib import Path
 
+from pg_server_cpu import ServerCPU
+
 ROOT = Path(__file__).resolve().parents[1]
 EXE = [str(Path(sys.executable).parent / "refundry")]
 REQUEST = json.loads((ROOT / "examples" / "request.json").read_text(encoding="utf-8"))
@@ -123,10 +125,11 @@ def _command(src: Path | None) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "refundry.cli"], {**os.environ, "PYTHONPATH": str(src)}
 
 
-def _serve(tmp: Path, db: str, processes: int,
-           src: Path | None = None) -> tuple[subprocess.Popen, int, str]:
+def _serve(tmp: Path, db: str, processes: int, src: Path | None = None,
+           extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, str]:
     tokens = tmp / "tokens.json"
     exe, env = _command(src)
+    env = {**env, **(extra_env or {})}
     # A token for the request's client only: `*` is for admins (docs/security.md).
     token = subprocess.run([*exe, "serve", "--tokens", str(tokens), "--issue", "bench",
                             "--client", REQUEST["client_id"]], env=env,
@@ -176,14 +179,20 @@ def bench_api(db_kind: str, seconds: float, concurrency: int, record: bool,
 
 def _api_once(db_kind: str, seconds: float, concurrency: int, record: bool, processes: int,
               src: Path | None) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         db, cleanup = _db(db_kind, Path(tmp))
-        proc, port, token = _serve(Path(tmp), db, processes, src)
+        # The database server's CPU for the service's connections, where it is PostgreSQL.
+        pg = stack.enter_context(ServerCPU(db)) if db_kind == "postgres" else None
+        proc, port, token = _serve(Path(tmp), db, processes, src, pg.env if pg else {})
         try:
             asyncio.run(_load(port, token, 2, concurrency, record))  # warm-up: caches
             cpu0, own0 = _tree_cpu(proc.pid), _own_cpu()
+            if pg:
+                pg.start()
             lat, errors = asyncio.run(_load(port, token, seconds, concurrency, record))
             cpu1, own1 = _tree_cpu(proc.pid), _own_cpu()
+            if pg:
+                pg.stop()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -199,6 +208,8 @@ def _api_once(db_kind: str, seconds: float, concurrency: int, record: bool, proc
             else round((cpu1 - cpu0) * 1000 / n, 2),
             # The load generator runs on the same two cores: what it took of them.
             "client_cpu_ms_per_decision": round((own1 - own0) * 1000 / n, 3),
+            "pg_server_cpu_ms_per_decision": None if pg is None or pg.seconds is None
+            else round(pg.seconds * 1000 / n, 3),
             "client_share_of_cores": round((own1 - own0) / (seconds * (os.cpu_count() or 1)), 3),
             "load_average": round(os.getloadavg()[0], 1)}
 

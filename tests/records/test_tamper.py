@@ -74,9 +74,11 @@ def mutate(conn: sqlite3.Connection, rng: random.Random, count: int) -> tuple[st
     if kind in ("swap", "swap_seq"):
         a, b = sorted(rng.sample(range(1, count + 1), 2))
         if kind == "swap":  # exchange the contents, each keeping its place in the order
-            ra = conn.execute("SELECT * FROM events WHERE seq = ?", (a,)).fetchone()
+            read = conn.execute("SELECT * FROM events WHERE seq = ?", (a,))
+            ra = read.fetchone()
             rb = conn.execute("SELECT * FROM events WHERE seq = ?", (b,)).fetchone()
-            sets = ", ".join(f"{c} = ?" for c in COLUMNS)
+            # Every column but seq, whatever the table has (the outcome column too).
+            sets = ", ".join(f"{d[0]} = ?" for d in read.description[1:])
             conn.execute(f"UPDATE events SET {sets} WHERE seq = ?", (*rb[1:], a))
             conn.execute(f"UPDATE events SET {sets} WHERE seq = ?", (*ra[1:], b))
         else:  # exchange the sequence numbers, each keeping its content
@@ -150,7 +152,8 @@ def _forge(path: Path, **changes) -> None:
         "SELECT seq, body, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     data = {**json.loads(body), **changes, "seq": seq + 1, "prev": hash_}
     text = rfc8785.dumps(data).decode()
-    conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+    conn.execute("INSERT INTO events (seq, request_id, type, at, actor, body, hash) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                  (seq + 1, data["request_id"], data["type"], data["at"], data["actor"], text,
                   "sha256:" + hashlib.sha256(text.encode()).hexdigest()))
     conn.close()

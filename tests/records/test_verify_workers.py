@@ -121,6 +121,10 @@ def _plant(raw: Raw, where: str) -> None:
         raw("DELETE FROM signatures WHERE seq = ?", (3 * RANGE + 2,))
     elif where == "index row":
         raw("DELETE FROM history_index WHERE request_id = 'r-7'")
+    elif where == "outcome column of a case no later range touches":  # r-7, event 16
+        raw("UPDATE events SET outcome = 'forged' WHERE seq = 16")
+    elif where == "outcome column of a case a later range moves on":  # r-1, event 2
+        raw("UPDATE events SET outcome = 'forged' WHERE seq = 2")
     elif where == "index row a later range sets":  # r-0, refunded two ranges after it opened
         raw("UPDATE history_index SET status = 'processed' WHERE request_id = 'r-0'")
     elif where == "index row, a column no later event sets":
@@ -144,6 +148,8 @@ PLANTED = {
     "last event": (20, "column `type` differs"),
     "signature in a later range": (3 * RANGE + 2, "but its signature is missing"),
     "index row": (None, "history_index has no row for request `r-7`"),
+    "outcome column of a case no later range touches": (None, "event 16: column `outcome`"),
+    "outcome column of a case a later range moves on": (None, "event 2: column `outcome`"),
     "index row a later range sets": (None, "row for request `r-0` differs from the chain in "
                                      "`status`"),
     "index row, a column no later event sets": (None, "`r-9` differs from the chain in "

@@ -256,6 +256,17 @@ def encode(decision: dict[str, Any] | None, request: dict[str, Any] | None) -> d
     return {"decision": canonical_json(decision), "request": canonical_json(request)}
 
 
+def outcome_of(type_: str, body: Mapping[str, Any]) -> str | None:
+    """The ``outcome`` column of an event: its decision's outcome if it is ``evaluated``.
+
+    The review-queue index reads it instead of parsing each body in the database (on
+    PostgreSQL a guarded JSON read per inserted event); NULL (an event appended by an older
+    version) falls back to that read, and verify checks the column against the body."""
+    decision = body.get("decision") if type_ == "evaluated" else None
+    outcome = decision.get("outcome") if isinstance(decision, dict) else None
+    return outcome if isinstance(outcome, str) else None
+
+
 def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, dict[str, Any]]:
     """The canonical body text and hash of ``draft`` placed at ``seq`` after ``prev``.
 
@@ -573,6 +584,9 @@ class _Anchoring:
 
 Row = tuple[int, str, str, str, str, str, str]  # seq, request_id, type, at, actor, body, hash
 EVENT_COLUMNS = "seq, request_id, type, at, actor, body, hash"  # a Row's columns
+# A row as appended: a Row and the ``outcome`` column (``outcome_of``), which a store made
+# before that column (``RecordStore.outcome_column`` False) is written without.
+NewRow = tuple[int, str, str, str, str, str, str, str | None]
 # A row as verify's walk reads it: the body as stored text, or its UTF-8 bytes where a backend
 # hands those over without decoding them (SQLite: the hash is over those bytes).
 ChainRow = tuple[int, str, str, str, str, str | bytes, str]
@@ -608,6 +622,9 @@ class RecordStore:
 
     url: str
     dialect = "sqlite"  # or "postgresql"
+    # The events table has the ``outcome`` column (a store made or opened for writing by this
+    # version; set by the backend when it opens the store).
+    outcome_column = False
 
     def __init__(self, *, clock: Callable[[], dt.datetime] | None = None, anchor: Any = None,
                  signer: Signer | None = None, anchor_every: int = ANCHOR_EVERY,
@@ -861,7 +878,7 @@ class RecordStore:
 
     def _queue_filter(self, client: str | None, industry: str | None,
                       request_id: str | None) -> tuple[str, tuple[Any, ...]]:
-        where = ["e.type = 'evaluated'", f"{self._json_text('decision', 'outcome')} = 'manual_review'",
+        where = ["e.type = 'evaluated'", f"{self._queue_outcome()} = 'manual_review'",
                  "NOT EXISTS (SELECT 1 FROM events d WHERE d.request_id = e.request_id "
                  "AND d.type IN ('approved', 'denied'))"]
         args: list[Any] = []
@@ -920,6 +937,12 @@ class RecordStore:
         """SQL for the text at ``path`` inside an event body (each backend has its syntax)."""
         raise NotImplementedError
 
+    def _queue_outcome(self) -> str:
+        """A decision's outcome as the review-queue index reads it, so the queue's query is
+        answered from that index: the column, else (an event appended before it) the body."""
+        body = self._json_text("decision", "outcome")
+        return f"COALESCE(e.outcome, {body})" if self.outcome_column else body
+
     # -- appending --------------------------------------------------------------------------
 
     def _append(self, request_id: str,
@@ -949,7 +972,7 @@ class RecordStore:
                 if digest not in self._known_texts:
                     tx.put_text(digest, rid, version, text)
             tx.insert((seq + 1, draft.request_id, draft.type, body["at"], draft.actor,
-                       body_text, hash_))
+                       body_text, hash_, outcome_of(draft.type, body)))
             if self._signer is not None:
                 tx.put_signature(seq + 1, self._signer.key_id, self._signer.sign_event(hash_))
         self._known_texts.update(d for d, *_ in draft.texts)
@@ -1019,7 +1042,7 @@ class RecordStore:
         with self._transaction() as tx:
             seq, prev, threshold, cases = self._head_and_cases(
                 tx, sorted({p.draft.request_id for p in items}))
-            rows: list[Row] = []
+            rows: list[NewRow] = []
             for item in items:
                 draft = item.draft
                 case = cases.get(draft.request_id)
@@ -1034,7 +1057,7 @@ class RecordStore:
                 body_text, prev, body = seal(draft, seq + 1, prev, self._clock())
                 seq += 1
                 rows.append((seq, draft.request_id, draft.type, body["at"], draft.actor,
-                             body_text, prev))
+                             body_text, prev, outcome_of(draft.type, body)))
                 event = Event(seq=seq, request_id=draft.request_id, type=draft.type,
                               at=body["at"], actor=draft.actor, hash=prev, body=body)
                 cases[draft.request_id] = build_case([event], threshold)
@@ -1076,7 +1099,7 @@ class RecordStore:
         threshold = held[2]
         return (*held, {key: build_case(found, threshold) for key, found in events.items()})
 
-    def _write_rows(self, tx: Any, rows: list[Row], drafts: Iterable[Draft]) -> set[str]:
+    def _write_rows(self, tx: Any, rows: list[NewRow], drafts: Iterable[Draft]) -> set[str]:
         """Insert ``rows`` (and their signatures) and the ruleset texts of ``drafts`` not yet
         kept; returns the digests of those texts."""
         if not rows:
@@ -1084,7 +1107,7 @@ class RecordStore:
         texts = {t[0]: t for d in drafts for t in d.texts if t[0] not in self._known_texts}
         tx.executemany("INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) ON CONFLICT (digest) "
                        "DO NOTHING", list(texts.values()))
-        tx.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        tx.executemany(self.insert_event_sql(), [self.event_args(r) for r in rows])
         if self._signer is not None:
             tx.executemany("INSERT INTO signatures VALUES (?, ?, ?)",
                            [(r[0], self._signer.key_id, self._signer.sign_event(r[6]))
@@ -1106,7 +1129,7 @@ class RecordStore:
         body_text, hash_, body = seal(draft, seq + 1, prev, self._clock())
         texts = [t for t in draft.texts if t[0] not in self._known_texts]
         if not self._open_case((seq + 1, draft.request_id, draft.type, body["at"], draft.actor,
-                                body_text, hash_), texts):
+                                body_text, hash_, outcome_of(draft.type, body)), texts):
             return None
         self._known_texts.update(d for d, *_ in texts)
         self._pending[threading.get_ident()] = (seq + 1, hash_)
@@ -1115,7 +1138,21 @@ class RecordStore:
                       actor=draft.actor, hash=hash_, body=body)
         return build_case([event], threshold)
 
-    def _open_case(self, row: Row, texts: Sequence[tuple[str, str, str, str]]) -> bool:
+    def insert_event_sql(self) -> str:
+        """The INSERT of one appended row (a ``NewRow``, or a ``Row`` where the store has no
+        ``outcome`` column)."""
+        if self.outcome_column:
+            return f"INSERT INTO events ({EVENT_COLUMNS}, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        return f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+    def event_args(self, row: NewRow | Row) -> tuple[Any, ...]:
+        """The parameters of ``insert_event_sql`` for ``row`` (a ``Row`` has no outcome: NULL,
+        which reads the body)."""
+        if not self.outcome_column:
+            return row[:7]
+        return row if len(row) == 8 else (*row, None)
+
+    def _open_case(self, row: NewRow, texts: Sequence[tuple[str, str, str, str]]) -> bool:
         """Insert a case's opening event and the ruleset texts it needs, all or nothing, in the
         batch's transaction; False (nothing written) if the store refuses it."""
         return False
@@ -1302,7 +1339,8 @@ class RecordStore:
             # The anchor first: a cut or a restored copy explains whatever the others find.
             problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
             texts_problem, texts = self._check_texts(walk.digests)
-            problem = problem or texts_problem or self._check_history(walk.rebuild, mark, walk)
+            problem = (problem or texts_problem or self._check_outcomes(walk)
+                       or self._check_history(walk.rebuild, mark, walk))
         if problem:
             return attrs.evolve(result, ok=False, problem=problem, texts=texts)
         return attrs.evolve(result, texts=texts, anchored=bool(signed),
@@ -1356,6 +1394,27 @@ class RecordStore:
             return (f"the text of ruleset layer `{missing[0]}` is missing from `ruleset_texts` "
                     f"({len(missing)} missing): decisions that used it cannot be replayed"), len(kept)
         return "", len(kept)
+
+    def _check_outcomes(self, walk: _ChainWalk) -> str:
+        """The ``outcome`` column of the walked events against their hashed bodies: the
+        review queue reads the column, so a forged one would hide a case from it or add
+        one. NULL (an event appended before the column) is read from the body, so it agrees."""
+        if not self.outcome_column:
+            return ""
+        after = 0
+        while True:
+            page = self.query("SELECT seq, request_id, type, outcome FROM events WHERE seq > ? "
+                              "AND seq <= ? AND outcome IS NOT NULL ORDER BY seq LIMIT ?",
+                              (after, walk.count, PAGE))
+            for seq, rid, type_, outcome in page:
+                fold = walk.lifecycle.cases.get(rid) if type_ == "evaluated" else None
+                # A case from a worker no later range touched is still its fields (``_Fold``'s).
+                decision = fold[2] if isinstance(fold, tuple) else getattr(fold, "decision", None)
+                if decision is None or decision.get("outcome") != outcome:
+                    return f"event {seq}: column `outcome` differs from the hashed event"
+            if len(page) < PAGE:
+                return ""
+            after = int(page[-1][0])
 
     def _signatures(self) -> dict[int, tuple[str, str]]:
         """seq -> (key, signature) of events appended with a signing key."""
@@ -1700,7 +1759,8 @@ def _fold_fields(fold: _Fold) -> tuple[Any, ...]:
     if reasons and isinstance(reasons, list) and all(isinstance(r, dict) and isinstance(
             r.get("code"), str | int | float | None) for r in reasons):
         decision = {"amount": decision.get("amount"),
-                    "reasons": [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1]}
+                    "reasons": [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1],
+                    "outcome": decision.get("outcome")}  # for the `outcome` column's check
     return (fold.request_id, fold.submitter, decision, fold.request, fold.status,
             fold.before_dispute, fold.approvals, None)
 
@@ -2142,8 +2202,10 @@ class _Lifecycle:
                 # A case's state lives to the end of the walk, and the collector walks every
                 # object that does, again and again (a third of verify's time when the whole
                 # of both was kept).
+                # And the outcome, which the `outcome` column is checked against at the end.
                 fold.decision = {"amount": fold.decision.get("amount"),
-                                 "reasons": fold.decision.get("reasons")}
+                                 "reasons": fold.decision.get("reasons"),
+                                 "outcome": fold.decision.get("outcome")}
                 if isinstance(fold.request, dict):  # else left for the approval to trip on
                     fold.request = {"amount": fold.request.get("amount")}
                 return ""

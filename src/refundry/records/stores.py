@@ -28,6 +28,7 @@ from refundry.records.events import (
     EVENT_COLUMNS,
     GENESIS,
     ChainRow,
+    NewRow,
     RecordError,
     RecordStore,
     Row,
@@ -70,23 +71,29 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS events (
         seq {seq} PRIMARY KEY, request_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL,
-        actor TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL)""",
+        actor TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL, outcome TEXT)""",
+    "{storage}",
     "CREATE INDEX IF NOT EXISTS events_case ON events (request_id, seq)",
     "CREATE UNIQUE INDEX IF NOT EXISTS events_one_evaluation ON events (request_id) "
     "WHERE type = 'evaluated'",
     "CREATE TABLE IF NOT EXISTS ruleset_texts (digest TEXT PRIMARY KEY, ruleset_id TEXT NOT NULL, "
     "version TEXT NOT NULL, text TEXT NOT NULL)",
     "{functions}",
-    "CREATE INDEX IF NOT EXISTS events_review_queue ON events (seq) WHERE type = 'evaluated' "
-    "AND {outcome} = 'manual_review'",
+    "{review_index}",
     "{append_only}",
     "INSERT INTO meta VALUES ('format', '2') ON CONFLICT DO NOTHING",
 )
-# What differs: how a damaged (tampered) body reads as NULL rather than as an error, and how
-# UPDATE, DELETE (and on PostgreSQL TRUNCATE) are refused.
+# The review queue's index, on the ``outcome`` column the appender writes (``outcome_of``) and,
+# where it is NULL (an event appended before the column), on the body: on PostgreSQL the body's
+# guarded JSON read parsed every inserted decision (about 15 us of the server's CPU each). The
+# queue's query names the same expression (``RecordStore._queue_outcome``), or it cannot use it.
+_REVIEW_INDEX = ("CREATE INDEX IF NOT EXISTS events_review_outcome ON events (seq) WHERE "
+                 "type = 'evaluated' AND COALESCE(outcome, {outcome}) = 'manual_review'")
+# What differs: how a damaged (tampered) body reads as NULL rather than as an error, how
+# UPDATE, DELETE (and on PostgreSQL TRUNCATE) are refused, and how bodies are stored.
 _DIALECT = {
     "sqlite": {
-        "seq": "INTEGER", "functions": (),
+        "seq": "INTEGER", "functions": (), "storage": (),
         "outcome": "CASE WHEN json_valid(body) THEN json_extract(body, '$.decision.outcome') END",
         "append_only": (
             "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events "
@@ -96,6 +103,12 @@ _DIALECT = {
     },
     "postgresql": {
         "seq": "BIGINT",
+        # lz4, not the default pglz: a 2.6 kB body is compressed on every insert and
+        # decompressed on every read (verify reads them all), and lz4 costs a fraction of pglz
+        # for both. A server built without lz4 keeps pglz. Rows already stored keep theirs.
+        "storage": (
+            "DO $$ BEGIN EXECUTE 'ALTER TABLE events ALTER COLUMN body SET COMPRESSION lz4'; "
+            "EXCEPTION WHEN feature_not_supported OR syntax_error THEN NULL; END $$",),
         "functions": (
             "CREATE OR REPLACE FUNCTION refundry_json_text(body TEXT, path TEXT[]) RETURNS TEXT "
             "LANGUAGE plpgsql IMMUTABLE AS "
@@ -122,11 +135,33 @@ def schema(dialect: str) -> list[str]:
     parts: dict[str, Any] = _DIALECT[dialect]
     out: list[str] = []
     for statement in _SCHEMA:
-        if statement in ("{functions}", "{append_only}"):
+        if statement in ("{functions}", "{append_only}", "{storage}"):
             out.extend(parts[statement[1:-1]])
+        elif statement == "{review_index}":
+            out.append(_REVIEW_INDEX.format_map(parts))
         else:
             out.append(statement.format_map(parts))
     return out
+
+
+def upgrade(dialect: str, has_outcome: bool) -> list[str]:
+    """The statements that bring a store made by an earlier version to this schema: the
+    ``outcome`` column (NULL in the rows already there, which the index and the queue read
+    from the body as before), the review index on it in place of the one on the body alone,
+    and (PostgreSQL) lz4 for the bodies appended from now on. Nothing in ``events`` is
+    rewritten, so the chain verifies as before."""
+    parts: dict[str, Any] = _DIALECT[dialect]
+    return [*(() if has_outcome else ("ALTER TABLE events ADD COLUMN outcome TEXT",)),
+            *parts["storage"], _REVIEW_INDEX.format_map(parts),
+            "DROP INDEX IF EXISTS events_review_queue"]
+
+
+# Whether the events table has the ``outcome`` column, per dialect.
+_HAS_OUTCOME = {
+    "sqlite": "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'outcome'",
+    "postgresql": "SELECT COUNT(*) FROM pg_attribute WHERE attrelid = to_regclass('events') "
+                  "AND attname = 'outcome' AND NOT attisdropped",
+}
 
 
 @functools.lru_cache(maxsize=512)
@@ -149,13 +184,13 @@ def _savepoint(conn: Any) -> Iterator[None]:
 
 
 _INSERT_TEXT = "INSERT INTO ruleset_texts VALUES (?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING"
-_INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
-def _new_case_statements(row: Row, texts: Sequence[tuple[str, str, str, str]]) -> list[tuple[str, Sequence[Any]]]:
+def _new_case_statements(store: RecordStore, row: NewRow, texts: Sequence[tuple[str, str, str, str]]
+                         ) -> list[tuple[str, Sequence[Any]]]:
     """What appending the event that opens a case writes: the ruleset texts not kept yet, the
     event."""
-    return [*((_INSERT_TEXT, t) for t in texts), (_INSERT_EVENT, row)]
+    return [*((_INSERT_TEXT, t) for t in texts), (store.insert_event_sql(), store.event_args(row))]
 
 
 class _Tx:
@@ -235,8 +270,8 @@ class _Tx:
     def put_text(self, digest: str, rid: str, version: str, text: str) -> None:
         self._run(_INSERT_TEXT, (digest, rid, version, text))
 
-    def insert(self, row: Row) -> None:
-        self._run(_INSERT_EVENT, row)
+    def insert(self, row: NewRow | Row) -> None:
+        self._run(self.store.insert_event_sql(), self.store.event_args(row))
 
     def put_signature(self, seq: int, key: str, signature: str) -> None:
         self._run("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
@@ -371,10 +406,26 @@ class SQLiteStore(RecordStore):
                         tx.execute(statement)
                     tx.execute("INSERT INTO meta VALUES ('salt', ?) ON CONFLICT DO NOTHING",
                                (new_salt(),))
+            elif create:
+                self._upgrade()
+            self.outcome_column = bool(self._conn.execute(_HAS_OUTCOME[self.dialect]).fetchone()[0])
             if anchoring.get("signer") is not None:
                 self._conn.execute(_SIGNATURES)
         except sqlite3.DatabaseError as exc:
             raise RecordError(f"cannot open records store `{self.url}`: {str(exc).lower()}") from None
+
+    def _upgrade(self) -> None:
+        """A store an earlier version made, opened for writing: brought to this schema
+        (``upgrade``). A file this process may not write goes on as it is."""
+        has_outcome = bool(self._conn.execute(_HAS_OUTCOME[self.dialect]).fetchone()[0])
+        if has_outcome and self._has_index("events_review_outcome"):
+            return
+        try:
+            with self._transaction() as tx:
+                for statement in upgrade(self.dialect, has_outcome):
+                    tx.execute(statement)
+        except (RecordError, sqlite3.DatabaseError):
+            pass
 
     @contextlib.contextmanager
     def _transaction(self, *, pipelined: bool = False) -> Iterator[_Tx]:
@@ -418,11 +469,11 @@ class SQLiteStore(RecordStore):
         return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
                                 (name,)))
 
-    def _open_case(self, row: Row, texts: Sequence[tuple[str, str, str, str]]) -> bool:
+    def _open_case(self, row: NewRow, texts: Sequence[tuple[str, str, str, str]]) -> bool:
         with self._lock:
             try:
                 with _savepoint(self._conn):
-                    for sql, args in _new_case_statements(row, texts):
+                    for sql, args in _new_case_statements(self, row, texts):
                         self._conn.execute(sql, tuple(args))
             except sqlite3.DatabaseError:
                 return False  # rolled back to the savepoint: the checked append says why
@@ -539,6 +590,10 @@ class PostgresStore(RecordStore):
                         cur.execute(statement)
                     cur.execute("INSERT INTO meta VALUES ('salt', %s) ON CONFLICT DO NOTHING",
                                 (new_salt(),))
+                elif create:
+                    self._upgrade(cur)
+                cur.execute(_HAS_OUTCOME[self.dialect])
+                self.outcome_column = bool((cur.fetchone() or (0,))[0])
                 if anchoring.get("signer") is not None:
                     cur.execute(_SIGNATURES)
         except RecordError:
@@ -548,6 +603,26 @@ class PostgresStore(RecordStore):
             self._conn.close()
             raise RecordError(f"cannot open records store `{self.url}`: "
                               f"{one_line(exc)}") from None
+
+    def _upgrade(self, cur: Any) -> None:
+        """A store an earlier version made, opened for writing: brought to this schema
+        (``upgrade``) in a savepoint of the opening transaction. A login that may not alter
+        the tables goes on appending as before (without the ``outcome`` column)."""
+        cur.execute(_HAS_OUTCOME[self.dialect])
+        has_outcome = bool((cur.fetchone() or (0,))[0])
+        cur.execute("SELECT to_regclass('events_review_outcome') IS NOT NULL")
+        if has_outcome and (cur.fetchone() or (False,))[0]:
+            return
+        try:
+            with self._conn.transaction():
+                # Dropping the old index waits for every reader of events; one that reads for
+                # long must not stall the writers queued behind: give up, and try next time.
+                cur.execute("SET LOCAL lock_timeout = '10s'")
+                for statement in upgrade(self.dialect, has_outcome):
+                    cur.execute(statement)
+        except self._psycopg.Error:
+            pass
+        cur.execute("SET LOCAL lock_timeout TO DEFAULT")
 
     def _connect(self) -> Any:
         psycopg = self._psycopg
@@ -658,12 +733,12 @@ class PostgresStore(RecordStore):
     def _has_index(self, name: str) -> bool:
         return bool(self._query("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])
 
-    def _open_case(self, row: Row, texts: Sequence[tuple[str, str, str, str]]) -> bool:
+    def _open_case(self, row: NewRow, texts: Sequence[tuple[str, str, str, str]]) -> bool:
         psycopg = self._psycopg
         if not psycopg.Pipeline.is_supported():
             return False
         statements = [("SAVEPOINT refundry_append", ()),
-                      *_new_case_statements(row, texts), ("RELEASE SAVEPOINT refundry_append", ())]
+                      *_new_case_statements(self, row, texts), ("RELEASE SAVEPOINT refundry_append", ())]
         with self._lock:
             conn = self._conn
             try:
