@@ -177,3 +177,51 @@ def test_an_invalid_replacement_is_refused_as_the_whole_request_would_be(changes
     with pytest.raises(InvalidRequest) as replaced:
         replace_fields(parse_request(EXAMPLE), changes)
     assert [e.field for e in replaced.value.errors] == [e.field for e in whole.value.errors]
+
+
+
+FACT_EDGES = [True, False, None, "", "x" * 1_000, "x" * 1_001, "\ud800", 10**18 - 1, 10**18,
+              -(10**18 - 1), -(10**18), 0, 2**80, Decimal("1.5"), 0.25, float("inf"), [1, "a"],
+              {"b": 1}]
+FACTS = st.recursive(st.sampled_from(FACT_EDGES) | st.text(max_size=8) | st.integers(),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                         st.sampled_from(["a", "b", "x" * 65, "\ud800"]), inner, max_size=4),
+                     max_leaves=30)
+
+
+def _facts_both_ways(facts: Any) -> None:
+    """The request with ``facts`` parsed as it is and with every member of a map through
+    ``_parse_facts``'s own call (``_plain_fact`` saying no): the same request, the same errors."""
+    from refundry.core import request as parser
+
+    data = {**copy.deepcopy(VALID[0]), "facts": facts}
+    quick = _answer(parse_request, data)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(parser, "_plain_fact", lambda value: False)
+        assert quick == _answer(parse_request, data)
+
+
+@pytest.mark.parametrize("leaf", FACT_EDGES, ids=repr)
+def test_a_fact_taken_without_the_call_parses_as_through_it_at_every_depth(leaf):
+    from refundry.core.request import MAX_FACTS_DEPTH
+
+    for depth in range(MAX_FACTS_DEPTH + 2):
+        facts: Any = {"a": leaf, "b": [leaf]}
+        for _ in range(depth):
+            facts = {"a": facts}
+        _facts_both_ways(facts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["a", "b", "x" * 65]), FACTS, max_size=4))
+def test_facts_taken_without_the_call_for_each_member_parse_as_through_it(facts):
+    _facts_both_ways(facts)
+
+
+def test_a_facts_budget_spent_on_plain_members_is_refused_as_before():
+    from refundry.core.request import MAX_FACTS_VALUES
+
+    facts = {"a": {f"k{i}": i for i in range(MAX_FACTS_VALUES + 5)}}
+    kind, errors = _answer(parse_request, {**copy.deepcopy(VALID[0]), "facts": facts})
+    assert kind == "invalid" and any("holds more than" in e for e in errors)
+    _facts_both_ways(facts)

@@ -327,3 +327,31 @@ def test_a_flooding_customer_costs_a_bounded_read_and_counts_saturate(store, eng
     assert facts["history"]["requests_by_customer_30d"] == MATCH_CAP + 1
     assert facts["history"]["requests_for_transaction"] == MATCH_CAP
     assert facts["history"]["refunds_exceed_original"] is True
+
+
+def test_each_key_counts_what_its_facts_say_alone_and_in_a_group(store, engine) -> None:
+    """The short window is counted for the customer and the other customers for every other
+    key: asked alone (one statement per lookup) and in a group (PostgreSQL's array form from
+    eight lookups on), the same numbers."""
+    shared = {"email": "shared@mail.example", "address": "Shared Street 1", "last4": "7777"}
+    earlier = [
+        fraudgen.request("k-1", fraudgen._at(1), "cust-k", amount=Decimal("10.00"), **shared),
+        fraudgen.request("k-2", fraudgen._at(20), "cust-k", amount=Decimal("10.00"), **shared),
+        fraudgen.request("j-1", fraudgen._at(21), "cust-j", amount=Decimal("10.00"), **shared),
+        fraudgen.request("i-1", fraudgen._at(22), "cust-i", amount=Decimal("10.00"), **shared),
+    ]
+    replay_history(store, engine, earlier)
+    asked = fraudgen.request("k-3", fraudgen._at(25), "cust-k", amount=Decimal("10.00"), **shared)
+    new = fraudgen.request("n-1", fraudgen._at(25), "cust-n", amount=Decimal("10.00"), **shared)
+    fillers = [fraudgen.request(f"f-{i}", fraudgen._at(25), f"cust-f{i}",
+                                amount=Decimal("10.00"), last4=f"{5000 + i}") for i in range(8)]
+    alone = [History(store).facts(r)["history"] for r in (asked, new)]
+    grouped = [f["history"] for f in History(store).facts_each([asked, new, *fillers])[:2]]
+    for got in (alone, grouped):
+        mine, theirs = got
+        assert (mine["requests_by_customer_30d"], mine["requests_by_customer_7d"]) == (3, 2)
+        assert (theirs["requests_by_customer_30d"], theirs["requests_by_customer_7d"]) == (1, 1)
+        for key in ("email", "address", "card"):
+            assert mine[f"requests_by_{key}_30d"] == theirs[f"requests_by_{key}_30d"] == 5
+            assert mine[f"customers_by_{key}_30d"] == 3  # cust-k is among the earlier ones
+            assert theirs[f"customers_by_{key}_30d"] == 4  # cust-n adds one

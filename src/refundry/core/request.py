@@ -491,6 +491,17 @@ def _parse_instant(raw: Any, path: str, errors: _Errors, *, date_ok: bool) -> An
         return None
 
 
+_FACT_INT = 10 ** MAX_FACTS_NUMBER_DIGITS  # an integer fact of fewer digits is within bounds
+
+
+def _plain_fact(value: Any) -> bool:
+    """Whether ``value`` is a fact ``_fact_scalar`` gives back as it is, with no error: a
+    boolean, null, an integer within bounds or text within bounds."""
+    kind = type(value)
+    return (kind is bool or value is None or (kind is int and -_FACT_INT < value < _FACT_INT)
+            or (kind is str and len(value) <= MAX_TEXT and _SURROGATE.search(value) is None))
+
+
 class _FactsBudget:
     """How many more values ``facts`` may hold: the bound on its size, whatever its shape."""
 
@@ -521,7 +532,13 @@ def _parse_facts(raw: Any, path: str, errors: _Errors, depth: int,
             if not isinstance(k, str) or len(k) > 64 or _SURROGATE.search(k):
                 errors.add(path, "keys must be strings of at most 64 characters")
                 return None
-            out[k] = _parse_facts(v, f"{path}.{k}", errors, depth + 1, budget)
+            # Most facts (every history fact) parse to themselves: taken here, as the call
+            # below takes them, without it and the path it names them by (a third of
+            # parsing an enriched request).
+            if depth < MAX_FACTS_DEPTH and _plain_fact(v):
+                out[k] = v if budget.take(errors) else None
+            else:
+                out[k] = _parse_facts(v, f"{path}.{k}", errors, depth + 1, budget)
         return out
     if isinstance(raw, list):
         return tuple(_parse_facts(v, f"{path}[{i}]", errors, depth + 1, budget)
@@ -646,18 +663,24 @@ def _dump(value: Any) -> Any:
         return value
     if kind is Decimal:
         return str(value)
+    # Members that are their own dump (most: ids, codes, counts, flags) are kept without a
+    # call each (a third of the calls dumping an enriched request made).
     if kind is tuple or kind is list:
-        return [_dump(v) for v in value]
+        return [v if type(v) in _AS_IS else _dump(v) for v in value]
     fields = _fields_of(kind)  # type: ignore[arg-type]  # a class is hashable; typeshed says not
     if fields is not None:
         names, values = fields
-        return {name: _dump(v) for name, v in zip(names, values(value), strict=True)
+        return {name: v if type(v) in _AS_IS else _dump(v)
+                for name, v in zip(names, values(value), strict=True)
                 if v is not None and v != ()}
     if kind is dt.datetime or kind is dt.date:
         return value.isoformat()
     if kind is dict:
-        return {k: _dump(v) for k, v in value.items()}
+        return {k: v if type(v) in _AS_IS or v is None else _dump(v) for k, v in value.items()}
     return _dump_plain(value)
+
+
+_AS_IS = frozenset({str, int, bool})  # the exact types ``_dump`` gives back as they are
 
 
 # Cached per class: the few model classes of a request, looked up at every object of every

@@ -28,7 +28,7 @@ def read_jsonl(path: Path, options: Mapping[str, str]) -> Iterator[SourceRecord]
         yield from _read_json_document(path)
         return
     try:
-        fh = path.open("rb")
+        fh = path.open("rb", buffering=1 << 20)
     except OSError as exc:
         raise SourceError(f"cannot read `{path}`: {(exc.strerror or str(exc)).lower()}") from None
     with fh:

@@ -165,6 +165,11 @@ def _decode(name: str, raw: bytes, limit: int) -> tuple[str, Any, str | None]:
         return name, None, f"{name}{where}: {exc}"
 
 
+# ``json.dumps(obj, ensure_ascii=False, default=json_default)`` made once: ``dumps`` with any
+# argument builds a new encoder per call, about as long as encoding a journal line.
+_LINE = json.JSONEncoder(ensure_ascii=False, default=json_default)
+
+
 class JsonLinesWriter:
     """Append-only JSON lines, each keyed (e.g. by ``request_id``), safe to re-open after a kill.
 
@@ -207,8 +212,7 @@ class JsonLinesWriter:
             if key in self.seen:
                 return False
             self.seen.add(key)
-        self._fh.write(json.dumps(obj, ensure_ascii=False, sort_keys=False, default=json_default)
-                       + "\n")
+        self._fh.write(_LINE.encode(obj) + "\n")
         self._fh.flush()
         return True
 

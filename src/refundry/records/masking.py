@@ -63,6 +63,10 @@ _ASCII_LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
 _LETTERS_TO_SPACE = bytes.maketrans(_ASCII_LETTERS, b" " * len(_ASCII_LETTERS))
 _NOT_ALNUM = bytes(b for b in range(128) if not chr(b).isalnum())  # ASCII separators, _ too
 _SAFE_INT = 2**53 - 1  # canonical JSON (RFC 8785) has no exact integers above this
+# Integers strictly inside +-_SMALL_INT print with fewer digits than a card number holds, so
+# masking keeps them as they are; the walks keep them without printing them (counts, quantities
+# and ages in every request's facts).
+_SMALL_INT = 10 ** (_MIN_PAN - 1)
 # What a money field may hold (schemas/refund-request.schema.json): such a value is an amount,
 # never masked, so 1000000000009.00 stays an amount and four-eyes still counts it.
 _MONEY = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,12})?")  # ASCII digits only, as the schema
@@ -395,7 +399,7 @@ def _walk_free(value: Any, leaf: Leaf) -> Any:
                 if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
     if kind is list or kind is tuple:
         return [mask_text(v) if type(v) is str else _walk_free(v, leaf) for v in value]
-    if value is None or kind is bool:
+    if value is None or kind is bool or (kind is int and -_SMALL_INT < value < _SMALL_INT):
         return value
     return leaf(value)
 
@@ -498,9 +502,12 @@ def _walk_rule_part(value: Any) -> Any:
     """``_walk_free(value, mask_value_plain)`` for a snapshot's rule part (a list of reasons,
     the ruleset), with the members that are the ruleset's text through ``_walk_rule_text``."""
     kind = type(value)
-    if kind is dict and str(value.get("rule_id", "")).startswith(_ENGINE_OWN):
+    rule_id = value.get("rule_id", "") if kind is dict else ""
+    if kind is dict and (type(rule_id) is not str or rule_id.startswith(_ENGINE_OWN)):
         # The engine's own reasons may name what the request sent (a client id, an `as_of`):
-        # masked afresh every time, like the request, never remembered.
+        # masked afresh every time, like the request, never remembered. So is a part whose
+        # rule id is not text, which no ruleset writes (``str`` of an integer too long to
+        # print raised here, where the plain masking gives a value).
         return _walk_free(value, mask_value_plain)
     if kind is dict:
         return {kept: (_walk_rule_text(v) if type(k) is str and k in _RULE_TEXT_KEYS
