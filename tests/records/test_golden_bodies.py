@@ -59,7 +59,7 @@ def record_all(path: Path, monkeypatch: pytest.MonkeyPatch,
                ahead: bool = False, piped: bool = False) -> list[dict[str, Any]]:
     """Every request recorded; ``ahead``: masked and encoded first (``events.prepare_event``), as a
     worker process of ``refundry run --db --workers N`` does; ``piped``: and pickled and read
-    back, as it crosses to the parent (its encoded text, decoded there)."""
+    back, as it crosses to the parent."""
     monkeypatch.setattr(stores, "new_salt", lambda: SALT)
     engine = refundry.Engine.from_path(RULESETS)
     clock = iter(dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=i)

@@ -77,9 +77,9 @@ def test_a_group_past_one_query_of_keys_still_finds_its_recorded_cases(store, en
 
 
 def test_a_prepared_decision_pickles_to_its_equal_and_records_the_same(store, engine):
-    """A worker process sends each prepared decision to the parent as its encoded text (the
-    parent decodes the masked decision and request from it): what arrives equals what was
-    sent, and a draft with nothing encoded crosses whole."""
+    """A worker process of `refundry run --db --workers N` sends each prepared decision to
+    the parent in a pickle: what arrives equals what was sent and records as it would have,
+    and a draft with nothing encoded crosses whole."""
     import pickle
 
     from refundry.records.events import Draft

@@ -129,9 +129,8 @@ def test_two_workers_give_every_request_the_history_one_worker_gives_it(
 
 def test_two_workers_record_byte_for_byte_what_one_process_records(
         store_url, engine, tmp_path, monkeypatch) -> None:
-    """The workers mask and encode each decision's event and ship it as text: the chain
-    the parent then builds from them is the one a single process builds, body and hash, and
-    verifies."""
+    """The workers mask and encode each decision's event: the chain the parent then builds
+    from them is the one a single process builds, body and hash, and verifies."""
     from refundry.plugins.history import plugins_with_history
     from refundry.records import stores
     from refundry.records.history import History

@@ -209,28 +209,6 @@ class Draft:
     encoded: dict[str, bytes] = attrs.Factory(dict)
     key: str | None = None  # the appender's signing key, when the store has one
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # A worker process of `refundry run --db` sends each decision's draft to the parent:
-        # when the decision and request are encoded already, only that text is pickled, and
-        # decoding it (in C) costs the parent under half what unpickling the dicts did.
-        fields = (self.request_id, self.type, self.actor, self.decision, self.request,
-                  self.details, self.texts, self.encoded, self.key)
-        if self.decision is None or self.request is None or self.encoded.keys() != _WIRE:
-            return Draft, fields
-        return _draft_from_wire, (*fields[:3], *fields[5:])
-
-
-_WIRE = {"decision", "request"}
-_DECODE = msgspec.json.Decoder()
-
-
-def _draft_from_wire(request_id: str, type_: str, actor: str, details: dict[str, Any],
-                     texts: tuple[tuple[str, str, str, str], ...], encoded: dict[str, bytes],
-                     key: str | None) -> Draft:
-    """A ``Draft`` pickled without its decision and request, which its encoded text holds."""
-    return Draft(request_id, type_, actor, _DECODE.decode(encoded["decision"]),
-                 _DECODE.decode(encoded["request"]), details, texts, encoded, key)
-
 
 @attrs.frozen
 class Prepared:
