@@ -12,11 +12,13 @@ processed, and of those half refunded. Then each tree verifies that same store K
 (default 3, the trees taking turns so a load spike hits both), timed in its process with
 `store.verify()` only (start-up and opening excluded), and the best run of each is printed as
 events/s with the ratio, and the CPU time per event of that run (the process and verify's
-worker processes) and the least of any run; `--workers 1,2` also times this tree with
+worker processes; and the process alone, with workers the serial part) and the least of any
+run; `--workers 1,2` also times this tree, and the baseline with more than one, with
 `verify(workers=N)`. `--floor` measures, with this tree, the CPU per event of only reading the
 rows as the walk reads them, then hashing them too, then decoding them too: what no verify in
-one process goes under. Verify only reads: both trees see the same bytes. A PostgreSQL store's
-schema is dropped at the end. Timing lives here, never in the test suite.
+one process goes under. Verify only reads: both
+trees see the same bytes. A PostgreSQL store's schema is dropped at the end. Timing lives here,
+never in the test suite.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ options = {} if sys.argv[2] == "default" else {"workers": int(sys.argv[2])}
 t0, cpu0 = time.perf_counter(), time.process_time()
 result = store.verify(**options)
 children = resource.getrusage(resource.RUSAGE_CHILDREN)  # verify's worker processes, if any
-cpu = time.process_time() - cpu0 + children.ru_utime + children.ru_stime
-print(time.perf_counter() - t0, result.count, cpu, result.ok, result.problem)
+own = time.process_time() - cpu0
+cpu = own + children.ru_utime + children.ru_stime
+print(time.perf_counter() - t0, result.count, cpu, own, result.ok, result.problem)
 sys.exit(0 if result.ok else 1)
 """
 
@@ -123,15 +126,15 @@ def build(kind: str, n: int, pg: str | None, tmp: Path) -> str:
     return db
 
 
-def timed(src: Path, db: str, workers: str = "default") -> tuple[float, int, float]:
-    """Wall seconds of ``store.verify()``, the events, and the CPU seconds of the process and
-    its worker processes."""
+def timed(src: Path, db: str, workers: str = "default") -> tuple[float, int, float, float]:
+    """Wall seconds of ``store.verify()``, the events, the CPU seconds of the process and its
+    worker processes, and of the process alone (with workers, the serial part)."""
     done = subprocess.run([sys.executable, "-c", VERIFY, db, workers], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(src)})
     if done.returncode != 0:
         sys.exit(f"verify with {src}: {done.stdout[-500:]} {done.stderr[-2000:]}")
-    seconds, count, cpu = done.stdout.split()[:3]
-    return float(seconds), int(count), float(cpu)
+    seconds, count, cpu, own = done.stdout.split()[:4]
+    return float(seconds), int(count), float(cpu), float(own)
 
 
 def options() -> argparse.Namespace:
@@ -162,9 +165,15 @@ def main() -> None:
     args = options()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        trees = [(args.baseline, tree_of(args.baseline, tmp), "default")] if args.baseline else []
+        counts = [n for n in args.workers.split(",") if n]
+        trees = []
+        if args.baseline:
+            base = tree_of(args.baseline, tmp)
+            trees.append((args.baseline, base, "default"))
+            # Its workers too: where both trees use them, that is the comparison to read.
+            trees += [(f"{args.baseline}, workers={n}", base, n) for n in counts if n != "1"]
         trees.append(("this tree", ROOT / "src", "default"))
-        trees += [(f"this tree, workers={n}", ROOT / "src", n) for n in args.workers.split(",") if n]
+        trees += [(f"this tree, workers={n}", ROOT / "src", n) for n in counts]
         for kind in args.stores.split(","):
             if kind == "postgresql" and not args.postgres:
                 continue
@@ -177,22 +186,23 @@ def main() -> None:
 
 
 def report(kind: str, db: str, trees: list[tuple[str, Path, str]], args: argparse.Namespace) -> None:
-    best: dict[str, tuple[float, float]] = {}  # the fastest run's wall and CPU seconds
+    best: dict[str, tuple[float, float, float]] = {}  # the fastest run's wall, CPU, own CPU
     least: dict[str, float] = {}  # the least CPU of any run: on a loaded machine, the steadier
     events = 0
     for _ in range(args.repeat):
         for label, src, workers in trees:
-            seconds, events, cpu = timed(src, db, workers)
+            seconds, events, cpu, own = timed(src, db, workers)
             if label not in best or seconds < best[label][0]:
-                best[label] = (seconds, cpu)
+                best[label] = (seconds, cpu, own)
             least[label] = min(cpu, least.get(label, cpu))
             print(f"  {label}: {seconds:.3f} s, load average {os.getloadavg()[0]:.1f}", flush=True)
     for label, _src, _workers in trees:
-        seconds, cpu = best[label]
+        seconds, cpu, own = best[label]
         print(json.dumps({"tree": label, "store": kind, "events": events,
                           "verify_seconds": round(seconds, 3),
                           "events_per_second": round(events / seconds),
                           "cpu_us_per_event": round(cpu / events * 1e6, 1),
+                          "parent_cpu_us_per_event": round(own / events * 1e6, 1),
                           "least_cpu_us_per_event": round(least[label] / events * 1e6, 1)}),
               flush=True)
     if args.baseline:

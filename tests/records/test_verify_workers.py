@@ -1,9 +1,11 @@
 """verify in worker processes gives the answer verify in one process gives.
 
 With ``workers`` > 1 the chain is cut into ranges of ``VERIFY_RANGE`` events, each read and
-checked in a process of its own, and the parent replays the state machine over them and links
-each range to the one before. Here a range is 4 events, so the 20-event store below spans five
-ranges; every answer is compared, field by field, with the one-process answer on the same store.
+checked in a process of its own (the state machine of the cases it opens included), and the
+parent links each range to the one before and replays the events of cases an earlier range
+opened. Here a range is 4 events, so the 20-event store below spans five ranges, and most of its
+cases' events fall in a later range than their opening; every answer is compared, field by
+field, with the one-process answer on the same store.
 """
 
 from __future__ import annotations
@@ -119,6 +121,21 @@ def _plant(raw: Raw, where: str) -> None:
         raw("DELETE FROM signatures WHERE seq = ?", (3 * RANGE + 2,))
     elif where == "index row":
         raw("DELETE FROM history_index WHERE request_id = 'r-7'")
+    elif where == "outcome column of a case no later range touches":  # r-7, event 16
+        raw("UPDATE events SET outcome = 'forged' WHERE seq = 16")
+    elif where == "outcome column of a case a later range moves on":  # r-1, event 2
+        raw("UPDATE events SET outcome = 'forged' WHERE seq = 2")
+    elif where == "index row a later range sets":  # r-0, refunded two ranges after it opened
+        raw("UPDATE history_index SET status = 'processed' WHERE request_id = 'r-0'")
+    elif where == "index row, a column no later event sets":
+        raw("UPDATE history_index SET client_id = 'other' WHERE request_id = 'r-9'")
+    elif where == "index row no event made":
+        raw("INSERT INTO history_index SELECT 'r-zz', seq, client_id, requested_at, customer_key, "
+            "email_key, address_key, card_key, transaction_key, amount, currency, "
+            "transaction_amount, decided_amount, outcome, status FROM history_index "
+            "WHERE request_id = 'r-8'")
+    elif where == "index row moved to another range":
+        raw("UPDATE history_index SET seq = 3 WHERE request_id = 'r-10'")
 
 
 PLANTED = {
@@ -131,6 +148,14 @@ PLANTED = {
     "last event": (20, "column `type` differs"),
     "signature in a later range": (3 * RANGE + 2, "but its signature is missing"),
     "index row": (None, "history_index has no row for request `r-7`"),
+    "outcome column of a case no later range touches": (None, "event 16: column `outcome`"),
+    "outcome column of a case a later range moves on": (None, "event 2: column `outcome`"),
+    "index row a later range sets": (None, "row for request `r-0` differs from the chain in "
+                                     "`status`"),
+    "index row, a column no later event sets": (None, "`r-9` differs from the chain in "
+                                                "`client_id`"),
+    "index row no event made": (None, "a row for request `r-zz` that no event"),
+    "index row moved to another range": (None, "`r-10` differs from the chain in `seq`"),
 }
 
 
@@ -165,6 +190,148 @@ def test_a_state_machine_problem_in_a_later_range_is_found_the_same(filled):
     assert not many.ok and many.broken_seq == seq and "`r-2`" in many.problem, many
 
 
+def _rewrite(raw: Raw, seq: int, **changes: Any) -> None:
+    """Event ``seq`` changed (its columns too) and every later link made good again, unsigned,
+    as a forger with the database but not the key writes: only the state machine can tell."""
+    _edit_body(raw, seq, rehash=True, unsigned=True, **changes)
+    for column in ("request_id", "type", "actor"):
+        if column in changes:
+            raw(f"UPDATE events SET {column} = ? WHERE seq = ?", (changes[column], seq))
+    last = raw("SELECT max(seq) FROM events")[0][0]
+    for later in range(seq + 1, last + 1):
+        prev = raw("SELECT hash FROM events WHERE seq = ?", (later - 1,))[0][0]
+        _edit_body(raw, later, rehash=True, unsigned=True, prev=prev)
+
+
+# The filled store, by range of 4: 1-4 and 5-6 open r-0 .. r-5; 7-8 approve r-1 (opened in the
+# first range), 9-12 deny r-3, process and refund r-0, note r-2 (all of cases opened before
+# their range), 13-14 dispute r-3, 15-20 open r-6 .. r-11.
+AT_A_BOUNDARY = {
+    # the first event of a range, of a case opened in an earlier one
+    "submitter denies, first of a range": (9, {"actor": "alice"}, "cannot review or resolve"),
+    # the last event of a range, the second approval by the first approver
+    "one approver twice, last of a range": (8, {"actor": "bob"}, "already approved"),
+    "refunded before processed, first of a range": (10, {"type": "refunded"}, "needs processed"),
+    "an event of a case never opened": (12, {"request_id": "r-99"}, "no `evaluated` event"),
+    # r-1, opened in the first range, opened again as the first event of the fourth
+    "a case opened again in a later range": (15, {"request_id": "r-1"}, "a second time"),
+    "a case opened again in the same range": (16, {"request_id": "r-6"}, "a second time"),
+}
+
+
+@pytest.mark.parametrize("where", AT_A_BOUNDARY)
+def test_a_state_machine_problem_at_a_range_boundary_is_found_the_same(filled, where):
+    seq, changes, problem = AT_A_BOUNDARY[where]
+    raw = Raw(filled["url"])
+    try:
+        raw("DROP INDEX IF EXISTS events_one_evaluation")  # else no case opens twice
+        _rewrite(raw, seq, **changes)
+    finally:
+        raw.close()
+    one, many = both(filled["url"])
+    same(one, many)
+    assert not many.ok and many.broken_seq == seq and problem in many.problem, many
+
+
+def test_a_case_opened_again_across_ranges_is_named_by_one_pass(filled, monkeypatch):
+    """The range that opens r-1 again cannot know it was opened before: the parent sees it,
+    and verify goes over the chain again in one process, which names the event."""
+    passes: list[int] = []
+    restart = events._ChainWalk.restart
+
+    def counted(walk: Any) -> None:
+        passes.append(1)
+        restart(walk)
+
+    raw = Raw(filled["url"])
+    try:
+        raw("DROP INDEX IF EXISTS events_one_evaluation")
+        _rewrite(raw, 15, request_id="r-1")
+    finally:
+        raw.close()
+    monkeypatch.setattr(events._ChainWalk, "restart", counted)
+    one, many = both(filled["url"])
+    same(one, many)
+    assert passes == [1] and many.broken_seq == 15 and "`r-1` a second time" in many.problem
+
+
+def test_the_last_event_of_a_range_changed_breaks_the_next_link(filled):
+    raw = Raw(filled["url"])
+    try:
+        _edit_body(raw, 2 * RANGE, rehash=True, unsigned=True, reference="forged")
+    finally:
+        raw.close()
+    one, many = both(filled["url"])
+    same(one, many)
+    assert not many.ok and many.broken_seq == 2 * RANGE + 1, many
+    assert f"event {2 * RANGE + 1} does not follow event {2 * RANGE}" in many.problem
+
+
+@pytest.fixture
+def no_second_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' ranges are joined as they are: verify does not fall back to one pass."""
+    def restart(_walk: Any) -> None:
+        raise AssertionError("verify went over the chain again in one process")
+
+    monkeypatch.setattr(events._ChainWalk, "restart", restart)
+
+
+def test_cases_across_ranges_are_joined_without_a_second_pass(filled, no_second_pass):
+    """Every range but the first and the last holds events of cases opened in the one before."""
+    one, many = both(filled["url"])
+    same(one, many)
+    assert many.ok and many.count == 20
+
+
+def test_the_workers_settle_the_index_themselves(filled, no_second_pass, monkeypatch):
+    """On a whole store the workers' comparisons settle the index check (rows of cases that
+    later ranges change included): the parent neither rebuilds the rows nor reads the table."""
+    store = open_store(filled["url"], create=False)
+    try:
+        one = store.verify(workers=1)
+
+        def rebuilt(*_args: Any) -> None:
+            raise AssertionError("the parent rebuilt the index rows")
+
+        monkeypatch.setattr(events, "expected_rows", rebuilt)
+        monkeypatch.setattr(events, "index_problem", rebuilt)
+        many = store.verify(workers=2)
+    finally:
+        store.close()
+    same(one, many)
+    assert many.ok
+
+
+def test_a_threshold_set_in_an_earlier_range_holds_in_the_later_ones(store_url, engine,
+                                                                        no_second_pass):
+    """A four-eyes threshold raised in the first range: a 600 refund approved by one
+    reviewer three ranges on is right; lowered again, one approval of another is wrong."""
+    store = open_store(store_url, clock=StepClock())
+    try:
+        store.set_four_eyes_above("700", actor="admin")
+        for i in range(12):
+            req = make_request(f"t-{i}", client_id="acme", amount="600")
+            store.record(req, engine.evaluate(req), engine=engine, actor="alice")
+        store.review("t-0", actor="bob", approve=True, reason="ok")  # event 14: 600 <= 700
+        assert store.case("t-0").status == "approved"
+        store.set_four_eyes_above("550", actor="admin")  # event 15
+        store.review("t-1", actor="bob", approve=True, reason="ok")  # event 16: one of two
+        assert store.case("t-1").status == "manual_review"
+    finally:
+        store.close()
+    one, many = both(store_url)
+    same(one, many)
+    assert many.ok and many.count == 16, many
+    raw = Raw(store_url)
+    try:
+        _rewrite(raw, 16, type="approved")
+    finally:
+        raw.close()
+    one, many = both(store_url)
+    same(one, many)
+    assert not many.ok and many.broken_seq == 16 and "it should be `reviewed`" in many.problem
+
+
 def test_random_mutations_are_found_the_same_in_workers(filled, tmp_path):
     if filled["url"].startswith("postgresql://"):
         pytest.skip("the mutations work on an SQLite file; the planted problems cover both")
@@ -183,6 +350,40 @@ def test_random_mutations_are_found_the_same_in_workers(filled, tmp_path):
         one, many = both(str(copy), expect_head=filled["head"])
         assert attrs.asdict(many) == attrs.asdict(one), what
         assert not many.ok, what
+
+
+def test_random_index_edits_are_found_the_same_in_workers(filled, tmp_path):
+    """The workers hold the index rows of their ranges to the table themselves: any edit of
+    it is named as one process names it."""
+    if filled["url"].startswith("postgresql://"):
+        pytest.skip("the edits work on an SQLite file; the planted ones cover both")
+    rng = random.Random(20261202)
+    columns = [r[1] for r in sqlite3.connect(filled["url"]).execute(
+        "PRAGMA table_info(history_index)")]
+    broken = 0
+    for i in range(60):
+        copy = tmp_path / f"x{i % 2}.db"
+        shutil.copyfile(filled["url"], copy)
+        conn = sqlite3.connect(copy, isolation_level=None)
+        rid = f"r-{rng.randrange(12)}"
+        kind = rng.choice(["cell", "cell", "delete", "insert"])
+        if kind == "cell":
+            column = rng.choice(columns)
+            value = rng.choice(["approved", "processed", "0", "1", "", "x", 3, None])
+            with contextlib.suppress(sqlite3.IntegrityError):  # NOT NULL, the key
+                conn.execute(f"UPDATE history_index SET {column} = ? WHERE request_id = ?",
+                             (value, rid))
+        elif kind == "delete":
+            conn.execute("DELETE FROM history_index WHERE request_id = ?", (rid,))
+        else:
+            conn.execute("INSERT OR IGNORE INTO history_index SELECT 'r-new', seq + ?, "
+                         + ", ".join(columns[2:]) + " FROM history_index WHERE request_id = ?",
+                         (rng.randrange(-3, 4), rid))
+        conn.close()
+        one, many = both(str(copy))
+        assert attrs.asdict(many) == attrs.asdict(one), (kind, rid)
+        broken += not many.ok
+    assert broken > 50  # the few left whole set a value the row already had
 
 
 def test_workers_start_only_for_a_large_store_on_idle_cores(filled, monkeypatch):

@@ -177,8 +177,8 @@ def _register_audit(rsub: Any) -> None:
                    help="ed25519:... key whose checkpoints count (default: $REFUNDRY_TRUSTED_KEYS; "
                    "any key when none is given)")
     p.add_argument("--workers", type=int, metavar="N", help="processes that read and check "
-                   "the events while this one replays the state machine (default: one per idle "
-                   "core for 20,000 events or more; 1: none); the answer is the same")
+                   "the events, range by range, while this one joins the ranges (default: one "
+                   "per idle core for 20,000 events or more; 1: none); the answer is the same")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -227,6 +227,42 @@ def _same_row(expected: tuple[Any, ...], got: tuple[Any, ...]) -> bool:
     5.0, 1 and True); of the expected values only seq, email and address can be numbers."""
     return expected == tuple(got) and type(expected[1]) is type(got[1]) \
         and type(expected[5]) is type(got[5]) and type(expected[6]) is type(got[6])
+
+
+# The columns a later event changes (``status_update``): a row made from a range of the chain
+# is final but for these, which events of a later range may still set.
+_LATER = (12, 14)
+
+
+def range_rows_settled(expected: Mapping[str, tuple[Any, ...]], actual: Sequence[tuple[Any, ...]]
+                       ) -> tuple[bool, dict[str, tuple[Any, ...]]]:
+    """The rows a range of the chain made against the table's rows of the same request ids
+    (verify's workers): False when a row is missing, twice, or differs in a column no later
+    event changes (``index_problem`` then says which); and, for each row that differs only in
+    the columns a later event changes, (decided_amount, status) made and in the table."""
+    found = {str(r[0]): r for r in actual}
+    differ: dict[str, tuple[Any, ...]] = {}
+    if not len(found) == len(actual) == len(expected):
+        return False, differ
+    for rid, row in expected.items():
+        got = found.get(rid)
+        if got is None:
+            return False, differ
+        if _same_row(row, got):
+            continue
+        diff = [i for i, (a, b) in enumerate(zip(row, got, strict=True)) if _same(a) != _same(b)]
+        if any(i not in _LATER for i in diff):
+            return False, differ
+        if diff:
+            differ[rid] = (row[12], row[14], got[12], got[14])
+    return True, differ
+
+
+def later_rows_settled(differ: Iterable[tuple[Any, ...]]) -> bool:
+    """Whether each (decided_amount, status) made, after the later events, reads as the
+    table's (as ``index_problem`` compares them)."""
+    return all(_same(amount) == _same(had_amount) and _same(status) == _same(had_status)
+               for amount, status, had_amount, had_status in differ)
 
 
 def index_problem(expected: Mapping[str, tuple[Any, ...]], actual: Iterable[tuple[Any, ...]],

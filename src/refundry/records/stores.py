@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import attrs
+
 from refundry.records.events import (
     EVENT_COLUMNS,
     GENESIS,
@@ -32,6 +34,7 @@ from refundry.records.events import (
     Row,
     new_salt,
 )
+from refundry.records.index import COLUMNS
 
 DEFAULT_PATH = "refundry.db"
 BUSY_TIMEOUT_S = 120
@@ -294,6 +297,58 @@ def _sqlite_range(path: str, lo: int, hi: int | None) -> Iterator[ChainRow]:
         raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
 
 
+@attrs.frozen
+class _RangeReader:
+    """What verify's worker processes read, each over a connection of its own: a range of
+    events (called as ``read(lo, hi)``), and the history index's rows of the cases a range
+    opens (``index_rows``), which the worker checks against the rows it made."""
+
+    events: Callable[[int, int | None], Iterable[ChainRow]]
+    index: Callable[[Sequence[str]], list[tuple[Any, ...]]]
+
+    def __call__(self, lo: int, hi: int | None) -> Iterable[ChainRow]:
+        return self.events(lo, hi)
+
+    def index_rows(self, request_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        return self.index(request_ids)
+
+
+_INDEX_BY_ID = f"SELECT {', '.join(COLUMNS)} FROM history_index WHERE request_id"
+
+
+def _sqlite_index_rows(path: str, request_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The history index's rows of ``request_ids`` in an SQLite store (by its primary key)."""
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+        try:
+            rows: list[tuple[Any, ...]] = []
+            for at in range(0, len(request_ids), 500):  # under any build's limit of variables
+                part = request_ids[at:at + 500]
+                rows += conn.execute(f"{_INDEX_BY_ID} IN ({', '.join('?' * len(part))})", part)
+            return rows
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
+
+
+def _pg_index_rows(conninfo: str, schema: str, snapshot: str,
+                   request_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The history index's rows of ``request_ids`` in a PostgreSQL store, as of ``snapshot``,
+    the chain's."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+            return conn.execute(f"{_INDEX_BY_ID} = ANY(%s)", (list(request_ids),)).fetchall()
+    except psycopg.Error as exc:
+        raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
+
+
 def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int,
               hi: int | None) -> Iterator[ChainRow]:
     """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of a PostgreSQL store, on
@@ -397,7 +452,9 @@ class SQLiteStore(RecordStore):
     @contextlib.contextmanager
     def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[ChainRow]] | None]:
         # WAL: each worker's reads see every committed event, and events are only appended.
-        yield functools.partial(_sqlite_range, str(self.path.resolve()))
+        path = str(self.path.resolve())
+        yield _RangeReader(functools.partial(_sqlite_range, path),
+                           functools.partial(_sqlite_index_rows, path))
 
     def _chain_rows(self) -> Iterable[ChainRow]:
         # A connection of its own, its cursor iterated: the pages of ``_rows`` (fetchall under
@@ -667,7 +724,9 @@ class PostgresStore(RecordStore):
             yield None
             return
         try:
-            yield functools.partial(_pg_range, self._conninfo, self.schema, snapshot)
+            where = (self._conninfo, self.schema, snapshot)
+            yield _RangeReader(functools.partial(_pg_range, *where),
+                               functools.partial(_pg_index_rows, *where))
         finally:
             conn.close()
 
