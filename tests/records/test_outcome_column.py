@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from refundry.records import events
 from refundry.records.stores import _split_pg_url, open_store
 
 from .conftest import make_request
@@ -100,6 +101,27 @@ def test_a_store_made_before_the_column_opens_as_it_is_and_is_upgraded_by_a_writ
     assert _sql(store_url, "SELECT request_id, outcome FROM events WHERE type = 'evaluated' "
                 "ORDER BY seq") == [("a-1", None), ("a-2", None), ("a-3", None), ("b-1", None),
                                     ("c-1", "manual_review"), ("c-2", "approve")]
+
+
+def test_a_store_made_before_the_column_verifies_read_only_in_workers_too(store_url, engine,
+                                                                          monkeypatch):
+    """verify's readers select the column with each row: on a store without it (a reader
+    does not upgrade) they must read NULL, in worker processes and in one pass alike."""
+    monkeypatch.setattr(events, "VERIFY_RANGE", 2)  # three ranges, so the workers read them
+    with open_store(store_url) as store:
+        _record(store, engine, ["a-1", "a-2"], waiting=True)
+        _record(store, engine, ["a-3"], waiting=False)
+        store.review("a-1", actor="rev", approve=True, reason="fine")
+    _sql(store_url, "DROP INDEX events_review_outcome", "ALTER TABLE events DROP COLUMN outcome")
+    with open_store(store_url, create=False) as old:
+        assert not old.outcome_column
+        one, many = old.verify(workers=1), old.verify(workers=2)
+        assert one.ok and many.ok and one.count == many.count == 4, (one, many)
+    _sql(store_url, "UPDATE events SET actor = 'mallory' WHERE seq = 3", triggers_off=True)
+    with open_store(store_url, create=False) as old:
+        one, many = old.verify(workers=1), old.verify(workers=2)
+        assert one == many and not many.ok and "event 3: column `actor`" in many.problem, many
+    assert not _layout(store_url)[0]
 
 
 def test_an_outcome_column_that_disagrees_with_its_body_is_caught_by_verify(store_url, engine):

@@ -125,6 +125,15 @@ def _plant(raw: Raw, where: str) -> None:
         raw("UPDATE events SET outcome = 'forged' WHERE seq = 16")
     elif where == "outcome column of a case a later range moves on":  # r-1, event 2
         raw("UPDATE events SET outcome = 'forged' WHERE seq = 2")
+    elif where == "outcome column of the first event of a range":  # r-4, event 5
+        raw("UPDATE events SET outcome = 'forged' WHERE seq = ?", (RANGE + 1,))
+    elif where == "outcome column on the first event of a range, no decision":  # r-3 reviewed
+        raw("UPDATE events SET outcome = 'approve' WHERE seq = ?", (2 * RANGE + 1,))
+    elif where == "outcome columns on both sides of a range boundary":
+        raw("UPDATE events SET outcome = 'forged' WHERE seq IN (?, ?)", (4 * RANGE + 1, RANGE))
+    elif where == "outcome column, then a later column":  # the chain's problem comes first
+        raw("UPDATE events SET outcome = 'forged' WHERE seq = 2")
+        raw("UPDATE events SET type = 'refunded' WHERE seq = 20")
     elif where == "index row a later range sets":  # r-0, refunded two ranges after it opened
         raw("UPDATE history_index SET status = 'processed' WHERE request_id = 'r-0'")
     elif where == "index row, a column no later event sets":
@@ -150,6 +159,13 @@ PLANTED = {
     "index row": (None, "history_index has no row for request `r-7`"),
     "outcome column of a case no later range touches": (None, "event 16: column `outcome`"),
     "outcome column of a case a later range moves on": (None, "event 2: column `outcome`"),
+    "outcome column of the first event of a range": (None, f"event {RANGE + 1}: column "
+                                                     "`outcome` differs from the hashed event"),
+    "outcome column on the first event of a range, no decision": (
+        None, f"event {2 * RANGE + 1}: column `outcome` differs"),
+    "outcome columns on both sides of a range boundary": (None, f"event {RANGE}: column "
+                                                          "`outcome`"),
+    "outcome column, then a later column": (20, "column `type` differs"),
     "index row a later range sets": (None, "row for request `r-0` differs from the chain in "
                                      "`status`"),
     "index row, a column no later event sets": (None, "`r-9` differs from the chain in "

@@ -596,8 +596,18 @@ EVENT_COLUMNS = "seq, request_id, type, at, actor, body, hash"  # a Row's column
 # before that column (``RecordStore.outcome_column`` False) is written without.
 NewRow = tuple[int, str, str, str, str, str, str, str | None]
 # A row as verify's walk reads it: the body as stored text, or its UTF-8 bytes where a backend
-# hands those over without decoding them (SQLite: the hash is over those bytes).
-ChainRow = tuple[int, str, str, str, str, str | bytes, str]
+# hands those over without decoding them (SQLite: the hash is over those bytes); then the
+# ``outcome`` column, read with the row so that its check costs no second read (None: NULL, or
+# a store without the column, ``chain_columns``).
+ChainRow = tuple[int, str, str, str, str, str | bytes, str, str | None]
+
+
+def chain_columns(outcome_column: bool) -> str:
+    """The select list of a ``ChainRow``: a store made before the ``outcome`` column, opened
+    read-only, has none to select (and is never upgraded by a reader), so NULL stands in."""
+    return f"{EVENT_COLUMNS}, {'outcome' if outcome_column else 'NULL'}"
+
+
 MANY_KEYS = 500  # request ids per query of record_many (SQLite allows 32,766 parameters)
 PAGE = 2_000  # rows read per query: verify streams a store of any size in bounded memory
 
@@ -746,11 +756,12 @@ class RecordStore:
     def _transaction(self, *, pipelined: bool = False) -> Any:  # yields a Transaction
         raise NotImplementedError
 
-    def _rows(self, request_id: str | None = None, after: int = 0) -> Iterator[Row]:
+    def _rows(self, request_id: str | None = None, after: int = 0,
+              columns: str = EVENT_COLUMNS) -> Iterator[Any]:
         where = "" if request_id is None else "AND request_id = ?"
         while True:
             args: tuple[Any, ...] = (after,) if request_id is None else (after, request_id)
-            page = self.query(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? {where} "
+            page = self.query(f"SELECT {columns} FROM events WHERE seq > ? {where} "
                               f"ORDER BY seq LIMIT {PAGE}", args)
             yield from page
             if len(page) < PAGE:
@@ -760,7 +771,7 @@ class RecordStore:
     def _chain_rows(self) -> Iterable[ChainRow]:
         """Every event in seq order, for verify's walk in this process (``_rows``, or a
         backend's cheaper reader)."""
-        return self._rows()
+        return self._rows(columns=chain_columns(self.outcome_column))
 
     @contextlib.contextmanager
     def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[ChainRow]] | None]:
@@ -1347,7 +1358,7 @@ class RecordStore:
             # The anchor first: a cut or a restored copy explains whatever the others find.
             problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
             texts_problem, texts = self._check_texts(walk.digests)
-            problem = (problem or texts_problem or self._check_outcomes(walk)
+            problem = (problem or texts_problem or walk.outcome_problem
                        or self._check_history(walk.rebuild, mark, walk))
         if problem:
             return attrs.evolve(result, ok=False, problem=problem, texts=texts)
@@ -1402,27 +1413,6 @@ class RecordStore:
             return (f"the text of ruleset layer `{missing[0]}` is missing from `ruleset_texts` "
                     f"({len(missing)} missing): decisions that used it cannot be replayed"), len(kept)
         return "", len(kept)
-
-    def _check_outcomes(self, walk: _ChainWalk) -> str:
-        """The ``outcome`` column of the walked events against their hashed bodies: the
-        review queue reads the column, so a forged one would hide a case from it or add
-        one. NULL (an event appended before the column) is read from the body, so it agrees."""
-        if not self.outcome_column:
-            return ""
-        after = 0
-        while True:
-            page = self.query("SELECT seq, request_id, type, outcome FROM events WHERE seq > ? "
-                              "AND seq <= ? AND outcome IS NOT NULL ORDER BY seq LIMIT ?",
-                              (after, walk.count, PAGE))
-            for seq, rid, type_, outcome in page:
-                fold = walk.lifecycle.cases.get(rid) if type_ == "evaluated" else None
-                # A case from a worker no later range touched is still its fields (``_Fold``'s).
-                decision = fold[2] if isinstance(fold, tuple) else getattr(fold, "decision", None)
-                if decision is None or decision.get("outcome") != outcome:
-                    return f"event {seq}: column `outcome` differs from the hashed event"
-            if len(page) < PAGE:
-                return ""
-            after = int(page[-1][0])
 
     def _signatures(self) -> dict[int, tuple[str, str]]:
         """seq -> (key, signature) of events appended with a signing key."""
@@ -1728,6 +1718,7 @@ class _Checked:
     index: tuple[bool, int, dict[str, tuple[Any, ...]], list[str]] | None = None
     carried: list[tuple[Any, ...]] = attrs.Factory(list)
     flaw: tuple[int, int, str | None, Any] | None = None
+    outcome_problem: str = ""  # the first event's whose `outcome` column is forged, if any
     hash_at: dict[int, str] = attrs.Factory(dict)
     seen_head: bool = False
     digests: set[str] = attrs.Factory(set)
@@ -1767,15 +1758,14 @@ def _fold_fields(fold: _Fold) -> tuple[Any, ...]:
     if reasons and isinstance(reasons, list) and all(isinstance(r, dict) and isinstance(
             r.get("code"), str | int | float | None) for r in reasons):
         decision = {"amount": decision.get("amount"),
-                    "reasons": [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1],
-                    "outcome": decision.get("outcome")}  # for the `outcome` column's check
+                    "reasons": [r for r in reasons if r.get("code") == FOUR_EYES_CODE][:1]}
     return (fold.request_id, fold.submitter, decision, fold.request, fold.status,
             fold.before_dispute, fold.approvals, None)
 
 
 def _first_row(out: _Checked, row: ChainRow, job: _Job) -> tuple[str, Any]:
     """The range's first event, checked but for its seq and link, which the parent checks."""
-    seq, rid, type_, at, actor, body_text, hash_ = row
+    seq, rid, type_, at, actor, body_text, hash_, _outcome = row
     out.first = seq
     if seq == 1:
         out.start = _named_start(body_text, job.starts)
@@ -1796,7 +1786,7 @@ def _check_range_rows(rows: Iterable[ChainRow], job: _Job,
     lifecycle.threshold = job.threshold_after(lo)
     out, expected, prev = _Checked(threshold_in=lifecycle.threshold), 0, ""
     for row in rows:
-        seq, rid, type_, at, actor, body_text, hash_ = row
+        seq, rid, type_, at, actor, body_text, hash_, outcome = row
         if not expected:
             problem, body = _first_row(out, row, job)
             expected = seq
@@ -1814,6 +1804,8 @@ def _check_range_rows(rows: Iterable[ChainRow], job: _Job,
         if flaw:
             out.flaw = (seq, seq - 1, prev or None, flaw)
             break
+        if outcome is not None and not out.outcome_problem:
+            out.outcome_problem = _outcome_problem(seq, type_, body, outcome)
         if seq in job.counts:
             out.hash_at[seq] = hash_
         out.seen_head = out.seen_head or hash_ == job.expect_head
@@ -1947,6 +1939,9 @@ class _ChainWalk:
         self.expected, self.prev = 1, self.starts[0]
         self.seen_head = expect_head is None or expect_head in (GENESIS, *self.starts)
         self.lifecycle = _Lifecycle()
+        # The first forged `outcome` column, named only once the chain, the anchor and the texts
+        # are found sound (it is a lesser problem than any of those, which explain it).
+        self.outcome_problem = ""
         # The index rows the workers held to the table themselves (``_Checked.index``): all
         # agreed so far, how many, those a later event may still set, the cases with no row.
         self.index_settled, self.index_count = True, 0
@@ -1966,7 +1961,7 @@ class _ChainWalk:
         expected_seq, prev, lifecycle, rebuild = 1, self.starts[0], self.lifecycle, self.rebuild
         seen_head = self.seen_head
         for row in rows:
-            seq, rid, type_, at, actor, body_text, hash_ = row
+            seq, rid, type_, at, actor, body_text, hash_, outcome = row
             if seq == 1 == expected_seq:
                 prev = self.genesis = _named_start(body_text, self.starts)
             body, problem = _clean_body(row, expected_seq, prev), ""
@@ -1980,6 +1975,8 @@ class _ChainWalk:
                            or check_event_signature(seq, body, hash_, signatures.get(seq)))
             if problem:
                 return Verification(False, expected_seq - 1, prev, min(seq, expected_seq), problem)
+            if outcome is not None and not self.outcome_problem:
+                self.outcome_problem = _outcome_problem(seq, type_, body, outcome)
             self.digests.update(_layer_digests(body))
             if rebuild is not None and seq <= job.watermark and type_ in INDEXED_EVENTS:
                 rebuild.add(seq, type_, body)
@@ -2044,6 +2041,7 @@ class _ChainWalk:
         if first:
             self.expected, self.prev = checked.last[0] + 1, checked.last[1]
         self.digests |= checked.digests
+        self.outcome_problem = self.outcome_problem or checked.outcome_problem
         self.hash_at.update(checked.hash_at)
         self.seen_head = self.seen_head or checked.seen_head
         return "joined"
@@ -2133,7 +2131,7 @@ def _clean_body(row: ChainRow, expected_seq: int, prev: str) -> Any:
     ``_check_row``, in one call, with no message made), or None: ``_check_row`` then says
     what is wrong. Nearly every row of a store is clean; the calls saved are 0.3-0.5 us of
     the 15-16 an event costs in Python."""
-    seq, rid, type_, at, actor, body_text, hash_ = row
+    seq, rid, type_, at, actor, body_text, hash_, _outcome = row
     if seq != expected_seq:
         return None
     raw = body_text.encode("utf-8") if isinstance(body_text, str) else body_text
@@ -2150,6 +2148,17 @@ def _clean_body(row: ChainRow, expected_seq: int, prev: str) -> Any:
             and get("type") == type_ and get("at") == at and get("actor") == actor:
         return body
     return None
+
+
+def _outcome_problem(seq: int, type_: str, body: Any, outcome: str) -> str:
+    """What is wrong with an event's non-NULL ``outcome`` column (NULL, written before the
+    column, is read from the body, so it agrees): the review queue reads the column, so a
+    forged one would hide a case from it or add one. Only a decision has an outcome, the one
+    its hashed body holds (the state machine has read that body by now: a dict)."""
+    decision = body.get("decision") if type_ == "evaluated" else None
+    if isinstance(decision, dict) and decision.get("outcome") == outcome:
+        return ""
+    return f"event {seq}: column `outcome` differs from the hashed event"
 
 
 def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: str | bytes,
@@ -2210,10 +2219,8 @@ class _Lifecycle:
                 # A case's state lives to the end of the walk, and the collector walks every
                 # object that does, again and again (a third of verify's time when the whole
                 # of both was kept).
-                # And the outcome, which the `outcome` column is checked against at the end.
                 fold.decision = {"amount": fold.decision.get("amount"),
-                                 "reasons": fold.decision.get("reasons"),
-                                 "outcome": fold.decision.get("outcome")}
+                                 "reasons": fold.decision.get("reasons")}
                 if isinstance(fold.request, dict):  # else left for the approval to trip on
                     fold.request = {"amount": fold.request.get("amount")}
                 return ""

@@ -32,6 +32,7 @@ from refundry.records.events import (
     RecordError,
     RecordStore,
     Row,
+    chain_columns,
     new_salt,
 )
 from refundry.records.index import COLUMNS
@@ -277,9 +278,11 @@ class _Tx:
         self._run("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
 
 
-def _sqlite_range(path: str, lo: int, hi: int | None) -> Iterator[ChainRow]:
+def _sqlite_range(path: str, lo: int, hi: int | None, *,
+                  outcome: bool) -> Iterator[ChainRow]:
     """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of an SQLite store, over
-    a connection of their own: a task of verify's worker processes."""
+    a connection of their own: a task of verify's worker processes. ``outcome``: whether the
+    events table has that column (``chain_columns``)."""
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
         try:
@@ -289,8 +292,10 @@ def _sqlite_range(path: str, lo: int, hi: int | None) -> Iterator[ChainRow]:
             # hash or its decoding, an event's problem, where the decode to text raised.
             utf8 = conn.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
             body = "CAST(body AS BLOB)" if utf8 else "body"
-            yield from conn.execute(f"SELECT seq, request_id, type, at, actor, {body}, hash "
-                                    f"FROM events WHERE seq > ?{bound} ORDER BY seq", args)
+            column = "outcome" if outcome else "NULL"  # as ``chain_columns``, the body aside
+            yield from conn.execute(f"SELECT seq, request_id, type, at, actor, {body}, hash, "
+                                    f"{column} FROM events WHERE seq > ?{bound} ORDER BY seq",
+                                    args)
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
@@ -350,7 +355,7 @@ def _pg_index_rows(conninfo: str, schema: str, snapshot: str,
 
 
 def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int,
-              hi: int | None) -> Iterator[ChainRow]:
+              hi: int | None, *, outcome: bool) -> Iterator[ChainRow]:
     """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of a PostgreSQL store, on
     a connection of their own that sees the chain as of ``snapshot`` (``pg_export_snapshot``),
     as every other range of the same verify sees it."""
@@ -363,8 +368,8 @@ def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int,
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
             bound, args = ("", (lo,)) if hi is None else (" AND seq <= %s", (lo, hi))
-            yield from conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > %s{bound} "
-                                    "ORDER BY seq", args)
+            yield from conn.execute(f"SELECT {chain_columns(outcome)} FROM events "
+                                    f"WHERE seq > %s{bound} ORDER BY seq", args)
     except psycopg.Error as exc:
         raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
 
@@ -453,7 +458,7 @@ class SQLiteStore(RecordStore):
     def _range_reader(self) -> Iterator[Callable[[int, int | None], Iterable[ChainRow]] | None]:
         # WAL: each worker's reads see every committed event, and events are only appended.
         path = str(self.path.resolve())
-        yield _RangeReader(functools.partial(_sqlite_range, path),
+        yield _RangeReader(functools.partial(_sqlite_range, path, outcome=self.outcome_column),
                            functools.partial(_sqlite_index_rows, path))
 
     def _chain_rows(self) -> Iterable[ChainRow]:
@@ -462,8 +467,8 @@ class SQLiteStore(RecordStore):
         # again cost 0.5-1 us an event, more on a loaded machine. A batch of this thread's
         # reads its own uncommitted events, as before; so does a store that is not a file.
         if self._in_batch() or not self.path.is_file():
-            return self._rows()
-        return _sqlite_range(str(self.path.resolve()), 0, None)
+            return super()._chain_rows()
+        return _sqlite_range(str(self.path.resolve()), 0, None, outcome=self.outcome_column)
 
     def _has_index(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
@@ -725,7 +730,7 @@ class PostgresStore(RecordStore):
             return
         try:
             where = (self._conninfo, self.schema, snapshot)
-            yield _RangeReader(functools.partial(_pg_range, *where),
+            yield _RangeReader(functools.partial(_pg_range, *where, outcome=self.outcome_column),
                                functools.partial(_pg_index_rows, *where))
         finally:
             conn.close()
