@@ -2,7 +2,8 @@
 scrubbing the request on entry, parsing it, its canonical dict, masking it, the decision
 snapshot (``mask_value(decision.to_dict(), DECISION_MONEY)``, or ``mask_snapshot`` where a tree
 has it, as ``prepare_event`` does), the canonical JSON of both, and
-``records.events.prepare_event`` as a whole.
+``records.events.prepare_event`` as a whole, and pickling and unpickling the prepared
+decisions (a worker of ``refundry run --db --workers N`` sends them to the parent).
 
     .venv/bin/python bench/bench_prepare.py [--requests 300] [--runs 7] [--rounds 3]
         [--baseline REV]
@@ -23,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -37,7 +39,7 @@ sys.path.insert(0, str(HERE))
 from bench_run_db import generate, tree_of  # noqa: E402 - a sibling script, found by its folder
 
 STEPS = ("scrub_request", "parse_request", "request_to_dict", "mask_request", "snapshot",
-         "encode", "prepare_event")
+         "encode", "prepare_event", "pickle", "unpickle")
 
 
 def child(requests: int, runs: int) -> dict:
@@ -65,6 +67,8 @@ def child(requests: int, runs: int) -> dict:
     masked = [mask_request(r, salt) for r in raws]
     snaps = [snapshot_of(dec) for dec in decisions]
     pairs = list(zip(parsed, decisions, strict=True))
+    prepared = [prepare_event(r, dec, salt, actor="a", texts=()) for r, dec in pairs]
+    sent = pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)
     digest = hashlib.sha256()
     for r, dec in pairs:
         encoded = prepare_event(r, dec, salt, actor="a", texts=()).draft.encoded
@@ -80,6 +84,9 @@ def child(requests: int, runs: int) -> dict:
         "encode": lambda: [encode(s, m) for s, m in zip(snaps, masked, strict=True)],
         "prepare_event": lambda: [prepare_event(r, dec, salt, actor="a", texts=())
                                   for r, dec in pairs],
+        # A worker sends its chunk's prepared decisions in one pickle; the parent loads it.
+        "pickle": lambda: pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL),
+        "unpickle": lambda: pickle.loads(sent),
     }
     out: dict = {"digest": digest.hexdigest()[:16]}
     for step in STEPS:

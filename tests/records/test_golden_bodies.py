@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,10 @@ def requests() -> list[dict[str, Any]]:
 
 
 def record_all(path: Path, monkeypatch: pytest.MonkeyPatch,
-               ahead: bool = False) -> list[dict[str, Any]]:
+               ahead: bool = False, piped: bool = False) -> list[dict[str, Any]]:
     """Every request recorded; ``ahead``: masked and encoded first (``events.prepare_event``), as a
-    worker process of ``refundry run --db --workers N`` does."""
+    worker process of ``refundry run --db --workers N`` does; ``piped``: and pickled and read
+    back, as it crosses to the parent."""
     monkeypatch.setattr(stores, "new_salt", lambda: SALT)
     engine = refundry.Engine.from_path(RULESETS)
     clock = iter(dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=i)
@@ -75,6 +77,8 @@ def record_all(path: Path, monkeypatch: pytest.MonkeyPatch,
                     decision = engine.evaluate(sent)
                     prepared = prepare_event(sent, decision, bytes.fromhex(SALT), texts=(),
                                              actor=store.recorded_actor("golden")) if ahead else None
+                    if piped:
+                        prepared = pickle.loads(pickle.dumps(prepared))
                     store.record(sent, decision, engine=engine, actor="golden", prepared=prepared)
                 except (RefundryError, ValueError, TypeError):
                     continue  # a request the engine or the store refuses is not in the chain
@@ -84,10 +88,12 @@ def record_all(path: Path, monkeypatch: pytest.MonkeyPatch,
         store.close()
 
 
-@pytest.mark.parametrize("ahead", [False, True], ids=["in-record", "prepared-ahead"])
+@pytest.mark.parametrize(("ahead", "piped"), [(False, False), (True, False), (True, True)],
+                         ids=["in-record", "prepared-ahead", "prepared-in-a-worker"])
 def test_stored_events_equal_the_golden_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             ahead: bool) -> None:
-    got = json.loads(json.dumps(record_all(tmp_path / "g.db", monkeypatch, ahead), sort_keys=True))
+                                             ahead: bool, piped: bool) -> None:
+    got = json.loads(json.dumps(record_all(tmp_path / "g.db", monkeypatch, ahead, piped),
+                                sort_keys=True))
     want = json.loads(GOLDEN.read_text())
     assert len(got) == len(want) and len(want) > 20
     for g, w in zip(got, want, strict=True):

@@ -74,3 +74,23 @@ def test_a_group_past_one_query_of_keys_still_finds_its_recorded_cases(store, en
     assert [created for _case, created in got] == [True] * MANY_KEYS + [False]
     assert got[-1][0].request_id == "zz-old" and len(got[-1][0].events) == 1
     assert store.verify().ok and store.checkpoint().count == MANY_KEYS + 1
+
+
+def test_a_prepared_decision_pickles_to_its_equal_and_records_the_same(store, engine):
+    """A worker process of `refundry run --db --workers N` sends each prepared decision to
+    the parent in a pickle: what arrives equals what was sent and records as it would have,
+    and a draft with nothing encoded crosses whole."""
+    import pickle
+
+    from refundry.records.events import Draft
+
+    request = make_request("pickled", customer={"id": "c-\U0001f600 4111 1111 1111 1111",
+                                                "email": "Ü@example.com"})
+    prepared = store.prepare(request, engine.evaluate(request), engine=engine, actor="svc")
+    back = pickle.loads(pickle.dumps(prepared))
+    assert back == prepared and back.draft.encoded == prepared.draft.encoded
+    plain = Draft("r", "note", "svc", None, None, {"text": "hi"})
+    assert pickle.loads(pickle.dumps(plain)) == plain
+    case, created = store.record(request, engine.evaluate(request), engine=engine, actor="svc",
+                                 prepared=back)
+    assert created and case.request == prepared.draft.request and store.verify().ok

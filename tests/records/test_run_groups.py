@@ -125,3 +125,44 @@ def test_two_workers_give_every_request_the_history_one_worker_gives_it(
     # same too.
     assert (tmp_path / "o1.jsonl").read_text() == (tmp_path / "o2.jsonl").read_text()
     assert facts[1]["again"]["requests_by_customer_30d"] >= 2  # an earlier group's record counted
+
+
+def test_two_workers_record_byte_for_byte_what_one_process_records(
+        store_url, engine, tmp_path, monkeypatch) -> None:
+    """The workers mask and encode each decision's event: the chain the parent then builds
+    from them is the one a single process builds, body and hash, and verifies."""
+    from refundry.plugins.history import plugins_with_history
+    from refundry.records import stores
+    from refundry.records.history import History
+
+    from .conftest import PG_ENV, RULESETS, StepClock, drop_pg_schema
+    from .test_history_batched import SALT, requests, second_url
+
+    monkeypatch.setattr(stores, "new_salt", lambda: SALT)
+    odd = [make_request("odd-1", reason="defective",
+                        customer={"id": "c-ü 4111 1111 1111 1111 \U0001f600",
+                                  "email": "Ünï@example.com"}),
+           make_request("odd-2", customer={"id": "c-\U0001f600", "address": "Straße 1"},
+                        facts={"n": 12345678901234567, "text": "4111111111111111 \U0001f600"}),
+           make_request("odd-3", client_id="acme", amount="600")]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in [*requests(), *odd]))
+    chains, texts = [], []
+    try:
+        for workers, url in ((1, store_url), (2, second_url(store_url))):
+            with stores.open_store(url, clock=StepClock()) as store:
+                summary = run(source="jsonl", input_path=src, out=tmp_path / f"o{workers}.jsonl",
+                              rulesets=[RULESETS], workers=workers,
+                              plugins=plugins_with_history(store), id_key=store.salt,
+                              record=StoreRecorder(store, engine, "batch", index=History(store)))
+                assert summary.decided > len(requests()) and not summary.dead_letters
+                assert store.verify().ok
+                chains.append([(e.seq, e.request_id, e.type, e.at, e.actor, e.hash, e.body)
+                               for e in store.events()])
+                texts.append([store.ruleset_text(d) for _id, _v, d in store.ruleset_versions()])
+    finally:
+        if store_url.startswith("postgresql://"):
+            drop_pg_schema(os.environ[PG_ENV], store_url.rsplit("schema=", 1)[1] + "b")
+    assert len(chains[0]) == summary.decided
+    assert chains[0] == chains[1]  # the hashes cover each body's text and the one before
+    assert texts[0] == texts[1]

@@ -1118,6 +1118,8 @@ class StoreRecorder:
         # transaction: the next lookup's sync then has nothing to read back and decode.
         self.index = index
         self._batch: contextlib.ExitStack | None = None  # holds the open store.batch()
+        # The ruleset texts of decisions prepared in worker processes, by ruleset digest.
+        self._texts: dict[str, tuple[tuple[str, str, str, str], ...]] = {}
 
     @property
     def recording(self) -> tuple[bytes, str]:
@@ -1147,7 +1149,8 @@ class StoreRecorder:
         refused: list[RecordError] = []
         for decision, request, prepared in decisions:
             try:
-                ready.append(with_texts(prepared, decision, self.engine) if prepared is not None
+                ready.append(with_texts(prepared, decision, self.engine, self._texts)
+                             if prepared is not None
                              else self.store.prepare(request, decision, engine=self.engine,
                                                      actor=self.actor))
             except RecordError as exc:

@@ -316,14 +316,22 @@ def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision
     return Prepared(raw["request_id"], draft)
 
 
-def with_texts(prepared: Prepared, decision: Decision, engine: Any) -> Prepared:
+def with_texts(prepared: Prepared, decision: Decision, engine: Any,
+               found: dict[str, tuple[tuple[str, str, str, str], ...]] | None = None) -> Prepared:
     """``prepared`` with the ruleset texts of ``decision`` from ``engine`` (the one that made
     it), when it was made where they were not at hand (``prepare_event`` with ``texts=()``):
-    a case is replayable only if the store keeps the exact text that decided it."""
+    a case is replayable only if the store keeps the exact text that decided it. ``found``:
+    the texts already found in ``engine``, by ruleset digest (which covers every layer's
+    text), kept for the next call: a run's decisions come from a handful of rulesets."""
     if prepared.draft.texts:
         return prepared
-    return attrs.evolve(prepared, draft=attrs.evolve(prepared.draft,
-                                                     texts=_texts_of(decision, engine)))
+    digest = decision.ruleset.digest if decision.ruleset is not None else None
+    texts = found.get(digest) if found is not None and digest is not None else None
+    if texts is None:
+        texts = _texts_of(decision, engine)
+        if found is not None and digest is not None:
+            found[digest] = texts
+    return Prepared(prepared.submitted_id, attrs.evolve(prepared.draft, texts=texts))
 
 
 # --- the state machine ---------------------------------------------------------------------
