@@ -2155,8 +2155,7 @@ def _outcome_problem(seq: int, type_: str, body: Any, outcome: str) -> str:
     column, is read from the body, so it agrees): the review queue reads the column, so a
     forged one would hide a case from it or add one. Only a decision has an outcome, the one
     its hashed body holds (the state machine has read that body by now: a dict)."""
-    decision = body.get("decision") if type_ == "evaluated" else None
-    if isinstance(decision, dict) and decision.get("outcome") == outcome:
+    if outcome_of(type_, body) == outcome:
         return ""
     return f"event {seq}: column `outcome` differs from the hashed event"
 
