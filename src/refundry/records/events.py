@@ -1359,7 +1359,7 @@ class RecordStore:
             problem = anchor_problem(signed, walk.count, walk.genesis, walk.hash_at, trusted_keys)
             texts_problem, texts = self._check_texts(walk.digests)
             problem = (problem or texts_problem or walk.outcome_problem
-                       or self._check_history(walk.rebuild, mark, walk))
+                       or self._check_history(walk, mark))
         if problem:
             return attrs.evolve(result, ok=False, problem=problem, texts=texts)
         return attrs.evolve(result, texts=texts, anchored=bool(signed),
@@ -1431,12 +1431,11 @@ class RecordStore:
         except (RecordError, ValueError):
             return None
 
-    def _check_history(self, rebuild: Rebuild | None = None, mark: int | None = None,
-                       walk: _ChainWalk | None = None) -> str:
+    def _check_history(self, walk: _ChainWalk, mark: int | None) -> str:
         """The history index against the rows the chain makes up to its watermark ("" if they
-        agree, or if the store has no index). ``rebuild``: those rows, made by the chain walk
-        up to ``mark``; read again if the index has moved since (a writer synced it). ``walk``:
-        with workers, what they found comparing the rows themselves; when that settles it, the
+        agree, or if the store has no index). ``walk``: the chain walk up to ``mark``; the rows
+        it made (``rebuild``) are read again if the index has moved since (a writer synced it).
+        With workers, what they found comparing the rows themselves; when that settles it, the
         table is only counted, else read whole and compared here, which names the problem."""
         try:
             mark_now = self.query("SELECT value FROM history_meta WHERE key = 'seq'")
@@ -1446,11 +1445,12 @@ class RecordStore:
             watermark = parse_watermark(mark_now[0][0]) if mark_now else 0
         except ValueError as exc:
             return str(exc)
-        if walk is not None and walk.index_count and watermark == mark and walk.index_agrees(
+        if walk.index_count and watermark == mark and walk.index_agrees(
                 int(self.query("SELECT count(*) FROM history_index")[0][0])):
             return ""
-        expected = (rebuild.rows if rebuild is not None and watermark == mark
-                    and not (walk is not None and walk.index_count)
+        # Workers compared their rows and hand back none: the parent holds only a part.
+        rebuild = walk.rebuild if watermark == mark and not walk.index_count else None
+        expected = (rebuild.rows if rebuild is not None
                     else expected_rows(self._indexed(watermark), self.salt))
         actual = self.query(f"SELECT {', '.join(COLUMNS)} FROM history_index")
         return index_problem(expected, actual, watermark)
@@ -2155,8 +2155,7 @@ def _outcome_problem(seq: int, type_: str, body: Any, outcome: str) -> str:
     column, is read from the body, so it agrees): the review queue reads the column, so a
     forged one would hide a case from it or add one. Only a decision has an outcome, the one
     its hashed body holds (the state machine has read that body by now: a dict)."""
-    decision = body.get("decision") if type_ == "evaluated" else None
-    if isinstance(decision, dict) and decision.get("outcome") == outcome:
+    if outcome_of(type_, body) == outcome:
         return ""
     return f"event {seq}: column `outcome` differs from the hashed event"
 
