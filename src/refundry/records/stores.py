@@ -309,13 +309,10 @@ class _RangeReader:
     opens (``index_rows``), which the worker checks against the rows it made."""
 
     events: Callable[[int, int | None], Iterable[ChainRow]]
-    index: Callable[[Sequence[str]], list[tuple[Any, ...]]]
+    index_rows: Callable[[Sequence[str]], list[tuple[Any, ...]]]
 
     def __call__(self, lo: int, hi: int | None) -> Iterable[ChainRow]:
         return self.events(lo, hi)
-
-    def index_rows(self, request_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        return self.index(request_ids)
 
 
 _INDEX_BY_ID = f"SELECT {', '.join(COLUMNS)} FROM history_index WHERE request_id"
