@@ -27,6 +27,7 @@ import attrs
 from refundry.records.events import (
     EVENT_COLUMNS,
     GENESIS,
+    MANY_KEYS,
     ChainRow,
     NewRow,
     RecordError,
@@ -324,8 +325,8 @@ def _sqlite_index_rows(path: str, request_ids: Sequence[str]) -> list[tuple[Any,
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
         try:
             rows: list[tuple[Any, ...]] = []
-            for at in range(0, len(request_ids), 500):  # under any build's limit of variables
-                part = request_ids[at:at + 500]
+            for at in range(0, len(request_ids), MANY_KEYS):  # under any build's variables limit
+                part = request_ids[at:at + MANY_KEYS]
                 rows += conn.execute(f"{_INDEX_BY_ID} IN ({', '.join('?' * len(part))})", part)
             return rows
         finally:
