@@ -784,14 +784,11 @@ class PostgresStore(RecordStore):
         raise AssertionError("unreachable")
 
     def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        return self._read_all([(query, args)])[0]
+        return self.query_all([(query, args)])[0]
 
     def query_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         # One round trip for all of them: a group's history lookup is two statements, and
         # the API's decider waited for each in turn.
-        return self._read_all(reads)
-
-    def _read_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         together = len(reads) > 1 and self._psycopg.Pipeline.is_supported()
         with self._lock:
             for attempt in (1, 2):
