@@ -321,12 +321,13 @@ def bench_hold(db_kind: str, groups: int = 30, size: int = 16) -> None:
                     t0 = time.perf_counter()
                     with store.batch(pipelined=way == "committer_pipelined"):
                         appended = []
-                        if prepared:
+                        if way == "record":
+                            for r, d in decided:
+                                store.record(r, d, engine=engine, actor="bench")
+                        else:
                             got = store.record_many(prepared)
                             if way.startswith("committer"):
                                 appended = [c.events[-1] for c, _new in got]
-                        for r, d in decided if not prepared else ():
-                            store.record(r, d, engine=engine, actor="bench")
                         history.sync(appended)
                     held[way].append(time.perf_counter() - t0)
             assert store.verify().ok

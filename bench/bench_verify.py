@@ -16,9 +16,8 @@ worker processes; and the process alone, with workers the serial part) and the l
 run; `--workers 1,2` also times this tree, and the baseline with more than one, with
 `verify(workers=N)`. `--floor` measures, with this tree, the CPU per event of only reading the
 rows as the walk reads them, then hashing them too, then decoding them too: what no verify in
-one process goes under. Verify only reads: both
-trees see the same bytes. A PostgreSQL store's schema is dropped at the end. Timing lives here,
-never in the test suite.
+one process goes under. Verify only reads: both trees see the same bytes. A PostgreSQL store's
+schema is dropped at the end. Timing lives here, never in the test suite.
 """
 
 from __future__ import annotations

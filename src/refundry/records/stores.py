@@ -27,6 +27,7 @@ import attrs
 from refundry.records.events import (
     EVENT_COLUMNS,
     GENESIS,
+    MANY_KEYS,
     ChainRow,
     NewRow,
     RecordError,
@@ -309,13 +310,10 @@ class _RangeReader:
     opens (``index_rows``), which the worker checks against the rows it made."""
 
     events: Callable[[int, int | None], Iterable[ChainRow]]
-    index: Callable[[Sequence[str]], list[tuple[Any, ...]]]
+    index_rows: Callable[[Sequence[str]], list[tuple[Any, ...]]]
 
     def __call__(self, lo: int, hi: int | None) -> Iterable[ChainRow]:
         return self.events(lo, hi)
-
-    def index_rows(self, request_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-        return self.index(request_ids)
 
 
 _INDEX_BY_ID = f"SELECT {', '.join(COLUMNS)} FROM history_index WHERE request_id"
@@ -327,8 +325,8 @@ def _sqlite_index_rows(path: str, request_ids: Sequence[str]) -> list[tuple[Any,
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
         try:
             rows: list[tuple[Any, ...]] = []
-            for at in range(0, len(request_ids), 500):  # under any build's limit of variables
-                part = request_ids[at:at + 500]
+            for at in range(0, len(request_ids), MANY_KEYS):  # under any build's variables limit
+                part = request_ids[at:at + MANY_KEYS]
                 rows += conn.execute(f"{_INDEX_BY_ID} IN ({', '.join('?' * len(part))})", part)
             return rows
         finally:
@@ -786,14 +784,11 @@ class PostgresStore(RecordStore):
         raise AssertionError("unreachable")
 
     def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        return self._read_all([(query, args)])[0]
+        return self.query_all([(query, args)])[0]
 
     def query_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         # One round trip for all of them: a group's history lookup is two statements, and
         # the API's decider waited for each in turn.
-        return self._read_all(reads)
-
-    def _read_all(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         together = len(reads) > 1 and self._psycopg.Pipeline.is_supported()
         with self._lock:
             for attempt in (1, 2):
