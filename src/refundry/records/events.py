@@ -2164,6 +2164,8 @@ def _check_row(seq: int, rid: str, type_: str, at: str, actor: str, body_text: s
                hash_: str, expected_seq: int, prev: str) -> tuple[str, dict[str, Any]]:
     """What is wrong with one stored event as a link of the chain ("" if nothing), and its
     parsed body."""
+    # ``_clean_body`` passes a row on these same checks without calling this: a check added
+    # here must be added there too, or every clean-looking row skips it.
     problem, body = _check_body(seq, type_, body_text, hash_, expected_seq)
     if problem:
         return problem, body
