@@ -60,7 +60,7 @@ from refundry.records.index import (
 from refundry.records.masking import (
     DECISION_MONEY,
     DETAILS_MONEY,
-    mask_request,
+    mask_parsed,
     mask_snapshot,
     mask_text,
     mask_value,
@@ -301,19 +301,21 @@ def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision
     from refundry.core.request import parse_request, request_to_dict
 
     try:
-        raw = request_to_dict(parse_request(request))
+        parsed = parse_request(request)
+        # The parsed request masked as its dump would be, without making the dump.
+        masked = mask_parsed(parsed, salt)
     except RefundryError:
         raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
-    masked = mask_request(raw, salt)
     request_id = masked["request_id"]
     snapshot = mask_snapshot(decision.to_dict())
     snapshot["request_id"] = request_id
-    if decision.request_id != raw["request_id"]:
+    submitted = request_to_dict(parsed, ("request_id",))["request_id"]
+    if decision.request_id != submitted:
         raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                           f"not `{request_id}`")
     draft = Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts,
                   encode(snapshot, masked))
-    return Prepared(raw["request_id"], draft)
+    return Prepared(submitted, draft)
 
 
 def with_texts(prepared: Prepared, decision: Decision, engine: Any,

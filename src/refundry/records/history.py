@@ -39,7 +39,7 @@ from refundry.records.index import (
     status_update,
     utc_text,
 )
-from refundry.records.masking import mask_request, pseudonym
+from refundry.records.masking import mask_parsed, pseudonym
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -500,25 +500,20 @@ class _Lookup:
                                  k.transaction) if v is not None)
 
 
-_LOOKUP_FIELDS = (*KEY_FIELDS, "prior_refunds")
-
-
 def _lookup_of(parsed: RefundRequest, salt: bytes, name: Callable[[str, bytes, str], str] | None,
                as_of: dt.datetime | None) -> _Lookup | None:
     """A parsed request's lookup under ``salt`` (None: it has no keys)."""
     from refundry.core.request import request_to_dict
 
     try:
-        raw = request_to_dict(parsed, _LOOKUP_FIELDS)
+        # Only what a key is made of is masked: the same keys (masking is value by value),
+        # without masking items, notes and evidence twice per request (the store masks the
+        # whole request when it records it); masked as its dump would be, without the dump.
+        masked = mask_parsed(parsed, salt, KEY_FIELDS)
+        raw = request_to_dict(parsed, ("prior_refunds",))
     except RefundryError:
         return None
-    # Only what a key is made of is masked: the same keys (masking is value by value),
-    # without masking dates, items, notes and evidence twice per request (the store masks
-    # the whole request when it records it).
-    txn = raw["transaction"]
-    raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
-    keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
-                   pseudonym if name is None else name)
+    keys = keys_of(masked, salt, pseudonym if name is None else name)
     at = utc_text(as_of) if as_of is not None else keys.requested_at
     claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
     return _Lookup(keys, at, claimed)

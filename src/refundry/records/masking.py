@@ -15,9 +15,10 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import operator
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -314,6 +315,11 @@ def mask_request(data: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
     out = mask_value(data, request_money_paths())
     if isinstance(data.get("request_id"), str):
         out["request_id"] = scrub_id(data["request_id"], salt)
+    return _pseudonyms(out, salt)
+
+
+def _pseudonyms(out: dict[str, Any], salt: bytes) -> dict[str, Any]:
+    """A masked request's customer email and address as their pseudonyms."""
     customer = out.get("customer")
     if isinstance(customer, dict):
         if isinstance(customer.get("email"), str):
@@ -321,6 +327,108 @@ def mask_request(data: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
         if isinstance(customer.get("address"), str):
             customer["address"] = pseudonym(customer["address"], salt, "address-")
     return out
+
+
+def mask_parsed(request: Any, salt: bytes, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """``mask_request(request_to_dict(request, fields), salt)`` for a parsed request, walked
+    once: each value masked as its dump would be, without making the dump. A top-level field
+    holding what the parser never makes (a float, a mapping other than a plain dict, a class
+    of its own) is dumped and masked as ``mask_request`` masks it."""
+    from refundry.core.request import request_to_dict
+
+    rid = request.request_id
+    if type(rid) is not str:  # not as parsed: its dump decides its key
+        return mask_request(request_to_dict(request, fields), salt)
+    money = request_money_paths()
+    out: dict[str, Any] = {}
+    plan, values = _plan(type(request), "", money)  # type: ignore[arg-type]  # a class is hashable; typeshed says not
+    # A request's fields are its own names, kept as they are (``kept``: the name).
+    named: Iterable[tuple[tuple[str, str, bool], Any]] = zip(plan, values(request), strict=True)
+    if fields is not None:  # in their order, as ``request_to_dict`` gives them
+        by_name = {entry[0]: (entry, v) for entry, v in named}
+        named = [by_name[name] for name in fields]
+    for (name, path, is_money), v in named:
+        if v is None or v == ():
+            continue
+        try:
+            out[name] = _masked_parsed(v, path, is_money, money)
+        except _Unusual:
+            out[name] = mask_value(request_to_dict(request, (name,)), money)[name]
+    if "request_id" in out:
+        out["request_id"] = scrub_id(rid, salt)
+    return _pseudonyms(out, salt)
+
+
+class _Unusual(Exception):  # noqa: N818 - not an error: a value the fast walk leaves to the dump
+    """A value ``_masked_parsed`` does not take: its field is dumped and masked instead."""
+
+
+# The path given below a value with no money at or below it: no money path is ever this.
+_FREE = "\x00"
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(kind: type, path: str, money: frozenset[str]
+          ) -> tuple[tuple[tuple[str, str, bool], ...], Callable[[Any], tuple[Any, ...]]]:
+    """A model's fields at ``path`` that masking keeps, as (its key as kept, its dotted path
+    or ``_FREE``, whether that is a money path), and a getter of their values in one call.
+    Cached: models, their paths and the money paths are the program's, never the input's."""
+    prefixes = _money_prefixes(money)
+    names, plan = [], []
+    for f in attrs.fields(kind):
+        kept = _kept_key(f.name)
+        sub = f"{path}.{f.name}" if path else f.name
+        if kept is not None:
+            names.append(f.name)
+            plan.append((kept, sub if sub in prefixes else _FREE, sub in money))
+    # ``attrgetter`` of one name gives the value, not a 1-tuple.
+    getter = operator.attrgetter(*names) if len(names) > 1 \
+        else (lambda obj: tuple(getattr(obj, n) for n in names))
+    return tuple(plan), getter
+
+
+def _masked_parsed(value: Any, path: str, is_money: bool, money: frozenset[str]) -> Any:
+    """``_walk(dump(value), money, path, mask_value_plain)`` for a value of a parsed request
+    (``dump``: ``request_to_dict``'s); ``_Unusual`` for a value it does not take. ``path``
+    is ``_FREE`` where no money path is at or below it, and then never built further."""
+    kind = type(value)
+    if kind is str:
+        return value if is_money and _MONEY.fullmatch(value) is not None else mask_text(value)
+    if kind is bool or value is None:
+        return value
+    if kind is Decimal:  # dumped as its text
+        text = str(value)
+        return text if is_money and _MONEY.fullmatch(text) is not None else mask_text(text)
+    if kind is int:
+        if is_money:
+            return mask_value_plain(value, money, path)
+        return value if -_SMALL_INT < value < _SMALL_INT else mask_value_plain(value)
+    if kind is dt.datetime or kind is dt.date:
+        return _masked_parsed(value.isoformat(), path, is_money, money)
+    if kind is tuple or kind is list:
+        sub = _FREE if path is _FREE else path + "[]"
+        below = sub is not _FREE and sub in money
+        if sub is not _FREE and sub not in _money_prefixes(money):
+            sub = _FREE
+        return [mask_text(v) if type(v) is str and not below
+                else _masked_parsed(v, sub, below, money) for v in value]
+    if kind is dict and path is _FREE:  # facts: the dump keeps its keys, the walk masks them
+        # Text, flags and counts (most of a request's facts) without a call each.
+        return {kept: mask_text(v) if type(v) is str
+                else v if type(v) is bool or (type(v) is int and -_SMALL_INT < v < _SMALL_INT)
+                else _masked_parsed(v, _FREE, False, money)
+                for k, v in value.items()
+                if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
+    if attrs.has(kind) and kind.__module__ == "refundry.core.models":
+        plan, values = _plan(kind, path, money) if path is not _FREE \
+            else _plan(kind, "", frozenset())
+        out = {}
+        for (kept, sub, money_here), v in zip(plan, values(value), strict=True):
+            if v is not None and v != ():
+                out[kept] = mask_text(v) if type(v) is str and not money_here \
+                    else v if type(v) is bool else _masked_parsed(v, sub, money_here, money)
+        return out
+    raise _Unusual
 
 
 def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> Any:
