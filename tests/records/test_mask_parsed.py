@@ -264,3 +264,123 @@ def test_an_updated_masking_equals_the_whole_request_masked(changes, replaced, r
     want = mask_request(request_to_dict(after), SALT)
     assert _same(got, want)
     assert json.dumps(got) == json.dumps(want)
+
+
+# --- a decision masked from the object (``mask_decision``) against its dict masked -----------
+
+
+def _decisions() -> list[Any]:
+    import refundry
+
+    from .conftest import RULESETS
+
+    engine = refundry.Engine.from_path(RULESETS)
+    out = [engine.evaluate(r) for r in hostile_corpus.parsed_requests(400, seed=13)]
+    request = json.loads(hostile_corpus.shipped_requests()[0], parse_float=Decimal)
+    # The engine's own reasons (no ruleset in force, an invalid request): masked afresh.
+    out += [engine.evaluate(request, ruleset="nope-4111111111111111"),
+            engine.evaluate({**request, "amount": "4111 1111 1111 1111"})]
+    return out
+
+
+def _check_decision(decision: Any) -> None:
+    from refundry.records.masking import mask_decision, mask_snapshot
+
+    old = _outcome(lambda d: mask_snapshot(d.to_dict()), decision)
+    new = _outcome(mask_decision, decision)
+    assert old[0] == new[0] and (old[0] != "ok" or _same(new[1], old[1])), (old, new)
+    if old[0] == "ok":
+        assert json.dumps(new[1]) == json.dumps(old[1])
+    else:
+        assert old == new
+
+
+def test_a_decision_masked_from_the_object_equals_its_dict_masked() -> None:
+    decisions = _decisions()
+    assert len({d.outcome for d in decisions}) >= 3 and any(d.actions for d in decisions)
+    for decision in decisions:
+        _check_decision(decision)
+        _check_decision(decision)  # again, with the rule texts remembered
+
+
+DECISION_FIELDS = st.sampled_from(["request_id", "currency", "amount", "as_of", "errors",
+                                   "reasons", "deadlines", "lines", "actions", "ruleset"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(DECISION_FIELDS, ODD), max_size=2), st.integers(0, 10_000),
+       st.lists(st.tuples(st.sampled_from(["rule_id", "message", "citation", "floor", "sku",
+                                           "quantity", "amount", "due", "customer_messages",
+                                           "rule_ids", "name", "layers", "digest", "type"]),
+                          st.one_of(ODD, CARDS, st.just("refundry.x 4111111111111111"),
+                                    st.just((("cvv", "x"), ("de", "4111111111111111"))))),
+                max_size=2))
+def test_odd_decisions_masked_from_the_object_equal_their_dict_masked(top, pick, inner) -> None:
+    """Values the engine never puts in a decision (put there around it): the object walk
+    hands the decision to the dict's masking, or gives what it gives."""
+    decisions = _DECISIONS or _DECISIONS.extend(_decisions()) or _DECISIONS
+    decision = decisions[pick % len(decisions)]
+    for name, value in inner:  # into the first reason, deadline, line, action or layer
+        for part in ("reasons", "deadlines", "lines", "actions"):
+            items = getattr(decision, part)
+            if items and name in attrs.fields_dict(type(items[0])):
+                decision = attrs.evolve(decision, **{part: (attrs.evolve(items[0], **{name: value}),
+                                                            *items[1:])})
+                break
+        else:
+            ref = decision.ruleset
+            if ref is not None and name in attrs.fields_dict(type(ref)):
+                decision = attrs.evolve(decision, ruleset=attrs.evolve(ref, **{name: value}))
+    try:
+        decision = attrs.evolve(decision, **dict(top))
+    except (TypeError, ValueError):
+        assume(False)
+    _check_decision(decision)
+
+
+_DECISIONS: list[Any] = []
+
+
+def _one_of_each(decision: Any) -> Any:
+    """``decision`` with a line, an action and the rule parts holding card numbers and codes."""
+    from refundry.core.models import Action, Deadline, Line, Reason
+
+    card, code = "4111 1111 1111 1111", "cvv: 123 456"
+    reason = Reason(rule_id="r-4111111111111111", effect="approve", code=code,
+                    message=f"paid with {card}", customer_message=code, citation=card,
+                    customer_messages=(("de", card), ("en", code)))
+    return attrs.evolve(
+        decision, amount=Decimal("4111111111111111"), errors=(card, code),
+        reasons=(reason, *decision.reasons),
+        deadlines=(Deadline(name=card, due=dt.date(2024, 1, 2), citation=code,
+                            rule_id="refundry.x " + card),),
+        lines=(Line(sku=card, quantity=4111111111111111, outcome="approve",
+                    amount=Decimal("4111111111111111"), rule_ids=(card, "r-1")),
+               Line(sku=None, quantity=1, outcome="deny", amount=None, rule_ids=())),
+        actions=(Action(type="provisional_credit", amount=Decimal("4111111111111111"),
+                        due=None, citation=card, rule_id=code),))
+
+
+def test_card_numbers_and_codes_in_every_part_of_a_decision_are_masked_as_its_dict_is() -> None:
+    decision = _one_of_each(_decisions()[0])
+    _check_decision(decision)
+    from refundry.records.masking import mask_decision
+
+    text = json.dumps(mask_decision(decision))
+    assert "4111 1111 1111 1111" not in text and "4111111111111111" not in text
+    assert "123 456" not in text
+
+
+def test_the_engine_own_reasons_are_never_remembered_when_masked_from_the_object() -> None:
+    import refundry
+    from refundry.records import masking
+
+    from .conftest import RULESETS
+
+    request = json.loads(hostile_corpus.shipped_requests()[0], parse_float=Decimal)
+    decision = refundry.Engine.from_path(RULESETS).evaluate(request, ruleset="remember-me-1234")
+    assert decision.reasons[0].rule_id == "refundry.no-ruleset"
+    _check_decision(decision)
+    remembered = masking._RULE_TEXTS  # noqa: SLF001 - what the memory holds is the point here
+    assert not [t for t in remembered if "remember-me" in t]
+    assert decision.reasons[0].message not in remembered

@@ -60,8 +60,8 @@ from refundry.records.index import (
 from refundry.records.masking import (
     DECISION_MONEY,
     DETAILS_MONEY,
+    mask_decision,
     mask_parsed,
-    mask_snapshot,
     mask_text,
     mask_value,
     scrub_id,
@@ -347,7 +347,7 @@ def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision
     except RefundryError:
         raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
     request_id = masked["request_id"]
-    snapshot = mask_snapshot(decision.to_dict())
+    snapshot = mask_decision(decision)
     snapshot["request_id"] = request_id
     submitted = request_to_dict(parsed, ("request_id",))["request_id"]
     if decision.request_id != submitted:

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import operator
 import re
+import types
 import unicodedata
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from decimal import Decimal
@@ -604,6 +605,124 @@ def mask_snapshot(snapshot: Any) -> Any:
         else:
             out[kept] = _walk_free(v, mask_value_plain)
     return out
+
+
+def mask_decision(decision: Any) -> Any:
+    """``mask_snapshot(decision.to_dict())`` for a ``Decision`` as the engine makes it, walked
+    from the decision itself, without making the dict first; any other decision, or one
+    holding a value of a type the engine never puts there, the plain way."""
+    if type(decision) is _models().Decision:
+        try:
+            return _decision_masked(decision)
+        except Exception:  # noqa: BLE001 - whatever the walk trips on, the plain way answers
+            pass  # (as it always did: with the snapshot, or with its own exception)
+    return mask_snapshot(decision.to_dict())
+
+
+@functools.cache
+def _models() -> types.SimpleNamespace:
+    """The decision's classes (imported when first needed, as ``request_money_paths`` does)."""
+    from refundry.core import models
+
+    return types.SimpleNamespace(**{n: getattr(models, n) for n in (
+        "Decision", "Reason", "Deadline", "Line", "Action", "RulesetRef", "Layer")})
+
+
+def _text(value: Any, mask: Callable[[str], str] = mask_text) -> str:
+    if type(value) is not str:
+        raise _Unusual
+    return mask(value)
+
+
+def _decision_masked(d: Any) -> dict[str, Any]:
+    """``mask_snapshot(d.to_dict())``, member by member in ``Decision.to_dict``'s order (its
+    keys, and each part's, mask to themselves: a test holds them to it)."""
+    amount = str(d.amount)  # as ``to_dict`` writes it; at the money path ``amount``
+    ruleset = d.ruleset
+    if ruleset is not None:
+        if type(ruleset) is not _models().RulesetRef:
+            raise _Unusual
+        ruleset = {"id": _text(ruleset.id, mask_rule_text),
+                   "version": _text(ruleset.version, mask_rule_text),
+                   "digest": _text(ruleset.digest, mask_rule_text),
+                   "layers": [_layer_masked(layer) for layer in ruleset.layers]}
+    return {
+        "request_id": _text(d.request_id), "outcome": _text(d.outcome),
+        "amount": amount if _MONEY.fullmatch(amount) is not None else mask_text(amount),
+        "currency": _text(d.currency),
+        "reasons": [_reason_masked(r) for r in d.reasons],
+        "deadlines": [_deadline_masked(x) for x in d.deadlines],
+        "lines": [_line_masked(x) for x in d.lines],
+        "actions": [_action_masked(x) for x in d.actions],
+        "ruleset": ruleset,
+        "as_of": _text(d.as_of.isoformat()) if d.as_of else None,  # as ``to_dict`` asks
+        "errors": [_text(e) for e in d.errors],
+    }
+
+
+def _rule_mask(rule_id: Any) -> Callable[[str], str]:
+    """How a rule part's texts are masked (``_walk_rule_part``): remembered for a ruleset's
+    rule, afresh for the engine's own (``refundry.*``)."""
+    if type(rule_id) is not str:
+        raise _Unusual
+    return mask_text if rule_id.startswith(_ENGINE_OWN) else mask_rule_text
+
+
+def _reason_masked(r: Any) -> dict[str, Any]:
+    if type(r) is not _models().Reason or type(r.floor) is not bool:
+        raise _Unusual
+    mask = _rule_mask(r.rule_id)
+    out = {"rule_id": mask(r.rule_id), "effect": _text(r.effect, mask),
+           "code": _text(r.code, mask), "message": _text(r.message, mask),
+           "customer_message": _text(r.customer_message, mask),
+           "citation": _text(r.citation, mask), "floor": r.floor,
+           "ruleset": _text(r.ruleset, mask)}
+    if r.customer_messages:
+        out["customer_messages"] = {_text(lang, _kept_text): _text(text, mask)
+                                    for lang, text in dict(r.customer_messages).items()}
+    return out
+
+
+def _kept_text(key: str) -> str:
+    kept = _kept_key(key)
+    if kept is None:  # a language named like a security code: the plain walk drops it
+        raise _Unusual
+    return kept
+
+
+def _deadline_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Deadline:
+        raise _Unusual
+    mask = _rule_mask(x.rule_id)
+    return {"name": _text(x.name, mask), "due": _text(x.due.isoformat()),
+            "citation": _text(x.citation, mask), "rule_id": mask(x.rule_id)}
+
+
+def _line_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Line or type(x.quantity) is not int:
+        raise _Unusual
+    q = x.quantity
+    return {"sku": None if x.sku is None else _text(x.sku),
+            "quantity": q if -_SMALL_INT < q < _SMALL_INT else mask_value_plain(q),
+            "outcome": _text(x.outcome),
+            "amount": None if x.amount is None else mask_text(str(x.amount)),
+            "rule_ids": [_text(r) for r in x.rule_ids]}
+
+
+def _action_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Action:
+        raise _Unusual
+    mask = _rule_mask(x.rule_id)
+    return {"type": _text(x.type, mask), "amount": mask_text(str(x.amount)),
+            "due": _text(x.due.isoformat()) if x.due else None,
+            "citation": _text(x.citation, mask), "rule_id": mask(x.rule_id)}
+
+
+def _layer_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Layer:
+        raise _Unusual
+    return {"id": _text(x.id, mask_rule_text), "version": _text(x.version, mask_rule_text),
+            "digest": _text(x.digest, mask_rule_text)}
 
 
 def _walk_rule_part(value: Any) -> Any:
