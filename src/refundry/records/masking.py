@@ -337,9 +337,17 @@ def mask_parsed(request: Any, salt: bytes, fields: Collection[str] | None = None
     of its own) is dumped and masked as ``mask_request`` masks it."""
     from refundry.core.request import request_to_dict
 
-    rid = request.request_id
-    if type(rid) is not str:  # not as parsed: its dump decides its key
-        return mask_request(request_to_dict(request, fields), salt)
+    if type(request.request_id) is str:  # else not as parsed: its dump decides its key
+        try:
+            return _request_masked(request, salt, fields)
+        except Exception:  # noqa: BLE001 - whatever the walk trips on, the plain way answers
+            pass  # (as it always did: with the masked request, or with its own exception)
+    return mask_request(request_to_dict(request, fields), salt)
+
+
+def _request_masked(request: Any, salt: bytes, fields: Collection[str] | None) -> dict[str, Any]:
+    from refundry.core.request import request_to_dict
+
     money = request_money_paths()
     out: dict[str, Any] = {}
     plan, values = _plan(type(request), "", money)  # type: ignore[arg-type]  # a class is hashable; typeshed says not
@@ -356,7 +364,7 @@ def mask_parsed(request: Any, salt: bytes, fields: Collection[str] | None = None
         except _Unusual:
             out[name] = mask_value(request_to_dict(request, (name,)), money)[name]
     if "request_id" in out:
-        out["request_id"] = scrub_id(rid, salt)
+        out["request_id"] = scrub_id(request.request_id, salt)
     return _pseudonyms(out, salt)
 
 
