@@ -441,11 +441,19 @@ def test_a_worker_that_dies_is_a_one_line_error(filled, monkeypatch):
         store.close()
 
 
-def test_where_no_worker_can_start_verify_reads_in_this_process(filled, monkeypatch):
-    def no_semaphores(*_args: Any, **_kwargs: Any) -> None:
-        raise OSError(38, "Function not implemented")
+class _NoSemaphores:
+    """A multiprocessing context where no queue or lock can be made (a sandbox without
+    ``sem_open``)."""
 
-    monkeypatch.setattr(events, "ProcessPoolExecutor", no_semaphores)
+    def __getattr__(self, _name: str) -> Any:
+        def unavailable(*_args: Any, **_kwargs: Any) -> None:
+            raise OSError(38, "Function not implemented")
+
+        return unavailable
+
+
+def test_where_no_worker_can_start_verify_reads_in_this_process(filled, monkeypatch):
+    monkeypatch.setattr(events.multiprocessing, "get_context", lambda *_args: _NoSemaphores())
     one, many = both(filled["url"])
     same(one, many)
     assert many.ok and many.count == 20
