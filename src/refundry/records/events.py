@@ -1921,6 +1921,7 @@ class _Workers:
         self.todo = context.SimpleQueue()
         self.results, sender = context.Pipe(duplex=False)
         sending = context.Lock()  # one whole message at a time on the one pipe
+        self.finished = False  # every range handed out was checked and received
         self.processes = [context.Process(target=_range_worker, daemon=True,
                                           args=(read, job, signatures, self.todo, sender, sending))
                           for _ in range(count)]
@@ -1947,6 +1948,7 @@ class _Workers:
             result = arrived.pop(n)
             if isinstance(result, BaseException):  # what the range's check raised, as one pass
                 raise result
+            self.finished = n == len(todo) - 1
             yield result
 
     def _receive(self) -> tuple[int, Any]:
@@ -1968,7 +1970,13 @@ class _Workers:
                           "`--workers 1`")
 
     def close(self) -> None:
-        """Every worker ended, idle or not: what it was checking is no longer needed."""
+        """Every worker ended: told to, once every range was checked (each then closes its
+        connection), or at once, when verify stopped before (what it checks is not needed)."""
+        if self.finished:
+            for _process in self.processes:
+                self.todo.put(None)
+            for process in self.processes:
+                process.join(timeout=10)
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
@@ -1982,21 +1990,31 @@ def _range_worker(read: Callable[[int, int | None], Iterable[ChainRow]], job: _J
                   signatures: Mapping[int, tuple[str, str]], todo: Any, results: Any,
                   sending: Any) -> None:
     """A worker process of verify (``_Workers``): the ranges ``todo`` names, (n, lo, hi),
-    until it is ended, each one's ``_Checked``, or what its check raised, sent to ``results``."""
+    until None, each one's ``_Checked``, or what its check raised, sent to ``results``; over
+    one connection for all of them where the reader can hold one (``held``)."""
     names = Pseudonyms()  # this worker's, for all its ranges: one salt, one verify
     # The collector paused for the worker's life, not each range's: a range's check left
     # what it sends alive as the pause ended, and the collector's first pass went over all of
     # it while it was pickled. Each range's objects are freed as it is sent (no cycles).
     gc.disable()
-    while True:
-        n, lo, hi = todo.get()
+    with contextlib.ExitStack() as stack:
+        reader, failed = read, None
+        held = getattr(read, "held", None)
         try:
-            result: Any = _check_range(read, job, signatures, lo, hi, names)
-        except Exception as exc:  # noqa: BLE001 - raised by the parent, where one pass raises
-            result = exc
-        message = pickle.dumps((n, result), protocol=pickle.HIGHEST_PROTOCOL)
-        with sending:
-            results.send_bytes(message)
+            reader = read if held is None else stack.enter_context(held())
+        except Exception as exc:  # noqa: BLE001 - the first range's answer, as before
+            failed = exc
+        while (task := todo.get()) is not None:
+            n, lo, hi = task
+            try:
+                if failed is not None:
+                    raise failed
+                result: Any = _check_range(reader, job, signatures, lo, hi, names)
+            except Exception as exc:  # noqa: BLE001 - raised by the parent, as one pass raises
+                result = exc
+            message = pickle.dumps((n, result), protocol=pickle.HIGHEST_PROTOCOL)
+            with sending:
+                results.send_bytes(message)
 
 
 def _start_workers(count: int, read: Callable[[int, int | None], Iterable[ChainRow]],
