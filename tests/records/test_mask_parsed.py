@@ -219,8 +219,9 @@ def test_a_db_run_writes_byte_for_byte_what_the_dump_masked_wrote(tmp_path, monk
             assert store.verify().ok
             chain = [(e.seq, e.request_id, e.type, e.at, e.actor, e.hash, e.body)
                      for e in store.events()]
+            texts = [store.ruleset_text(d) for _id, _v, d in store.ruleset_versions()]
         files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "store.db"}
-        got.append((summary.to_dict()["outcomes"], chain, files))
+        got.append((summary.to_dict()["outcomes"], chain, files, texts))
     assert got[0][1] and got[0][2]["dead.jsonl"]  # decisions recorded and dead letters written
     # The fast run recorded most requests with the fields its lookup had masked.
     assert len(reused) > len(got[1][1]) // 2
