@@ -897,14 +897,14 @@ class Batch:
             str(e) for e in self.plugins.dead_letter_written(ref, reason, rid))
 
     def _decided(self, res: _Result) -> None:
-        assert res.decision is not None and res.request is not None
+        assert res.decision is not None
         made = self._write(res)
         if self.recorder is None:
             event = None
-        elif res.prepared is not None:  # only made for a recorder with `recording`
-            event = self.recorder(res.decision, res.request, res.prepared)  # type: ignore[call-arg]
         else:
-            event = self.recorder(res.decision, res.request)
+            assert res.request is not None  # sent back for a recorder (``_wants_requests``)
+            event = self.recorder(res.decision, res.request) if res.prepared is None else \
+                self.recorder(res.decision, res.request, res.prepared)  # type: ignore[call-arg]
         self._delivered(res, made)
         self.awaiting.append((res, event))
         if self.commit is None or len(self.awaiting) >= RECORD_BATCH:
