@@ -539,8 +539,9 @@ def _open_writers(sinks: Sequence[Sink], paths: _Paths, options: Mapping[str, st
                               f"{type(exc).__name__}: {exc}") from None
         closing.callback(writer.close)
         line_for, write_line = getattr(writer, "line_for", None), getattr(writer, "write_line", None)
-        writers.append(_Writer(s.name, s.plugin, writer, line_for, write_line)
-                       if callable(line_for) and callable(write_line) else _Writer(s.name, s.plugin, writer))
+        ahead = callable(line_for) and callable(write_line)  # one without the other is no use
+        writers.append(_Writer(s.name, s.plugin, writer, line_for if ahead else None,
+                               write_line if ahead else None))
     return writers
 
 
