@@ -441,11 +441,77 @@ def test_a_worker_that_dies_is_a_one_line_error(filled, monkeypatch):
         store.close()
 
 
-def test_where_no_worker_can_start_verify_reads_in_this_process(filled, monkeypatch):
-    def no_semaphores(*_args: Any, **_kwargs: Any) -> None:
-        raise OSError(38, "Function not implemented")
+class _NoSemaphores:
+    """A multiprocessing context where no queue or lock can be made (a sandbox without
+    ``sem_open``)."""
 
-    monkeypatch.setattr(events, "ProcessPoolExecutor", no_semaphores)
+    def __getattr__(self, _name: str) -> Any:
+        def unavailable(*_args: Any, **_kwargs: Any) -> None:
+            raise OSError(38, "Function not implemented")
+
+        return unavailable
+
+
+def test_where_no_worker_can_start_verify_reads_in_this_process(filled, monkeypatch):
+    monkeypatch.setattr(events.multiprocessing, "get_context", lambda *_args: _NoSemaphores())
     one, many = both(filled["url"])
     same(one, many)
     assert many.ok and many.count == 20
+
+
+# A case's state crosses from a worker to the parent as msgpack (``events._packed``), or
+# pickled where msgpack cannot carry a value as it is: either way the parent must replay on
+# what one pass holds. Decisions a forger may write into r-1's `evaluated` event (opened in
+# the first range, approved in the second: the parent replays its approval on the state the
+# first range's worker sent).
+HOSTILE_DECISIONS = {
+    "an integer past 64 bits": {"amount": 2**70, "reasons": [{"code": 2**80}]},
+    "a float at the edge and minus zero": {"amount": 1.7976931348623157e308,
+                                           "reasons": [{"code": -0.0}, {"code": 1e-300}]},
+    "unicode and a card number": {"amount": "4111 1111 1111 1111",
+                                  "reasons": [{"code": "é🙂\u2028"}, {"code": "four_eyes"}]},
+    "a lone surrogate": {"amount": "10", "reasons": [{"code": "\ud800"}]},
+    "reasons of another shape": {"amount": True, "reasons": {"code": "four_eyes"}},
+}
+
+
+@pytest.mark.parametrize("where", HOSTILE_DECISIONS)
+def test_a_hostile_decision_crosses_to_the_parent_as_one_pass_reads_it(filled, where):
+    raw = Raw(filled["url"])
+    try:
+        seq = raw("SELECT seq FROM events WHERE request_id = 'r-1' AND type = 'evaluated'")[0][0]
+        assert seq <= RANGE  # its approval, later, is replayed by the parent
+        last = raw("SELECT max(seq) FROM events")[0][0]
+        for at in range(seq, last + 1):  # rewritten and linked again, unsigned, to the end
+            body = json.loads(raw("SELECT body FROM events WHERE seq = ?", (at,))[0][0])
+            body.pop("key", None)
+            if at == seq:
+                body["decision"] = {**body["decision"], **HOSTILE_DECISIONS[where]}
+            else:
+                body["prev"] = raw("SELECT hash FROM events WHERE seq = ?", (at - 1,))[0][0]
+            text = json.dumps(body)  # rfc8785 refuses an integer past 2**53
+            raw("UPDATE events SET body = ?, hash = ? WHERE seq = ?",
+                (text, "sha256:" + hashlib.sha256(text.encode()).hexdigest(), at))
+    finally:
+        raw.close()
+    one, many = (_answer(filled["url"], workers) for workers in (1, 2))
+    assert many == one
+
+
+def _answer(url: str, workers: int) -> Any:
+    """verify's answer, or what it raised (a reason of another shape raises in one pass, and
+    must in workers too, at the same event)."""
+    store = open_store(url, create=False)
+    try:
+        return attrs.asdict(store.verify(workers=workers))
+    except Exception as exc:  # noqa: BLE001 - compared, type and message
+        return type(exc), str(exc)
+    finally:
+        store.close()
+
+
+def test_a_state_msgpack_cannot_carry_is_pickled():
+    fold = ("r-1", "alice", {"amount": 2**70, "reasons": []}, {"amount": "10"}, "manual_review",
+            "manual_review", [], None)
+    assert events._packed({"r-1": fold}) is None
+    assert events._packed({"r-1": (*fold[:2], {"amount": "10"}, *fold[3:])}) is not None

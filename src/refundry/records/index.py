@@ -170,14 +170,15 @@ class Rebuild:
     a time (verify feeds it the bodies its own pass decoded): ``evaluated`` opens a row, later
     events set its status and amount."""
 
-    def __init__(self, salt: bytes) -> None:
+    def __init__(self, salt: bytes, names: Pseudonyms | None = None) -> None:
         self.salt = salt
         # Tuples: the collector stops walking a tuple of text, not a list (a row per case
         # lives until the rebuild ends).
         self.rows: dict[str, tuple[Any, ...]] = {}
         # Customers, cards and orders come back (that is what the index is for): each
-        # pseudonym is an HMAC, worth remembering for the length of one rebuild.
-        self._name = Pseudonyms()
+        # pseudonym is an HMAC, worth remembering for the length of one rebuild, or of
+        # several under the same salt (``names``: a verify worker's, over all its ranges).
+        self._name = Pseudonyms() if names is None else names
 
     def add(self, seq: int, type_: str, body: Mapping[str, Any]) -> None:
         # ``apply(type_, read(...))`` written out: this runs for most events of a verify.

@@ -279,97 +279,145 @@ class _Tx:
         self._run("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
 
 
-def _sqlite_range(path: str, lo: int, hi: int | None, *,
-                  outcome: bool) -> Iterator[ChainRow]:
-    """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of an SQLite store, over
-    a connection of their own: a task of verify's worker processes. ``outcome``: whether the
-    events table has that column (``chain_columns``)."""
+def _sqlite_connection(path: str) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
-        try:
-            bound, args = ("", (lo,)) if hi is None else (" AND seq <= ?", (lo, hi))
-            # The body as the bytes stored, which the hash is over: no text decoded only to be
-            # encoded again (0.5-0.7 us an event). A body that is not UTF-8 then fails its
-            # hash or its decoding, an event's problem, where the decode to text raised.
-            utf8 = conn.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
-            body = "CAST(body AS BLOB)" if utf8 else "body"
-            column = "outcome" if outcome else "NULL"  # as ``chain_columns``, the body aside
-            yield from conn.execute(f"SELECT seq, request_id, type, at, actor, {body}, hash, "
-                                    f"{column} FROM events WHERE seq > ?{bound} ORDER BY seq",
-                                    args)
-        finally:
-            conn.close()
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     except sqlite3.DatabaseError as exc:
         raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
 
 
+def _sqlite_range(path: str, lo: int, hi: int | None, *, outcome: bool,
+                  conn: sqlite3.Connection | None = None) -> Iterator[ChainRow]:
+    """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of an SQLite store, over
+    a connection of their own (or ``conn``, a verify worker's for all its ranges).
+    ``outcome``: whether the events table has that column (``chain_columns``)."""
+    own = _sqlite_connection(path) if conn is None else None
+    try:
+        db = own or conn
+        assert db is not None
+        bound, args = ("", (lo,)) if hi is None else (" AND seq <= ?", (lo, hi))
+        # The body as the bytes stored, which the hash is over: no text decoded only to be
+        # encoded again (0.5-0.7 us an event). A body that is not UTF-8 then fails its
+        # hash or its decoding, an event's problem, where the decode to text raised.
+        utf8 = db.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
+        body = "CAST(body AS BLOB)" if utf8 else "body"
+        column = "outcome" if outcome else "NULL"  # as ``chain_columns``, the body aside
+        yield from db.execute(f"SELECT seq, request_id, type, at, actor, {body}, hash, "
+                              f"{column} FROM events WHERE seq > ?{bound} ORDER BY seq", args)
+    except sqlite3.DatabaseError as exc:
+        raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
+    finally:
+        if own is not None:
+            own.close()
+
+
 @attrs.frozen
 class _RangeReader:
-    """What verify's worker processes read, each over a connection of its own: a range of
-    events (called as ``read(lo, hi)``), and the history index's rows of the cases a range
-    opens (``index_rows``), which the worker checks against the rows it made."""
+    """What verify's worker processes read: a range of events (called as ``read(lo, hi)``),
+    and the history index's rows of the cases a range opens (``index_rows``), which the worker
+    checks against the rows it made; each over a connection of its own, or over one for all
+    of a worker's ranges (``held``)."""
 
-    events: Callable[[int, int | None], Iterable[ChainRow]]
-    index_rows: Callable[[Sequence[str]], list[tuple[Any, ...]]]
+    events: Callable[..., Iterable[ChainRow]]
+    index_rows: Callable[..., list[tuple[Any, ...]]]
+    # Opens the connection ``held`` reads over. One for each range and each index read cost
+    # a PostgreSQL worker 0.9 ms of its CPU and the server a backend started, every time.
+    connect: Callable[[], Any] | None = None
 
     def __call__(self, lo: int, hi: int | None) -> Iterable[ChainRow]:
         return self.events(lo, hi)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[_RangeReader]:
+        """This reader over one connection, for every range a worker reads."""
+        if self.connect is None:
+            yield self
+            return
+        conn = self.connect()
+        try:
+            yield _RangeReader(functools.partial(self.events, conn=conn),
+                               functools.partial(self.index_rows, conn=conn))
+        finally:
+            conn.close()
 
 
 _INDEX_BY_ID = f"SELECT {', '.join(COLUMNS)} FROM history_index WHERE request_id"
 
 
-def _sqlite_index_rows(path: str, request_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+def _sqlite_index_rows(path: str, request_ids: Sequence[str], *,
+                       conn: sqlite3.Connection | None = None) -> list[tuple[Any, ...]]:
     """The history index's rows of ``request_ids`` in an SQLite store (by its primary key)."""
+    own = _sqlite_connection(path) if conn is None else None
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
-        try:
-            rows: list[tuple[Any, ...]] = []
-            for at in range(0, len(request_ids), MANY_KEYS):  # under any build's variables limit
-                part = request_ids[at:at + MANY_KEYS]
-                rows += conn.execute(f"{_INDEX_BY_ID} IN ({', '.join('?' * len(part))})", part)
-            return rows
-        finally:
-            conn.close()
+        db = own or conn
+        assert db is not None
+        rows: list[tuple[Any, ...]] = []
+        for at in range(0, len(request_ids), MANY_KEYS):  # under any build's variables limit
+            part = request_ids[at:at + MANY_KEYS]
+            rows += db.execute(f"{_INDEX_BY_ID} IN ({', '.join('?' * len(part))})", part)
+        return rows
     except sqlite3.DatabaseError as exc:
         raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
+    finally:
+        if own is not None:
+            own.close()
 
 
-def _pg_index_rows(conninfo: str, schema: str, snapshot: str,
-                   request_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+def _pg_connection(conninfo: str, schema: str, snapshot: str) -> Any:
+    """A connection to a PostgreSQL store that sees the chain as of ``snapshot``
+    (``pg_export_snapshot``), as every other range of the same verify sees it, in a read-only
+    transaction left open for whatever it reads."""
+    import psycopg
+    from psycopg import sql
+
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+    except psycopg.Error as exc:
+        conn.close()
+        raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
+    return conn
+
+
+def _pg_index_rows(conninfo: str, schema: str, snapshot: str, request_ids: Sequence[str], *,
+                   conn: Any = None) -> list[tuple[Any, ...]]:
     """The history index's rows of ``request_ids`` in a PostgreSQL store, as of ``snapshot``,
-    the chain's."""
+    the chain's (over ``conn``, a verify worker's, if given)."""
     import psycopg
-    from psycopg import sql
 
+    own = _pg_connection(conninfo, schema, snapshot) if conn is None else None
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            return conn.execute(f"{_INDEX_BY_ID} = ANY(%s)", (list(request_ids),)).fetchall()
+        rows: list[tuple[Any, ...]] = (own or conn).execute(
+            f"{_INDEX_BY_ID} = ANY(%s)", (list(request_ids),)).fetchall()
+        return rows
     except psycopg.Error as exc:
         raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
+    finally:
+        if own is not None:
+            own.close()
 
 
-def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int,
-              hi: int | None, *, outcome: bool) -> Iterator[ChainRow]:
+def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int, hi: int | None, *,
+              outcome: bool, conn: Any = None) -> Iterator[ChainRow]:
     """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of a PostgreSQL store, on
-    a connection of their own that sees the chain as of ``snapshot`` (``pg_export_snapshot``),
-    as every other range of the same verify sees it."""
+    a connection of their own (or ``conn``, a verify worker's) as of ``snapshot``."""
     import psycopg
-    from psycopg import sql
 
+    own = _pg_connection(conninfo, schema, snapshot) if conn is None else None
     try:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            bound, args = ("", (lo,)) if hi is None else (" AND seq <= %s", (lo, hi))
-            yield from conn.execute(f"SELECT {chain_columns(outcome)} FROM events "
-                                    f"WHERE seq > %s{bound} ORDER BY seq", args)
+        bound, args = ("", (lo,)) if hi is None else (" AND seq <= %s", (lo, hi))
+        yield from (own or conn).execute(f"SELECT {chain_columns(outcome)} FROM events "
+                                         f"WHERE seq > %s{bound} ORDER BY seq", args)
     except psycopg.Error as exc:
         raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
+    finally:
+        if own is not None:
+            own.close()
 
 
 def one_line(exc: BaseException) -> str:
@@ -457,7 +505,8 @@ class SQLiteStore(RecordStore):
         # WAL: each worker's reads see every committed event, and events are only appended.
         path = str(self.path.resolve())
         yield _RangeReader(functools.partial(_sqlite_range, path, outcome=self.outcome_column),
-                           functools.partial(_sqlite_index_rows, path))
+                           functools.partial(_sqlite_index_rows, path),
+                           functools.partial(_sqlite_connection, path))
 
     def _chain_rows(self) -> Iterable[ChainRow]:
         # A connection of its own, its cursor iterated: the pages of ``_rows`` (fetchall under
@@ -729,7 +778,8 @@ class PostgresStore(RecordStore):
         try:
             where = (self._conninfo, self.schema, snapshot)
             yield _RangeReader(functools.partial(_pg_range, *where, outcome=self.outcome_column),
-                               functools.partial(_pg_index_rows, *where))
+                               functools.partial(_pg_index_rows, *where),
+                               functools.partial(_pg_connection, *where))
         finally:
             conn.close()
 
