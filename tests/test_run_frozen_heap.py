@@ -1,7 +1,8 @@
 """``refundry run`` in one process keeps what existed before the run (the engine and its
 rulesets, the store, the plugins) out of the garbage collector's full collections while it
-runs (``gc.freeze``), and gives it back afterwards; a process that froze objects itself keeps
-its freeze. Timing is bench/bench_run_parent.py's, never here."""
+runs (``gc.freeze``, as a run with workers does: ``_collecting_rarely``), and gives it back
+afterwards; a process that froze objects itself keeps its freeze. Timing is
+bench/bench_run_parent.py's, never here."""
 
 from __future__ import annotations
 
@@ -49,9 +50,10 @@ def unfrozen() -> Any:
 
 def test_what_exists_before_a_run_is_frozen_while_it_runs_and_given_back_after(
         tmp_path, unfrozen) -> None:
+    threshold = gc.get_threshold()
     watch = _run(tmp_path)
     assert len(watch.frozen) == 2 and all(n > 1_000 for n in watch.frozen)  # the engine's
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold
 
 
 def test_a_process_that_froze_objects_itself_keeps_its_freeze(tmp_path, unfrozen) -> None:
@@ -65,12 +67,10 @@ def test_a_process_that_froze_objects_itself_keeps_its_freeze(tmp_path, unfrozen
 def test_a_run_that_fails_gives_the_frozen_objects_back(tmp_path, unfrozen) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [request(1)])
 
-    def stop(*_a: Any, **_k: Any) -> Any:
-        raise RuntimeError("the sink's disk is gone")
+    def failing(decision: Any, request: Any) -> None:
+        raise RuntimeError("the store's disk is gone")
 
-    plugins = plugins_with(("watch", _Watch()))
-    plugins.decision_written = stop  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="disk is gone"):
         run(source="jsonl", input_path=src, out=tmp_path / "o.jsonl", rulesets=[RULESETS],
-            plugins=plugins)
+            record=failing)
     assert gc.get_freeze_count() == 0

@@ -6,6 +6,7 @@ The kill test always runs on 2,000 requests; the 100,000-request version runs wi
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -116,6 +117,23 @@ def test_two_workers_give_the_same_decisions_in_the_same_order(tmp_path: Path) -
               workers=2)
     assert one.outcomes == two.outcomes == {"approve": 200, "deny": 200, "manual_review": 200}
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_a_run_with_workers_leaves_the_collector_as_it_found_it(tmp_path: Path) -> None:
+    """A run with workers freezes what was loaded and collects rarely while it lasts
+    (``_collecting_rarely``); after it, and after one that fails, the collector is as before."""
+    src = generate(tmp_path / "in.jsonl", 40)
+    before = gc.get_threshold(), gc.get_freeze_count()
+
+    def failing(decision: Any, request: Any) -> None:
+        raise RuntimeError("the store is gone")
+
+    run(source="jsonl", input_path=src, out=tmp_path / "a.jsonl", rulesets=[RULESETS], workers=2)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    with pytest.raises(RuntimeError, match="the store is gone"):
+        run(source="jsonl", input_path=src, out=tmp_path / "b.jsonl", rulesets=[RULESETS],
+            workers=2, record=failing)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 def test_plain_progress_writes_lines(tmp_path: Path) -> None:

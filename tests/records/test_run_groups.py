@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from refundry.app.runner import StoreRecorder, run
+from refundry.plugins import Plugins, Sink, hookimpl
 from refundry.records.events import RecordError, RecordStore
 
 from .conftest import make_request
@@ -166,3 +167,116 @@ def test_two_workers_record_byte_for_byte_what_one_process_records(
     assert len(chains[0]) == summary.decided
     assert chains[0] == chains[1]  # the hashes cover each body's text and the one before
     assert texts[0] == texts[1]
+    # The workers made the jsonl sink's lines (``line_for``): the output and the journal are
+    # what one process writes, to the byte.
+    for name in ("o{}.jsonl", "o{}.jsonl.progress.jsonl"):
+        assert (tmp_path / name.format(1)).read_bytes() == (tmp_path / name.format(2)).read_bytes()
+
+
+class _Capture:
+    """A listener of ``decision_written`` and a sink that keeps what it is handed."""
+
+    def __init__(self, sink: bool, listen: bool) -> None:
+        self.name = f"capture-{sink}-{listen}"
+        self.sink, self.listen = sink, listen
+        self.handed: list[tuple[str, Any, Any, str]] = []
+
+    @hookimpl
+    def refundry_sinks(self) -> list[Sink]:
+        return [Sink("capture", lambda path, options: self)] if self.sink else []
+
+    def write(self, decision: Any, request: Any, ref: str) -> None:
+        self.handed.append(("sink", decision, request, ref))
+
+    def close(self) -> None:
+        pass
+
+    def listened(self, decision: Any, request: Any, ref: str, sinks: Any) -> None:
+        if self.listen:
+            self.handed.append(("listener", decision, request, ref))
+
+
+def _with(plugins: Plugins, capture: _Capture) -> Plugins:
+    class Listener:
+        @hookimpl
+        def refundry_decision_written(self, decision, request, ref, sinks) -> None:
+            capture.listened(decision, request, ref, sinks)
+
+    plugins.pm.register(capture, name=capture.name)
+    plugins.pm.register(Listener(), name=capture.name + "-listener")
+    return plugins
+
+
+@pytest.mark.parametrize(("sink", "listen"), [(True, False), (False, True)])
+def test_with_workers_sinks_and_listeners_are_handed_the_objects_one_process_hands_them(
+        engine, tmp_path, monkeypatch, sink, listen) -> None:
+    """The workers send a request back only where the parent needs it: a sink that makes no
+    line ahead, or a ``decision_written`` listener, is handed what one process hands it."""
+    from refundry.plugins.history import plugins_with_history
+    from refundry.records import stores
+    from refundry.records.history import History
+
+    from .conftest import RULESETS
+    from .test_history_batched import SALT, requests
+
+    monkeypatch.setattr(stores, "new_salt", lambda: SALT)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in requests()[:120]))
+    handed = []
+    for workers in (1, 2):
+        capture = _Capture(sink, listen)
+        with stores.open_store(tmp_path / f"s{workers}.db") as store:
+            run(source="jsonl", input_path=src, out=tmp_path / f"o{workers}",
+                sinks=["jsonl", "capture"] if sink else ["jsonl"], rulesets=[RULESETS],
+                workers=workers, plugins=_with(plugins_with_history(store), capture),
+                id_key=store.salt, record=StoreRecorder(store, engine, "batch",
+                                                       index=History(store)))
+        assert len(capture.handed) == 120 and all(h[2] is not None for h in capture.handed)
+        handed.append(capture.handed)
+    assert handed[0] == handed[1]
+
+
+def _no_line(decision: Any, ref: str) -> str:
+    raise ValueError("no line for this one")
+
+
+class _Lineless:
+    """A sink whose line a worker cannot make: ``write`` is asked, with the request."""
+
+    line_for = staticmethod(_no_line)
+
+    def __init__(self) -> None:
+        self.written: list[tuple[str, bool]] = []
+
+    def write(self, decision: Any, request: Any, ref: str) -> None:
+        self.written.append((decision.request_id, request is not None))
+
+    def write_line(self, request_id: str, line: str) -> None:
+        raise AssertionError("never made")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sink_line_no_worker_could_make_is_written_by_the_sink(engine, tmp_path) -> None:
+    from refundry.plugins.history import plugins_with_history
+    from refundry.records import stores
+
+    from .conftest import RULESETS
+
+    writer = _Lineless()
+
+    class Plugin:
+        @hookimpl
+        def refundry_sinks(self) -> list[Sink]:
+            return [Sink("lineless", lambda path, options: writer)]
+
+    src = write_input(tmp_path / "in.jsonl", 30)
+    with stores.open_store(tmp_path / "s.db") as store:
+        plugins = plugins_with_history(store)
+        plugins.pm.register(Plugin(), name="lineless")
+        summary = run(source="jsonl", input_path=src, out=tmp_path / "o", sinks=["lineless"],
+                      rulesets=[RULESETS], workers=2, plugins=plugins, id_key=store.salt,
+                      record=StoreRecorder(store, engine, "batch"))
+        assert summary.decided == 30 == len(store.cases())
+    assert writer.written == [(f"g-{i:04d}", True) for i in range(30)]

@@ -62,6 +62,8 @@ returns, so the runner journals those requests only then. One with a ``many`` me
 (``StoreRecorder.many``) records a whole group of decisions, committed, before any of them
 is written to a sink."""
 
+LineFn = Callable[[Decision, str], str]
+
 RECORD_BATCH = 200  # decisions per records transaction: one fsync instead of 200
 
 
@@ -204,6 +206,9 @@ class _Result:
     decision: Decision | None
     errors: tuple[str, ...] = ()
     prepared: Prepared | None = None  # the decision as the records store keeps it, if made
+    # The decision's line for each sink that can take one made ahead (``_Writer.line_for``),
+    # in the writers' order; empty where each sink is to write the decision itself.
+    lines: tuple[str, ...] = ()
 
 
 def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any],
@@ -288,16 +293,65 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker_chunk(chunk: list[tuple[str, dict[str, Any], bool]]) -> list[_Result]:
-    """Each (ref, data, send the request back) decided and, when the run records, prepared.
-    The parent parsed most requests already: pickling one back cost more than parsing it."""
+def _worker_chunk(chunk: list[tuple[str, dict[str, Any], bool]],
+                  line_for: tuple[LineFn, ...] = (), wanted: bool = True) -> list[_Result]:
+    """Each (ref, data, the parent has not parsed it) decided and, when the run records,
+    prepared, with each of ``line_for``'s sink lines. ``wanted``: the parent needs every
+    request (a sink or listener takes one). Pickling a request back cost more than parsing
+    it, and unpickling it was the most of the parent's share of a result."""
     assert _worker_engine is not None
     results = [_evaluate_one(_worker_engine, ref, data) for ref, data, _back in chunk]
     if _worker_recording is not None:
         results = [attrs.evolve(res, prepared=_prepared(res, *_worker_recording))
                    for res in results]
-    return [res if back else attrs.evolve(res, request=None)
+    return [_sent(res, back, line_for, wanted)
             for res, (_ref, _data, back) in zip(results, chunk, strict=True)]
+
+
+def _sent(res: _Result, back: bool, line_for: tuple[LineFn, ...], wanted: bool) -> _Result:
+    """``res`` as the worker sends it: its sink lines made, and the request (where the parent
+    has not parsed it) kept only where the parent needs it: ``wanted``, to prepare a decision
+    the worker could not, or to have a sink whose line was not made here write (and fail)
+    as it would alone."""
+    lines: tuple[str, ...] = ()
+    if res.decision is not None and line_for:
+        try:
+            lines = tuple(line(res.decision, res.ref) for line in line_for)
+        except Exception:  # noqa: BLE001 - the parent's sink writes it, or says why it cannot
+            wanted = True
+    if _worker_recording is not None and res.prepared is None:
+        wanted = True
+    return _Result(res.ref, res.request_id, res.request if back and wanted else None,
+                   res.decision, res.errors, res.prepared, lines)
+
+
+# The collector's youngest generation during a run with workers, collected after this many
+# allocations (the interpreter's default is 700); the older ones as often as before, relative.
+YOUNG_COLLECTED_EVERY = 50_000
+
+
+@contextlib.contextmanager
+def _collecting_rarely() -> Iterator[None]:
+    """The cyclic garbage collector for a run, as it was before once it ends: what was loaded
+    before it (the engine above all) frozen out of the collector's sight and the youngest
+    generation collected after ``YOUNG_COLLECTED_EVERY`` allocations. The run's objects die by
+    reference count, yet the collector walked the engine's objects and the results' young ones
+    again and again: about 65 µs of the parent's CPU a request with workers (the full
+    collections 35), 63-97 µs of one process's full collections alone (3,000 requests, load 6).
+    Frozen before the fork, the workers' collections skip the engine too and its pages stay
+    shared (the ``gc`` module's advice for forking servers). A process that froze objects
+    itself (a server before it forks) keeps its freeze: this neither adds to it nor undoes it."""
+    threshold = gc.get_threshold()
+    ours = not gc.get_freeze_count()
+    if ours:
+        gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTED_EVERY, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        if ours:
+            gc.unfreeze()
 
 
 @attrs.define
@@ -312,12 +366,14 @@ class _Flight:
         return len(self.groups)
 
     def submit(self, pool: ProcessPoolExecutor, group: Sequence[tuple[str, dict[str, Any],
-               RefundRequest | None]], workers: int) -> None:
+               RefundRequest | None]], workers: int, *, line_for: tuple[LineFn, ...] = (),
+               wanted: bool = True) -> None:
+        """``group`` split between ``workers`` (``_worker_chunk``: ``line_for``, ``wanted``)."""
         size = -(-len(group) // workers)
         # The data, not the parsed request: a worker parses it again faster than a parsed
         # one is pickled.
         items = [(ref, data, parsed is None) for ref, data, parsed in group]
-        self.groups.append(([pool.submit(_worker_chunk, items[i:i + size])
+        self.groups.append(([pool.submit(_worker_chunk, items[i:i + size], line_for, wanted)
                              for i in range(0, len(items), size)],
                             [parsed for _ref, _data, parsed in group]))
 
@@ -326,7 +382,8 @@ class _Flight:
         parts, parsed = self.groups.popleft()
         results = [res for part in parts for res in part.result()]
         # Built directly: attrs.evolve looks the class's fields up on every call.
-        return [_Result(res.ref, res.request_id, req, res.decision, res.errors, res.prepared)
+        return [_Result(res.ref, res.request_id, req, res.decision, res.errors, res.prepared,
+                        res.lines)
                 if res.request is None and res.decision is not None else res
                 for res, req in zip(results, parsed, strict=True)]
 
@@ -469,6 +526,11 @@ class _Writer:
     name: str
     plugin: str
     writer: SinkWriter
+    # The writer's ``line_for`` and ``write_line`` (the built-in ``jsonl`` sink's): a function
+    # of (decision, ref) that makes the line ``write_line(request_id, line)`` writes as
+    # ``write`` would, so a worker process makes it and this one only writes it.
+    line_for: LineFn | None = None
+    write_line: Callable[[str, str], str | None] | None = None
 
 
 def _open_writers(sinks: Sequence[Sink], paths: _Paths, options: Mapping[str, str],
@@ -486,7 +548,10 @@ def _open_writers(sinks: Sequence[Sink], paths: _Paths, options: Mapping[str, st
             raise PluginError(s.plugin, f"sink `{s.name}` cannot open: "
                               f"{type(exc).__name__}: {exc}") from None
         closing.callback(writer.close)
-        writers.append(_Writer(s.name, s.plugin, writer))
+        line_for, write_line = getattr(writer, "line_for", None), getattr(writer, "write_line", None)
+        ahead = callable(line_for) and callable(write_line)  # one without the other is no use
+        writers.append(_Writer(s.name, s.plugin, writer, line_for if ahead else None,
+                               write_line if ahead else None))
     return writers
 
 
@@ -513,6 +578,7 @@ class Batch:
         self.on_update = getattr(recorder, "updated", None)
         self.on_delivered = getattr(recorder, "delivered", None)
         self.commit = getattr(recorder, "commit", None)
+        self.notify_written = plugins.listens("refundry_decision_written")
         self.record_many: Callable[[Sequence[tuple[Any, Any, Prepared | None]]],
                                    list[Mapping[str, Any] | RecordError | None]] | None = \
             getattr(recorder, "many", None)
@@ -552,12 +618,13 @@ class Batch:
                 # (decided, written and recorded), as its history lookups expect.
                 recording = getattr(self.recorder, "recording", None)
                 salt = recording[0] if recording is not None and self.record_many else None
-                with _old_objects_frozen():
+                with _collecting_rarely():
                     for group in self._ready(records, parse=_parsed_here(salt)):
                         self._handle_group([self._decided_here(ref, data, parsed, recording)
                                             for ref, data, parsed in group])
             else:
-                self._in_pool(records, workers, rulesets, backend)
+                with _collecting_rarely():
+                    self._in_pool(records, workers, rulesets, backend)
         except KeyboardInterrupt as exc:
             self.summary.interrupted = True
             # A subclass of KeyboardInterrupt raised by a SIGTERM handler (``refundry run``).
@@ -607,11 +674,23 @@ class Batch:
             # request's history missed the records of requests before it still in the pool
             # (64 of tests/fraudgen's 314 differed). Meanwhile this process reads and scrubs
             # the next group (the workers key it: ``_keying``), and records the one before.
+            line_for = tuple(w.line_for for w in self.writers if w.line_for is not None)
+            wanted = self._wants_requests()
             for group in self._ready(records, parse=self._keying(pool, workers), land=land):
-                flight.submit(pool, group, workers)
+                flight.submit(pool, group, workers, line_for=line_for, wanted=wanted)
             land()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _wants_requests(self) -> bool:
+        """Whether this process needs every decided request (the workers then send each
+        back): for a sink that makes no line ahead (``_Writer.line_for``), a
+        ``decision_written`` listener, or a recorder the workers do not prepare decisions
+        for. Else it needs only those whose decision a worker could not prepare."""
+        if self.notify_written or any(w.line_for is None for w in self.writers):
+            return True
+        return self.recorder is not None and (
+            self.record_many is None or getattr(self.recorder, "recording", None) is None)
 
     def _keying(self, pool: ProcessPoolExecutor, workers: int,
                 ) -> Callable[[list[dict[str, Any]]], Callable[[], list[ParsedData]]] | None:
@@ -847,14 +926,14 @@ class Batch:
             str(e) for e in self.plugins.dead_letter_written(ref, reason, rid))
 
     def _decided(self, res: _Result) -> None:
-        assert res.decision is not None and res.request is not None
+        assert res.decision is not None
         made = self._write(res)
         if self.recorder is None:
             event = None
-        elif res.prepared is not None:  # only made for a recorder with `recording`
-            event = self.recorder(res.decision, res.request, res.prepared)  # type: ignore[call-arg]
         else:
-            event = self.recorder(res.decision, res.request)
+            assert res.request is not None  # sent back for a recorder (``_wants_requests``)
+            event = self.recorder(res.decision, res.request) if res.prepared is None else \
+                self.recorder(res.decision, res.request, res.prepared)  # type: ignore[call-arg]
         self._delivered(res, made)
         self.awaiting.append((res, event))
         if self.commit is None or len(self.awaiting) >= RECORD_BATCH:
@@ -876,18 +955,25 @@ class Batch:
                 self.on_delivered(res.decision.request_id, created, name)
 
     def _counted(self, res: _Result) -> None:
-        assert res.decision is not None and res.request is not None
+        assert res.decision is not None
         self.summary.outcomes[res.decision.outcome] += 1
-        self.summary.plugin_errors.extend(str(e) for e in self.plugins.decision_written(
-            res.decision, res.request, res.ref, [w.name for w in self.writers]))
+        if self.notify_written:  # else the workers need not send the request back
+            assert res.request is not None
+            self.summary.plugin_errors.extend(str(e) for e in self.plugins.decision_written(
+                res.decision, res.request, res.ref, [w.name for w in self.writers]))
 
     def _write(self, res: _Result) -> list[tuple[str, str]]:
         """The decision to every sink; (sink, the platform's id) for each that delivered."""
-        assert res.decision is not None and res.request is not None
+        assert res.decision is not None
         made: list[tuple[str, str]] = []
+        lines = iter(res.lines)
         for w in self.writers:
             try:
-                created = w.writer.write(res.decision, res.request, res.ref)
+                if w.write_line is not None and res.lines:
+                    created = w.write_line(res.decision.request_id, next(lines))
+                else:
+                    assert res.request is not None  # sent back for such a sink (``_sent``)
+                    created = w.writer.write(res.decision, res.request, res.ref)
             except Exception as exc:  # noqa: BLE001 - stop: the journal still says where
                 raise PluginError(w.plugin, f"sink `{w.name}` failed on `{res.ref}`: "
                                   f"{type(exc).__name__}: {exc}") from None
@@ -912,25 +998,6 @@ class Batch:
         line = {"key": key, "ref": res.ref, "outcome": res.decision.outcome}
         state = self.decided_in.get(key)
         self.journal.write({**line, "state": state} if state else line)
-
-
-@contextlib.contextmanager
-def _old_objects_frozen() -> Iterator[None]:
-    """Everything made before the run (the engine, its rulesets and compiled code, the store,
-    the plugins) left out of the garbage collector's full collections while the run lasts
-    (``gc.freeze``): they cannot become garbage meanwhile, and a full collection walked all of
-    them, a run's requests a few thousand times (about a tenth of its CPU, one process, 3,000
-    requests). Back to the collector afterwards (``gc.unfreeze``), so a library caller's later
-    garbage among them is still collected; left alone if the process froze objects itself (a
-    server before it forks), whose freeze this must not undo."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _flushing(records: Iterator[SourceRecord]) -> Iterator[SourceRecord | None]:
@@ -1179,7 +1246,7 @@ class StoreRecorder:
                                           prepared=prepared)
         return case.events[-1].to_dict() if created else None
 
-    def many(self, decisions: Sequence[tuple[Decision, RefundRequest, Prepared | None]]
+    def many(self, decisions: Sequence[tuple[Decision, RefundRequest | None, Prepared | None]]
              ) -> list[Mapping[str, Any] | RecordError | None]:
         """Record a group of decisions in one transaction (``RecordStore.record_many``: a few
         round trips for the group, not a few per decision), committed when this returns. One
@@ -1187,11 +1254,14 @@ class StoreRecorder:
         before. A decision the store refuses is answered with the ``RecordError`` ``record``
         raises and ends the list: the group is rolled back and the decisions before it recorded
         alone, so nothing after a refusal is recorded, as when each was recorded in turn. A
-        store that fails raises, and nothing of the group is written."""
+        store that fails raises, and nothing of the group is written. The request may be None
+        where the decision is prepared (``recording``): the prepared event holds it."""
         ready: list[Prepared] = []
         refused: list[RecordError] = []
         for decision, request, prepared in decisions:
             try:
+                if prepared is None and request is None:
+                    raise RecordError(f"decision `{decision.request_id}` came without its request")
                 ready.append(with_texts(prepared, decision, self.engine, self._texts)
                              if prepared is not None
                              else self.store.prepare(request, decision, engine=self.engine,

@@ -18,7 +18,7 @@ from refundry.core.request import (
     decode_json,
     read_lines,
 )
-from refundry.plugins.helpers import JsonLinesWriter
+from refundry.plugins.helpers import JsonLinesWriter, json_line
 from refundry.plugins.spec import hookimpl
 from refundry.plugins.types import Sink, SinkWriter, Source, SourceError, SourceRecord
 
@@ -75,12 +75,25 @@ def _read_json_document(path: Path) -> Iterator[SourceRecord]:
             yield SourceRecord(ref, error=f"{ref}: a request must be a json object")
 
 
+def decision_line(decision: Decision, ref: str) -> str:
+    """The line the ``jsonl`` sink writes for ``decision`` (without the newline)."""
+    return json_line({**decision.to_dict(), "ref": ref})
+
+
 class DecisionsWriter:
+    # The line alone makes the output, so it can be encoded where the decision was made (a
+    # worker process of ``run --workers``) and only written here (``write_line``).
+    line_for = staticmethod(decision_line)
+
     def __init__(self, path: Path | None) -> None:
         self._out = JsonLinesWriter(path, "request_id")
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> None:
-        self._out.write({**decision.to_dict(), "ref": ref})
+        self._out.write_line(decision.request_id, decision_line(decision, ref))
+
+    def write_line(self, request_id: str, line: str) -> None:
+        """``decision_line(decision, ref)`` of a decision of ``request_id``, as ``write``."""
+        self._out.write_line(request_id, line)
 
     def close(self) -> None:
         self._out.close()

@@ -170,6 +170,11 @@ def _decode(name: str, raw: bytes, limit: int) -> tuple[str, Any, str | None]:
 _LINE = json.JSONEncoder(ensure_ascii=False, default=json_default)
 
 
+def json_line(obj: Mapping[str, Any]) -> str:
+    """The text ``JsonLinesWriter.write`` writes for ``obj`` (without the newline)."""
+    return _LINE.encode(obj)
+
+
 class JsonLinesWriter:
     """Append-only JSON lines, each keyed (e.g. by ``request_id``), safe to re-open after a kill.
 
@@ -212,7 +217,7 @@ class JsonLinesWriter:
             if key in self.seen:
                 return False
             self.seen.add(key)
-        self._fh.write(_LINE.encode(obj) + "\n")
+        self._fh.write(json_line(obj) + "\n")
         self._fh.flush()
         return True
 

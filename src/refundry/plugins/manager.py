@@ -286,6 +286,11 @@ class Plugins:
                 errors.append(PluginError(plugin, f"{hook_name} raised {type(exc).__name__}: {exc}"))
         return errors
 
+    def listens(self, hook_name: str) -> bool:
+        """Whether any plugin implements ``hook_name``: a caller need not make what only its
+        listeners would be given."""
+        return bool(self._impls(hook_name))
+
     def decision_written(self, decision: Decision, request: RefundRequest, ref: str,
                          sinks: Sequence[str]) -> list[PluginError]:
         return self._notify("refundry_decision_written", decision=decision, request=request,

@@ -202,7 +202,13 @@ class SinkWriter(Protocol):
     Every instruction it writes carries ``idempotency_key(request)`` (the case id), so a
     platform that receives it twice creates one refund. A sink that delivers returns the id
     of the refund the platform made (``refundry run --db`` records it on the case as
-    ``processed``); any other sink returns ``None``."""
+    ``processed``); any other sink returns ``None``.
+
+    A writer whose output is a line made from the decision and ``ref`` alone may also have
+    ``line_for`` (a module-level function of (decision, ref), so it pickles by name) and
+    ``write_line(request_id, line)``, which writes such a line as ``write`` would: with
+    ``refundry run --workers N`` the worker processes make the lines, and the request object
+    is not sent back to the parent for such a sink (the built-in ``jsonl`` sink does this)."""
 
     def write(self, decision: Decision, request: RefundRequest, ref: str) -> str | None: ...
 
