@@ -135,6 +135,21 @@ def corpus(n: int, seed: int = 12) -> Iterator[dict]:
         yield mutate({**rng.choice(base), "request_id": f"hostile-{seed}-{i}"}, rng)
 
 
+def parsed_requests(n: int, seed: int = 12) -> list[Any]:
+    """The shipped test requests and ``n`` hostile ones (``corpus``), those that parse, parsed."""
+    from refundry.core.errors import RefundryError
+    from refundry.core.request import parse_request
+
+    docs = [json.loads(text, parse_float=Decimal) for text in shipped_requests()]
+    parsed = []
+    for doc in [*docs, *corpus(n, seed)]:
+        try:
+            parsed.append(parse_request(doc))
+        except RefundryError:
+            continue
+    return parsed
+
+
 def with_deep(doc: Any) -> Any:
     """``doc`` with every ``DEEP`` stand-in replaced by a list nested 1,500 deep."""
     if doc == DEEP:

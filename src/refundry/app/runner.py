@@ -48,8 +48,8 @@ from refundry.plugins import (
     SourceError,
     SourceRecord,
 )
-from refundry.records.events import Prepared, RecordError, prepare_event, with_texts
-from refundry.records.history import History, Keyed, ParsedData, key_request
+from refundry.records.events import MaskedRequest, Prepared, RecordError, prepare_event, with_texts
+from refundry.records.history import History, Keyed, ParsedData, key_request, masked_keys
 from refundry.records.index import Pseudonyms
 from refundry.records.masking import mask_text, scrub, scrub_id, scrub_request
 
@@ -223,17 +223,20 @@ def _evaluate_one(engine: Engine, ref: str, data: Mapping[str, Any],
     return _Result(ref, rid, req, engine.evaluate(req))
 
 
-def _parsed_first(data: dict[str, Any]) -> ParsedData:
-    """``data`` with the request it parses to, for the enrichers' lookups."""
+def _parsed_first(data: dict[str, Any], salt: bytes | None = None) -> ParsedData:
+    """``data`` with the request it parses to, for the enrichers' lookups; with the records
+    store's ``salt``, the fields the lookup keys masked, for the lookup and the event."""
     try:
-        return ParsedData(data, parse_request(data))
+        parsed = parse_request(data)
     except InvalidRequest:
         return ParsedData(data, None)  # decided (as a dead letter) with the errors of the whole
+    return ParsedData(data, parsed, masked=None if salt is None else masked_keys(parsed, salt))
 
 
-def _parsed_here(datas: list[dict[str, Any]]) -> Callable[[], list[ParsedData]]:
-    """``_parsed_first`` of each of ``datas``, when asked for."""
-    return lambda: [_parsed_first(data) for data in datas]
+def _parsed_here(salt: bytes | None) -> Callable[[list[dict[str, Any]]], Callable[[], list[ParsedData]]]:
+    """How ``_ready`` has a group parsed in this process: ``_parsed_first`` of each, when
+    asked for."""
+    return lambda datas: lambda: [_parsed_first(data, salt) for data in datas]
 
 
 def _reparsed(before: ParsedData, enriched: Mapping[str, Any]) -> RefundRequest | None:
@@ -329,21 +332,26 @@ YOUNG_COLLECTED_EVERY = 50_000
 
 @contextlib.contextmanager
 def _collecting_rarely() -> Iterator[None]:
-    """The cyclic garbage collector for a run with worker processes, as it was before once it
-    ends: what was loaded before it (the engine above all) frozen out of the collector's sight
-    and the youngest generation collected after ``YOUNG_COLLECTED_EVERY`` allocations. The
-    run's objects die by reference count, yet the collector walked the engine's objects and
-    the results' young ones again and again: about 65 µs of the parent's CPU a request (the
-    full collections 35). Frozen before the fork, the workers' collections skip the engine
-    too and its pages stay shared (the ``gc`` module's advice for forking servers)."""
+    """The cyclic garbage collector for a run, as it was before once it ends: what was loaded
+    before it (the engine above all) frozen out of the collector's sight and the youngest
+    generation collected after ``YOUNG_COLLECTED_EVERY`` allocations. The run's objects die by
+    reference count, yet the collector walked the engine's objects and the results' young ones
+    again and again: about 65 µs of the parent's CPU a request with workers (the full
+    collections 35), 63-97 µs of one process's full collections alone (3,000 requests, load 6).
+    Frozen before the fork, the workers' collections skip the engine too and its pages stay
+    shared (the ``gc`` module's advice for forking servers). A process that froze objects
+    itself (a server before it forks) keeps its freeze: this neither adds to it nor undoes it."""
     threshold = gc.get_threshold()
-    gc.freeze()
+    ours = not gc.get_freeze_count()
+    if ours:
+        gc.freeze()
     gc.set_threshold(YOUNG_COLLECTED_EVERY, *threshold[1:])
     try:
         yield
     finally:
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
 
 
 @attrs.define
@@ -380,13 +388,15 @@ class _Flight:
                 for res, req in zip(results, parsed, strict=True)]
 
 
-def _prepared(res: _Result, salt: bytes, actor: str) -> Prepared | None:
+def _prepared(res: _Result, salt: bytes, actor: str,
+              before: MaskedRequest | None = None) -> Prepared | None:
     if res.request is None or res.decision is None:
         return None
     try:
         # The ruleset texts are left to the parent's engine: shipping them back per decision
         # would cost more than looking them up.
-        return prepare_event(res.request, res.decision, salt, actor=actor, texts=())
+        return prepare_event(res.request, res.decision, salt, actor=actor, texts=(),
+                             before=before)
     except RecordError:
         return None  # the parent's append says why
 
@@ -606,9 +616,12 @@ class Batch:
             if workers == 1:
                 # ``_ready`` enriches a request only once the one before it is handled here
                 # (decided, written and recorded), as its history lookups expect.
-                for group in self._ready(records, parse=_parsed_here):
-                    self._handle_group([_evaluate_one(self.engine, ref, data, parsed)
-                                        for ref, data, parsed in group])
+                recording = getattr(self.recorder, "recording", None)
+                salt = recording[0] if recording is not None and self.record_many else None
+                with _collecting_rarely():
+                    for group in self._ready(records, parse=_parsed_here(salt)):
+                        self._handle_group([self._decided_here(ref, data, parsed, recording)
+                                            for ref, data, parsed in group])
             else:
                 with _collecting_rarely():
                     self._in_pool(records, workers, rulesets, backend)
@@ -623,6 +636,17 @@ class Batch:
                 self.progress.stop()
                 self.summary.seconds = time.monotonic() - t0
         return self.summary
+
+    def _decided_here(self, ref: str, data: dict[str, Any], parsed: RefundRequest | None,
+                      recording: tuple[bytes, str] | None) -> _Result:
+        """``data`` decided in this process and, when its keyed fields were masked before its
+        enrichers (``_parsed_first``), prepared for the store with them."""
+        res = _evaluate_one(self.engine, ref, data, parsed)
+        before = data.masked if isinstance(data, ParsedData) else None
+        if before is None or recording is None:
+            return res
+        return _Result(res.ref, res.request_id, res.request, res.decision, res.errors,
+                       _prepared(res, *recording, before))
 
     def _in_pool(self, records: Iterator[SourceRecord], workers: int,
                  rulesets: Sequence[str | Path], backend: str) -> None:
@@ -739,6 +763,10 @@ class Batch:
                 enriched = self._enrich(ref, rid, data, land)
                 if enriched is not None:
                     again = _reparsed(data, enriched) if isinstance(data, ParsedData) else None
+                    if again is not None and isinstance(data, ParsedData) \
+                            and data.masked is not None:  # made in this process only
+                        # Its masked fields go on with it, to its event (``_decided_here``).
+                        enriched = ParsedData(enriched, again, masked=data.masked)
                     ready.append((ref, enriched, again))
             del items[:n]
             if ready:

@@ -58,8 +58,8 @@ from refundry.records.index import (
 from refundry.records.masking import (
     DECISION_MONEY,
     DETAILS_MONEY,
-    mask_request,
-    mask_snapshot,
+    mask_decision,
+    mask_parsed,
     mask_text,
     mask_value,
     scrub_id,
@@ -217,6 +217,42 @@ class Prepared:
     draft: Draft
 
 
+@attrs.frozen
+class MaskedRequest:
+    """Some fields of a parsed request as an event keeps them under a store's ``salt``
+    (``masked``: ``mask_parsed(request, salt, fields)``), made where a request is parsed
+    before its enrichers (``refundry run --db``: the fields its history lookup keys): its
+    event masks only the other fields, and those the enrichers replaced (``updated``)."""
+
+    request: RefundRequest
+    salt: bytes
+    masked: dict[str, Any]
+
+    def updated(self, request: RefundRequest) -> dict[str, Any]:
+        """``mask_parsed(request, salt)``, for any request: a field of ``masked`` that holds
+        the very object it holds in ``self.request`` is taken from there, the others masked.
+        Masking is field by field (``mask_parsed`` of some fields gives them as the whole
+        request's masking does) and masks a function of the field's value alone, which
+        nothing changes in place (a parsed request is frozen; ``replace_fields`` keeps the
+        objects of the fields it leaves)."""
+        names, values = _request_fields()
+        kept = self.masked
+        same = {n for n, v, w in zip(names, values(request), values(self.request), strict=True)
+                if v is w and n in kept}
+        fresh = mask_parsed(request, self.salt, [n for n in names if n not in same])
+        # In field order, as ``mask_parsed`` (and ``request_to_dict``) orders them.
+        return {n: kept[n] if n in same else fresh[n] for n in names if n in same or n in fresh}
+
+
+@functools.cache
+def _request_fields() -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """A request's field names in order, and a getter of all their values in one call."""
+    import operator
+
+    names = tuple(f.name for f in attrs.fields(RefundRequest))
+    return names, operator.attrgetter(*names)
+
+
 def _same_submission(case: Case, draft: Draft) -> Case:
     """``case`` when it holds the request ``draft`` would open it with; refused otherwise."""
     if case.request != draft.request:
@@ -291,27 +327,33 @@ def seal(draft: Draft, seq: int, prev: str, at: dt.datetime) -> tuple[str, str, 
 
 
 def prepare_event(request: Mapping[str, Any] | RefundRequest, decision: Decision, salt: bytes, *,
-                  actor: str, texts: tuple[tuple[str, str, str, str], ...]) -> Prepared:
+                  actor: str, texts: tuple[tuple[str, str, str, str], ...],
+                  before: MaskedRequest | None = None) -> Prepared:
     """``RecordStore.prepare`` with a store's ``salt``, where there is no store (a worker
-    process of ``refundry run --db``). ``actor``: as recorded (``RecordStore.recorded_actor``);
-    ``texts``: the ruleset texts to keep (``()`` leaves them to ``record``, which looks them
-    up in its engine)."""
+    process of ``refundry run --db``, or its one process). ``actor``: as recorded
+    (``RecordStore.recorded_actor``); ``texts``: the ruleset texts to keep (``()`` leaves them
+    to ``record``, which looks them up in its engine); ``before``: fields of the request it
+    was made from (``replace_fields``) masked under ``salt`` already, reused where they are
+    its own (``MaskedRequest.updated``: the same event either way)."""
     from refundry.core.request import parse_request, request_to_dict
 
     try:
-        raw = request_to_dict(parse_request(request))
+        parsed = parse_request(request)
+        # The parsed request masked as its dump would be, without making the dump.
+        masked = before.updated(parsed) if before is not None and before.salt == salt \
+            else mask_parsed(parsed, salt)
     except RefundryError:
         raise RecordError("an invalid request is not recorded; fix it and evaluate again") from None
-    masked = mask_request(raw, salt)
     request_id = masked["request_id"]
-    snapshot = mask_snapshot(decision.to_dict())
+    snapshot = mask_decision(decision)
     snapshot["request_id"] = request_id
-    if decision.request_id != raw["request_id"]:
+    submitted = request_to_dict(parsed, ("request_id",))["request_id"]
+    if decision.request_id != submitted:
         raise RecordError(f"the decision is for request `{mask_text(decision.request_id)}`, "
                           f"not `{request_id}`")
     draft = Draft(request_id, "evaluated", actor, snapshot, masked, {}, texts,
                   encode(snapshot, masked))
-    return Prepared(raw["request_id"], draft)
+    return Prepared(submitted, draft)
 
 
 def with_texts(prepared: Prepared, decision: Decision, engine: Any,

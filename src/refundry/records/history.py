@@ -25,7 +25,7 @@ import attrs
 
 from refundry.core.errors import RefundryError
 from refundry.core.models import RefundRequest
-from refundry.records.events import Event, RecordError, RecordStore
+from refundry.records.events import Event, MaskedRequest, RecordError, RecordStore
 from refundry.records.index import (
     COLUMNS,
     INDEXED_EVENTS,
@@ -39,7 +39,7 @@ from refundry.records.index import (
     status_update,
     utc_text,
 )
-from refundry.records.masking import mask_request, pseudonym
+from refundry.records.masking import mask_parsed, pseudonym
 
 WINDOW_DAYS = 30
 SHORT_WINDOW_DAYS = 7
@@ -90,15 +90,18 @@ class ParsedData(dict[str, Any]):
     """A request's data (canonical JSON) with ``request``, the ``RefundRequest`` it parses to
     (None when it does not parse), so that a lookup does not parse it again: ``refundry run``
     parses each request once, before its enrichers. Or, instead, ``keyed``: what a lookup
-    needs of it, made by another process (``key_request``; ``request`` is then None)."""
+    needs of it, made by another process (``key_request``; ``request`` is then None).
+    ``masked``: the fields of ``request`` a lookup keys, masked under a store's salt
+    (``masked_keys``), when the caller records it there: the lookup and the event reuse them."""
 
-    __slots__ = ("keyed", "request")
+    __slots__ = ("keyed", "masked", "request")
 
     def __init__(self, data: Mapping[str, Any], request: RefundRequest | None,
-                 keyed: Keyed | None = None) -> None:
+                 keyed: Keyed | None = None, masked: MaskedRequest | None = None) -> None:
         super().__init__(data)
         self.request = request
         self.keyed = keyed
+        self.masked = masked
 
 
 class HistoryError(RefundryError):
@@ -342,8 +345,12 @@ class History:
         if isinstance(request, ParsedData):
             keyed = request.keyed
             if keyed is None:
-                return None if request.request is None \
-                    else _lookup_of(request.request, salt, self._name, as_of)
+                if request.request is None:
+                    return None
+                masked = request.masked
+                return _lookup_of(request.request, salt, self._name, as_of,
+                                  masked.masked if masked is not None and masked.salt == salt
+                                  and masked.request is request.request else None)
             if as_of is None and keyed.salt == salt:
                 self._name.learn(keyed.names)  # indexing the request names the same
                 return keyed.lookup
@@ -500,25 +507,32 @@ class _Lookup:
                                  k.transaction) if v is not None)
 
 
-_LOOKUP_FIELDS = (*KEY_FIELDS, "prior_refunds")
+def masked_keys(parsed: RefundRequest, salt: bytes) -> MaskedRequest | None:
+    """The fields of ``parsed`` its lookup keys (``KEY_FIELDS``), masked under ``salt``: for
+    ``ParsedData``, whose lookup and event then mask them once. None if they cannot be."""
+    try:
+        return MaskedRequest(parsed, salt, mask_parsed(parsed, salt, KEY_FIELDS))
+    except RefundryError:
+        return None
 
 
 def _lookup_of(parsed: RefundRequest, salt: bytes, name: Callable[[str, bytes, str], str] | None,
-               as_of: dt.datetime | None) -> _Lookup | None:
-    """A parsed request's lookup under ``salt`` (None: it has no keys)."""
+               as_of: dt.datetime | None, masked: Mapping[str, Any] | None = None,
+               ) -> _Lookup | None:
+    """A parsed request's lookup under ``salt`` (None: it has no keys); ``masked``: its
+    ``KEY_FIELDS`` masked under ``salt`` already (``masked_keys``)."""
     from refundry.core.request import request_to_dict
 
     try:
-        raw = request_to_dict(parsed, _LOOKUP_FIELDS)
+        # Only what a key is made of is masked: the same keys (masking is value by value),
+        # without masking items, notes and evidence twice per request (the store masks the
+        # whole request when it records it); masked as its dump would be, without the dump.
+        if masked is None:
+            masked = mask_parsed(parsed, salt, KEY_FIELDS)
+        raw = request_to_dict(parsed, ("prior_refunds",))
     except RefundryError:
         return None
-    # Only what a key is made of is masked: the same keys (masking is value by value),
-    # without masking dates, items, notes and evidence twice per request (the store masks
-    # the whole request when it records it).
-    txn = raw["transaction"]
-    raw["transaction"] = {k: txn[k] for k in ("id", "amount", "payment_method") if k in txn}
-    keys = keys_of(mask_request({k: raw[k] for k in KEY_FIELDS if k in raw}, salt), salt,
-                   pseudonym if name is None else name)
+    keys = keys_of(masked, salt, pseudonym if name is None else name)
     at = utc_text(as_of) if as_of is not None else keys.requested_at
     claimed = sum((Decimal(str(p["amount"])) for p in raw.get("prior_refunds") or ()), Decimal(0))
     return _Lookup(keys, at, claimed)

@@ -15,9 +15,11 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import operator
 import re
+import types
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -314,6 +316,11 @@ def mask_request(data: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
     out = mask_value(data, request_money_paths())
     if isinstance(data.get("request_id"), str):
         out["request_id"] = scrub_id(data["request_id"], salt)
+    return _pseudonyms(out, salt)
+
+
+def _pseudonyms(out: dict[str, Any], salt: bytes) -> dict[str, Any]:
+    """A masked request's customer email and address as their pseudonyms."""
     customer = out.get("customer")
     if isinstance(customer, dict):
         if isinstance(customer.get("email"), str):
@@ -321,6 +328,116 @@ def mask_request(data: Mapping[str, Any], salt: bytes) -> dict[str, Any]:
         if isinstance(customer.get("address"), str):
             customer["address"] = pseudonym(customer["address"], salt, "address-")
     return out
+
+
+def mask_parsed(request: Any, salt: bytes, fields: Collection[str] | None = None) -> dict[str, Any]:
+    """``mask_request(request_to_dict(request, fields), salt)`` for a parsed request, walked
+    once: each value masked as its dump would be, without making the dump. A top-level field
+    holding what the parser never makes (a float, a mapping other than a plain dict, a class
+    of its own) is dumped and masked as ``mask_request`` masks it."""
+    from refundry.core.request import request_to_dict
+
+    if type(request.request_id) is str:  # else not as parsed: its dump decides its key
+        try:
+            return _request_masked(request, salt, fields)
+        except Exception:  # noqa: BLE001 - whatever the walk trips on, the plain way answers
+            pass  # (as it always did: with the masked request, or with its own exception)
+    return mask_request(request_to_dict(request, fields), salt)
+
+
+def _request_masked(request: Any, salt: bytes, fields: Collection[str] | None) -> dict[str, Any]:
+    from refundry.core.request import request_to_dict
+
+    money = request_money_paths()
+    out: dict[str, Any] = {}
+    plan, values = _plan(type(request), "", money)  # type: ignore[arg-type]  # a class is hashable; typeshed says not
+    # A request's fields are its own names, kept as they are (``kept``: the name).
+    named: Iterable[tuple[tuple[str, str, bool], Any]] = zip(plan, values(request), strict=True)
+    if fields is not None:  # in their order, as ``request_to_dict`` gives them
+        by_name = {entry[0]: (entry, v) for entry, v in named}
+        named = [by_name[name] for name in fields]
+    for (name, path, is_money), v in named:
+        if v is None or v == ():
+            continue
+        try:
+            out[name] = _masked_parsed(v, path, is_money, money)
+        except _Unusual:
+            out[name] = mask_value(request_to_dict(request, (name,)), money)[name]
+    if "request_id" in out:
+        out["request_id"] = scrub_id(request.request_id, salt)
+    return _pseudonyms(out, salt)
+
+
+class _Unusual(Exception):  # noqa: N818 - not an error: a value the fast walk leaves to the dump
+    """A value ``_masked_parsed`` does not take: its field is dumped and masked instead."""
+
+
+# The path given below a value with no money at or below it: no money path is ever this.
+_FREE = "\x00"
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(kind: type, path: str, money: frozenset[str]
+          ) -> tuple[tuple[tuple[str, str, bool], ...], Callable[[Any], tuple[Any, ...]]]:
+    """A model's fields at ``path`` that masking keeps, as (its key as kept, its dotted path
+    or ``_FREE``, whether that is a money path), and a getter of their values in one call.
+    Cached: models, their paths and the money paths are the program's, never the input's."""
+    prefixes = _money_prefixes(money)
+    names, plan = [], []
+    for f in attrs.fields(kind):
+        kept = _kept_key(f.name)
+        sub = f"{path}.{f.name}" if path else f.name
+        if kept is not None:
+            names.append(f.name)
+            plan.append((kept, sub if sub in prefixes else _FREE, sub in money))
+    # ``attrgetter`` of one name gives the value, not a 1-tuple.
+    getter = operator.attrgetter(*names) if len(names) > 1 \
+        else (lambda obj: tuple(getattr(obj, n) for n in names))
+    return tuple(plan), getter
+
+
+def _masked_parsed(value: Any, path: str, is_money: bool, money: frozenset[str]) -> Any:
+    """``_walk(dump(value), money, path, mask_value_plain)`` for a value of a parsed request
+    (``dump``: ``request_to_dict``'s); ``_Unusual`` for a value it does not take. ``path``
+    is ``_FREE`` where no money path is at or below it, and then never built further."""
+    kind = type(value)
+    if kind is str:
+        return value if is_money and _MONEY.fullmatch(value) is not None else mask_text(value)
+    if kind is bool or value is None:
+        return value
+    if kind is Decimal:  # dumped as its text
+        text = str(value)
+        return text if is_money and _MONEY.fullmatch(text) is not None else mask_text(text)
+    if kind is int:
+        if is_money:
+            return mask_value_plain(value, money, path)
+        return value if -_SMALL_INT < value < _SMALL_INT else mask_value_plain(value)
+    if kind is dt.datetime or kind is dt.date:
+        return _masked_parsed(value.isoformat(), path, is_money, money)
+    if kind is tuple or kind is list:
+        sub = _FREE if path is _FREE else path + "[]"
+        below = sub is not _FREE and sub in money
+        if sub is not _FREE and sub not in _money_prefixes(money):
+            sub = _FREE
+        return [mask_text(v) if type(v) is str and not below
+                else _masked_parsed(v, sub, below, money) for v in value]
+    if kind is dict and path is _FREE:  # facts: the dump keeps its keys, the walk masks them
+        # Text, flags and counts (most of a request's facts) without a call each.
+        return {kept: mask_text(v) if type(v) is str
+                else v if type(v) is bool or (type(v) is int and -_SMALL_INT < v < _SMALL_INT)
+                else _masked_parsed(v, _FREE, False, money)
+                for k, v in value.items()
+                if (kept := _kept_key(k if type(k) is str else str(k))) is not None}
+    if attrs.has(kind) and kind.__module__ == "refundry.core.models":
+        plan, values = _plan(kind, path, money) if path is not _FREE \
+            else _plan(kind, "", frozenset())
+        out = {}
+        for (kept, sub, money_here), v in zip(plan, values(value), strict=True):
+            if v is not None and v != ():
+                out[kept] = mask_text(v) if type(v) is str and not money_here \
+                    else v if type(v) is bool else _masked_parsed(v, sub, money_here, money)
+        return out
+    raise _Unusual
 
 
 def mask_value(value: Any, money: frozenset[str] = frozenset(), path: str = "") -> Any:
@@ -496,6 +613,124 @@ def mask_snapshot(snapshot: Any) -> Any:
         else:
             out[kept] = _walk_free(v, mask_value_plain)
     return out
+
+
+def mask_decision(decision: Any) -> Any:
+    """``mask_snapshot(decision.to_dict())`` for a ``Decision`` as the engine makes it, walked
+    from the decision itself, without making the dict first; any other decision, or one
+    holding a value of a type the engine never puts there, the plain way."""
+    if type(decision) is _models().Decision:
+        try:
+            return _decision_masked(decision)
+        except Exception:  # noqa: BLE001 - whatever the walk trips on, the plain way answers
+            pass  # (as it always did: with the snapshot, or with its own exception)
+    return mask_snapshot(decision.to_dict())
+
+
+@functools.cache
+def _models() -> types.SimpleNamespace:
+    """The decision's classes (imported when first needed, as ``request_money_paths`` does)."""
+    from refundry.core import models
+
+    return types.SimpleNamespace(**{n: getattr(models, n) for n in (
+        "Decision", "Reason", "Deadline", "Line", "Action", "RulesetRef", "Layer")})
+
+
+def _text(value: Any, mask: Callable[[str], str] = mask_text) -> str:
+    if type(value) is not str:
+        raise _Unusual
+    return mask(value)
+
+
+def _decision_masked(d: Any) -> dict[str, Any]:
+    """``mask_snapshot(d.to_dict())``, member by member in ``Decision.to_dict``'s order (its
+    keys, and each part's, mask to themselves: a test holds them to it)."""
+    amount = str(d.amount)  # as ``to_dict`` writes it; at the money path ``amount``
+    ruleset = d.ruleset
+    if ruleset is not None:
+        if type(ruleset) is not _models().RulesetRef:
+            raise _Unusual
+        ruleset = {"id": _text(ruleset.id, mask_rule_text),
+                   "version": _text(ruleset.version, mask_rule_text),
+                   "digest": _text(ruleset.digest, mask_rule_text),
+                   "layers": [_layer_masked(layer) for layer in ruleset.layers]}
+    return {
+        "request_id": _text(d.request_id), "outcome": _text(d.outcome),
+        "amount": amount if _MONEY.fullmatch(amount) is not None else mask_text(amount),
+        "currency": _text(d.currency),
+        "reasons": [_reason_masked(r) for r in d.reasons],
+        "deadlines": [_deadline_masked(x) for x in d.deadlines],
+        "lines": [_line_masked(x) for x in d.lines],
+        "actions": [_action_masked(x) for x in d.actions],
+        "ruleset": ruleset,
+        "as_of": _text(d.as_of.isoformat()) if d.as_of else None,  # as ``to_dict`` asks
+        "errors": [_text(e) for e in d.errors],
+    }
+
+
+def _rule_mask(rule_id: Any) -> Callable[[str], str]:
+    """How a rule part's texts are masked (``_walk_rule_part``): remembered for a ruleset's
+    rule, afresh for the engine's own (``refundry.*``)."""
+    if type(rule_id) is not str:
+        raise _Unusual
+    return mask_text if rule_id.startswith(_ENGINE_OWN) else mask_rule_text
+
+
+def _reason_masked(r: Any) -> dict[str, Any]:
+    if type(r) is not _models().Reason or type(r.floor) is not bool:
+        raise _Unusual
+    mask = _rule_mask(r.rule_id)
+    out = {"rule_id": mask(r.rule_id), "effect": _text(r.effect, mask),
+           "code": _text(r.code, mask), "message": _text(r.message, mask),
+           "customer_message": _text(r.customer_message, mask),
+           "citation": _text(r.citation, mask), "floor": r.floor,
+           "ruleset": _text(r.ruleset, mask)}
+    if r.customer_messages:
+        out["customer_messages"] = {_text(lang, _kept_text): _text(text, mask)
+                                    for lang, text in dict(r.customer_messages).items()}
+    return out
+
+
+def _kept_text(key: str) -> str:
+    kept = _kept_key(key)
+    if kept is None:  # a language named like a security code: the plain walk drops it
+        raise _Unusual
+    return kept
+
+
+def _deadline_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Deadline:
+        raise _Unusual
+    mask = _rule_mask(x.rule_id)
+    return {"name": _text(x.name, mask), "due": _text(x.due.isoformat()),
+            "citation": _text(x.citation, mask), "rule_id": mask(x.rule_id)}
+
+
+def _line_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Line or type(x.quantity) is not int:
+        raise _Unusual
+    q = x.quantity
+    return {"sku": None if x.sku is None else _text(x.sku),
+            "quantity": q if -_SMALL_INT < q < _SMALL_INT else mask_value_plain(q),
+            "outcome": _text(x.outcome),
+            "amount": None if x.amount is None else mask_text(str(x.amount)),
+            "rule_ids": [_text(r) for r in x.rule_ids]}
+
+
+def _action_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Action:
+        raise _Unusual
+    mask = _rule_mask(x.rule_id)
+    return {"type": _text(x.type, mask), "amount": mask_text(str(x.amount)),
+            "due": _text(x.due.isoformat()) if x.due else None,
+            "citation": _text(x.citation, mask), "rule_id": mask(x.rule_id)}
+
+
+def _layer_masked(x: Any) -> dict[str, Any]:
+    if type(x) is not _models().Layer:
+        raise _Unusual
+    return {"id": _text(x.id, mask_rule_text), "version": _text(x.version, mask_rule_text),
+            "digest": _text(x.digest, mask_rule_text)}
 
 
 def _walk_rule_part(value: Any) -> Any:
