@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -330,28 +331,50 @@ def _sent(res: _Result, back: bool, line_for: tuple[LineFn, ...], wanted: bool) 
 YOUNG_COLLECTED_EVERY = 50_000
 
 
-@contextlib.contextmanager
-def _collecting_rarely() -> Iterator[None]:
-    """The cyclic garbage collector for a run, as it was before once it ends: what was loaded
-    before it (the engine above all) frozen out of the collector's sight and the youngest
-    generation collected after ``YOUNG_COLLECTED_EVERY`` allocations. The run's objects die by
-    reference count, yet the collector walked the engine's objects and the results' young ones
-    again and again: about 65 µs of the parent's CPU a request with workers (the full
-    collections 35), 63-97 µs of one process's full collections alone (3,000 requests, load 6).
-    Frozen before the fork, the workers' collections skip the engine too and its pages stay
-    shared (the ``gc`` module's advice for forking servers). A process that froze objects
-    itself (a server before it forks) keeps its freeze: this neither adds to it nor undoes it."""
-    threshold = gc.get_threshold()
-    ours = not gc.get_freeze_count()
-    if ours:
-        gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTED_EVERY, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        if ours:
-            gc.unfreeze()
+class _RareCollection:
+    """The cyclic garbage collector for the runs under way, as it was before once the last of
+    them ends: what was loaded before the first (the engine above all) frozen out of the
+    collector's sight and the youngest generation collected after ``YOUNG_COLLECTED_EVERY``
+    allocations. The run's objects die by reference count, yet the collector walked the
+    engine's objects and the results' young ones again and again: about 65 µs of the parent's
+    CPU a request with workers (the full collections 35), 63-97 µs of one process's full
+    collections alone (3,000 requests, load 6). Frozen before the fork, the workers'
+    collections skip the engine too and its pages stay shared (the ``gc`` module's advice for
+    forking servers). A process that froze objects itself (a server before it forks) keeps its
+    freeze: this neither adds to it nor undoes it.
+
+    The collector is the process's, so runs in several threads share one setting, counted: the
+    first saves what was and the last puts it back (each run restoring what it found would
+    leave the second one's setting behind for good)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._threshold: tuple[int, ...] = ()
+        self._froze = False
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if not self._runs:
+                self._threshold = gc.get_threshold()
+                self._froze = not gc.get_freeze_count()
+                if self._froze:
+                    gc.freeze()
+                gc.set_threshold(YOUNG_COLLECTED_EVERY, *self._threshold[1:])
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if not self._runs:
+                    gc.set_threshold(*self._threshold)
+                    if self._froze:
+                        gc.unfreeze()
+
+
+_collecting_rarely = _RareCollection().held
 
 
 @attrs.define
