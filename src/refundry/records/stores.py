@@ -279,6 +279,18 @@ class _Tx:
         self._run("INSERT INTO signatures VALUES (?, ?, ?)", (seq, key, signature))
 
 
+@contextlib.contextmanager
+def _over(conn: Any, connect: Callable[[], Any]) -> Iterator[Any]:
+    """``conn`` (a verify worker's, for all its ranges), or a connection of its own from
+    ``connect``, closed when done."""
+    own = connect() if conn is None else None
+    try:
+        yield conn if own is None else own
+    finally:
+        if own is not None:
+            own.close()
+
+
 def _sqlite_connection(path: str) -> sqlite3.Connection:
     try:
         return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
@@ -291,24 +303,19 @@ def _sqlite_range(path: str, lo: int, hi: int | None, *, outcome: bool,
     """The events ``lo < seq <= hi`` (to the end when ``hi`` is None) of an SQLite store, over
     a connection of their own (or ``conn``, a verify worker's for all its ranges).
     ``outcome``: whether the events table has that column (``chain_columns``)."""
-    own = _sqlite_connection(path) if conn is None else None
+    bound, args = ("", (lo,)) if hi is None else (" AND seq <= ?", (lo, hi))
     try:
-        db = own or conn
-        assert db is not None
-        bound, args = ("", (lo,)) if hi is None else (" AND seq <= ?", (lo, hi))
-        # The body as the bytes stored, which the hash is over: no text decoded only to be
-        # encoded again (0.5-0.7 us an event). A body that is not UTF-8 then fails its
-        # hash or its decoding, an event's problem, where the decode to text raised.
-        utf8 = db.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
-        body = "CAST(body AS BLOB)" if utf8 else "body"
-        column = "outcome" if outcome else "NULL"  # as ``chain_columns``, the body aside
-        yield from db.execute(f"SELECT seq, request_id, type, at, actor, {body}, hash, "
-                              f"{column} FROM events WHERE seq > ?{bound} ORDER BY seq", args)
+        with _over(conn, functools.partial(_sqlite_connection, path)) as db:
+            # The body as the bytes stored, which the hash is over: no text decoded only to be
+            # encoded again (0.5-0.7 us an event). A body that is not UTF-8 then fails its
+            # hash or its decoding, an event's problem, where the decode to text raised.
+            utf8 = db.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
+            body = "CAST(body AS BLOB)" if utf8 else "body"
+            column = "outcome" if outcome else "NULL"  # as ``chain_columns``, the body aside
+            yield from db.execute(f"SELECT seq, request_id, type, at, actor, {body}, hash, "
+                                  f"{column} FROM events WHERE seq > ?{bound} ORDER BY seq", args)
     except sqlite3.DatabaseError as exc:
         raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
-    finally:
-        if own is not None:
-            own.close()
 
 
 @attrs.frozen
@@ -347,20 +354,15 @@ _INDEX_BY_ID = f"SELECT {', '.join(COLUMNS)} FROM history_index WHERE request_id
 def _sqlite_index_rows(path: str, request_ids: Sequence[str], *,
                        conn: sqlite3.Connection | None = None) -> list[tuple[Any, ...]]:
     """The history index's rows of ``request_ids`` in an SQLite store (by its primary key)."""
-    own = _sqlite_connection(path) if conn is None else None
+    rows: list[tuple[Any, ...]] = []
     try:
-        db = own or conn
-        assert db is not None
-        rows: list[tuple[Any, ...]] = []
-        for at in range(0, len(request_ids), MANY_KEYS):  # under any build's variables limit
-            part = request_ids[at:at + MANY_KEYS]
-            rows += db.execute(f"{_INDEX_BY_ID} IN ({', '.join('?' * len(part))})", part)
-        return rows
+        with _over(conn, functools.partial(_sqlite_connection, path)) as db:
+            for at in range(0, len(request_ids), MANY_KEYS):  # under any build's variables limit
+                part = request_ids[at:at + MANY_KEYS]
+                rows += db.execute(f"{_INDEX_BY_ID} IN ({', '.join('?' * len(part))})", part)
     except sqlite3.DatabaseError as exc:
         raise RecordError(f"records store `{path}`: {one_line(exc)}") from None
-    finally:
-        if own is not None:
-            own.close()
+    return rows
 
 
 def _pg_connection(conninfo: str, schema: str, snapshot: str) -> Any:
@@ -390,16 +392,13 @@ def _pg_index_rows(conninfo: str, schema: str, snapshot: str, request_ids: Seque
     the chain's (over ``conn``, a verify worker's, if given)."""
     import psycopg
 
-    own = _pg_connection(conninfo, schema, snapshot) if conn is None else None
     try:
-        rows: list[tuple[Any, ...]] = (own or conn).execute(
-            f"{_INDEX_BY_ID} = ANY(%s)", (list(request_ids),)).fetchall()
-        return rows
+        with _over(conn, functools.partial(_pg_connection, conninfo, schema, snapshot)) as db:
+            rows: list[tuple[Any, ...]] = db.execute(f"{_INDEX_BY_ID} = ANY(%s)",
+                                                     (list(request_ids),)).fetchall()
     except psycopg.Error as exc:
         raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
-    finally:
-        if own is not None:
-            own.close()
+    return rows
 
 
 def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int, hi: int | None, *,
@@ -408,16 +407,13 @@ def _pg_range(conninfo: str, schema: str, snapshot: str, lo: int, hi: int | None
     a connection of their own (or ``conn``, a verify worker's) as of ``snapshot``."""
     import psycopg
 
-    own = _pg_connection(conninfo, schema, snapshot) if conn is None else None
+    bound, args = ("", (lo,)) if hi is None else (" AND seq <= %s", (lo, hi))
     try:
-        bound, args = ("", (lo,)) if hi is None else (" AND seq <= %s", (lo, hi))
-        yield from (own or conn).execute(f"SELECT {chain_columns(outcome)} FROM events "
-                                         f"WHERE seq > %s{bound} ORDER BY seq", args)
+        with _over(conn, functools.partial(_pg_connection, conninfo, schema, snapshot)) as db:
+            yield from db.execute(f"SELECT {chain_columns(outcome)} FROM events "
+                                  f"WHERE seq > %s{bound} ORDER BY seq", args)
     except psycopg.Error as exc:
         raise RecordError(f"records store `{_shown(conninfo)}`: {one_line(exc)}") from None
-    finally:
-        if own is not None:
-            own.close()
 
 
 def one_line(exc: BaseException) -> str:
