@@ -2007,8 +2007,13 @@ class _Workers:
                 return found
             if any(p.exitcode is not None for p in self.processes):
                 break
-        codes = [p.exitcode for p in self.processes if p.exitcode is not None]
-        raise RecordError(f"a worker process of verify died (exit code {codes[0]}); try "
+        # The pipe's end comes when every worker has closed its side, which can be before the
+        # process has exited and its code is known: waited for here, briefly.
+        for process in self.processes:
+            process.join(timeout=5)
+        codes = [p.exitcode for p in self.processes if p.exitcode]
+        code = codes[0] if codes else "unknown"
+        raise RecordError(f"a worker process of verify died (exit code {code}); try "
                           "`--workers 1`")
 
     def close(self) -> None:
